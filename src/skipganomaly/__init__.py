@@ -1,0 +1,1 @@
+"""skipganomaly: Skip-GANomaly++ and its family for image anomaly detection, with honest evaluation."""

@@ -1,0 +1,162 @@
+"""Turn whatever the user has (files, PIL images, arrays, tensors) into one uint8 tensor [N, C, H, W].
+
+Images are kept as uint8 and normalised per batch on the device, so a data set costs one byte per
+pixel and no per-sample Python work happens in the training loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from ..errors import DataError
+
+log = logging.getLogger("skipganomaly")
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+
+
+def to_unit_range(batch: torch.Tensor) -> torch.Tensor:
+    """uint8 [0, 255] -> float in [-1, 1], the range every reference model trains on."""
+    return batch.float().div_(127.5).sub_(1.0)
+
+
+def load_image(path: str | os.PathLike[str], image_size: int, in_channels: int) -> np.ndarray:
+    """Read one image file as uint8 [C, H, W], converted to the model's channels and size."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                img.draft("L" if in_channels == 1 else "RGB", (image_size, image_size))
+                img = ImageOps.exif_transpose(img)
+                return pil_to_array(img, image_size, in_channels)
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError,
+            Image.DecompressionBombWarning) as err:
+        raise DataError(f"cannot read image {path}: {err}") from None
+
+
+def pil_to_array(img: Image.Image, image_size: int, in_channels: int) -> np.ndarray:
+    """Convert a PIL image to uint8 [C, H, W]; 16-bit, palette, alpha and CMYK modes are handled."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(img, dtype=np.float64)
+        peak = 65535.0 if arr.max() > 255 else 255.0
+        img = Image.fromarray(np.clip(arr / peak * 255.0, 0, 255).astype(np.uint8), mode="L")
+    elif img.mode == "F":
+        arr = np.asarray(img, dtype=np.float64)
+        img = Image.fromarray(np.clip(arr * (255.0 if arr.max() <= 1.0 else 1.0), 0, 255).astype(np.uint8))
+    img = img.convert("L" if in_channels == 1 else "RGB")
+    if img.size != (image_size, image_size):
+        img = img.resize((image_size, image_size), Image.Resampling.BILINEAR)
+    arr = np.asarray(img, dtype=np.uint8)
+    return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1).copy()
+
+
+def load_image_files(
+    paths: Sequence[str | os.PathLike[str]], image_size: int, in_channels: int, progress: bool = False
+) -> tuple[torch.Tensor, list[str]]:
+    """Load many files; unreadable ones are skipped with a warning naming each file.
+
+    Returns the images and the paths that were kept, in order. Fails only if none can be read.
+    """
+    from tqdm.auto import tqdm
+
+    arrays: list[np.ndarray] = []
+    kept: list[str] = []
+    skipped = 0
+    for path in tqdm(paths, desc="loading images", unit="img", disable=not progress, leave=False):
+        try:
+            arrays.append(load_image(path, image_size, in_channels))
+            kept.append(str(path))
+        except DataError as err:
+            skipped += 1
+            log.warning("skipping %s", err)
+    if skipped:
+        log.warning("skipped %d of %d image files that could not be read", skipped, len(paths))
+    if not arrays:
+        raise DataError(f"none of the {len(paths)} image files could be read")
+    return torch.from_numpy(np.stack(arrays)), kept
+
+
+def as_image_tensor(images: Any, image_size: int, in_channels: int) -> torch.Tensor:
+    """Accept a numpy array, a tensor, a list of paths or a list of PIL images; return uint8 [N, C, H, W].
+
+    Arrays and tensors may be [N, H, W], [N, H, W, C] or [N, C, H, W]; uint8 is read as 0..255,
+    floats as 0..1. Their channel count must match the model (files and PIL images are converted).
+    """
+    if isinstance(images, (str, os.PathLike)):
+        raise DataError("pass a list of image paths (or use the data.folders helpers for a directory)")
+    if isinstance(images, (list, tuple)):
+        if len(images) == 0:
+            raise DataError("no images given (empty list)")
+        if all(isinstance(i, Image.Image) for i in images):
+            return torch.from_numpy(np.stack([pil_to_array(i, image_size, in_channels) for i in images]))
+        if all(isinstance(i, (str, os.PathLike)) for i in images):
+            return load_image_files(images, image_size, in_channels)[0]
+        images = np.stack([np.asarray(i) for i in images])
+    if isinstance(images, Image.Image):
+        return torch.from_numpy(pil_to_array(images, image_size, in_channels)[None])
+    if isinstance(images, np.ndarray):
+        images = torch.from_numpy(np.ascontiguousarray(images))
+    if not isinstance(images, torch.Tensor):
+        raise DataError(f"unsupported image container {type(images).__name__}; use an array, tensor, paths or PIL images")
+    return _tensor_to_uint8(images.detach().cpu(), image_size, in_channels)
+
+
+def _tensor_to_uint8(t: torch.Tensor, image_size: int, in_channels: int) -> torch.Tensor:
+    if t.numel() == 0:
+        raise DataError("no images given (empty array)")
+    if t.ndim == 3:
+        t = t[:, None]
+    if t.ndim != 4:
+        raise DataError(f"expected images of shape [N, H, W], [N, H, W, C] or [N, C, H, W], got {tuple(t.shape)}")
+    if t.shape[1] not in (1, 3) and t.shape[-1] in (1, 3):
+        t = t.permute(0, 3, 1, 2)
+    if t.shape[1] != in_channels:
+        raise DataError(
+            f"images have {t.shape[1]} channels but the model expects in_channels={in_channels}"
+        )
+    if t.dtype == torch.uint8:
+        out = t
+    elif t.is_floating_point():
+        if not torch.isfinite(t).all():
+            raise DataError("images contain NaN or infinite values")
+        if t.min() < 0 or t.max() > 1:
+            raise DataError("float images must lie in [0, 1] (or pass uint8 arrays in 0..255)")
+        out = (t.float() * 255.0).round_().to(torch.uint8)
+    else:
+        if t.min() < 0 or t.max() > 255:
+            raise DataError("integer images must lie in 0..255")
+        out = t.to(torch.uint8)
+    if out.shape[-2:] != (image_size, image_size):
+        out = resize_uint8(out, image_size)
+    return out.contiguous()
+
+
+def resize_uint8(images: torch.Tensor, image_size: int) -> torch.Tensor:
+    """Bilinear (antialiased) resize of a uint8 batch."""
+    resized = F.interpolate(images.float(), size=(image_size, image_size), mode="bilinear",
+                            align_corners=False, antialias=True)
+    return resized.round_().clamp_(0, 255).to(torch.uint8)
+
+
+def list_image_files(folder: str | os.PathLike[str]) -> list[Path]:
+    """All image files below a folder (recursively), sorted; clear errors for missing or empty ones."""
+    root = Path(folder)
+    if not root.exists():
+        raise DataError(f"folder not found: {root}")
+    if not root.is_dir():
+        raise DataError(f"not a folder: {root}")
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    if not files:
+        if not any(root.iterdir()):
+            raise DataError(f"folder is empty: {root}")
+        raise DataError(f"no images of a known type ({', '.join(IMAGE_EXTENSIONS)}) in {root}")
+    return files

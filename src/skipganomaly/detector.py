@@ -1,0 +1,214 @@
+"""The public API: a PyOD / scikit-learn style detector around any registered model."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from .data.images import as_image_tensor
+from .errors import CheckpointError, ConfigError, DataError
+from .evaluation.metrics import quantile_threshold
+from .models import create, list_models
+from .models.base import AnomalyModel, check_geometry
+from .training import EpochRecord, TrainConfig, batched_apply, resolve_device, train
+
+FORMAT = "skipganomaly-detector"
+FORMAT_VERSION = 1
+
+
+class Detector:
+    """Fit on normal images only; score new images (higher = more anomalous); flag above `threshold_`.
+
+    `threshold_` is the (1 - contamination) quantile of scores on a held-out split of the normal
+    training images, so no test label is ever used. Extra keyword arguments go to the model
+    (e.g. `widths`, `w_con`, `detach_latent`).
+    """
+
+    def __init__(
+        self,
+        model: str = "skipganomaly++",
+        image_size: int = 32,
+        in_channels: int = 3,
+        epochs: int = 15,
+        batch_size: int = 64,
+        lr: float = 2e-4,
+        seed: int = 0,
+        val_fraction: float = 0.05,
+        contamination: float = 0.05,
+        patience: int | None = None,
+        device: str = "auto",
+        amp: bool | None = None,
+        progress: bool = True,
+        **model_kwargs: Any,
+    ) -> None:
+        if model not in list_models():
+            raise ConfigError(f"unknown model {model!r}; available: {', '.join(list_models())}")
+        check_geometry(in_channels, image_size)
+        if not 0.0 < val_fraction < 1.0:
+            raise ConfigError(f"val_fraction must be in (0, 1), got {val_fraction}")
+        if not 0.0 <= contamination < 1.0:
+            raise ConfigError(f"contamination must be in [0, 1), got {contamination}")
+        self.model_name = model
+        self.image_size = image_size
+        self.in_channels = in_channels
+        self.val_fraction = val_fraction
+        self.contamination = contamination
+        self.model_kwargs = model_kwargs
+        self.train_config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
+                                        patience=patience, device=device, amp=amp, progress=progress)
+        self.device = resolve_device(device)
+        self.model_: AnomalyModel | None = None
+        self.threshold_: float | None = None
+        self.history_: list[dict[str, Any]] = []
+
+    # --- training ---------------------------------------------------------------------------
+    def fit(
+        self,
+        images: Any,
+        y: None = None,
+        *,
+        checkpoint_path: str | os.PathLike[str] | None = None,
+        on_epoch_end: Callable[[EpochRecord], None] | None = None,
+    ) -> "Detector":
+        """Train on normal images. With `checkpoint_path`, a usable detector is saved after every
+        epoch, so an interrupted run keeps its last complete epoch."""
+        data = as_image_tensor(images, self.image_size, self.in_channels)
+        n_val = int(round(len(data) * self.val_fraction))
+        if n_val < 1 or len(data) - n_val < 2:
+            raise DataError(
+                f"{len(data)} images are too few to hold out a validation split of {self.val_fraction:.0%}; "
+                "give more images or a larger val_fraction"
+            )
+        order = torch.from_numpy(np.random.default_rng(self.train_config.seed).permutation(len(data)))
+        val, train_set = data[order[:n_val]], data[order[n_val:]]
+        torch.manual_seed(self.train_config.seed)
+        self.model_ = create(self.model_name, in_channels=self.in_channels, image_size=self.image_size,
+                             **self.model_kwargs)
+        self.history_ = []
+
+        def epoch_done(record: EpochRecord) -> None:
+            self.history_.append(record.as_dict())
+            if checkpoint_path is not None:
+                self._calibrate(val)
+                self.save(checkpoint_path)
+            if on_epoch_end is not None:
+                on_epoch_end(record)
+
+        train(self.model_, train_set, val, self.train_config, epoch_done)
+        self._calibrate(val)
+        if checkpoint_path is not None:
+            self.save(checkpoint_path)
+        return self
+
+    def _calibrate(self, val: torch.Tensor) -> None:
+        self.val_scores_ = self._score_tensor(val)
+        self.threshold_ = quantile_threshold(self.val_scores_, self.contamination)
+
+    # --- scoring ----------------------------------------------------------------------------
+    def decision_function(self, images: Any, batch_size: int = 256) -> np.ndarray:
+        """Anomaly score per image, higher = more anomalous; independent of batch composition."""
+        return self._score_tensor(self._as_tensor(images), batch_size)
+
+    def predict(self, images: Any, batch_size: int = 256) -> np.ndarray:
+        """1 for images scored above `threshold_`, else 0."""
+        scores = self.decision_function(images, batch_size)
+        return (scores > self.threshold_).astype(np.int64)
+
+    def anomaly_maps(self, images: Any, batch_size: int = 256) -> np.ndarray:
+        """Per-pixel anomaly maps [N, H, W] at the model's image size."""
+        model = self._fitted()
+        data = self._as_tensor(images)
+        return batched_apply(model.anomaly_map, model, data, batch_size, self.device,
+                             self.train_config.amp).numpy()
+
+    def _as_tensor(self, images: Any) -> torch.Tensor:
+        self._fitted()
+        return as_image_tensor(images, self.image_size, self.in_channels)
+
+    def _score_tensor(self, data: torch.Tensor, batch_size: int = 256) -> np.ndarray:
+        model = self._fitted()
+        return batched_apply(model.score, model, data, batch_size, self.device,
+                             self.train_config.amp).double().numpy()
+
+    def _fitted(self) -> AnomalyModel:
+        if self.model_ is None:
+            raise ConfigError("this detector is not fitted yet; call fit() or Detector.load()")
+        return self.model_
+
+    # --- persistence ------------------------------------------------------------------------
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write weights, configuration, threshold and format version atomically (temp file + rename)."""
+        model = self._fitted()
+        cfg = self.train_config
+        payload = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "model_name": self.model_name,
+            "model_config": model.config(),
+            "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+            "threshold": self.threshold_,
+            "detector": {
+                "val_fraction": self.val_fraction, "contamination": self.contamination,
+                "epochs": cfg.epochs, "batch_size": cfg.batch_size, "lr": cfg.lr, "seed": cfg.seed,
+                "patience": cfg.patience,
+            },
+            "history": self.history_,
+        }
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                torch.save(payload, fh)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], device: str = "auto", expect_model: str | None = None,
+             progress: bool = True) -> "Detector":
+        """Load a saved detector. Only tensors and plain values are unpickled (`weights_only=True`)."""
+        path = Path(path)
+        if not path.is_file():
+            raise CheckpointError(f"checkpoint not found: {path}")
+        try:
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+        except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as err:
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise CheckpointError(f"{path} is not a readable skipganomaly checkpoint ({first[:200]})") from None
+        if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+            raise CheckpointError(f"{path} is not a skipganomaly detector file")
+        if payload.get("format_version") != FORMAT_VERSION:
+            raise CheckpointError(
+                f"{path} has format version {payload.get('format_version')}; this version reads {FORMAT_VERSION}"
+            )
+        name = payload["model_name"]
+        if expect_model is not None and name != expect_model:
+            raise CheckpointError(f"{path} holds a {name!r} model, not {expect_model!r}")
+        if name not in list_models():
+            raise CheckpointError(f"{path} holds an unknown model {name!r}")
+        config = dict(payload["model_config"])
+        d = payload["detector"]
+        det = cls(model=name, image_size=config.pop("image_size"), in_channels=config.pop("in_channels"),
+                  epochs=d["epochs"], batch_size=d["batch_size"], lr=d["lr"], seed=d["seed"],
+                  val_fraction=d["val_fraction"], contamination=d["contamination"], patience=d["patience"],
+                  device=device, progress=progress, **config)
+        model = create(name, in_channels=det.in_channels, image_size=det.image_size, **config)
+        try:
+            model.load_state_dict(payload["state_dict"])
+        except RuntimeError as err:
+            raise CheckpointError(f"{path}: weights do not fit the {name!r} model ({str(err).splitlines()[0]})") from None
+        det.model_ = model.to(det.device).eval()
+        det.threshold_ = payload["threshold"]
+        det.history_ = payload["history"]
+        return det

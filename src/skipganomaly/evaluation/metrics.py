@@ -1,0 +1,52 @@
+"""Threshold-free and threshold metrics; the threshold comes from validation normals, never test labels."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+from sklearn.metrics import average_precision_score, roc_auc_score
+
+from ..errors import ConfigError
+
+
+def quantile_threshold(normal_scores: np.ndarray, contamination: float = 0.05) -> float:
+    """The (1 - contamination) quantile of held-out *normal* scores.
+
+    About `contamination` of normal images will then be flagged, whatever the test set holds.
+    """
+    if not 0.0 <= contamination < 1.0:
+        raise ConfigError(f"contamination must be in [0, 1), got {contamination}")
+    scores = np.asarray(normal_scores, dtype=np.float64)
+    if scores.size == 0:
+        raise ConfigError("no validation scores to calibrate a threshold on")
+    return float(np.quantile(scores, 1.0 - contamination))
+
+
+def evaluate_scores(scores: Sequence[float], labels: Sequence[int], threshold: float) -> dict[str, float]:
+    """AUROC, AUPRC, and precision/recall/F1 when flagging scores strictly above `threshold`.
+
+    AUROC and AUPRC are NaN when the labels hold a single class.
+    """
+    s = np.asarray(scores, dtype=np.float64)
+    y = np.asarray(labels, dtype=np.int64)
+    if s.shape != y.shape:
+        raise ValueError(f"{s.size} scores but {y.size} labels")
+    both = 0 < y.sum() < y.size
+    pred = s > threshold
+    tp = int(np.sum(pred & (y == 1)))
+    fp = int(np.sum(pred & (y == 0)))
+    fn = int(np.sum(~pred & (y == 1)))
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {
+        "auroc": float(roc_auc_score(y, s)) if both else float("nan"),
+        "auprc": float(average_precision_score(y, s)) if both else float("nan"),
+        "f1": f1,
+        "precision": precision,
+        "recall": recall,
+        "threshold": float(threshold),
+        "n_normal": int(np.sum(y == 0)),
+        "n_abnormal": int(np.sum(y == 1)),
+    }

@@ -1,0 +1,6 @@
+"""The training loop and the runtime helpers it shares with scoring."""
+
+from .loop import EpochRecord, TrainConfig, TrainingError, train
+from .runtime import autocast, batched_apply, resolve_device
+
+__all__ = ["EpochRecord", "TrainConfig", "TrainingError", "autocast", "batched_apply", "resolve_device", "train"]

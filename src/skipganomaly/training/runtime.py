@@ -1,0 +1,64 @@
+"""Where and how tensors run: device choice, bf16 autocast on GPUs, batched no-grad passes."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Callable, ContextManager
+
+import torch
+from torch import Tensor, nn
+
+from ..data.images import to_unit_range
+from ..errors import ConfigError
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """'auto' picks CUDA, then Apple MPS, then the CPU; an explicit name must be available."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device 'cuda' requested but CUDA is not available here; use --device cpu")
+    return device
+
+
+def autocast(device: torch.device, enabled: bool | None) -> ContextManager[object]:
+    """bf16 autocast, by default only on CUDA (on CPUs it is slower and changes results)."""
+    use = device.type == "cuda" if enabled is None else enabled
+    if not use:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+def batched_apply(
+    fn: Callable[[Tensor], Tensor],
+    model: nn.Module,
+    images: Tensor,
+    batch_size: int,
+    device: torch.device,
+    amp: bool | None = None,
+) -> Tensor:
+    """Run `fn` over uint8 images in eval mode and without gradients; returns float32 on the CPU.
+
+    Eval mode makes each image's result independent of batch size and of its batch neighbours.
+    """
+    was_training = model.training
+    model.eval()
+    outputs = []
+    try:
+        with torch.no_grad():
+            for start in range(0, len(images), batch_size):
+                batch = to_unit_range(images[start:start + batch_size].to(device, non_blocking=True))
+                with autocast(device, amp):
+                    out = fn(batch)
+                outputs.append(out.float().cpu())
+    finally:
+        model.train(was_training)
+    return torch.cat(outputs)

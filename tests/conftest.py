@@ -1,0 +1,51 @@
+"""Shared fixtures: small, deterministic, CPU-only."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+torch.set_num_threads(2)
+
+SMALL_WIDTHS = [8, 8, 16, 16, 32]
+
+
+def blob_images(n: int, size: int = 32, channels: int = 3, seed: int = 0) -> np.ndarray:
+    """Smooth 'normal' images: a soft bright disc at a random place on a dark background, uint8 NHWC."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    out = np.empty((n, size, size, channels), dtype=np.uint8)
+    for i in range(n):
+        cy, cx = rng.uniform(0.3, 0.7, 2)
+        disc = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / 0.02)
+        colour = rng.uniform(0.6, 1.0, channels)
+        out[i] = np.clip(disc[..., None] * colour * 255, 0, 255).astype(np.uint8)
+    return out
+
+
+def noise_images(n: int, size: int = 32, channels: int = 3, seed: int = 1) -> np.ndarray:
+    """Obviously 'abnormal' images: uniform noise."""
+    return np.random.default_rng(seed).integers(0, 256, (n, size, size, channels), dtype=np.uint8)
+
+
+def write_images(folder: Path, images: np.ndarray, prefix: str = "img") -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, img in enumerate(images):
+        path = folder / f"{prefix}_{i:03d}.png"
+        Image.fromarray(img.squeeze(-1) if img.shape[-1] == 1 else img).save(path)
+        paths.append(path)
+    return paths
+
+
+@pytest.fixture
+def image_root(tmp_path: Path) -> Path:
+    """A user-style layout: train/ of normals, test/normal and test/abnormal."""
+    write_images(tmp_path / "train", blob_images(40, seed=0))
+    write_images(tmp_path / "test" / "normal", blob_images(8, seed=5))
+    write_images(tmp_path / "test" / "abnormal", noise_images(8))
+    return tmp_path

@@ -1,0 +1,106 @@
+"""Image loading and conversion: every container, every odd file, clear errors."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from skipganomaly.data import as_image_tensor, list_image_files, load_image, load_image_files, to_unit_range
+from skipganomaly.errors import DataError
+from tests.conftest import blob_images, write_images
+
+
+def test_to_unit_range_maps_0_255_to_minus1_1() -> None:
+    out = to_unit_range(torch.tensor([0, 255], dtype=torch.uint8))
+    assert out.tolist() == [-1.0, 1.0]
+
+
+@pytest.mark.parametrize("layout", ["nhwc", "nchw", "nhw"])
+def test_numpy_layouts(layout: str) -> None:
+    imgs = blob_images(3, channels=1)
+    arr = {"nhwc": imgs, "nchw": imgs.transpose(0, 3, 1, 2), "nhw": imgs[..., 0]}[layout]
+    out = as_image_tensor(arr, 32, 1)
+    assert out.shape == (3, 1, 32, 32) and out.dtype == torch.uint8
+    assert torch.equal(out[:, 0], torch.from_numpy(imgs[..., 0]))
+
+
+def test_float_arrays_are_read_as_0_to_1_and_resized() -> None:
+    arr = np.full((2, 3, 40, 40), 0.5, dtype=np.float32)
+    out = as_image_tensor(arr, 32, 3)
+    assert out.shape == (2, 3, 32, 32)
+    assert int(out.float().mean().round()) == 128
+
+
+def test_pil_images_and_paths(tmp_path: Path) -> None:
+    paths = write_images(tmp_path, blob_images(2, channels=3))
+    from_paths = as_image_tensor(paths, 32, 3)
+    from_pil = as_image_tensor([Image.open(p) for p in paths], 32, 3)
+    assert torch.equal(from_paths, from_pil)
+    assert as_image_tensor(paths, 32, 1).shape == (2, 1, 32, 32)  # files are converted
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (np.zeros((2, 32, 32, 3), dtype=np.uint8), "3 channels but the model expects in_channels=1"),
+        (np.full((2, 32, 32), 2.0, dtype=np.float32), r"\[0, 1\]"),
+        (np.full((2, 32, 32), np.nan, dtype=np.float32), "NaN"),
+        (np.zeros((0, 32, 32), dtype=np.uint8), "empty"),
+        (np.zeros((32, 32), dtype=np.uint8)[None, None, None], "shape"),
+        ([], "empty list"),
+        ({"a": 1}, "unsupported"),
+    ],
+)
+def test_bad_arrays_are_data_errors(bad: object, message: str) -> None:
+    with pytest.raises(DataError, match=message):
+        as_image_tensor(bad, 32, 1)
+
+
+def test_sixteen_bit_and_palette_and_rgba_files(tmp_path: Path) -> None:
+    sixteen = tmp_path / "a16.png"
+    Image.fromarray(np.full((10, 10), 65535, dtype=np.uint16)).save(sixteen)
+    assert load_image(sixteen, 32, 1).min() == 255
+    palette = tmp_path / "p.png"
+    Image.fromarray(blob_images(1)[0]).convert("P").save(palette)
+    assert load_image(palette, 32, 3).shape == (3, 32, 32)
+    rgba = tmp_path / "a.png"
+    Image.fromarray(np.zeros((5, 7, 4), dtype=np.uint8)).save(rgba)
+    assert load_image(rgba, 32, 3).shape == (3, 32, 32)
+
+
+def test_corrupt_files_are_skipped_with_a_warning_naming_them(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    good = write_images(tmp_path, blob_images(2))
+    (tmp_path / "text.png").write_text("not an image")
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    truncated = tmp_path / "trunc.png"
+    truncated.write_bytes(good[0].read_bytes()[:60])
+    paths = list_image_files(tmp_path)
+    with caplog.at_level(logging.WARNING, logger="skipganomaly"):
+        images, kept = load_image_files(paths, 32, 3)
+    assert len(images) == 2 and sorted(kept) == sorted(map(str, good))
+    for name in ("text.png", "empty.jpg", "trunc.png"):
+        assert name in caplog.text
+    assert "skipped 3 of 5" in caplog.text
+
+
+def test_all_files_corrupt_is_a_data_error(tmp_path: Path) -> None:
+    (tmp_path / "x.png").write_text("no")
+    with pytest.raises(DataError, match="none of the 1 image files"):
+        load_image_files([tmp_path / "x.png"], 32, 3)
+
+
+def test_folder_errors(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="folder not found"):
+        list_image_files(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="folder is empty"):
+        list_image_files(tmp_path / "empty")
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "readme.txt").write_text("hi")
+    with pytest.raises(DataError, match="no images of a known type"):
+        list_image_files(tmp_path / "docs")

@@ -1,0 +1,41 @@
+"""Metrics and the validation-quantile threshold."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from skipganomaly.errors import ConfigError
+from skipganomaly.evaluation import evaluate_scores, per_class_table, quantile_threshold
+
+
+def test_quantile_threshold_flags_the_contamination_share_of_normals() -> None:
+    scores = np.arange(1000, dtype=float)
+    t = quantile_threshold(scores, 0.05)
+    assert np.mean(scores > t) == pytest.approx(0.05, abs=0.002)
+    with pytest.raises(ConfigError):
+        quantile_threshold(scores, 1.0)
+    with pytest.raises(ConfigError):
+        quantile_threshold(np.array([]), 0.05)
+
+
+def test_evaluate_scores_known_values() -> None:
+    labels = [0, 0, 0, 1, 1]
+    scores = [0.1, 0.2, 0.6, 0.5, 0.9]
+    m = evaluate_scores(scores, labels, threshold=0.55)
+    assert m["auroc"] == pytest.approx(5 / 6)
+    # flagged: 0.6 (normal) and 0.9 (abnormal) -> precision 1/2, recall 1/2
+    assert m["precision"] == 0.5 and m["recall"] == 0.5 and m["f1"] == 0.5
+    assert m["n_normal"] == 3 and m["n_abnormal"] == 2
+
+
+def test_perfect_and_single_class() -> None:
+    assert evaluate_scores([0, 1], [0, 1], 0.5)["auroc"] == 1.0
+    assert math.isnan(evaluate_scores([0, 1], [0, 0], 0.5)["auroc"])
+
+
+def test_per_class_table_has_mean_row() -> None:
+    table = per_class_table({"a": {"auroc": 0.5}, "b": {"auroc": 1.0}}, ["auroc"])
+    assert "| mean | 0.750 |" in table

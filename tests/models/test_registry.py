@@ -1,0 +1,75 @@
+"""Every registered model: created by name, forward, one training step reaches every parameter."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from skipganomaly.data.images import as_image_tensor, to_unit_range
+from skipganomaly.errors import ConfigError
+from skipganomaly.models import AnomalyModel, create, list_models
+from tests.conftest import blob_images, noise_images
+
+
+def test_default_model_is_registered_first() -> None:
+    assert list_models()[0] == "skipganomaly++"
+
+
+def test_unknown_model_and_argument_are_config_errors() -> None:
+    with pytest.raises(ConfigError, match="unknown model"):
+        create("nope")
+    with pytest.raises(ConfigError, match="bad arguments"):
+        create("skipganomaly++", not_an_option=1)
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_config_rebuilds_an_identical_model(name: str) -> None:
+    model = create(name, in_channels=1, image_size=32)
+    again = create(name, **model.config())
+    assert again.config() == model.config()
+    assert [p.shape for p in again.parameters()] == [p.shape for p in model.parameters()]
+
+
+@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("channels", [1, 3])
+def test_every_parameter_gets_a_gradient(name: str, channels: int) -> None:
+    torch.manual_seed(0)
+    model: AnomalyModel = create(name, in_channels=channels, image_size=32)
+    model.train()
+    x = _varied_batch(channels)
+    step = model.generator_loss(x)
+    step.loss.backward()
+    _assert_all_have_gradients(model.generator_parameters(), name, "generator")
+    model.zero_grad(set_to_none=True)
+    d_loss, _ = model.discriminator_loss(x, step.cache)
+    d_loss.backward()
+    _assert_all_have_gradients(model.discriminator_parameters(), name, "discriminator")
+    assert set(map(id, model.generator_parameters())).isdisjoint(map(id, model.discriminator_parameters()))
+    assert len(model.generator_parameters()) + len(model.discriminator_parameters()) == len(list(model.parameters()))
+
+
+def _varied_batch(channels: int) -> torch.Tensor:
+    """Images that differ in brightness and structure, so that no ReLU is dead for the whole batch."""
+    images = np.concatenate([blob_images(4, channels=channels), noise_images(4, channels=channels)])
+    images[::2] = 255 - images[::2]
+    return to_unit_range(as_image_tensor(images, 32, channels))
+
+
+def _assert_all_have_gradients(params: list[torch.nn.Parameter], name: str, which: str) -> None:
+    missing = [i for i, p in enumerate(params) if p.grad is None or not torch.any(p.grad != 0)]
+    assert not missing, f"{name}: {len(missing)} {which} parameters got no gradient"
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_score_is_independent_of_batch_size_and_order(name: str) -> None:
+    torch.manual_seed(0)
+    model = create(name, in_channels=3, image_size=32).eval()
+    x = torch.rand(6, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        together = model.score(x)
+        alone = torch.cat([model.score(x[i:i + 1]) for i in range(len(x))])
+        perm = torch.tensor([5, 2, 0, 4, 1, 3])
+        shuffled = model.score(x[perm])
+    torch.testing.assert_close(alone, together, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(shuffled, together[perm], rtol=1e-4, atol=1e-6)

@@ -1,0 +1,95 @@
+"""Skip-GANomaly++ networks against the reference layer table (spec sections A and B)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from skipganomaly.errors import ConfigError
+from skipganomaly.models import create
+from skipganomaly.models.discriminators import BasicDiscriminator
+from skipganomaly.models.skipganomaly_pp.networks import ASPP, DilatedConv3x3, ResUNetPPGenerator
+
+
+def count(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def test_parameter_counts_match_reference() -> None:
+    model = create("skipganomaly++")
+    assert count(model.generator) == 4_063_027
+    assert count(model.discriminator) == 1_069_700
+
+
+def test_block_parameter_counts_match_layer_table() -> None:
+    g = ResUNetPPGenerator()
+    assert count(g.stem) == 2_960
+    assert count(g.enc1) == 14_848
+    assert count(g.bridge) == 1_248_512
+    assert count(g.dec1) == 1_891_712
+    assert count(g.dec1.attention) == 1_329_024
+    assert count(g.head) == 18_896
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize("size", [32, 64])
+def test_forward_shapes(channels: int, size: int) -> None:
+    model = create("skipganomaly++", in_channels=channels, image_size=size)
+    x = torch.randn(2, channels, size, size)
+    assert model(x).shape == x.shape
+    prob, feat = model.discriminator(x)
+    assert prob.shape == (2,) and feat.shape == (2, 100, 1, 1)
+    assert ((prob > 0) & (prob < 1)).all()
+    model.eval()
+    with torch.no_grad():
+        assert model.score(x).shape == (2,)
+        assert model.anomaly_map(x).shape == (2, size, size)
+
+
+def test_128_pixels_and_custom_widths() -> None:
+    model = create("skipganomaly++", in_channels=1, image_size=128, widths=[8, 8, 16, 16, 32])
+    x = torch.randn(2, 1, 128, 128)
+    assert model(x).shape == x.shape
+    assert model.discriminator(x)[1].shape == (2, 100, 1, 1)
+
+
+@pytest.mark.parametrize("size", [36, 24, 0])
+def test_bad_image_size_is_a_clear_error(size: int) -> None:
+    with pytest.raises(ConfigError, match="multiple of 8"):
+        create("skipganomaly++", image_size=size)
+
+
+def test_bad_channels_is_a_clear_error() -> None:
+    with pytest.raises(ConfigError, match="in_channels"):
+        create("skipganomaly++", in_channels=2)
+
+
+def test_centre_tap_shortcut_equals_full_dilated_conv() -> None:
+    torch.manual_seed(0)
+    conv = DilatedConv3x3(5, 7, dilation=6)
+    x = torch.randn(3, 5, 4, 4)
+    full = F.conv2d(x, conv.weight, conv.bias, padding=6, dilation=6)
+    torch.testing.assert_close(conv(x), full)
+    # Where the dilation does not reach past the map, the full conv is used.
+    x8 = torch.randn(3, 5, 8, 8)
+    torch.testing.assert_close(conv(x8), F.conv2d(x8, conv.weight, conv.bias, padding=6, dilation=6))
+
+
+def test_aspp_on_bridge_matches_plain_convolutions() -> None:
+    torch.manual_seed(0)
+    aspp = ASPP(8, 12).eval()
+    x = torch.randn(2, 8, 4, 4)
+    expected = sum(
+        b[1](F.conv2d(x, b[0].weight, b[0].bias, padding=b[0].dilation, dilation=b[0].dilation))
+        for b in aspp.branches
+    )
+    torch.testing.assert_close(aspp(x), aspp.project(expected))
+
+
+def test_classifier_linear_form_equals_3x3_conv_on_1x1_map() -> None:
+    torch.manual_seed(0)
+    d = BasicDiscriminator()
+    x = torch.randn(4, 3, 32, 32)
+    logit, feat = d.classify(x)
+    torch.testing.assert_close(logit, d.classifier(feat).flatten())

@@ -1,0 +1,107 @@
+"""The command line end to end on a tiny generated folder, and its one-line errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from skipganomaly.cli import main
+
+SMALL = ["--model-arg", "widths=[8,8,16,16,32]", "--no-progress", "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    from tests.conftest import blob_images, noise_images, write_images
+
+    root = tmp_path_factory.mktemp("data")
+    write_images(root / "train", blob_images(40, seed=0))
+    write_images(root / "test" / "normal", blob_images(8, seed=5))
+    write_images(root / "test" / "abnormal", noise_images(8))
+    run = root / "run"
+    code = main(["train", "--data", str(root), "--test", str(root / "test"), "--out", str(run),
+                 "--epochs", "2", "--batch-size", "8", "--lr", "1e-3", *SMALL])
+    assert code == 0
+    return root, run
+
+
+def test_train_writes_a_complete_run_directory(trained_run: tuple[Path, Path]) -> None:
+    _, run = trained_run
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    assert config["model"] == "skipganomaly++" and config["epochs"] == 2 and config["train_images"] == 40
+    losses = [json.loads(line) for line in (run / "losses.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in losses] == [1, 2]
+    assert {"g_adv", "g_con", "g_lat", "d_loss"} <= set(losses[0]["losses"])
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert 0.0 <= metrics["test"]["auroc"] <= 1.0
+    assert (run / "model.pt").stat().st_size > 0
+
+
+def test_test_command(trained_run: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    root, run = trained_run
+    out = root / "test_metrics.json"
+    assert main(["test", "--checkpoint", str(run / "model.pt"), "--data", str(root / "test"),
+                 "--out", str(out), "--no-progress", "--device", "cpu"]) == 0
+    metrics = json.loads(out.read_text())
+    assert metrics["n_normal"] == 8 and metrics["n_abnormal"] == 8
+    assert "auroc=" in capsys.readouterr().out
+
+
+def test_predict_command_writes_csv(trained_run: tuple[Path, Path]) -> None:
+    root, run = trained_run
+    out = root / "pred.csv"
+    (root / "test" / "abnormal" / "broken.png").write_text("garbage")
+    try:
+        assert main(["predict", "--checkpoint", str(run / "model.pt"), str(root / "test"),
+                     str(root / "train" / "img_000.png"), "--out", str(out), "--no-progress"]) == 0
+    finally:
+        (root / "test" / "abnormal" / "broken.png").unlink()
+    rows = list(csv.DictReader(out.open()))
+    assert len(rows) == 17  # 16 test images + 1 file; the broken one is skipped
+    assert {r["label"] for r in rows} <= {"0", "1"}
+    assert all(float(r["score"]) >= 0 for r in rows)
+
+
+def _run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "skipganomaly", *args], capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("command", ["train", "test", "predict", "demo"])
+def test_help(command: str) -> None:
+    result = _run(command, "--help")
+    assert result.returncode == 0 and "usage:" in result.stdout
+
+
+def test_errors_are_one_line(tmp_path: Path, trained_run: tuple[Path, Path]) -> None:
+    _, run = trained_run
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "junk.pt").write_bytes(b"\x00" * 100)
+    cases = [
+        ["train", "--data", str(tmp_path / "missing"), "--no-progress"],
+        ["train", "--data", str(tmp_path / "empty"), "--no-progress"],
+        ["train", "--data", str(run), "--image-size", "36", "--no-progress"],
+        ["test", "--checkpoint", str(tmp_path / "junk.pt"), "--data", str(tmp_path)],
+        ["test", "--checkpoint", str(run / "model.pt"), "--data", str(tmp_path / "empty")],
+        ["predict", "--checkpoint", str(run / "model.pt"), str(tmp_path / "nothing.png")],
+        ["demo", "--digits", "12"],
+    ]
+    for args in cases:
+        result = _run(*args)
+        assert result.returncode == 2, (args, result.stderr)
+        assert "Traceback" not in result.stderr
+        lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+        assert len(lines) == 1, (args, result.stderr)
+
+
+def test_demo_minimal_gives_aucs_in_unit_interval(tmp_path: Path) -> None:
+    out = tmp_path / "demo"
+    assert main(["demo", "--digits", "3", "--epochs", "1", "--max-train", "64", "--out", str(out), *SMALL]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert 0.0 <= results["digit 3"]["auroc"] <= 1.0
+    assert "| mean |" in (out / "table.md").read_text()

@@ -1,0 +1,146 @@
+"""The public Detector API: fit / decision_function / predict / save / load, and its errors."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from skipganomaly.detector import FORMAT_VERSION, Detector
+from skipganomaly.errors import CheckpointError, ConfigError, DataError
+from tests.conftest import SMALL_WIDTHS, blob_images, noise_images
+
+
+def _fit(tmp_path: Path | None = None, **kw: object) -> Detector:
+    det = Detector(in_channels=3, epochs=2, batch_size=8, device="cpu", progress=False, widths=SMALL_WIDTHS, **kw)
+    return det.fit(blob_images(40), checkpoint_path=None if tmp_path is None else tmp_path / "m.pt")
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory: pytest.TempPathFactory) -> tuple[Detector, Path]:
+    path = tmp_path_factory.mktemp("det") / "model.pt"
+    det = Detector(in_channels=3, epochs=3, batch_size=8, lr=2e-3, device="cpu", progress=False,
+                   widths=SMALL_WIDTHS)
+    det.fit(blob_images(60), checkpoint_path=path)
+    return det, path
+
+
+def test_fit_sets_threshold_from_validation_normals(fitted: tuple[Detector, Path]) -> None:
+    det, _ = fitted
+    assert det.threshold_ is not None and np.isfinite(det.threshold_)
+    assert len(det.val_scores_) == 3  # 5% of 60
+    assert np.mean(det.val_scores_ > det.threshold_) <= 0.5
+    assert len(det.history_) == 3
+
+
+def test_scores_predict_and_maps(fitted: tuple[Detector, Path]) -> None:
+    det, _ = fitted
+    x = np.concatenate([blob_images(4, seed=9), noise_images(4)])
+    scores = det.decision_function(x)
+    assert scores.shape == (8,) and scores.dtype == np.float64 and np.isfinite(scores).all()
+    assert np.array_equal(det.predict(x), (scores > det.threshold_).astype(int))
+    assert det.anomaly_maps(x).shape == (8, 32, 32)
+
+
+def test_scores_do_not_depend_on_batch_size(fitted: tuple[Detector, Path]) -> None:
+    det, _ = fitted
+    x = np.concatenate([blob_images(5, seed=9), noise_images(5)])
+    np.testing.assert_allclose(det.decision_function(x, batch_size=3), det.decision_function(x, batch_size=10),
+                               rtol=1e-4)
+
+
+def test_save_load_round_trip_gives_identical_scores(fitted: tuple[Detector, Path], tmp_path: Path) -> None:
+    det, path = fitted
+    loaded = Detector.load(path, device="cpu")
+    x = np.concatenate([blob_images(4, seed=9), noise_images(4)])
+    assert np.array_equal(loaded.decision_function(x), det.decision_function(x))
+    assert loaded.threshold_ == det.threshold_
+    det.save(tmp_path / "again.pt")
+    assert np.array_equal(Detector.load(tmp_path / "again.pt").decision_function(x), det.decision_function(x))
+    assert not [p for p in tmp_path.iterdir() if p.suffix == ".tmp"]
+
+
+def test_checkpoint_holds_only_plain_data(fitted: tuple[Detector, Path]) -> None:
+    _, path = fitted
+    payload = torch.load(path, weights_only=True)
+    assert payload["format_version"] == FORMAT_VERSION and payload["model_name"] == "skipganomaly++"
+
+
+def test_same_seed_same_scores() -> None:
+    x = noise_images(3)
+    a, b = _fit(), _fit()
+    assert np.array_equal(a.decision_function(x), b.decision_function(x))
+
+
+def test_channel_mismatch_is_a_data_error(fitted: tuple[Detector, Path]) -> None:
+    det, _ = fitted
+    with pytest.raises(DataError, match="in_channels=3"):
+        det.decision_function(np.zeros((2, 32, 32), dtype=np.uint8))
+
+
+def test_constructor_errors() -> None:
+    with pytest.raises(ConfigError, match="multiple of 8"):
+        Detector(image_size=30)
+    with pytest.raises(ConfigError, match="unknown model"):
+        Detector(model="ganomalyy")
+    with pytest.raises(ConfigError, match="val_fraction"):
+        Detector(val_fraction=0.0)
+    with pytest.raises(ConfigError, match="not fitted"):
+        Detector().decision_function(np.zeros((1, 32, 32, 3), dtype=np.uint8))
+
+
+def test_too_few_images_is_a_data_error() -> None:
+    with pytest.raises(DataError, match="too few"):
+        Detector(device="cpu", progress=False).fit(blob_images(3))
+
+
+def test_missing_truncated_and_foreign_checkpoints(fitted: tuple[Detector, Path], tmp_path: Path) -> None:
+    _, path = fitted
+    with pytest.raises(CheckpointError, match="not found"):
+        Detector.load(tmp_path / "none.pt")
+    truncated = tmp_path / "trunc.pt"
+    truncated.write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(CheckpointError, match="not a readable"):
+        Detector.load(truncated)
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"netG": {"w": torch.zeros(1)}}, foreign)
+    with pytest.raises(CheckpointError, match="not a skipganomaly detector"):
+        Detector.load(foreign)
+    with pytest.raises(CheckpointError, match="not 'ganomaly'"):
+        Detector.load(path, expect_model="ganomaly")
+
+
+def test_other_format_version_is_refused(fitted: tuple[Detector, Path], tmp_path: Path) -> None:
+    _, path = fitted
+    payload = torch.load(path, weights_only=True)
+    payload["format_version"] = FORMAT_VERSION + 1
+    torch.save(payload, tmp_path / "future.pt")
+    with pytest.raises(CheckpointError, match="format version"):
+        Detector.load(tmp_path / "future.pt")
+
+
+def test_weights_that_do_not_fit_are_refused(fitted: tuple[Detector, Path], tmp_path: Path) -> None:
+    _, path = fitted
+    payload = torch.load(path, weights_only=True)
+    payload["model_config"]["widths"] = [16, 32, 64, 128, 256]
+    torch.save(payload, tmp_path / "mismatch.pt")
+    with pytest.raises(CheckpointError, match="do not fit"):
+        Detector.load(tmp_path / "mismatch.pt")
+
+
+class _Exploit:
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (os.system, (f"touch {_Exploit.marker}",))
+
+
+def test_a_checkpoint_cannot_run_code(tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    _Exploit.marker = marker  # type: ignore[attr-defined]
+    evil = tmp_path / "evil.pt"
+    torch.save({"format": "skipganomaly-detector", "x": _Exploit()}, evil)
+    with pytest.raises(CheckpointError):
+        Detector.load(evil)
+    assert not marker.exists()

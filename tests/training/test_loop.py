@@ -1,0 +1,102 @@
+"""The generic training loop: learns, is reproducible, resets D, stops early, refuses NaN."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from skipganomaly.data.images import as_image_tensor, to_unit_range
+from skipganomaly.errors import ConfigError
+from skipganomaly.models import create
+from skipganomaly.training import TrainConfig, TrainingError, batched_apply, train
+from tests.conftest import SMALL_WIDTHS, blob_images
+
+CPU = dict(device="cpu", progress=False)
+
+
+def _data(n: int = 48) -> torch.Tensor:
+    return as_image_tensor(blob_images(n, channels=1), 32, 1)
+
+
+def _model(**kw: object) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return create("skipganomaly++", in_channels=1, image_size=32, widths=SMALL_WIDTHS, **kw)
+
+
+def _val_loss(model: torch.nn.Module, images: torch.Tensor) -> float:
+    return float(batched_apply(model.validation_loss, model, images, 64, torch.device("cpu")).mean())
+
+
+def test_short_training_lowers_reconstruction_loss() -> None:
+    data = _data(72)
+    train_set, val = data[:64], data[64:]
+    model = _model()
+    before = _val_loss(model, val)
+    history = train(model, train_set, val, TrainConfig(epochs=8, batch_size=16, lr=5e-3, **CPU))
+    after = _val_loss(model, val)
+    assert after < 0.95 * before, (before, after)
+    assert history[-1].val_loss == pytest.approx(after, rel=1e-5)
+    assert history[-1].losses["g_con"] < history[0].losses["g_con"]
+
+
+def test_same_seed_gives_identical_weights() -> None:
+    data = _data(24)
+    states = []
+    for _ in range(2):
+        model = _model(noise_sigma=0.1)
+        train(model, data[:20], data[20:], TrainConfig(epochs=2, batch_size=8, seed=3, **CPU))
+        states.append(model.state_dict())
+    for key in states[0]:
+        assert torch.equal(states[0][key], states[1][key]), key
+
+
+def test_discriminator_reset_rule_fires_below_threshold() -> None:
+    data = _data(24)
+    model = _model()
+    history = train(model, data[:20], data[20:],
+                    TrainConfig(epochs=1, batch_size=8, d_reset_threshold=1e9, **CPU))
+    assert history[0].d_resets == 2  # 20 images // 8 = 2 steps, a reset after each
+
+
+def test_early_stopping_restores_the_best_epoch() -> None:
+    data = _data(24)
+    model = _model()
+    seen: list[dict[str, torch.Tensor]] = []
+    history = train(model, data[:20], data[20:],
+                    TrainConfig(epochs=8, batch_size=8, lr=5e-2, patience=1, **CPU),
+                    on_epoch_end=lambda r: seen.append({k: v.clone() for k, v in model.state_dict().items()}))
+    losses = [r.val_loss for r in history]
+    best = min(range(len(losses)), key=losses.__getitem__)
+    assert len(history) <= 8
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, seen[best][key]), key
+
+
+def test_non_finite_loss_stops_with_epoch_and_step() -> None:
+    data = _data(24)
+    model = _model()
+    original = model.generator_loss
+
+    def poisoned(x: torch.Tensor):  # type: ignore[no-untyped-def]
+        step = original(x)
+        step.loss = step.loss * float("nan")
+        return step
+
+    model.generator_loss = poisoned  # type: ignore[method-assign]
+    with pytest.raises(TrainingError, match="epoch 1, step 1"):
+        train(model, data[:20], data[20:], TrainConfig(epochs=1, batch_size=8, **CPU))
+
+
+@pytest.mark.parametrize("bad", [dict(epochs=0), dict(batch_size=1), dict(lr=0.0), dict(patience=0)])
+def test_bad_training_options_are_config_errors(bad: dict[str, float]) -> None:
+    with pytest.raises(ConfigError):
+        TrainConfig(**bad)
+
+
+def test_batched_apply_autocast_path_disabled_on_cpu_matches() -> None:
+    model = _model().eval()
+    data = _data(5)
+    scores = batched_apply(model.score, model, data, 2, torch.device("cpu"), amp=False)
+    with torch.no_grad():
+        direct = model.score(to_unit_range(data))
+    torch.testing.assert_close(scores, direct, rtol=1e-4, atol=1e-6)
