@@ -13,6 +13,13 @@ torch.set_num_threads(2)
 
 SMALL_WIDTHS = [8, 8, 16, 16, 32]
 
+# Options that keep every model quick on a CPU (AnoGAN's 500-step latent search costs a minute here).
+FAST_OPTIONS: dict[str, dict[str, object]] = {"anogan": {"search_steps": 10, "validation_steps": 2}}
+
+
+def fast(name: str) -> dict[str, object]:
+    return dict(FAST_OPTIONS.get(name, {}))
+
 
 def blob_images(n: int, size: int = 32, channels: int = 3, seed: int = 0) -> np.ndarray:
     """Smooth 'normal' images: a soft bright disc at a random place on a dark background, uint8 NHWC."""

@@ -19,7 +19,7 @@ from .data.digits import digits_leave_one_out
 from .data.folders import load_labelled_folder, train_folder
 from .data.images import list_image_files, load_image_files
 from .detector import Detector
-from .errors import ConfigError, DataError, SkipGanomalyError
+from .errors import CheckpointError, ConfigError, DataError, SkipGanomalyError
 from .evaluation.metrics import evaluate_scores
 from .evaluation.tables import per_class_table
 from .models import list_models
@@ -177,8 +177,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_test(args: argparse.Namespace) -> int:
+def _load_calibrated(args: argparse.Namespace) -> Detector:
     det = Detector.load(args.checkpoint, device=args.device, progress=not args.no_progress)
+    if det.threshold_ is None:
+        raise CheckpointError(f"{args.checkpoint} comes from an unfinished training run and has no threshold")
+    return det
+
+
+def cmd_test(args: argparse.Namespace) -> int:
+    det = _load_calibrated(args)
     x, y, _ = load_labelled_folder(args.data, det.image_size, det.in_channels, progress=not args.no_progress)
     metrics = evaluate_scores(det.decision_function(x), y.numpy(), det.threshold_)
     _print_metrics(metrics)
@@ -188,7 +195,7 @@ def cmd_test(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    det = Detector.load(args.checkpoint, device=args.device, progress=not args.no_progress)
+    det = _load_calibrated(args)
     paths: list[Path] = []
     for item in args.inputs:
         if item.is_dir():
@@ -203,9 +210,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
     with args.out.open("w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(["path", "score", "label"])
-        for path, score in zip(kept, scores):
-            writer.writerow([path, f"{score:.8g}", int(score > det.threshold_)])
-    print(f"wrote {len(kept)} scores to {args.out} ({int(np.sum(scores > det.threshold_))} flagged)")
+        labels = scores > det.threshold_
+        for path, score, label in zip(kept, scores, labels):
+            writer.writerow([path, f"{score:.8g}", int(label)])
+    print(f"wrote {len(kept)} scores to {args.out} ({int(labels.sum())} flagged)")
     return 0
 
 

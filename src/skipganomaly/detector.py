@@ -77,8 +77,9 @@ class Detector:
         checkpoint_path: str | os.PathLike[str] | None = None,
         on_epoch_end: Callable[[EpochRecord], None] | None = None,
     ) -> "Detector":
-        """Train on normal images. With `checkpoint_path`, a usable detector is saved after every
-        epoch, so an interrupted run keeps its last complete epoch."""
+        """Train on normal images. With `checkpoint_path`, the weights are saved after every epoch, so
+        an interrupted run keeps its last complete epoch (it scores, but has no threshold until the
+        run completes), and the calibrated detector at the end."""
         data = as_image_tensor(images, self.image_size, self.in_channels)
         n_val = int(round(len(data) * self.val_fraction))
         if n_val < 1 or len(data) - n_val < 2:
@@ -91,12 +92,13 @@ class Detector:
         torch.manual_seed(self.train_config.seed)
         self.model_ = create(self.model_name, in_channels=self.in_channels, image_size=self.image_size,
                              **self.model_kwargs)
+        self.threshold_ = None
         self.history_ = []
 
         def epoch_done(record: EpochRecord) -> None:
             self.history_.append(record.as_dict())
             if checkpoint_path is not None:
-                self._calibrate(val)
+                # Weights only: calibrating costs a scoring pass (AnoGAN: a latent search), done once at the end.
                 self.save(checkpoint_path)
             if on_epoch_end is not None:
                 on_epoch_end(record)
@@ -119,6 +121,8 @@ class Detector:
     def predict(self, images: Any, batch_size: int = 256) -> np.ndarray:
         """1 for images scored above `threshold_`, else 0."""
         scores = self.decision_function(images, batch_size)
+        if self.threshold_ is None:
+            raise CheckpointError("this detector has no threshold: it comes from an unfinished training run")
         return (scores > self.threshold_).astype(np.int64)
 
     def anomaly_maps(self, images: Any, batch_size: int = 256) -> np.ndarray:

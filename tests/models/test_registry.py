@@ -9,7 +9,7 @@ import torch
 from skipganomaly.data.images import as_image_tensor, to_unit_range
 from skipganomaly.errors import ConfigError
 from skipganomaly.models import AnomalyModel, create, list_models
-from tests.conftest import blob_images, noise_images
+from tests.conftest import blob_images, fast, noise_images
 
 
 def test_default_model_is_registered_first() -> None:
@@ -64,7 +64,7 @@ def _assert_all_have_gradients(params: list[torch.nn.Parameter], name: str, whic
 @pytest.mark.parametrize("name", list_models())
 def test_score_is_independent_of_batch_size_and_order(name: str) -> None:
     torch.manual_seed(0)
-    model = create(name, in_channels=3, image_size=32).eval()
+    model = create(name, in_channels=3, image_size=32, **fast(name)).eval()
     x = torch.rand(6, 3, 32, 32) * 2 - 1
     with torch.no_grad():
         together = model.score(x)

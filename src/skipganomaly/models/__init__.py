@@ -1,7 +1,13 @@
-"""Models: each owns its networks, losses and score. Importing a model module registers it."""
+"""Models: each owns its networks, losses and score. Importing a model module registers it;
+the order here is the order of `list_models()` (the default first)."""
 
 from .base import AnomalyModel, GeneratorStep
 from .registry import create, list_models, register
 from .skipganomaly_pp import SkipGanomalyPP
+from .skipganomaly import SkipGanomaly
+from .ganomaly import Ganomaly
+from .egbad import Egbad
+from .anogan import AnoGan
 
-__all__ = ["AnomalyModel", "GeneratorStep", "SkipGanomalyPP", "create", "list_models", "register"]
+__all__ = ["AnoGan", "AnomalyModel", "Egbad", "Ganomaly", "GeneratorStep", "SkipGanomaly", "SkipGanomalyPP",
+           "create", "list_models", "register"]

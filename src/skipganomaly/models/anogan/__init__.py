@@ -1,0 +1,5 @@
+"""AnoGAN (see README.md in this folder)."""
+
+from .model import AnoGan
+
+__all__ = ["AnoGan"]

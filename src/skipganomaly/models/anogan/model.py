@@ -1,0 +1,132 @@
+"""AnoGAN (Schlegl et al., 2017): a DCGAN, and at test time an iterative search for the latent code
+that best explains each image (spec section F4)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..base import AnomalyModel, GeneratorStep, frozen, init_weights
+from ..dcgan import check_power_of_two, decoder, encoder_pyramid
+from ...errors import ConfigError
+from ..registry import register
+
+
+class DcganDiscriminator(nn.Module):
+    """Conv pyramid to a 4x4 map (flattened: the features), then a dense real/fake head."""
+
+    def __init__(self, in_channels: int, image_size: int, width: int) -> None:
+        super().__init__()
+        self.features, top = encoder_pyramid(in_channels, image_size, width)
+        self.head = nn.Linear(top * 16, 1)
+
+    def classify(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        feat = self.features(x).flatten(1)
+        return self.head(feat).squeeze(1), feat
+
+
+@register("anogan")
+class AnoGan(AnomalyModel):
+    """Score: the loss (1 - lam) * ||x - G(z)||_1 + lam * ||f(x) - f(G(z))||_1 after `search_steps`
+    Adam steps on z (lr 0.01, then 0.001 after 40% and 0.0005 after 60% of the steps, as EG).
+
+    Every image starts from the same fixed z0 and its loss only involves itself, so (in eval mode)
+    its score does not depend on the batch it is searched in.
+    """
+
+    def __init__(self, in_channels: int = 3, image_size: int = 32, width: int = 128, nz: int = 100,
+                 lam: float = 0.1, search_steps: int = 500, search_lr: float = 0.01, validation_steps: int = 20,
+                 search_seed: int = 0) -> None:
+        check_power_of_two("anogan", image_size)
+        super().__init__(in_channels, image_size)
+        if search_steps < 1 or validation_steps < 1:
+            raise ConfigError("search_steps and validation_steps must be at least 1")
+        self.width, self.nz, self.lam = width, nz, lam
+        self.search_steps, self.search_lr, self.validation_steps = search_steps, search_lr, validation_steps
+        self.search_seed = search_seed
+        self.generator = decoder(nz, in_channels, image_size, width)
+        self.discriminator = DcganDiscriminator(in_channels, image_size, width)
+        init_weights(self)
+        z0 = torch.empty(nz)
+        nn.init.trunc_normal_(z0, 0.0, 1.0, -2.0, 2.0, generator=torch.Generator().manual_seed(search_seed))
+        self.register_buffer("z0", z0, persistent=False)
+
+    def config(self) -> dict[str, Any]:
+        return {"in_channels": self.in_channels, "image_size": self.image_size, "width": self.width, "nz": self.nz,
+                "lam": self.lam, "search_steps": self.search_steps, "search_lr": self.search_lr,
+                "validation_steps": self.validation_steps, "search_seed": self.search_seed}
+
+    def forward(self, z: Tensor) -> Tensor:
+        """G(z)."""
+        return self.generator(z)
+
+    def generator_parameters(self) -> list[nn.Parameter]:
+        return list(self.generator.parameters())
+
+    def discriminator_parameters(self) -> list[nn.Parameter]:
+        return list(self.discriminator.parameters())
+
+    def generator_loss(self, x: Tensor) -> GeneratorStep:
+        logit_real, _ = self.discriminator.classify(x)
+        z = torch.randn(len(x), self.nz, 1, 1, device=x.device, dtype=x.dtype)
+        fake = self.generator(z)
+        with frozen(self.discriminator):
+            logit_fake, _ = self.discriminator.classify(fake)
+        adv = F.binary_cross_entropy_with_logits(logit_fake, torch.ones_like(logit_fake))
+        return GeneratorStep(adv, {"g_adv": adv.detach()}, {"logit_real": logit_real, "fake": fake.detach()})
+
+    def discriminator_loss(self, x: Tensor, cache: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        logit_real = cache["logit_real"]
+        logit_fake, _ = self.discriminator.classify(cache["fake"])
+        loss = (F.binary_cross_entropy_with_logits(logit_real, torch.ones_like(logit_real))
+                + F.binary_cross_entropy_with_logits(logit_fake, torch.zeros_like(logit_fake)))
+        return loss, loss.detach()
+
+    def reset_discriminator(self) -> None:
+        init_weights(self.discriminator)
+
+    def search(self, x: Tensor, steps: int) -> tuple[Tensor, Tensor]:
+        """Find z for each image; returns (final per-image loss [B], G(z) [B, C, H, W])."""
+        with torch.enable_grad(), frozen(self):
+            _, feat_x = self.discriminator.classify(x)
+            feat_x = feat_x.detach()
+            z = self.z0.to(x.device).expand(len(x), -1).clone()[:, :, None, None].requires_grad_(True)
+            opt = torch.optim.Adam([z], lr=self.search_lr)
+            for step in range(steps):
+                for group in opt.param_groups:
+                    group["lr"] = self._search_lr(step, steps)
+                loss = self._search_loss(x, feat_x, z)[0]
+                opt.zero_grad(set_to_none=True)
+                loss.sum().backward()  # per-image losses summed: each z only sees its own image
+                opt.step()
+        with torch.no_grad():
+            loss, fake = self._search_loss(x, feat_x, z)
+        return loss, fake
+
+    def _search_lr(self, step: int, steps: int) -> float:
+        if step >= 0.6 * steps:
+            return self.search_lr * 0.05
+        if step >= 0.4 * steps:
+            return self.search_lr * 0.1
+        return self.search_lr
+
+    def _search_loss(self, x: Tensor, feat_x: Tensor, z: Tensor) -> tuple[Tensor, Tensor]:
+        fake = self.generator(z)
+        _, feat_fake = self.discriminator.classify(fake)
+        residual = (x - fake).abs().flatten(1).sum(1)
+        feature = (feat_x - feat_fake).abs().sum(1)
+        return (1.0 - self.lam) * residual + self.lam * feature, fake
+
+    def score(self, x: Tensor) -> Tensor:
+        return self.search(x, self.search_steps)[0]
+
+    def anomaly_map(self, x: Tensor) -> Tensor:
+        return (x - self.search(x, self.search_steps)[1]).abs().mean(1)
+
+    def validation_loss(self, x: Tensor) -> Tensor:
+        """Mean absolute residual after a short search (the full one would cost many epochs)."""
+        fake = self.search(x, self.validation_steps)[1]
+        return (fake - x).abs().flatten(1).mean(1)

@@ -1,0 +1,5 @@
+"""GANomaly (see README.md in this folder)."""
+
+from .model import Ganomaly
+
+__all__ = ["Ganomaly"]
