@@ -12,6 +12,8 @@ import pytest
 import yaml
 
 from skipganomaly.cli import main
+from skipganomaly.models import list_models
+from tests.conftest import fast
 
 SMALL = ["--model-arg", "widths=[8,8,16,16,32]", "--no-progress", "--device", "cpu"]
 
@@ -105,3 +107,15 @@ def test_demo_minimal_gives_aucs_in_unit_interval(tmp_path: Path) -> None:
     results = json.loads((out / "results.json").read_text())
     assert 0.0 <= results["digit 3"]["auroc"] <= 1.0
     assert "| mean |" in (out / "table.md").read_text()
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_train_every_model_from_the_cli(name: str, image_root: Path) -> None:
+    options = [arg for key, value in fast(name).items() for arg in ("--model-arg", f"{key}={value}")]
+    run = image_root / f"run-{name}"
+    assert main(["train", "--model", name, "--data", str(image_root), "--test", str(image_root / "test"),
+                 "--out", str(run), "--epochs", "1", "--batch-size", "8", "--no-progress", "--device", "cpu",
+                 *options]) == 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert 0.0 <= metrics["test"]["auroc"] <= 1.0
+    assert yaml.safe_load((run / "config.yaml").read_text())["model"] == name

@@ -144,3 +144,19 @@ def test_a_checkpoint_cannot_run_code(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError):
         Detector.load(evil)
     assert not marker.exists()
+
+
+def test_an_interrupted_run_keeps_its_last_epoch_without_a_threshold(tmp_path: Path) -> None:
+    det = Detector(in_channels=3, epochs=3, batch_size=8, device="cpu", progress=False, widths=SMALL_WIDTHS)
+
+    def stop_after_first_epoch(record: object) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        det.fit(blob_images(20), checkpoint_path=tmp_path / "m.pt", on_epoch_end=stop_after_first_epoch)
+    loaded = Detector.load(tmp_path / "m.pt")
+    assert len(loaded.history_) == 1 and loaded.threshold_ is None
+    x = noise_images(2)
+    assert np.isfinite(loaded.decision_function(x)).all()
+    with pytest.raises(CheckpointError, match="unfinished"):
+        loaded.predict(x)
