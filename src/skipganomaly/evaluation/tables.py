@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from typing import Mapping, Sequence
 
+from .paper import TABLE_1, TABLE_1_MEAN
+
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     """A GitHub-flavoured markdown table; floats get three decimals."""
@@ -25,3 +27,30 @@ def per_class_table(results: Mapping[str, Mapping[str, float]], metrics: Sequenc
     if results:
         rows.append(["mean", *(sum(r[m] for r in results.values()) / len(results) for m in metrics)])
     return markdown_table(["class", *metrics], rows)
+
+
+def benchmark_table(
+    summary: Mapping[tuple[str, str, str], Mapping[str, float]], models: Sequence[str], classes: Sequence[str],
+    protocol: str,
+) -> str:
+    """Rows = models, columns = abnormal classes: `ours (paper)`, ours as mean±std over seeds when
+    there are several. The mean column averages the classes shown (the paper's over all ten)."""
+    header = ["model", *classes, "mean"]
+    rows = []
+    for model in models:
+        cells, means = [], []
+        for cls in classes:
+            s = summary.get((model, protocol, cls))
+            paper = TABLE_1.get(model, {}).get(cls)
+            ref = f" ({paper:.3f})" if paper is not None else ""
+            if s is None:
+                cells.append("-" + ref)
+                continue
+            means.append(s["mean"])
+            ours = f"{s['mean']:.3f}±{s['std']:.3f}" if s["n"] > 1 else f"{s['mean']:.3f}"
+            cells.append(ours + ref)
+        paper_mean = TABLE_1_MEAN.get(model)
+        ours_mean = f"{sum(means) / len(means):.3f}" if means else "-"
+        cells.append(ours_mean + (f" ({paper_mean:.3f})" if paper_mean is not None else ""))
+        rows.append([model, *cells])
+    return markdown_table(header, rows)

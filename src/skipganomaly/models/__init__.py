@@ -2,7 +2,7 @@
 the order here is the order of `list_models()` (the default first)."""
 
 from .base import AnomalyModel, GeneratorStep
-from .registry import create, list_models, register
+from .registry import create, get_model_class, list_models, register
 from .skipganomaly_pp import SkipGanomalyPP
 from .skipganomaly import SkipGanomaly
 from .ganomaly import Ganomaly
@@ -10,4 +10,4 @@ from .egbad import Egbad
 from .anogan import AnoGan
 
 __all__ = ["AnoGan", "AnomalyModel", "Egbad", "Ganomaly", "GeneratorStep", "SkipGanomaly", "SkipGanomalyPP",
-           "create", "list_models", "register"]
+           "create", "get_model_class", "list_models", "register"]

@@ -104,3 +104,8 @@ class AnomalyModel(nn.Module):
     def config(self) -> dict[str, Any]:
         """Constructor arguments that rebuild this model (plain values, safe to store)."""
         raise NotImplementedError
+
+    @classmethod
+    def reference_options(cls) -> dict[str, Any]:
+        """Constructor options that reproduce the reference code's training quirks (paper protocol)."""
+        return {}

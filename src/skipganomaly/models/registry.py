@@ -30,12 +30,17 @@ def list_models() -> list[str]:
     return list(_REGISTRY)
 
 
-def create(name: str, **kwargs: Any) -> AnomalyModel:
-    """Build a registered model; unknown names and arguments give a ConfigError, not a TypeError."""
+def get_model_class(name: str) -> type[AnomalyModel]:
+    """The class registered under `name`; a ConfigError listing the names otherwise."""
     try:
-        cls = _REGISTRY[name]
+        return _REGISTRY[name]
     except KeyError:
         raise ConfigError(f"unknown model {name!r}; available: {', '.join(_REGISTRY)}") from None
+
+
+def create(name: str, **kwargs: Any) -> AnomalyModel:
+    """Build a registered model; unknown names and arguments give a ConfigError, not a TypeError."""
+    cls = get_model_class(name)
     try:
         return cls(**kwargs)
     except TypeError as err:

@@ -44,21 +44,27 @@ def batched_apply(
     batch_size: int,
     device: torch.device,
     amp: bool | None = None,
+    train_mode: bool = False,
 ) -> Tensor:
-    """Run `fn` over uint8 images in eval mode and without gradients; returns float32 on the CPU.
+    """Run `fn` over uint8 images without gradients, in batches; returns float32 on the CPU.
 
-    Eval mode makes each image's result independent of batch size and of its batch neighbours.
+    By default in eval mode, which makes each image's result independent of batch size and of its
+    batch neighbours. `train_mode=True` reproduces the reference evaluation instead (BatchNorm uses
+    each batch's statistics, so results depend on the batch); running statistics are restored after.
     """
+    saved = ({k: v.clone() for k, v in model.state_dict().items() if "running_" in k or "num_batches" in k}
+             if train_mode else {})
     was_training = model.training
-    model.eval()
+    model.train(train_mode)
     outputs = []
     try:
         with torch.no_grad():
             for start in range(0, len(images), batch_size):
                 batch = to_unit_range(images[start:start + batch_size].to(device, non_blocking=True))
                 with autocast(device, amp):
-                    out = fn(batch)
-                outputs.append(out.float().cpu())
+                    outputs.append(fn(batch).float().cpu())
     finally:
+        if train_mode:
+            model.load_state_dict(saved, strict=False)
         model.train(was_training)
     return torch.cat(outputs)

@@ -20,3 +20,8 @@ class SkipGanomalyPP(SkipFamilyModel):
 
     def config(self) -> dict[str, Any]:
         return {**super().config(), "widths": list(self.widths)}
+
+    @classmethod
+    def reference_options(cls) -> dict[str, Any]:
+        """The reference ++ code detaches the latent loss, so it trains nothing (spec section C)."""
+        return {"detach_latent": True}

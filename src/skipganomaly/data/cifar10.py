@@ -1,0 +1,182 @@
+"""CIFAR-10 (python version) and the paper's leave-one-class-out split (spec section E).
+
+Files are read from a local folder and checked against the MD5s torchvision publishes; downloading is
+opt-in and goes through the same checks, so a machine without internet works with a local copy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import tarfile
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import DataError
+
+CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+# Column order of the paper's Table 1.
+PAPER_ORDER = ("bird", "automobile", "truck", "ship", "cat", "deer", "frog", "horse", "airplane", "dog")
+ALIASES = {"car": "automobile", "plane": "airplane"}
+
+URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+ARCHIVE_MD5 = "c58f30108f718f92721af3b95e74349a"
+FOLDER = "cifar-10-batches-py"
+MD5 = {
+    "data_batch_1": "c99cafc152244af753f735de768cd75f",
+    "data_batch_2": "d4bba439e000b95fd0a9bffe97cbabec",
+    "data_batch_3": "54ebc095f3ab1f0389bbae665268c751",
+    "data_batch_4": "634d18415352ddfa80567beed471001a",
+    "data_batch_5": "482c414d41f54cd18b22e5b47cb7c3cb",
+    "test_batch": "40351d587109b95175f43aff81a1287e",
+    "batches.meta": "5ff9c542aee3614f3951f8cda6e48888",
+}
+
+
+@dataclass
+class Cifar10:
+    """All of CIFAR-10 as uint8 [N, 3, 32, 32] tensors with int64 labels."""
+
+    train_images: torch.Tensor
+    train_labels: torch.Tensor
+    test_images: torch.Tensor
+    test_labels: torch.Tensor
+
+
+def class_index(name: str) -> int:
+    """Index of a class by name (the reference's torchvision names, or GANomaly's 'car'/'plane')."""
+    key = ALIASES.get(name.lower(), name.lower())
+    if key not in CLASSES:
+        raise DataError(f"unknown CIFAR-10 class {name!r}; use one of {', '.join(CLASSES)}")
+    return CLASSES.index(key)
+
+
+def md5sum(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.md5()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(chunk), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def find_folder(root: str | os.PathLike[str]) -> Path:
+    """Accept the batches folder itself or a folder that contains it."""
+    root = Path(root)
+    return root if (root / "data_batch_1").exists() or root.name == FOLDER else root / FOLDER
+
+
+def verify(folder: Path) -> None:
+    """Every file present and with the published MD5; otherwise a DataError naming the file."""
+    for name, expected in MD5.items():
+        path = folder / name
+        if not path.is_file():
+            raise DataError(f"CIFAR-10 file missing: {path} (give --data-dir, or --download where there is internet)")
+        if md5sum(path) != expected:
+            raise DataError(f"CIFAR-10 file {path} fails its MD5 check (corrupt or not the python version)")
+
+
+def download(root: Path, progress: bool = True) -> Path:
+    """Fetch the official archive, check its MD5, and extract it without letting paths escape `root`."""
+    from tqdm.auto import tqdm
+
+    root.mkdir(parents=True, exist_ok=True)
+    archive = root / "cifar-10-python.tar.gz"
+    if not archive.exists() or md5sum(archive) != ARCHIVE_MD5:
+        partial = archive.with_suffix(".part")
+        try:
+            with urllib.request.urlopen(URL, timeout=60) as response, partial.open("wb") as out:
+                total = int(response.headers.get("Content-Length", 0)) or None
+                with tqdm(total=total, unit="B", unit_scale=True, desc="CIFAR-10", disable=not progress) as bar:
+                    for block in iter(lambda: response.read(1 << 20), b""):
+                        out.write(block)
+                        bar.update(len(block))
+        except OSError as err:
+            partial.unlink(missing_ok=True)
+            raise DataError(f"cannot download CIFAR-10 from {URL}: {err}") from None
+        partial.replace(archive)
+        if md5sum(archive) != ARCHIVE_MD5:
+            raise DataError(f"downloaded {archive} fails its MD5 check; delete it and retry")
+    safe_extract(archive, root)
+    return root / FOLDER
+
+
+def safe_extract(archive: Path, dest: Path) -> None:
+    """Extract regular files and folders only, refusing absolute paths, '..' and links."""
+    dest = dest.resolve()
+    with tarfile.open(archive, "r:gz") as tar:
+        members = tar.getmembers()
+        for member in members:
+            target = (dest / member.name).resolve()
+            if not (member.isfile() or member.isdir()) or not target.is_relative_to(dest):
+                raise DataError(f"refusing unsafe archive member {member.name!r} in {archive}")
+        tar.extractall(dest, members=members)
+
+
+def load_cifar10(root: str | os.PathLike[str], download_missing: bool = False, progress: bool = True) -> Cifar10:
+    """Load and verify the python version from `root` (downloading it first only if asked)."""
+    folder = find_folder(root)
+    if download_missing and not (folder / "data_batch_1").exists():
+        folder = download(Path(root), progress)
+    verify(folder)
+    train = [_read_batch(folder / f"data_batch_{i}") for i in range(1, 6)]
+    test = _read_batch(folder / "test_batch")
+    return Cifar10(
+        torch.cat([b[0] for b in train]), torch.cat([b[1] for b in train]), test[0], test[1]
+    )
+
+
+def _read_batch(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    # The files passed their MD5 check, so they are the published pickles of arrays and lists.
+    with path.open("rb") as fh:
+        batch = pickle.load(fh, encoding="latin1")
+    images = np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+    return torch.from_numpy(images.copy()), torch.as_tensor(batch["labels"], dtype=torch.int64)
+
+
+@dataclass
+class LeaveOneOutSplit:
+    """The paper's protocol for one abnormal class. The test set is in the reference's order: normal
+    test images, then abnormal training images, then abnormal test images (label 1 = abnormal)."""
+
+    abnormal_class: str
+    train: torch.Tensor
+    test: torch.Tensor
+    test_labels: torch.Tensor
+
+
+def leave_one_class_out(
+    data: Cifar10, abnormal: str, train_fraction: float = 1.0, test_fraction: float = 1.0, seed: int = 0
+) -> LeaveOneOutSplit:
+    """Train on the 45,000 training images of the nine normal classes; test on their 9,000 test images
+    plus all 6,000 images (5,000 train + 1,000 test) of the abnormal class.
+
+    Fractions below 1 take stratified subsets (per class and per part), keeping the test order.
+    """
+    for name, frac in (("train_fraction", train_fraction), ("test_fraction", test_fraction)):
+        if not 0.0 < frac <= 1.0:
+            raise DataError(f"{name} must be in (0, 1], got {frac}")
+    c = class_index(abnormal)
+    rng = np.random.default_rng(seed)
+    train_idx = _stratified(data.train_labels, data.train_labels != c, train_fraction, rng)
+    normal_test = _stratified(data.test_labels, data.test_labels != c, test_fraction, rng)
+    abnormal_train = _stratified(data.train_labels, data.train_labels == c, test_fraction, rng)
+    abnormal_test = _stratified(data.test_labels, data.test_labels == c, test_fraction, rng)
+    test = torch.cat([data.test_images[normal_test], data.train_images[abnormal_train], data.test_images[abnormal_test]])
+    labels = torch.cat([torch.zeros(len(normal_test)), torch.ones(len(abnormal_train) + len(abnormal_test))]).long()
+    return LeaveOneOutSplit(CLASSES[c], data.train_images[train_idx], test, labels)
+
+
+def _stratified(labels: torch.Tensor, mask: torch.Tensor, fraction: float, rng: np.random.Generator) -> torch.Tensor:
+    """Indices where `mask` holds; with fraction < 1, a random share of each class, in index order."""
+    picked = []
+    for cls in torch.unique(labels[mask]).tolist():
+        idx = torch.nonzero(mask & (labels == cls)).flatten().numpy()
+        if fraction < 1.0:
+            idx = np.sort(rng.choice(idx, max(1, int(round(len(idx) * fraction))), replace=False))
+        picked.append(idx)
+    return torch.from_numpy(np.sort(np.concatenate(picked)))
