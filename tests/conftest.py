@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -56,3 +58,13 @@ def image_root(tmp_path: Path) -> Path:
     write_images(tmp_path / "test" / "normal", blob_images(8, seed=5))
     write_images(tmp_path / "test" / "abnormal", noise_images(8))
     return tmp_path
+
+
+def find_real_cifar10() -> Path:
+    """The real CIFAR-10: $CIFAR10_DIR, else the project's shared data beside the checkout, else /work/shared."""
+    candidates = [Path(os.environ["CIFAR10_DIR"])] if "CIFAR10_DIR" in os.environ else []
+    candidates += [Path(__file__).resolve().parents[2] / "shared" / "data", Path("/work/shared/data")]
+    for path in candidates:
+        if (path / "cifar-10-batches-py").is_dir():
+            return path
+    return candidates[0]
