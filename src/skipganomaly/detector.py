@@ -88,7 +88,7 @@ class Detector:
                 "give more images or a larger val_fraction"
             )
         order = torch.from_numpy(np.random.default_rng(self.train_config.seed).permutation(len(data)))
-        val, train_set = data[order[:n_val]], data[order[n_val:]]
+        val = data[order[:n_val]]
         torch.manual_seed(self.train_config.seed)
         self.model_ = create(self.model_name, in_channels=self.in_channels, image_size=self.image_size,
                              **self.model_kwargs)
@@ -103,7 +103,7 @@ class Detector:
             if on_epoch_end is not None:
                 on_epoch_end(record)
 
-        train(self.model_, train_set, val, self.train_config, epoch_done)
+        train(self.model_, data, val, self.train_config, epoch_done, train_index=order[n_val:])
         self._calibrate(val)
         if checkpoint_path is not None:
             self.save(checkpoint_path)

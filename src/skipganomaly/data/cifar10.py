@@ -123,19 +123,28 @@ def load_cifar10(root: str | os.PathLike[str], download_missing: bool = False, p
     if download_missing and not (folder / "data_batch_1").exists():
         folder = download(Path(root), progress)
     verify(folder)
-    train = [_read_batch(folder / f"data_batch_{i}") for i in range(1, 6)]
-    test = _read_batch(folder / "test_batch")
-    return Cifar10(
-        torch.cat([b[0] for b in train]), torch.cat([b[1] for b in train]), test[0], test[1]
-    )
+    train_images, train_labels = _read_batches([folder / f"data_batch_{i}" for i in range(1, 6)])
+    test_images, test_labels = _read_batches([folder / "test_batch"])
+    return Cifar10(train_images, train_labels, test_images, test_labels)
 
 
-def _read_batch(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
-    # The files passed their MD5 check, so they are the published pickles of arrays and lists.
-    with path.open("rb") as fh:
-        batch = pickle.load(fh, encoding="latin1")
-    images = np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
-    return torch.from_numpy(images.copy()), torch.as_tensor(batch["labels"], dtype=torch.int64)
+def _read_batches(paths: list[Path]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Read equal-sized batch files straight into one preallocated uint8 tensor (peak: result + one file)."""
+    out = flat = None
+    labels: list[int] = []
+    for i, path in enumerate(paths):
+        # The files passed their MD5 check, so they are the published pickles of arrays and lists.
+        with path.open("rb") as fh:
+            batch = pickle.load(fh, encoding="latin1")
+        rows = len(batch["data"])
+        if out is None:
+            out = torch.empty((rows * len(paths), 3, 32, 32), dtype=torch.uint8)
+            flat = out.view(len(out), -1).numpy()
+        flat[i * rows:(i + 1) * rows] = batch["data"]
+        labels += batch["labels"]
+        del batch
+    assert out is not None and len(labels) == len(out), "CIFAR-10 batch files differ in size"
+    return out, torch.tensor(labels, dtype=torch.int64)
 
 
 @dataclass

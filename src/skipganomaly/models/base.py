@@ -64,6 +64,7 @@ class AnomalyModel(nn.Module):
     """
 
     name: str = ""
+    exportable: bool = True  # False where the score is not a plain forward pass (AnoGAN's latent search)
 
     def __init__(self, in_channels: int, image_size: int) -> None:
         super().__init__()

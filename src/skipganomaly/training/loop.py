@@ -69,28 +69,66 @@ class EpochRecord:
         return asdict(self)
 
 
+def make_optimizers(model: AnomalyModel, config: TrainConfig) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer]:
+    """Adam for each side, as every reference model does."""
+    betas = (config.beta1, config.beta2)
+    return (torch.optim.Adam(model.generator_parameters(), config.lr, betas=betas),
+            torch.optim.Adam(model.discriminator_parameters(), config.lr, betas=betas))
+
+
+def train_step(
+    model: AnomalyModel,
+    x: Tensor,
+    opt_g: torch.optim.Optimizer,
+    opt_d: torch.optim.Optimizer,
+    config: TrainConfig,
+    device: torch.device,
+) -> dict[str, float]:
+    """One iteration: G's step, then D's step (the reference order), then the D-reset rule.
+
+    Returns the losses as floats and `d_reset` (1.0 if D was re-initialised).
+    """
+    with autocast(device, config.amp):
+        g = model.generator_loss(x)
+    opt_g.zero_grad(set_to_none=True)
+    g.loss.backward()
+    opt_g.step()
+    with autocast(device, config.amp):
+        d_loss, reset_value = model.discriminator_loss(x, g.cache)
+    opt_d.zero_grad(set_to_none=True)
+    d_loss.backward()
+    opt_d.step()
+    reset = reset_value.item() < config.d_reset_threshold
+    if reset:
+        model.reset_discriminator()
+    return {"g_loss": g.loss.item(), "d_loss": d_loss.item(), **{k: v.item() for k, v in g.logs.items()},
+            "d_reset": float(reset)}
+
+
 def train(
     model: AnomalyModel,
     train_images: Tensor,
     val_images: Tensor,
     config: TrainConfig,
     on_epoch_end: Callable[[EpochRecord], None] | None = None,
+    train_index: Tensor | None = None,
 ) -> list[EpochRecord]:
-    """Train `model` in place on uint8 images [N, C, H, W]; returns one record per epoch.
+    """Train `model` in place on uint8 images [N, C, H, W] (or on `train_images[train_index]`, which
+    spares a copy of a large data set); returns one record per epoch.
 
     With `config.patience`, training stops when the validation loss has not improved for that many
     epochs and the best epoch's weights are restored; otherwise the last epoch is the model.
     """
-    if len(train_images) < 2:
-        raise ConfigError(f"need at least 2 training images, got {len(train_images)}")
+    index = torch.arange(len(train_images)) if train_index is None else train_index.long().cpu()
+    if len(index) < 2:
+        raise ConfigError(f"need at least 2 training images, got {len(index)}")
     device = resolve_device(config.device)
     model.to(device)
     data = train_images.to(device)
-    opt_g = torch.optim.Adam(model.generator_parameters(), config.lr, betas=(config.beta1, config.beta2))
-    opt_d = torch.optim.Adam(model.discriminator_parameters(), config.lr, betas=(config.beta1, config.beta2))
+    opt_g, opt_d = make_optimizers(model, config)
     shuffler = torch.Generator().manual_seed(config.seed)
-    batch_size = min(config.batch_size, len(data))
-    steps = len(data) // batch_size  # drop_last, as the reference: every batch has full statistics
+    batch_size = min(config.batch_size, len(index))
+    steps = len(index) // batch_size  # drop_last, as the reference: every batch has full statistics
     history: list[EpochRecord] = []
     best: tuple[float, dict[str, Tensor]] | None = None
     since_best = 0
@@ -99,26 +137,14 @@ def train(
     for epoch in epochs:
         model.train()
         start = time.perf_counter()
-        order = torch.randperm(len(data), generator=shuffler).to(device)
+        order = index[torch.randperm(len(index), generator=shuffler)].to(device)
         sums: dict[str, float] = {}
         resets = 0
         bar = tqdm(range(steps), desc=f"epoch {epoch}", unit="batch", leave=False, disable=not config.progress)
         for step in bar:
             x = to_unit_range(data[order[step * batch_size:(step + 1) * batch_size]])
-            with autocast(device, config.amp):
-                g = model.generator_loss(x)
-            opt_g.zero_grad(set_to_none=True)
-            g.loss.backward()
-            opt_g.step()
-            with autocast(device, config.amp):
-                d_loss, reset_value = model.discriminator_loss(x, g.cache)
-            opt_d.zero_grad(set_to_none=True)
-            d_loss.backward()
-            opt_d.step()
-            if reset_value.item() < config.d_reset_threshold:
-                model.reset_discriminator()
-                resets += 1
-            values = {"g_loss": g.loss.item(), "d_loss": d_loss.item(), **{k: v.item() for k, v in g.logs.items()}}
+            values = train_step(model, x, opt_g, opt_d, config, device)
+            resets += int(values.pop("d_reset"))
             bad = [k for k, v in values.items() if not math.isfinite(v)]
             if bad:
                 raise TrainingError(

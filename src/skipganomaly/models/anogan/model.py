@@ -37,6 +37,8 @@ class AnoGan(AnomalyModel):
     its score does not depend on the batch it is searched in.
     """
 
+    exportable = False
+
     def __init__(self, in_channels: int = 3, image_size: int = 32, width: int = 128, nz: int = 100,
                  lam: float = 0.1, search_steps: int = 500, search_lr: float = 0.01, validation_steps: int = 20,
                  search_seed: int = 0) -> None:

@@ -55,7 +55,7 @@ class ResidualUnit(nn.Module):
         super().__init__()
         self.main = nn.Sequential(
             nn.BatchNorm2d(cin),
-            nn.ReLU(),
+            nn.ReLU(inplace=True),
             nn.Conv2d(cin, cout, 3, stride, 1),
             nn.BatchNorm2d(cout),
             nn.ReLU(inplace=True),
@@ -109,9 +109,9 @@ class AttentionGate(nn.Module):
     def __init__(self, c_g: int, c_x: int) -> None:
         super().__init__()
         self.g_path = nn.Sequential(
-            nn.BatchNorm2d(c_g), nn.ReLU(), nn.Conv2d(c_g, c_x, 3, 1, 1), nn.MaxPool2d(2)
+            nn.BatchNorm2d(c_g), nn.ReLU(inplace=True), nn.Conv2d(c_g, c_x, 3, 1, 1), nn.MaxPool2d(2)
         )
-        self.x_path = nn.Sequential(nn.BatchNorm2d(c_x), nn.ReLU(), nn.Conv2d(c_x, c_x, 3, 1, 1))
+        self.x_path = nn.Sequential(nn.BatchNorm2d(c_x), nn.ReLU(inplace=True), nn.Conv2d(c_x, c_x, 3, 1, 1))
         self.gate = nn.Sequential(nn.BatchNorm2d(c_x), nn.ReLU(inplace=True), nn.Conv2d(c_x, c_x, 3, 1, 1))
 
     def forward(self, g: Tensor, x: Tensor) -> Tensor:
