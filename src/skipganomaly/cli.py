@@ -25,7 +25,7 @@ from .detector import Detector
 from .errors import CheckpointError, ConfigError, DataError, SkipGanomalyError
 from .evaluation.metrics import evaluate_scores
 from .evaluation.tables import benchmark_table, per_class_table
-from .models import list_models
+from .models import get_model_class, list_models
 
 log = logging.getLogger("skipganomaly")
 
@@ -110,7 +110,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("runs/benchmark"))
     _add_runtime_args(p)
     p.set_defaults(func=cmd_benchmark)
+
+    p = sub.add_parser("bench-speed", help="training/scoring throughput, FLOPs and fraction of machine peak",
+                       description="Per model: training and scoring images/s (PyTorch, onnxruntime), FLOPs per "
+                                   "image, achieved GFLOP/s against a peak measured in the same run, peak RSS. "
+                                   "Each model runs in its own process; medians after warm-up.")
+    p.add_argument("--models", default="all", help="'all' or comma-separated model names")
+    p.add_argument("--threads", type=int, default=torch_threads(), help="torch threads (default: this machine's)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--score-batch", type=int, default=256)
+    p.add_argument("--steps", type=int, default=3, help="training steps per timing")
+    p.add_argument("--repeats", type=int, default=3, help="timings per measurement (the median is kept)")
+    p.add_argument("--no-onnx", action="store_true", help="skip the onnxruntime measurement")
+    p.add_argument("--model-arg", action="append", default=[], metavar="MODEL:KEY=VALUE",
+                   help="extra option for one model, e.g. anogan:search_steps=50 (repeatable)")
+    p.add_argument("--out", type=Path, help="write the JSON result here")
+    p.set_defaults(func=cmd_bench_speed)
     return parser
+
+
+def torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
 
 
 def _add_model_args(p: argparse.ArgumentParser, channels: bool = True) -> None:
@@ -286,12 +308,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
 
     seeds = _int_list(args.seeds, "--seeds") if args.seeds else preset.get("seeds", [0])
     classes = list(PAPER_ORDER) if args.classes == "all" else [CLASSES[class_index(c)] for c in args.classes.split(",")]
-    options: dict[str, dict[str, Any]] = {}
-    for item in args.model_arg:
-        model, sep, pair = item.partition(":")
-        if not sep:
-            raise ConfigError(f"--model-arg expects MODEL:KEY=VALUE, got {item!r}")
-        options.setdefault(model, {}).update(_model_kwargs([pair]))
+    options = _per_model_kwargs(args.model_arg)
     config = SweepConfig(
         models=[m.strip() for m in args.models.split(",") if m.strip()], classes=classes, seeds=seeds,
         protocols=list(PROTOCOLS) if args.protocol == "both" else [args.protocol],
@@ -326,6 +343,45 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     print(text)
     print(f"{len(results)} cells in {out} ({time.perf_counter() - start:.0f} s this run)")
     return 0
+
+
+def _per_model_kwargs(items: list[str]) -> dict[str, dict[str, Any]]:
+    options: dict[str, dict[str, Any]] = {}
+    for item in items:
+        model, sep, pair = item.partition(":")
+        if not sep:
+            raise ConfigError(f"--model-arg expects MODEL:KEY=VALUE, got {item!r}")
+        options.setdefault(model, {}).update(_model_kwargs([pair]))
+    return options
+
+
+def cmd_bench_speed(args: argparse.Namespace) -> int:
+    from .speed import run
+
+    models = list_models() if args.models == "all" else [m.strip() for m in args.models.split(",")]
+    for name in models:
+        get_model_class(name)
+    options = _per_model_kwargs(args.model_arg)
+    rows = []
+    result = {"environment": environment()}
+    for name in models:
+        part = run([name], args.threads, batch_size=args.batch_size, steps=args.steps, repeats=args.repeats,
+                   score_batch=args.score_batch, onnx=not args.no_onnx, options=options.get(name))
+        result["peak"] = part["peak"]
+        rows += part["models"]
+        print(_speed_line(part["models"][0], part["peak"]), flush=True)
+    result["models"] = rows
+    if args.out is not None:
+        _write_json(args.out, result)
+    return 0
+
+
+def _speed_line(row: dict[str, Any], peak: dict[str, float]) -> str:
+    onnx = row.get("onnx_score_images_per_s")
+    return (f"{row['model']}: train {row['train_images_per_s']:.1f} img/s ({row['train_gflop_per_image']:.2f} "
+            f"GFLOP/img, {row['train_achieved_gflops']:.1f} GFLOP/s = {row['fraction_of_peak']:.0%} of peak "
+            f"{peak['peak_gflops']:.1f}), score {row['score_images_per_s']:.1f} img/s"
+            + (f", onnxruntime {onnx:.1f} img/s" if onnx else "") + f", peak RSS {row['peak_rss_mb']:.0f} MB")
 
 
 def environment() -> dict[str, Any]:

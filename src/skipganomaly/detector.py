@@ -132,6 +132,12 @@ class Detector:
         return batched_apply(model.anomaly_map, model, data, batch_size, self.device,
                              self.train_config.amp).numpy()
 
+    def export_onnx(self, path: str | os.PathLike[str]) -> Path:
+        """Write the score as an ONNX graph (input: images in [-1, 1], dynamic batch); see `onnx_export`."""
+        from .onnx_export import export_onnx
+
+        return export_onnx(self._fitted(), path)
+
     def _as_tensor(self, images: Any) -> torch.Tensor:
         self._fitted()
         return as_image_tensor(images, self.image_size, self.in_channels)
