@@ -99,7 +99,7 @@ def bench_model(name: str, batch_size: int = 64, steps: int = 3, repeats: int = 
 def run(models: list[str], threads: int, isolate: bool = True, **kwargs: Any) -> dict[str, Any]:
     """Measure the peak, then each model (in its own process unless `isolate=False`)."""
     torch.set_num_threads(threads)
-    peak = machine_peak()
+    peak = machine_peak(max(kwargs.get("repeats", 3), 2))
     rows = []
     for name in models:
         if isolate:
