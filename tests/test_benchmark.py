@@ -41,7 +41,7 @@ def _config(**kw: object) -> SweepConfig:
 
 def test_sweep_writes_each_cell_and_resumes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     data = _toy_cifar()
-    results = run_sweep(data, _config(), tmp_path)
+    results = run_sweep(lambda: data, _config(), tmp_path)
     cells = sorted(p.name for p in (tmp_path / "cells").iterdir())
     assert cells == ["ganomaly__ship__seed0__honest.json", "ganomaly__ship__seed0__paper.json"]
     honest, paper = results
@@ -54,14 +54,14 @@ def test_sweep_writes_each_cell_and_resumes(tmp_path: Path, monkeypatch: pytest.
         raise AssertionError("a finished cell was run again")
 
     monkeypatch.setattr(benchmark, "run_cell", must_not_run)
-    again = run_sweep(data, _config(), tmp_path)
+    again = run_sweep(lambda: data, _config(), tmp_path)
     assert [r["auroc"] for r in again] == [r["auroc"] for r in results]
 
 
 def test_cells_with_other_sizes_are_not_reused(tmp_path: Path) -> None:
     data = _toy_cifar()
-    run_sweep(data, _config(protocols=["honest"]), tmp_path)
-    rerun = run_sweep(data, _config(protocols=["honest"], epochs=1), tmp_path)
+    run_sweep(lambda: data, _config(protocols=["honest"]), tmp_path)
+    rerun = run_sweep(lambda: data, _config(protocols=["honest"], epochs=1), tmp_path)
     assert rerun[0]["epochs"] == 1
 
 

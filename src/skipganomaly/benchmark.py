@@ -17,7 +17,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -66,9 +66,14 @@ def cell_key(model: str, cls: str, seed: int, protocol: str) -> str:
     return f"{model.replace('+', 'p')}__{cls}__seed{seed}__{protocol}"
 
 
-def run_cell(data: Cifar10, model: str, cls: str, seed: int, protocol: str, config: SweepConfig) -> dict[str, Any]:
-    """Train one model for one abnormal class and seed, and evaluate it under one protocol."""
-    split = leave_one_class_out(data, cls, config.train_fraction, config.test_fraction, seed)
+def run_cell(load: Callable[[], Cifar10], model: str, cls: str, seed: int, protocol: str,
+             config: SweepConfig) -> dict[str, Any]:
+    """Train one model for one abnormal class and seed, and evaluate it under one protocol.
+
+    The data set is loaded per cell and only the split is kept, so a full-size run does not hold
+    CIFAR-10 twice (loading and checking it takes about a second).
+    """
+    split = leave_one_class_out(load(), cls, config.train_fraction, config.test_fraction, seed)
     options = dict(config.model_options.get(model, {}))
     if protocol == "paper":
         options.update(get_model_class(model).reference_options())
@@ -106,7 +111,7 @@ def run_cell(data: Cifar10, model: str, cls: str, seed: int, protocol: str, conf
     return result
 
 
-def run_sweep(data: Cifar10, config: SweepConfig, out: Path) -> list[dict[str, Any]]:
+def run_sweep(load: Callable[[], Cifar10], config: SweepConfig, out: Path) -> list[dict[str, Any]]:
     """Run every missing cell, writing each as it finishes; return all cells of this sweep."""
     from tqdm.auto import tqdm
 
@@ -123,7 +128,7 @@ def run_sweep(data: Cifar10, config: SweepConfig, out: Path) -> list[dict[str, A
                 results.append(result)
                 continue
         bar.set_postfix_str(f"{model} {cls} seed {seed} {protocol}")
-        result = {**run_cell(data, model, cls, seed, protocol, config), "settings": _settings(config)}
+        result = {**run_cell(load, model, cls, seed, protocol, config), "settings": _settings(config)}
         _write_atomic(path, json.dumps(result, indent=1))
         results.append(result)
     return results

@@ -26,6 +26,7 @@ from .errors import CheckpointError, ConfigError, DataError, SkipGanomalyError
 from .evaluation.metrics import evaluate_scores
 from .evaluation.tables import benchmark_table, per_class_table
 from .models import get_model_class, list_models
+from .training.runtime import reduce_heap_fragmentation
 
 log = logging.getLogger("skipganomaly")
 
@@ -33,6 +34,7 @@ log = logging.getLogger("skipganomaly")
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    reduce_heap_fragmentation()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s", stream=sys.stderr)
     try:
         return int(args.func(args) or 0)
@@ -316,10 +318,10 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
         train_fraction=pick("train_fraction", 1.0), test_fraction=pick("test_fraction", 1.0),
         device=args.device, progress=not args.no_progress, model_options=options,
     )
-    data = load_cifar10(args.data_dir, download_missing=args.download, progress=not args.no_progress)
+    load_cifar10(args.data_dir, download_missing=args.download, progress=not args.no_progress)  # fail early
     out: Path = args.out
     start = time.perf_counter()
-    results = run_sweep(data, config, out)
+    results = run_sweep(lambda: load_cifar10(args.data_dir), config, out)
     summary = summarise(results)
     env = environment()
     env["wall_seconds_this_run"] = round(time.perf_counter() - start, 1)
