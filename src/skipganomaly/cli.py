@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
 import yaml
 
 from .benchmark import PRESETS, PROTOCOLS, SweepConfig, cell_rows, run_sweep, summarise
@@ -261,7 +260,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         writer = csv.writer(fh)
         writer.writerow(["path", "score", "label"])
         labels = scores > det.threshold_
-        for path, score, label in zip(kept, scores, labels):
+        for path, score, label in zip(kept, scores, labels, strict=True):
             writer.writerow([path, f"{score:.8g}", int(label)])
     print(f"wrote {len(kept)} scores to {args.out} ({int(labels.sum())} flagged)")
     return 0

@@ -55,7 +55,7 @@ def load_labelled_folder(
 ) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """Load a labelled folder: images uint8 [N, C, H, W], labels [N], and the kept paths."""
     paths, labels = labelled_files(root)
-    label_of = {str(p): y for p, y in zip(paths, labels)}
+    label_of = {str(p): y for p, y in zip(paths, labels, strict=True)}
     images, kept = load_image_files(paths, image_size, in_channels, progress=progress)
     return images, torch.tensor([label_of[p] for p in kept]), kept
 

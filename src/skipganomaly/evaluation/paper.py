@@ -11,5 +11,5 @@ _ROWS = {
     "skipganomaly++": (0.819, 0.891, 0.892, 0.998, 0.907, 0.998, 0.999, 0.832, 0.984, 0.818),
 }
 
-TABLE_1: dict[str, dict[str, float]] = {m: dict(zip(_COLUMNS, v)) for m, v in _ROWS.items()}
+TABLE_1: dict[str, dict[str, float]] = {m: dict(zip(_COLUMNS, v, strict=True)) for m, v in _ROWS.items()}
 TABLE_1_MEAN: dict[str, float] = {m: sum(v) / len(v) for m, v in _ROWS.items()}

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import ConfigError
@@ -31,6 +32,12 @@ def init_weights(module: nn.Module, std: float = 0.02) -> None:
         elif isinstance(m, (nn.BatchNorm2d, nn.BatchNorm1d)):
             nn.init.normal_(m.weight, 1.0, std)
             nn.init.zeros_(m.bias)
+
+
+def real_fake_bce(logit_real: Tensor, logit_fake: Tensor) -> Tensor:
+    """The standard discriminator loss: BCE(D(real), 1) + BCE(D(fake), 0), on logits."""
+    return (F.binary_cross_entropy_with_logits(logit_real, torch.ones_like(logit_real))
+            + F.binary_cross_entropy_with_logits(logit_fake, torch.zeros_like(logit_fake)))
 
 
 @contextmanager
@@ -73,11 +80,15 @@ class AnomalyModel(nn.Module):
         self.image_size = image_size
 
     # --- what the training loop needs -------------------------------------------------------
+    # Defaults for the usual layout: `self.generator` against `self.discriminator`.
+    generator: nn.Module
+    discriminator: nn.Module
+
     def generator_parameters(self) -> list[nn.Parameter]:
-        raise NotImplementedError
+        return list(self.generator.parameters())
 
     def discriminator_parameters(self) -> list[nn.Parameter]:
-        raise NotImplementedError
+        return list(self.discriminator.parameters())
 
     def generator_loss(self, x: Tensor) -> GeneratorStep:
         raise NotImplementedError
@@ -87,7 +98,7 @@ class AnomalyModel(nn.Module):
         raise NotImplementedError
 
     def reset_discriminator(self) -> None:
-        raise NotImplementedError
+        init_weights(self.discriminator)
 
     # --- what evaluation needs --------------------------------------------------------------
     def score(self, x: Tensor) -> Tensor:

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import AnomalyModel, GeneratorStep, frozen, init_weights
+from .base import AnomalyModel, GeneratorStep, frozen, init_weights, real_fake_bce
 from .discriminators import BasicDiscriminator
 
 
@@ -56,12 +56,6 @@ class SkipFamilyModel(AnomalyModel):
         """The reconstruction G(x)."""
         return self.generator(x)
 
-    def generator_parameters(self) -> list[nn.Parameter]:
-        return list(self.generator.parameters())
-
-    def discriminator_parameters(self) -> list[nn.Parameter]:
-        return list(self.discriminator.parameters())
-
     def generator_loss(self, x: Tensor) -> GeneratorStep:
         # D(x) is computed once, with its graph: G's step uses its features, D's step its logit
         # (D's weights do not change in between, so a second pass would give the same values).
@@ -81,16 +75,11 @@ class SkipFamilyModel(AnomalyModel):
     def discriminator_loss(self, x: Tensor, cache: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         logit_real = cache["logit_real"]
         logit_fake, _ = self.discriminator.classify(cache["fake"])
-        loss = F.binary_cross_entropy_with_logits(
-            logit_real, torch.ones_like(logit_real)
-        ) + F.binary_cross_entropy_with_logits(logit_fake, torch.zeros_like(logit_fake))
+        loss = real_fake_bce(logit_real, logit_fake)
         # The reference adds the (constant) detached latent loss to D's loss, which is what its
         # D-reset rule compares with 1e-5; reproduce that only in the reference configuration.
         reset_value = loss.detach() + cache["lat"] if self.detach_latent else loss.detach()
         return loss, reset_value
-
-    def reset_discriminator(self) -> None:
-        init_weights(self.discriminator)
 
     def score(self, x: Tensor) -> Tensor:
         """score_weight * image MSE + (1 - score_weight) * feature MSE, per image."""

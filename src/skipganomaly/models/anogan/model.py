@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..base import AnomalyModel, GeneratorStep, frozen, init_weights
+from ..base import AnomalyModel, GeneratorStep, frozen, init_weights, real_fake_bce
 from ..dcgan import check_power_of_two, decoder, encoder_pyramid
 from ...errors import ConfigError
 from ..registry import register
@@ -65,12 +65,6 @@ class AnoGan(AnomalyModel):
         """G(z)."""
         return self.generator(z)
 
-    def generator_parameters(self) -> list[nn.Parameter]:
-        return list(self.generator.parameters())
-
-    def discriminator_parameters(self) -> list[nn.Parameter]:
-        return list(self.discriminator.parameters())
-
     def generator_loss(self, x: Tensor) -> GeneratorStep:
         logit_real, _ = self.discriminator.classify(x)
         z = torch.randn(len(x), self.nz, 1, 1, device=x.device, dtype=x.dtype)
@@ -83,12 +77,8 @@ class AnoGan(AnomalyModel):
     def discriminator_loss(self, x: Tensor, cache: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         logit_real = cache["logit_real"]
         logit_fake, _ = self.discriminator.classify(cache["fake"])
-        loss = (F.binary_cross_entropy_with_logits(logit_real, torch.ones_like(logit_real))
-                + F.binary_cross_entropy_with_logits(logit_fake, torch.zeros_like(logit_fake)))
+        loss = real_fake_bce(logit_real, logit_fake)
         return loss, loss.detach()
-
-    def reset_discriminator(self) -> None:
-        init_weights(self.discriminator)
 
     def search(self, x: Tensor, steps: int) -> tuple[Tensor, Tensor]:
         """Find z for each image; returns (final per-image loss [B], G(z) [B, C, H, W])."""

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..base import AnomalyModel, GeneratorStep, frozen, init_weights
+from ..base import AnomalyModel, GeneratorStep, frozen, init_weights, real_fake_bce
 from ..dcgan import check_power_of_two, decoder, encoder, encoder_pyramid
 from ..registry import register
 
@@ -63,9 +63,6 @@ class Egbad(AnomalyModel):
     def generator_parameters(self) -> list[nn.Parameter]:
         return list(self.generator.parameters()) + list(self.encoder.parameters())
 
-    def discriminator_parameters(self) -> list[nn.Parameter]:
-        return list(self.discriminator.parameters())
-
     def generator_loss(self, x: Tensor) -> GeneratorStep:
         z = torch.randn(len(x), self.nz, 1, 1, device=x.device, dtype=x.dtype)
         fake = self.generator(z)
@@ -81,8 +78,7 @@ class Egbad(AnomalyModel):
     def discriminator_loss(self, x: Tensor, cache: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         logit_real, _ = self.discriminator.classify(x, cache["z_enc"])
         logit_fake, _ = self.discriminator.classify(cache["fake"], cache["z"])
-        loss = (F.binary_cross_entropy_with_logits(logit_real, torch.ones_like(logit_real))
-                + F.binary_cross_entropy_with_logits(logit_fake, torch.zeros_like(logit_fake)))
+        loss = real_fake_bce(logit_real, logit_fake)
         return loss, loss.detach()
 
     def reset_discriminator(self) -> None:

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..base import AnomalyModel, GeneratorStep, frozen, init_weights
+from ..base import AnomalyModel, GeneratorStep, frozen, init_weights, real_fake_bce
 from ..dcgan import check_power_of_two, decoder, encoder, encoder_pyramid
 from ..registry import register
 
@@ -64,12 +63,6 @@ class Ganomaly(AnomalyModel):
         """The reconstruction G(x)."""
         return self.generator(x)[0]
 
-    def generator_parameters(self) -> list[nn.Parameter]:
-        return list(self.generator.parameters())
-
-    def discriminator_parameters(self) -> list[nn.Parameter]:
-        return list(self.discriminator.parameters())
-
     def generator_loss(self, x: Tensor) -> GeneratorStep:
         logit_real, feat_real = self.discriminator.classify(x)
         fake, z, z_rec = self.generator(x)
@@ -85,12 +78,8 @@ class Ganomaly(AnomalyModel):
     def discriminator_loss(self, x: Tensor, cache: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         logit_real = cache["logit_real"]
         logit_fake, _ = self.discriminator.classify(cache["fake"])
-        loss = 0.5 * (F.binary_cross_entropy_with_logits(logit_real, torch.ones_like(logit_real))
-                      + F.binary_cross_entropy_with_logits(logit_fake, torch.zeros_like(logit_fake)))
+        loss = 0.5 * real_fake_bce(logit_real, logit_fake)
         return loss, loss.detach()
-
-    def reset_discriminator(self) -> None:
-        init_weights(self.discriminator)
 
     def score(self, x: Tensor) -> Tensor:
         _, z, z_rec = self.generator(x)
