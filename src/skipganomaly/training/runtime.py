@@ -17,8 +17,9 @@ def reduce_heap_fragmentation(threshold: int = 1 << 20) -> bool:
     """Serve allocations above `threshold` bytes with mmap, so freed tensors go back to the OS.
 
     glibc otherwise raises its mmap threshold after the first large free and keeps later activations
-    in a heap that only grows; measured here, this lowers a CIFAR-10 training step's peak RSS from
-    about 1.27 GB to 1.0 GB. Process-wide, so the CLI calls it; library users may. False off glibc.
+    in a heap that only grows; measured here on three Skip-GANomaly++ steps after loading CIFAR-10,
+    peak RSS fell from 1,267 to 996 MiB. Process-wide, so the CLI calls it; library users may.
+    Returns False where there is no glibc.
     """
     try:
         libc = ctypes.CDLL("libc.so.6")
