@@ -33,7 +33,8 @@ log = logging.getLogger("skipganomaly")
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    reduce_heap_fragmentation()
+    if args.low_memory:
+        reduce_heap_fragmentation()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s", stream=sys.stderr)
     try:
         return int(args.func(args) or 0)
@@ -47,6 +48,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="skipganomaly", description=__doc__)
+    parser.add_argument("--low-memory", action="store_true",
+                        help="return freed tensors to the OS (glibc mmap for allocations >= 1 MiB): about 20%% "
+                             "lower peak memory, about half the training speed on a CPU")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("train", help="train a detector on a folder of normal images",
