@@ -17,7 +17,7 @@ from .errors import CheckpointError, ConfigError, DataError
 from .evaluation.metrics import quantile_threshold
 from .models import create, list_models
 from .models.base import AnomalyModel, check_geometry
-from .training import EpochRecord, TrainConfig, batched_apply, resolve_device, train
+from .training import EpochRecord, TrainConfig, batched_apply, resolve_device, to_device, train
 
 FORMAT = "skipganomaly-detector"
 FORMAT_VERSION = 1
@@ -218,7 +218,7 @@ class Detector:
             model.load_state_dict(payload["state_dict"])
         except RuntimeError as err:
             raise CheckpointError(f"{path}: weights do not fit the {name!r} model ({str(err).splitlines()[0]})") from None
-        det.model_ = model.to(det.device).eval()
+        det.model_ = to_device(model, det.device).eval()
         det.threshold_ = payload["threshold"]
         det.history_ = payload["history"]
         return det

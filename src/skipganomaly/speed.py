@@ -20,9 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from .data.images import to_unit_range
 from .models import create
-from .training import TrainConfig, batched_apply, make_optimizers, train_step
+from .training import TrainConfig, batched_apply, make_optimizers, prepare_batch, to_device, train_step
 
 
 def _median_seconds(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
@@ -60,11 +59,11 @@ def bench_model(name: str, batch_size: int = 64, steps: int = 3, repeats: int = 
         torch.set_num_threads(threads)
     torch.manual_seed(0)
     device = torch.device("cpu")
-    model = create(name, **(options or {}))
+    model = to_device(create(name, **(options or {})), device)
     config = TrainConfig(batch_size=batch_size, device="cpu", progress=False)
     opt_g, opt_d = make_optimizers(model, config)
     images = torch.randint(0, 256, (max(batch_size, score_batch), 3, 32, 32), dtype=torch.uint8)
-    x = to_unit_range(images[:batch_size])
+    x = prepare_batch(images[:batch_size], device)
     model.train()
 
     def run_steps() -> None:

@@ -16,10 +16,9 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from ..data.images import to_unit_range
 from ..errors import ConfigError, SkipGanomalyError
 from ..models.base import AnomalyModel
-from .runtime import autocast, batched_apply, resolve_device
+from .runtime import autocast, batched_apply, prepare_batch, resolve_device, to_device
 
 
 class TrainingError(SkipGanomalyError):
@@ -123,7 +122,7 @@ def train(
     if len(index) < 2:
         raise ConfigError(f"need at least 2 training images, got {len(index)}")
     device = resolve_device(config.device)
-    model.to(device)
+    to_device(model, device)
     data = train_images.to(device)
     opt_g, opt_d = make_optimizers(model, config)
     shuffler = torch.Generator().manual_seed(config.seed)
@@ -142,7 +141,7 @@ def train(
         resets = 0
         bar = tqdm(range(steps), desc=f"epoch {epoch}", unit="batch", leave=False, disable=not config.progress)
         for step in bar:
-            x = to_unit_range(data[order[step * batch_size:(step + 1) * batch_size]])
+            x = prepare_batch(data[order[step * batch_size:(step + 1) * batch_size]], device)
             values = train_step(model, x, opt_g, opt_d, config, device)
             resets += int(values.pop("d_reset"))
             bad = [k for k, v in values.items() if not math.isfinite(v)]
