@@ -23,6 +23,11 @@ def fast(name: str) -> dict[str, object]:
     return dict(FAST_OPTIONS.get(name, {}))
 
 
+def count(module: torch.nn.Module) -> int:
+    """Trainable parameter count, as the spec's tables give them."""
+    return sum(p.numel() for p in module.parameters())
+
+
 def blob_images(n: int, size: int = 32, channels: int = 3, seed: int = 0) -> np.ndarray:
     """Smooth 'normal' images: a soft bright disc at a random place on a dark background, uint8 NHWC."""
     rng = np.random.default_rng(seed)

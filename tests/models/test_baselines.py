@@ -7,11 +7,7 @@ import torch
 
 from skipganomaly.errors import ConfigError
 from skipganomaly.models import create
-from tests.conftest import fast
-
-
-def count(module: torch.nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
+from tests.conftest import count, fast
 
 
 def test_skipganomaly_counts() -> None:

@@ -8,12 +8,9 @@ import torch.nn.functional as F
 
 from skipganomaly.errors import ConfigError
 from skipganomaly.models import create
+from tests.conftest import count
 from skipganomaly.models.discriminators import BasicDiscriminator
 from skipganomaly.models.skipganomaly_pp.networks import ASPP, DilatedConv3x3, ResUNetPPGenerator
-
-
-def count(module: torch.nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
 
 
 def test_parameter_counts_match_reference() -> None:
