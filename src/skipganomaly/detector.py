@@ -66,6 +66,7 @@ class Detector:
         self.device = resolve_device(device)
         self.model_: AnomalyModel | None = None
         self.threshold_: float | None = None
+        self.val_scores_: np.ndarray | None = None  # held-out normal scores behind threshold_ (fit only)
         self.history_: list[dict[str, Any]] = []
 
     # --- training ---------------------------------------------------------------------------
