@@ -13,7 +13,6 @@ rerun skips finished cells, so an interrupted sweep loses at most the cell in pr
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +25,7 @@ from .data.cifar10 import Cifar10, leave_one_class_out
 from .detector import Detector
 from .errors import ConfigError
 from .evaluation.metrics import evaluate_scores
+from .files import write_text_atomic
 from .models import get_model_class
 from .training import EpochRecord, batched_apply
 
@@ -129,7 +129,7 @@ def run_sweep(load: Callable[[], Cifar10], config: SweepConfig, out: Path) -> li
                 continue
         bar.set_postfix_str(f"{model} {cls} seed {seed} {protocol}")
         result = {**run_cell(load, model, cls, seed, protocol, config), "settings": _settings(config)}
-        _write_atomic(path, json.dumps(result, indent=1))
+        write_text_atomic(path, json.dumps(result, indent=1))
         results.append(result)
     return results
 
@@ -142,12 +142,6 @@ def _settings(config: SweepConfig) -> dict[str, Any]:
 def _same_settings(result: dict[str, Any], config: SweepConfig) -> bool:
     """A finished cell is reused only if it was run with the same sizes."""
     return result.get("settings") == _settings(config)
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def summarise(results: Sequence[dict[str, Any]]) -> dict[tuple[str, str, str], dict[str, float]]:

@@ -24,6 +24,7 @@ from .detector import Detector
 from .errors import CheckpointError, ConfigError, DataError, SkipGanomalyError
 from .evaluation.metrics import evaluate_scores
 from .evaluation.tables import benchmark_table, per_class_table
+from .files import write_text_atomic
 from .models import get_model_class, list_models
 from .training.runtime import reduce_heap_fragmentation
 
@@ -189,10 +190,7 @@ def _detector(args: argparse.Namespace) -> Detector:
 
 
 def _write_json(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, allow_nan=True) + "\n")
-    tmp.replace(path)
+    write_text_atomic(path, json.dumps(data, indent=2, allow_nan=True) + "\n")
 
 
 def _print_metrics(metrics: dict[str, float]) -> None:
