@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -13,9 +14,9 @@ from skipganomaly.cli import main
 from skipganomaly.errors import ConfigError
 from skipganomaly.models import create, list_models
 from skipganomaly.onnx_export import OnnxScorer, export_onnx
-from skipganomaly.speed import bench_model, count_flops, machine_peak
-from skipganomaly.training import batched_apply
-from tests.conftest import blob_images, fast, noise_images
+from skipganomaly.speed import bench_model, count_flops, machine_peak, reference_style_score, reference_style_step
+from skipganomaly.training import TrainConfig, batched_apply, make_optimizers, prepare_batch, to_device, train_step
+from tests.conftest import SMALL_WIDTHS, blob_images, fast, noise_images
 
 EXPORTABLE = [n for n in list_models() if create(n, **fast(n)).exportable]
 
@@ -58,3 +59,43 @@ def test_bench_speed_cli_writes_json(tmp_path: Path) -> None:
     saved = json.loads(out.read_text())
     assert saved["models"][0]["model"] == "anogan" and "onnx_score_images_per_s" not in saved["models"][0]
     assert saved["peak"]["peak_gflops"] > 0 and saved["environment"]["torch"].startswith("2.13")
+
+
+@pytest.mark.parametrize("detach_latent", [False, True])
+def test_fast_step_and_score_equal_the_reference_style_computation(detach_latent: bool) -> None:
+    """The fast path (D frozen in G's step, centre-tap dilations, linear D head, channels-last) must
+    give the weights and scores the reference's way of computing gives. In float64: Adam's first steps
+    normalise each gradient, so rounding noise in the gradients of conv biases that feed a BatchNorm
+    (mathematically zero) becomes updates of up to ~2e-7 here; one real Adam step moves a weight by
+    up to lr = 2e-4, so 1e-6 still catches any real difference."""
+    torch.manual_seed(0)
+    fast_model = create("skipganomaly++", widths=SMALL_WIDTHS, detach_latent=detach_latent).double()
+    slow_model = copy.deepcopy(fast_model)
+    images = torch.from_numpy(blob_images(8)).permute(0, 3, 1, 2).contiguous()
+    device = torch.device("cpu")
+    config = TrainConfig(batch_size=8, device="cpu", progress=False)
+    to_device(fast_model, device).train()
+    slow_model.train()
+    x_fast = prepare_batch(images, device).double()
+    x_slow = x_fast.contiguous()
+    opts_fast, opts_slow = make_optimizers(fast_model, config), make_optimizers(slow_model, config)
+    for _ in range(2):
+        train_step(fast_model, x_fast, *opts_fast, config, device)
+        reference_style_step(slow_model, x_slow, *opts_slow)
+    for (name, a), b in zip(fast_model.state_dict().items(), slow_model.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6, msg=name)
+    fast_model.eval()
+    slow_model.eval()
+    torch.testing.assert_close(fast_model.score(x_fast), reference_style_score(slow_model, x_slow), rtol=1e-6, atol=0)
+
+
+def test_reference_style_comparison_reports_speedups() -> None:
+    row = bench_model("skipganomaly++", batch_size=4, steps=1, repeats=1, score_batch=4, onnx=False,
+                      options={"widths": SMALL_WIDTHS}, reference_style=True)
+    for key in ("reference_style_train_images_per_s", "reference_style_score_images_per_s", "train_speedup",
+                "score_speedup", "reference_style_train_gflop_per_image"):
+        assert row[key] > 0, key
+    # The reference computes the full 3x3 taps and D's gradients in G's step: more FLOPs, not fewer.
+    assert row["reference_style_train_gflop_per_image"] > row["train_gflop_per_image"]
+    with pytest.raises(ConfigError, match="skip family"):
+        bench_model("ganomaly", batch_size=4, steps=1, repeats=1, score_batch=4, onnx=False, reference_style=True)

@@ -46,6 +46,7 @@ class Detector:
         device: str = "auto",
         amp: bool | None = None,
         progress: bool = True,
+        compile: str | None = None,
         **model_kwargs: Any,
     ) -> None:
         if model not in list_models():
@@ -62,7 +63,8 @@ class Detector:
         self.contamination = contamination
         self.model_kwargs = model_kwargs
         self.train_config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
-                                        patience=patience, device=device, amp=amp, progress=progress)
+                                        patience=patience, device=device, amp=amp, progress=progress,
+                                        compile=compile)
         self.device = resolve_device(device)
         self.model_: AnomalyModel | None = None
         self.threshold_: float | None = None

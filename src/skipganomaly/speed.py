@@ -8,20 +8,26 @@ timings after warm-up. The machine's peak is measured in the same run (a 2048^3 
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
+import copy
 import multiprocessing
 import resource
 import statistics
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from .errors import ConfigError
 from .models import create
-from .training import TrainConfig, batched_apply, make_optimizers, prepare_batch, to_device, train_step
+from .models.skip_family import SkipFamilyModel
+from .models.skipganomaly_pp.networks import DilatedConv3x3
+from .training import TrainConfig, batched_apply, compile_blocks, make_optimizers, prepare_batch, to_device, train_step
 
 
 def _median_seconds(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
@@ -52,9 +58,95 @@ def machine_peak(repeats: int = 5) -> dict[str, float]:
     return {"matmul_gflops": matmul, "conv_gflops": conv, "peak_gflops": max(matmul, conv)}
 
 
+@contextlib.contextmanager
+def _full_dilations(model: nn.Module) -> Iterator[None]:
+    """Run every dilated conv as the full 3x3 conv the reference computes (padding taps included)."""
+    convs = [m for m in model.modules() if isinstance(m, DilatedConv3x3)]
+    for conv in convs:
+        conv.forward = nn.Conv2d.forward.__get__(conv)  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        for conv in convs:
+            del conv.forward
+
+
+def _reference_d(model: SkipFamilyModel, x: Tensor) -> tuple[Tensor, Tensor]:
+    """D as the reference runs it: features, then the 3x3 head on the 1x1 map, then a sigmoid."""
+    feat = model.discriminator.features(x)
+    return model.discriminator.classifier(feat).reshape(-1).sigmoid(), feat
+
+
+def reference_style_step(model: SkipFamilyModel, x: Tensor, opt_g: torch.optim.Optimizer,
+                         opt_d: torch.optim.Optimizer) -> None:
+    """One training step computed the way the reference code does (spec C), for a same-run comparison.
+
+    D is not frozen during G's backward (its gradients are computed, then discarded), dilated convs
+    and D's head run as full 3x3 convolutions, tensors stay in the default NCHW layout, and the G
+    graph is retained for D's backward. The weights it produces equal `train_step`'s (tested).
+    """
+    with _full_dilations(model):
+        fake = model.generator(x)
+        p_real, feat_real = _reference_d(model, x)
+        p_fake, feat_fake = _reference_d(model, fake)
+        lat = F.mse_loss(feat_fake, feat_real).detach() if model.detach_latent else F.mse_loss(feat_fake, feat_real)
+        loss_g = (model.w_adv * F.binary_cross_entropy(p_fake, torch.ones_like(p_fake))
+                  + model.w_con * F.l1_loss(fake, x) + model.w_lat * lat)
+        opt_g.zero_grad()
+        loss_g.backward(retain_graph=True)
+        opt_g.step()
+        p_fake_d, _ = _reference_d(model, fake.detach())
+        loss_d = (F.binary_cross_entropy(p_real, torch.ones_like(p_real))
+                  + F.binary_cross_entropy(p_fake_d, torch.zeros_like(p_fake_d)))
+        opt_d.zero_grad()
+        loss_d.backward()
+        opt_d.step()
+
+
+def reference_style_score(model: SkipFamilyModel, x: Tensor) -> Tensor:
+    """The score computed the reference way (full 3x3 convs, NCHW, under no_grad, not inference_mode)."""
+    with _full_dilations(model), torch.no_grad():
+        fake = model.generator(x)
+        _, feat_real = _reference_d(model, x)
+        _, feat_fake = _reference_d(model, fake)
+        rec = (x - fake).pow(2).flatten(1).mean(1)
+        lat = (feat_real - feat_fake).pow(2).flatten(1).mean(1)
+        return model.score_weight * rec + (1.0 - model.score_weight) * lat
+
+
+def bench_reference_style(model: SkipFamilyModel, images: Tensor, batch_size: int, steps: int, repeats: int,
+                          score_batch: int) -> dict[str, float]:
+    """Images/s of the reference-style step and score on a copy of `model`, in the default layout."""
+    ref = copy.deepcopy(model).to(memory_format=torch.contiguous_format).train()
+    config = TrainConfig(batch_size=batch_size, device="cpu", progress=False)
+    opt_g, opt_d = make_optimizers(ref, config)
+    x = prepare_batch(images[:batch_size], torch.device("cpu")).contiguous()
+
+    def run_steps() -> None:
+        for _ in range(steps):
+            reference_style_step(ref, x, opt_g, opt_d)
+
+    train_s = _median_seconds(run_steps, repeats) / steps
+    ref.eval()
+    batches = [prepare_batch(images[i:i + score_batch], torch.device("cpu")).contiguous()
+               for i in range(0, len(images), score_batch)]
+    score_s = _median_seconds(lambda: [reference_style_score(ref, b) for b in batches], repeats)
+    return {"reference_style_train_images_per_s": batch_size / train_s,
+            "reference_style_train_gflop_per_image": count_flops(
+                lambda: reference_style_step(ref, x, opt_g, opt_d)) / batch_size / 1e9,
+            "reference_style_score_images_per_s": len(images) / score_s}
+
+
 def bench_model(name: str, batch_size: int = 64, steps: int = 3, repeats: int = 3, score_batch: int = 256,
-                onnx: bool = True, options: dict[str, Any] | None = None, threads: int | None = None) -> dict[str, Any]:
-    """Training and scoring throughput of one model at 3x32x32 on the CPU."""
+                onnx: bool = True, options: dict[str, Any] | None = None, threads: int | None = None,
+                reference_style: bool = False, compile: str | None = None) -> dict[str, Any]:
+    """Training and scoring throughput of one model at 3x32x32 on the CPU.
+
+    With `reference_style` (Skip-GANomaly and ++ only), the reference code's way of computing the
+    same step and score is timed in the same process, and the speed-ups are reported. With `compile`
+    (a torch.compile backend), training is timed on compiled blocks and the first step's seconds
+    (mostly compiling) are reported; the reference-style path stays eager.
+    """
     if threads:
         torch.set_num_threads(threads)
     torch.manual_seed(0)
@@ -64,18 +156,30 @@ def bench_model(name: str, batch_size: int = 64, steps: int = 3, repeats: int = 
     opt_g, opt_d = make_optimizers(model, config)
     images = torch.randint(0, 256, (max(batch_size, score_batch), 3, 32, 32), dtype=torch.uint8)
     x = prepare_batch(images[:batch_size], device)
+    if reference_style and not isinstance(model, SkipFamilyModel):
+        raise ConfigError(f"the reference-style comparison exists for the skip family only, not {name!r}")
     model.train()
+    # FLOPs counted eagerly (the counter does not see inside compiled kernels); the same maths either way.
+    train_flops = count_flops(lambda: train_step(model, x, opt_g, opt_d, config, device)) / batch_size
+    eager, compile_seconds = model, None
+    if compile:
+        model = copy.deepcopy(eager)  # scoring and the reference-style comparison stay eager
+        compile_blocks(model, compile)
+        opt_g, opt_d = make_optimizers(model, config)
+        start = time.perf_counter()
+        train_step(model, x, opt_g, opt_d, config, device)
+        compile_seconds = time.perf_counter() - start
 
     def run_steps() -> None:
         for _ in range(steps):
             train_step(model, x, opt_g, opt_d, config, device)
 
-    train_flops = count_flops(lambda: train_step(model, x, opt_g, opt_d, config, device)) / batch_size
     train_s = _median_seconds(run_steps, repeats) / steps
+    train_ips = batch_size / train_s
+    model = eager
     to_score = images[:score_batch]
     score_flops = count_flops(lambda: batched_apply(model.score, model, to_score[:8], 8, device)) / 8
     score_s = _median_seconds(lambda: batched_apply(model.score, model, to_score, score_batch, device), repeats)
-    train_ips = batch_size / train_s
     result: dict[str, Any] = {
         "model": name, "batch_size": batch_size, "threads": torch.get_num_threads(),
         "parameters": sum(p.numel() for p in model.parameters()),
@@ -91,6 +195,13 @@ def bench_model(name: str, batch_size: int = 64, steps: int = 3, repeats: int = 
             scorer = OnnxScorer(export_onnx(model, Path(tmp) / "model.onnx"), threads=torch.get_num_threads())
             onnx_s = _median_seconds(lambda: scorer.score(to_score, score_batch), repeats)
         result["onnx_score_images_per_s"] = score_batch / onnx_s
+    if reference_style:
+        assert isinstance(model, SkipFamilyModel)
+        result.update(bench_reference_style(model, images[:score_batch], batch_size, steps, repeats, score_batch))
+        result["train_speedup"] = train_ips / result["reference_style_train_images_per_s"]
+        result["score_speedup"] = result["score_images_per_s"] / result["reference_style_score_images_per_s"]
+    if compile_seconds is not None:
+        result["compile_seconds"] = compile_seconds
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return result
 
@@ -107,6 +218,7 @@ def run(models: list[str], threads: int, isolate: bool = True, **kwargs: Any) ->
                 row = pool.submit(bench_model, name, threads=threads, **kwargs).result()
         else:
             row = bench_model(name, threads=threads, **kwargs)
+        row["peak_gflops"] = peak["peak_gflops"]
         row["fraction_of_peak"] = row["train_achieved_gflops"] / peak["peak_gflops"]
         rows.append(row)
     return {"peak": peak, "torch": torch.__version__, "threads": threads, "models": rows}

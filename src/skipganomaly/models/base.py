@@ -105,9 +105,13 @@ class AnomalyModel(nn.Module):
         """Per-image anomaly score, shape [B]; higher = more anomalous. Call in eval mode."""
         raise NotImplementedError
 
+    def reconstruct(self, x: Tensor) -> Tensor:
+        """The model's reconstruction of x, shape of x (what the reports show beside the input)."""
+        return self(x)
+
     def anomaly_map(self, x: Tensor) -> Tensor:
-        """Per-pixel anomaly map, shape [B, H, W]. Call in eval mode."""
-        raise NotImplementedError
+        """Per-pixel anomaly map, shape [B, H, W]: mean absolute residual over channels. Call in eval mode."""
+        return (x - self.reconstruct(x)).abs().mean(1)
 
     def validation_loss(self, x: Tensor) -> Tensor:
         """Per-image loss on held-out normal images, shape [B], for early stopping."""

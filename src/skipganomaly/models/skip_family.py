@@ -90,8 +90,5 @@ class SkipFamilyModel(AnomalyModel):
         lat = (feat_real - feat_fake).pow(2).flatten(1).mean(1)
         return self.score_weight * rec + (1.0 - self.score_weight) * lat
 
-    def anomaly_map(self, x: Tensor) -> Tensor:
-        return (x - self.generator(x)).abs().mean(1)
-
     def validation_loss(self, x: Tensor) -> Tensor:
         return (self.generator(x) - x).abs().flatten(1).mean(1)

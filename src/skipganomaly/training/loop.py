@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from ..errors import ConfigError, SkipGanomalyError
 from ..models.base import AnomalyModel
-from .runtime import autocast, batched_apply, prepare_batch, resolve_device, to_device
+from .runtime import autocast, batched_apply, compile_blocks, prepare_batch, resolve_device, to_device
 
 
 class TrainingError(SkipGanomalyError):
@@ -41,6 +41,7 @@ class TrainConfig:
     amp: bool | None = None
     eval_batch_size: int = 256
     progress: bool = True
+    compile: str | None = None  # a torch.compile backend ("inductor"); None = eager (see compile_blocks)
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -123,6 +124,8 @@ def train(
         raise ConfigError(f"need at least 2 training images, got {len(index)}")
     device = resolve_device(config.device)
     to_device(model, device)
+    if config.compile:
+        compile_blocks(model, config.compile)
     data = train_images.to(device)
     opt_g, opt_d = make_optimizers(model, config)
     shuffler = torch.Generator().manual_seed(config.seed)

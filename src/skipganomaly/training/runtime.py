@@ -46,6 +46,19 @@ def resolve_device(name: str = "auto") -> torch.device:
     return device
 
 
+def compile_blocks(model: nn.Module, backend: str = "inductor") -> None:
+    """torch.compile each block of each part of `model` (e.g. the generator's encoders, D's features).
+
+    Blocks rather than the model: models call their parts' methods (D.classify, a latent search), which
+    a compiled top-level forward would never see. Measured here on Skip-GANomaly++ (2 CPU threads,
+    batch 64): first step 114 s instead of 1.5 s, then about 24% more images/s, so the compile pays
+    back after about one full CIFAR-10 epoch; hence off by default.
+    """
+    for part in model.children():
+        for block in part.children():
+            block.compile(backend=backend)
+
+
 def autocast(device: torch.device, enabled: bool | None) -> ContextManager[object]:
     """bf16 autocast, by default only on CUDA (on CPUs it is slower and changes results)."""
     use = device.type == "cuda" if enabled is None else enabled

@@ -115,8 +115,9 @@ class AnoGan(AnomalyModel):
     def score(self, x: Tensor) -> Tensor:
         return self.search(x, self.search_steps)[0]
 
-    def anomaly_map(self, x: Tensor) -> Tensor:
-        return (x - self.search(x, self.search_steps)[1]).abs().mean(1)
+    def reconstruct(self, x: Tensor) -> Tensor:
+        """G(z*) for the z* the latent search finds."""
+        return self.search(x, self.search_steps)[1]
 
     def validation_loss(self, x: Tensor) -> Tensor:
         """Mean absolute residual after a short search (the full one would cost many epochs)."""

@@ -93,8 +93,5 @@ class Egbad(AnomalyModel):
         feature = (h_real - h_rec).abs().sum(1)
         return (1.0 - self.score_weight) * residual + self.score_weight * feature
 
-    def anomaly_map(self, x: Tensor) -> Tensor:
-        return (x - self(x)).abs().mean(1)
-
     def validation_loss(self, x: Tensor) -> Tensor:
         return (self(x) - x).abs().flatten(1).mean(1)

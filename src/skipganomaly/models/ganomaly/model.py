@@ -85,8 +85,5 @@ class Ganomaly(AnomalyModel):
         _, z, z_rec = self.generator(x)
         return (z - z_rec).pow(2).flatten(1).mean(1)
 
-    def anomaly_map(self, x: Tensor) -> Tensor:
-        return (x - self.generator(x)[0]).abs().mean(1)
-
     def validation_loss(self, x: Tensor) -> Tensor:
         return (self.generator(x)[0] - x).abs().flatten(1).mean(1)
