@@ -5,14 +5,17 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from skipganomaly import benchmark
-from skipganomaly.benchmark import SweepConfig, run_sweep, summarise
+from skipganomaly.benchmark import SweepConfig, run_sweep
 from skipganomaly.data.cifar10 import Cifar10
 from skipganomaly.errors import ConfigError
 from skipganomaly.evaluation import benchmark_table
+from skipganomaly.evaluation.metrics import evaluate_scores
+from skipganomaly.evaluation.tables import summarise
 from skipganomaly.models import create
 from skipganomaly.training import batched_apply
 from tests.conftest import blob_images, noise_images
@@ -43,7 +46,12 @@ def test_sweep_writes_each_cell_and_resumes(tmp_path: Path, monkeypatch: pytest.
     data = _toy_cifar()
     results = run_sweep(lambda: data, _config(), tmp_path)
     cells = sorted(p.name for p in (tmp_path / "cells").iterdir())
-    assert cells == ["ganomaly__ship__seed0__honest.json", "ganomaly__ship__seed0__paper.json"]
+    assert cells == ["ganomaly__ship__seed0__honest.json", "ganomaly__ship__seed0__honest.scores.npz",
+                     "ganomaly__ship__seed0__paper.json", "ganomaly__ship__seed0__paper.scores.npz"]
+    for result in results:  # the saved scores are the ones behind each cell's AUROC (paper: the chosen epoch's)
+        with np.load(tmp_path / "cells" / result["scores_file"]) as saved:
+            assert len(saved["scores"]) == result["test_images"]
+            assert evaluate_scores(saved["scores"], saved["labels"], 0.0)["auroc"] == pytest.approx(result["auroc"])
     honest, paper = results
     assert honest["train_images"] == 54 and honest["test_images"] == 18 + 6 + 2
     assert 0.0 <= honest["auroc"] <= 1.0 and honest["selected_epoch"] == 2

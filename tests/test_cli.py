@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from PIL import Image
 
 from skipganomaly.cli import main
 from skipganomaly.models import list_models
@@ -37,22 +39,45 @@ def test_train_writes_a_complete_run_directory(trained_run: tuple[Path, Path]) -
     _, run = trained_run
     config = yaml.safe_load((run / "config.yaml").read_text())
     assert config["model"] == "skipganomaly++" and config["epochs"] == 2 and config["train_images"] == 40
-    losses = [json.loads(line) for line in (run / "losses.jsonl").read_text().splitlines()]
+    losses = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in losses] == [1, 2]
     assert {"g_adv", "g_con", "g_lat", "d_loss"} <= set(losses[0]["losses"])
     metrics = json.loads((run / "metrics.json").read_text())
     assert 0.0 <= metrics["test"]["auroc"] <= 1.0
     assert (run / "model.pt").stat().st_size > 0
+    page = (run / "report.html").read_text()
+    assert "<table>" in page and page.count("data:image/png;base64,") == 8  # roc, pr, hist, 4 grids, training
+    for name in ("roc", "pr", "histogram", "training", "examples_most_anomalous", "examples_false_positives"):
+        assert (run / "figures" / f"{name}.png").stat().st_size > 1000, name
+    scores = list(csv.DictReader((run / "scores.csv").open()))
+    assert len(scores) == 16 and {r["label"] for r in scores} == {"0", "1"}
+
+
+def test_report_command_rebuilds_from_saved_scores(trained_run: tuple[Path, Path], tmp_path: Path) -> None:
+    _, run = trained_run
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    (copy / "model.pt").unlink()  # no model needed
+    (copy / "report.html").unlink()
+    (copy / "figures" / "roc.png").unlink()
+    assert main(["report", str(copy)]) == 0
+    assert (copy / "figures" / "roc.png").stat().st_size > 1000
+    assert (copy / "report.html").read_text().count("data:image/png;base64,") == 8
 
 
 def test_test_command(trained_run: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
     root, run = trained_run
     out = root / "test_metrics.json"
+    report_dir = root / "test_report"
     assert main(["test", "--checkpoint", str(run / "model.pt"), "--data", str(root / "test"),
-                 "--out", str(out), "--no-progress", "--device", "cpu"]) == 0
+                 "--out", str(out), "--report-dir", str(report_dir), "--no-progress", "--device", "cpu"]) == 0
     metrics = json.loads(out.read_text())
     assert metrics["n_normal"] == 8 and metrics["n_abnormal"] == 8
     assert "auroc=" in capsys.readouterr().out
+    evaluation = json.loads((report_dir / "evaluation.json").read_text())
+    assert evaluation["metrics"]["auroc"] == pytest.approx(metrics["auroc"])
+    page = (report_dir / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == 7  # no training curves for a test run
 
 
 def test_predict_command_writes_csv(trained_run: tuple[Path, Path]) -> None:
@@ -61,13 +86,18 @@ def test_predict_command_writes_csv(trained_run: tuple[Path, Path]) -> None:
     (root / "test" / "abnormal" / "broken.png").write_text("garbage")
     try:
         assert main(["predict", "--checkpoint", str(run / "model.pt"), str(root / "test"),
-                     str(root / "train" / "img_000.png"), "--out", str(out), "--no-progress"]) == 0
+                     str(root / "train" / "img_000.png"), "--out", str(out), "--no-progress",
+                     "--save-maps", str(root / "maps")]) == 0
     finally:
         (root / "test" / "abnormal" / "broken.png").unlink()
     rows = list(csv.DictReader(out.open()))
     assert len(rows) == 17  # 16 test images + 1 file; the broken one is skipped
     assert {r["label"] for r in rows} <= {"0", "1"}
     assert all(float(r["score"]) >= 0 for r in rows)
+    maps = [Path(r["map"]) for r in rows]
+    assert len(set(maps)) == 17 and all(m.parent == root / "maps" for m in maps)
+    with Image.open(maps[0]) as picture:  # input beside overlay, enlarged to >= 128 px high
+        assert picture.size == (256, 128) and picture.mode == "RGB"
 
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:
@@ -92,6 +122,8 @@ def test_errors_are_one_line(tmp_path: Path, trained_run: tuple[Path, Path]) -> 
         ["test", "--checkpoint", str(run / "model.pt"), "--data", str(tmp_path / "empty")],
         ["predict", "--checkpoint", str(run / "model.pt"), str(tmp_path / "nothing.png")],
         ["demo", "--digits", "12"],
+        ["report", str(tmp_path / "empty")],
+        ["report", str(tmp_path / "missing")],
     ]
     for args in cases:
         result = _run(*args)

@@ -67,8 +67,9 @@ def cell_key(model: str, cls: str, seed: int, protocol: str) -> str:
 
 
 def run_cell(load: Callable[[], Cifar10], model: str, cls: str, seed: int, protocol: str,
-             config: SweepConfig) -> dict[str, Any]:
-    """Train one model for one abnormal class and seed, and evaluate it under one protocol.
+             config: SweepConfig) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
+    """Train one model for one abnormal class and seed, and evaluate it under one protocol; return
+    the result, the test labels and the test scores (the selected epoch's, under the paper protocol).
 
     The data set is loaded per cell and only the split is kept, so a full-size run does not hold
     CIFAR-10 twice (loading and checking it takes about a second).
@@ -81,13 +82,16 @@ def run_cell(load: Callable[[], Cifar10], model: str, cls: str, seed: int, proto
                    seed=seed, device=config.device, progress=config.progress, **options)
     labels = split.test_labels.numpy()
     per_epoch: list[float] = []
+    best_scores: list[np.ndarray] = []
 
     def paper_eval(record: EpochRecord) -> None:
         # The reference scores the test set after every epoch, in train-mode BN, class-ordered batches of 64.
         assert det.model_ is not None
-        scores = batched_apply(det.model_.score, det.model_, split.test, PAPER_TEST_BATCH, det.device,
-                               train_mode=True)
-        per_epoch.append(evaluate_scores(scores.double().numpy(), labels, 0.0)["auroc"])
+        epoch_scores = batched_apply(det.model_.score, det.model_, split.test, PAPER_TEST_BATCH, det.device,
+                                     train_mode=True).double().numpy()
+        per_epoch.append(evaluate_scores(epoch_scores, labels, 0.0)["auroc"])
+        if per_epoch[-1] >= max(per_epoch):
+            best_scores[:] = [epoch_scores]
 
     start = time.perf_counter()
     det.fit(split.train, on_epoch_end=paper_eval if protocol == "paper" else None)
@@ -100,6 +104,7 @@ def run_cell(load: Callable[[], Cifar10], model: str, cls: str, seed: int, proto
     if protocol == "paper":
         best = int(np.argmax(per_epoch))
         result.update({"auroc": per_epoch[best], "selected_epoch": best + 1, "auroc_per_epoch": per_epoch})
+        scores = best_scores[0]
     else:
         order = torch.from_numpy(np.random.default_rng(seed).permutation(len(split.test)))
         shuffled = det.decision_function(split.test[order])
@@ -108,7 +113,7 @@ def run_cell(load: Callable[[], Cifar10], model: str, cls: str, seed: int, proto
         metrics = evaluate_scores(scores, labels, det.threshold_)
         result.update({**metrics, "selected_epoch": len(det.history_)})
     result["history"] = det.history_
-    return result
+    return result, labels, scores
 
 
 def run_sweep(load: Callable[[], Cifar10], config: SweepConfig, out: Path) -> list[dict[str, Any]]:
@@ -128,7 +133,11 @@ def run_sweep(load: Callable[[], Cifar10], config: SweepConfig, out: Path) -> li
                 results.append(result)
                 continue
         bar.set_postfix_str(f"{model} {cls} seed {seed} {protocol}")
-        result = {**run_cell(load, model, cls, seed, protocol, config), "settings": _settings(config)}
+        result, labels, scores = run_cell(load, model, cls, seed, protocol, config)
+        scores_file = path.with_suffix(".scores.npz")
+        with scores_file.open("wb") as fh:  # before the cell file: a cell on disk always has its scores
+            np.savez_compressed(fh, labels=labels.astype(np.int8), scores=scores.astype(np.float32))
+        result = {**result, "settings": _settings(config), "scores_file": scores_file.name}
         write_text_atomic(path, json.dumps(result, indent=1))
         results.append(result)
     return results
@@ -142,14 +151,6 @@ def _settings(config: SweepConfig) -> dict[str, Any]:
 def _same_settings(result: dict[str, Any], config: SweepConfig) -> bool:
     """A finished cell is reused only if it was run with the same sizes."""
     return result.get("settings") == _settings(config)
-
-
-def summarise(results: Sequence[dict[str, Any]]) -> dict[tuple[str, str, str], dict[str, float]]:
-    """(model, protocol, class) -> mean and std of AUROC over seeds, and the number of seeds."""
-    groups: dict[tuple[str, str, str], list[float]] = {}
-    for r in results:
-        groups.setdefault((r["model"], r["protocol"], r["class"]), []).append(r["auroc"])
-    return {k: {"mean": float(np.mean(v)), "std": float(np.std(v)), "n": len(v)} for k, v in groups.items()}
 
 
 def cell_rows(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:

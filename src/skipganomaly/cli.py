@@ -15,7 +15,7 @@ from typing import Any, Sequence
 
 import yaml
 
-from .benchmark import PRESETS, PROTOCOLS, SweepConfig, cell_rows, run_sweep, summarise
+from .benchmark import PRESETS, PROTOCOLS, SweepConfig, cell_rows, run_sweep
 from .data.cifar10 import CLASSES, PAPER_ORDER, class_index, load_cifar10
 from .data.digits import digits_leave_one_out
 from .data.folders import load_labelled_folder, train_folder
@@ -23,7 +23,9 @@ from .data.images import list_image_files, load_image_files
 from .detector import Detector
 from .errors import CheckpointError, ConfigError, DataError, SkipGanomalyError
 from .evaluation.metrics import evaluate_scores
-from .evaluation.tables import benchmark_table, per_class_table
+from .evaluation.plots import save_overlays
+from .evaluation.report import build_benchmark_report, build_report, build_run_report, write_evaluation
+from .evaluation.tables import benchmark_table, per_class_table, summarise
 from .files import write_text_atomic
 from .models import get_model_class, list_models
 from .training.runtime import reduce_heap_fragmentation
@@ -61,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="folder of normal images, or a root whose train/ (or train/0.normal/) holds them")
     p.add_argument("--test", type=Path, help="labelled folder (normal/ + abnormal/) to evaluate after training")
     p.add_argument("--out", type=Path, default=Path("runs/train"), help="run directory (default: runs/train)")
+    p.add_argument("--tensorboard", action="store_true",
+                   help="also log per-epoch scalars for TensorBoard in OUT/tensorboard (needs tensorboard)")
     _add_model_args(p)
     _add_training_args(p)
     p.set_defaults(func=cmd_train)
@@ -71,6 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True, type=Path)
     p.add_argument("--data", required=True, type=Path)
     p.add_argument("--out", type=Path, help="write metrics JSON here (default: print only)")
+    p.add_argument("--report-dir", type=Path, default=Path("runs/test"),
+                   help="where scores, figures and report.html go (default: runs/test)")
+    p.add_argument("--no-report", dest="report_dir", action="store_const", const=None,
+                   help="print and write metrics only")
     _add_runtime_args(p)
     p.set_defaults(func=cmd_test)
 
@@ -79,8 +87,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True, type=Path)
     p.add_argument("inputs", nargs="+", type=Path, help="image files and/or folders")
     p.add_argument("--out", type=Path, default=Path("predictions.csv"), help="CSV file (default: predictions.csv)")
+    p.add_argument("--save-maps", type=Path, metavar="DIR",
+                   help="also write one PNG per image: input | anomaly-map overlay (path in the CSV's map column)")
     _add_runtime_args(p)
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("report", help="rebuild report.html of a run or benchmark folder from its saved scores",
+                       description="Redraw ROC/PR curves, histograms and training curves from scores.csv, "
+                                   "evaluation.json and metrics.jsonl (or a benchmark's cells), and write "
+                                   "report.html. No model is loaded; example grids drawn at test time are reused.")
+    p.add_argument("run_dir", type=Path, help="a train/test run directory or a benchmark --out folder")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("demo", help="leave-one-digit-out on the embedded scikit-learn digits",
                        description="Train on nine digits, test on held-out normals plus the tenth digit, "
@@ -217,23 +234,55 @@ def cmd_train(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "func"}
     (out / "config.yaml").write_text(yaml.safe_dump({**config, "train_images": len(kept)}, sort_keys=False))
-    losses = out / "losses.jsonl"
-    losses.write_text("")
-
-    def log_epoch(record: Any) -> None:
-        with losses.open("a") as fh:
-            fh.write(json.dumps(record.as_dict()) + "\n")
-
+    log_epoch = EpochLog(out / "metrics.jsonl", tensorboard=args.tensorboard)
     print(f"training {args.model} on {len(kept)} images from {folder}; run directory {out}")
-    det.fit(images, checkpoint_path=out / "model.pt", on_epoch_end=log_epoch)
+    try:
+        det.fit(images, checkpoint_path=out / "model.pt", on_epoch_end=log_epoch)
+    finally:
+        log_epoch.close()
     metrics: dict[str, Any] = {"threshold": det.threshold_, "train_images": len(kept)}
     if test_data is not None:
-        x, y, _ = test_data
-        metrics["test"] = evaluate_scores(det.decision_function(x), y.numpy(), det.threshold_)
+        x, y, names = test_data
+        scores = det.decision_function(x)
+        metrics["test"] = evaluate_scores(scores, y.numpy(), det.threshold_)
         _print_metrics(metrics["test"])
+        report = write_evaluation(out, f"{args.model} on {args.test}", x, names, y.numpy(), scores, metrics["test"],
+                                  det.threshold_, det.reconstructions, det.anomaly_maps)
+    else:
+        report = build_run_report(out)
     _write_json(out / "metrics.json", metrics)
-    print(f"saved {out / 'model.pt'} (threshold {det.threshold_:.6g})")
+    print(f"saved {out / 'model.pt'} (threshold {det.threshold_:.6g}); report {report}")
     return 0
+
+
+class EpochLog:
+    """Appends each epoch's record to metrics.jsonl (one JSON object per line, flushed at once) and,
+    with `tensorboard`, writes the same scalars as TensorBoard events next to it."""
+
+    def __init__(self, path: Path, tensorboard: bool = False) -> None:
+        self.path = path
+        path.write_text("")
+        self.writer = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                raise ConfigError("--tensorboard needs the tensorboard package: pip install tensorboard") from None
+            self.writer = SummaryWriter(str(path.parent / "tensorboard"))
+
+    def __call__(self, record: Any) -> None:
+        with self.path.open("a") as fh:
+            fh.write(json.dumps(record.as_dict()) + "\n")
+        if self.writer is not None:
+            for name, value in record.losses.items():
+                self.writer.add_scalar(f"loss/{name}", value, record.epoch)
+            self.writer.add_scalar("validation/reconstruction_l1", record.val_loss, record.epoch)
+            self.writer.add_scalar("speed/images_per_second", record.images_per_second, record.epoch)
+            self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
 
 
 def _load_calibrated(args: argparse.Namespace) -> Detector:
@@ -245,11 +294,16 @@ def _load_calibrated(args: argparse.Namespace) -> Detector:
 
 def cmd_test(args: argparse.Namespace) -> int:
     det = _load_calibrated(args)
-    x, y, _ = load_labelled_folder(args.data, det.image_size, det.in_channels, progress=not args.no_progress)
-    metrics = evaluate_scores(det.decision_function(x), y.numpy(), det.threshold_)
+    x, y, names = load_labelled_folder(args.data, det.image_size, det.in_channels, progress=not args.no_progress)
+    scores = det.decision_function(x)
+    metrics = evaluate_scores(scores, y.numpy(), det.threshold_)
     _print_metrics(metrics)
     if args.out is not None:
         _write_json(args.out, metrics)
+    if args.report_dir is not None:
+        report = write_evaluation(args.report_dir, f"{det.model_name} ({args.checkpoint}) on {args.data}", x, names,
+                                  y.numpy(), scores, metrics, det.threshold_, det.reconstructions, det.anomaly_maps)
+        print(f"report {report}")
     return 0
 
 
@@ -265,14 +319,21 @@ def cmd_predict(args: argparse.Namespace) -> int:
             raise DataError(f"no such file or folder: {item}")
     images, kept = load_image_files(paths, det.image_size, det.in_channels, progress=not args.no_progress)
     scores = det.decision_function(images)
+    maps = save_overlays(args.save_maps, images, kept, det.anomaly_maps(images)) if args.save_maps else None
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with args.out.open("w", newline="") as fh:
         writer = csv.writer(fh)
-        writer.writerow(["path", "score", "label"])
+        writer.writerow(["path", "score", "label"] + (["map"] if maps else []))
         labels = scores > det.threshold_
-        for path, score, label in zip(kept, scores, labels, strict=True):
-            writer.writerow([path, f"{score:.8g}", int(label)])
-    print(f"wrote {len(kept)} scores to {args.out} ({int(labels.sum())} flagged)")
+        for i, (path, score, label) in enumerate(zip(kept, scores, labels, strict=True)):
+            writer.writerow([path, f"{score:.8g}", int(label)] + ([maps[i]] if maps else []))
+    print(f"wrote {len(kept)} scores to {args.out} ({int(labels.sum())} flagged)"
+          + (f"; anomaly-map overlays in {args.save_maps}" if maps else ""))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    print(f"wrote {build_report(args.run_dir)}")
     return 0
 
 
@@ -352,6 +413,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     text = "\n".join(sections)
     (out / "table.md").write_text(text)
     print(text)
+    print(f"report {build_benchmark_report(out)}")
     print(f"{len(results)} cells in {out} ({time.perf_counter() - start:.0f} s this run)")
     return 0
 
@@ -397,7 +459,8 @@ def _speed_line(row: dict[str, Any], peak: dict[str, float]) -> str:
             + (f"; reference-style train {row['reference_style_train_images_per_s']:.1f} img/s "
                f"({row['train_speedup']:.2f}x), score {row['reference_style_score_images_per_s']:.1f} img/s "
                f"({row['score_speedup']:.2f}x)" if "train_speedup" in row else "")
-            + (f"; compiled in {row['compile_seconds']:.0f} s" if "compile_seconds" in row else ""))
+            + (f"; compiled: train {row['compiled_train_images_per_s']:.1f} img/s after a {row['compile_seconds']:.0f} s "
+               "first step" if "compile_seconds" in row else ""))
 
 
 def environment() -> dict[str, Any]:

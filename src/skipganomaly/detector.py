@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any, Callable
@@ -15,9 +14,11 @@ import torch
 from .data.images import as_image_tensor
 from .errors import CheckpointError, ConfigError, DataError
 from .evaluation.metrics import quantile_threshold
+from .files import save_torch_atomic
 from .models import create, list_models
 from .models.base import AnomalyModel, check_geometry
 from .training import EpochRecord, TrainConfig, batched_apply, resolve_device, to_device, train
+from .training.distributed import is_main_process
 
 FORMAT = "skipganomaly-detector"
 FORMAT_VERSION = 1
@@ -79,10 +80,13 @@ class Detector:
         *,
         checkpoint_path: str | os.PathLike[str] | None = None,
         on_epoch_end: Callable[[EpochRecord], None] | None = None,
+        resume: bool = False,
     ) -> "Detector":
         """Train on normal images. With `checkpoint_path`, the weights are saved after every epoch, so
         an interrupted run keeps its last complete epoch (it scores, but has no threshold until the
-        run completes), and the calibrated detector at the end."""
+        run completes), and the calibrated detector at the end. Beside it, `<name>.state.pt` holds
+        what `resume=True` needs to continue an interrupted run exactly where its last epoch ended.
+        Under torchrun only rank 0 writes files."""
         data = as_image_tensor(images, self.image_size, self.in_channels)
         n_val = int(round(len(data) * self.val_fraction))
         if n_val < 1 or len(data) - n_val < 2:
@@ -98,17 +102,22 @@ class Detector:
         self.threshold_ = None
         self.history_ = []
 
+        main = is_main_process()
+        state_path = Path(checkpoint_path).with_suffix(".state.pt") if checkpoint_path is not None else None
+
         def epoch_done(record: EpochRecord) -> None:
             self.history_.append(record.as_dict())
-            if checkpoint_path is not None:
+            if checkpoint_path is not None and main:
                 # Weights only: calibrating costs a scoring pass (AnoGAN: a latent search), done once at the end.
                 self.save(checkpoint_path)
             if on_epoch_end is not None:
                 on_epoch_end(record)
 
-        train(self.model_, data, val, self.train_config, epoch_done, train_index=order[n_val:])
+        history = train(self.model_, data, val, self.train_config, epoch_done, train_index=order[n_val:],
+                        state_path=state_path, resume=resume)
+        self.history_ = [r.as_dict() for r in history]
         self._calibrate(val)
-        if checkpoint_path is not None:
+        if checkpoint_path is not None and main:
             self.save(checkpoint_path)
         return self
 
@@ -134,6 +143,13 @@ class Detector:
         data = self._as_tensor(images)
         return batched_apply(model.anomaly_map, model, data, batch_size, self.device,
                              self.train_config.amp).numpy()
+
+    def reconstructions(self, images: Any, batch_size: int = 256) -> np.ndarray:
+        """The model's reconstructions [N, H, W, C], float in [0, 1] (clipped), for looking at."""
+        model = self._fitted()
+        out = batched_apply(model.reconstruct, model, self._as_tensor(images), batch_size, self.device,
+                            self.train_config.amp)
+        return ((out.permute(0, 2, 3, 1).numpy() + 1.0) / 2.0).clip(0.0, 1.0)
 
     def export_onnx(self, path: str | os.PathLike[str]) -> Path:
         """Write the score as an ONNX graph (input: images in [-1, 1], dynamic batch); see `onnx_export`."""
@@ -174,18 +190,7 @@ class Detector:
             },
             "history": self.history_,
         }
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                torch.save(payload, fh)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        save_torch_atomic(Path(path), payload)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], device: str = "auto", expect_model: str | None = None,

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
+
+import numpy as np
 
 from .paper import TABLE_1, TABLE_1_MEAN
 
@@ -29,14 +31,22 @@ def per_class_table(results: Mapping[str, Mapping[str, float]], metrics: Sequenc
     return markdown_table(["class", *metrics], rows)
 
 
-def benchmark_table(
+def summarise(results: Sequence[Mapping[str, Any]]) -> dict[tuple[str, str, str], dict[str, float]]:
+    """Benchmark cells -> {(model, protocol, class): mean and std of AUROC over seeds, and the seed count}."""
+    groups: dict[tuple[str, str, str], list[float]] = {}
+    for r in results:
+        groups.setdefault((r["model"], r["protocol"], r["class"]), []).append(r["auroc"])
+    return {k: {"mean": float(np.mean(v)), "std": float(np.std(v)), "n": len(v)} for k, v in groups.items()}
+
+
+def benchmark_rows(
     summary: Mapping[tuple[str, str, str], Mapping[str, float]], models: Sequence[str], classes: Sequence[str],
     protocol: str,
-) -> str:
+) -> tuple[list[str], list[list[object]]]:
     """Rows = models, columns = abnormal classes: `ours (paper)`, ours as mean±std over seeds when
     there are several. The mean column averages the classes shown (the paper's over all ten)."""
     header = ["model", *classes, "mean"]
-    rows = []
+    rows: list[list[object]] = []
     for model in models:
         cells, means = [], []
         for cls in classes:
@@ -53,4 +63,12 @@ def benchmark_table(
         ours_mean = f"{sum(means) / len(means):.3f}" if means else "-"
         cells.append(ours_mean + (f" ({paper_mean:.3f})" if paper_mean is not None else ""))
         rows.append([model, *cells])
-    return markdown_table(header, rows)
+    return header, rows
+
+
+def benchmark_table(
+    summary: Mapping[tuple[str, str, str], Mapping[str, float]], models: Sequence[str], classes: Sequence[str],
+    protocol: str,
+) -> str:
+    """`benchmark_rows` as markdown."""
+    return markdown_table(*benchmark_rows(summary, models, classes, protocol))

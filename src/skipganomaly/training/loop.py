@@ -8,16 +8,21 @@ from __future__ import annotations
 
 import copy
 import math
+import pickle
 import time
+import zipfile
 from dataclasses import asdict, dataclass
-from typing import Callable
+from pathlib import Path
+from typing import Any, Callable
 
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from ..errors import ConfigError, SkipGanomalyError
+from ..errors import CheckpointError, ConfigError, SkipGanomalyError
+from ..files import save_torch_atomic
 from ..models.base import AnomalyModel
+from .distributed import average_gradients, average_tensor, broadcast_parameters, is_main_process, sync_buffers, world
 from .runtime import autocast, batched_apply, compile_blocks, prepare_batch, resolve_device, to_device
 
 
@@ -92,17 +97,23 @@ def train_step(
         g = model.generator_loss(x)
     opt_g.zero_grad(set_to_none=True)
     g.loss.backward()
+    average_gradients(model.generator_parameters())  # no-op in a single process
     opt_g.step()
     with autocast(device, config.amp):
         d_loss, reset_value = model.discriminator_loss(x, g.cache)
     opt_d.zero_grad(set_to_none=True)
     d_loss.backward()
+    average_gradients(model.discriminator_parameters())
     opt_d.step()
-    reset = reset_value.item() < config.d_reset_threshold
+    reset = average_tensor(reset_value).item() < config.d_reset_threshold
     if reset:
         model.reset_discriminator()
     return {"g_loss": g.loss.item(), "d_loss": d_loss.item(), **{k: v.item() for k, v in g.logs.items()},
             "d_reset": float(reset)}
+
+
+STATE_FORMAT = "skipganomaly-train-state"
+STATE_VERSION = 1
 
 
 def train(
@@ -112,51 +123,88 @@ def train(
     config: TrainConfig,
     on_epoch_end: Callable[[EpochRecord], None] | None = None,
     train_index: Tensor | None = None,
+    state_path: Path | None = None,
+    resume: bool = False,
 ) -> list[EpochRecord]:
     """Train `model` in place on uint8 images [N, C, H, W] (or on `train_images[train_index]`, which
-    spares a copy of a large data set); returns one record per epoch.
+    spares a copy of a large data set); returns one record per epoch, resumed epochs included.
 
     With `config.patience`, training stops when the validation loss has not improved for that many
     epochs and the best epoch's weights are restored; otherwise the last epoch is the model.
+
+    With `state_path`, everything needed to continue (weights, both optimisers, RNG states, epoch,
+    records, early-stopping state) is written there atomically after every epoch; `resume=True`
+    continues from that file when it exists, and the result is the same as an uninterrupted run.
+
+    Under torchrun each process trains on its slice of every global batch of `config.batch_size`
+    (see `distributed`); only rank 0 writes the state file.
     """
     index = torch.arange(len(train_images)) if train_index is None else train_index.long().cpu()
-    if len(index) < 2:
-        raise ConfigError(f"need at least 2 training images, got {len(index)}")
+    rank, size = world()
+    if config.batch_size % size:
+        raise ConfigError(f"batch size {config.batch_size} does not split over {size} processes")
+    batch_size = min(config.batch_size, len(index))
+    if len(index) < 2 or batch_size // size < 2:
+        raise ConfigError(f"need at least 2 training images per process, got {len(index)} over {size}")
+    local = batch_size // size
     device = resolve_device(config.device)
     to_device(model, device)
+    broadcast_parameters(model)
     if config.compile:
         compile_blocks(model, config.compile)
     data = train_images.to(device)
     opt_g, opt_d = make_optimizers(model, config)
     shuffler = torch.Generator().manual_seed(config.seed)
-    batch_size = min(config.batch_size, len(index))
     steps = len(index) // batch_size  # drop_last, as the reference: every batch has full statistics
     history: list[EpochRecord] = []
     best: tuple[float, dict[str, Tensor]] | None = None
     since_best = 0
+    first_epoch = 1
+    if resume and state_path is not None and state_path.exists():
+        state = load_train_state(state_path, config)
+        model.load_state_dict(state["model"])
+        opt_g.load_state_dict(state["opt_g"])
+        opt_d.load_state_dict(state["opt_d"])
+        shuffler.set_state(state["shuffler"])
+        torch.set_rng_state(state["torch_rng"])
+        if torch.cuda.is_available() and state["cuda_rng"]:
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        history = [EpochRecord(**r) for r in state["history"]]
+        if state["best_state"] is not None:
+            best = (state["best_loss"], state["best_state"])
+        since_best = state["since_best"]
+        first_epoch = state["epoch"] + 1
+        if state["stopped"]:
+            first_epoch = config.epochs + 1
 
-    epochs = tqdm(range(1, config.epochs + 1), desc="epochs", unit="epoch", disable=not config.progress)
+    stopped = False
+    epochs = tqdm(range(first_epoch, config.epochs + 1), desc="epochs", unit="epoch", initial=first_epoch - 1,
+                  total=config.epochs, disable=not config.progress or rank != 0)
     for epoch in epochs:
         model.train()
         start = time.perf_counter()
         order = index[torch.randperm(len(index), generator=shuffler)].to(device)
         sums: dict[str, float] = {}
         resets = 0
-        bar = tqdm(range(steps), desc=f"epoch {epoch}", unit="batch", leave=False, disable=not config.progress)
+        bar = tqdm(range(steps), desc=f"epoch {epoch}", unit="batch", leave=False,
+                   disable=not config.progress or rank != 0)
         for step in bar:
-            x = prepare_batch(data[order[step * batch_size:(step + 1) * batch_size]], device)
+            first = step * batch_size + rank * local
+            x = prepare_batch(data[order[first:first + local]], device)
             values = train_step(model, x, opt_g, opt_d, config, device)
             resets += int(values.pop("d_reset"))
             bad = [k for k, v in values.items() if not math.isfinite(v)]
             if bad:
                 raise TrainingError(
                     f"loss {', '.join(bad)} is not finite at epoch {epoch}, step {step + 1}; "
-                    "the checkpoint of the last complete epoch is kept (try a lower --lr)"
+                    "the checkpoint of the last complete epoch is kept (resume with a lower --lr, or check "
+                    "the input images)"
                 )
             for k, v in values.items():
                 sums[k] = sums.get(k, 0.0) + v
             if step % 10 == 0:
                 bar.set_postfix(g=f"{values['g_loss']:.3f}", d=f"{values['d_loss']:.3f}")
+        sync_buffers(model)
         seconds = time.perf_counter() - start
         val_loss = float(batched_apply(model.validation_loss, model, val_images, config.eval_batch_size,
                                        device, config.amp).mean())
@@ -164,15 +212,54 @@ def train(
                              steps * batch_size / seconds)
         history.append(record)
         epochs.set_postfix(val_loss=f"{val_loss:.4f}", img_s=f"{record.images_per_second:.0f}")
-        if on_epoch_end is not None:
-            on_epoch_end(record)
         if config.patience is not None:
             if best is None or val_loss < best[0]:
                 best, since_best = (val_loss, copy.deepcopy(model.state_dict())), 0
             else:
                 since_best += 1
-                if since_best >= config.patience:
-                    break
+                stopped = since_best >= config.patience
+        if state_path is not None and is_main_process():
+            save_torch_atomic(state_path, {
+                "format": STATE_FORMAT, "format_version": STATE_VERSION, "epoch": epoch, "stopped": stopped,
+                "settings": _resume_settings(config),
+                "model": _cpu(model.state_dict()), "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(),
+                "shuffler": shuffler.get_state(), "torch_rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                "history": [r.as_dict() for r in history], "since_best": since_best,
+                "best_loss": best[0] if best else None, "best_state": _cpu(best[1]) if best else None,
+            })
+        if on_epoch_end is not None:
+            on_epoch_end(record)
+        if stopped:
+            break
     if best is not None:
         model.load_state_dict(best[1])
     return history
+
+
+def _cpu(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    return {k: v.detach().cpu() for k, v in state.items()}
+
+
+def _resume_settings(config: TrainConfig) -> dict[str, Any]:
+    """What must not change between a run and its resumption (epochs may grow)."""
+    return {"batch_size": config.batch_size, "lr": config.lr, "beta1": config.beta1, "beta2": config.beta2,
+            "seed": config.seed, "patience": config.patience, "d_reset_threshold": config.d_reset_threshold}
+
+
+def load_train_state(path: Path, config: TrainConfig | None = None) -> dict[str, Any]:
+    """Read a training-state file (tensors and plain values only) and check it fits `config`."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as err:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise CheckpointError(f"{path} is not a readable training state ({first[:200]})") from None
+    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+        raise CheckpointError(f"{path} is not a skipganomaly training state")
+    if state.get("format_version") != STATE_VERSION:
+        raise CheckpointError(f"{path} has format version {state.get('format_version')}; "
+                              f"this version reads {STATE_VERSION}")
+    if config is not None and state["settings"] != _resume_settings(config):
+        changed = sorted(k for k, v in _resume_settings(config).items() if state["settings"].get(k) != v)
+        raise ConfigError(f"cannot resume {path}: {', '.join(changed)} differ from the interrupted run")
+    return state

@@ -1,0 +1,166 @@
+"""Figures people judge a detector by: ROC and PR curves, score histograms, image grids, training curves.
+
+Each function takes plain arrays and writes one PNG. Figures are built with matplotlib's object API
+(`Figure`, no pyplot), so nothing depends on a display or on global plotting state.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+from matplotlib import colormaps
+from matplotlib.figure import Figure
+from sklearn.metrics import auc, precision_recall_curve, roc_curve
+
+Curves = Mapping[str, tuple[np.ndarray, np.ndarray]]  # name -> (labels, scores)
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    return path
+
+
+def _two_classes(labels: np.ndarray) -> bool:
+    return 0 < int(np.sum(labels)) < len(labels)
+
+
+def _legend_or_note(ax: Any, loc: str) -> None:
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc=loc, fontsize="small")
+    else:
+        ax.text(0.5, 0.5, "needs normal and abnormal images", ha="center", va="center", transform=ax.transAxes)
+
+
+def roc_figure(curves: Curves, path: Path, title: str = "ROC") -> Path:
+    """One ROC curve per entry, with its AUROC in the legend; the diagonal is chance."""
+    fig = Figure(figsize=(5, 5))
+    ax = fig.add_subplot()
+    for name, (labels, scores) in curves.items():
+        if not _two_classes(labels):
+            continue
+        fpr, tpr, _ = roc_curve(labels, scores)
+        ax.plot(fpr, tpr, label=f"{name} (AUROC {auc(fpr, tpr):.3f})")
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
+    ax.set(xlabel="false positive rate", ylabel="true positive rate", title=title, xlim=(0, 1), ylim=(0, 1.01))
+    _legend_or_note(ax, "lower right")
+    return _save(fig, path)
+
+
+def pr_figure(curves: Curves, path: Path, title: str = "Precision-recall") -> Path:
+    """One precision-recall curve per entry, with its AUPRC; the dotted line is the abnormal share."""
+    fig = Figure(figsize=(5, 5))
+    ax = fig.add_subplot()
+    for name, (labels, scores) in curves.items():
+        if not _two_classes(labels):
+            continue
+        precision, recall, _ = precision_recall_curve(labels, scores)
+        ax.plot(recall, precision, label=f"{name} (AUPRC {auc(recall, precision):.3f})")
+        ax.axhline(float(np.mean(labels)), color="grey", linestyle=":", linewidth=1)
+    ax.set(xlabel="recall", ylabel="precision", title=title, xlim=(0, 1), ylim=(0, 1.01))
+    _legend_or_note(ax, "lower left")
+    return _save(fig, path)
+
+
+def histogram_figure(labels: np.ndarray, scores: np.ndarray, threshold: float | None, path: Path,
+                     title: str = "Scores") -> Path:
+    """Normal and abnormal score histograms on shared bins, with the calibrated threshold."""
+    fig = Figure(figsize=(6, 4))
+    ax = fig.add_subplot()
+    finite = scores[np.isfinite(scores)]
+    edges = np.histogram_bin_edges(finite if finite.size else np.zeros(1), bins=50)
+    for value, name, colour in ((0, "normal", "tab:blue"), (1, "abnormal", "tab:red")):
+        part = scores[labels == value]
+        if part.size:
+            ax.hist(part, bins=edges, alpha=0.55, color=colour, label=f"{name} ({part.size})")
+    if threshold is not None and np.isfinite(threshold):
+        ax.axvline(threshold, color="black", linestyle="--", label=f"threshold {threshold:.4g}")
+    ax.set(xlabel="anomaly score (higher = more anomalous)", ylabel="images", title=title)
+    ax.legend(fontsize="small")
+    return _save(fig, path)
+
+
+def overlay(image: np.ndarray, amap: np.ndarray, alpha: float = 0.5, vmax: float | None = None) -> np.ndarray:
+    """A heat map of `amap` [H, W] blended over `image` [H, W, C] in [0, 1]; returns RGB floats in [0, 1].
+
+    `vmax` fixes the colour scale (e.g. across a grid), so equal colours mean equal residuals.
+    """
+    rgb = np.repeat(image, 3, axis=-1) if image.shape[-1] == 1 else image
+    top = float(vmax if vmax is not None else amap.max())
+    heat = colormaps["inferno"](np.clip(amap / top, 0.0, 1.0) if top > 0 else np.zeros_like(amap))[..., :3]
+    return np.clip((1.0 - alpha) * rgb + alpha * heat, 0.0, 1.0)
+
+
+def image_grid_figure(inputs: np.ndarray, reconstructions: np.ndarray, maps: np.ndarray,
+                      captions: Sequence[str], path: Path, title: str) -> Path:
+    """Columns = images; rows = input, reconstruction, anomaly-map overlay. Images [N, H, W, C] in [0, 1].
+
+    The overlays share one colour scale, so a brighter map is a larger residual.
+    """
+    n = len(inputs)
+    fig = Figure(figsize=(max(1.4 * n, 3.0), 4.6))
+    if n == 0:
+        fig.text(0.5, 0.5, f"{title}: no images", ha="center", va="center")
+        return _save(fig, path)
+    vmax = float(maps.max()) or 1.0
+    axes = fig.subplots(3, n, squeeze=False)
+    rows = (("input", inputs), ("reconstruction", np.clip(reconstructions, 0, 1)),
+            ("anomaly map", np.stack([overlay(i, m, vmax=vmax) for i, m in zip(inputs, maps, strict=True)])))
+    for r, (name, images) in enumerate(rows):
+        for c in range(n):
+            ax = axes[r][c]
+            image = images[c]
+            ax.imshow(image[..., 0] if image.shape[-1] == 1 else image, cmap="gray", vmin=0, vmax=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c == 0:
+                ax.set_ylabel(name, fontsize="small")
+            if r == 0:
+                ax.set_title(captions[c], fontsize="x-small")
+    fig.suptitle(title)
+    return _save(fig, path)
+
+
+def training_curves_figure(history: Sequence[Mapping[str, Any]], path: Path) -> Path:
+    """Per-epoch mean loss terms (left; log scale when all are positive) and validation loss (right)."""
+    fig = Figure(figsize=(10, 4))
+    left, right = fig.subplots(1, 2)
+    epochs = [int(r["epoch"]) for r in history]
+    names = sorted({k for r in history for k in r["losses"]})
+    values = {n: np.array([r["losses"].get(n, np.nan) for r in history], dtype=float) for n in names}
+    for name, series in values.items():
+        left.plot(epochs, series, marker="o", label=name)
+    if values and all(np.all(v[np.isfinite(v)] > 0) for v in values.values()):
+        left.set_yscale("log")
+    left.set(xlabel="epoch", ylabel="mean per step", title="training losses")
+    left.legend(fontsize="small")
+    right.plot(epochs, [float(r["val_loss"]) for r in history], marker="o", color="black")
+    right.set(xlabel="epoch", ylabel="mean L1 on held-out normals", title="validation reconstruction loss")
+    return _save(fig, path)
+
+
+def save_overlays(out_dir: Path, images: Any, names: Sequence[str], maps: np.ndarray, min_size: int = 128) -> list[str]:
+    """One PNG per image, input beside its anomaly-map overlay, enlarged to at least `min_size` pixels.
+
+    Images are uint8 [N, C, H, W]. Files are numbered (0001_name.png) so equal names from different
+    folders do not overwrite each other; returns the written paths. The colour scale is shared by all
+    images of the call, so equal colours mean equal residuals.
+    """
+    from PIL import Image
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    vmax = float(maps.max()) or 1.0
+    scale = max(1, -(-min_size // images.shape[-1]))
+    written = []
+    for i, (image, amap, name) in enumerate(zip(images, maps, names, strict=True)):
+        rgb = image.permute(1, 2, 0).numpy() / 255.0
+        rgb3 = np.repeat(rgb, 3, axis=-1) if rgb.shape[-1] == 1 else rgb
+        pair = np.concatenate([rgb3, overlay(rgb, amap, vmax=vmax)], axis=1)
+        picture = Image.fromarray((pair * 255).round().astype(np.uint8))
+        picture = picture.resize((picture.width * scale, picture.height * scale), Image.NEAREST)
+        path = out_dir / f"{i + 1:04d}_{Path(name).stem}.png"
+        picture.save(path)
+        written.append(str(path))
+    return written

@@ -1,0 +1,256 @@
+"""Evaluation artefacts a person can open: scores, figures and one self-contained `report.html`.
+
+A run directory holds what is needed to rebuild its report without the model: `scores.csv` (name,
+label, score per test image), `evaluation.json` (metrics, threshold, title), `metrics.jsonl`
+(per-epoch training records) and `figures/examples_*.png` (image grids, which need the model and so
+are only drawn at evaluation time). `build_run_report` and `build_benchmark_report` redraw the rest.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import json
+import math
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import yaml
+
+from ..errors import DataError
+from ..files import write_text_atomic
+from .plots import histogram_figure, image_grid_figure, pr_figure, roc_figure, training_curves_figure
+from .tables import benchmark_rows, summarise
+
+EXAMPLE_GROUPS = {
+    "most_anomalous": "Most anomalous (highest scores)",
+    "least_anomalous": "Least anomalous (lowest scores)",
+    "false_positives": "False positives (normal, above the threshold; worst first)",
+    "false_negatives": "False negatives (abnormal, at or below the threshold; worst first)",
+}
+
+
+def select_examples(labels: np.ndarray, scores: np.ndarray, threshold: float | None,
+                    k: int = 8) -> dict[str, np.ndarray]:
+    """Indices per example group (see EXAMPLE_GROUPS); mistakes need a threshold."""
+    order = np.argsort(-scores, kind="stable")
+    groups = {"most_anomalous": order[:k], "least_anomalous": order[::-1][:k]}
+    if threshold is not None:
+        flagged = scores > threshold
+        groups["false_positives"] = order[(flagged & (labels == 0))[order]][:k]
+        groups["false_negatives"] = order[::-1][(~flagged & (labels == 1))[order[::-1]]][:k]
+    return {name: np.array(index, dtype=np.int64) for name, index in groups.items()}  # dense copies
+
+
+def write_scores(path: Path, names: Sequence[str], labels: np.ndarray, scores: np.ndarray) -> None:
+    rows = ["name,label,score"] + [f"{_csv_field(n)},{int(y)},{s:.9g}" for n, y, s in
+                                   zip(names, labels, scores, strict=True)]
+    write_text_atomic(path, "\n".join(rows) + "\n")
+
+
+def _csv_field(text: str) -> str:
+    return '"' + text.replace('"', '""') + '"' if any(c in text for c in ',"\n') else text
+
+
+def read_scores(path: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
+    with path.open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    try:
+        return ([r["name"] for r in rows], np.array([int(r["label"]) for r in rows], dtype=np.int64),
+                np.array([float(r["score"]) for r in rows], dtype=np.float64))
+    except (KeyError, ValueError) as err:
+        raise DataError(f"{path} is not a scores file written by skipganomaly ({err})") from None
+
+
+def write_evaluation(
+    run_dir: Path,
+    title: str,
+    images: Any,
+    names: Sequence[str],
+    labels: np.ndarray,
+    scores: np.ndarray,
+    metrics: Mapping[str, Any],
+    threshold: float | None,
+    reconstruct: Callable[[Any], np.ndarray],
+    anomaly_maps: Callable[[Any], np.ndarray],
+    k: int = 8,
+) -> Path:
+    """Write scores, evaluation.json, the example grids and the report; return the report's path.
+
+    `images` are uint8 [N, C, H, W] at the model's size; `reconstruct` and `anomaly_maps` are the
+    detector's methods (called on the few selected images only).
+    """
+    figures = run_dir / "figures"
+    write_scores(run_dir / "scores.csv", names, labels, scores)
+    write_text_atomic(run_dir / "evaluation.json", json.dumps(
+        {"title": title, "metrics": dict(metrics), "threshold": threshold}, indent=2, allow_nan=True) + "\n")
+    for group, index in select_examples(labels, scores, threshold, k).items():
+        subset = images[index]
+        shown = subset.permute(0, 2, 3, 1).numpy() / 255.0 if len(index) else np.zeros((0, 1, 1, 1))
+        recon = reconstruct(subset) if len(index) else shown
+        maps = anomaly_maps(subset) if len(index) else shown[..., 0]
+        captions = [f"{'abn' if labels[i] else 'norm'} {scores[i]:.3g}\n{_short(names[i])}" for i in index]
+        image_grid_figure(shown, recon, maps, captions, figures / f"examples_{group}.png", EXAMPLE_GROUPS[group])
+    return build_run_report(run_dir)
+
+
+def _short(name: str, width: int = 14) -> str:
+    base = Path(name).name
+    return base if len(base) <= width else base[:width - 1] + "…"
+
+
+def build_run_report(run_dir: Path) -> Path:
+    """(Re)draw a run's curves from its saved scores and records, and write report.html."""
+    run_dir = Path(run_dir)
+    figures = run_dir / "figures"
+    sections: list[str] = []
+    evaluation = _read_json(run_dir / "evaluation.json")
+    history = read_history(run_dir / "metrics.jsonl")
+    config = yaml.safe_load((run_dir / "config.yaml").read_text()) if (run_dir / "config.yaml").exists() else {}
+    if evaluation is None and not history:
+        raise DataError(f"{run_dir} holds neither evaluation.json nor metrics.jsonl: nothing to report "
+                        "(is it a run directory of `train` or `test`?)")
+    title = (evaluation or {}).get("title") or f"training run {run_dir.name}"
+    if evaluation is not None:
+        names, labels, scores = read_scores(run_dir / "scores.csv")
+        threshold = evaluation.get("threshold")
+        metrics = evaluation.get("metrics", {})
+        sections.append("<h2>Metrics</h2>" + html_table(["metric", "value"], [[k, v] for k, v in metrics.items()]))
+        curves = {"test": (labels, scores)}
+        figs = [roc_figure(curves, figures / "roc.png"), pr_figure(curves, figures / "pr.png"),
+                histogram_figure(labels, scores, threshold, figures / "histogram.png")]
+        sections.append("<h2>Curves and score distributions</h2>" + "".join(_img(f) for f in figs))
+        grids = [figures / f"examples_{g}.png" for g in EXAMPLE_GROUPS if (figures / f"examples_{g}.png").exists()]
+        if grids:
+            sections.append("<h2>Examples: input, reconstruction, anomaly map</h2>"
+                            "<p>Each column is one image: its label and score above, its reconstruction and "
+                            "the residual heat map (one colour scale per grid) below.</p>"
+                            + "".join(_img(g) for g in grids))
+    if history:
+        sections.append("<h2>Training</h2>" + _img(training_curves_figure(history, figures / "training.png"))
+                        + html_table(["epoch", "val loss", "images/s", "D resets", *sorted(history[0]["losses"])],
+                                     [[r["epoch"], r["val_loss"], r["images_per_second"], r["d_resets"],
+                                       *(r["losses"][k] for k in sorted(history[0]["losses"]))] for r in history]))
+    if config:
+        sections.append("<h2>Settings</h2>" + html_table(["setting", "value"], [[k, v] for k, v in config.items()]))
+    return write_page(run_dir / "report.html", title, sections)
+
+
+def read_history(path: Path) -> list[dict[str, Any]]:
+    """Per-epoch records from metrics.jsonl; a half-written last line (killed run) is ignored."""
+    if not path.exists():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            break
+    return records
+
+
+def build_benchmark_report(bench_dir: Path) -> Path:
+    """Per-protocol table (ours next to the paper's Table 1) and each model's ROC curves per class."""
+    bench_dir = Path(bench_dir)
+    saved = _read_json(bench_dir / "results.json")
+    if saved is None:
+        raise DataError(f"{bench_dir} has no results.json: not a benchmark output folder")
+    cells, config = saved["cells"], saved["config"]
+    summary = summarise(cells)
+    env = saved.get("environment", {})
+    sections = [f"<p>Command: <code>{html.escape(str(env.get('command', '?')))}</code>; git "
+                f"{html.escape(str(env.get('git_commit', '?')))}; torch {html.escape(str(env.get('torch', '?')))}, "
+                f"{env.get('threads', '?')} threads, {html.escape(str(env.get('cpu', '?')))}. "
+                f"Epochs {config['epochs']}, batch {config['batch_size']}, train fraction "
+                f"{config['train_fraction']}, test fraction {config['test_fraction']}, seeds "
+                f"{', '.join(map(str, config['seeds']))}.</p>"
+                "<p>Each cell: our AUROC (the paper's Table 1 in brackets). <b>honest</b>: eval-mode BatchNorm, "
+                "shuffled test batches, last epoch, threshold from held-out normals. <b>paper</b>: the reference "
+                "evaluation (train-mode BatchNorm over class-ordered batches, best epoch chosen on the test "
+                "set), shown only to compare with published numbers.</p>"]
+    figures = bench_dir / "figures"
+    for protocol in config["protocols"]:
+        header, rows = benchmark_rows(summary, config["models"], config["classes"], protocol)
+        sections.append(f"<h2>Protocol: {html.escape(protocol)}</h2>" + html_table(header, rows))
+        for model in config["models"]:
+            curves = {}
+            for cell in cells:
+                path = bench_dir / "cells" / cell.get("scores_file", "-")
+                if (cell["model"], cell["protocol"], cell["seed"]) == (model, protocol, config["seeds"][0]) \
+                        and path.is_file():
+                    with np.load(path) as data:
+                        curves[cell["class"]] = (data["labels"], data["scores"])
+            if curves:
+                name = f"roc_{model.replace('+', 'p')}_{protocol}.png"
+                sections.append(_img(roc_figure(curves, figures / name,
+                                                f"{model}, {protocol} protocol, seed {config['seeds'][0]}")))
+            else:
+                sections.append(f"<p>{html.escape(model)}: no saved test scores for ROC curves (cells written "
+                                "before scores were saved; rerun them to draw the curves).</p>")
+    return write_page(bench_dir / "report.html", "CIFAR-10 leave-one-class-out benchmark", sections)
+
+
+def build_report(directory: Path) -> Path:
+    """Rebuild the report of a benchmark folder or of a train/test run directory."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise DataError(f"no such directory: {directory}")
+    if (directory / "results.json").exists() and (directory / "cells").is_dir():
+        return build_benchmark_report(directory)
+    return build_run_report(directory)
+
+
+# --- HTML -----------------------------------------------------------------------------------------
+def html_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    def cell(v: object) -> str:
+        if isinstance(v, float):
+            return "nan" if math.isnan(v) else f"{v:.4g}"
+        return html.escape(str(v))
+
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{cell(v)}</td>" for v in row) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _img(path: Path) -> str:
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    return f'<figure><img alt="{html.escape(path.stem)}" src="data:image/png;base64,{data}"></figure>'
+
+
+_STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
+table { border-collapse: collapse; margin: 1em 0; font-size: 0.9em; }
+th, td { border: 1px solid #ccc; padding: 0.3em 0.6em; text-align: right; }
+th:first-child, td:first-child { text-align: left; }
+figure { display: inline-block; margin: 0.5em; }
+img { max-width: 100%; }
+code { background: #f4f4f4; padding: 0 0.2em; }
+"""
+
+# Marks the page once every image has decoded, so a headless browser test can check what a reader sees.
+_SELF_CHECK = """
+window.addEventListener("load", function () {
+  var shown = Array.prototype.filter.call(document.images, function (i) { return i.complete && i.naturalWidth > 0; });
+  document.body.setAttribute("data-images-shown", String(shown.length));
+});
+"""
+
+
+def write_page(path: Path, title: str, sections: Sequence[str]) -> Path:
+    """One self-contained HTML file: inline style, images as data URIs, no network access."""
+    page = (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
+            f"<style>{_STYLE}</style></head><body><h1>{html.escape(title)}</h1>{''.join(sections)}"
+            f"<script>{_SELF_CHECK}</script></body></html>\n")
+    write_text_atomic(path, page)
+    return path
+
+
+def _read_json(path: Path) -> Any:
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise DataError(f"{path} is not valid JSON ({err})") from None

@@ -1,0 +1,162 @@
+"""Figures are written and show something; reports are self-contained and rebuild from saved scores."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from skipganomaly.errors import DataError
+from skipganomaly.evaluation.plots import (
+    histogram_figure,
+    image_grid_figure,
+    overlay,
+    pr_figure,
+    roc_figure,
+    save_overlays,
+    training_curves_figure,
+)
+from skipganomaly.evaluation.report import (
+    build_report,
+    build_run_report,
+    read_history,
+    read_scores,
+    select_examples,
+    write_evaluation,
+    write_scores,
+)
+
+RNG = np.random.default_rng(0)
+LABELS = np.array([0] * 30 + [1] * 20)
+SCORES = np.concatenate([RNG.normal(0, 1, 30), RNG.normal(1.5, 1, 20)])
+
+
+def _is_picture(path: Path) -> None:
+    """A readable PNG that is not one flat colour (an empty axes still draws a frame, so also check size)."""
+    assert path.stat().st_size > 2000, path
+    with Image.open(path) as img:
+        pixels = np.asarray(img.convert("L"))
+    assert pixels.std() > 5, path
+
+
+def test_curve_and_histogram_figures(tmp_path: Path) -> None:
+    curves = {"a": (LABELS, SCORES), "b": (LABELS, -SCORES)}
+    for path in (roc_figure(curves, tmp_path / "roc.png"), pr_figure(curves, tmp_path / "pr.png"),
+                 histogram_figure(LABELS, SCORES, 0.7, tmp_path / "hist.png")):
+        _is_picture(path)
+
+
+def test_figures_survive_one_class_and_non_finite_scores(tmp_path: Path) -> None:
+    ones = np.ones(5, dtype=np.int64)
+    _is_picture(roc_figure({"x": (ones, np.arange(5.0))}, tmp_path / "roc.png"))
+    _is_picture(histogram_figure(LABELS, np.where(LABELS == 1, np.inf, SCORES), None, tmp_path / "h.png"))
+
+
+def test_training_curves_figure(tmp_path: Path) -> None:
+    history = [{"epoch": e, "losses": {"g_adv": 1.0 / e, "g_con": 0.3 / e, "d_loss": 0.5}, "val_loss": 0.2 / e}
+               for e in (1, 2, 3)]
+    _is_picture(training_curves_figure(history, tmp_path / "t.png"))
+
+
+def test_overlay_is_the_input_where_the_map_is_zero() -> None:
+    image = np.full((4, 4, 1), 0.5)
+    amap = np.zeros((4, 4))
+    amap[0, 0] = 1.0
+    out = overlay(image, amap, alpha=0.5)
+    assert out.shape == (4, 4, 3)
+    black = overlay(image, np.zeros((4, 4)), alpha=0.5)  # inferno(0) is black: the input at half brightness
+    np.testing.assert_allclose(black, 0.25, atol=0.01)
+    assert out[0, 0].sum() > out[1, 1].sum()  # the hot pixel is brighter
+
+
+def test_image_grid_and_overlay_files(tmp_path: Path) -> None:
+    inputs = RNG.uniform(0, 1, (3, 32, 32, 3))
+    maps = RNG.uniform(0, 1, (3, 32, 32))
+    _is_picture(image_grid_figure(inputs, inputs[::-1], maps, ["a", "b", "c"], tmp_path / "g.png", "grid"))
+    assert image_grid_figure(inputs[:0], inputs[:0], maps[:0], [], tmp_path / "e.png", "none").exists()
+    images = torch.from_numpy((inputs * 255).astype(np.uint8)).permute(0, 3, 1, 2)
+    paths = save_overlays(tmp_path / "maps", images, ["x/a.png", "y/a.png", "b.jpg"], maps)
+    assert [Path(p).name for p in paths] == ["0001_a.png", "0002_a.png", "0003_b.png"]
+
+
+def test_select_examples_picks_the_right_images() -> None:
+    labels = np.array([0, 0, 0, 1, 1, 1])
+    scores = np.array([0.1, 0.9, 0.5, 0.2, 0.8, 0.4])
+    groups = select_examples(labels, scores, threshold=0.45, k=2)
+    assert list(groups["most_anomalous"]) == [1, 4]
+    assert list(groups["least_anomalous"]) == [0, 3]
+    assert list(groups["false_positives"]) == [1, 2]  # normals above 0.45, highest first
+    assert list(groups["false_negatives"]) == [3, 5]  # abnormals at or below 0.45, lowest first
+    assert "false_positives" not in select_examples(labels, scores, threshold=None)
+
+
+def test_scores_file_round_trip_with_awkward_names(tmp_path: Path) -> None:
+    names = ["a,b.png", 'q"uote.png', "ünïcode.png"]
+    write_scores(tmp_path / "s.csv", names, np.array([0, 1, 0]), np.array([0.5, 1e-9, 3.0]))
+    got_names, labels, scores = read_scores(tmp_path / "s.csv")
+    assert got_names == names and list(labels) == [0, 1, 0]
+    np.testing.assert_allclose(scores, [0.5, 1e-9, 3.0])
+
+
+def test_history_ignores_a_half_written_last_line(tmp_path: Path) -> None:
+    path = tmp_path / "metrics.jsonl"
+    path.write_text(json.dumps({"epoch": 1}) + "\n" + '{"epoch": 2, "los')
+    assert read_history(path) == [{"epoch": 1}]
+
+
+def _evaluation(run: Path) -> Path:
+    images = torch.from_numpy((RNG.uniform(0, 255, (50, 3, 32, 32))).astype(np.uint8))
+    return write_evaluation(
+        run, "toy", images, [f"img{i}.png" for i in range(50)], LABELS, SCORES, {"auroc": 0.8}, 0.7,
+        reconstruct=lambda x: x.permute(0, 2, 3, 1).numpy() / 255.0,
+        anomaly_maps=lambda x: x.float().mean(1).numpy() / 255.0,
+    )
+
+
+def test_run_report_is_self_contained_and_rebuilds(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    report = _evaluation(run)
+    page = report.read_text()
+    assert "<table>" in page and "auroc" in page
+    assert page.count("data:image/png;base64,") == 7
+    assert "http://" not in page and "https://" not in page  # nothing to fetch
+    (run / "figures" / "histogram.png").unlink()
+    report.unlink()
+    assert build_report(run) == report and report.exists()
+    assert (run / "figures" / "histogram.png").exists()
+
+
+def test_report_of_a_folder_without_results_is_a_data_error(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="nothing to report"):
+        build_run_report(tmp_path)
+    with pytest.raises(DataError, match="no such directory"):
+        build_report(tmp_path / "missing")
+
+
+def _chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+
+
+@pytest.mark.skipif(_chromium() is None, reason="no chromium on this machine (.ci/run installs Debian's chromium; "
+                                                "apt-get install chromium to run this test)")
+def test_report_renders_in_headless_chromium(tmp_path: Path) -> None:
+    """Load the report in a real browser: no console errors, the table is there, images decoded."""
+    report = _evaluation(tmp_path / "run")
+    result = subprocess.run(
+        [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+         "--disable-extensions", "--no-first-run", "--disable-dev-shm-usage", f"--user-data-dir={tmp_path / 'p'}",
+         "--enable-logging=stderr", "--v=0", "--virtual-time-budget=5000", "--dump-dom", report.as_uri()],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    dom = result.stdout
+    console = [line for line in result.stderr.splitlines() if "CONSOLE" in line or "Uncaught" in line]
+    assert not console, console
+    assert "<table>" in dom and "auroc" in dom
+    assert 'data-images-shown="7"' in dom, dom[-500:]
