@@ -161,3 +161,24 @@ def test_low_memory_switch_sets_the_allocator_in_its_own_process() -> None:
         pytest.skip("no glibc mallopt on this platform")
     assert result.returncode == 0, result.stderr
     assert _run("--low-memory", "demo", "--help").returncode == 0
+
+
+def test_tensorboard_logging(image_root: Path) -> None:
+    pytest.importorskip("tensorboard", reason="tensorboard is in the test extra; pip install -e '.[test]'")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = image_root / "tb-run"
+    assert main(["train", "--data", str(image_root), "--out", str(run), "--epochs", "2", "--batch-size", "8",
+                 "--tensorboard", *SMALL]) == 0
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    tags = events.Tags()["scalars"]
+    assert {"loss/g_con", "loss/d_loss", "validation/reconstruction_l1"} <= set(tags)
+    assert [e.step for e in events.Scalars("loss/g_con")] == [1, 2]
+
+
+def test_tensorboard_missing_is_a_clear_error(image_root: Path, monkeypatch: pytest.MonkeyPatch,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # as if tensorboard were not installed
+    assert main(["train", "--data", str(image_root), "--out", str(image_root / "r"), "--tensorboard", *SMALL]) == 2
+    assert "pip install tensorboard" in capsys.readouterr().err

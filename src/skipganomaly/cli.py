@@ -28,6 +28,8 @@ from .evaluation.report import build_benchmark_report, build_report, build_run_r
 from .evaluation.tables import benchmark_table, per_class_table, summarise
 from .files import write_text_atomic
 from .models import get_model_class, list_models
+from .training.distributed import init_from_environment, is_main_process
+from .training.loop import load_train_state
 from .training.runtime import reduce_heap_fragmentation
 
 log = logging.getLogger("skipganomaly")
@@ -59,8 +61,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a detector on a folder of normal images",
                        description="Train on normal images; writes a run directory with config, "
                                    "checkpoint (updated every epoch), per-epoch losses and metrics.")
-    p.add_argument("--data", required=True, type=Path,
+    p.add_argument("--data", type=Path,
                    help="folder of normal images, or a root whose train/ (or train/0.normal/) holds them")
+    p.add_argument("--resume", type=Path, metavar="RUN_DIR",
+                   help="continue an interrupted run from its last complete epoch, with the settings in "
+                        "RUN_DIR/config.yaml (the result equals an uninterrupted run's)")
     p.add_argument("--test", type=Path, help="labelled folder (normal/ + abnormal/) to evaluate after training")
     p.add_argument("--out", type=Path, default=Path("runs/train"), help="run directory (default: runs/train)")
     p.add_argument("--tensorboard", action="store_true",
@@ -222,7 +227,31 @@ def _print_metrics(metrics: dict[str, float]) -> None:
     print(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()))
 
 
+def _resumed_args(args: argparse.Namespace) -> argparse.Namespace:
+    """The interrupted run's settings from RUN_DIR/config.yaml; only device and progress may change."""
+    run_dir: Path = args.resume
+    saved = run_dir / "config.yaml"
+    if not saved.is_file():
+        raise ConfigError(f"cannot resume {run_dir}: no config.yaml there (is it a `train` run directory?)")
+    try:
+        config = yaml.safe_load(saved.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"cannot resume {run_dir}: config.yaml is not valid YAML ({err})") from None
+    merged = vars(args).copy()
+    for key, value in config.items():
+        if key in merged and key not in ("device", "no_progress", "resume", "func"):
+            merged[key] = Path(value) if key in ("data", "test", "out") and value is not None else value
+    merged["out"] = run_dir
+    return argparse.Namespace(**merged)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
+    if args.resume is not None:
+        args = _resumed_args(args)
+    elif args.data is None:
+        raise ConfigError("train needs --data FOLDER (or --resume RUN_DIR)")
+    init_from_environment()  # a no-op unless started by torchrun with several processes
+    main_process = is_main_process()
     det = _detector(args)
     folder = train_folder(args.data)
     images, kept = load_image_files(list_image_files(folder), args.image_size, args.channels,
@@ -231,13 +260,20 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.test is not None:  # load before training, so a bad test folder fails in seconds, not hours
         test_data = load_labelled_folder(args.test, args.image_size, args.channels)
     out: Path = args.out
+    checkpoint = out / "model.pt"
+    state = checkpoint.with_suffix(".state.pt")
+    done = load_train_state(state)["history"] if args.resume is not None and state.exists() else []
+    if not main_process:  # under torchrun, rank 0 alone writes the run directory (and evaluates)
+        det.fit(images, checkpoint_path=checkpoint, resume=args.resume is not None)
+        return 0
     out.mkdir(parents=True, exist_ok=True)
-    config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "func"}
-    (out / "config.yaml").write_text(yaml.safe_dump({**config, "train_images": len(kept)}, sort_keys=False))
-    log_epoch = EpochLog(out / "metrics.jsonl", tensorboard=args.tensorboard)
-    print(f"training {args.model} on {len(kept)} images from {folder}; run directory {out}")
+    config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k not in ("func", "resume")}
+    write_text_atomic(out / "config.yaml", yaml.safe_dump({**config, "train_images": len(kept)}, sort_keys=False))
+    log_epoch = EpochLog(out / "metrics.jsonl", tensorboard=args.tensorboard, done=done)
+    print(f"training {args.model} on {len(kept)} images from {folder}; run directory {out}"
+          + (f"; resuming after epoch {len(done)}" if done else ""))
     try:
-        det.fit(images, checkpoint_path=out / "model.pt", on_epoch_end=log_epoch)
+        det.fit(images, checkpoint_path=checkpoint, on_epoch_end=log_epoch, resume=args.resume is not None)
     finally:
         log_epoch.close()
     metrics: dict[str, Any] = {"threshold": det.threshold_, "train_images": len(kept)}
@@ -257,11 +293,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 class EpochLog:
     """Appends each epoch's record to metrics.jsonl (one JSON object per line, flushed at once) and,
-    with `tensorboard`, writes the same scalars as TensorBoard events next to it."""
+    with `tensorboard`, writes the same scalars as TensorBoard events next to it. A resumed run starts
+    the file over from the records of its completed epochs (`done`), so no epoch appears twice."""
 
-    def __init__(self, path: Path, tensorboard: bool = False) -> None:
+    def __init__(self, path: Path, tensorboard: bool = False, done: Sequence[dict[str, Any]] = ()) -> None:
         self.path = path
-        path.write_text("")
+        write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in done))
         self.writer = None
         if tensorboard:
             try:
