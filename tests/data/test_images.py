@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -104,3 +106,74 @@ def test_folder_errors(tmp_path: Path) -> None:
     (tmp_path / "docs" / "readme.txt").write_text("hi")
     with pytest.raises(DataError, match="no images of a known type"):
         list_image_files(tmp_path / "docs")
+
+
+def test_truncated_jpeg_is_skipped_with_a_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    good = tmp_path / "good.jpg"
+    Image.fromarray(blob_images(1, size=64)[0]).save(good, quality=90)
+    (tmp_path / "cut.jpg").write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    with caplog.at_level(logging.WARNING, logger="skipganomaly"):
+        images, kept = load_image_files([good, tmp_path / "cut.jpg"], 32, 3)
+    assert kept == [str(good)] and "cut.jpg" in caplog.text and "skipped 1 of 2" in caplog.text
+
+
+def test_cmyk_jpeg_is_converted_to_rgb(tmp_path: Path) -> None:
+    path = tmp_path / "cmyk.jpg"
+    Image.new("CMYK", (40, 40), (255, 0, 0, 0)).save(path, quality=95)  # pure cyan ink
+    with Image.open(path) as img:
+        assert img.mode == "CMYK"
+    r, g, b = load_image(path, 32, 3).reshape(3, -1).mean(1)
+    assert r < 30 and g > 225 and b > 225
+
+
+def test_exif_rotated_jpeg_is_turned_upright(tmp_path: Path) -> None:
+    stored = np.zeros((20, 40), dtype=np.uint8)
+    stored[:, 20:] = 255  # stored: left half black, right half white
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation 6: display rotated 90 degrees clockwise, so the left half ends on top
+    path = tmp_path / "rotated.jpg"
+    Image.fromarray(stored).save(path, exif=exif, quality=95)
+    upright = load_image(path, 32, 1)[0].astype(float)
+    assert upright[:12].mean() < 40 and upright[-12:].mean() > 215
+
+
+def test_one_pixel_image_is_scaled_up(tmp_path: Path) -> None:
+    path = tmp_path / "dot.png"
+    Image.new("RGB", (1, 1), (10, 200, 30)).save(path)
+    image = load_image(path, 32, 3)
+    assert image.shape == (3, 32, 32)
+    assert tuple(image[:, 16, 16]) == (10, 200, 30) and image.std(axis=(1, 2)).max() == 0
+
+
+def test_huge_jpeg_is_downscaled_without_decoding_it_whole(tmp_path: Path) -> None:
+    """10000 x 10000 RGB is 300 MB decoded; the loader must stay far below that (measured in a fresh
+    process: peak RSS growth while loading)."""
+    path = tmp_path / "huge.jpg"
+    big = Image.new("RGB", (10000, 10000), (20, 20, 20))
+    big.paste((230, 230, 230), (0, 5000, 10000, 10000))  # bottom half bright
+    big.save(path, quality=70)
+    del big
+    code = (
+        "import resource, sys; from skipganomaly.data import load_image; "
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss; "
+        f"img = load_image({str(path)!r}, 32, 3); "
+        "grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before; "
+        "print(grown, img.shape, int(img[:, :12].mean()), int(img[:, -12:].mean()))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    grown_kib, *rest = out.stdout.split(maxsplit=1)
+    assert int(grown_kib) < 60 * 1024, f"loading grew RSS by {int(grown_kib) // 1024} MiB"
+    assert "(3, 32, 32)" in rest[0]
+    top, bottom = map(int, rest[0].rsplit(maxsplit=2)[-2:])
+    assert top < 40 and bottom > 200
+
+
+def test_non_ascii_file_and_folder_names(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    folder = tmp_path / "données_画像"
+    good = write_images(folder, blob_images(2), prefix="ünïcødé_😀")
+    (folder / "défectueux_壊れた.png").write_text("not an image")
+    with caplog.at_level(logging.WARNING, logger="skipganomaly"):
+        images, kept = load_image_files(list_image_files(folder), 32, 3)
+    assert len(images) == 2 and sorted(kept) == sorted(map(str, good))
+    assert "défectueux_壊れた.png" in caplog.text

@@ -30,16 +30,22 @@ def to_unit_range(batch: torch.Tensor) -> torch.Tensor:
 
 
 def load_image(path: str | os.PathLike[str], image_size: int, in_channels: int) -> np.ndarray:
-    """Read one image file as uint8 [C, H, W], converted to the model's channels and size."""
+    """Read one image file as uint8 [C, H, W], converted to the model's channels and size.
+
+    JPEGs are decoded at a reduced scale when they are much larger than the model's size (`draft`),
+    so a 10000x10000 photo costs a few MB, not 300. Pillow's decompression-bomb guard stays on: images
+    above twice its pixel limit (about 179 million pixels) are refused, which `load_image_files` turns
+    into a skip with a warning; between one and two times the limit, they are read (a large scan or
+    photo is a legitimate input).
+    """
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(path) as img:
                 img.draft("L" if in_channels == 1 else "RGB", (image_size, image_size))
                 img = ImageOps.exif_transpose(img)
                 return pil_to_array(img, image_size, in_channels)
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError,
-            Image.DecompressionBombWarning) as err:
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
         raise DataError(f"cannot read image {path}: {err}") from None
 
 
