@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
+import os
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +20,7 @@ from skipganomaly.evaluation import benchmark_table
 from skipganomaly.evaluation.metrics import evaluate_scores
 from skipganomaly.evaluation.tables import summarise
 from skipganomaly.models import create
-from skipganomaly.training import batched_apply
+from skipganomaly.training import TrainingError, batched_apply
 from tests.conftest import blob_images, noise_images
 
 
@@ -44,7 +47,7 @@ def _config(**kw: object) -> SweepConfig:
 
 def test_sweep_writes_each_cell_and_resumes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     data = _toy_cifar()
-    results = run_sweep(lambda: data, _config(), tmp_path)
+    results = run_sweep(lambda: data, _config(), tmp_path).results
     cells = sorted(p.name for p in (tmp_path / "cells").iterdir())
     assert cells == ["ganomaly__ship__seed0__honest.json", "ganomaly__ship__seed0__honest.scores.npz",
                      "ganomaly__ship__seed0__paper.json", "ganomaly__ship__seed0__paper.scores.npz"]
@@ -62,14 +65,14 @@ def test_sweep_writes_each_cell_and_resumes(tmp_path: Path, monkeypatch: pytest.
         raise AssertionError("a finished cell was run again")
 
     monkeypatch.setattr(benchmark, "run_cell", must_not_run)
-    again = run_sweep(lambda: data, _config(), tmp_path)
+    again = run_sweep(lambda: data, _config(), tmp_path).results
     assert [r["auroc"] for r in again] == [r["auroc"] for r in results]
 
 
 def test_cells_with_other_sizes_are_not_reused(tmp_path: Path) -> None:
     data = _toy_cifar()
     run_sweep(lambda: data, _config(protocols=["honest"]), tmp_path)
-    rerun = run_sweep(lambda: data, _config(protocols=["honest"], epochs=1), tmp_path)
+    rerun = run_sweep(lambda: data, _config(protocols=["honest"], epochs=1), tmp_path).results
     assert rerun[0]["epochs"] == 1
 
 
@@ -117,3 +120,49 @@ def test_cli_benchmark_on_real_cifar(tmp_path: Path) -> None:
     assert saved["environment"]["torch"].startswith("2.13")
     assert "ganomaly" in (out / "table.md").read_text()
     assert (out / "results.csv").read_text().startswith("model,class,seed,protocol,auroc")
+    page = (out / "report.html").read_text()
+    assert "0.616)" in page  # GANomaly's ship AUROC in the paper's Table 1, beside ours
+    assert page.count("data:image/png;base64,") == 2  # one ROC figure per protocol
+
+
+def _toy_or_crash() -> Cifar10:
+    """The toy set, except in the process of an EGBAD cell, which dies as if killed for memory."""
+    if "egbad" in multiprocessing.current_process().name:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return _toy_cifar()
+
+
+def test_parallel_workers_match_sequential_and_a_crash_loses_one_cell(tmp_path: Path) -> None:
+    config = _config(models=["ganomaly", "egbad"], classes=["ship", "cat"], protocols=["honest"], epochs=1)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # what each of 2 workers gets from a 2-thread parent (1 if the parent has 1)
+    try:
+        sequential = run_sweep(_toy_cifar, _config(classes=["ship", "cat"], protocols=["honest"], epochs=1),
+                               tmp_path / "seq").results
+    finally:
+        torch.set_num_threads(threads)
+    torch.set_num_threads(2)
+    try:
+        outcome = run_sweep(_toy_or_crash, config, tmp_path / "par", workers=2)
+    finally:
+        torch.set_num_threads(threads)
+    assert sorted(key for key, _ in outcome.failures) == ["egbad__cat__seed0__honest", "egbad__ship__seed0__honest"]
+    assert all("exit code -9" in why for _, why in outcome.failures)
+    assert [(r["class"], r["auroc"]) for r in outcome.results] == [(r["class"], r["auroc"]) for r in sequential]
+    assert sorted(p.name for p in (tmp_path / "par" / "cells").glob("*.json")) == [
+        "ganomaly__cat__seed0__honest.json", "ganomaly__ship__seed0__honest.json"]
+
+
+def test_a_failing_cell_does_not_stop_a_sequential_sweep(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real = benchmark.run_cell
+
+    def nan_for_cat(load, model, cls, *rest):  # type: ignore[no-untyped-def]
+        if cls == "cat":
+            raise TrainingError("loss g_con is not finite at epoch 1, step 1")
+        return real(load, model, cls, *rest)
+
+    monkeypatch.setattr(benchmark, "run_cell", nan_for_cat)
+    data = _toy_cifar()
+    outcome = run_sweep(lambda: data, _config(classes=["cat", "ship"], protocols=["honest"], epochs=1), tmp_path)
+    assert [r["class"] for r in outcome.results] == ["ship"]
+    assert outcome.failures == [("ganomaly__cat__seed0__honest", "loss g_con is not finite at epoch 1, step 1")]

@@ -13,8 +13,10 @@ rerun skips finished cells, so an interrupted sweep loses at most the cell in pr
 from __future__ import annotations
 
 import json
+import multiprocessing
+import multiprocessing.connection
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -23,7 +25,7 @@ import torch
 
 from .data.cifar10 import Cifar10, leave_one_class_out
 from .detector import Detector
-from .errors import ConfigError
+from .errors import ConfigError, SkipGanomalyError
 from .evaluation.metrics import evaluate_scores
 from .files import write_text_atomic
 from .models import get_model_class
@@ -116,31 +118,100 @@ def run_cell(load: Callable[[], Cifar10], model: str, cls: str, seed: int, proto
     return result, labels, scores
 
 
-def run_sweep(load: Callable[[], Cifar10], config: SweepConfig, out: Path) -> list[dict[str, Any]]:
-    """Run every missing cell, writing each as it finishes; return all cells of this sweep."""
+@dataclass
+class SweepOutcome:
+    """The finished cells of a sweep (reused or new) and the cells that failed, with why."""
+
+    results: list[dict[str, Any]]
+    failures: list[tuple[str, str]]
+
+
+def run_sweep(load: Callable[[], Cifar10], config: SweepConfig, out: Path, workers: int = 1) -> SweepOutcome:
+    """Run every missing cell, writing each as it finishes; return all cells of this sweep.
+
+    A failing cell (e.g. a loss that became NaN, or a process killed for memory) is reported and the
+    others go on. With `workers` > 1, each cell runs in its own process, at most `workers` at a time
+    (on several GPUs, one cell per GPU), so a crash loses that cell only; `load` must then be
+    picklable (e.g. functools.partial(load_cifar10, data_dir)).
+    """
     from tqdm.auto import tqdm
 
+    if workers < 1:
+        raise ConfigError(f"workers must be at least 1, got {workers}")
     cells_dir = out / "cells"
     cells_dir.mkdir(parents=True, exist_ok=True)
     plan = [(m, c, s, p) for m in config.models for p in config.protocols for c in config.classes for s in config.seeds]
-    results = []
-    bar = tqdm(plan, desc="benchmark", unit="cell", disable=not config.progress)
-    for model, cls, seed, protocol in bar:
-        path = cells_dir / f"{cell_key(model, cls, seed, protocol)}.json"
-        if path.exists():
-            result = json.loads(path.read_text())
-            if _same_settings(result, config):
-                results.append(result)
-                continue
-        bar.set_postfix_str(f"{model} {cls} seed {seed} {protocol}")
-        result, labels, scores = run_cell(load, model, cls, seed, protocol, config)
-        scores_file = path.with_suffix(".scores.npz")
-        with scores_file.open("wb") as fh:  # before the cell file: a cell on disk always has its scores
-            np.savez_compressed(fh, labels=labels.astype(np.int8), scores=scores.astype(np.float32))
-        result = {**result, "settings": _settings(config), "scores_file": scores_file.name}
-        write_text_atomic(path, json.dumps(result, indent=1))
-        results.append(result)
-    return results
+    todo = [cell for cell in plan if _finished(cells_dir, cell, config) is None]
+    failures: list[tuple[str, str]] = []
+    bar = tqdm(total=len(plan), initial=len(plan) - len(todo), desc="benchmark", unit="cell",
+               disable=not config.progress)
+    if workers == 1:
+        for cell in todo:
+            bar.set_postfix_str(" ".join(map(str, cell)))
+            try:
+                _run_and_write(load, cell, config, cells_dir)
+            except SkipGanomalyError as err:
+                failures.append((cell_key(*cell), str(err)))
+            bar.update()
+    else:
+        failures = _run_in_processes(load, todo, config, cells_dir, workers, bar.update)
+    bar.close()
+    results = [r for r in (_finished(cells_dir, cell, config) for cell in plan) if r is not None]
+    return SweepOutcome(results, failures)
+
+
+def _finished(cells_dir: Path, cell: tuple[str, str, int, str], config: SweepConfig) -> dict[str, Any] | None:
+    """The cell's saved result if it was run with this sweep's sizes."""
+    path = cells_dir / f"{cell_key(*cell)}.json"
+    if not path.exists():
+        return None
+    result = json.loads(path.read_text())
+    return result if _same_settings(result, config) else None
+
+
+def _run_and_write(load: Callable[[], Cifar10], cell: tuple[str, str, int, str], config: SweepConfig,
+                   cells_dir: Path) -> None:
+    path = cells_dir / f"{cell_key(*cell)}.json"
+    result, labels, scores = run_cell(load, *cell, config)
+    scores_file = path.with_suffix(".scores.npz")
+    with scores_file.open("wb") as fh:  # before the cell file: a cell on disk always has its scores
+        np.savez_compressed(fh, labels=labels.astype(np.int8), scores=scores.astype(np.float32))
+    write_text_atomic(path, json.dumps({**result, "settings": _settings(config), "scores_file": scores_file.name},
+                                       indent=1))
+
+
+def _cell_process(load: Callable[[], Cifar10], cell: tuple[str, str, int, str], config: SweepConfig,
+                  cells_dir: Path, threads: int, device: str) -> None:
+    torch.set_num_threads(threads)
+    _run_and_write(load, cell, replace(config, device=device, progress=False), cells_dir)
+
+
+def _run_in_processes(load: Callable[[], Cifar10], todo: list[tuple[str, str, int, str]], config: SweepConfig,
+                      cells_dir: Path, workers: int, done: Callable[[], object]) -> list[tuple[str, str]]:
+    """One spawned process per cell, `workers` at a time; the CPU threads are shared out between them."""
+    ctx = multiprocessing.get_context("spawn")
+    gpus = torch.cuda.device_count() if config.device in ("auto", "cuda") and torch.cuda.is_available() else 0
+    threads = max(1, torch.get_num_threads() // workers)
+    pending = list(todo)
+    running: dict[Any, tuple[tuple[str, str, int, str], int]] = {}
+    failures = []
+    while pending or running:
+        while pending and len(running) < workers:
+            slot = min(set(range(workers)) - {s for _, s in running.values()})
+            cell = pending.pop(0)
+            device = f"cuda:{slot % gpus}" if gpus else config.device
+            proc = ctx.Process(target=_cell_process, args=(load, cell, config, cells_dir, threads, device),
+                               name=cell_key(*cell))
+            proc.start()
+            running[proc] = (cell, slot)
+        multiprocessing.connection.wait([p.sentinel for p in running])
+        for proc in [p for p in running if not p.is_alive()]:
+            proc.join()
+            cell, _ = running.pop(proc)
+            if proc.exitcode != 0:
+                failures.append((cell_key(*cell), f"its process ended with exit code {proc.exitcode}"))
+            done()
+    return failures
 
 
 def _settings(config: SweepConfig) -> dict[str, Any]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import json
 import logging
 import math
@@ -136,6 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-arg", action="append", default=[], metavar="MODEL:KEY=VALUE",
                    help="extra option for one model, e.g. anogan:search_steps=100 (repeatable)")
     p.add_argument("--out", type=Path, default=Path("runs/benchmark"))
+    p.add_argument("--workers", type=int, default=1,
+                   help="cells run at once, each in its own process (CPU threads shared out; one per GPU on "
+                        "several GPUs); a crash loses that cell only (default 1)")
     _add_runtime_args(p)
     p.set_defaults(func=cmd_benchmark)
 
@@ -428,7 +432,12 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     load_cifar10(args.data_dir, download_missing=args.download, progress=not args.no_progress)  # fail early
     out: Path = args.out
     start = time.perf_counter()
-    results = run_sweep(lambda: load_cifar10(args.data_dir), config, out)
+    outcome = run_sweep(functools.partial(load_cifar10, args.data_dir), config, out, workers=args.workers)
+    results = outcome.results
+    for key, why in outcome.failures:
+        log.error("cell %s failed: %s", key, why)
+    if not results:
+        raise SkipGanomalyError(f"no benchmark cell finished ({len(outcome.failures)} failed)")
     summary = summarise(results)
     env = environment()
     env["wall_seconds_this_run"] = round(time.perf_counter() - start, 1)
@@ -451,8 +460,9 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     (out / "table.md").write_text(text)
     print(text)
     print(f"report {build_benchmark_report(out)}")
-    print(f"{len(results)} cells in {out} ({time.perf_counter() - start:.0f} s this run)")
-    return 0
+    print(f"{len(results)} cells in {out} ({time.perf_counter() - start:.0f} s this run)"
+          + (f"; {len(outcome.failures)} failed (rerun the same command to retry them)" if outcome.failures else ""))
+    return 1 if outcome.failures else 0
 
 
 def _per_model_kwargs(items: list[str]) -> dict[str, dict[str, Any]]:
