@@ -139,6 +139,7 @@ def test_demo_minimal_gives_aucs_in_unit_interval(tmp_path: Path) -> None:
     results = json.loads((out / "results.json").read_text())
     assert 0.0 <= results["digit 3"]["auroc"] <= 1.0
     assert "| mean |" in (out / "table.md").read_text()
+    assert (out / "digit3" / "report.html").read_text().count("data:image/png;base64,") == 8
 
 
 @pytest.mark.parametrize("name", list_models())

@@ -385,9 +385,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     for digit in digits:
         split = digits_leave_one_out(digit, args.image_size, seed=args.seed, max_train=args.max_train)
         print(f"digit {digit} abnormal: {len(split.train)} training normals, {len(split.test)} test images")
-        det = _detector(args).fit(split.train, checkpoint_path=args.out / f"digit{digit}" / "model.pt")
-        results[f"digit {digit}"] = evaluate_scores(det.decision_function(split.test), split.test_labels.numpy(),
-                                                    det.threshold_)
+        run = args.out / f"digit{digit}"
+        log_epoch = EpochLog(run / "metrics.jsonl")
+        det = _detector(args).fit(split.train, checkpoint_path=run / "model.pt", on_epoch_end=log_epoch)
+        scores, labels = det.decision_function(split.test), split.test_labels.numpy()
+        results[f"digit {digit}"] = evaluate_scores(scores, labels, det.threshold_)
+        names = [f"test{i:04d}" for i in range(len(labels))]
+        write_evaluation(run, f"{args.model}, digit {digit} abnormal", split.test, names, labels, scores,
+                         results[f"digit {digit}"], det.threshold_, det.reconstructions, det.anomaly_maps)
         _write_json(args.out / "results.json", results)
     table = per_class_table(results, ["auroc", "auprc", "f1"])
     seconds = time.perf_counter() - start
