@@ -1,4 +1,4 @@
-"""Command line: `skipganomaly train | test | predict | demo`. Bad input ends in one line, not a traceback."""
+"""Command line: train, test, predict, report, demo, benchmark, bench-speed. Errors end in one line, not a traceback."""
 
 from __future__ import annotations
 
@@ -413,10 +413,6 @@ def _parse_digits(text: str) -> list[int]:
     return digits
 
 
-if __name__ == "__main__":
-    sys.exit(main())
-
-
 def cmd_benchmark(args: argparse.Namespace) -> int:
     preset = PRESETS.get(args.preset or "", {})
 
@@ -511,8 +507,8 @@ def _speed_line(row: dict[str, Any], peak: dict[str, float]) -> str:
             + (f"; reference-style train {row['reference_style_train_images_per_s']:.1f} img/s "
                f"({row['train_speedup']:.2f}x), score {row['reference_style_score_images_per_s']:.1f} img/s "
                f"({row['score_speedup']:.2f}x)" if "train_speedup" in row else "")
-            + (f"; compiled: train {row['compiled_train_images_per_s']:.1f} img/s after a {row['compile_seconds']:.0f} s "
-               "first step" if "compile_seconds" in row else ""))
+            + (f"; compiled: train {row['compiled_train_images_per_s']:.1f} img/s after a "
+               f"{row['compile_seconds']:.0f} s first step" if "compile_seconds" in row else ""))
 
 
 def environment() -> dict[str, Any]:
@@ -546,3 +542,7 @@ def _int_list(text: str, flag: str) -> list[int]:
         return [int(t) for t in text.split(",") if t.strip()]
     except ValueError:
         raise ConfigError(f"{flag} expects comma-separated integers, got {text!r}") from None
+
+
+if __name__ == "__main__":
+    sys.exit(main())
