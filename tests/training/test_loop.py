@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -115,3 +117,31 @@ def test_compiled_blocks_train_like_eager() -> None:
     assert list(states[0]) == list(states[1])
     for key in states[0]:
         torch.testing.assert_close(states[0][key], states[1][key], rtol=1e-5, atol=1e-6, msg=key)
+
+
+def test_a_nan_keeps_the_last_complete_epoch_resumable(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from skipganomaly.training.loop import load_train_state
+
+    data = _data(24)
+    model = _model()
+    original = model.generator_loss
+    calls = [0]
+
+    def poisoned_in_epoch_2(x: torch.Tensor):  # type: ignore[no-untyped-def]
+        calls[0] += 1
+        step = original(x)
+        if calls[0] > 2:  # 2 steps per epoch: the first step of epoch 2 goes bad
+            step.loss = step.loss * float("nan")
+        return step
+
+    model.generator_loss = poisoned_in_epoch_2  # type: ignore[method-assign]
+    state = tmp_path / "state.pt"
+    config = TrainConfig(epochs=3, batch_size=8, **CPU)
+    with pytest.raises(TrainingError, match="epoch 2, step 1"):
+        train(model, data[:20], data[20:], config, state_path=state)
+    saved = load_train_state(state, config)
+    assert saved["epoch"] == 1
+    assert all(torch.isfinite(v).all() for v in saved["model"].values() if v.is_floating_point())
+    history = train(_model(), data[:20], data[20:], config, state_path=state, resume=True)
+    assert [r.epoch for r in history] == [1, 2, 3]
+    assert all(math.isfinite(r.val_loss) for r in history)
