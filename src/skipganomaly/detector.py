@@ -18,6 +18,7 @@ from .files import save_torch_atomic
 from .models import create, list_models
 from .models.base import AnomalyModel, check_geometry
 from .training import EpochRecord, TrainConfig, batched_apply, resolve_device, to_device, train
+from .training.runtime import default_eval_batch
 from .training.distributed import is_main_process
 
 FORMAT = "skipganomaly-detector"
@@ -126,29 +127,24 @@ class Detector:
         self.threshold_ = quantile_threshold(self.val_scores_, self.contamination)
 
     # --- scoring ----------------------------------------------------------------------------
-    def decision_function(self, images: Any, batch_size: int = 256) -> np.ndarray:
+    def decision_function(self, images: Any, batch_size: int | None = None) -> np.ndarray:
         """Anomaly score per image, higher = more anomalous; independent of batch composition."""
         return self._score_tensor(self._as_tensor(images), batch_size)
 
-    def predict(self, images: Any, batch_size: int = 256) -> np.ndarray:
+    def predict(self, images: Any, batch_size: int | None = None) -> np.ndarray:
         """1 for images scored above `threshold_`, else 0."""
         scores = self.decision_function(images, batch_size)
         if self.threshold_ is None:
             raise CheckpointError("this detector has no threshold: it comes from an unfinished training run")
         return (scores > self.threshold_).astype(np.int64)
 
-    def anomaly_maps(self, images: Any, batch_size: int = 256) -> np.ndarray:
+    def anomaly_maps(self, images: Any, batch_size: int | None = None) -> np.ndarray:
         """Per-pixel anomaly maps [N, H, W] at the model's image size."""
-        model = self._fitted()
-        data = self._as_tensor(images)
-        return batched_apply(model.anomaly_map, model, data, batch_size, self.device,
-                             self.train_config.amp).numpy()
+        return self._apply("anomaly_map", self._as_tensor(images), batch_size).numpy()
 
-    def reconstructions(self, images: Any, batch_size: int = 256) -> np.ndarray:
+    def reconstructions(self, images: Any, batch_size: int | None = None) -> np.ndarray:
         """The model's reconstructions [N, H, W, C], float in [0, 1] (clipped), for looking at."""
-        model = self._fitted()
-        out = batched_apply(model.reconstruct, model, self._as_tensor(images), batch_size, self.device,
-                            self.train_config.amp)
+        out = self._apply("reconstruct", self._as_tensor(images), batch_size)
         return ((out.permute(0, 2, 3, 1).numpy() + 1.0) / 2.0).clip(0.0, 1.0)
 
     def export_onnx(self, path: str | os.PathLike[str]) -> Path:
@@ -161,10 +157,14 @@ class Detector:
         self._fitted()
         return as_image_tensor(images, self.image_size, self.in_channels)
 
-    def _score_tensor(self, data: torch.Tensor, batch_size: int = 256) -> np.ndarray:
+    def _score_tensor(self, data: torch.Tensor, batch_size: int | None = None) -> np.ndarray:
+        return self._apply("score", data, batch_size).double().numpy()
+
+    def _apply(self, method: str, data: torch.Tensor, batch_size: int | None) -> torch.Tensor:
+        """An eval-mode model method over uint8 images, in batches (default: default_eval_batch)."""
         model = self._fitted()
-        return batched_apply(model.score, model, data, batch_size, self.device,
-                             self.train_config.amp).double().numpy()
+        return batched_apply(getattr(model, method), model, data, batch_size or default_eval_batch(self.device),
+                             self.device, self.train_config.amp)
 
     def _fitted(self) -> AnomalyModel:
         if self.model_ is None:

@@ -23,7 +23,8 @@ from ..errors import CheckpointError, ConfigError, SkipGanomalyError
 from ..files import save_torch_atomic
 from ..models.base import AnomalyModel
 from .distributed import average_gradients, average_tensor, broadcast_parameters, is_main_process, sync_buffers, world
-from .runtime import autocast, batched_apply, compile_blocks, prepare_batch, resolve_device, to_device
+from .runtime import (autocast, batched_apply, compile_blocks, default_eval_batch, prepare_batch, resolve_device,
+                      to_device)
 
 
 class TrainingError(SkipGanomalyError):
@@ -44,7 +45,7 @@ class TrainConfig:
     patience: int | None = None
     device: str = "auto"
     amp: bool | None = None
-    eval_batch_size: int = 256
+    eval_batch_size: int | None = None  # None: default_eval_batch(device)
     progress: bool = True
     compile: str | None = None  # a torch.compile backend ("inductor"); None = eager (see compile_blocks)
 
@@ -148,6 +149,7 @@ def train(
         raise ConfigError(f"need at least 2 training images per process, got {len(index)} over {size}")
     local = batch_size // size
     device = resolve_device(config.device)
+    eval_batch = config.eval_batch_size or default_eval_batch(device)
     to_device(model, device)
     broadcast_parameters(model)
     if config.compile:
@@ -206,7 +208,7 @@ def train(
                 bar.set_postfix(g=f"{values['g_loss']:.3f}", d=f"{values['d_loss']:.3f}")
         sync_buffers(model)
         seconds = time.perf_counter() - start
-        val_loss = float(batched_apply(model.validation_loss, model, val_images, config.eval_batch_size,
+        val_loss = float(batched_apply(model.validation_loss, model, val_images, eval_batch,
                                        device, config.amp).mean())
         record = EpochRecord(epoch, {k: v / steps for k, v in sums.items()}, val_loss, resets, seconds,
                              steps * batch_size / seconds)

@@ -60,6 +60,12 @@ def compile_blocks(model: nn.Module, backend: str = "inductor") -> None:
             block.compile(backend=backend)
 
 
+def default_eval_batch(device: torch.device) -> int:
+    """Batch size for no-grad passes: large on GPUs; 64 on CPUs, where 256 scored no faster here
+    (Skip-GANomaly++, 1 thread) and raised peak memory by about 300 MiB (+360-435 vs +120-145 MiB)."""
+    return 256 if device.type == "cuda" else 64
+
+
 def autocast(device: torch.device, enabled: bool | None) -> ContextManager[object]:
     """bf16 autocast, by default only on CUDA (on CPUs it is slower and changes results)."""
     use = device.type == "cuda" if enabled is None else enabled
