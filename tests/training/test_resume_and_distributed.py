@@ -101,6 +101,20 @@ def test_truncated_or_foreign_state_is_a_one_line_error(tmp_path: Path) -> None:
         load_train_state(state)
 
 
+class _Exploit:
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (os.system, (f"touch {_Exploit.marker}",))  # type: ignore[attr-defined]
+
+
+def test_a_training_state_cannot_run_code(tmp_path: Path) -> None:
+    _Exploit.marker = tmp_path / "pwned"  # type: ignore[attr-defined]
+    evil = tmp_path / "model.state.pt"
+    torch.save({"format": "skipganomaly-train-state", "x": _Exploit()}, evil)
+    with pytest.raises(CheckpointError, match="not a readable training state"):
+        load_train_state(evil)
+    assert not (tmp_path / "pwned").exists()
+
+
 def test_resume_without_a_run_directory_is_a_clear_error(tmp_path: Path) -> None:
     result = subprocess.run(_train_cmd("--resume", str(tmp_path / "nope")), capture_output=True, text=True,
                             timeout=120)
