@@ -433,6 +433,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     load_cifar10(args.data_dir, download_missing=args.download, progress=not args.no_progress)  # fail early
     out: Path = args.out
     start = time.perf_counter()
+    env = environment()  # before the sweep: the code that runs it (cells started later say so below)
     outcome = run_sweep(functools.partial(load_cifar10, args.data_dir), config, out, workers=args.workers)
     results = outcome.results
     for key, why in outcome.failures:
@@ -440,7 +441,9 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     if not results:
         raise SkipGanomalyError(f"no benchmark cell finished ({len(outcome.failures)} failed)")
     summary = summarise(results)
-    env = environment()
+    end_commit = environment()["git_commit"]
+    if end_commit != env["git_commit"]:  # the tree changed during the run; spawned workers may have run either
+        env["git_commit"] = f"{env['git_commit']} (at start; {end_commit} at the end)"
     env["wall_seconds_this_run"] = round(time.perf_counter() - start, 1)
     _write_json(out / "results.json", {"config": {**vars(config)}, "environment": env, "cells": results})
     rows = cell_rows(results)
