@@ -139,15 +139,46 @@ def test_report_of_a_folder_without_results_is_a_data_error(tmp_path: Path) -> N
         build_report(tmp_path / "missing")
 
 
+def _benchmark_folder(root: Path) -> Path:
+    """A benchmark output folder as `skipganomaly benchmark` writes it: results.json and cells with scores."""
+    cells = []
+    (root / "cells").mkdir(parents=True)
+    for protocol in ("honest", "paper"):
+        for cls, shift in (("ship", 1.5), ("bird", 0.2)):
+            name = f"skipganomalypp__{cls}__seed0__{protocol}.scores.npz"
+            scores = np.concatenate([RNG.normal(0, 1, 30), RNG.normal(shift, 1, 20)])
+            np.savez_compressed(root / "cells" / name, labels=LABELS.astype(np.int8), scores=scores.astype(np.float32))
+            cells.append({"model": "skipganomaly++", "class": cls, "seed": 0, "protocol": protocol,
+                          "auroc": 0.8 if cls == "ship" else 0.55, "scores_file": name})
+    config = {"models": ["skipganomaly++"], "classes": ["ship", "bird"], "seeds": [0], "protocols": ["honest", "paper"],
+              "epochs": 1, "batch_size": 64, "train_fraction": 0.05, "test_fraction": 0.1}
+    (root / "results.json").write_text(json.dumps({"config": config, "environment": {"command": "skipganomaly x"},
+                                                   "cells": cells}))
+    return root
+
+
+def test_benchmark_report_has_the_paper_table_and_roc_curves(tmp_path: Path) -> None:
+    report = build_report(_benchmark_folder(tmp_path / "bench"))
+    page = report.read_text()
+    assert "0.800 (0.998)" in page and "0.550 (0.819)" in page  # ours (paper's Table 1): ship, bird
+    assert page.count("data:image/png;base64,") == 2  # one ROC figure per protocol, a curve per class
+    for protocol in ("honest", "paper"):
+        _is_picture(tmp_path / "bench" / "figures" / f"roc_skipganomalypp_{protocol}.png")
+
+
 def _chromium() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 
 
 @pytest.mark.skipif(_chromium() is None, reason="no chromium on this machine (.ci/run installs Debian's chromium; "
                                                 "apt-get install chromium to run this test)")
-def test_report_renders_in_headless_chromium(tmp_path: Path) -> None:
-    """Load the report in a real browser: no console errors, the table is there, images decoded."""
-    report = _evaluation(tmp_path / "run")
+@pytest.mark.parametrize("kind", ["run", "benchmark"])
+def test_report_renders_in_headless_chromium(kind: str, tmp_path: Path) -> None:
+    """Load a report in a real browser: no console errors, the table is there, images decoded."""
+    if kind == "run":
+        report, images, text = _evaluation(tmp_path / "run"), 7, "auroc"
+    else:
+        report, images, text = build_report(_benchmark_folder(tmp_path / "bench")), 2, "(0.998)"
     result = subprocess.run(
         [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
          "--disable-extensions", "--no-first-run", "--disable-dev-shm-usage", f"--user-data-dir={tmp_path / 'p'}",
@@ -158,5 +189,5 @@ def test_report_renders_in_headless_chromium(tmp_path: Path) -> None:
     dom = result.stdout
     console = [line for line in result.stderr.splitlines() if "CONSOLE" in line or "Uncaught" in line]
     assert not console, console
-    assert "<table>" in dom and "auroc" in dom
-    assert 'data-images-shown="7"' in dom, dom[-500:]
+    assert "<table>" in dom and text in dom
+    assert f'data-images-shown="{images}"' in dom, dom[-500:]
