@@ -66,14 +66,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="folder of normal images, or a root whose train/ (or train/0.normal/) holds them")
     p.add_argument("--resume", type=Path, metavar="RUN_DIR",
                    help="continue an interrupted run from its last complete epoch, with the settings in "
-                        "RUN_DIR/config.yaml (the result equals an uninterrupted run's)")
+                        "RUN_DIR/config.yaml (the result equals an uninterrupted run's); add --epochs N to train a "
+                        "finished or interrupted run up to N epochs")
     p.add_argument("--test", type=Path, help="labelled folder (normal/ + abnormal/) to evaluate after training")
     p.add_argument("--out", type=Path, default=Path("runs/train"), help="run directory (default: runs/train)")
     p.add_argument("--tensorboard", action="store_true",
                    help="also log per-epoch scalars for TensorBoard in OUT/tensorboard (needs tensorboard)")
     _add_model_args(p)
     _add_training_args(p)
-    p.set_defaults(func=cmd_train)
+    p.set_defaults(func=cmd_train, epochs=None)  # None: 15, or with --resume the interrupted run's
 
     p = sub.add_parser("test", help="evaluate a checkpoint on a labelled folder",
                        description="Score a labelled folder (normal/ + abnormal/, or test/0.normal + "
@@ -232,7 +233,8 @@ def _print_metrics(metrics: dict[str, float]) -> None:
 
 
 def _resumed_args(args: argparse.Namespace) -> argparse.Namespace:
-    """The interrupted run's settings from RUN_DIR/config.yaml; only device and progress may change."""
+    """The interrupted run's settings from RUN_DIR/config.yaml; device, progress and (to train longer)
+    --epochs may be given anew."""
     run_dir: Path = args.resume
     saved = run_dir / "config.yaml"
     if not saved.is_file():
@@ -242,8 +244,9 @@ def _resumed_args(args: argparse.Namespace) -> argparse.Namespace:
     except yaml.YAMLError as err:
         raise ConfigError(f"cannot resume {run_dir}: config.yaml is not valid YAML ({err})") from None
     merged = vars(args).copy()
+    keep = {"device", "no_progress", "resume", "func"} | ({"epochs"} if args.epochs is not None else set())
     for key, value in config.items():
-        if key in merged and key not in ("device", "no_progress", "resume", "func"):
+        if key in merged and key not in keep:
             merged[key] = Path(value) if key in ("data", "test", "out") and value is not None else value
     merged["out"] = run_dir
     return argparse.Namespace(**merged)
@@ -254,6 +257,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         args = _resumed_args(args)
     elif args.data is None:
         raise ConfigError("train needs --data FOLDER (or --resume RUN_DIR)")
+    if args.epochs is None:
+        args.epochs = 15
     init_from_environment()  # a no-op unless started by torchrun with several processes
     main_process = is_main_process()
     det = _detector(args)

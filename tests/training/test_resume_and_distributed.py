@@ -186,3 +186,15 @@ def test_gradients_averaged_over_processes_equal_the_full_batch_gradient(tmp_pat
     sharded = torch.load(out, weights_only=True)
     for key, value in model.state_dict().items():
         torch.testing.assert_close(sharded[key], value, rtol=1e-6, atol=1e-6, msg=key)
+
+
+def test_resume_with_more_epochs_trains_on(data: Path, tmp_path: Path) -> None:
+    from skipganomaly.cli import main
+
+    run = tmp_path / "run"
+    small = ["--batch-size", "8", "--model-arg", "widths=[8,8,16,16,32]", "--no-progress", "--device", "cpu"]
+    assert main(["train", "--data", str(data / "train"), "--out", str(run), "--epochs", "1", *small]) == 0
+    assert main(["train", "--resume", str(run), "--epochs", "2", "--no-progress"]) == 0
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2]
+    assert len(Detector.load(run / "model.pt").history_) == 2
