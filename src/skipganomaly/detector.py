@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import pickle
-import zipfile
 from pathlib import Path
 from typing import Any, Callable
 
@@ -14,7 +12,7 @@ import torch
 from .data.images import as_image_tensor
 from .errors import CheckpointError, ConfigError, DataError
 from .evaluation.metrics import quantile_threshold
-from .files import save_torch_atomic
+from .files import load_torch_checked, save_torch_atomic
 from .models import create, list_models
 from .models.base import AnomalyModel, check_geometry
 from .training import EpochRecord, TrainConfig, batched_apply, resolve_device, to_device, train
@@ -199,17 +197,8 @@ class Detector:
         path = Path(path)
         if not path.is_file():
             raise CheckpointError(f"checkpoint not found: {path}")
-        try:
-            payload = torch.load(path, map_location="cpu", weights_only=True)
-        except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as err:
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise CheckpointError(f"{path} is not a readable skipganomaly checkpoint ({first[:200]})") from None
-        if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-            raise CheckpointError(f"{path} is not a skipganomaly detector file")
-        if payload.get("format_version") != FORMAT_VERSION:
-            raise CheckpointError(
-                f"{path} has format version {payload.get('format_version')}; this version reads {FORMAT_VERSION}"
-            )
+        payload = load_torch_checked(path, FORMAT, FORMAT_VERSION, readable_as="skipganomaly checkpoint",
+                                     kind="skipganomaly detector file")
         name = payload["model_name"]
         if expect_model is not None and name != expect_model:
             raise CheckpointError(f"{path} holds a {name!r} model, not {expect_model!r}")

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import os
+import pickle
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from .errors import CheckpointError
 
 
 def write_text_atomic(path: Path, text: str) -> None:
@@ -32,3 +36,20 @@ def save_torch_atomic(path: Path, payload: Any) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def load_torch_checked(path: Path, fmt: str, version: int, readable_as: str, kind: str) -> dict[str, Any]:
+    """torch.load with weights_only=True (tensors and plain values only: a file cannot run code), then
+    check its format tag and version; every failure is one CheckpointError line, e.g.
+    "<path> is not a readable <readable_as> (...)" or "<path> is not a <kind>"."""
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as err:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise CheckpointError(f"{path} is not a readable {readable_as} ({first[:200]})") from None
+    if not isinstance(payload, dict) or payload.get("format") != fmt:
+        raise CheckpointError(f"{path} is not a {kind}")
+    if payload.get("format_version") != version:
+        raise CheckpointError(f"{path} has format version {payload.get('format_version')}; "
+                              f"this version reads {version}")
+    return payload

@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import copy
 import math
-import pickle
 import time
-import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -19,8 +17,8 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from ..errors import CheckpointError, ConfigError, SkipGanomalyError
-from ..files import save_torch_atomic
+from ..errors import ConfigError, SkipGanomalyError
+from ..files import load_torch_checked, save_torch_atomic
 from ..models.base import AnomalyModel
 from .distributed import average_gradients, average_tensor, broadcast_parameters, is_main_process, sync_buffers, world
 from .runtime import (autocast, batched_apply, compile_blocks, default_eval_batch, prepare_batch, resolve_device,
@@ -251,16 +249,7 @@ def _resume_settings(config: TrainConfig) -> dict[str, Any]:
 
 def load_train_state(path: Path, config: TrainConfig | None = None) -> dict[str, Any]:
     """Read a training-state file (tensors and plain values only) and check it fits `config`."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as err:
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise CheckpointError(f"{path} is not a readable training state ({first[:200]})") from None
-    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
-        raise CheckpointError(f"{path} is not a skipganomaly training state")
-    if state.get("format_version") != STATE_VERSION:
-        raise CheckpointError(f"{path} has format version {state.get('format_version')}; "
-                              f"this version reads {STATE_VERSION}")
+    state = load_torch_checked(path, STATE_FORMAT, STATE_VERSION, "training state", "skipganomaly training state")
     if config is not None and state["settings"] != _resume_settings(config):
         changed = sorted(k for k, v in _resume_settings(config).items() if state["settings"].get(k) != v)
         raise ConfigError(f"cannot resume {path}: {', '.join(changed)} differ from the interrupted run")
