@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import csv
 import html
+import io
 import json
 import math
 from pathlib import Path
@@ -45,13 +46,11 @@ def select_examples(labels: np.ndarray, scores: np.ndarray, threshold: float | N
 
 
 def write_scores(path: Path, names: Sequence[str], labels: np.ndarray, scores: np.ndarray) -> None:
-    rows = ["name,label,score"] + [f"{_csv_field(n)},{int(y)},{s:.9g}" for n, y, s in
-                                   zip(names, labels, scores, strict=True)]
-    write_text_atomic(path, "\n".join(rows) + "\n")
-
-
-def _csv_field(text: str) -> str:
-    return '"' + text.replace('"', '""') + '"' if any(c in text for c in ',"\n') else text
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["name", "label", "score"])
+    writer.writerows([n, int(y), f"{s:.9g}"] for n, y, s in zip(names, labels, scores, strict=True))
+    write_text_atomic(path, buffer.getvalue())
 
 
 def read_scores(path: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
