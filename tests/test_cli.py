@@ -123,6 +123,9 @@ def test_errors_are_one_line(tmp_path: Path, trained_run: tuple[Path, Path]) -> 
         ["predict", "--checkpoint", str(run / "model.pt"), str(tmp_path / "nothing.png")],
         ["demo", "--digits", "12"],
         ["report", str(tmp_path / "empty")],
+        ["predict", "--checkpoint", str(run / "model.pt"), str(run), "--save-maps", str(tmp_path / "junk.pt")],
+        ["test", "--checkpoint", str(run / "model.pt"), "--data", str(tmp_path), "--report-dir",
+         str(tmp_path / "junk.pt")],
         ["report", str(tmp_path / "missing")],
     ]
     for args in cases:

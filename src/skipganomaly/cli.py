@@ -338,7 +338,14 @@ def _load_calibrated(args: argparse.Namespace) -> Detector:
     return det
 
 
+def _check_output_dir(path: Path | None, flag: str) -> None:
+    """Fail before any work when an output folder's name is taken by a file."""
+    if path is not None and path.exists() and not path.is_dir():
+        raise ConfigError(f"{flag} {path} is a file, not a folder")
+
+
 def cmd_test(args: argparse.Namespace) -> int:
+    _check_output_dir(args.report_dir, "--report-dir")
     det = _load_calibrated(args)
     x, y, names = load_labelled_folder(args.data, det.image_size, det.in_channels, progress=not args.no_progress)
     scores = det.decision_function(x)
@@ -354,6 +361,7 @@ def cmd_test(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    _check_output_dir(args.save_maps, "--save-maps")
     det = _load_calibrated(args)
     paths: list[Path] = []
     for item in args.inputs:
