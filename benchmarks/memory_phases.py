@@ -1,9 +1,10 @@
 """Peak RSS of the phases of a full-size CIFAR-10 Skip-GANomaly++ run, without running a whole epoch.
 
-Loads and splits CIFAR-10 as the benchmark does (45,000 / 15,000 images), runs training steps at batch 64,
-the validation loss on 2,250 images and scores the 15,000 test images, printing the peak RSS after each.
+Loads and splits CIFAR-10 as the benchmark does (45,000 / 15,000 images), hands the loading's freed heap
+back as the training loop does, runs training steps at batch 64, the validation loss on 2,250 images and
+scores the 15,000 test images, printing the peak RSS (VmHWM) after each, and the RSS between phases.
 
-    python benchmarks/memory_phases.py --data-dir ../shared/data [--low-memory] [--steps 20] [--threads 1]
+    python benchmarks/memory_phases.py --data-dir ../shared/data [--low-memory] [--steps 20] [--threads 2]
 """
 
 from __future__ import annotations
@@ -14,11 +15,16 @@ import time
 
 import torch
 
-from skipganomaly.training.runtime import reduce_heap_fragmentation
+from skipganomaly.training.runtime import reduce_heap_fragmentation, release_free_memory
 
 
-def peak_mib() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
+def peak_mib() -> str:
+    return f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024} MiB (now {_rss_mib()} MiB)"
+
+
+def _rss_mib() -> int:
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * resource.getpagesize() // 2**20
 
 
 def main() -> None:
@@ -26,7 +32,7 @@ def main() -> None:
     parser.add_argument("--data-dir", default="../shared/data")
     parser.add_argument("--low-memory", action="store_true", help="as `skipganomaly --low-memory`")
     parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     args = parser.parse_args()
     if args.low_memory:
         reduce_heap_fragmentation()
@@ -38,6 +44,8 @@ def main() -> None:
     from skipganomaly.training.runtime import default_eval_batch
 
     split = leave_one_class_out(load_cifar10(args.data_dir), "ship", 1.0, 1.0, 0)
+    release_free_memory()
+    print(f"after loading CIFAR-10: peak {peak_mib()}", flush=True)
     device = torch.device("cpu")
     model = to_device(create("skipganomaly++"), device).train()
     config = TrainConfig(batch_size=64, device="cpu", progress=False)
@@ -46,11 +54,11 @@ def main() -> None:
     for i in range(args.steps):
         train_step(model, prepare_batch(split.train[i * 64:(i + 1) * 64], device), opt_g, opt_d, config, device)
     speed = args.steps * 64 / (time.perf_counter() - start)
-    print(f"after {args.steps} training steps: peak {peak_mib()} MiB ({speed:.0f} images/s)", flush=True)
+    print(f"after {args.steps} training steps: peak {peak_mib()} ({speed:.1f} images/s)", flush=True)
     batched_apply(model.validation_loss, model, split.train[:2250], default_eval_batch(device), device)
-    print(f"after the validation loss: peak {peak_mib()} MiB", flush=True)
+    print(f"after the validation loss: peak {peak_mib()}", flush=True)
     batched_apply(model.score, model, split.test, default_eval_batch(device), device)
-    print(f"after scoring {len(split.test)} test images: peak {peak_mib()} MiB", flush=True)
+    print(f"after scoring {len(split.test)} test images: peak {peak_mib()}", flush=True)
 
 
 if __name__ == "__main__":

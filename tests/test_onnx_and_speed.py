@@ -14,7 +14,8 @@ from skipganomaly.cli import main
 from skipganomaly.errors import ConfigError
 from skipganomaly.models import create, list_models
 from skipganomaly.onnx_export import OnnxScorer, export_onnx
-from skipganomaly.speed import bench_model, count_flops, machine_peak, reference_style_score, reference_style_step
+from skipganomaly.speed import (bench_model, count_flops, machine_peak, reference_optimizers, reference_style_score,
+                               reference_style_step)
 from skipganomaly.training import TrainConfig, batched_apply, make_optimizers, prepare_batch, to_device, train_step
 from tests.conftest import SMALL_WIDTHS, blob_images, fast, noise_images
 
@@ -78,7 +79,7 @@ def test_fast_step_and_score_equal_the_reference_style_computation(detach_latent
     slow_model.train()
     x_fast = prepare_batch(images, device).double()
     x_slow = x_fast.contiguous()
-    opts_fast, opts_slow = make_optimizers(fast_model, config), make_optimizers(slow_model, config)
+    opts_fast, opts_slow = make_optimizers(fast_model, config), reference_optimizers(slow_model, config)
     for _ in range(2):
         train_step(fast_model, x_fast, *opts_fast, config, device)
         reference_style_step(slow_model, x_slow, *opts_slow)

@@ -28,6 +28,7 @@ from .models import create
 from .models.skip_family import SkipFamilyModel
 from .models.skipganomaly_pp.networks import DilatedConv3x3
 from .training import TrainConfig, batched_apply, compile_blocks, make_optimizers, prepare_batch, to_device, train_step
+from .training.optim import Adam
 
 
 def _median_seconds(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
@@ -77,8 +78,8 @@ def _reference_d(model: SkipFamilyModel, x: Tensor) -> tuple[Tensor, Tensor]:
     return model.discriminator.classifier(feat).reshape(-1).sigmoid(), feat
 
 
-def reference_style_step(model: SkipFamilyModel, x: Tensor, opt_g: torch.optim.Optimizer,
-                         opt_d: torch.optim.Optimizer) -> None:
+def reference_style_step(model: SkipFamilyModel, x: Tensor, opt_g: Adam | torch.optim.Optimizer,
+                         opt_d: Adam | torch.optim.Optimizer) -> None:
     """One training step computed the way the reference code does (spec C), for a same-run comparison.
 
     D is not frozen during G's backward (its gradients are computed, then discarded), dilated convs
@@ -103,6 +104,13 @@ def reference_style_step(model: SkipFamilyModel, x: Tensor, opt_g: torch.optim.O
         opt_d.step()
 
 
+def reference_optimizers(model: SkipFamilyModel, config: TrainConfig) -> tuple[torch.optim.Adam, torch.optim.Adam]:
+    """The reference's optimisers: torch.optim.Adam in its default (per-tensor loop) implementation."""
+    betas = (config.beta1, config.beta2)
+    return (torch.optim.Adam(model.generator_parameters(), config.lr, betas=betas),
+            torch.optim.Adam(model.discriminator_parameters(), config.lr, betas=betas))
+
+
 def reference_style_score(model: SkipFamilyModel, x: Tensor) -> Tensor:
     """The score computed the reference way (full 3x3 convs, NCHW, under no_grad, not inference_mode)."""
     with _full_dilations(model), torch.no_grad():
@@ -119,7 +127,7 @@ def bench_reference_style(model: SkipFamilyModel, images: Tensor, batch_size: in
     """Images/s of the reference-style step and score on a copy of `model`, in the default layout."""
     ref = copy.deepcopy(model).to(memory_format=torch.contiguous_format).train()
     config = TrainConfig(batch_size=batch_size, device="cpu", progress=False)
-    opt_g, opt_d = make_optimizers(ref, config)
+    opt_g, opt_d = reference_optimizers(ref, config)
     x = prepare_batch(images[:batch_size], torch.device("cpu")).contiguous()
 
     def run_steps() -> None:
@@ -162,7 +170,7 @@ def bench_model(name: str, batch_size: int = 64, steps: int = 3, repeats: int = 
     # FLOPs counted eagerly (the counter does not see inside compiled kernels); the same maths either way.
     train_flops = count_flops(lambda: train_step(model, x, opt_g, opt_d, config, device)) / batch_size
 
-    def run_steps(net: nn.Module, opts: tuple[torch.optim.Optimizer, torch.optim.Optimizer]) -> None:
+    def run_steps(net: nn.Module, opts: tuple[Adam, Adam]) -> None:
         for _ in range(steps):
             train_step(net, x, *opts, config, device)
 

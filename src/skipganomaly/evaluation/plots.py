@@ -7,14 +7,22 @@ Each function takes plain arrays and writes one PNG. Figures are built with matp
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
-from matplotlib import colormaps
-from matplotlib.figure import Figure
-from sklearn.metrics import auc, precision_recall_curve, roc_curve
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 Curves = Mapping[str, tuple[np.ndarray, np.ndarray]]  # name -> (labels, scores)
+
+
+def _figure(figsize: tuple[float, float]) -> Figure:
+    """A new figure. matplotlib (and scikit-learn below) are imported on first use, not with the package:
+    together they add about 100 MiB to every process, training runs included (measured here)."""
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=figsize)
 
 
 def _save(fig: Figure, path: Path) -> Path:
@@ -36,7 +44,9 @@ def _legend_or_note(ax: Any, loc: str) -> None:
 
 def roc_figure(curves: Curves, path: Path, title: str = "ROC") -> Path:
     """One ROC curve per entry, with its AUROC in the legend; the diagonal is chance."""
-    fig = Figure(figsize=(5, 5))
+    from sklearn.metrics import auc, roc_curve
+
+    fig = _figure((5, 5))
     ax = fig.add_subplot()
     for name, (labels, scores) in curves.items():
         if not _two_classes(labels):
@@ -51,7 +61,9 @@ def roc_figure(curves: Curves, path: Path, title: str = "ROC") -> Path:
 
 def pr_figure(curves: Curves, path: Path, title: str = "Precision-recall") -> Path:
     """One precision-recall curve per entry, with its AUPRC; the dotted line is the abnormal share."""
-    fig = Figure(figsize=(5, 5))
+    from sklearn.metrics import auc, precision_recall_curve
+
+    fig = _figure((5, 5))
     ax = fig.add_subplot()
     for name, (labels, scores) in curves.items():
         if not _two_classes(labels):
@@ -67,7 +79,7 @@ def pr_figure(curves: Curves, path: Path, title: str = "Precision-recall") -> Pa
 def histogram_figure(labels: np.ndarray, scores: np.ndarray, threshold: float | None, path: Path,
                      title: str = "Scores") -> Path:
     """Normal and abnormal score histograms on shared bins, with the calibrated threshold."""
-    fig = Figure(figsize=(6, 4))
+    fig = _figure((6, 4))
     ax = fig.add_subplot()
     finite = scores[np.isfinite(scores)]
     edges = np.histogram_bin_edges(finite if finite.size else np.zeros(1), bins=50)
@@ -87,6 +99,8 @@ def overlay(image: np.ndarray, amap: np.ndarray, alpha: float = 0.5, vmax: float
 
     `vmax` fixes the colour scale (e.g. across a grid), so equal colours mean equal residuals.
     """
+    from matplotlib import colormaps
+
     rgb = np.repeat(image, 3, axis=-1) if image.shape[-1] == 1 else image
     top = float(vmax if vmax is not None else amap.max())
     heat = colormaps["inferno"](np.clip(amap / top, 0.0, 1.0) if top > 0 else np.zeros_like(amap))[..., :3]
@@ -100,7 +114,7 @@ def image_grid_figure(inputs: np.ndarray, reconstructions: np.ndarray, maps: np.
     The overlays share one colour scale, so a brighter map is a larger residual.
     """
     n = len(inputs)
-    fig = Figure(figsize=(max(1.4 * n, 3.0), 4.6))
+    fig = _figure((max(1.4 * n, 3.0), 4.6))
     if n == 0:
         fig.text(0.5, 0.5, f"{title}: no images", ha="center", va="center")
         return _save(fig, path)
@@ -125,7 +139,7 @@ def image_grid_figure(inputs: np.ndarray, reconstructions: np.ndarray, maps: np.
 
 def training_curves_figure(history: Sequence[Mapping[str, Any]], path: Path) -> Path:
     """Per-epoch mean loss terms (left; log scale when all are positive) and validation loss (right)."""
-    fig = Figure(figsize=(10, 4))
+    fig = _figure((10, 4))
     left, right = fig.subplots(1, 2)
     epochs = [int(r["epoch"]) for r in history]
     names = sorted({k for r in history for k in r["losses"]})

@@ -21,8 +21,9 @@ from ..errors import ConfigError, SkipGanomalyError
 from ..files import load_torch_checked, save_torch_atomic
 from ..models.base import AnomalyModel
 from .distributed import average_gradients, average_tensor, broadcast_parameters, is_main_process, sync_buffers, world
-from .runtime import (autocast, batched_apply, compile_blocks, default_eval_batch, prepare_batch, resolve_device,
-                      to_device)
+from .optim import Adam
+from .runtime import (autocast, batched_apply, compile_blocks, default_eval_batch, prepare_batch,
+                      release_free_memory, resolve_device, to_device)
 
 
 class TrainingError(SkipGanomalyError):
@@ -73,18 +74,18 @@ class EpochRecord:
         return asdict(self)
 
 
-def make_optimizers(model: AnomalyModel, config: TrainConfig) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer]:
-    """Adam for each side, as every reference model does."""
+def make_optimizers(model: AnomalyModel, config: TrainConfig) -> tuple[Adam, Adam]:
+    """Adam for each side, as every reference model does (fused: see `optim`)."""
     betas = (config.beta1, config.beta2)
-    return (torch.optim.Adam(model.generator_parameters(), config.lr, betas=betas),
-            torch.optim.Adam(model.discriminator_parameters(), config.lr, betas=betas))
+    return (Adam(model.generator_parameters(), config.lr, betas=betas),
+            Adam(model.discriminator_parameters(), config.lr, betas=betas))
 
 
 def train_step(
     model: AnomalyModel,
     x: Tensor,
-    opt_g: torch.optim.Optimizer,
-    opt_d: torch.optim.Optimizer,
+    opt_g: Adam,
+    opt_d: Adam,
     config: TrainConfig,
     device: torch.device,
 ) -> dict[str, float]:
@@ -177,6 +178,7 @@ def train(
         if state["stopped"]:
             first_epoch = config.epochs + 1
 
+    release_free_memory()  # what loading the data (and a state file) freed, before the activations come
     stopped = False
     epochs = tqdm(range(first_epoch, config.epochs + 1), desc="epochs", unit="epoch", initial=first_epoch - 1,
                   total=config.epochs, disable=not config.progress or rank != 0)
@@ -234,6 +236,7 @@ def train(
             break
     if best is not None:
         model.load_state_dict(best[1])
+    release_free_memory()  # the activations' heap, before the caller scores and reports
     return history
 
 

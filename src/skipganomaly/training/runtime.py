@@ -13,20 +13,44 @@ from ..data.images import to_unit_range
 from ..errors import ConfigError
 
 
-def reduce_heap_fragmentation(threshold: int = 1 << 20) -> bool:
-    """Serve allocations above `threshold` bytes with mmap, so freed tensors go back to the OS.
+def reduce_heap_fragmentation(threshold: int = 4 << 20) -> bool:
+    """Serve allocations of `threshold` bytes and more with mmap, so freed activations go back to the OS,
+    and never trim the heap that holds the smaller ones.
 
     glibc otherwise raises its mmap threshold after the first large free and keeps later activations
-    in a heap that only grows. Measured here on Skip-GANomaly++ steps after loading CIFAR-10: peak RSS
-    986 instead of 1,267 MiB, but 47 instead of 87 training images/s (every large allocation is then
-    fresh, zeroed pages). So it is opt-in (`skipganomaly --low-memory ...`). Process-wide.
+    in a heap whose free holes it cannot reuse well: a Skip-GANomaly++ step at batch 64 then peaks
+    ~200 MiB above what it holds. The price is fresh, zeroed pages for every large tensor. Measured
+    here (after loading CIFAR-10, 2 threads, 20 steps, git history: this commit's README): 4 MiB gave
+    918-931 MiB at 58-66 images/s against 1,121-1,140 MiB at 74-79 by default; 1 MiB (the earlier
+    setting) cost about half the speed. So it is opt-in (`skipganomaly --low-memory ...`). Process-wide.
     Returns False where there is no glibc.
     """
+    libc = _glibc()
+    # -3 = M_MMAP_THRESHOLD; -1 = M_TRIM_THRESHOLD (a fixed mmap threshold would otherwise also fix the
+    # trim threshold at 128 KiB, and trimming the heap after every step refaults its pages).
+    return libc is not None and bool(libc.mallopt(-3, threshold)) and bool(libc.mallopt(-1, 1 << 30))
+
+
+def release_free_memory() -> bool:
+    """Return the free pages of the C heap to the OS (glibc `malloc_trim`); cheap, so call it between phases.
+
+    Loading CIFAR-10 frees ~30 MB arrays that glibc keeps in its heap (78 MiB of RSS here), and a
+    finished training run leaves its activations' heap behind; without this, the next phase's memory
+    comes on top of them. Returns False where there is no glibc.
+    """
+    libc = _glibc()
+    if libc is None:
+        return False
+    libc.malloc_trim(0)
+    return True
+
+
+def _glibc() -> ctypes.CDLL | None:
     try:
         libc = ctypes.CDLL("libc.so.6")
     except OSError:
-        return False
-    return bool(libc.mallopt(-3, threshold))  # -3 = M_MMAP_THRESHOLD
+        return None
+    return libc if hasattr(libc, "malloc_trim") else None
 
 
 def resolve_device(name: str = "auto") -> torch.device:
