@@ -31,15 +31,19 @@ from .training import TrainConfig, batched_apply, compile_blocks, make_optimizer
 from .training.optim import Adam
 
 
-def _median_seconds(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
+def _median_seconds(*fns: Callable[[], object], repeats: int, warmup: int = 1) -> list[float]:
+    """Median seconds per call of each function, timed in turns (A, B, A, B, ...) so that a machine
+    whose speed drifts during the run slows every contender alike and their ratio stays fair."""
     for _ in range(warmup):
-        fn()
-    times = []
+        for fn in fns:
+            fn()
+    times: list[list[float]] = [[] for _ in fns]
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for fn, out in zip(fns, times, strict=True):
+            start = time.perf_counter()
+            fn()
+            out.append(time.perf_counter() - start)
+    return [statistics.median(t) for t in times]
 
 
 def count_flops(fn: Callable[[], object]) -> int:
@@ -52,10 +56,10 @@ def count_flops(fn: Callable[[], object]) -> int:
 def machine_peak(repeats: int = 5) -> dict[str, float]:
     """GFLOP/s of a 2048^3 fp32 matmul and of a large 3x3 convolution on this machine, now."""
     a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
-    matmul = 2 * 2048**3 / _median_seconds(lambda: a @ b, repeats) / 1e9
+    matmul = 2 * 2048**3 / _median_seconds(lambda: a @ b, repeats=repeats)[0] / 1e9
     x, w = torch.randn(64, 256, 16, 16), torch.randn(256, 256, 3, 3)
     conv_flops = count_flops(lambda: F.conv2d(x, w, padding=1))
-    conv = conv_flops / _median_seconds(lambda: F.conv2d(x, w, padding=1), repeats) / 1e9
+    conv = conv_flops / _median_seconds(lambda: F.conv2d(x, w, padding=1), repeats=repeats)[0] / 1e9
     return {"matmul_gflops": matmul, "conv_gflops": conv, "peak_gflops": max(matmul, conv)}
 
 
@@ -122,27 +126,29 @@ def reference_style_score(model: SkipFamilyModel, x: Tensor) -> Tensor:
         return model.score_weight * rec + (1.0 - model.score_weight) * lat
 
 
-def bench_reference_style(model: SkipFamilyModel, images: Tensor, batch_size: int, steps: int, repeats: int,
-                          score_batch: int) -> dict[str, float]:
-    """Images/s of the reference-style step and score on a copy of `model`, in the default layout."""
-    ref = copy.deepcopy(model).to(memory_format=torch.contiguous_format).train()
+def reference_style_runners(model: SkipFamilyModel, images: Tensor, batch_size: int, steps: int,
+                            score_batch: int) -> tuple[Callable[[], None], Callable[[], None], float]:
+    """On a copy of `model` in the default layout: a function running `steps` reference-style training
+    steps on the first `batch_size` images, one scoring the first `score_batch` images the reference
+    way (one batch), and the reference-style step's FLOPs per image."""
+    ref = copy.deepcopy(model).to(memory_format=torch.contiguous_format)
     config = TrainConfig(batch_size=batch_size, device="cpu", progress=False)
     opt_g, opt_d = reference_optimizers(ref, config)
     x = prepare_batch(images[:batch_size], torch.device("cpu")).contiguous()
+    to_score = prepare_batch(images[:score_batch], torch.device("cpu")).contiguous()
 
-    def run_steps() -> None:
+    def train_steps() -> None:
+        ref.train()
         for _ in range(steps):
             reference_style_step(ref, x, opt_g, opt_d)
 
-    train_s = _median_seconds(run_steps, repeats) / steps
-    ref.eval()
-    batches = [prepare_batch(images[i:i + score_batch], torch.device("cpu")).contiguous()
-               for i in range(0, len(images), score_batch)]
-    score_s = _median_seconds(lambda: [reference_style_score(ref, b) for b in batches], repeats)
-    return {"reference_style_train_images_per_s": batch_size / train_s,
-            "reference_style_train_gflop_per_image": count_flops(
-                lambda: reference_style_step(ref, x, opt_g, opt_d)) / batch_size / 1e9,
-            "reference_style_score_images_per_s": len(images) / score_s}
+    def score() -> None:
+        ref.eval()
+        reference_style_score(ref, to_score)
+
+    ref.train()
+    flops = count_flops(lambda: reference_style_step(ref, x, opt_g, opt_d)) / batch_size
+    return train_steps, score, flops
 
 
 def bench_model(name: str, batch_size: int = 64, steps: int = 3, repeats: int = 3, score_batch: int = 256,
@@ -182,20 +188,28 @@ def bench_model(name: str, batch_size: int = 64, steps: int = 3, repeats: int = 
         start = time.perf_counter()
         train_step(net, x, *opts, config, device)
         compiled["compile_seconds"] = time.perf_counter() - start
-        compiled["compiled_train_images_per_s"] = batch_size * steps / _median_seconds(lambda: run_steps(net, opts),
-                                                                                      repeats)
+        [compiled_s] = _median_seconds(lambda: run_steps(net, opts), repeats=repeats)
+        compiled["compiled_train_images_per_s"] = batch_size * steps / compiled_s
         del net, opts
-    train_s = _median_seconds(lambda: run_steps(model, (opt_g, opt_d)), repeats) / steps
-    train_ips = batch_size / train_s
     to_score = images[:score_batch]
+    trainers: list[Callable[[], object]] = [lambda: run_steps(model, (opt_g, opt_d))]
+    scorers: list[Callable[[], object]] = [
+        lambda: batched_apply(model.score, model, to_score, score_batch, device)]
+    if reference_style:  # timed in turns with ours (see _median_seconds)
+        assert isinstance(model, SkipFamilyModel)
+        ref_train, ref_score, ref_flops = reference_style_runners(model, images, batch_size, steps, score_batch)
+        trainers.append(ref_train)
+        scorers.append(ref_score)
+    train_s = [t / steps for t in _median_seconds(*trainers, repeats=repeats)]
+    score_s = _median_seconds(*scorers, repeats=repeats)
+    train_ips = batch_size / train_s[0]
     score_flops = count_flops(lambda: batched_apply(model.score, model, to_score[:8], 8, device)) / 8
-    score_s = _median_seconds(lambda: batched_apply(model.score, model, to_score, score_batch, device), repeats)
     result: dict[str, Any] = {
         "model": name, "batch_size": batch_size, "threads": torch.get_num_threads(),
         "parameters": sum(p.numel() for p in model.parameters()),
         "train_images_per_s": train_ips, "train_gflop_per_image": train_flops / 1e9,
         "train_achieved_gflops": train_ips * train_flops / 1e9,
-        "score_batch": score_batch, "score_images_per_s": score_batch / score_s,
+        "score_batch": score_batch, "score_images_per_s": score_batch / score_s[0],
         "score_gflop_per_image": score_flops / 1e9,
     }
     if onnx and model.exportable:
@@ -203,11 +217,15 @@ def bench_model(name: str, batch_size: int = 64, steps: int = 3, repeats: int = 
 
         with tempfile.TemporaryDirectory() as tmp:
             scorer = OnnxScorer(export_onnx(model, Path(tmp) / "model.onnx"), threads=torch.get_num_threads())
-            onnx_s = _median_seconds(lambda: scorer.score(to_score, score_batch), repeats)
+            [onnx_s] = _median_seconds(lambda: scorer.score(to_score, score_batch), repeats=repeats)
         result["onnx_score_images_per_s"] = score_batch / onnx_s
     if reference_style:
-        assert isinstance(model, SkipFamilyModel)
-        result.update(bench_reference_style(model, images[:score_batch], batch_size, steps, repeats, score_batch))
+        result.update({
+            "reference_style_train_images_per_s": batch_size / train_s[1],
+            "reference_style_train_gflop_per_image": ref_flops / 1e9,
+            "reference_style_score_images_per_s": score_batch / score_s[1],
+            "timing": "ours and the reference style timed in turns, median of each",
+        })
         result["train_speedup"] = train_ips / result["reference_style_train_images_per_s"]
         result["score_speedup"] = result["score_images_per_s"] / result["reference_style_score_images_per_s"]
     result.update(compiled)
