@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import shutil
 import subprocess
 import sys
@@ -155,6 +156,17 @@ def test_train_every_model_from_the_cli(name: str, image_root: Path) -> None:
     metrics = json.loads((run / "metrics.json").read_text())
     assert 0.0 <= metrics["test"]["auroc"] <= 1.0
     assert yaml.safe_load((run / "config.yaml").read_text())["model"] == name
+
+
+def test_train_with_amp_from_the_cli(image_root: Path) -> None:
+    """--amp reaches the detector (bf16 autocast on the CPU), is recorded in config.yaml, and the run
+    still produces finite test metrics."""
+    options = [arg for key, value in fast("skipganomaly++").items() for arg in ("--model-arg", f"{key}={value}")]
+    run = image_root / "run-amp"
+    assert main(["train", "--data", str(image_root), "--test", str(image_root / "test"), "--out", str(run),
+                 "--epochs", "1", "--batch-size", "8", "--no-progress", "--device", "cpu", "--amp", *options]) == 0
+    assert yaml.safe_load((run / "config.yaml").read_text())["amp"] is True
+    assert math.isfinite(json.loads((run / "metrics.json").read_text())["test"]["auroc"])
 
 
 def test_low_memory_switch_sets_the_allocator_in_its_own_process() -> None:

@@ -50,7 +50,17 @@ def test_bench_model_reports_every_field() -> None:
     for key in ("train_images_per_s", "train_gflop_per_image", "score_images_per_s", "onnx_score_images_per_s",
                 "peak_rss_mb"):
         assert row[key] > 0, key
-    assert machine_peak(repeats=1)["peak_gflops"] > 0
+    peak = machine_peak(repeats=1)
+    assert peak["peak_gflops"] > 0 and peak["bf16_matmul_gflops"] > 0
+
+
+def test_bench_model_times_bf16_autocast_when_asked() -> None:
+    row = bench_model("skipganomaly++", batch_size=4, steps=1, repeats=1, score_batch=4, onnx=False,
+                      options={"widths": SMALL_WIDTHS}, amp=True)
+    for key in ("amp_train_images_per_s", "amp_score_images_per_s", "amp_train_achieved_gflops"):
+        assert row[key] > 0, key
+    assert "amp_train_images_per_s" not in bench_model("skipganomaly++", batch_size=4, steps=1, repeats=1,
+                                                       score_batch=4, onnx=False, options={"widths": SMALL_WIDTHS})
 
 
 def test_bench_speed_cli_writes_json(tmp_path: Path) -> None:

@@ -53,6 +53,7 @@ class SweepConfig:
     train_fraction: float = 1.0
     test_fraction: float = 1.0
     device: str = "auto"
+    amp: bool | None = None  # None: bf16 autocast on CUDA only
     progress: bool = True
     model_options: dict[str, dict[str, Any]] = field(default_factory=dict)
 
@@ -81,7 +82,7 @@ def run_cell(load: Callable[[], Cifar10], model: str, cls: str, seed: int, proto
     if protocol == "paper":
         options.update(get_model_class(model).reference_options())
     det = Detector(model=model, image_size=32, in_channels=3, epochs=config.epochs, batch_size=config.batch_size,
-                   seed=seed, device=config.device, progress=config.progress, **options)
+                   seed=seed, device=config.device, amp=config.amp, progress=config.progress, **options)
     labels = split.test_labels.numpy()
     per_epoch: list[float] = []
     best_scores: list[np.ndarray] = []
@@ -90,7 +91,7 @@ def run_cell(load: Callable[[], Cifar10], model: str, cls: str, seed: int, proto
         # The reference scores the test set after every epoch, in train-mode BN, class-ordered batches of 64.
         assert det.model_ is not None
         epoch_scores = batched_apply(det.model_.score, det.model_, split.test, PAPER_TEST_BATCH, det.device,
-                                     train_mode=True).double().numpy()
+                                     config.amp, train_mode=True).double().numpy()
         per_epoch.append(evaluate_scores(epoch_scores, labels, 0.0)["auroc"])
         if per_epoch[-1] >= max(per_epoch):
             best_scores[:] = [epoch_scores]

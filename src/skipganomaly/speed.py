@@ -54,13 +54,16 @@ def count_flops(fn: Callable[[], object]) -> int:
 
 
 def machine_peak(repeats: int = 5) -> dict[str, float]:
-    """GFLOP/s of a 2048^3 fp32 matmul and of a large 3x3 convolution on this machine, now."""
+    """GFLOP/s of a 2048^3 fp32 matmul and of a large 3x3 convolution on this machine, now; and of the
+    same matmul in bf16 (the ceiling for `--amp`; far above fp32 on CPUs with AMX)."""
     a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
     matmul = 2 * 2048**3 / _median_seconds(lambda: a @ b, repeats=repeats)[0] / 1e9
     x, w = torch.randn(64, 256, 16, 16), torch.randn(256, 256, 3, 3)
     conv_flops = count_flops(lambda: F.conv2d(x, w, padding=1))
     conv = conv_flops / _median_seconds(lambda: F.conv2d(x, w, padding=1), repeats=repeats)[0] / 1e9
-    return {"matmul_gflops": matmul, "conv_gflops": conv, "peak_gflops": max(matmul, conv)}
+    a16, b16 = a.bfloat16(), b.bfloat16()
+    bf16 = 2 * 2048**3 / _median_seconds(lambda: a16 @ b16, repeats=repeats)[0] / 1e9
+    return {"matmul_gflops": matmul, "conv_gflops": conv, "peak_gflops": max(matmul, conv), "bf16_matmul_gflops": bf16}
 
 
 @contextlib.contextmanager
@@ -153,13 +156,14 @@ def reference_style_runners(model: SkipFamilyModel, images: Tensor, batch_size: 
 
 def bench_model(name: str, batch_size: int = 64, steps: int = 3, repeats: int = 3, score_batch: int = 256,
                 onnx: bool = True, options: dict[str, Any] | None = None, threads: int | None = None,
-                reference_style: bool = False, compile: str | None = None) -> dict[str, Any]:
+                reference_style: bool = False, compile: str | None = None, amp: bool = False) -> dict[str, Any]:
     """Training and scoring throughput of one model at 3x32x32 on the CPU.
 
     With `reference_style` (Skip-GANomaly and ++ only), the reference code's way of computing the
     same step and score is timed in the same process, and the speed-ups are reported. With `compile`
     (a torch.compile backend), a compiled copy is also timed in the same process, with its first
-    step's seconds (mostly compiling; a warm inductor cache shortens it).
+    step's seconds (mostly compiling; a warm inductor cache shortens it). With `amp`, a copy is also
+    trained and scored under bf16 autocast, in turns with the float32 model.
     """
     if threads:
         torch.set_num_threads(threads)
@@ -200,6 +204,12 @@ def bench_model(name: str, batch_size: int = 64, steps: int = 3, repeats: int = 
         ref_train, ref_score, ref_flops = reference_style_runners(model, images, batch_size, steps, score_batch)
         trainers.append(ref_train)
         scorers.append(ref_score)
+    if amp:
+        amp_model = copy.deepcopy(model)
+        amp_config = TrainConfig(batch_size=batch_size, device="cpu", progress=False, amp=True)
+        amp_opts = make_optimizers(amp_model, amp_config)
+        trainers.append(lambda: [train_step(amp_model, x, *amp_opts, amp_config, device) for _ in range(steps)])
+        scorers.append(lambda: batched_apply(amp_model.score, amp_model, to_score, score_batch, device, amp=True))
     train_s = [t / steps for t in _median_seconds(*trainers, repeats=repeats)]
     score_s = _median_seconds(*scorers, repeats=repeats)
     train_ips = batch_size / train_s[0]
@@ -228,6 +238,10 @@ def bench_model(name: str, batch_size: int = 64, steps: int = 3, repeats: int = 
         })
         result["train_speedup"] = train_ips / result["reference_style_train_images_per_s"]
         result["score_speedup"] = result["score_images_per_s"] / result["reference_style_score_images_per_s"]
+    if amp:
+        result["amp_train_images_per_s"] = batch_size / train_s[-1]
+        result["amp_score_images_per_s"] = score_batch / score_s[-1]
+        result["amp_train_achieved_gflops"] = result["amp_train_images_per_s"] * train_flops / 1e9
     result.update(compiled)
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return result
@@ -247,5 +261,7 @@ def run(models: list[str], threads: int, isolate: bool = True, **kwargs: Any) ->
             row = bench_model(name, threads=threads, **kwargs)
         row["peak_gflops"] = peak["peak_gflops"]
         row["fraction_of_peak"] = row["train_achieved_gflops"] / peak["peak_gflops"]
+        if "amp_train_achieved_gflops" in row:
+            row["amp_fraction_of_bf16_peak"] = row["amp_train_achieved_gflops"] / peak["bf16_matmul_gflops"]
         rows.append(row)
     return {"peak": peak, "torch": torch.__version__, "threads": threads, "models": rows}
