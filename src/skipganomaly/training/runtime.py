@@ -19,10 +19,10 @@ def reduce_heap_fragmentation(threshold: int = 4 << 20) -> bool:
 
     glibc otherwise raises its mmap threshold after the first large free and keeps later activations
     in a heap whose free holes it cannot reuse well: a Skip-GANomaly++ step at batch 64 then peaks
-    ~200 MiB above what it holds. The price is fresh, zeroed pages for every large tensor. Measured
-    here (after loading CIFAR-10, 2 threads, 20 steps, git history: this commit's README): 4 MiB gave
-    918-931 MiB at 58-66 images/s against 1,121-1,140 MiB at 74-79 by default; 1 MiB (the earlier
-    setting) cost about half the speed. So it is opt-in (`skipganomaly --low-memory ...`). Process-wide.
+    ~200 MiB above what it holds. The price is fresh, zeroed pages for every large tensor: in 20-step
+    runs after loading CIFAR-10 (2 threads), 4 MiB gave 918-931 MiB at 58-66 images/s against
+    1,121-1,140 MiB at 74-79 by default, and 1 MiB (the earlier setting) about half the speed. So it
+    is opt-in (`skipganomaly --low-memory ...`; README, Speed and memory). Process-wide.
     Returns False where there is no glibc.
     """
     libc = _glibc()
