@@ -515,16 +515,16 @@ def cmd_bench_speed(args: argparse.Namespace) -> int:
         part = run([name], args.threads, batch_size=args.batch_size, steps=args.steps, repeats=args.repeats,
                    score_batch=args.score_batch, onnx=not args.no_onnx, options=options.get(name),
                    reference_style=args.compare_reference, compile=args.compile, amp=args.amp)
-        result["peak"] = part["peak"]
         rows += part["models"]
-        print(_speed_line(part["models"][0], part["peak"]), flush=True)
+        print(_speed_line(part["models"][0]), flush=True)
     result["models"] = rows
     if args.out is not None:
         _write_json(args.out, result)
     return 0
 
 
-def _speed_line(row: dict[str, Any], peak: dict[str, float]) -> str:
+def _speed_line(row: dict[str, Any]) -> str:
+    peak = row["peak_kernels_gflops"]
     onnx = row.get("onnx_score_images_per_s")
     return (f"{row['model']}: train {row['train_images_per_s']:.1f} img/s ({row['train_gflop_per_image']:.2f} "
             f"GFLOP/img, {row['train_achieved_gflops']:.1f} GFLOP/s = {row['fraction_of_peak']:.0%} of peak "

@@ -53,17 +53,20 @@ def count_flops(fn: Callable[[], object]) -> int:
     return int(counter.get_total_flops())
 
 
-def machine_peak(repeats: int = 5) -> dict[str, float]:
-    """GFLOP/s of a 2048^3 fp32 matmul and of a large 3x3 convolution on this machine, now; and of the
-    same matmul in bf16 (the ceiling for `--amp`; far above fp32 on CPUs with AMX)."""
+def peak_kernels() -> dict[str, tuple[Callable[[], object], int]]:
+    """The kernels that define this machine's peak, with their FLOPs: a 2048^3 fp32 matmul, a large 3x3
+    convolution, and the matmul in bf16 (the ceiling for `--amp`; far above fp32 on CPUs with AMX)."""
     a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
-    matmul = 2 * 2048**3 / _median_seconds(lambda: a @ b, repeats=repeats)[0] / 1e9
-    x, w = torch.randn(64, 256, 16, 16), torch.randn(256, 256, 3, 3)
-    conv_flops = count_flops(lambda: F.conv2d(x, w, padding=1))
-    conv = conv_flops / _median_seconds(lambda: F.conv2d(x, w, padding=1), repeats=repeats)[0] / 1e9
     a16, b16 = a.bfloat16(), b.bfloat16()
-    bf16 = 2 * 2048**3 / _median_seconds(lambda: a16 @ b16, repeats=repeats)[0] / 1e9
-    return {"matmul_gflops": matmul, "conv_gflops": conv, "peak_gflops": max(matmul, conv), "bf16_matmul_gflops": bf16}
+    x, w = torch.randn(64, 256, 16, 16), torch.randn(256, 256, 3, 3)
+    return {"matmul_gflops": (lambda: a @ b, 2 * 2048**3),
+            "conv_gflops": (lambda: F.conv2d(x, w, padding=1), count_flops(lambda: F.conv2d(x, w, padding=1))),
+            "bf16_matmul_gflops": (lambda: a16 @ b16, 2 * 2048**3)}
+
+
+def _peak_from(seconds: dict[str, float], kernels: dict[str, tuple[Callable[[], object], int]]) -> dict[str, float]:
+    rates = {name: kernels[name][1] / t / 1e9 for name, t in seconds.items()}
+    return {**rates, "peak_gflops": max(rates["matmul_gflops"], rates["conv_gflops"])}
 
 
 @contextlib.contextmanager
@@ -210,7 +213,12 @@ def bench_model(name: str, batch_size: int = 64, steps: int = 3, repeats: int = 
         amp_opts = make_optimizers(amp_model, amp_config)
         trainers.append(lambda: [train_step(amp_model, x, *amp_opts, amp_config, device) for _ in range(steps)])
         scorers.append(lambda: batched_apply(amp_model.score, amp_model, to_score, score_batch, device, amp=True))
-    train_s = [t / steps for t in _median_seconds(*trainers, repeats=repeats)]
+    # The peak kernels take turns with the training steps, so the fraction of peak compares rates measured
+    # under the same conditions (this machine's peak drifts by 30-40% between runs).
+    kernels = peak_kernels()
+    timed = _median_seconds(*trainers, *(fn for fn, _ in kernels.values()), repeats=repeats)
+    peak = _peak_from(dict(zip(kernels, timed[len(trainers):], strict=True)), kernels)
+    train_s = [t / steps for t in timed[:len(trainers)]]
     score_s = _median_seconds(*scorers, repeats=repeats)
     train_ips = batch_size / train_s[0]
     score_flops = count_flops(lambda: batched_apply(model.score, model, to_score[:8], 8, device)) / 8
@@ -219,6 +227,8 @@ def bench_model(name: str, batch_size: int = 64, steps: int = 3, repeats: int = 
         "parameters": sum(p.numel() for p in model.parameters()),
         "train_images_per_s": train_ips, "train_gflop_per_image": train_flops / 1e9,
         "train_achieved_gflops": train_ips * train_flops / 1e9,
+        "peak_gflops": peak["peak_gflops"], "fraction_of_peak": train_ips * train_flops / 1e9 / peak["peak_gflops"],
+        "peak_kernels_gflops": peak,
         "score_batch": score_batch, "score_images_per_s": score_batch / score_s[0],
         "score_gflop_per_image": score_flops / 1e9,
     }
@@ -242,15 +252,15 @@ def bench_model(name: str, batch_size: int = 64, steps: int = 3, repeats: int = 
         result["amp_train_images_per_s"] = batch_size / train_s[-1]
         result["amp_score_images_per_s"] = score_batch / score_s[-1]
         result["amp_train_achieved_gflops"] = result["amp_train_images_per_s"] * train_flops / 1e9
+        result["amp_fraction_of_bf16_peak"] = result["amp_train_achieved_gflops"] / peak["bf16_matmul_gflops"]
     result.update(compiled)
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return result
 
 
 def run(models: list[str], threads: int, isolate: bool = True, **kwargs: Any) -> dict[str, Any]:
-    """Measure the peak, then each model (in its own process unless `isolate=False`)."""
+    """Measure each model (in its own process unless `isolate=False`), with the peak kernels in turns."""
     torch.set_num_threads(threads)
-    peak = machine_peak(max(kwargs.get("repeats", 3), 2))
     rows = []
     for name in models:
         if isolate:
@@ -259,9 +269,5 @@ def run(models: list[str], threads: int, isolate: bool = True, **kwargs: Any) ->
                 row = pool.submit(bench_model, name, threads=threads, **kwargs).result()
         else:
             row = bench_model(name, threads=threads, **kwargs)
-        row["peak_gflops"] = peak["peak_gflops"]
-        row["fraction_of_peak"] = row["train_achieved_gflops"] / peak["peak_gflops"]
-        if "amp_train_achieved_gflops" in row:
-            row["amp_fraction_of_bf16_peak"] = row["amp_train_achieved_gflops"] / peak["bf16_matmul_gflops"]
         rows.append(row)
-    return {"peak": peak, "torch": torch.__version__, "threads": threads, "models": rows}
+    return {"torch": torch.__version__, "threads": threads, "models": rows}
