@@ -116,9 +116,7 @@ def reference_style_step(model: SkipFamilyModel, x: Tensor, opt_g: Adam | torch.
 
 def reference_optimizers(model: SkipFamilyModel, config: TrainConfig) -> tuple[torch.optim.Adam, torch.optim.Adam]:
     """The reference's optimisers: torch.optim.Adam in its default (per-tensor loop) implementation."""
-    betas = (config.beta1, config.beta2)
-    return (torch.optim.Adam(model.generator_parameters(), config.lr, betas=betas),
-            torch.optim.Adam(model.discriminator_parameters(), config.lr, betas=betas))
+    return make_optimizers(model, config, adam=torch.optim.Adam)
 
 
 def reference_style_score(model: SkipFamilyModel, x: Tensor) -> Tensor:

@@ -74,11 +74,12 @@ class EpochRecord:
         return asdict(self)
 
 
-def make_optimizers(model: AnomalyModel, config: TrainConfig) -> tuple[Adam, Adam]:
-    """Adam for each side, as every reference model does (fused: see `optim`)."""
+def make_optimizers(model: AnomalyModel, config: TrainConfig, adam: Callable[..., Any] = Adam) -> tuple[Any, Any]:
+    """Adam for each side, as every reference model does (fused: see `optim`; `adam=torch.optim.Adam`
+    gives the reference's own optimiser, for the speed comparison)."""
     betas = (config.beta1, config.beta2)
-    return (Adam(model.generator_parameters(), config.lr, betas=betas),
-            Adam(model.discriminator_parameters(), config.lr, betas=betas))
+    return (adam(model.generator_parameters(), config.lr, betas=betas),
+            adam(model.discriminator_parameters(), config.lr, betas=betas))
 
 
 def train_step(
