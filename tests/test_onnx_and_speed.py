@@ -14,8 +14,8 @@ from skipganomaly.cli import main
 from skipganomaly.errors import ConfigError
 from skipganomaly.models import create, list_models
 from skipganomaly.onnx_export import OnnxScorer, export_onnx
-from skipganomaly.speed import (bench_model, count_flops, reference_optimizers, reference_style_score,
-                               reference_style_step)
+from skipganomaly.speed import (_median_seconds, bench_model, count_flops, reference_optimizers,
+                                reference_style_score, reference_style_step)
 from skipganomaly.training import TrainConfig, batched_apply, make_optimizers, prepare_batch, to_device, train_step
 from tests.conftest import SMALL_WIDTHS, blob_images, fast, noise_images
 
@@ -111,3 +111,18 @@ def test_reference_style_comparison_reports_speedups() -> None:
     assert row["reference_style_train_gflop_per_image"] > row["train_gflop_per_image"]
     with pytest.raises(ConfigError, match="skip family"):
         bench_model("ganomaly", batch_size=4, steps=1, repeats=1, score_batch=4, onnx=False, reference_style=True)
+
+
+def test_timing_waits_for_queued_device_work() -> None:
+    """On a GPU the host clock must stop only after the device has finished: sync runs after every call."""
+    events: list[str] = []
+    times = _median_seconds(lambda: events.append("a"), lambda: events.append("b"), repeats=2, warmup=0,
+                            sync=lambda: events.append("sync"))
+    assert len(times) == 2 and events == ["sync", "a", "sync", "sync", "b", "sync"] * 2
+
+
+def test_bench_speed_on_an_absent_gpu_is_one_clear_error(capsys: pytest.CaptureFixture[str]) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    assert main(["bench-speed", "--models", "ganomaly", "--device", "cuda"]) == 2
+    assert "CUDA is not available" in capsys.readouterr().err

@@ -31,7 +31,7 @@ from .files import write_text_atomic
 from .models import get_model_class, list_models
 from .training.distributed import init_from_environment, is_main_process
 from .training.loop import load_train_state
-from .training.runtime import reduce_heap_fragmentation
+from .training.runtime import reduce_heap_fragmentation, resolve_device
 
 log = logging.getLogger("skipganomaly")
 
@@ -165,6 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "process, and report the speed-ups (skipganomaly and skipganomaly++ only)")
     p.add_argument("--model-arg", action="append", default=[], metavar="MODEL:KEY=VALUE",
                    help="extra option for one model, e.g. anogan:search_steps=50 (repeatable)")
+    p.add_argument("--device", default="auto",
+                   help="auto, cpu, cuda or cuda:N (default auto: the GPU where there is one; the reference "
+                        "style of --compare-reference runs on the CPU, as the reference code does)")
     p.add_argument("--out", type=Path, help="write the JSON result here")
     p.set_defaults(func=cmd_bench_speed)
     return parser
@@ -509,13 +512,15 @@ def cmd_bench_speed(args: argparse.Namespace) -> int:
     models = list_models() if args.models == "all" else [m.strip() for m in args.models.split(",")]
     for name in models:
         get_model_class(name)
+    resolve_device(args.device)  # a bad or absent device is one line here, not an error in each worker
     options = _per_model_kwargs(args.model_arg)
     rows = []
     result = {"environment": environment()}
     for name in models:
         part = run([name], args.threads, batch_size=args.batch_size, steps=args.steps, repeats=args.repeats,
                    score_batch=args.score_batch, onnx=not args.no_onnx, options=options.get(name),
-                   reference_style=args.compare_reference, compile=args.compile, amp=args.amp)
+                   reference_style=args.compare_reference, compile=args.compile, amp=args.amp,
+                   device=args.device)
         rows += part["models"]
         print(_speed_line(part["models"][0]), flush=True)
     result["models"] = rows
@@ -527,7 +532,8 @@ def cmd_bench_speed(args: argparse.Namespace) -> int:
 def _speed_line(row: dict[str, Any]) -> str:
     peak = row["peak_kernels_gflops"]
     onnx = row.get("onnx_score_images_per_s")
-    return (f"{row['model']}: train {row['train_images_per_s']:.1f} img/s ({row['train_gflop_per_image']:.2f} "
+    return (f"{row['model']}" + (f" on {row['device']}" if "device" in row else "")
+            + f": train {row['train_images_per_s']:.1f} img/s ({row['train_gflop_per_image']:.2f} "
             f"GFLOP/img, {row['train_achieved_gflops']:.1f} GFLOP/s = {row['fraction_of_peak']:.0%} of peak "
             f"{peak['peak_gflops']:.1f}), score {row['score_images_per_s']:.1f} img/s"
             + (f", onnxruntime {onnx:.1f} img/s" if onnx else "") + f", peak RSS {row['peak_rss_mb']:.0f} MB"

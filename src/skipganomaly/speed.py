@@ -27,21 +27,26 @@ from .errors import ConfigError
 from .models import create
 from .models.skip_family import SkipFamilyModel
 from .models.skipganomaly_pp.networks import DilatedConv3x3
-from .training import TrainConfig, batched_apply, compile_blocks, make_optimizers, prepare_batch, to_device, train_step
+from .training import (TrainConfig, batched_apply, compile_blocks, make_optimizers, prepare_batch, resolve_device,
+                       to_device, train_step)
 from .training.optim import Adam
 
 
-def _median_seconds(*fns: Callable[[], object], repeats: int, warmup: int = 1) -> list[float]:
+def _median_seconds(*fns: Callable[[], object], repeats: int, warmup: int = 1,
+                    sync: Callable[[], None] = lambda: None) -> list[float]:
     """Median seconds per call of each function, timed in turns (A, B, A, B, ...) so that a machine
-    whose speed drifts during the run slows every contender alike and their ratio stays fair."""
+    whose speed drifts during the run slows every contender alike and their ratio stays fair.
+    `sync` waits for queued device work (torch.cuda.synchronize), which a host clock cannot see."""
     for _ in range(warmup):
         for fn in fns:
             fn()
     times: list[list[float]] = [[] for _ in fns]
     for _ in range(repeats):
         for fn, out in zip(fns, times, strict=True):
+            sync()
             start = time.perf_counter()
             fn()
+            sync()
             out.append(time.perf_counter() - start)
     return [statistics.median(t) for t in times]
 
@@ -53,15 +58,18 @@ def count_flops(fn: Callable[[], object]) -> int:
     return int(counter.get_total_flops())
 
 
-def peak_kernels() -> dict[str, tuple[Callable[[], object], int]]:
-    """The kernels that define this machine's peak, with their FLOPs: a 2048^3 fp32 matmul, a large 3x3
-    convolution, and the matmul in bf16 (the ceiling for `--amp`; far above fp32 on CPUs with AMX)."""
-    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+def peak_kernels(device: str | torch.device = "cpu") -> dict[str, tuple[Callable[[], object], int]]:
+    """The kernels that define this machine's peak, with their FLOPs: an fp32 matmul (2048^3 on CPUs,
+    8192^3 on GPUs, which 2048 cannot fill), a large 3x3 convolution, and the matmul in bf16 (the ceiling
+    for `--amp`; far above fp32 on CPUs with AMX and on GPUs)."""
+    device = torch.device(device)
+    n, maps = (8192, 64) if device.type == "cuda" else (2048, 16)
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
     a16, b16 = a.bfloat16(), b.bfloat16()
-    x, w = torch.randn(64, 256, 16, 16), torch.randn(256, 256, 3, 3)
-    return {"matmul_gflops": (lambda: a @ b, 2 * 2048**3),
+    x, w = torch.randn(64, 256, maps, maps, device=device), torch.randn(256, 256, 3, 3, device=device)
+    return {"matmul_gflops": (lambda: a @ b, 2 * n**3),
             "conv_gflops": (lambda: F.conv2d(x, w, padding=1), count_flops(lambda: F.conv2d(x, w, padding=1))),
-            "bf16_matmul_gflops": (lambda: a16 @ b16, 2 * 2048**3)}
+            "bf16_matmul_gflops": (lambda: a16 @ b16, 2 * n**3)}
 
 
 def _peak_from(seconds: dict[str, float], kernels: dict[str, tuple[Callable[[], object], int]]) -> dict[str, float]:
@@ -132,10 +140,12 @@ def reference_style_score(model: SkipFamilyModel, x: Tensor) -> Tensor:
 
 def reference_style_runners(model: SkipFamilyModel, images: Tensor, batch_size: int, steps: int,
                             score_batch: int) -> tuple[Callable[[], None], Callable[[], None], float]:
-    """On a copy of `model` in the default layout: a function running `steps` reference-style training
-    steps on the first `batch_size` images, one scoring the first `score_batch` images the reference
-    way (one batch), and the reference-style step's FLOPs per image."""
-    ref = copy.deepcopy(model).to(memory_format=torch.contiguous_format)
+    """On a CPU copy of `model` in the default layout (the reference code runs on the CPU only, also on
+    machines with a GPU): a function running `steps` reference-style training steps on the first
+    `batch_size` images, one scoring the first `score_batch` images the reference way (one batch),
+    and the reference-style step's FLOPs per image."""
+    ref = copy.deepcopy(model).to("cpu", memory_format=torch.contiguous_format)
+    images = images.cpu()
     config = TrainConfig(batch_size=batch_size, device="cpu", progress=False)
     opt_g, opt_d = reference_optimizers(ref, config)
     x = prepare_batch(images[:batch_size], torch.device("cpu")).contiguous()
@@ -157,33 +167,36 @@ def reference_style_runners(model: SkipFamilyModel, images: Tensor, batch_size: 
 
 def bench_model(name: str, batch_size: int = 64, steps: int = 3, repeats: int = 3, score_batch: int = 256,
                 onnx: bool = True, options: dict[str, Any] | None = None, threads: int | None = None,
-                reference_style: bool = False, compile: str | None = None, amp: bool = False) -> dict[str, Any]:
-    """Training and scoring throughput of one model at 3x32x32 on the CPU.
+                reference_style: bool = False, compile: str | None = None, amp: bool = False,
+                device: str = "cpu") -> dict[str, Any]:
+    """Training and scoring throughput of one model at 3x32x32 on `device` (float32 unless `amp`).
 
     With `reference_style` (Skip-GANomaly and ++ only), the reference code's way of computing the
     same step and score is timed in the same process, and the speed-ups are reported. With `compile`
     (a torch.compile backend), a compiled copy is also timed in the same process, with its first
     step's seconds (mostly compiling; a warm inductor cache shortens it). With `amp`, a copy is also
-    trained and scored under bf16 autocast, in turns with the float32 model.
+    trained and scored under bf16 autocast, in turns with the float32 model. On a GPU the images are
+    on the GPU, as the training loop keeps them, and the reference style still runs on the CPU.
     """
     if threads:
         torch.set_num_threads(threads)
     torch.manual_seed(0)
-    device = torch.device("cpu")
-    model = to_device(create(name, **(options or {})), device)
-    config = TrainConfig(batch_size=batch_size, device="cpu", progress=False)
+    dev = resolve_device(device)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else lambda: None
+    model = to_device(create(name, **(options or {})), dev)
+    config = TrainConfig(batch_size=batch_size, device=str(dev), progress=False, amp=False)
     opt_g, opt_d = make_optimizers(model, config)
-    images = torch.randint(0, 256, (max(batch_size, score_batch), 3, 32, 32), dtype=torch.uint8)
-    x = prepare_batch(images[:batch_size], device)
+    images = torch.randint(0, 256, (max(batch_size, score_batch), 3, 32, 32), dtype=torch.uint8).to(dev)
+    x = prepare_batch(images[:batch_size], dev)
     if reference_style and not isinstance(model, SkipFamilyModel):
         raise ConfigError(f"the reference-style comparison exists for the skip family only, not {name!r}")
     model.train()
     # FLOPs counted eagerly (the counter does not see inside compiled kernels); the same maths either way.
-    train_flops = count_flops(lambda: train_step(model, x, opt_g, opt_d, config, device)) / batch_size
+    train_flops = count_flops(lambda: train_step(model, x, opt_g, opt_d, config, dev)) / batch_size
 
     def run_steps(net: nn.Module, opts: tuple[Adam, Adam]) -> None:
         for _ in range(steps):
-            train_step(net, x, *opts, config, device)
+            train_step(net, x, *opts, config, dev)
 
     compiled: dict[str, float] = {}
     if compile:  # timed first, on a copy, so the eager model below is measured exactly as without the flag
@@ -191,15 +204,16 @@ def bench_model(name: str, batch_size: int = 64, steps: int = 3, repeats: int = 
         compile_blocks(net, compile)
         opts = make_optimizers(net, config)
         start = time.perf_counter()
-        train_step(net, x, *opts, config, device)
+        train_step(net, x, *opts, config, dev)
+        sync()
         compiled["compile_seconds"] = time.perf_counter() - start
-        [compiled_s] = _median_seconds(lambda: run_steps(net, opts), repeats=repeats)
+        [compiled_s] = _median_seconds(lambda: run_steps(net, opts), repeats=repeats, sync=sync)
         compiled["compiled_train_images_per_s"] = batch_size * steps / compiled_s
         del net, opts
     to_score = images[:score_batch]
     trainers: list[Callable[[], object]] = [lambda: run_steps(model, (opt_g, opt_d))]
     scorers: list[Callable[[], object]] = [
-        lambda: batched_apply(model.score, model, to_score, score_batch, device)]
+        lambda: batched_apply(model.score, model, to_score, score_batch, dev, amp=False)]
     if reference_style:  # timed in turns with ours (see _median_seconds)
         assert isinstance(model, SkipFamilyModel)
         ref_train, ref_score, ref_flops = reference_style_runners(model, images, batch_size, steps, score_batch)
@@ -207,19 +221,19 @@ def bench_model(name: str, batch_size: int = 64, steps: int = 3, repeats: int = 
         scorers.append(ref_score)
     if amp:
         amp_model = copy.deepcopy(model)
-        amp_config = TrainConfig(batch_size=batch_size, device="cpu", progress=False, amp=True)
+        amp_config = TrainConfig(batch_size=batch_size, device=str(dev), progress=False, amp=True)
         amp_opts = make_optimizers(amp_model, amp_config)
-        trainers.append(lambda: [train_step(amp_model, x, *amp_opts, amp_config, device) for _ in range(steps)])
-        scorers.append(lambda: batched_apply(amp_model.score, amp_model, to_score, score_batch, device, amp=True))
+        trainers.append(lambda: [train_step(amp_model, x, *amp_opts, amp_config, dev) for _ in range(steps)])
+        scorers.append(lambda: batched_apply(amp_model.score, amp_model, to_score, score_batch, dev, amp=True))
     # The peak kernels take turns with the training steps, so the fraction of peak compares rates measured
     # under the same conditions (this machine's peak drifts by 30-40% between runs).
-    kernels = peak_kernels()
-    timed = _median_seconds(*trainers, *(fn for fn, _ in kernels.values()), repeats=repeats)
+    kernels = peak_kernels(dev)
+    timed = _median_seconds(*trainers, *(fn for fn, _ in kernels.values()), repeats=repeats, sync=sync)
     peak = _peak_from(dict(zip(kernels, timed[len(trainers):], strict=True)), kernels)
     train_s = [t / steps for t in timed[:len(trainers)]]
-    score_s = _median_seconds(*scorers, repeats=repeats)
+    score_s = _median_seconds(*scorers, repeats=repeats, sync=sync)
     train_ips = batch_size / train_s[0]
-    score_flops = count_flops(lambda: batched_apply(model.score, model, to_score[:8], 8, device)) / 8
+    score_flops = count_flops(lambda: batched_apply(model.score, model, to_score[:8], 8, dev, amp=False)) / 8
     result: dict[str, Any] = {
         "model": name, "batch_size": batch_size, "threads": torch.get_num_threads(),
         "parameters": sum(p.numel() for p in model.parameters()),
@@ -230,7 +244,7 @@ def bench_model(name: str, batch_size: int = 64, steps: int = 3, repeats: int = 
         "score_batch": score_batch, "score_images_per_s": score_batch / score_s[0],
         "score_gflop_per_image": score_flops / 1e9,
     }
-    if onnx and model.exportable:
+    if onnx and model.exportable and dev.type == "cpu":  # onnxruntime is the CPU deployment backend
         from .onnx_export import OnnxScorer, export_onnx
 
         with tempfile.TemporaryDirectory() as tmp:
@@ -253,6 +267,9 @@ def bench_model(name: str, batch_size: int = 64, steps: int = 3, repeats: int = 
         result["amp_fraction_of_bf16_peak"] = result["amp_train_achieved_gflops"] / peak["bf16_matmul_gflops"]
     result.update(compiled)
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if dev.type == "cuda":
+        result["device"] = torch.cuda.get_device_name(dev)
+        result["cuda_peak_memory_mb"] = torch.cuda.max_memory_allocated(dev) / 2**20
     return result
 
 

@@ -106,11 +106,15 @@ def train_step(
     d_loss.backward()
     average_gradients(model.discriminator_parameters())
     opt_d.step()
-    reset = average_tensor(reset_value).item() < config.d_reset_threshold
+    # One device-to-host copy for all values: each .item() waits for the GPU, and the CPU could not
+    # queue the next step's kernels meanwhile.
+    names = ["g_loss", "d_loss", *g.logs, "reset_value"]
+    scalars = [g.loss, d_loss, *g.logs.values(), average_tensor(reset_value)]
+    values = dict(zip(names, torch.stack([t.detach().float().reshape(()) for t in scalars]).tolist(), strict=True))
+    reset = values.pop("reset_value") < config.d_reset_threshold
     if reset:
         model.reset_discriminator()
-    return {"g_loss": g.loss.item(), "d_loss": d_loss.item(), **{k: v.item() for k, v in g.logs.items()},
-            "d_reset": float(reset)}
+    return {**values, "d_reset": float(reset)}
 
 
 STATE_FORMAT = "skipganomaly-train-state"
