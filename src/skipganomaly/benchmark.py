@@ -53,7 +53,7 @@ class SweepConfig:
     train_fraction: float = 1.0
     test_fraction: float = 1.0
     device: str = "auto"
-    amp: bool | None = None  # None: bf16 autocast on CUDA only
+    amp: bool = False  # bf16 autocast (see training.runtime.autocast)
     progress: bool = True
     model_options: dict[str, dict[str, Any]] = field(default_factory=dict)
 

@@ -208,10 +208,10 @@ def _add_training_args(p: argparse.ArgumentParser, epochs: int = 15, batch_size:
 
 
 def _add_amp_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--amp", action="store_const", const=True, default=None,
-                   help="bf16 autocast on the CPU too (default: on CUDA only). On CPUs with AMX (e.g. this project's "
-                        "Xeon) training ran 1.6-2x faster; results differ from float32 by bf16 rounding (see "
-                        "README, Speed and memory)")
+    p.add_argument("--amp", action="store_true",
+                   help="bf16 autocast (default off). On CPUs with AMX (e.g. this project's Xeon) training ran "
+                        "1.6-2x faster, with results that differ from float32 by bf16 rounding; on an H200 it was "
+                        "slower than float32 (see README, Speed and memory)")
 
 
 def _add_runtime_args(p: argparse.ArgumentParser) -> None:

@@ -44,7 +44,7 @@ class Detector:
         contamination: float = 0.05,
         patience: int | None = None,
         device: str = "auto",
-        amp: bool | None = None,
+        amp: bool = False,
         progress: bool = True,
         compile: str | None = None,
         **model_kwargs: Any,

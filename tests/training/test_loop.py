@@ -149,17 +149,17 @@ def test_a_nan_keeps_the_last_complete_epoch_resumable(tmp_path) -> None:  # typ
 
 def test_amp_trains_under_bf16_autocast_on_the_cpu() -> None:
     """amp=True must really autocast on a CPU (weights differ from float32's after one step, by bf16
-    rounding only); the default (None) must not (float32 weights, bit for bit, as amp=False)."""
+    rounding only); the default must not (float32 weights, bit for bit, as amp=False)."""
     from skipganomaly.training import make_optimizers, prepare_batch, train_step
 
     x = prepare_batch(_data(8), torch.device("cpu"))
     weights = {}
-    for amp in (None, False, True):
+    for amp in ("default", False, True):
         model = _model().train()
-        config = TrainConfig(batch_size=8, amp=amp, **CPU)
+        config = TrainConfig(batch_size=8, **CPU) if amp == "default" else TrainConfig(batch_size=8, amp=amp, **CPU)
         train_step(model, x, *make_optimizers(model, config), config, torch.device("cpu"))
         weights[amp] = torch.cat([p.detach().flatten() for p in model.parameters()])
-    assert torch.equal(weights[None], weights[False])
+    assert torch.equal(weights["default"], weights[False])
     assert not torch.equal(weights[True], weights[False])
     # One Adam step moves each weight by at most ~lr; bf16 rounding changes directions, not magnitudes.
     assert (weights[True] - weights[False]).abs().max() <= 2 * 2e-4 + 1e-6

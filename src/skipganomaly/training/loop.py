@@ -43,7 +43,7 @@ class TrainConfig:
     d_reset_threshold: float = 1e-5
     patience: int | None = None
     device: str = "auto"
-    amp: bool | None = None
+    amp: bool = False  # bf16 autocast (see runtime.autocast)
     eval_batch_size: int | None = None  # None: default_eval_batch(device)
     progress: bool = True
     compile: str | None = None  # a torch.compile backend ("inductor"); None = eager (see compile_blocks)

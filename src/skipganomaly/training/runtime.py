@@ -70,18 +70,19 @@ def resolve_device(name: str = "auto") -> torch.device:
     return device
 
 
-def compile_blocks(model: nn.Module, backend: str = "inductor") -> None:
+def compile_blocks(model: nn.Module, backend: str = "inductor", mode: str | None = None) -> None:
     """torch.compile each part of `model` (generator, discriminator, ...) and each block of each part.
 
     Parts give whole-network graphs where a part is called as a module (G(x)); blocks cover the parts
     whose other methods the model calls instead (D.classify runs D's feature stack). A block called
-    inside a compiled part is inlined into the part's graph, so nothing is compiled twice.
+    inside a compiled part is inlined into the part's graph, so nothing is compiled twice. `mode` is
+    torch.compile's (e.g. "reduce-overhead": CUDA graphs, against kernel-launch overhead on GPUs).
     Off by default: see the README's speed section for what it costs and gains on a CPU.
     """
     for part in model.children():
-        part.compile(backend=backend)
+        part.compile(backend=backend, mode=mode)
         for block in part.children():
-            block.compile(backend=backend)
+            block.compile(backend=backend, mode=mode)
 
 
 def default_eval_batch(device: torch.device) -> int:
@@ -90,10 +91,13 @@ def default_eval_batch(device: torch.device) -> int:
     return 256 if device.type == "cuda" else 64
 
 
-def autocast(device: torch.device, enabled: bool | None) -> ContextManager[object]:
-    """bf16 autocast, by default only on CUDA (on CPUs it is slower and changes results)."""
-    use = device.type == "cuda" if enabled is None else enabled
-    if not use:
+def autocast(device: torch.device, enabled: bool) -> ContextManager[object]:
+    """bf16 autocast where asked (`--amp`). Not by default, on GPUs either: on an H200 (torch 2.11),
+    float32 Skip-GANomaly++ trained faster than under autocast (batch 64: 2,458 vs 2,068 images/s;
+    batch 512: 16,752 vs 15,874; `benchmarks/gpu_check.sh`), since cuDNN already runs float32
+    convolutions as TF32 and these layers are too small for bf16 to repay its casts. On CPUs with AMX it is
+    1.6-2x faster, but bf16 rounding changes results."""
+    if not enabled:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
@@ -115,7 +119,7 @@ def batched_apply(
     images: Tensor,
     batch_size: int,
     device: torch.device,
-    amp: bool | None = None,
+    amp: bool = False,
     train_mode: bool = False,
 ) -> Tensor:
     """Run `fn` over uint8 images without gradients, in batches; returns float32 on the CPU.
