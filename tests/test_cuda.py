@@ -42,11 +42,11 @@ def test_auto_picks_the_gpu() -> None:
 
 @pytest.mark.parametrize("name", list_models())
 def test_every_model_trains_on_the_gpu_under_bf16_autocast(name: str) -> None:
-    """The default on CUDA is bf16 autocast: losses stay finite, every parameter gets a finite
-    gradient, and the weights stay float32 on the GPU."""
+    """Under `--amp` (bf16 autocast) losses stay finite, every parameter gets a finite gradient, and
+    the weights stay float32 on the GPU."""
     torch.manual_seed(0)
     model = to_device(create(name, **_small(name)), CUDA).train()
-    config = TrainConfig(batch_size=8, device="cuda", progress=False)
+    config = TrainConfig(batch_size=8, device="cuda", progress=False, amp=True)
     x = prepare_batch(_images(8).to(CUDA), CUDA)
     opt_g, opt_d = make_optimizers(model, config)
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -64,8 +64,9 @@ def test_every_model_trains_on_the_gpu_under_bf16_autocast(name: str) -> None:
 
 
 def test_train_keeps_data_on_the_gpu_and_scores_match_the_cpu() -> None:
-    """A short run on the GPU; then the same weights score alike on both devices in float32
-    (TF32 off, so the GPU computes in full float32) and nearly alike under bf16."""
+    """A short run on the GPU (the default: float32, with cuDNN's TF32 convolutions); then the same
+    weights score alike on both devices in float32 (TF32 off, so the GPU computes in full float32),
+    nearly alike with TF32 and under bf16 autocast."""
     torch.manual_seed(0)
     model = create("skipganomaly++", widths=SMALL_WIDTHS)
     data = _images(40)
@@ -75,10 +76,12 @@ def test_train_keeps_data_on_the_gpu_and_scores_match_the_cpu() -> None:
     test = _images(24, seed=3)
     with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
         gpu = batched_apply(model.score, model, test, 16, CUDA, amp=False)
-    gpu_bf16 = batched_apply(model.score, model, test, 16, CUDA)  # the CUDA default: bf16 autocast
+    gpu_tf32 = batched_apply(model.score, model, test, 16, CUDA)
+    gpu_bf16 = batched_apply(model.score, model, test, 16, CUDA, amp=True)
     cpu_model = to_device(copy.deepcopy(model), torch.device("cpu"))
     cpu = batched_apply(cpu_model.score, cpu_model, test, 16, torch.device("cpu"))
     torch.testing.assert_close(gpu, cpu, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(gpu_tf32, cpu, rtol=0.02, atol=1e-4)
     assert np.corrcoef(gpu_bf16.numpy(), cpu.numpy())[0, 1] > 0.99
     torch.testing.assert_close(gpu_bf16, cpu, rtol=0.05, atol=1e-3)
 
@@ -102,7 +105,7 @@ def test_fused_adam_on_the_gpu_equals_torch_fused_adam() -> None:
 
 def test_detector_fitted_on_the_gpu_loads_on_the_cpu(tmp_path: Path) -> None:
     """Checkpoints hold CPU tensors: a detector fitted on the GPU scores on a CPU-only machine, with
-    scores close to the GPU's (bf16 there, float32 here) and the same stored threshold."""
+    scores close to the GPU's (TF32 convolutions there, float32 here) and the same stored threshold."""
     images = blob_images(48)
     det = Detector(model="skipganomaly++", epochs=1, batch_size=8, device="cuda", progress=False,
                    widths=SMALL_WIDTHS)

@@ -1,4 +1,4 @@
-"""Where and how tensors run: device choice, bf16 autocast on GPUs, batched no-grad passes."""
+"""Where and how tensors run: device choice, opt-in bf16 autocast, memory hand-back, batched no-grad passes."""
 
 from __future__ import annotations
 
