@@ -128,7 +128,7 @@ def reference_optimizers(model: SkipFamilyModel, config: TrainConfig) -> tuple[t
 
 
 def reference_style_score(model: SkipFamilyModel, x: Tensor) -> Tensor:
-    """The score computed the reference way (full 3x3 convs, NCHW, under no_grad, not inference_mode)."""
+    """The score computed the reference way (full 3x3 convs, D's head as a 3x3 conv, NCHW; no_grad, as ours)."""
     with _full_dilations(model), torch.no_grad():
         fake = model.generator(x)
         _, feat_real = _reference_d(model, x)
