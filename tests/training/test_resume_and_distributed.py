@@ -1,4 +1,4 @@
-"""Interrupted runs resume to the same weights (also under torchrun); torchrun with 2 CPU processes trains a usable model."""
+"""Interrupted runs resume to the same weights, under torchrun too; torchrun with 2 CPU processes trains."""
 
 from __future__ import annotations
 
