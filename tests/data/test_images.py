@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 import subprocess
 import sys
 from pathlib import Path
@@ -177,3 +178,34 @@ def test_non_ascii_file_and_folder_names(tmp_path: Path, caplog: pytest.LogCaptu
         images, kept = load_image_files(list_image_files(folder), 32, 3)
     assert len(images) == 2 and sorted(kept) == sorted(map(str, good))
     assert "défectueux_壊れた.png" in caplog.text
+
+
+def test_threaded_loading_keeps_the_order_and_equals_one_thread(tmp_path: Path,
+                                                                caplog: pytest.LogCaptureFixture) -> None:
+    """Decoding in threads writes each image to its own row; unreadable files are dropped without moving
+    the others out of order (150 files: several 64-file chunks, bad files in the first and last)."""
+    good = write_images(tmp_path, blob_images(150, seed=4))
+    for i in (3, 70, 149):
+        good[i].write_text("not an image")
+    paths = sorted(good)
+    with caplog.at_level(logging.WARNING, logger="skipganomaly"):
+        one, kept_one = load_image_files(paths, 32, 3, threads=1)
+        many, kept_many = load_image_files(paths, 32, 3, threads=3)
+    expected = [str(p) for i, p in enumerate(paths) if i not in (3, 70, 149)]
+    assert kept_one == kept_many == expected
+    assert torch.equal(one, many) and one.shape == (147, 3, 32, 32)
+    for row in (0, 68, 146):
+        assert np.array_equal(many[row].numpy(), load_image(expected[row], 32, 3))
+    assert caplog.text.count("skipped 3 of 150") == 2
+
+
+def test_large_image_warning_stays_silent_in_reader_threads(tmp_path: Path) -> None:
+    """Images between one and two times Pillow's pixel limit are legitimate input: no warning escapes,
+    from the reader threads either."""
+    path = tmp_path / "large.jpg"
+    Image.new("RGB", (10000, 10000), (90, 90, 90)).save(path, quality=50)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        images, _ = load_image_files([path, path], 32, 3, threads=2)
+    assert images.shape == (2, 3, 32, 32)
+    assert not [w for w in caught if issubclass(w.category, Image.DecompressionBombWarning)]

@@ -6,11 +6,12 @@ pixel and no per-sample Python work happens in the training loop.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import warnings
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -38,13 +39,25 @@ def load_image(path: str | os.PathLike[str], image_size: int, in_channels: int) 
     into a skip with a warning; between one and two times the limit, they are read (a large scan or
     photo is a legitimate input).
     """
+    with _large_images_allowed():
+        return _read_image(path, image_size, in_channels)
+
+
+@contextlib.contextmanager
+def _large_images_allowed() -> Iterator[None]:
+    """Silence Pillow's warning for images between one and two times its pixel limit. Not thread-safe
+    (it swaps the process's warning filters), so it is entered once around a pool of readers."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        yield
+
+
+def _read_image(path: str | os.PathLike[str], image_size: int, in_channels: int) -> np.ndarray:
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
-                img.draft("L" if in_channels == 1 else "RGB", (image_size, image_size))
-                img = ImageOps.exif_transpose(img)
-                return pil_to_array(img, image_size, in_channels)
+        with Image.open(path) as img:
+            img.draft("L" if in_channels == 1 else "RGB", (image_size, image_size))
+            img = ImageOps.exif_transpose(img)
+            return pil_to_array(img, image_size, in_channels)
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
         raise DataError(f"cannot read image {path}: {err}") from None
 
@@ -66,29 +79,54 @@ def pil_to_array(img: Image.Image, image_size: int, in_channels: int) -> np.ndar
 
 
 def load_image_files(
-    paths: Sequence[str | os.PathLike[str]], image_size: int, in_channels: int, progress: bool = False
+    paths: Sequence[str | os.PathLike[str]], image_size: int, in_channels: int, progress: bool = False,
+    threads: int | None = None,
 ) -> tuple[torch.Tensor, list[str]]:
     """Load many files; unreadable ones are skipped with a warning naming each file.
 
-    Returns the images and the paths that were kept, in order. Fails only if none can be read.
+    Files are decoded by `threads` threads (default: the usable CPUs, at most 8; Pillow releases the
+    GIL while it decodes and resizes) straight into one preallocated uint8 array, so the peak memory is
+    the result, not the result plus a list of per-image arrays. Returns the images and the paths that
+    were kept, in order. Fails only if none can be read.
     """
+    from concurrent.futures import ThreadPoolExecutor
+
     from tqdm.auto import tqdm
 
-    arrays: list[np.ndarray] = []
-    kept: list[str] = []
-    skipped = 0
-    for path in tqdm(paths, desc="loading images", unit="img", disable=not progress, leave=False):
-        try:
-            arrays.append(load_image(path, image_size, in_channels))
-            kept.append(str(path))
-        except DataError as err:
-            skipped += 1
-            log.warning("skipping %s", err)
-    if skipped:
-        log.warning("skipped %d of %d image files that could not be read", skipped, len(paths))
-    if not arrays:
+    out = np.empty((len(paths), in_channels, image_size, image_size), dtype=np.uint8)
+    ok = np.zeros(len(paths), dtype=bool)
+
+    def read(chunk: range) -> int:
+        for i in chunk:
+            try:
+                out[i] = _read_image(paths[i], image_size, in_channels)
+                ok[i] = True
+            except DataError as err:
+                log.warning("skipping %s", err)
+        return len(chunk)
+
+    chunks = [range(start, min(start + 64, len(paths))) for start in range(0, len(paths), 64)]
+    workers = max(1, min(threads or _usable_cpus(), 8, len(chunks)))
+    pool = ThreadPoolExecutor(workers)
+    try:
+        with _large_images_allowed(), tqdm(total=len(paths), desc="loading images", unit="img",
+                                           disable=not progress, leave=False) as bar:
+            for done in pool.map(read, chunks):
+                bar.update(done)
+    finally:
+        pool.shutdown(cancel_futures=True)  # on Ctrl-C, stop after the chunks being read, not after all
+    kept = np.flatnonzero(ok)
+    if len(kept) == 0:
         raise DataError(f"none of the {len(paths)} image files could be read")
-    return torch.from_numpy(np.stack(arrays)), kept
+    if len(kept) < len(paths):
+        log.warning("skipped %d of %d image files that could not be read", len(paths) - len(kept), len(paths))
+        for dst, src in enumerate(kept):  # close the gaps in place, keeping the order
+            out[dst] = out[src]
+    return torch.from_numpy(out[:len(kept)]), [str(paths[i]) for i in kept]
+
+
+def _usable_cpus() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def as_image_tensor(images: Any, image_size: int, in_channels: int) -> torch.Tensor:
