@@ -1,8 +1,9 @@
 """Speed benchmark: training and scoring throughput per model, FLOPs, and how close to the machine's peak.
 
 Each model is measured in a fresh process (so its peak RSS is its own), with the medians of repeated
-timings after warm-up. The machine's peak is measured in the same run (a 2048^3 fp32 matmul and a large
-3x3 convolution), so the ratio compares like with like. Timings are reported, never asserted.
+timings after warm-up. The machine's peak is measured in the same run, in turns with the training steps
+(an fp32 matmul and a large 3x3 convolution; see `peak_kernels`), so the ratio compares like with like.
+On a GPU, every timing waits for the device to finish. Timings are reported, never asserted.
 """
 
 from __future__ import annotations
