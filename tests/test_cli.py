@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from PIL import Image
 
@@ -128,6 +129,8 @@ def test_errors_are_one_line(tmp_path: Path, trained_run: tuple[Path, Path]) -> 
         ["test", "--checkpoint", str(run / "model.pt"), "--data", str(tmp_path), "--report-dir",
          str(tmp_path / "junk.pt")],
         ["report", str(tmp_path / "missing")],
+        ["bench-speed", "--models", "ganomaly", "--device", "tpu"],
+        ["train", "--data", str(run), "--device", "mps" if not torch.backends.mps.is_available() else "tpu"],
     ]
     for args in cases:
         result = _run(*args)
@@ -135,6 +138,17 @@ def test_errors_are_one_line(tmp_path: Path, trained_run: tuple[Path, Path]) -> 
         assert "Traceback" not in result.stderr
         lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
         assert len(lines) == 1, (args, result.stderr)
+
+
+@pytest.mark.parametrize("args", [["bench-speed", "--threads", "0"], ["bench-speed", "--repeats", "x"],
+                                  ["bench-speed", "--steps", "-1"], ["bench-speed", "--score-batch", "0"],
+                                  ["demo", "--max-train", "-5"], ["benchmark", "--workers", "0"]])
+def test_counts_must_be_positive_integers(args: list[str]) -> None:
+    """A zero or negative count is a usage error naming the flag, before any work (it was a traceback
+    deep in the benchmark, or a silently wrong slice)."""
+    result = _run(*args)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"argument {args[1]}: expected a positive integer" in result.stderr
 
 
 def test_demo_minimal_gives_aucs_in_unit_interval(tmp_path: Path) -> None:

@@ -103,8 +103,12 @@ def test_missing_truncated_and_foreign_checkpoints(fitted: tuple[Detector, Path]
         Detector.load(tmp_path / "none.pt")
     truncated = tmp_path / "trunc.pt"
     truncated.write_bytes(path.read_bytes()[:1000])
-    with pytest.raises(CheckpointError, match="not a readable"):
+    with pytest.raises(CheckpointError, match="not a readable skipganomaly checkpoint .not a complete PyTorch file"):
         Detector.load(truncated)
+    text = tmp_path / "scores.csv"
+    text.write_text("path,score,label\n")
+    with pytest.raises(CheckpointError, match="not a complete PyTorch file"):
+        Detector.load(text)
     foreign = tmp_path / "foreign.pt"
     torch.save({"netG": {"w": torch.zeros(1)}}, foreign)
     with pytest.raises(CheckpointError, match="not a skipganomaly detector"):

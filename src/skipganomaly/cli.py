@@ -110,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Train on nine digits, test on held-out normals plus the tenth digit, "
                                    "for each chosen digit; prints a per-digit AUC table. No download.")
     p.add_argument("--digits", default="all", help="abnormal digits: 'all' or a list like 0,3,8")
-    p.add_argument("--max-train", type=int, help="cap on training images per digit (size knob)")
+    p.add_argument("--max-train", type=_positive_int, help="cap on training images per digit (size knob)")
     p.add_argument("--out", type=Path, default=Path("runs/demo"))
     _add_model_args(p, channels=False)
     # ~1,300 training digits give 20 steps per epoch at the reference batch 64 and lr 2e-4, too few
@@ -138,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-arg", action="append", default=[], metavar="MODEL:KEY=VALUE",
                    help="extra option for one model, e.g. anogan:search_steps=100 (repeatable)")
     p.add_argument("--out", type=Path, default=Path("runs/benchmark"))
-    p.add_argument("--workers", type=int, default=1,
+    p.add_argument("--workers", type=_positive_int, default=1,
                    help="cells run at once, each in its own process (CPU threads shared out; one per GPU on "
                         "several GPUs); a crash loses that cell only (default 1)")
     _add_amp_arg(p)
@@ -150,11 +150,11 @@ def build_parser() -> argparse.ArgumentParser:
                                    "image, achieved GFLOP/s against a peak measured in the same run, peak RSS. "
                                    "Each model runs in its own process; medians after warm-up.")
     p.add_argument("--models", default="all", help="'all' or comma-separated model names")
-    p.add_argument("--threads", type=int, default=torch_threads(), help="torch threads (default: this machine's)")
+    p.add_argument("--threads", type=_positive_int, default=torch_threads(), help="torch threads (default: this machine's)")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--score-batch", type=int, default=256)
-    p.add_argument("--steps", type=int, default=3, help="training steps per timing")
-    p.add_argument("--repeats", type=int, default=3, help="timings per measurement (the median is kept)")
+    p.add_argument("--score-batch", type=_positive_int, default=256)
+    p.add_argument("--steps", type=_positive_int, default=3, help="training steps per timing")
+    p.add_argument("--repeats", type=_positive_int, default=3, help="timings per measurement (the median is kept)")
     p.add_argument("--no-onnx", action="store_true", help="skip the onnxruntime measurement")
     p.add_argument("--compile", action="store_const", const="inductor",
                    help="torch.compile the model's blocks before timing training; reports the compile seconds")
@@ -571,6 +571,17 @@ def environment() -> dict[str, Any]:
             "threads": torch.get_num_threads(), "cpu": cpu, "cpu_count": os.cpu_count(),
             "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
             "python": platform.python_version()}
+
+
+def _positive_int(text: str) -> int:
+    """argparse type for counts and sizes: a bad value is a usage error naming the flag, not a traceback later."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
 
 
 def _int_list(text: str, flag: str) -> list[int]:

@@ -42,6 +42,9 @@ def load_torch_checked(path: Path, fmt: str, version: int, readable_as: str, kin
     """torch.load with weights_only=True (tensors and plain values only: a file cannot run code), then
     check its format tag and version; every failure is one CheckpointError line, e.g.
     "<path> is not a readable <readable_as> (...)" or "<path> is not a <kind>"."""
+    if path.is_file() and not zipfile.is_zipfile(path):  # torch's own error for this is a paragraph about pickles
+        raise CheckpointError(f"{path} is not a readable {readable_as} (not a complete PyTorch file: truncated, or "
+                              "another kind of file)")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as err:
