@@ -212,3 +212,18 @@ def test_tensorboard_missing_is_a_clear_error(image_root: Path, monkeypatch: pyt
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # as if tensorboard were not installed
     assert main(["train", "--data", str(image_root), "--out", str(image_root / "r"), "--tensorboard", *SMALL]) == 2
     assert "pip install tensorboard" in capsys.readouterr().err
+
+
+def test_an_interrupt_says_what_is_kept_and_how_to_continue(tmp_path: Path) -> None:
+    import argparse
+
+    from skipganomaly.cli import _how_to_continue
+
+    train = argparse.Namespace(command="train", resume=None, out=tmp_path)
+    assert "nothing to resume" in _how_to_continue(train)
+    (tmp_path / "model.state.pt").write_bytes(b"")
+    assert f"skipganomaly train --resume {tmp_path}" in _how_to_continue(train)
+    resumed = argparse.Namespace(command="train", resume=tmp_path, out=Path("runs/train"))
+    assert f"--resume {tmp_path}" in _how_to_continue(resumed)
+    assert "finished cells are kept" in _how_to_continue(argparse.Namespace(command="benchmark", out=tmp_path))
+    assert _how_to_continue(argparse.Namespace(command="predict")) is None

@@ -48,8 +48,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted; the checkpoint of the last complete epoch (if any) is kept", file=sys.stderr)
+        hint = _how_to_continue(args)
+        print("interrupted" + (f"; {hint}" if hint else ""), file=sys.stderr)
         return 130
+
+
+def _how_to_continue(args: argparse.Namespace) -> str | None:
+    """What survives an interrupted long command, and the command that picks it up."""
+    if args.command == "train":
+        run = args.resume or args.out
+        if (run / "model.state.pt").exists():
+            return f"the last complete epoch is kept; continue with: skipganomaly train --resume {run}"
+        return "no epoch was complete, so there is nothing to resume"
+    if args.command == "benchmark":
+        return f"finished cells are kept in {args.out}; the same command runs only the missing ones"
+    return None
 
 
 def build_parser() -> argparse.ArgumentParser:
