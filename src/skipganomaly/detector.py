@@ -161,8 +161,8 @@ class Detector:
     def _apply(self, method: str, data: torch.Tensor, batch_size: int | None) -> torch.Tensor:
         """An eval-mode model method over uint8 images, in batches (default: default_eval_batch)."""
         model = self._fitted()
-        return batched_apply(getattr(model, method), model, data, batch_size or default_eval_batch(self.device),
-                             self.device, self.train_config.amp)
+        batch = batch_size or default_eval_batch(self.device, self.image_size)
+        return batched_apply(getattr(model, method), model, data, batch, self.device, self.train_config.amp)
 
     def _fitted(self) -> AnomalyModel:
         if self.model_ is None:

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from skipganomaly.errors import ConfigError
-from skipganomaly.training.runtime import resolve_device
+from skipganomaly.training.runtime import default_eval_batch, resolve_device
 
 # Freed 16 KiB tensors between live ones leave holes in the C heap that glibc keeps; malloc_trim(0)
 # hands their whole pages back. Prints the RSS drop in MiB, or "no-glibc".
@@ -56,3 +56,30 @@ def test_absent_accelerators_are_config_errors_not_tracebacks() -> None:
         with pytest.raises(ConfigError, match=f"device '{name}' requested but"):
             resolve_device(name)
     assert resolve_device("cpu").type == "cpu" and resolve_device("auto").type in ("cpu", "cuda", "mps")
+
+
+def test_eval_batch_keeps_pixels_per_batch_not_images() -> None:
+    """The default keeps the pixels of 64 (CPU) or 256 (GPU) images of 32x32 per batch, so large images
+    do not multiply the memory of a scoring pass."""
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    assert [default_eval_batch(cpu, size) for size in (32, 64, 128, 256, 512)] == [64, 16, 4, 1, 1]
+    assert [default_eval_batch(gpu, size) for size in (32, 64, 128, 256)] == [256, 64, 16, 4]
+
+
+def test_detector_scores_large_images_in_small_batches(monkeypatch: pytest.MonkeyPatch) -> None:
+    from skipganomaly import detector as detector_module
+    from skipganomaly.detector import Detector
+
+    seen: list[int] = []
+    real = detector_module.batched_apply
+
+    def recording(fn, model, images, batch_size, *args, **kwargs):  # type: ignore[no-untyped-def]
+        seen.append(batch_size)
+        return real(fn, model, images, batch_size, *args, **kwargs)
+
+    monkeypatch.setattr(detector_module, "batched_apply", recording)
+    det = Detector(model="ganomaly", image_size=128, in_channels=1, epochs=1, batch_size=4, device="cpu",
+                   progress=False)
+    det.fit(torch.randint(0, 256, (40, 1, 128, 128), dtype=torch.uint8))
+    scores = det.decision_function(torch.randint(0, 256, (10, 1, 128, 128), dtype=torch.uint8))
+    assert len(scores) == 10 and seen and set(seen) == {4}

@@ -44,7 +44,7 @@ class TrainConfig:
     patience: int | None = None
     device: str = "auto"
     amp: bool = False  # bf16 autocast (see runtime.autocast)
-    eval_batch_size: int | None = None  # None: default_eval_batch(device)
+    eval_batch_size: int | None = None  # None: default_eval_batch(device, image size)
     progress: bool = True
     compile: str | None = None  # a torch.compile backend ("inductor"); None = eager (see compile_blocks)
 
@@ -153,7 +153,7 @@ def train(
         raise ConfigError(f"need at least 2 training images per process, got {len(index)} over {size}")
     local = batch_size // size
     device = resolve_device(config.device)
-    eval_batch = config.eval_batch_size or default_eval_batch(device)
+    eval_batch = config.eval_batch_size or default_eval_batch(device, model.image_size)
     to_device(model, device)
     broadcast_parameters(model)
     if config.compile:
