@@ -163,7 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "image, achieved GFLOP/s against a peak measured in the same run, peak RSS. "
                                    "Each model runs in its own process; medians after warm-up.")
     p.add_argument("--models", default="all", help="'all' or comma-separated model names")
-    p.add_argument("--threads", type=_positive_int, default=torch_threads(), help="torch threads (default: this machine's)")
+    p.add_argument("--threads", type=_positive_int, default=torch_threads(),
+                   help="torch threads (default: this machine's)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--score-batch", type=_positive_int, default=256)
     p.add_argument("--steps", type=_positive_int, default=3, help="training steps per timing")
