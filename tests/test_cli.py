@@ -227,3 +227,30 @@ def test_an_interrupt_says_what_is_kept_and_how_to_continue(tmp_path: Path) -> N
     assert f"--resume {tmp_path}" in _how_to_continue(resumed)
     assert "finished cells are kept" in _how_to_continue(argparse.Namespace(command="benchmark", out=tmp_path))
     assert _how_to_continue(argparse.Namespace(command="predict")) is None
+
+
+@pytest.mark.parametrize("error", [torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+                                   RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 8"),
+                                   MemoryError()])
+def test_out_of_memory_is_one_line_with_advice(error: BaseException, monkeypatch: pytest.MonkeyPatch,
+                                               capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    import skipganomaly.cli as cli
+
+    def fail(args: object) -> int:
+        raise error
+
+    monkeypatch.setattr(cli, "cmd_train", fail)
+    assert main(["train", "--data", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: out of memory") and "--batch-size" in err and len(err.splitlines()) == 1
+
+
+def test_other_runtime_errors_still_raise(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import skipganomaly.cli as cli
+
+    def fail(args: object) -> int:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(cli, "cmd_train", fail)
+    with pytest.raises(RuntimeError, match="a bug"):
+        main(["train", "--data", str(tmp_path)])

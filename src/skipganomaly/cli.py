@@ -47,10 +47,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SkipGanomalyError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except (MemoryError, RuntimeError) as err:  # torch.OutOfMemoryError is a RuntimeError
+        if not _out_of_memory(err):
+            raise
+        detail = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        print(f"error: out of memory ({detail}); {_memory_advice(args)}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         hint = _how_to_continue(args)
         print("interrupted" + (f"; {hint}" if hint else ""), file=sys.stderr)
         return 130
+
+
+def _out_of_memory(err: BaseException) -> bool:
+    """A failed allocation: Python's MemoryError, CUDA's OutOfMemoryError, or the CPU allocator's RuntimeError."""
+    text = str(err)
+    return (isinstance(err, MemoryError) or type(err).__name__ == "OutOfMemoryError"
+            or "can't allocate memory" in text or "out of memory" in text.lower())
+
+
+def _memory_advice(args: argparse.Namespace) -> str:
+    low = "or on a CPU put --low-memory before the command"
+    if args.command in ("train", "demo"):
+        return ("lower --batch-size or --image-size (memory grows with batch x pixels: README, Image size, batch and "
+                f"memory), {low}")
+    if args.command == "benchmark":
+        return f"lower --batch-size or --workers, {low}"
+    return "give fewer images per call"
 
 
 def _how_to_continue(args: argparse.Namespace) -> str | None:
