@@ -254,3 +254,15 @@ def test_other_runtime_errors_still_raise(monkeypatch: pytest.MonkeyPatch, tmp_p
     monkeypatch.setattr(cli, "cmd_train", fail)
     with pytest.raises(RuntimeError, match="a bug"):
         main(["train", "--data", str(tmp_path)])
+
+
+def test_unwritable_output_is_one_line(tmp_path: Path, trained_run: tuple[Path, Path]) -> None:
+    """An output path under a file (or a full disk) is the machine's problem: one line naming the path."""
+    _, run = trained_run
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    result = _run("predict", "--checkpoint", str(run / "model.pt"), str(run), "--out", str(blocker / "scores.csv"),
+                  "--no-progress")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and str(blocker) in last

@@ -47,6 +47,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SkipGanomalyError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # a path that cannot be written or read, a full disk: the machine's, not a bug
+        print(f"error: {err.strerror or err}" + (f": {err.filename}" if err.filename else ""), file=sys.stderr)
+        return 2
     except (MemoryError, RuntimeError) as err:  # torch.OutOfMemoryError is a RuntimeError
         if not _out_of_memory(err):
             raise
