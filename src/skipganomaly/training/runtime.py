@@ -58,7 +58,7 @@ def resolve_device(name: str = "auto") -> torch.device:
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        if _mps_available():
             return torch.device("mps")
         return torch.device("cpu")
     try:
@@ -71,10 +71,14 @@ def resolve_device(name: str = "auto") -> torch.device:
         raise ConfigError(f"device {name!r} requested but CUDA is not available here; use --device cpu")
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
         raise ConfigError(f"device {name!r} requested but this machine has {torch.cuda.device_count()} GPU(s)")
-    mps = getattr(torch.backends, "mps", None)
-    if device.type == "mps" and not (mps is not None and mps.is_available()):
+    if device.type == "mps" and not _mps_available():
         raise ConfigError(f"device {name!r} requested but Apple MPS is not available here; use --device cpu")
     return device
+
+
+def _mps_available() -> bool:
+    mps = getattr(torch.backends, "mps", None)
+    return mps is not None and mps.is_available()
 
 
 def compile_blocks(model: nn.Module, backend: str = "inductor", mode: str | None = None) -> None:
@@ -104,7 +108,7 @@ def default_eval_batch(device: torch.device, image_size: int = 32) -> int:
 
 def autocast(device: torch.device, enabled: bool) -> ContextManager[object]:
     """bf16 autocast where asked (`--amp`). Not by default, on GPUs either: on an H200 (torch 2.11),
-    float32 Skip-GANomaly++ trained faster than under autocast (batch 64: 2,458 vs 2,068 images/s;
+    float32 Skip-GANomaly++ trained faster than under autocast (batch 64: 2,458 vs 2,067 images/s;
     batch 512: 16,752 vs 15,874; `benchmarks/gpu_check.sh`), since cuDNN already runs float32
     convolutions as TF32 and these layers are too small for bf16 to repay its casts. On CPUs with AMX it is
     1.6-2x faster, but bf16 rounding changes results."""
