@@ -1,18 +1,26 @@
 """CIFAR-10 leave-one-class-out sweeps under two protocols (spec sections E, G, H).
 
 - `honest` (default): eval-mode networks, shuffled test set, fixed epochs (last one reported), threshold
-  from validation normals.
-- `paper`: what the reference code does: the model's reference options (Skip-GANomaly++: detached latent
-  loss), train-mode BatchNorm at test over the class-ordered, unshuffled test set in batches of 64, the
-  test AUROC after every epoch, and the best epoch reported.
+  from validation normals (5% of the training normals, held out from training).
+- `paper`: what the reference code does: trained on every training normal (no validation split, no
+  threshold), the model's reference options (Skip-GANomaly++: detached latent loss), the class-ordered,
+  unshuffled test set scored in batches of 64 after every epoch, with the networks in train mode where
+  the model's reference does so (the PyTorch ones: BatchNorm on batch statistics), and the first epoch
+  with the best test AUROC reported.
 
-Each (model, class, seed, protocol) cell is written to its own JSON file as soon as it finishes, and a
-rerun skips finished cells, so an interrupted sweep loses at most the cell in progress.
+Each (model, class, seed, protocol) cell is written to its own JSON file as soon as it finishes, named
+by a hash of every setting that can change its result (`cell_settings`), and a rerun skips finished
+cells, so an interrupted sweep loses at most the cell in progress. A cell saved with other settings
+(other epochs, `--model-arg`, `--amp`, ...) is not reused: it is run again with the new ones, into its
+own file. The device and thread count are recorded but not keyed: they change floating-point rounding
+only.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import multiprocessing
 import multiprocessing.connection
 import time
@@ -29,15 +37,20 @@ from .errors import ConfigError, SkipGanomalyError
 from .evaluation.metrics import evaluate_scores
 from .files import write_text_atomic
 from .models import get_model_class
+from .provenance import git_commit
 from .training import EpochRecord, batched_apply
+
+log = logging.getLogger(__name__)
 
 PROTOCOLS = ("honest", "paper")
 PAPER_TEST_BATCH = 64
+HONEST_VAL_FRACTION = 0.05  # training normals held out for the threshold under the honest protocol
 
 PRESETS: dict[str, dict[str, Any]] = {
     # One model x ten classes in about 15 minutes on 2 CPU cores (Skip-GANomaly++).
     "cpu-smoke": {"train_fraction": 0.05, "test_fraction": 0.1, "epochs": 3, "batch_size": 64, "seeds": [0]},
-    # The paper's sizes: 45,000 / 15,000 images, 15 epochs (the reference default), three seeds.
+    # The paper's sizes: 45,000 / 15,000 images, 15 epochs (the reference's default; its run_cifar.sh
+    # script passes 30: add --epochs 30 for that), three seeds.
     "paper": {"train_fraction": 1.0, "test_fraction": 1.0, "epochs": 15, "batch_size": 64, "seeds": [0, 1, 2]},
 }
 
@@ -66,7 +79,33 @@ class SweepConfig:
 
 
 def cell_key(model: str, cls: str, seed: int, protocol: str) -> str:
+    """The readable name of a cell (in logs and failure reports); its file name adds the settings hash."""
     return f"{model.replace('+', 'p')}__{cls}__seed{seed}__{protocol}"
+
+
+def cell_settings(model: str, cls: str, seed: int, protocol: str, config: SweepConfig) -> dict[str, Any]:
+    """Every setting that can change a cell's result: the cell is reused only when all are equal."""
+    model_class = get_model_class(model)
+    options = dict(config.model_options.get(model, {}))
+    if protocol == "paper":
+        options.update(model_class.reference_options())
+    settings: dict[str, Any] = {
+        "model": model, "class": cls, "seed": seed, "protocol": protocol, "epochs": config.epochs,
+        "batch_size": config.batch_size, "train_fraction": config.train_fraction,
+        "test_fraction": config.test_fraction, "amp": config.amp, "model_options": dict(sorted(options.items())),
+        "val_fraction": 0.0 if protocol == "paper" else HONEST_VAL_FRACTION,
+    }
+    if protocol == "paper":
+        settings.update(test_batch=PAPER_TEST_BATCH, train_mode_scoring=model_class.reference_scores_in_train_mode)
+    # A JSON round trip, so that what is compared with a saved cell has the types JSON gives back.
+    return json.loads(json.dumps(settings, default=str))
+
+
+def cell_file(cells_dir: Path, settings: dict[str, Any]) -> Path:
+    """OUT/cells/<key>__<hash of the settings>.json."""
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
+    key = cell_key(settings["model"], settings["class"], settings["seed"], settings["protocol"])
+    return cells_dir / f"{key}__{digest}.json"
 
 
 def run_cell(load: Callable[[], Cifar10], model: str, cls: str, seed: int, protocol: str,
@@ -77,35 +116,38 @@ def run_cell(load: Callable[[], Cifar10], model: str, cls: str, seed: int, proto
     The data set is loaded per cell and only the split is kept, so a full-size run does not hold
     CIFAR-10 twice (loading and checking it takes about a second).
     """
+    settings = cell_settings(model, cls, seed, protocol, config)
+    commit = git_commit()  # the code this cell runs (a worker process imported it at its start)
     split = leave_one_class_out(load(), cls, config.train_fraction, config.test_fraction, seed)
-    options = dict(config.model_options.get(model, {}))
-    if protocol == "paper":
-        options.update(get_model_class(model).reference_options())
     det = Detector(model=model, image_size=32, in_channels=3, epochs=config.epochs, batch_size=config.batch_size,
-                   seed=seed, device=config.device, amp=config.amp, progress=config.progress, **options)
+                   seed=seed, val_fraction=settings["val_fraction"], device=config.device, amp=config.amp,
+                   progress=config.progress, **settings["model_options"])
     labels = split.test_labels.numpy()
     per_epoch: list[float] = []
     best_scores: list[np.ndarray] = []
 
     def paper_eval(record: EpochRecord) -> None:
-        # The reference scores the test set after every epoch, in train-mode BN, class-ordered batches of 64.
+        # The reference scores the class-ordered test set after every epoch in batches of 64 (PyTorch
+        # references: in train mode) and keeps the first epoch with the best AUROC.
         assert det.model_ is not None
         epoch_scores = batched_apply(det.model_.score, det.model_, split.test, PAPER_TEST_BATCH, det.device,
-                                     config.amp, train_mode=True).double().numpy()
-        per_epoch.append(evaluate_scores(epoch_scores, labels, 0.0)["auroc"])
-        if per_epoch[-1] >= max(per_epoch):
+                                     config.amp, train_mode=settings["train_mode_scoring"]).double().numpy()
+        auroc = evaluate_scores(epoch_scores, labels, 0.0)["auroc"]
+        if not per_epoch or auroc > max(per_epoch):
             best_scores[:] = [epoch_scores]
+        per_epoch.append(auroc)
 
     start = time.perf_counter()
     det.fit(split.train, on_epoch_end=paper_eval if protocol == "paper" else None)
     seconds = time.perf_counter() - start
     result: dict[str, Any] = {
         "model": model, "class": cls, "seed": seed, "protocol": protocol, "epochs": config.epochs,
-        "train_images": len(split.train), "test_images": len(split.test), "test_abnormal": int(labels.sum()),
-        "model_options": options, "train_seconds": seconds,
+        "train_images": det.n_train_images_, "val_images": det.n_val_images_, "test_images": len(split.test),
+        "test_abnormal": int(labels.sum()), "model_options": settings["model_options"], "train_seconds": seconds,
+        "git_commit": commit, "device": str(det.device), "threads": torch.get_num_threads(),
     }
     if protocol == "paper":
-        best = int(np.argmax(per_epoch))
+        best = int(np.argmax(per_epoch))  # the first of tied epochs, as the scores kept above
         result.update({"auroc": per_epoch[best], "selected_epoch": best + 1, "auroc_per_epoch": per_epoch})
         scores = best_scores[0]
     else:
@@ -116,6 +158,7 @@ def run_cell(load: Callable[[], Cifar10], model: str, cls: str, seed: int, proto
         metrics = evaluate_scores(scores, labels, det.threshold_)
         result.update({**metrics, "selected_epoch": len(det.history_)})
     result["history"] = det.history_
+    result["settings"] = settings
     return result, labels, scores
 
 
@@ -143,6 +186,8 @@ def run_sweep(load: Callable[[], Cifar10], config: SweepConfig, out: Path, worke
     cells_dir.mkdir(parents=True, exist_ok=True)
     plan = [(m, c, s, p) for m in config.models for p in config.protocols for c in config.classes for s in config.seeds]
     todo = [cell for cell in plan if _finished(cells_dir, cell, config) is None]
+    for cell in todo:
+        _say_if_saved_with_other_settings(cells_dir, cell, config)
     failures: list[tuple[str, str]] = []
     bar = tqdm(total=len(plan), initial=len(plan) - len(todo), desc="benchmark", unit="cell",
                disable=not config.progress)
@@ -162,23 +207,40 @@ def run_sweep(load: Callable[[], Cifar10], config: SweepConfig, out: Path, worke
 
 
 def _finished(cells_dir: Path, cell: tuple[str, str, int, str], config: SweepConfig) -> dict[str, Any] | None:
-    """The cell's saved result if it was run with this sweep's sizes."""
-    path = cells_dir / f"{cell_key(*cell)}.json"
+    """The cell's saved result if it was run with this sweep's settings."""
+    settings = cell_settings(*cell, config)
+    path = cell_file(cells_dir, settings)
     if not path.exists():
         return None
     result = json.loads(path.read_text())
-    return result if _same_settings(result, config) else None
+    return result if result.get("settings") == settings else None
+
+
+_IN_THE_NAME = ("model", "class", "seed", "protocol")
+
+
+def _say_if_saved_with_other_settings(cells_dir: Path, cell: tuple[str, str, int, str], config: SweepConfig) -> None:
+    """Name the settings that differ when a cell is rerun because its saved runs used others."""
+    settings = cell_settings(*cell, config)
+    for path in sorted(cells_dir.glob(f"{cell_key(*cell)}*.json")):
+        try:
+            saved = json.loads(path.read_text()).get("settings", {})
+        except (OSError, ValueError):
+            continue
+        differ = [k for k in settings if k in saved and saved[k] != settings[k]]
+        differ += [f"{k} (not recorded)" for k in settings if k not in saved and k not in _IN_THE_NAME]
+        log.info("cell %s: %s was run with other settings (%s); running it with this sweep's", cell_key(*cell),
+                 path.name, ", ".join(differ))
 
 
 def _run_and_write(load: Callable[[], Cifar10], cell: tuple[str, str, int, str], config: SweepConfig,
                    cells_dir: Path) -> None:
-    path = cells_dir / f"{cell_key(*cell)}.json"
     result, labels, scores = run_cell(load, *cell, config)
+    path = cell_file(cells_dir, result["settings"])
     scores_file = path.with_suffix(".scores.npz")
     with scores_file.open("wb") as fh:  # before the cell file: a cell on disk always has its scores
         np.savez_compressed(fh, labels=labels.astype(np.int8), scores=scores.astype(np.float32))
-    write_text_atomic(path, json.dumps({**result, "settings": _settings(config), "scores_file": scores_file.name},
-                                       indent=1))
+    write_text_atomic(path, json.dumps({**result, "scores_file": scores_file.name}, indent=1))
 
 
 def _cell_process(load: Callable[[], Cifar10], cell: tuple[str, str, int, str], config: SweepConfig,
@@ -215,18 +277,9 @@ def _run_in_processes(load: Callable[[], Cifar10], todo: list[tuple[str, str, in
     return failures
 
 
-def _settings(config: SweepConfig) -> dict[str, Any]:
-    return {"epochs": config.epochs, "batch_size": config.batch_size, "train_fraction": config.train_fraction,
-            "test_fraction": config.test_fraction}
-
-
-def _same_settings(result: dict[str, Any], config: SweepConfig) -> bool:
-    """A finished cell is reused only if it was run with the same sizes."""
-    return result.get("settings") == _settings(config)
-
-
 def cell_rows(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """Flat rows for results.csv."""
     keys = ["model", "class", "seed", "protocol", "auroc", "auprc", "f1", "precision", "recall", "threshold",
-            "selected_epoch", "epochs", "train_images", "test_images", "test_abnormal", "train_seconds"]
+            "selected_epoch", "epochs", "train_images", "val_images", "test_images", "test_abnormal",
+            "train_seconds", "git_commit"]
     return [{k: r.get(k, "") for k in keys} for r in results]

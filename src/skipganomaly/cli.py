@@ -26,9 +26,10 @@ from .errors import CheckpointError, ConfigError, DataError, SkipGanomalyError
 from .evaluation.metrics import evaluate_scores
 from .evaluation.plots import save_overlays
 from .evaluation.report import build_benchmark_report, build_report, build_run_report, write_evaluation
-from .evaluation.tables import benchmark_table, per_class_table, summarise
+from .evaluation.tables import STD_NOTE, benchmark_table, per_class_table, summarise
 from .files import write_text_atomic
 from .models import get_model_class, list_models
+from .provenance import environment
 from .training.distributed import init_from_environment, is_main_process
 from .training.loop import load_train_state
 from .training.runtime import reduce_heap_fragmentation, resolve_device
@@ -521,7 +522,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     sections = [f"# CIFAR-10 leave-one-class-out AUROC: ours (paper's Table 1)\n\n"
                 f"epochs {config.epochs}, batch {config.batch_size}, train fraction {config.train_fraction}, "
                 f"test fraction {config.test_fraction}, seeds {','.join(map(str, seeds))}. "
-                f"The mean column averages the classes shown; the paper's mean is over all ten.\n\n"
+                f"The mean column averages the classes shown; the paper's mean is over all ten. {STD_NOTE}\n\n"
                 f"Command: `{env['command']}`; git {env['git_commit']}; torch {env['torch']}, "
                 f"{env['threads']} threads, {env['cpu']}; {env['wall_seconds_this_run']} s this run.\n"]
     for protocol in config.protocols:
@@ -585,32 +586,6 @@ def _speed_line(row: dict[str, Any]) -> str:
                f"{row['amp_score_images_per_s']:.1f} img/s" if "amp_train_images_per_s" in row else "")
             + (f"; compiled: train {row['compiled_train_images_per_s']:.1f} img/s after a "
                f"{row['compile_seconds']:.0f} s first step" if "compile_seconds" in row else ""))
-
-
-def environment() -> dict[str, Any]:
-    """What a reader needs to trust a number: command, code version, machine, library versions."""
-    import platform
-    import subprocess
-
-    import torch
-
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                cwd=Path(__file__).parent, timeout=10).stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        commit = "unknown"
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"command": "skipganomaly " + " ".join(sys.argv[1:]), "git_commit": commit, "torch": torch.__version__,
-            "threads": torch.get_num_threads(), "cpu": cpu, "cpu_count": os.cpu_count(),
-            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-            "python": platform.python_version()}
 
 
 def _positive_int(text: str) -> int:

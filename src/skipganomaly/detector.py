@@ -27,8 +27,10 @@ class Detector:
     """Fit on normal images only; score new images (higher = more anomalous); flag above `threshold_`.
 
     `threshold_` is the (1 - contamination) quantile of scores on a held-out split of the normal
-    training images, so no test label is ever used. Extra keyword arguments go to the model
-    (e.g. `widths`, `w_con`, `detach_latent`).
+    training images (`val_fraction` of them, never trained on), so no test label is ever used.
+    `val_fraction=0` trains on every image and leaves `threshold_` None (scores only, as the
+    reference code; no early stopping). Extra keyword arguments go to the model (e.g. `widths`,
+    `w_con`, `detach_latent`).
     """
 
     def __init__(
@@ -52,8 +54,10 @@ class Detector:
         if model not in list_models():
             raise ConfigError(f"unknown model {model!r}; available: {', '.join(list_models())}")
         check_geometry(in_channels, image_size)
-        if not 0.0 < val_fraction < 1.0:
-            raise ConfigError(f"val_fraction must be in (0, 1), got {val_fraction}")
+        if not 0.0 <= val_fraction < 1.0:
+            raise ConfigError(f"val_fraction must be in [0, 1), got {val_fraction}")
+        if val_fraction == 0.0 and patience is not None:
+            raise ConfigError("early stopping (patience) needs validation images; give a val_fraction above 0")
         if not 0.0 <= contamination < 1.0:
             raise ConfigError(f"contamination must be in [0, 1), got {contamination}")
         self.model_name = model
@@ -69,6 +73,8 @@ class Detector:
         self.model_: AnomalyModel | None = None
         self.threshold_: float | None = None
         self.val_scores_: np.ndarray | None = None  # held-out normal scores behind threshold_ (fit only)
+        self.n_train_images_: int | None = None  # images the weights were trained on (fit only)
+        self.n_val_images_: int | None = None  # held-out normals behind threshold_ (fit only)
         self.history_: list[dict[str, Any]] = []
 
     # --- training ---------------------------------------------------------------------------
@@ -88,7 +94,7 @@ class Detector:
         Under torchrun only rank 0 writes files."""
         data = as_image_tensor(images, self.image_size, self.in_channels)
         n_val = int(round(len(data) * self.val_fraction))
-        if n_val < 1 or len(data) - n_val < 2:
+        if (self.val_fraction > 0 and n_val < 1) or len(data) - n_val < 2:
             raise DataError(
                 f"{len(data)} images are too few to hold out a validation split of {self.val_fraction:.0%}; "
                 "give more images or a larger val_fraction"
@@ -99,7 +105,9 @@ class Detector:
         self.model_ = create(self.model_name, in_channels=self.in_channels, image_size=self.image_size,
                              **self.model_kwargs)
         self.threshold_ = None
+        self.val_scores_ = None
         self.history_ = []
+        self.n_train_images_, self.n_val_images_ = len(data) - n_val, n_val
 
         main = is_main_process()
         state_path = Path(checkpoint_path).with_suffix(".state.pt") if checkpoint_path is not None else None
@@ -115,7 +123,8 @@ class Detector:
         history = train(self.model_, data, val, self.train_config, epoch_done, train_index=order[n_val:],
                         state_path=state_path, resume=resume)
         self.history_ = [r.as_dict() for r in history]
-        self._calibrate(val)
+        if n_val:
+            self._calibrate(val)
         if checkpoint_path is not None and main:
             self.save(checkpoint_path)
         return self
@@ -133,7 +142,8 @@ class Detector:
         """1 for images scored above `threshold_`, else 0."""
         scores = self.decision_function(images, batch_size)
         if self.threshold_ is None:
-            raise CheckpointError("this detector has no threshold: it comes from an unfinished training run")
+            raise CheckpointError("this detector has no threshold: it was trained with val_fraction=0, or its "
+                                  "training run did not finish")
         return (scores > self.threshold_).astype(np.int64)
 
     def anomaly_maps(self, images: Any, batch_size: int | None = None) -> np.ndarray:
@@ -184,7 +194,7 @@ class Detector:
             "detector": {
                 "val_fraction": self.val_fraction, "contamination": self.contamination,
                 "epochs": cfg.epochs, "batch_size": cfg.batch_size, "lr": cfg.lr, "seed": cfg.seed,
-                "patience": cfg.patience,
+                "patience": cfg.patience, "n_train_images": self.n_train_images_, "n_val_images": self.n_val_images_,
             },
             "history": self.history_,
         }
@@ -218,4 +228,5 @@ class Detector:
         det.model_ = to_device(model, det.device).eval()
         det.threshold_ = payload["threshold"]
         det.history_ = payload["history"]
+        det.n_train_images_, det.n_val_images_ = d.get("n_train_images"), d.get("n_val_images")
         return det

@@ -60,8 +60,10 @@ def roc_figure(curves: Curves, path: Path, title: str = "ROC") -> Path:
 
 
 def pr_figure(curves: Curves, path: Path, title: str = "Precision-recall") -> Path:
-    """One precision-recall curve per entry, with its AUPRC; the dotted line is the abnormal share."""
-    from sklearn.metrics import auc, precision_recall_curve
+    """One precision-recall curve per entry, drawn as the step function whose area is its AUPRC: the
+    average precision, as `evaluate_scores` reports it (trapezoids over the curve would give another
+    value for the same scores). The dotted line is the abnormal share."""
+    from sklearn.metrics import average_precision_score, precision_recall_curve
 
     fig = _figure((5, 5))
     ax = fig.add_subplot()
@@ -69,7 +71,8 @@ def pr_figure(curves: Curves, path: Path, title: str = "Precision-recall") -> Pa
         if not _two_classes(labels):
             continue
         precision, recall, _ = precision_recall_curve(labels, scores)
-        ax.plot(recall, precision, label=f"{name} (AUPRC {auc(recall, precision):.3f})")
+        ap = average_precision_score(labels, scores)
+        ax.plot(recall, precision, drawstyle="steps-post", label=f"{name} (AUPRC {ap:.3f})")
         ax.axhline(float(np.mean(labels)), color="grey", linestyle=":", linewidth=1)
     ax.set(xlabel="recall", ylabel="precision", title=title, xlim=(0, 1), ylim=(0, 1.01))
     _legend_or_note(ax, "lower left")

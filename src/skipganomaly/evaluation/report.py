@@ -23,7 +23,7 @@ import yaml
 from ..errors import DataError
 from ..files import write_text_atomic
 from .plots import histogram_figure, image_grid_figure, pr_figure, roc_figure, training_curves_figure
-from .tables import benchmark_rows, summarise
+from .tables import STD_NOTE, benchmark_rows, summarise
 
 EXAMPLE_GROUPS = {
     "most_anomalous": "Most anomalous (highest scores)",
@@ -165,10 +165,11 @@ def build_benchmark_report(bench_dir: Path) -> Path:
                 f"Epochs {config['epochs']}, batch {config['batch_size']}, train fraction "
                 f"{config['train_fraction']}, test fraction {config['test_fraction']}, seeds "
                 f"{', '.join(map(str, config['seeds']))}.</p>"
-                "<p>Each cell: our AUROC (the paper's Table 1 in brackets). <b>honest</b>: eval-mode BatchNorm, "
+                "<p>Each cell: our AUROC (the paper's Table 1 in brackets). <b>honest</b>: eval-mode networks, "
                 "shuffled test batches, last epoch, threshold from held-out normals. <b>paper</b>: the reference "
-                "evaluation (train-mode BatchNorm over class-ordered batches, best epoch chosen on the test "
-                "set), shown only to compare with published numbers.</p>"]
+                "evaluation (trained on all training normals; class-ordered test batches of 64, in train-mode "
+                "BatchNorm for the models whose reference code does that; best epoch chosen on the test set), "
+                f"shown only to compare with published numbers. {html.escape(STD_NOTE)}</p>"]
     figures = bench_dir / "figures"
     for protocol in config["protocols"]:
         header, rows = benchmark_rows(summary, config["models"], config["classes"], protocol)

@@ -32,11 +32,16 @@ def per_class_table(results: Mapping[str, Mapping[str, float]], metrics: Sequenc
 
 
 def summarise(results: Sequence[Mapping[str, Any]]) -> dict[tuple[str, str, str], dict[str, float]]:
-    """Benchmark cells -> {(model, protocol, class): mean and std of AUROC over seeds, and the seed count}."""
+    """Benchmark cells -> {(model, protocol, class): mean and sample standard deviation (ddof=1) of AUROC
+    over seeds, and the seed count (std is NaN for one seed)."""
     groups: dict[tuple[str, str, str], list[float]] = {}
     for r in results:
         groups.setdefault((r["model"], r["protocol"], r["class"]), []).append(r["auroc"])
-    return {k: {"mean": float(np.mean(v)), "std": float(np.std(v)), "n": len(v)} for k, v in groups.items()}
+    return {k: {"mean": float(np.mean(v)), "std": float(np.std(v, ddof=1)) if len(v) > 1 else math.nan,
+                "n": len(v)} for k, v in groups.items()}
+
+
+STD_NOTE = "Over several seeds a cell is mean±std, std the sample standard deviation (ddof=1) over seeds."
 
 
 def benchmark_rows(
@@ -44,7 +49,8 @@ def benchmark_rows(
     protocol: str,
 ) -> tuple[list[str], list[list[object]]]:
     """Rows = models, columns = abnormal classes: `ours (paper)`, ours as mean±std over seeds when
-    there are several. The mean column averages the classes shown (the paper's over all ten)."""
+    there are several (std: the sample standard deviation, ddof=1; `STD_NOTE` says so under a table).
+    The mean column averages the classes shown (the paper's over all ten)."""
     header = ["model", *classes, "mean"]
     rows: list[list[object]] = []
     for model in models:

@@ -72,6 +72,10 @@ class AnomalyModel(nn.Module):
 
     name: str = ""
     exportable: bool = True  # False where the score is not a plain forward pass (AnoGAN's latent search)
+    # Whether the reference code scores the test set with its networks in train mode (BatchNorm on each
+    # batch's statistics, dropout on): the PyTorch references never call eval(); the TensorFlow ones
+    # score with is_training=False. The paper protocol reproduces what each model's reference does.
+    reference_scores_in_train_mode: bool = False
 
     def __init__(self, in_channels: int, image_size: int) -> None:
         super().__init__()

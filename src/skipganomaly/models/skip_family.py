@@ -21,6 +21,8 @@ class SkipFamilyModel(AnomalyModel):
     trains G, as in Skip-GANomaly's own code.
     """
 
+    reference_scores_in_train_mode = True  # both PyTorch references score without eval() (spec C, F1)
+
     def __init__(
         self,
         generator: nn.Module,
@@ -76,9 +78,9 @@ class SkipFamilyModel(AnomalyModel):
         logit_real = cache["logit_real"]
         logit_fake, _ = self.discriminator.classify(cache["fake"])
         loss = real_fake_bce(logit_real, logit_fake)
-        # The reference adds the (constant) detached latent loss to D's loss, which is what its
+        # The reference adds the (constant) weighted, detached latent loss to D's loss, which is what its
         # D-reset rule compares with 1e-5; reproduce that only in the reference configuration.
-        reset_value = loss.detach() + cache["lat"] if self.detach_latent else loss.detach()
+        reset_value = loss.detach() + self.w_lat * cache["lat"] if self.detach_latent else loss.detach()
         return loss, reset_value
 
     def score(self, x: Tensor) -> Tensor:

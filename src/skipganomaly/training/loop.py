@@ -152,6 +152,8 @@ def train(
     if len(index) < 2 or batch_size // size < 2:
         raise ConfigError(f"need at least 2 training images per process, got {len(index)} over {size}")
     local = batch_size // size
+    if config.patience is not None and len(val_images) == 0:
+        raise ConfigError("early stopping (patience) needs validation images")
     device = resolve_device(config.device)
     eval_batch = config.eval_batch_size or default_eval_batch(device, model.image_size)
     to_device(model, device)
@@ -213,8 +215,8 @@ def train(
                 bar.set_postfix(g=f"{values['g_loss']:.3f}", d=f"{values['d_loss']:.3f}")
         sync_buffers(model)
         seconds = time.perf_counter() - start
-        val_loss = float(batched_apply(model.validation_loss, model, val_images, eval_batch,
-                                       device, config.amp).mean())
+        val_loss = (float(batched_apply(model.validation_loss, model, val_images, eval_batch, device,
+                                        config.amp).mean()) if len(val_images) else math.nan)
         record = EpochRecord(epoch, {k: v / steps for k, v in sums.items()}, val_loss, resets, seconds,
                              steps * batch_size / seconds)
         history.append(record)

@@ -45,6 +45,8 @@ class GanomalyDiscriminator(nn.Module):
 class Ganomaly(AnomalyModel):
     """G 3,206,528 and D 663,296 parameters at 3x32x32. Score: mean (z - z')^2 over the nz dimensions."""
 
+    reference_scores_in_train_mode = True  # the PyTorch reference never calls eval() (spec F2)
+
     def __init__(self, in_channels: int = 3, image_size: int = 32, ngf: int = 64, ndf: int = 64, nz: int = 100,
                  w_adv: float = 1.0, w_con: float = 50.0, w_enc: float = 1.0) -> None:
         check_power_of_two("ganomaly", image_size)

@@ -1,0 +1,45 @@
+"""What a reader needs to trust a number: the command, the code version, the machine, library versions."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def git_commit() -> str:
+    """The short commit of the code that runs, with `-dirty` when tracked files differ from it;
+    'unknown' outside a git checkout (e.g. an installed wheel)."""
+    here = Path(__file__).parent
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], capture_output=True, text=True, cwd=here, timeout=10).stdout.strip()
+
+    try:
+        commit = git("rev-parse", "--short", "HEAD")
+        if not commit:
+            return "unknown"
+        return commit + ("-dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def environment() -> dict[str, Any]:
+    """Command, commit, torch, threads, CPU model, GPU and Python of this process."""
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"command": "skipganomaly " + " ".join(sys.argv[1:]), "git_commit": git_commit(),
+            "torch": torch.__version__, "threads": torch.get_num_threads(), "cpu": cpu, "cpu_count": os.cpu_count(),
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+            "python": platform.python_version()}
