@@ -11,8 +11,8 @@ from typing import Any
 
 
 def git_commit() -> str:
-    """The short commit of the code that runs, with `-dirty` when tracked files differ from it;
-    'unknown' outside a git checkout (e.g. an installed wheel)."""
+    """The short commit of the code that runs, with `-dirty` when the package's tracked files differ
+    from it (edits to tests or docs do not count); 'unknown' outside a git checkout (e.g. a wheel)."""
     here = Path(__file__).parent
 
     def git(*args: str) -> str:
@@ -22,7 +22,7 @@ def git_commit() -> str:
         commit = git("rev-parse", "--short", "HEAD")
         if not commit:
             return "unknown"
-        return commit + ("-dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
+        return commit + ("-dirty" if git("status", "--porcelain", "--untracked-files=no", "--", ".") else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
 
