@@ -41,6 +41,24 @@ def blob_images(n: int, size: int = 32, channels: int = 3, seed: int = 0) -> np.
     return out
 
 
+def smooth_images(n: int, size: int = 32, channels: int = 3, seed: int = 0) -> np.ndarray:
+    """Normal images with a known answer: a soft disc of random colour, +-60 around mid-grey, uint8 NHWC.
+
+    Against `noise_images`, any model that reconstructs what it trained on, even after a few steps,
+    must score the noise higher (AUROC > 0.9), so a flipped score, swapped labels or a wrong
+    un-shuffling shows. (`blob_images` lie on a black background, far from a barely trained
+    generator's mid-grey output, and score *above* noise after a few steps.)"""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    out = np.empty((n, size, size, channels), dtype=np.uint8)
+    for i in range(n):
+        cy, cx = rng.uniform(0.3, 0.7, 2)
+        disc = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / 0.02)
+        colour = rng.uniform(-60, 60, channels)
+        out[i] = np.clip(128 + disc[..., None] * colour, 0, 255).astype(np.uint8)
+    return out
+
+
 def noise_images(n: int, size: int = 32, channels: int = 3, seed: int = 1) -> np.ndarray:
     """Obviously 'abnormal' images: uniform noise."""
     return np.random.default_rng(seed).integers(0, 256, (n, size, size, channels), dtype=np.uint8)
@@ -59,8 +77,8 @@ def write_images(folder: Path, images: np.ndarray, prefix: str = "img") -> list[
 @pytest.fixture
 def image_root(tmp_path: Path) -> Path:
     """A user-style layout: train/ of normals, test/normal and test/abnormal."""
-    write_images(tmp_path / "train", blob_images(40, seed=0))
-    write_images(tmp_path / "test" / "normal", blob_images(8, seed=5))
+    write_images(tmp_path / "train", smooth_images(40, seed=0))
+    write_images(tmp_path / "test" / "normal", smooth_images(8, seed=5))
     write_images(tmp_path / "test" / "abnormal", noise_images(8))
     return tmp_path
 

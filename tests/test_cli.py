@@ -16,6 +16,7 @@ import yaml
 from PIL import Image
 
 from skipganomaly.cli import main
+from skipganomaly.evaluation.metrics import evaluate_scores
 from skipganomaly.models import list_models
 from tests.conftest import fast
 
@@ -24,11 +25,11 @@ SMALL = ["--model-arg", "widths=[8,8,16,16,32]", "--no-progress", "--device", "c
 
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    from tests.conftest import blob_images, noise_images, write_images
+    from tests.conftest import noise_images, smooth_images, write_images
 
     root = tmp_path_factory.mktemp("data")
-    write_images(root / "train", blob_images(40, seed=0))
-    write_images(root / "test" / "normal", blob_images(8, seed=5))
+    write_images(root / "train", smooth_images(40, seed=0))
+    write_images(root / "test" / "normal", smooth_images(8, seed=5))
     write_images(root / "test" / "abnormal", noise_images(8))
     run = root / "run"
     code = main(["train", "--data", str(root), "--test", str(root / "test"), "--out", str(run),
@@ -45,7 +46,7 @@ def test_train_writes_a_complete_run_directory(trained_run: tuple[Path, Path]) -
     assert [r["epoch"] for r in losses] == [1, 2]
     assert {"g_adv", "g_con", "g_lat", "d_loss"} <= set(losses[0]["losses"])
     metrics = json.loads((run / "metrics.json").read_text())
-    assert 0.0 <= metrics["test"]["auroc"] <= 1.0
+    assert metrics["test"]["auroc"] > 0.9  # noise against smooth normals: a flipped score or swapped labels fail
     assert (run / "model.pt").stat().st_size > 0
     page = (run / "report.html").read_text()
     assert "<table>" in page and page.count("data:image/png;base64,") == 8  # roc, pr, hist, 4 grids, training
@@ -155,9 +156,20 @@ def test_demo_minimal_gives_aucs_in_unit_interval(tmp_path: Path) -> None:
     out = tmp_path / "demo"
     assert main(["demo", "--digits", "3", "--epochs", "1", "--max-train", "64", "--out", str(out), *SMALL]) == 0
     results = json.loads((out / "results.json").read_text())
-    assert 0.0 <= results["digit 3"]["auroc"] <= 1.0
+    # The digits have no known answer after one epoch; the table's AUROC must be the one its saved
+    # per-image scores and labels give, and the labels must mark exactly the digit-3 images abnormal.
+    rows = list(csv.DictReader((out / "digit3" / "scores.csv").open()))
+    labels = [int(r["label"]) for r in rows]
+    assert sum(labels) == 183  # scikit-learn's digits hold 183 threes
+    assert results["digit 3"]["auroc"] == pytest.approx(
+        evaluate_scores([float(r["score"]) for r in rows], labels, 0.0)["auroc"])
     assert "| mean |" in (out / "table.md").read_text()
     assert (out / "digit3" / "report.html").read_text().count("data:image/png;base64,") == 8
+
+
+# GANomaly's score compares two latent codes, not pixels: after one epoch on 40 images it does not yet
+# rank noise above the smooth normals (AUROC 0.19-0.5 measured), so for it only finiteness is checked.
+RANKS_NOISE_HIGHER_AFTER_ONE_EPOCH = set(list_models()) - {"ganomaly"}
 
 
 @pytest.mark.parametrize("name", list_models())
@@ -168,7 +180,10 @@ def test_train_every_model_from_the_cli(name: str, image_root: Path) -> None:
                  "--out", str(run), "--epochs", "1", "--batch-size", "8", "--no-progress", "--device", "cpu",
                  *options]) == 0
     metrics = json.loads((run / "metrics.json").read_text())
-    assert 0.0 <= metrics["test"]["auroc"] <= 1.0
+    if name in RANKS_NOISE_HIGHER_AFTER_ONE_EPOCH:
+        assert metrics["test"]["auroc"] > 0.9, metrics["test"]
+    else:
+        assert math.isfinite(metrics["test"]["auroc"])
     assert yaml.safe_load((run / "config.yaml").read_text())["model"] == name
 
 
@@ -180,7 +195,7 @@ def test_train_with_amp_from_the_cli(image_root: Path) -> None:
     assert main(["train", "--data", str(image_root), "--test", str(image_root / "test"), "--out", str(run),
                  "--epochs", "1", "--batch-size", "8", "--no-progress", "--device", "cpu", "--amp", *options]) == 0
     assert yaml.safe_load((run / "config.yaml").read_text())["amp"] is True
-    assert math.isfinite(json.loads((run / "metrics.json").read_text())["test"]["auroc"])
+    assert json.loads((run / "metrics.json").read_text())["test"]["auroc"] > 0.9
 
 
 def test_low_memory_switch_sets_the_allocator_in_its_own_process() -> None:
