@@ -11,7 +11,7 @@ import torch
 
 from skipganomaly.detector import FORMAT_VERSION, Detector
 from skipganomaly.errors import CheckpointError, ConfigError, DataError
-from tests.conftest import SMALL_WIDTHS, blob_images, noise_images
+from tests.conftest import SMALL_WIDTHS, blob_images, noise_images, smooth_images
 
 
 def _fit(tmp_path: Path | None = None, **kw: object) -> Detector:
@@ -34,6 +34,38 @@ def test_fit_sets_threshold_from_validation_normals(fitted: tuple[Detector, Path
     assert len(det.val_scores_) == 3  # 5% of 60
     assert np.mean(det.val_scores_ > det.threshold_) <= 0.5
     assert len(det.history_) == 3
+
+
+def test_threshold_is_the_quantile_of_held_out_normals_never_trained_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    import skipganomaly.detector as detector_module
+
+    images = smooth_images(60)
+    seen: dict[str, torch.Tensor] = {}
+    real_train = detector_module.train
+
+    def spy(model, data, val, config, on_epoch_end, train_index, **kwargs):  # type: ignore[no-untyped-def]
+        seen["train"], seen["val"] = data[train_index], val
+        return real_train(model, data, val, config, on_epoch_end, train_index=train_index, **kwargs)
+
+    monkeypatch.setattr(detector_module, "train", spy)
+    det = Detector(in_channels=3, epochs=1, batch_size=8, contamination=0.1, device="cpu", progress=False,
+                   widths=SMALL_WIDTHS).fit(images)
+    train_keys = {bytes(x.numpy()) for x in seen["train"]}
+    assert len(seen["val"]) == 3 and len(seen["train"]) == 57 and (det.n_train_images_, det.n_val_images_) == (57, 3)
+    assert not any(bytes(x.numpy()) in train_keys for x in seen["val"])
+    val_scores = det.decision_function(seen["val"].permute(0, 2, 3, 1).numpy())
+    assert det.threshold_ == pytest.approx(float(np.quantile(val_scores, 0.9)), rel=1e-9)
+
+
+def test_val_fraction_zero_trains_on_every_image_without_a_threshold(tmp_path: Path) -> None:
+    det = Detector(in_channels=3, epochs=1, batch_size=8, val_fraction=0.0, device="cpu", progress=False,
+                   widths=SMALL_WIDTHS).fit(smooth_images(20), checkpoint_path=tmp_path / "m.pt")
+    assert (det.n_train_images_, det.n_val_images_) == (20, 0) and det.threshold_ is None
+    assert np.isnan(det.history_[0]["val_loss"])
+    with pytest.raises(CheckpointError, match="val_fraction=0"):
+        Detector.load(tmp_path / "m.pt", device="cpu").predict(smooth_images(2))
+    with pytest.raises(ConfigError, match="patience"):
+        Detector(val_fraction=0.0, patience=2)
 
 
 def test_scores_predict_and_maps(fitted: tuple[Detector, Path]) -> None:
@@ -87,7 +119,7 @@ def test_constructor_errors() -> None:
     with pytest.raises(ConfigError, match="unknown model"):
         Detector(model="ganomalyy")
     with pytest.raises(ConfigError, match="val_fraction"):
-        Detector(val_fraction=0.0)
+        Detector(val_fraction=1.0)
     with pytest.raises(ConfigError, match="not fitted"):
         Detector().decision_function(np.zeros((1, 32, 32, 3), dtype=np.uint8))
 
@@ -162,5 +194,5 @@ def test_an_interrupted_run_keeps_its_last_epoch_without_a_threshold(tmp_path: P
     assert len(loaded.history_) == 1 and loaded.threshold_ is None
     x = noise_images(2)
     assert np.isfinite(loaded.decision_function(x)).all()
-    with pytest.raises(CheckpointError, match="unfinished"):
+    with pytest.raises(CheckpointError, match="did not finish"):
         loaded.predict(x)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -9,9 +10,11 @@ import torch
 
 from skipganomaly.data.images import as_image_tensor, to_unit_range
 from skipganomaly.errors import ConfigError
-from skipganomaly.models import create
+from skipganomaly.models import create, list_models
 from skipganomaly.training import TrainConfig, TrainingError, batched_apply, train
-from tests.conftest import SMALL_WIDTHS, blob_images
+from skipganomaly.training.loop import make_optimizers, train_step
+from skipganomaly.training.runtime import prepare_batch
+from tests.conftest import SMALL_WIDTHS, blob_images, fast
 
 CPU = dict(device="cpu", progress=False)
 
@@ -60,18 +63,51 @@ def test_discriminator_reset_rule_fires_below_threshold() -> None:
     assert history[0].d_resets == 2  # 20 images // 8 = 2 steps, a reset after each
 
 
-def test_early_stopping_restores_the_best_epoch() -> None:
+def test_early_stopping_stops_before_the_last_epoch_and_restores_the_best() -> None:
+    """Validation losses 3, 1, 2, 2.5, ... with patience 2: the best is epoch 2, training stops after
+    epoch 4 (of 8), and the model ends with epoch 2's weights, not epoch 4's."""
     data = _data(24)
     model = _model()
+    planned = iter([3.0, 1.0, 2.0, 2.5, 0.5, 0.4, 0.3, 0.2])
+    model.validation_loss = lambda x: torch.full((len(x),), next(planned))  # one call per epoch (4 images)
     seen: list[dict[str, torch.Tensor]] = []
-    history = train(model, data[:20], data[20:],
-                    TrainConfig(epochs=8, batch_size=8, lr=5e-2, patience=1, **CPU),
+    history = train(model, data[:20], data[20:], TrainConfig(epochs=8, batch_size=8, lr=5e-3, patience=2, **CPU),
                     on_epoch_end=lambda r: seen.append({k: v.clone() for k, v in model.state_dict().items()}))
-    losses = [r.val_loss for r in history]
-    best = min(range(len(losses)), key=losses.__getitem__)
-    assert len(history) <= 8
+    assert [r.val_loss for r in history] == [3.0, 1.0, 2.0, 2.5]
+    assert any(not torch.equal(seen[1][k], seen[3][k]) for k in seen[1])  # epochs 2 and 4 differ
     for key, value in model.state_dict().items():
-        assert torch.equal(value, seen[best][key]), key
+        assert torch.equal(value, seen[1][key]), key
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_a_discriminator_reset_changes_d_only(name: str) -> None:
+    """The reset re-initialises D's weights; G's weights and both Adam states stay as they were
+    (spec section C: the Adam state is not reset)."""
+    torch.manual_seed(0)
+    model = create(name, **{**fast(name), **({"widths": SMALL_WIDTHS} if name == "skipganomaly++" else {})})
+    config = TrainConfig(batch_size=8, d_reset_threshold=math.inf, **CPU)
+    opt_g, opt_d = make_optimizers(model, config)
+    x = prepare_batch(as_image_tensor(blob_images(8), 32, 3), torch.device("cpu"))
+    before: dict[str, object] = {}
+    reset = model.reset_discriminator
+
+    def snapshot_then_reset() -> None:
+        before["g"] = [p.detach().clone() for p in model.generator_parameters()]
+        before["d"] = [p.detach().clone() for p in model.discriminator_parameters()]
+        before["opt"] = copy.deepcopy([opt_g.state_dict(), opt_d.state_dict()])
+        reset()
+
+    model.reset_discriminator = snapshot_then_reset
+    assert train_step(model, x, opt_g, opt_d, config, torch.device("cpu"))["d_reset"] == 1.0
+    assert all(torch.equal(a, b) for a, b in zip(before["g"], model.generator_parameters(), strict=True))
+    weights = [(a, b) for a, b in zip(before["d"], model.discriminator_parameters(), strict=True) if a.dim() > 1]
+    assert weights and all(not torch.equal(a, b) for a, b in weights)
+    after = [opt_g.state_dict(), opt_d.state_dict()]
+    for saved, now in zip(before["opt"], after, strict=True):  # type: ignore[call-overload]
+        assert saved["param_groups"] == now["param_groups"]
+        for key in saved["state"]:
+            for field, value in saved["state"][key].items():
+                assert torch.equal(torch.as_tensor(value), torch.as_tensor(now["state"][key][field])), (key, field)
 
 
 def test_non_finite_loss_stops_with_epoch_and_step() -> None:
