@@ -132,6 +132,7 @@ def test_errors_are_one_line(tmp_path: Path, trained_run: tuple[Path, Path]) -> 
         ["report", str(tmp_path / "missing")],
         ["bench-speed", "--models", "ganomaly", "--device", "tpu"],
         ["train", "--data", str(run), "--device", "mps" if not torch.backends.mps.is_available() else "tpu"],
+        ["train", "--data", str(run), "--val-fraction", "0", "--no-progress"],
     ]
     for args in cases:
         result = _run(*args)

@@ -271,6 +271,9 @@ def _model_kwargs(pairs: list[str]) -> dict[str, Any]:
 
 
 def _detector(args: argparse.Namespace) -> Detector:
+    if args.val_fraction <= 0:  # the library allows 0 (no threshold); train, test and demo report at the threshold
+        raise ConfigError(f"--val-fraction must be above 0 (the threshold comes from those images), "
+                          f"got {args.val_fraction}")
     return Detector(
         model=args.model, image_size=args.image_size, in_channels=args.channels, epochs=args.epochs,
         batch_size=args.batch_size, lr=args.lr, seed=args.seed, val_fraction=args.val_fraction,
