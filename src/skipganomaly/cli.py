@@ -170,7 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--classes", default="all", help="'all' or comma-separated abnormal classes")
     p.add_argument("--seeds", help="comma-separated seeds (preset's, else 0)")
     p.add_argument("--protocol", default="honest", choices=["honest", "paper", "both"])
-    p.add_argument("--preset", choices=sorted(PRESETS), help="sizes: cpu-smoke (minutes) or paper (full size)")
+    p.add_argument("--preset", choices=sorted(PRESETS), help="sizes: cpu-smoke (minutes), cpu-medium (an hour per GAN model) or paper (full size)")
     p.add_argument("--epochs", type=int, help="default: preset's, else 15")
     p.add_argument("--batch-size", type=int, help="default: preset's, else 64")
     p.add_argument("--train-fraction", type=float, help="stratified share of the 45,000 training images")
