@@ -42,13 +42,13 @@ def main() -> None:
         opts = make_optimizers(model, config)
         start = time.perf_counter()
         for _ in range(3):  # compiling, and CUDA-graph recording after warm-up steps
-            train_step(model, x, *opts, config, device)
+            train_step(model, x, opts, config, device)
         sync()
         first = time.perf_counter() - start
         times = []
         for _ in range(args.steps):
             start = time.perf_counter()
-            train_step(model, x, *opts, config, device)
+            train_step(model, x, opts, config, device)
             sync()
             times.append(time.perf_counter() - start)
         step = statistics.median(times)

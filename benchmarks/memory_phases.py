@@ -49,10 +49,10 @@ def main() -> None:
     device = torch.device("cpu")
     model = to_device(create("skipganomaly++"), device).train()
     config = TrainConfig(batch_size=64, device="cpu", progress=False)
-    opt_g, opt_d = make_optimizers(model, config)
+    opts = make_optimizers(model, config)
     start = time.perf_counter()
     for i in range(args.steps):
-        train_step(model, prepare_batch(split.train[i * 64:(i + 1) * 64], device), opt_g, opt_d, config, device)
+        train_step(model, prepare_batch(split.train[i * 64:(i + 1) * 64], device), opts, config, device)
     speed = args.steps * 64 / (time.perf_counter() - start)
     print(f"after {args.steps} training steps: peak {peak_mib()} ({speed:.1f} images/s)", flush=True)
     batched_apply(model.validation_loss, model, split.train[:2250], default_eval_batch(device), device)

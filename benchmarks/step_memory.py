@@ -37,7 +37,7 @@ def main() -> None:
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     start = time.perf_counter()
     for _ in range(3):
-        train_step(model, x, *opts, config, device)
+        train_step(model, x, opts, config, device)
     speed = 3 * args.batch_size / (time.perf_counter() - start)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"{args.model}, {args.image_size}x{args.image_size}x{args.channels}, batch {args.batch_size}: peak RSS "

@@ -146,7 +146,7 @@ def test_device_and_threads_do_not_change_the_cell_key() -> None:
 # What each reference scores its test set with: the PyTorch references never call eval(), the
 # TensorFlow ones (EGBAD, AnoGAN) score with is_training=False (spec sections C, F).
 REFERENCE_TRAIN_MODE = {"skipganomaly++": True, "skipganomaly": True, "ganomaly": True, "egbad": False,
-                        "anogan": False}
+                        "anogan": False, "pca": False, "knn": False}
 
 
 def test_every_model_says_how_its_reference_scores() -> None:
@@ -295,3 +295,43 @@ def test_a_failing_cell_does_not_stop_a_sequential_sweep(tmp_path: Path, monkeyp
                                               epochs=1), tmp_path)
     assert [r["class"] for r in outcome.results] == ["ship"]
     assert outcome.failures == [("ganomaly__cat__seed0__honest", "loss g_con is not finite at epoch 1, step 1")]
+
+
+def test_validate_never_shows_the_test_class_to_the_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every image that reaches the detector (training, threshold, test) is recorded: none is a ship."""
+    data = _toy_cifar()
+    ships = torch.cat([data.train_images[data.train_labels == 8], data.test_images[data.test_labels == 8]])
+    ship_bytes = {img.numpy().tobytes() for img in ships}
+    seen: list[torch.Tensor] = []
+    real = detector_module.as_image_tensor
+
+    def record(images, image_size, in_channels):  # type: ignore[no-untyped-def]
+        out = real(images, image_size, in_channels)
+        seen.append(out)
+        return out
+
+    monkeypatch.setattr(detector_module, "as_image_tensor", record)
+    result, labels, _ = benchmark.run_cell(lambda: data, "knn", "ship", 0, "validate", _config(models=["knn"]))
+    assert seen and sum(len(t) for t in seen) > 0
+    assert not any(img.numpy().tobytes() in ship_bytes for t in seen for img in t)
+    assert result["pseudo_anomaly"] == "truck" and result["class"] == "ship"
+    # Eight normal classes of 6 training images; the truck images (6 train + 2 test) are the abnormal part.
+    assert result["train_images"] + result["val_images"] == 48 and int(labels.sum()) == 8
+
+
+def test_validate_scores_the_pseudo_anomaly(tmp_path: Path) -> None:
+    """Horse left out: the next class, ship (noise in the toy data), is the pseudo-anomaly, a known answer."""
+    data = _toy_cifar()
+    results = run_sweep(lambda: data, _config(models=["knn", "pca"], classes=["horse"], protocols=["validate"]),
+                        tmp_path).results
+    assert [r["pseudo_anomaly"] for r in results] == ["ship", "ship"]
+    assert all(r["auroc"] > 0.9 for r in results), [r["auroc"] for r in results]
+
+
+@pytest.mark.parametrize("name", ["pca", "knn"])
+def test_baselines_run_both_protocols(name: str, tmp_path: Path) -> None:
+    data = _toy_cifar()
+    results = run_sweep(lambda: data, _config(models=[name]), tmp_path).results
+    assert [r["protocol"] for r in results] == ["honest", "paper"]
+    assert all(r["auroc"] > 0.9 for r in results)
+    assert results[1]["train_images"] == 54 and results[1]["auroc_per_epoch"] == [results[1]["auroc"]]

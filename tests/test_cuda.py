@@ -48,10 +48,10 @@ def test_every_model_trains_on_the_gpu_under_bf16_autocast(name: str) -> None:
     model = to_device(create(name, **_small(name)), CUDA).train()
     config = TrainConfig(batch_size=8, device="cuda", progress=False, amp=True)
     x = prepare_batch(_images(8).to(CUDA), CUDA)
-    opt_g, opt_d = make_optimizers(model, config)
+    opts = make_optimizers(model, config)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     for _ in range(2):
-        values = train_step(model, x, opt_g, opt_d, config, CUDA)
+        values = train_step(model, x, opts, config, CUDA)
         assert all(np.isfinite(v) for v in values.values()), values
     with torch.autocast("cuda", dtype=torch.bfloat16):
         g = model.generator_loss(x)

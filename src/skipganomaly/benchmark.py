@@ -1,7 +1,12 @@
-"""CIFAR-10 leave-one-class-out sweeps under two protocols (spec sections E, G, H).
+"""Leave-one-class-out sweeps on CIFAR-10 (spec sections E, G, H) or any labelled image set, under
+three protocols.
 
 - `honest` (default): eval-mode networks, shuffled test set, fixed epochs (last one reported), threshold
   from validation normals (5% of the training normals, held out from training).
+- `validate`: what settings are chosen on. The abnormal class's images are dropped as soon as the data
+  is loaded; one of the remaining classes (the next one in label order, moved on by the seed) is a
+  pseudo-anomaly, the others are normal, and the task is scored as `honest` scores. No number of this
+  protocol depends on the class it is named after.
 - `paper`: what the reference code does: trained on every training normal (no validation split, no
   threshold), the model's reference options (Skip-GANomaly++: detached latent loss), the class-ordered,
   unshuffled test set scored in batches of 64 after every epoch, with the networks in train mode where
@@ -31,7 +36,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from .data.cifar10 import Cifar10, leave_one_class_out
+from .data.cifar10 import Cifar10
+from .data.labelled import ClassSplit, LabelledImages, class_split, validation_split
 from .detector import Detector
 from .errors import ConfigError, SkipGanomalyError
 from .evaluation.metrics import evaluate_scores
@@ -42,7 +48,8 @@ from .training import EpochRecord, batched_apply
 
 log = logging.getLogger(__name__)
 
-PROTOCOLS = ("honest", "paper")
+PROTOCOLS = ("honest", "paper", "validate")
+CIFAR10 = Cifar10.name  # cells of other data sets add the data set and image size to their key
 PAPER_TEST_BATCH = 64
 HONEST_VAL_FRACTION = 0.05  # training normals held out for the threshold under the honest protocol
 
@@ -72,11 +79,13 @@ class SweepConfig:
     amp: bool = False  # bf16 autocast (see training.runtime.autocast)
     progress: bool = True
     model_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    dataset: str = CIFAR10  # the data set's fingerprint (LabelledImages.fingerprint) when it is not CIFAR-10
+    image_size: int = 32
 
     def __post_init__(self) -> None:
         bad = [p for p in self.protocols if p not in PROTOCOLS]
         if bad:
-            raise ConfigError(f"unknown protocol {bad[0]!r}; use honest, paper or both")
+            raise ConfigError(f"unknown protocol {bad[0]!r}; use {', '.join(PROTOCOLS)} or both (honest and paper)")
         for name in self.models:
             get_model_class(name)
 
@@ -98,6 +107,8 @@ def cell_settings(model: str, cls: str, seed: int, protocol: str, config: SweepC
         "test_fraction": config.test_fraction, "amp": config.amp, "model_options": dict(sorted(options.items())),
         "val_fraction": 0.0 if protocol == "paper" else HONEST_VAL_FRACTION,
     }
+    if config.dataset != CIFAR10:
+        settings.update(dataset=config.dataset, image_size=config.image_size)
     if protocol == "paper":
         settings.update(test_batch=PAPER_TEST_BATCH, train_mode_scoring=model_class.reference_scores_in_train_mode)
     # A JSON round trip, so that what is compared with a saved cell has the types JSON gives back.
@@ -111,18 +122,29 @@ def cell_file(cells_dir: Path, settings: dict[str, Any]) -> Path:
     return cells_dir / f"{key}__{digest}.json"
 
 
-def run_cell(load: Callable[[], Cifar10], model: str, cls: str, seed: int, protocol: str,
+def load_split(load: Callable[[], LabelledImages], cls: str, seed: int, protocol: str,
+               config: SweepConfig) -> ClassSplit:
+    """The cell's task: `cls` ('a' or 'a+b') abnormal, or under `validate` removed at once and replaced
+    by a pseudo-anomaly class. Only the split is kept, so a full-size run does not hold CIFAR-10 twice."""
+    data = load()
+    abnormal = data.class_names(cls)
+    if protocol == "validate":
+        return validation_split(data, abnormal, config.train_fraction, config.test_fraction, seed)
+    return class_split(data, abnormal, config.train_fraction, config.test_fraction, seed)
+
+
+def run_cell(load: Callable[[], LabelledImages], model: str, cls: str, seed: int, protocol: str,
              config: SweepConfig) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
     """Train one model for one abnormal class and seed, and evaluate it under one protocol; return
     the result, the test labels and the test scores (the selected epoch's, under the paper protocol).
 
-    The data set is loaded per cell and only the split is kept, so a full-size run does not hold
-    CIFAR-10 twice (loading and checking it takes about a second).
+    The data set is loaded per cell (CIFAR-10: loading and checking it takes about a second).
     """
     settings = cell_settings(model, cls, seed, protocol, config)
     commit = git_commit()  # the code this cell runs (a worker process imported it at its start)
-    split = leave_one_class_out(load(), cls, config.train_fraction, config.test_fraction, seed)
-    det = Detector(model=model, image_size=32, in_channels=3, epochs=config.epochs, batch_size=config.batch_size,
+    split = load_split(load, cls, seed, protocol, config)
+    det = Detector(model=model, image_size=config.image_size, in_channels=split.train.shape[1],
+                   epochs=config.epochs, batch_size=config.batch_size,
                    seed=seed, val_fraction=settings["val_fraction"], device=config.device, amp=config.amp,
                    progress=config.progress, **settings["model_options"])
     labels = split.test_labels.numpy()
@@ -149,6 +171,8 @@ def run_cell(load: Callable[[], Cifar10], model: str, cls: str, seed: int, proto
         "test_abnormal": int(labels.sum()), "model_options": settings["model_options"], "train_seconds": seconds,
         "git_commit": commit, "device": str(det.device), "threads": torch.get_num_threads(),
     }
+    if protocol == "validate":
+        result["pseudo_anomaly"] = split.abnormal_class
     if protocol == "paper":
         best = int(np.argmax(per_epoch))  # the first of tied epochs, as the scores kept above
         result.update({"auroc": per_epoch[best], "selected_epoch": best + 1, "auroc_per_epoch": per_epoch})
@@ -173,7 +197,7 @@ class SweepOutcome:
     failures: list[tuple[str, str]]
 
 
-def run_sweep(load: Callable[[], Cifar10], config: SweepConfig, out: Path, workers: int = 1) -> SweepOutcome:
+def run_sweep(load: Callable[[], LabelledImages], config: SweepConfig, out: Path, workers: int = 1) -> SweepOutcome:
     """Run every missing cell, writing each as it finishes; return all cells of this sweep.
 
     A failing cell (e.g. a loss that became NaN, or a process killed for memory) is reported and the
@@ -236,7 +260,7 @@ def _say_if_saved_with_other_settings(cells_dir: Path, cell: tuple[str, str, int
                  path.name, ", ".join(differ))
 
 
-def _run_and_write(load: Callable[[], Cifar10], cell: tuple[str, str, int, str], config: SweepConfig,
+def _run_and_write(load: Callable[[], LabelledImages], cell: tuple[str, str, int, str], config: SweepConfig,
                    cells_dir: Path) -> None:
     result, labels, scores = run_cell(load, *cell, config)
     path = cell_file(cells_dir, result["settings"])
@@ -246,13 +270,13 @@ def _run_and_write(load: Callable[[], Cifar10], cell: tuple[str, str, int, str],
     write_text_atomic(path, json.dumps({**result, "scores_file": scores_file.name}, indent=1))
 
 
-def _cell_process(load: Callable[[], Cifar10], cell: tuple[str, str, int, str], config: SweepConfig,
+def _cell_process(load: Callable[[], LabelledImages], cell: tuple[str, str, int, str], config: SweepConfig,
                   cells_dir: Path, threads: int, device: str) -> None:
     torch.set_num_threads(threads)
     _run_and_write(load, cell, replace(config, device=device, progress=False), cells_dir)
 
 
-def _run_in_processes(load: Callable[[], Cifar10], todo: list[tuple[str, str, int, str]], config: SweepConfig,
+def _run_in_processes(load: Callable[[], LabelledImages], todo: list[tuple[str, str, int, str]], config: SweepConfig,
                       cells_dir: Path, workers: int, done: Callable[[], object]) -> list[tuple[str, str]]:
     """One spawned process per cell, `workers` at a time; the CPU threads are shared out between them."""
     ctx = multiprocessing.get_context("spawn")
@@ -284,5 +308,5 @@ def cell_rows(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """Flat rows for results.csv."""
     keys = ["model", "class", "seed", "protocol", "auroc", "auprc", "f1", "precision", "recall", "threshold",
             "selected_epoch", "epochs", "train_images", "val_images", "test_images", "test_abnormal",
-            "train_seconds", "git_commit"]
+            "train_seconds", "git_commit", "pseudo_anomaly"]
     return [{k: r.get(k, "") for k in keys} for r in results]

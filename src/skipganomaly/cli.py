@@ -12,12 +12,13 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import yaml
 
-from .benchmark import PRESETS, PROTOCOLS, SweepConfig, cell_rows, run_sweep
-from .data.cifar10 import CLASSES, PAPER_ORDER, class_index, load_cifar10
+from .benchmark import CIFAR10, PRESETS, PROTOCOLS, SweepConfig, cell_rows, run_sweep
+from .data.cifar10 import PAPER_ORDER, Cifar10, load_cifar10
+from .data.labelled import JOIN, LabelledImages, class_split, load_labelled, validation_split
 from .data.digits import digits_leave_one_out
 from .data.folders import load_labelled_folder, train_folder
 from .data.images import list_image_files, load_image_files
@@ -26,9 +27,10 @@ from .errors import CheckpointError, ConfigError, DataError, SkipGanomalyError
 from .evaluation.metrics import evaluate_scores
 from .evaluation.plots import save_overlays
 from .evaluation.report import build_benchmark_report, build_report, build_run_report, write_evaluation
-from .evaluation.tables import STD_NOTE, benchmark_table, per_class_table, summarise
+from .evaluation.tables import PROTOCOL_NOTES, STD_NOTE, benchmark_table, per_class_table, shows_paper_numbers, summarise
 from .files import write_text_atomic
-from .models import get_model_class, list_models
+from .models import BASELINES, get_model_class, list_models
+from .models.base import check_geometry
 from .provenance import environment
 from .training.distributed import init_from_environment, is_main_process
 from .training.loop import load_train_state
@@ -152,29 +154,49 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--digits", default="all", help="abnormal digits: 'all' or a list like 0,3,8")
     p.add_argument("--max-train", type=_positive_int, help="cap on training images per digit (size knob)")
     p.add_argument("--out", type=Path, default=Path("runs/demo"))
+    p.add_argument("--baselines", default=",".join(BASELINES),
+                   help=f"raw-pixel baselines run beside the model on the same split (default {','.join(BASELINES)}; "
+                        "'none' for none)")
     _add_model_args(p, channels=False)
     # ~1,300 training digits give 20 steps per epoch at the reference batch 64 and lr 2e-4, too few
     # for the linear-output generator to learn; batch 32 and lr 1e-3 were chosen on validation loss.
     _add_training_args(p, epochs=3, batch_size=32, lr=1e-3)
     p.set_defaults(func=cmd_demo, channels=1)
 
-    p = sub.add_parser("benchmark", help="CIFAR-10 leave-one-class-out sweep, honest and/or paper protocol",
-                       description="Reproduce the paper's Table 1 for any models, classes and seeds. Each "
-                                   "(model, class, seed, protocol) cell is saved as it finishes; a rerun skips "
-                                   "finished cells. Writes results.csv, results.json and table.md.")
+    p = sub.add_parser("benchmark", help="leave-one-class-out sweep on CIFAR-10 or your labelled data",
+                       description="Reproduce the paper's Table 1 for any models, classes and seeds (honest and/or "
+                                   "paper protocol), choose settings on the validate protocol, or run the same "
+                                   "comparison on your own labelled images (--data). Each (model, class, seed, "
+                                   "protocol) cell is saved as it finishes; a rerun skips finished cells. Writes "
+                                   "results.csv, results.json, table.md and report.html.")
     p.add_argument("--dataset", default="cifar10", choices=["cifar10"])
     p.add_argument("--data-dir", type=Path, default=Path("data"),
                    help="folder holding cifar-10-batches-py (or that folder itself); default ./data")
     p.add_argument("--download", action="store_true", help="download CIFAR-10 into --data-dir if it is missing")
-    p.add_argument("--models", default="skipganomaly++", help="comma-separated model names")
+    p.add_argument("--data", type=Path, metavar="PATH",
+                   help="your labelled images instead of CIFAR-10: an .npz (train_images, train_labels, test_images, "
+                        "test_labels; optional label_names) or a folder with a subfolder per class (or train/ and "
+                        "test/ with a subfolder per class each)")
+    p.add_argument("--normal-labels", metavar="A,B",
+                   help="these classes are normal and all others abnormal, in one task (default: leave each class "
+                        "out in turn)")
+    p.add_argument("--image-size", type=int, default=32, help="--data: the size images are resized to (default 32)")
+    p.add_argument("--channels", type=int, choices=(1, 3), default=3,
+                   help="--data folders: 1 grayscale or 3 RGB (default 3; an .npz gives its own)")
+    p.add_argument("--models", default="skipganomaly++",
+                   help=f"comma-separated model names (e.g. skipganomaly++,{','.join(BASELINES)} for the model beside "
+                        "the raw-pixel baselines)")
     p.add_argument("--classes", default="all", help="'all' or comma-separated abnormal classes")
     p.add_argument("--seeds", help="comma-separated seeds (preset's, else 0)")
-    p.add_argument("--protocol", default="honest", choices=["honest", "paper", "both"])
-    p.add_argument("--preset", choices=sorted(PRESETS), help="sizes: cpu-smoke (minutes), cpu-medium (an hour per GAN model) or paper (full size)")
+    p.add_argument("--protocol", default="honest",
+                   help=f"{', '.join(PROTOCOLS)}, a comma-separated list of them, or both (= honest,paper); "
+                        "default honest")
+    p.add_argument("--preset", choices=sorted(PRESETS),
+                   help="sizes: cpu-smoke (minutes), cpu-medium (an hour per GAN model) or paper (full size)")
     p.add_argument("--epochs", type=int, help="default: preset's, else 15")
     p.add_argument("--batch-size", type=int, help="default: preset's, else 64")
-    p.add_argument("--train-fraction", type=float, help="stratified share of the 45,000 training images")
-    p.add_argument("--test-fraction", type=float, help="stratified share of the 15,000 test images")
+    p.add_argument("--train-fraction", type=float, help="stratified share of the training images")
+    p.add_argument("--test-fraction", type=float, help="stratified share of the test images")
     p.add_argument("--model-arg", action="append", default=[], metavar="MODEL:KEY=VALUE",
                    help="extra option for one model, e.g. anogan:search_steps=100 (repeatable)")
     p.add_argument("--out", type=Path, default=Path("runs/benchmark"))
@@ -449,9 +471,18 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _baseline_names(text: str) -> list[str]:
+    names = [] if text.strip() == "none" else [n.strip() for n in text.split(",") if n.strip()]
+    for name in names:
+        get_model_class(name)  # an unknown name is a one-line error listing the models
+    return names
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     digits = list(range(10)) if args.digits == "all" else _parse_digits(args.digits)
+    baselines = [b for b in _baseline_names(args.baselines) if b != args.model]
     results: dict[str, dict[str, float]] = {}
+    baseline_auroc: dict[str, dict[str, float]] = {b: {} for b in baselines}
     start = time.perf_counter()
     for digit in digits:
         split = digits_leave_one_out(digit, args.image_size, seed=args.seed, max_train=args.max_train)
@@ -460,15 +491,26 @@ def cmd_demo(args: argparse.Namespace) -> int:
         log_epoch = EpochLog(run / "metrics.jsonl")
         det = _detector(args).fit(split.train, checkpoint_path=run / "model.pt", on_epoch_end=log_epoch)
         scores, labels = det.decision_function(split.test), split.test_labels.numpy()
-        results[f"digit {digit}"] = evaluate_scores(scores, labels, det.threshold_)
+        key = f"digit {digit}"
+        results[key] = evaluate_scores(scores, labels, det.threshold_)
         names = [f"test{i:04d}" for i in range(len(labels))]
         write_evaluation(run, f"{args.model}, digit {digit} abnormal", split.test, names, labels, scores,
-                         results[f"digit {digit}"], det.threshold_, det.reconstructions, det.anomaly_maps)
-        _write_json(args.out / "results.json", results)
-    table = per_class_table(results, ["auroc", "auprc", "f1"])
+                         results[key], det.threshold_, det.reconstructions, det.anomaly_maps)
+        for name in baselines:  # same split, seed and validation share; seconds each
+            base = Detector(model=name, image_size=args.image_size, in_channels=args.channels, seed=args.seed,
+                            val_fraction=args.val_fraction, contamination=args.contamination, device=args.device,
+                            progress=False).fit(split.train)
+            baseline_auroc[name][key] = evaluate_scores(base.decision_function(split.test), labels, base.threshold_)["auroc"]
+        _write_json(args.out / "results.json", {**results, "baselines": baseline_auroc})
+    columns = [f"{args.model} auroc", "auprc", "f1", *(f"{b} auroc" for b in baselines)]
+    rows = {k: dict(zip(columns, [r["auroc"], r["auprc"], r["f1"], *(baseline_auroc[b][k] for b in baselines)]))
+            for k, r in results.items()}
+    table = per_class_table(rows, columns)
     seconds = time.perf_counter() - start
     summary = (f"{args.model}, leave-one-digit-out on scikit-learn digits, {args.epochs} epochs, "
-               f"seed {args.seed}, {seconds:.0f} s\n\n{table}\n")
+               f"seed {args.seed}, {seconds:.0f} s"
+               + (f"; beside it, raw-pixel baselines on the same splits: {', '.join(baselines)}" if baselines else "")
+               + f"\n\n{table}\n")
     (args.out / "table.md").write_text(summary)
     print()
     print(summary)
@@ -484,6 +526,15 @@ def _parse_digits(text: str) -> list[int]:
     return digits
 
 
+def _protocols(text: str) -> list[str]:
+    names = ["honest", "paper"] if text == "both" else [t.strip() for t in text.split(",") if t.strip()]
+    bad = [n for n in names if n not in PROTOCOLS]
+    if bad or not names:
+        raise ConfigError(f"--protocol: unknown protocol {bad[0] if bad else text!r}; use {', '.join(PROTOCOLS)}, "
+                          "a comma-separated list of them, or both")
+    return list(dict.fromkeys(names))
+
+
 def cmd_benchmark(args: argparse.Namespace) -> int:
     preset = PRESETS.get(args.preset or "", {})
 
@@ -492,20 +543,51 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
         return value if value is not None else preset.get(name, default)
 
     seeds = _int_list(args.seeds, "--seeds") if args.seeds else preset.get("seeds", [0])
-    classes = list(PAPER_ORDER) if args.classes == "all" else [CLASSES[class_index(c)] for c in args.classes.split(",")]
+    data: LabelledImages
+    if args.data is not None:
+        if args.download:
+            raise ConfigError("--download is for CIFAR-10; --data reads your own files")
+        check_geometry(args.channels, args.image_size)
+        load: Callable[[], LabelledImages] = functools.partial(load_labelled, args.data, args.image_size,
+                                                                args.channels)
+        data = load()
+    else:
+        if args.image_size != 32:
+            raise ConfigError("--image-size is for --data; CIFAR-10 cells are 32x32")
+        load = functools.partial(load_cifar10, args.data_dir)
+        data = load_cifar10(args.data_dir, download_missing=args.download, progress=not args.no_progress)
+    name = "CIFAR-10" if isinstance(data, Cifar10) else data.name
+    if args.normal_labels:
+        normal = [data.classes[data.class_index(n.strip())] for n in args.normal_labels.split(",")]
+        abnormal = [c for c in data.classes if c not in normal]
+        if not abnormal:
+            raise ConfigError(f"--normal-labels names every class of {data.name}; leave at least one abnormal")
+        if args.classes != "all":
+            raise ConfigError("give --classes or --normal-labels, not both")
+        classes = [JOIN.join(abnormal)]
+    elif args.classes == "all":
+        classes = list(PAPER_ORDER) if isinstance(data, Cifar10) else data.present()
+    else:
+        classes = [JOIN.join(data.class_names(c.strip())) for c in args.classes.split(",")]
+    for cls in classes:  # a class with no images, or no normal class left, fails here in one line
+        class_split(data, data.class_names(cls))
     options = _per_model_kwargs(args.model_arg)
     config = SweepConfig(
         models=[m.strip() for m in args.models.split(",") if m.strip()], classes=classes, seeds=seeds,
-        protocols=list(PROTOCOLS) if args.protocol == "both" else [args.protocol],
+        protocols=_protocols(args.protocol),
         epochs=pick("epochs", 15), batch_size=pick("batch_size", 64),
         train_fraction=pick("train_fraction", 1.0), test_fraction=pick("test_fraction", 1.0),
         device=args.device, amp=args.amp, progress=not args.no_progress, model_options=options,
+        dataset=data.fingerprint or data.name, image_size=args.image_size,
     )
-    load_cifar10(args.data_dir, download_missing=args.download, progress=not args.no_progress)  # fail early
+    if "validate" in config.protocols:
+        for cls in classes:
+            validation_split(data, data.class_names(cls))  # needs two normal classes: fail before training
+    del data
     out: Path = args.out
     start = time.perf_counter()
     env = environment()  # before the sweep: the code that runs it (cells started later say so below)
-    outcome = run_sweep(functools.partial(load_cifar10, args.data_dir), config, out, workers=args.workers)
+    outcome = run_sweep(load, config, out, workers=args.workers)
     results = outcome.results
     for key, why in outcome.failures:
         log.error("cell %s failed: %s", key, why)
@@ -516,21 +598,26 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     if end_commit != env["git_commit"]:  # the tree changed during the run; spawned workers may have run either
         env["git_commit"] = f"{env['git_commit']} (at start; {end_commit} at the end)"
     env["wall_seconds_this_run"] = round(time.perf_counter() - start, 1)
-    _write_json(out / "results.json", {"config": {**vars(config)}, "environment": env, "cells": results})
+    _write_json(out / "results.json", {"config": {**vars(config)}, "dataset_name": name, "environment": env,
+                                       "cells": results})
     rows = cell_rows(results)
     with (out / "results.csv").open("w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    sections = [f"# CIFAR-10 leave-one-class-out AUROC: ours (paper's Table 1)\n\n"
+    paper_note = (" (paper's Table 1)" if config.dataset == CIFAR10 else "")
+    sections = [f"# {name} leave-one-class-out AUROC: ours{paper_note}\n\n"
                 f"epochs {config.epochs}, batch {config.batch_size}, train fraction {config.train_fraction}, "
                 f"test fraction {config.test_fraction}, seeds {','.join(map(str, seeds))}. "
-                f"The mean column averages the classes shown; the paper's mean is over all ten. {STD_NOTE}\n\n"
+                f"The mean column averages the classes shown"
+                + ("; the paper's mean is over all ten" if config.dataset == CIFAR10 else "")
+                + f". {STD_NOTE}\n\n"
                 f"Command: `{env['command']}`; git {env['git_commit']}; torch {env['torch']}, "
                 f"{env['threads']} threads, {env['cpu']}; {env['wall_seconds_this_run']} s this run.\n"]
     for protocol in config.protocols:
-        sections.append(f"## protocol: {protocol}\n\n"
-                        + benchmark_table(summary, config.models, config.classes, protocol) + "\n")
+        sections.append(f"## protocol: {protocol}\n\n{PROTOCOL_NOTES[protocol]}\n\n"
+                        + benchmark_table(summary, config.models, config.classes, protocol,
+                                          shows_paper_numbers(config.dataset, protocol)) + "\n")
     text = "\n".join(sections)
     (out / "table.md").write_text(text)
     print(text)
@@ -553,7 +640,8 @@ def _per_model_kwargs(items: list[str]) -> dict[str, dict[str, Any]]:
 def cmd_bench_speed(args: argparse.Namespace) -> int:
     from .speed import run
 
-    models = list_models() if args.models == "all" else [m.strip() for m in args.models.split(",")]
+    models = ([m for m in list_models() if get_model_class(m).trained_by_gradient] if args.models == "all"
+              else [m.strip() for m in args.models.split(",")])
     for name in models:
         get_model_class(name)
     resolve_device(args.device)  # a bad or absent device is one line here, not an error in each worker

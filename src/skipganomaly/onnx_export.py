@@ -37,7 +37,7 @@ def export_onnx(model: AnomalyModel, path: str | os.PathLike[str]) -> Path:
     was_training = model.training
     model.eval()
     dummy = torch.zeros(2, model.in_channels, model.image_size, model.image_size,
-                        device=next(model.parameters()).device)
+                        device=next(iter([*model.parameters(), *model.buffers()])).device)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

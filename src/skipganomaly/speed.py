@@ -123,7 +123,7 @@ def reference_style_step(model: SkipFamilyModel, x: Tensor, opt_g: Adam | torch.
         opt_d.step()
 
 
-def reference_optimizers(model: SkipFamilyModel, config: TrainConfig) -> tuple[torch.optim.Adam, torch.optim.Adam]:
+def reference_optimizers(model: SkipFamilyModel, config: TrainConfig) -> dict[str, torch.optim.Adam]:
     """The reference's optimisers: torch.optim.Adam in its default (per-tensor loop) implementation."""
     return make_optimizers(model, config, adam=torch.optim.Adam)
 
@@ -148,7 +148,8 @@ def reference_style_runners(model: SkipFamilyModel, images: Tensor, batch_size: 
     ref = copy.deepcopy(model).to("cpu", memory_format=torch.contiguous_format)
     images = images.cpu()
     config = TrainConfig(batch_size=batch_size, device="cpu", progress=False)
-    opt_g, opt_d = reference_optimizers(ref, config)
+    opts = reference_optimizers(ref, config)
+    opt_g, opt_d = opts["generator"], opts["discriminator"]
     x = prepare_batch(images[:batch_size], torch.device("cpu")).contiguous()
     to_score = prepare_batch(images[:score_batch], torch.device("cpu")).contiguous()
 
@@ -185,19 +186,22 @@ def bench_model(name: str, batch_size: int = 64, steps: int = 3, repeats: int = 
     dev = resolve_device(device)
     sync = torch.cuda.synchronize if dev.type == "cuda" else lambda: None
     model = to_device(create(name, **(options or {})), dev)
+    if not model.trained_by_gradient:
+        raise ConfigError(f"model {name!r} is fitted in closed form, not trained by steps: there is no training "
+                          "step to time")
     config = TrainConfig(batch_size=batch_size, device=str(dev), progress=False, amp=False)
-    opt_g, opt_d = make_optimizers(model, config)
+    opts = make_optimizers(model, config)
     images = torch.randint(0, 256, (max(batch_size, score_batch), 3, 32, 32), dtype=torch.uint8).to(dev)
     x = prepare_batch(images[:batch_size], dev)
     if reference_style and not isinstance(model, SkipFamilyModel):
         raise ConfigError(f"the reference-style comparison exists for the skip family only, not {name!r}")
     model.train()
     # FLOPs counted eagerly (the counter does not see inside compiled kernels); the same maths either way.
-    train_flops = count_flops(lambda: train_step(model, x, opt_g, opt_d, config, dev)) / batch_size
+    train_flops = count_flops(lambda: train_step(model, x, opts, config, dev)) / batch_size
 
-    def run_steps(net: nn.Module, opts: tuple[Adam, Adam]) -> None:
+    def run_steps(net: nn.Module, opts: dict[str, Adam]) -> None:
         for _ in range(steps):
-            train_step(net, x, *opts, config, dev)
+            train_step(net, x, opts, config, dev)
 
     compiled: dict[str, float] = {}
     if compile:  # timed first, on a copy, so the eager model below is measured exactly as without the flag
@@ -205,14 +209,14 @@ def bench_model(name: str, batch_size: int = 64, steps: int = 3, repeats: int = 
         compile_blocks(net, compile)
         opts = make_optimizers(net, config)
         start = time.perf_counter()
-        train_step(net, x, *opts, config, dev)
+        train_step(net, x, opts, config, dev)
         sync()
         compiled["compile_seconds"] = time.perf_counter() - start
         [compiled_s] = _median_seconds(lambda: run_steps(net, opts), repeats=repeats, sync=sync)
         compiled["compiled_train_images_per_s"] = batch_size * steps / compiled_s
         del net, opts
     to_score = images[:score_batch]
-    trainers: list[Callable[[], object]] = [lambda: run_steps(model, (opt_g, opt_d))]
+    trainers: list[Callable[[], object]] = [lambda: run_steps(model, opts)]
     scorers: list[Callable[[], object]] = [
         lambda: batched_apply(model.score, model, to_score, score_batch, dev, amp=False)]
     if reference_style:  # timed in turns with ours (see _median_seconds)
@@ -224,7 +228,7 @@ def bench_model(name: str, batch_size: int = 64, steps: int = 3, repeats: int = 
         amp_model = copy.deepcopy(model)
         amp_config = TrainConfig(batch_size=batch_size, device=str(dev), progress=False, amp=True)
         amp_opts = make_optimizers(amp_model, amp_config)
-        trainers.append(lambda: [train_step(amp_model, x, *amp_opts, amp_config, dev) for _ in range(steps)])
+        trainers.append(lambda: [train_step(amp_model, x, amp_opts, amp_config, dev) for _ in range(steps)])
         scorers.append(lambda: batched_apply(amp_model.score, amp_model, to_score, score_batch, dev, amp=True))
     # The peak kernels take turns with the training steps, so the fraction of peak compares rates measured
     # under the same conditions (this machine's peak drifts by 30-40% between runs).

@@ -70,8 +70,8 @@ def test_spec_train_config_and_optimisers_are_pinned() -> None:
     assert config.d_reset_threshold == 1e-5
 
     model = create("skipganomaly++", widths=SMALL_WIDTHS)
-    opt_g, opt_d = make_optimizers(model, config)
-    for opt, params in ((opt_g, model.generator_parameters()), (opt_d, model.discriminator_parameters())):
+    opts = make_optimizers(model, config)
+    for opt, params in ((opts["generator"], model.generator_parameters()), (opts["discriminator"], model.discriminator_parameters())):
         groups = opt.state_dict()["param_groups"]
         assert len(groups) == 1
         group = groups[0]
@@ -89,7 +89,7 @@ def test_spec_train_config_and_optimisers_are_pinned() -> None:
     for g_step in grads:
         for p, g in zip(params, g_step):
             p.grad = g.clone()
-        opt_g.step()
+        opts["generator"].step()
     lr, b1, b2, eps = 2e-4, 0.5, 0.999, 1e-8
     for p, p0, g1, g2 in zip(params, start, grads[0], grads[1]):
         m = v = torch.zeros_like(p0)

@@ -94,7 +94,7 @@ def test_training_imports_neither_dynamo_nor_plotting_libraries() -> None:
         "m = create('skipganomaly++', widths=(4, 4, 4, 4, 4)).train()\n"
         "c = TrainConfig(batch_size=4, device='cpu', progress=False)\n"
         "x = prepare_batch(torch.randint(0, 255, (4, 3, 32, 32), dtype=torch.uint8), torch.device('cpu'))\n"
-        "train_step(m, x, *make_optimizers(m, c), c, torch.device('cpu'))\n"
+        "train_step(m, x, make_optimizers(m, c), c, torch.device('cpu'))\n"
         "print(sorted(n for n in ('torch._dynamo', 'sklearn', 'matplotlib', 'scipy') if n in sys.modules))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -161,7 +161,7 @@ def _sharded_steps(rank: int, rendezvous: str, out: str) -> None:
     try:
         model, x, opts, config = _exact_setup()
         for _ in range(2):
-            train_step(model, x[rank * 4:(rank + 1) * 4], *opts, config, torch.device("cpu"))
+            train_step(model, x[rank * 4:(rank + 1) * 4], opts, config, torch.device("cpu"))
         if rank == 0:
             torch.save(model.state_dict(), out)
     finally:
@@ -182,7 +182,7 @@ def test_gradients_averaged_over_processes_equal_the_full_batch_gradient(tmp_pat
     torch.multiprocessing.spawn(_sharded_steps, args=(f"file://{tmp_path / 'rdv'}", str(out)), nprocs=2)
     model, x, opts, config = _exact_setup()
     for _ in range(2):
-        train_step(model, x, *opts, config, torch.device("cpu"))
+        train_step(model, x, opts, config, torch.device("cpu"))
     sharded = torch.load(out, weights_only=True)
     for key, value in model.state_dict().items():
         torch.testing.assert_close(sharded[key], value, rtol=1e-6, atol=1e-6, msg=key)

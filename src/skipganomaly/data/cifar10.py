@@ -14,10 +14,10 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from ..errors import DataError
+from .labelled import ClassSplit, LabelledImages, class_split
 
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 # Column order of the paper's Table 1.
@@ -39,13 +39,15 @@ MD5 = {
 
 
 @dataclass
-class Cifar10:
+class Cifar10(LabelledImages):
     """All of CIFAR-10 as uint8 [N, 3, 32, 32] tensors with int64 labels."""
 
-    train_images: torch.Tensor
-    train_labels: torch.Tensor
-    test_images: torch.Tensor
-    test_labels: torch.Tensor
+    classes: tuple[str, ...] = CLASSES
+    name: str = "cifar10"
+    fingerprint: str = ""  # the published files, checked by MD5: nothing to add to a cell's key
+
+    def class_index(self, name: str) -> int:
+        return class_index(name)
 
 
 def class_index(name: str) -> int:
@@ -147,45 +149,12 @@ def _read_batches(paths: list[Path]) -> tuple[torch.Tensor, torch.Tensor]:
     return out, torch.tensor(labels, dtype=torch.int64)
 
 
-@dataclass
-class LeaveOneOutSplit:
-    """The paper's protocol for one abnormal class. The test set is in the reference's order: normal
-    test images, then abnormal training images, then abnormal test images (label 1 = abnormal)."""
-
-    abnormal_class: str
-    train: torch.Tensor
-    test: torch.Tensor
-    test_labels: torch.Tensor
-
-
 def leave_one_class_out(
     data: Cifar10, abnormal: str, train_fraction: float = 1.0, test_fraction: float = 1.0, seed: int = 0
-) -> LeaveOneOutSplit:
+) -> ClassSplit:
     """Train on the 45,000 training images of the nine normal classes; test on their 9,000 test images
-    plus all 6,000 images (5,000 train + 1,000 test) of the abnormal class.
+    plus all 6,000 images (5,000 train + 1,000 test) of the abnormal class (spec section E).
 
     Fractions below 1 take stratified subsets (per class and per part), keeping the test order.
     """
-    for name, frac in (("train_fraction", train_fraction), ("test_fraction", test_fraction)):
-        if not 0.0 < frac <= 1.0:
-            raise DataError(f"{name} must be in (0, 1], got {frac}")
-    c = class_index(abnormal)
-    rng = np.random.default_rng(seed)
-    train_idx = _stratified(data.train_labels, data.train_labels != c, train_fraction, rng)
-    normal_test = _stratified(data.test_labels, data.test_labels != c, test_fraction, rng)
-    abnormal_train = _stratified(data.train_labels, data.train_labels == c, test_fraction, rng)
-    abnormal_test = _stratified(data.test_labels, data.test_labels == c, test_fraction, rng)
-    test = torch.cat([data.test_images[normal_test], data.train_images[abnormal_train], data.test_images[abnormal_test]])
-    labels = torch.cat([torch.zeros(len(normal_test)), torch.ones(len(abnormal_train) + len(abnormal_test))]).long()
-    return LeaveOneOutSplit(CLASSES[c], data.train_images[train_idx], test, labels)
-
-
-def _stratified(labels: torch.Tensor, mask: torch.Tensor, fraction: float, rng: np.random.Generator) -> torch.Tensor:
-    """Indices where `mask` holds; with fraction < 1, a random share of each class, in index order."""
-    picked = []
-    for cls in torch.unique(labels[mask]).tolist():
-        idx = torch.nonzero(mask & (labels == cls)).flatten().numpy()
-        if fraction < 1.0:
-            idx = np.sort(rng.choice(idx, max(1, int(round(len(idx) * fraction))), replace=False))
-        picked.append(idx)
-    return torch.from_numpy(np.sort(np.concatenate(picked)))
+    return class_split(data, [CLASSES[class_index(abnormal)]], train_fraction, test_fraction, seed)

@@ -152,9 +152,13 @@ def training_curves_figure(history: Sequence[Mapping[str, Any]], path: Path) -> 
     if values and all(np.all(v[np.isfinite(v)] > 0) for v in values.values()):
         left.set_yscale("log")
     left.set(xlabel="epoch", ylabel="mean per step", title="training losses")
-    left.legend(fontsize="small")
+    if values:
+        left.legend(fontsize="small")
+    else:  # a model fitted in closed form has no training steps
+        left.text(0.5, 0.5, "fitted in closed form:\nno training steps", ha="center", va="center",
+                  transform=left.transAxes)
     right.plot(epochs, [float(r["val_loss"]) for r in history], marker="o", color="black")
-    right.set(xlabel="epoch", ylabel="mean L1 on held-out normals", title="validation reconstruction loss")
+    right.set(xlabel="epoch", ylabel="mean over held-out normals", title="validation loss (the model's own)")
     return _save(fig, path)
 
 

@@ -23,7 +23,7 @@ import yaml
 from ..errors import DataError
 from ..files import write_text_atomic
 from .plots import histogram_figure, image_grid_figure, pr_figure, roc_figure, training_curves_figure
-from .tables import STD_NOTE, benchmark_rows, summarise
+from .tables import PROTOCOL_NOTES, STD_NOTE, benchmark_rows, shows_paper_numbers, summarise
 
 EXAMPLE_GROUPS = {
     "most_anomalous": "Most anomalous (highest scores)",
@@ -165,15 +165,15 @@ def build_benchmark_report(bench_dir: Path) -> Path:
                 f"Epochs {config['epochs']}, batch {config['batch_size']}, train fraction "
                 f"{config['train_fraction']}, test fraction {config['test_fraction']}, seeds "
                 f"{', '.join(map(str, config['seeds']))}.</p>"
-                "<p>Each cell: our AUROC (the paper's Table 1 in brackets). <b>honest</b>: eval-mode networks, "
-                "shuffled test batches, last epoch, threshold from held-out normals. <b>paper</b>: the reference "
-                "evaluation (trained on all training normals; class-ordered test batches of 64, in train-mode "
-                "BatchNorm for the models whose reference code does that; best epoch chosen on the test set), "
-                f"shown only to compare with published numbers. {html.escape(STD_NOTE)}</p>"]
+                "<p>Each cell: our AUROC (on CIFAR-10, the paper's Table 1 in brackets). "
+                f"{html.escape(STD_NOTE)}</p>"]
     figures = bench_dir / "figures"
+    dataset = config.get("dataset", "cifar10")
     for protocol in config["protocols"]:
-        header, rows = benchmark_rows(summary, config["models"], config["classes"], protocol)
-        sections.append(f"<h2>Protocol: {html.escape(protocol)}</h2>" + html_table(header, rows))
+        header, rows = benchmark_rows(summary, config["models"], config["classes"], protocol,
+                                      shows_paper_numbers(dataset, protocol))
+        sections.append(f"<h2>Protocol: {html.escape(protocol)}</h2><p>{html.escape(PROTOCOL_NOTES[protocol])}</p>"
+                        + html_table(header, rows))
         for model in config["models"]:
             curves = {}
             for cell in cells:
@@ -189,7 +189,8 @@ def build_benchmark_report(bench_dir: Path) -> Path:
             else:
                 sections.append(f"<p>{html.escape(model)}: no saved test scores for ROC curves (cells written "
                                 "before scores were saved; rerun them to draw the curves).</p>")
-    return write_page(bench_dir / "report.html", "CIFAR-10 leave-one-class-out benchmark", sections)
+    title = "CIFAR-10" if dataset == "cifar10" else str(saved.get("dataset_name", dataset))
+    return write_page(bench_dir / "report.html", f"{title} leave-one-class-out benchmark", sections)
 
 
 def build_report(directory: Path) -> Path:

@@ -1,10 +1,16 @@
-"""The contract every model fulfils, so that one training loop and one evaluator serve them all."""
+"""The contract every model fulfils, so that one training loop and one evaluator serve them all.
+
+A model names its optimiser groups and the phases of one training iteration (GANs: a generator
+step, then a discriminator step; a single network: one step); a model with no optimiser group is
+fitted in closed form on all training images at once (PCA, kNN). The loop reads these properties
+and never a model's name.
+"""
 
 from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -14,12 +20,27 @@ from ..errors import ConfigError
 
 
 @dataclass
-class GeneratorStep:
-    """What a generator loss returns: the loss, scalars to log, and tensors the D loss may reuse."""
+class LossStep:
+    """What a phase's loss returns: the loss, scalars to log, tensors later phases may reuse, and
+    (for a phase with a reset rule) the detached value the rule compares with its threshold."""
 
     loss: Tensor
-    logs: dict[str, Tensor]
+    logs: dict[str, Tensor] = field(default_factory=dict)
     cache: dict[str, Tensor] = field(default_factory=dict)
+    reset_value: Tensor | None = None
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One optimiser step of a training iteration: `loss(x, cache)` trains the parameters of `group`.
+
+    `log_name` is the key its loss is logged under; `reset`, where given, re-initialises the phase's
+    network when its `reset_value` falls below the loop's threshold (the reference D-reset rule)."""
+
+    group: str
+    loss: Callable[[Tensor, dict[str, Tensor]], LossStep]
+    log_name: str
+    reset: Callable[[], None] | None = None
 
 
 def init_weights(module: nn.Module, std: float = 0.02) -> None:
@@ -64,10 +85,11 @@ def check_geometry(in_channels: int, image_size: int, min_size: int = 32) -> Non
 
 
 class AnomalyModel(nn.Module):
-    """A GAN-based anomaly detector: networks, their losses, and the anomaly score.
+    """An anomaly detector: its networks (or fitted statistics), how it is trained, and its score.
 
-    Subclasses define the two loss functions the training loop alternates between, and a score
-    where higher means more anomalous. They never see data loaders or optimisers.
+    Subclasses define either `optimizer_groups` and `training_phases` (trained by gradient steps) or
+    `fit_closed_form` (fitted once on all training images), and a score where higher means more
+    anomalous. They never see data loaders or optimisers.
     """
 
     name: str = ""
@@ -76,6 +98,7 @@ class AnomalyModel(nn.Module):
     # batch's statistics, dropout on): the PyTorch references never call eval(); the TensorFlow ones
     # score with is_training=False. The paper protocol reproduces what each model's reference does.
     reference_scores_in_train_mode: bool = False
+    trained_by_gradient: bool = True  # False: fitted once by `fit_closed_form` (no optimiser groups)
 
     def __init__(self, in_channels: int, image_size: int) -> None:
         super().__init__()
@@ -84,25 +107,17 @@ class AnomalyModel(nn.Module):
         self.image_size = image_size
 
     # --- what the training loop needs -------------------------------------------------------
-    # Defaults for the usual layout: `self.generator` against `self.discriminator`.
-    generator: nn.Module
-    discriminator: nn.Module
+    def optimizer_groups(self) -> dict[str, list[nn.Parameter]]:
+        """Parameters per optimiser (one Adam each), disjoint; empty for a closed-form model."""
+        return {}
 
-    def generator_parameters(self) -> list[nn.Parameter]:
-        return list(self.generator.parameters())
+    def training_phases(self) -> list[Phase]:
+        """The steps of one training iteration, in order (each steps one optimiser group)."""
+        return []
 
-    def discriminator_parameters(self) -> list[nn.Parameter]:
-        return list(self.discriminator.parameters())
-
-    def generator_loss(self, x: Tensor) -> GeneratorStep:
-        raise NotImplementedError
-
-    def discriminator_loss(self, x: Tensor, cache: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
-        """Return the loss that trains D, and the (detached) value the D-reset rule compares."""
-        raise NotImplementedError
-
-    def reset_discriminator(self) -> None:
-        init_weights(self.discriminator)
+    def fit_closed_form(self, x: Tensor) -> None:
+        """Fit on every training image at once, x: [N, C, H, W] in [-1, 1] (models without optimiser groups)."""
+        raise NotImplementedError(f"{type(self).__name__} is trained by gradient steps, not in closed form")
 
     # --- what evaluation needs --------------------------------------------------------------
     def score(self, x: Tensor) -> Tensor:
@@ -129,3 +144,64 @@ class AnomalyModel(nn.Module):
     def reference_options(cls) -> dict[str, Any]:
         """Constructor options that reproduce the reference code's training quirks (paper protocol)."""
         return {}
+
+
+class GanModel(AnomalyModel):
+    """The GAN layout of the paper's family: `self.generator` against `self.discriminator`, a generator
+    step then a discriminator step per iteration, and D re-initialised when its loss collapses."""
+
+    generator: nn.Module
+    discriminator: nn.Module
+
+    def generator_parameters(self) -> list[nn.Parameter]:
+        return list(self.generator.parameters())
+
+    def discriminator_parameters(self) -> list[nn.Parameter]:
+        return list(self.discriminator.parameters())
+
+    def optimizer_groups(self) -> dict[str, list[nn.Parameter]]:
+        return {"generator": self.generator_parameters(), "discriminator": self.discriminator_parameters()}
+
+    def training_phases(self) -> list[Phase]:
+        return [Phase("generator", lambda x, cache: self.generator_loss(x), "g_loss"),
+                Phase("discriminator", self._discriminator_step, "d_loss", self.reset_discriminator)]
+
+    def _discriminator_step(self, x: Tensor, cache: dict[str, Tensor]) -> LossStep:
+        loss, reset_value = self.discriminator_loss(x, cache)
+        return LossStep(loss, reset_value=reset_value)
+
+    def generator_loss(self, x: Tensor) -> LossStep:
+        raise NotImplementedError
+
+    def discriminator_loss(self, x: Tensor, cache: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """Return the loss that trains D, and the (detached) value the D-reset rule compares."""
+        raise NotImplementedError
+
+    def reset_discriminator(self) -> None:
+        init_weights(self.discriminator)
+
+
+class ClosedFormModel(AnomalyModel):
+    """A model fitted in closed form (`fit_closed_form`): no parameters and no optimiser; its fitted
+    state lives in buffers whose shapes are known only after fitting, so loading a state dict
+    resizes them to the saved shapes (tensors only: loads with `weights_only=True`)."""
+
+    trained_by_gradient = False
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
+        for name, buf in list(self._buffers.items()):
+            saved = state_dict.get(prefix + name)
+            if buf is not None and isinstance(saved, Tensor) and saved.shape != buf.shape:
+                self._buffers[name] = torch.empty(saved.shape, dtype=buf.dtype, device=buf.device)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    @property
+    def is_fitted(self) -> bool:
+        raise NotImplementedError
+
+    def check_fitted(self) -> None:
+        if not self.is_fitted:
+            raise ConfigError(f"model {self.name!r} is not fitted yet; train it first")
+
+    def validation_loss(self, x: Tensor) -> Tensor:
+        return self.score(x)

@@ -9,11 +9,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import AnomalyModel, GeneratorStep, frozen, init_weights, real_fake_bce
+from .base import GanModel, LossStep, frozen, init_weights, real_fake_bce
 from .discriminators import BasicDiscriminator
 
 
-class SkipFamilyModel(AnomalyModel):
+class SkipFamilyModel(GanModel):
     """Image-to-image generator against a discriminator that also supplies latent features.
 
     `detach_latent=True` reproduces the Skip-GANomaly++ reference code, where the latent loss is
@@ -58,7 +58,7 @@ class SkipFamilyModel(AnomalyModel):
         """The reconstruction G(x)."""
         return self.generator(x)
 
-    def generator_loss(self, x: Tensor) -> GeneratorStep:
+    def generator_loss(self, x: Tensor) -> LossStep:
         # D(x) is computed once, with its graph: G's step uses its features, D's step its logit
         # (D's weights do not change in between, so a second pass would give the same values).
         logit_real, feat_real = self.discriminator.classify(x)
@@ -72,7 +72,7 @@ class SkipFamilyModel(AnomalyModel):
         lat_term = lat.detach() if self.detach_latent else lat
         loss = self.w_adv * adv + self.w_con * con + self.w_lat * lat_term
         logs = {"g_adv": adv.detach(), "g_con": con.detach(), "g_lat": lat.detach()}
-        return GeneratorStep(loss, logs, {"logit_real": logit_real, "fake": fake.detach(), "lat": lat.detach()})
+        return LossStep(loss, logs, {"logit_real": logit_real, "fake": fake.detach(), "lat": lat.detach()})
 
     def discriminator_loss(self, x: Tensor, cache: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         logit_real = cache["logit_real"]

@@ -1,7 +1,9 @@
-"""The one GAN training loop: alternate a generator and a discriminator step, for any registered model.
+"""The one training loop, for any registered model.
 
-It knows nothing about model names: each model supplies its two losses, its parameter groups, its
-D-reset rule and its validation loss.
+It knows nothing about model names: each model supplies its optimiser groups and the phases of one
+iteration (GANs: a generator step, then a discriminator step with its reset rule; a single network:
+one step), or is fitted in closed form on all training images (no optimiser group), and its
+validation loss.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from tqdm.auto import tqdm
 
 from ..errors import ConfigError, SkipGanomalyError
 from ..files import load_torch_checked, save_torch_atomic
-from ..models.base import AnomalyModel
+from ..models.base import AnomalyModel, Phase
 from .distributed import average_gradients, average_tensor, broadcast_parameters, is_main_process, sync_buffers, world
 from .optim import Adam
 from .runtime import (autocast, batched_apply, compile_blocks, default_eval_batch, prepare_batch,
@@ -74,51 +76,57 @@ class EpochRecord:
         return asdict(self)
 
 
-def make_optimizers(model: AnomalyModel, config: TrainConfig, adam: Callable[..., Any] = Adam) -> tuple[Any, Any]:
-    """Adam for each side, as every reference model does (fused: see `optim`; `adam=torch.optim.Adam`
-    gives the reference's own optimiser, for the speed comparison)."""
+def make_optimizers(model: AnomalyModel, config: TrainConfig, adam: Callable[..., Any] = Adam) -> dict[str, Any]:
+    """One Adam per optimiser group of the model, as every reference model does (fused: see `optim`;
+    `adam=torch.optim.Adam` gives the reference's own optimiser, for the speed comparison)."""
     betas = (config.beta1, config.beta2)
-    return (adam(model.generator_parameters(), config.lr, betas=betas),
-            adam(model.discriminator_parameters(), config.lr, betas=betas))
+    return {name: adam(params, config.lr, betas=betas) for name, params in model.optimizer_groups().items()}
 
 
 def train_step(
     model: AnomalyModel,
     x: Tensor,
-    opt_g: Adam,
-    opt_d: Adam,
+    optimizers: dict[str, Any],
     config: TrainConfig,
     device: torch.device,
 ) -> dict[str, float]:
-    """One iteration: G's step, then D's step (the reference order), then the D-reset rule.
+    """One iteration: the model's phases in order (GANs: G's step, then D's, the reference order), each
+    stepping its own optimiser, then the reset rule of any phase whose value fell below the threshold.
 
-    Returns the losses as floats and `d_reset` (1.0 if D was re-initialised).
+    Returns the losses as floats and `d_reset` (1.0 if a network was re-initialised).
     """
-    with autocast(device, config.amp):
-        g = model.generator_loss(x)
-    opt_g.zero_grad(set_to_none=True)
-    g.loss.backward()
-    average_gradients(model.generator_parameters())  # no-op in a single process
-    opt_g.step()
-    with autocast(device, config.amp):
-        d_loss, reset_value = model.discriminator_loss(x, g.cache)
-    opt_d.zero_grad(set_to_none=True)
-    d_loss.backward()
-    average_gradients(model.discriminator_parameters())
-    opt_d.step()
+    cache: dict[str, Tensor] = {}
+    scalars: dict[str, Tensor] = {}
+    resets: list[tuple[Phase, Tensor]] = []
+    for phase in model.training_phases():
+        with autocast(device, config.amp):
+            step = phase.loss(x, cache)
+        opt = optimizers[phase.group]
+        opt.zero_grad(set_to_none=True)
+        step.loss.backward()
+        average_gradients(opt.params)  # no-op in a single process
+        opt.step()
+        cache.update(step.cache)
+        scalars[phase.log_name] = step.loss
+        scalars.update(step.logs)
+        if phase.reset is not None and step.reset_value is not None:
+            resets.append((phase, average_tensor(step.reset_value)))
     # One device-to-host copy for all values: each .item() waits for the GPU, and the CPU could not
     # queue the next step's kernels meanwhile.
-    names = ["g_loss", "d_loss", *g.logs, "reset_value"]
-    scalars = [g.loss, d_loss, *g.logs.values(), average_tensor(reset_value)]
-    values = dict(zip(names, torch.stack([t.detach().float().reshape(()) for t in scalars]).tolist(), strict=True))
-    reset = values.pop("reset_value") < config.d_reset_threshold
-    if reset:
-        model.reset_discriminator()
+    tensors = [*scalars.values(), *(value for _, value in resets)]
+    floats = torch.stack([t.detach().float().reshape(()) for t in tensors]).tolist()
+    values = dict(zip(scalars, floats[:len(scalars)], strict=True))
+    reset = False
+    for (phase, _), value in zip(resets, floats[len(scalars):], strict=True):
+        if value < config.d_reset_threshold:
+            assert phase.reset is not None
+            phase.reset()
+            reset = True
     return {**values, "d_reset": float(reset)}
 
 
 STATE_FORMAT = "skipganomaly-train-state"
-STATE_VERSION = 1
+STATE_VERSION = 2
 
 
 def train(
@@ -161,7 +169,7 @@ def train(
     if config.compile:
         compile_blocks(model, config.compile)
     data = train_images.to(device)
-    opt_g, opt_d = make_optimizers(model, config)
+    optimizers = make_optimizers(model, config)
     shuffler = torch.Generator().manual_seed(config.seed)
     steps = len(index) // batch_size  # drop_last, as the reference: every batch has full statistics
     history: list[EpochRecord] = []
@@ -171,8 +179,8 @@ def train(
     if resume and state_path is not None and state_path.exists():
         state = load_train_state(state_path, config)
         model.load_state_dict(state["model"])
-        opt_g.load_state_dict(state["opt_g"])
-        opt_d.load_state_dict(state["opt_d"])
+        for name, opt in optimizers.items():
+            opt.load_state_dict(state["optimizers"][name])
         shuffler.set_state(state["shuffler"])
         torch.set_rng_state(state["torch_rng"])
         if torch.cuda.is_available() and state["cuda_rng"]:
@@ -192,33 +200,42 @@ def train(
     for epoch in epochs:
         model.train()
         start = time.perf_counter()
-        order = index[torch.randperm(len(index), generator=shuffler)].to(device)
         sums: dict[str, float] = {}
         resets = 0
-        bar = tqdm(range(steps), desc=f"epoch {epoch}", unit="batch", leave=False,
-                   disable=not config.progress or rank != 0)
-        for step in bar:
-            first = step * batch_size + rank * local
-            x = prepare_batch(data[order[first:first + local]], device)
-            values = train_step(model, x, opt_g, opt_d, config, device)
-            resets += int(values.pop("d_reset"))
-            bad = [k for k, v in values.items() if not math.isfinite(v)]
-            if bad:
-                raise TrainingError(
-                    f"loss {', '.join(bad)} is not finite at epoch {epoch}, step {step + 1}; "
-                    "the checkpoint of the last complete epoch is kept (resume with a lower --lr, or check "
-                    "the input images)"
-                )
-            for k, v in values.items():
-                sums[k] = sums.get(k, 0.0) + v
-            if step % 10 == 0:
-                bar.set_postfix(g=f"{values['g_loss']:.3f}", d=f"{values['d_loss']:.3f}")
+        if not optimizers:  # closed form: one pass over every training image, then done
+            with torch.no_grad():
+                model.fit_closed_form(torch.cat([prepare_batch(data[index[i:i + eval_batch].to(device)], device)
+                                                 for i in range(0, len(index), eval_batch)]))
+            model_steps, images = 1, len(index)
+            stopped = True
+        else:
+            order = index[torch.randperm(len(index), generator=shuffler)].to(device)
+            log_names = [phase.log_name for phase in model.training_phases()]
+            bar = tqdm(range(steps), desc=f"epoch {epoch}", unit="batch", leave=False,
+                       disable=not config.progress or rank != 0)
+            for step in bar:
+                first = step * batch_size + rank * local
+                x = prepare_batch(data[order[first:first + local]], device)
+                values = train_step(model, x, optimizers, config, device)
+                resets += int(values.pop("d_reset"))
+                bad = [k for k, v in values.items() if not math.isfinite(v)]
+                if bad:
+                    raise TrainingError(
+                        f"loss {', '.join(bad)} is not finite at epoch {epoch}, step {step + 1}; "
+                        "the checkpoint of the last complete epoch is kept (resume with a lower --lr, or check "
+                        "the input images)"
+                    )
+                for k, v in values.items():
+                    sums[k] = sums.get(k, 0.0) + v
+                if step % 10 == 0:
+                    bar.set_postfix({name: f"{values[name]:.3f}" for name in log_names})
+            model_steps, images = steps, steps * batch_size
         sync_buffers(model)
         seconds = time.perf_counter() - start
         val_loss = (float(batched_apply(model.validation_loss, model, val_images, eval_batch, device,
                                         config.amp).mean()) if len(val_images) else math.nan)
-        record = EpochRecord(epoch, {k: v / steps for k, v in sums.items()}, val_loss, resets, seconds,
-                             steps * batch_size / seconds)
+        record = EpochRecord(epoch, {k: v / model_steps for k, v in sums.items()}, val_loss, resets, seconds,
+                             images / seconds)
         history.append(record)
         epochs.set_postfix(val_loss=f"{val_loss:.4f}", img_s=f"{record.images_per_second:.0f}")
         if config.patience is not None:
@@ -226,12 +243,13 @@ def train(
                 best, since_best = (val_loss, copy.deepcopy(model.state_dict())), 0
             else:
                 since_best += 1
-                stopped = since_best >= config.patience
+                stopped = stopped or since_best >= config.patience
         if state_path is not None and is_main_process():
             save_torch_atomic(state_path, {
                 "format": STATE_FORMAT, "format_version": STATE_VERSION, "epoch": epoch, "stopped": stopped,
                 "settings": _resume_settings(config),
-                "model": _cpu(model.state_dict()), "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(),
+                "model": _cpu(model.state_dict()),
+                "optimizers": {name: opt.state_dict() for name, opt in optimizers.items()},
                 "shuffler": shuffler.get_state(), "torch_rng": torch.get_rng_state(),
                 "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
                 "history": [r.as_dict() for r in history], "since_best": since_best,

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..base import AnomalyModel, GeneratorStep, frozen, init_weights, real_fake_bce
+from ..base import GanModel, LossStep, frozen, init_weights, real_fake_bce
 from ..dcgan import check_power_of_two, decoder, encoder_pyramid
 from ...errors import ConfigError
 from ..registry import register
@@ -29,7 +29,7 @@ class DcganDiscriminator(nn.Module):
 
 
 @register("anogan")
-class AnoGan(AnomalyModel):
+class AnoGan(GanModel):
     """Score: the loss (1 - lam) * ||x - G(z)||_1 + lam * ||f(x) - f(G(z))||_1 after `search_steps`
     Adam steps on z (lr 0.01, then 0.001 after 40% and 0.0005 after 60% of the steps, as EG).
 
@@ -65,14 +65,14 @@ class AnoGan(AnomalyModel):
         """G(z)."""
         return self.generator(z)
 
-    def generator_loss(self, x: Tensor) -> GeneratorStep:
+    def generator_loss(self, x: Tensor) -> LossStep:
         logit_real, _ = self.discriminator.classify(x)
         z = torch.randn(len(x), self.nz, 1, 1, device=x.device, dtype=x.dtype)
         fake = self.generator(z)
         with frozen(self.discriminator):
             logit_fake, _ = self.discriminator.classify(fake)
         adv = F.binary_cross_entropy_with_logits(logit_fake, torch.ones_like(logit_fake))
-        return GeneratorStep(adv, {"g_adv": adv.detach()}, {"logit_real": logit_real, "fake": fake.detach()})
+        return LossStep(adv, {"g_adv": adv.detach()}, {"logit_real": logit_real, "fake": fake.detach()})
 
     def discriminator_loss(self, x: Tensor, cache: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         logit_real = cache["logit_real"]

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..base import AnomalyModel, GeneratorStep, frozen, init_weights, real_fake_bce
+from ..base import GanModel, LossStep, frozen, init_weights, real_fake_bce
 from ..dcgan import check_power_of_two, decoder, encoder, encoder_pyramid
 from ..registry import register
 
@@ -35,7 +35,7 @@ class JointDiscriminator(nn.Module):
 
 
 @register("egbad")
-class Egbad(AnomalyModel):
+class Egbad(GanModel):
     """Generator G(z), encoder E(x) and joint discriminator D(x, z), trained adversarially.
 
     Score: (1 - w) * ||x - G(E(x))||_1 + w * ||h(x, E(x)) - h(G(E(x)), E(x))||_1, w = 0.1, where h is
@@ -63,7 +63,7 @@ class Egbad(AnomalyModel):
     def generator_parameters(self) -> list[nn.Parameter]:
         return list(self.generator.parameters()) + list(self.encoder.parameters())
 
-    def generator_loss(self, x: Tensor) -> GeneratorStep:
+    def generator_loss(self, x: Tensor) -> LossStep:
         z = torch.randn(len(x), self.nz, 1, 1, device=x.device, dtype=x.dtype)
         fake = self.generator(z)
         z_enc = self.encoder(x)
@@ -73,7 +73,7 @@ class Egbad(AnomalyModel):
         g_adv = F.binary_cross_entropy_with_logits(logit_fake, torch.ones_like(logit_fake))
         e_adv = F.binary_cross_entropy_with_logits(logit_enc, torch.zeros_like(logit_enc))
         logs = {"g_adv": g_adv.detach(), "e_adv": e_adv.detach()}
-        return GeneratorStep(g_adv + e_adv, logs, {"z": z, "fake": fake.detach(), "z_enc": z_enc.detach()})
+        return LossStep(g_adv + e_adv, logs, {"z": z, "fake": fake.detach(), "z_enc": z_enc.detach()})
 
     def discriminator_loss(self, x: Tensor, cache: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         logit_real, _ = self.discriminator.classify(x, cache["z_enc"])

@@ -8,7 +8,7 @@ from typing import Any
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..base import AnomalyModel, GeneratorStep, frozen, init_weights, real_fake_bce
+from ..base import GanModel, LossStep, frozen, init_weights, real_fake_bce
 from ..dcgan import check_power_of_two, decoder, encoder, encoder_pyramid
 from ..registry import register
 
@@ -42,7 +42,7 @@ class GanomalyDiscriminator(nn.Module):
 
 
 @register("ganomaly")
-class Ganomaly(AnomalyModel):
+class Ganomaly(GanModel):
     """G 3,206,528 and D 663,296 parameters at 3x32x32. Score: mean (z - z')^2 over the nz dimensions."""
 
     reference_scores_in_train_mode = True  # the PyTorch reference never calls eval() (spec F2)
@@ -65,7 +65,7 @@ class Ganomaly(AnomalyModel):
         """The reconstruction G(x)."""
         return self.generator(x)[0]
 
-    def generator_loss(self, x: Tensor) -> GeneratorStep:
+    def generator_loss(self, x: Tensor) -> LossStep:
         logit_real, feat_real = self.discriminator.classify(x)
         fake, z, z_rec = self.generator(x)
         with frozen(self.discriminator):
@@ -75,7 +75,7 @@ class Ganomaly(AnomalyModel):
         enc = F.mse_loss(z_rec, z)
         loss = self.w_adv * adv + self.w_con * con + self.w_enc * enc
         logs = {"g_adv": adv.detach(), "g_con": con.detach(), "g_enc": enc.detach()}
-        return GeneratorStep(loss, logs, {"logit_real": logit_real, "fake": fake.detach()})
+        return LossStep(loss, logs, {"logit_real": logit_real, "fake": fake.detach()})
 
     def discriminator_loss(self, x: Tensor, cache: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         logit_real = cache["logit_real"]

@@ -1,0 +1,274 @@
+"""Labelled image sets and the class splits every protocol is built from.
+
+A labelled set is CIFAR-10, a MedMNIST-style `.npz`, or a folder with one subfolder per class. From it:
+
+- `class_split`: the abnormal classes against every other class (leave-one-class-out when there is
+  one abnormal class): train on the normal classes' training images; test on their test images plus
+  all images of the abnormal classes (their training images too, never trained on), as the paper's
+  CIFAR-10 protocol does.
+- `validation_split`: the same with the abnormal classes removed from the data before anything else,
+  and one of the remaining classes held out as a pseudo-anomaly, so that settings can be chosen on a
+  task like the real one without ever seeing the class they will be tested on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from ..errors import DataError
+from .images import list_image_files, load_image_files
+
+NPZ_KEYS = ("train_images", "train_labels", "test_images", "test_labels")
+FOLDER_TEST_SHARE = 0.2  # a folder per class without train/ and test/: this share of each class is test
+JOIN = "+"  # several abnormal classes in one cell name: "cat+dog"
+
+
+@dataclass
+class LabelledImages:
+    """Images as uint8 [N, C, H, W] with int64 labels indexing `classes`, in a train and a test part."""
+
+    train_images: torch.Tensor
+    train_labels: torch.Tensor
+    test_images: torch.Tensor
+    test_labels: torch.Tensor
+    classes: tuple[str, ...]
+    name: str = "data"
+    fingerprint: str = ""  # identifies the file(s) the set came from; part of a benchmark cell's key
+
+    def class_index(self, name: str) -> int:
+        """Index of a class by name; a one-line error that lists the names otherwise."""
+        if name not in self.classes:
+            raise DataError(f"unknown label {name!r} in {self.name}; its labels are {', '.join(self.classes)}")
+        return self.classes.index(name)
+
+    def class_names(self, text: str) -> list[str]:
+        """'a+b' -> ['a', 'b'] as this set names them (CIFAR-10 also takes its aliases)."""
+        return [self.classes[self.class_index(part.strip())] for part in text.split(JOIN)]
+
+    def without(self, names: Sequence[str]) -> "LabelledImages":
+        """A copy holding no image of the named classes (their labels stay reserved in `classes`)."""
+        drop = torch.tensor([self.class_index(n) for n in names])
+        keep_train = ~torch.isin(self.train_labels, drop)
+        keep_test = ~torch.isin(self.test_labels, drop)
+        return LabelledImages(self.train_images[keep_train], self.train_labels[keep_train],
+                              self.test_images[keep_test], self.test_labels[keep_test], self.classes, self.name,
+                              self.fingerprint)
+
+    def present(self) -> list[str]:
+        """Classes with at least one training image, in label order."""
+        return [self.classes[i] for i in sorted(set(self.train_labels.tolist()))]
+
+
+@dataclass
+class ClassSplit:
+    """One task: train on normal images; a labelled test set (label 1 = abnormal), in the reference's
+    order (normal test images, then abnormal training images, then abnormal test images)."""
+
+    abnormal_class: str
+    train: torch.Tensor
+    test: torch.Tensor
+    test_labels: torch.Tensor
+
+
+def class_split(data: LabelledImages, abnormal: Sequence[str], train_fraction: float = 1.0,
+                test_fraction: float = 1.0, seed: int = 0) -> ClassSplit:
+    """The named classes are abnormal, every other class present is normal.
+
+    Fractions below 1 take stratified subsets (per class and per part), keeping the test order.
+    """
+    for name, frac in (("train_fraction", train_fraction), ("test_fraction", test_fraction)):
+        if not 0.0 < frac <= 1.0:
+            raise DataError(f"{name} must be in (0, 1], got {frac}")
+    bad = torch.tensor([data.class_index(n) for n in abnormal])
+    for n in abnormal:
+        c = data.class_index(n)
+        if not bool((data.train_labels == c).any() or (data.test_labels == c).any()):
+            raise DataError(f"class {n!r} of {data.name} has no images")
+    normal_train_mask = ~torch.isin(data.train_labels, bad)
+    if not bool(normal_train_mask.any()):
+        raise DataError(f"no normal training images in {data.name} when {JOIN.join(abnormal)} is abnormal")
+    rng = np.random.default_rng(seed)
+    train_idx = _stratified(data.train_labels, normal_train_mask, train_fraction, rng)
+    normal_test = _stratified(data.test_labels, ~torch.isin(data.test_labels, bad), test_fraction, rng)
+    abnormal_train = _stratified(data.train_labels, torch.isin(data.train_labels, bad), test_fraction, rng)
+    abnormal_test = _stratified(data.test_labels, torch.isin(data.test_labels, bad), test_fraction, rng)
+    test = torch.cat([data.test_images[normal_test], data.train_images[abnormal_train],
+                      data.test_images[abnormal_test]])
+    labels = torch.cat([torch.zeros(len(normal_test)), torch.ones(len(abnormal_train) + len(abnormal_test))]).long()
+    return ClassSplit(JOIN.join(abnormal), data.train_images[train_idx], test, labels)
+
+
+def pseudo_anomaly(data: LabelledImages, excluded: Sequence[str], seed: int = 0) -> str:
+    """The class held out as a pseudo-anomaly when `excluded` is the real one: among the other classes
+    in label order, the one after the (first) excluded class, moved on by `seed` (so over classes each
+    one serves once, and over seeds the choice rotates)."""
+    first = data.class_index(excluded[0])
+    others = [c for c in data.present() if c not in excluded]
+    if len(others) < 2:
+        raise DataError(f"the validation protocol needs at least two normal classes besides "
+                        f"{JOIN.join(excluded)}; {data.name} has {len(others)}")
+    after = [c for c in others if data.class_index(c) > first] + [c for c in others if data.class_index(c) < first]
+    return after[seed % len(after)]
+
+
+def validation_split(data: LabelledImages, test_classes: Sequence[str], train_fraction: float = 1.0,
+                     test_fraction: float = 1.0, seed: int = 0) -> ClassSplit:
+    """Remove the test classes' images, hold out a pseudo-anomaly class, split as `class_split` does."""
+    kept = data.without(test_classes)
+    return class_split(kept, [pseudo_anomaly(data, test_classes, seed)], train_fraction, test_fraction, seed)
+
+
+def _stratified(labels: torch.Tensor, mask: torch.Tensor, fraction: float, rng: np.random.Generator) -> torch.Tensor:
+    """Indices where `mask` holds; with fraction < 1, a random share of each class, in index order."""
+    picked = [np.zeros(0, dtype=np.int64)]
+    for cls in torch.unique(labels[mask]).tolist():
+        idx = torch.nonzero(mask & (labels == cls)).flatten().numpy()
+        if fraction < 1.0:
+            idx = np.sort(rng.choice(idx, max(1, int(round(len(idx) * fraction))), replace=False))
+        picked.append(idx)
+    return torch.from_numpy(np.sort(np.concatenate(picked)))
+
+
+# --- loading a user's labelled data -----------------------------------------------------------
+
+def load_labelled(path: str | os.PathLike[str], image_size: int = 32, in_channels: int = 3,
+                  progress: bool = False) -> LabelledImages:
+    """An `.npz` (see `load_npz`) or a folder with a subfolder per class (see `load_class_folders`)."""
+    path = Path(path)
+    if path.is_file() and path.suffix == ".npz":
+        return load_npz(path)
+    if path.is_dir():
+        return load_class_folders(path, image_size, in_channels, progress)
+    if not path.exists():
+        raise DataError(f"not found: {path}")
+    raise DataError(f"{path}: expected an .npz file or a folder with one subfolder per class")
+
+
+def load_npz(path: str | os.PathLike[str]) -> LabelledImages:
+    """A MedMNIST-style archive: `train_images`, `train_labels`, `test_images`, `test_labels` (`val_*`
+    may be there and is not used: thresholds come from held-out training normals in every protocol).
+    Images uint8 (N, H, W) grayscale or (N, H, W, C) with C 1 or 3; labels (N,) or (N, 1) integers.
+    Optional `label_names` (one string per label value) names the classes; otherwise they are the
+    label values as text."""
+    path = Path(path)
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as err:
+        raise DataError(f"cannot read {path} as an .npz archive: {err}") from None
+    with archive:
+        missing = [k for k in NPZ_KEYS if k not in archive.files]
+        if missing:
+            raise DataError(f"{path} lacks {', '.join(missing)}; it has {', '.join(archive.files) or 'no arrays'} "
+                            f"(needs {', '.join(NPZ_KEYS)})")
+        parts = {k: archive[k] for k in NPZ_KEYS}
+        names = archive["label_names"] if "label_names" in archive.files else None
+    images = {}
+    labels = {}
+    for part in ("train", "test"):
+        images[part] = _npz_images(parts[f"{part}_images"], f"{path.name}: {part}_images")
+        labels[part] = _npz_labels(parts[f"{part}_labels"], len(images[part]), f"{path.name}: {part}_labels")
+    if images["train"].shape[1:] != images["test"].shape[1:]:
+        raise DataError(f"{path.name}: train images are {tuple(images['train'].shape[1:])} but test images "
+                        f"{tuple(images['test'].shape[1:])} (C, H, W)")
+    values = sorted(set(labels["train"].tolist()) | set(labels["test"].tolist()))
+    if names is not None:
+        names = [str(n) for n in np.asarray(names).reshape(-1)]
+        if len(names) <= values[-1]:
+            raise DataError(f"{path.name}: label_names has {len(names)} names but the labels go up to {values[-1]}")
+    else:
+        names = [str(v) for v in range(values[-1] + 1)]
+    _check_names(names, path.name)
+    return LabelledImages(images["train"], labels["train"], images["test"], labels["test"], tuple(names),
+                          path.stem, f"{path.name}:{_sha256(path)}")
+
+
+def _npz_images(array: np.ndarray, what: str) -> torch.Tensor:
+    if array.ndim == 3:
+        array = array[..., None]
+    if array.ndim != 4 or array.shape[-1] not in (1, 3) or len(array) == 0:
+        raise DataError(f"{what} has shape {array.shape}; expected (N, H, W) or (N, H, W, C) with C 1 or 3, N > 0")
+    if array.dtype != np.uint8:
+        if array.dtype.kind == "f" and array.size and 0.0 <= float(array.min()) and float(array.max()) <= 1.0:
+            array = np.round(array * 255.0)
+        if array.size and (float(array.min()) < 0 or float(array.max()) > 255):
+            raise DataError(f"{what} holds values outside [0, 255] (dtype {array.dtype})")
+        array = array.astype(np.uint8)
+    return torch.from_numpy(np.ascontiguousarray(array.transpose(0, 3, 1, 2)))
+
+
+def _npz_labels(array: np.ndarray, n: int, what: str) -> torch.Tensor:
+    if array.ndim == 2 and array.shape[1] == 1:
+        array = array[:, 0]
+    if array.ndim != 1:
+        raise DataError(f"{what} has shape {array.shape}; expected (N,) or (N, 1) (one class per image)")
+    if len(array) != n:
+        raise DataError(f"{what} has {len(array)} labels for {n} images")
+    if array.dtype.kind not in "iu" or (len(array) and array.min() < 0):
+        raise DataError(f"{what} must hold non-negative integers, got dtype {array.dtype}")
+    return torch.from_numpy(array.astype(np.int64))
+
+
+def load_class_folders(root: str | os.PathLike[str], image_size: int = 32, in_channels: int = 3,
+                       progress: bool = False) -> LabelledImages:
+    """`root/<class>/` image folders (then a fixed 20% of each class, seed 0, is the test part), or
+    `root/train/<class>/` and `root/test/<class>/`. Images are converted to `in_channels` and
+    `image_size` as they are read."""
+    root = Path(root)
+    split_given = (root / "train").is_dir() and (root / "test").is_dir()
+    bases = {"train": root / "train", "test": root / "test"} if split_given else {"all": root}
+    names = sorted({d.name for base in bases.values() for d in base.iterdir() if d.is_dir()})
+    if not names:
+        raise DataError(f"{root} has no class subfolders (expected {root}/<class>/ or {root}/train/<class>/)")
+    _check_names(names, str(root))
+    parts: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    listing = []
+    for part, base in bases.items():
+        files: list[Path] = []
+        labels: list[int] = []
+        for i, name in enumerate(names):
+            found = list_image_files(base / name) if (base / name).is_dir() else []
+            files += found
+            labels += [i] * len(found)
+        if not files:
+            raise DataError(f"{base} holds no images in its class subfolders")
+        images, kept = load_image_files(files, image_size, in_channels, progress=progress)
+        label_of = {str(p): y for p, y in zip(files, labels, strict=True)}
+        parts[part] = (images, torch.tensor([label_of[p] for p in kept], dtype=torch.int64))
+        listing += [os.path.relpath(p, root) for p in kept]
+    if not split_given:
+        images, labels = parts.pop("all")
+        rng = np.random.default_rng(0)
+        test = np.zeros(len(labels), dtype=bool)
+        for c in range(len(names)):
+            idx = np.flatnonzero(labels.numpy() == c)
+            test[rng.choice(idx, int(round(len(idx) * FOLDER_TEST_SHARE)), replace=False)] = True
+        mask = torch.from_numpy(test)
+        parts = {"train": (images[~mask], labels[~mask]), "test": (images[mask], labels[mask])}
+    for c, name in enumerate(names):
+        if not any(bool((parts[p][1] == c).any()) for p in parts):
+            raise DataError(f"class folder {name!r} in {root} holds no readable images")
+    digest = hashlib.sha256("\n".join(sorted(listing)).encode()).hexdigest()[:12]
+    return LabelledImages(*parts["train"], *parts["test"], tuple(names), root.name,
+                          f"{root.name}:{len(listing)} files:{digest}:{image_size}px:{in_channels}ch")
+
+
+def _check_names(names: Sequence[str], where: str) -> None:
+    bad = [n for n in names if JOIN in n or not n]
+    if bad:
+        raise DataError(f"{where}: class name {bad[0]!r} cannot be used (empty, or contains {JOIN!r}, which joins "
+                        "abnormal classes in a cell name)")
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:12]

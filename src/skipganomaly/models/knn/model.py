@@ -1,0 +1,71 @@
+"""Raw-pixel k-nearest-neighbour distance: the second yardstick a learned detector has to beat."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ...errors import ConfigError
+from ..base import ClosedFormModel
+from ..registry import register
+
+
+@register("knn")
+class Knn(ClosedFormModel):
+    """Keep every training normal (pixels, flattened); score = mean Euclidean distance in [-1, 1] pixel
+    space to the `k` nearest of them (exact, brute force). The bank is stored as uint8, which is exact
+    for images that came as uint8 (every loader here gives those)."""
+
+    CHUNK = 4096  # bank rows compared at a time, so memory stays bounded at any training-set size
+
+    def __init__(self, in_channels: int = 3, image_size: int = 32, k: int = 5) -> None:
+        super().__init__(in_channels, image_size)
+        if k < 1:
+            raise ConfigError(f"k must be at least 1, got {k}")
+        self.k = k
+        self.register_buffer("bank", torch.zeros(0, in_channels * image_size * image_size, dtype=torch.uint8))
+
+    def config(self) -> dict[str, Any]:
+        return {"in_channels": self.in_channels, "image_size": self.image_size, "k": self.k}
+
+    @property
+    def is_fitted(self) -> bool:
+        return len(self.bank) > 0
+
+    def fit_closed_form(self, x: Tensor) -> None:
+        if len(x) < self.k:
+            raise ConfigError(f"knn with k={self.k} needs at least {self.k} training images, got {len(x)}")
+        self.bank = ((x.flatten(1).float() + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
+
+    def _bank_rows(self, start: int, stop: int) -> Tensor:
+        return self.bank[start:stop].float() / 127.5 - 1.0
+
+    def neighbours(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Distances [B, k] and bank indices [B, k] of each image's k nearest training normals."""
+        self.check_fitted()
+        query = x.flatten(1).float()
+        q_sq = query.pow(2).sum(1, keepdim=True)
+        best_d = torch.empty(len(x), 0, device=x.device)
+        best_i = torch.empty(len(x), 0, dtype=torch.long, device=x.device)
+        for start in range(0, len(self.bank), self.CHUNK):
+            rows = self._bank_rows(start, start + self.CHUNK)
+            d_sq = (q_sq + rows.pow(2).sum(1) - 2.0 * query @ rows.T).clamp_min(0.0)
+            idx = torch.arange(start, start + len(rows), device=x.device).expand(len(x), -1)
+            cand_d, cand_i = torch.cat([best_d, d_sq], 1), torch.cat([best_i, idx], 1)
+            best_d, pos = cand_d.topk(min(self.k, cand_d.shape[1]), dim=1, largest=False, sorted=True)
+            best_i = cand_i.gather(1, pos)
+        return best_d.sqrt(), best_i
+
+    def score(self, x: Tensor) -> Tensor:
+        return self.neighbours(x)[0].mean(1)
+
+    def reconstruct(self, x: Tensor) -> Tensor:
+        """The mean of the k nearest training normals (what the report shows beside the input)."""
+        _, idx = self.neighbours(x)
+        images = self.bank[idx.flatten()].float().view(len(x), self.k, -1) / 127.5 - 1.0
+        return images.mean(1).view(x.shape).to(x.dtype)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.reconstruct(x)

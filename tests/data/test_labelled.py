@@ -1,0 +1,145 @@
+"""Labelled image sets: .npz and class folders, class splits, and a validation split that never holds
+an image of the class it is named after."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from skipganomaly.data.labelled import (LabelledImages, class_split, load_class_folders, load_labelled, load_npz,
+                                        pseudo_anomaly, validation_split)
+from skipganomaly.errors import DataError
+from tests.conftest import write_images
+
+
+def _npz(path: Path, rgb: bool = False, n_train: int = 12, n_test: int = 6, classes: int = 3,
+         column_labels: bool = True, **extra: np.ndarray) -> Path:
+    """Class c images are filled with the value 40 * (c + 1) plus a little noise, so they can be told apart."""
+    rng = np.random.default_rng(0)
+    arrays: dict[str, np.ndarray] = {}
+    for part, n in (("train", n_train), ("test", n_test)):
+        labels = np.arange(n) % classes
+        shape = (n, 28, 28, 3) if rgb else (n, 28, 28)
+        images = (40 * (labels + 1)).reshape(-1, *([1] * (len(shape) - 1))) + rng.integers(0, 5, shape)
+        arrays[f"{part}_images"] = images.astype(np.uint8)
+        arrays[f"{part}_labels"] = labels[:, None] if column_labels else labels
+    arrays.update(extra)
+    np.savez(path, **arrays)
+    return path
+
+
+def test_npz_grayscale_with_column_labels(tmp_path: Path) -> None:
+    data = load_npz(_npz(tmp_path / "g.npz", val_images=np.zeros((2, 28, 28), np.uint8)))
+    assert data.train_images.shape == (12, 1, 28, 28) and data.train_images.dtype == torch.uint8
+    assert data.test_images.shape == (6, 1, 28, 28)
+    assert data.classes == ("0", "1", "2") and data.name == "g"
+    assert data.train_labels.tolist() == [0, 1, 2] * 4
+    # Pixels stay where they were: class 1 images are about 80 everywhere.
+    assert 80 <= int(data.train_images[1].min()) and int(data.train_images[1].max()) <= 84
+    assert data.fingerprint.startswith("g.npz:")
+
+
+def test_npz_rgb_with_label_names(tmp_path: Path) -> None:
+    path = _npz(tmp_path / "c.npz", rgb=True, column_labels=False, label_names=np.array(["a", "b", "c"]))
+    data = load_labelled(path)
+    assert data.train_images.shape == (12, 3, 28, 28)
+    assert data.classes == ("a", "b", "c")
+    assert data.class_names("a+c") == ["a", "c"]
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda a: a.pop("test_labels"), "lacks test_labels"),
+    (lambda a: a.update(train_labels=a["train_labels"][:5]), "has 5 labels for 12 images"),
+    (lambda a: a.update(train_labels=np.ones((12, 2), np.int64)), r"expected \(N,\) or \(N, 1\)"),
+    (lambda a: a.update(train_images=np.zeros((12, 28), np.uint8)), "expected"),
+    (lambda a: a.update(test_images=np.zeros((6, 20, 20), np.uint8)), "train images are"),
+])
+def test_npz_errors_are_one_line(tmp_path: Path, change, message: str) -> None:  # type: ignore[no-untyped-def]
+    path = _npz(tmp_path / "d.npz")
+    with np.load(path) as archive:
+        arrays = {k: archive[k] for k in archive.files}
+    change(arrays)
+    np.savez(path, **arrays)
+    with pytest.raises(DataError, match=message) as err:
+        load_npz(path)
+    assert "\n" not in str(err.value)
+
+
+def test_unknown_label_and_class_without_images(tmp_path: Path) -> None:
+    data = load_npz(_npz(tmp_path / "d.npz", label_names=np.array(["a", "b", "c", "d"])))
+    with pytest.raises(DataError, match="unknown label 'zebra'.*a, b, c, d"):
+        data.class_names("zebra")
+    with pytest.raises(DataError, match="class 'd' of d has no images"):
+        class_split(data, ["d"])
+
+
+def test_class_folders_split_each_class_and_train_test_layout(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    for name, n in (("cat", 10), ("dog", 5)):
+        write_images(tmp_path / "flat" / name, rng.integers(0, 255, (n, 16, 16, 3), dtype=np.uint8))
+    data = load_class_folders(tmp_path / "flat", image_size=32)
+    assert data.classes == ("cat", "dog")
+    # A fixed 20% of each class is the test part.
+    assert sorted(data.test_labels.tolist()) == [0, 0, 1]
+    assert sorted(data.train_labels.tolist()) == [0] * 8 + [1] * 4
+    assert data.train_images.shape[1:] == (3, 32, 32)
+    again = load_class_folders(tmp_path / "flat", image_size=32)
+    assert torch.equal(again.test_images, data.test_images) and again.fingerprint == data.fingerprint
+
+    for part, n in (("train", 4), ("test", 2)):
+        for name in ("a", "b"):
+            write_images(tmp_path / "split" / part / name, rng.integers(0, 255, (n, 32, 32, 1), dtype=np.uint8))
+    split = load_class_folders(tmp_path / "split", image_size=32, in_channels=1)
+    assert len(split.train_labels) == 8 and len(split.test_labels) == 4 and split.train_images.shape[1] == 1
+
+    (tmp_path / "empty" / "x").mkdir(parents=True)
+    (tmp_path / "empty" / "y").mkdir(parents=True)
+    write_images(tmp_path / "empty" / "x", rng.integers(0, 255, (3, 32, 32, 3), dtype=np.uint8))
+    with pytest.raises(DataError, match="folder is empty: .*empty/y"):
+        load_class_folders(tmp_path / "empty")
+
+
+def _sentinel_data() -> LabelledImages:
+    """Five classes; every image of class c is filled with the value 50 * c, so any image's class shows."""
+    def part(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        labels = torch.arange(n) % 5
+        return (labels * 50).to(torch.uint8)[:, None, None, None].expand(n, 1, 32, 32).contiguous(), labels
+
+    return LabelledImages(*part(50), *part(25), ("a", "b", "c", "d", "e"))
+
+
+def test_class_split_with_several_abnormal_classes() -> None:
+    data = _sentinel_data()
+    split = class_split(data, ["b", "d"])
+    assert split.abnormal_class == "b+d"
+    assert set(split.train[:, 0, 0, 0].tolist()) == {0, 100, 200}
+    abnormal = split.test[split.test_labels == 1][:, 0, 0, 0]
+    assert set(abnormal.tolist()) == {50, 150} and len(abnormal) == 20 + 10  # their train and test images
+
+
+@pytest.mark.parametrize("excluded", ["a", "c", "e"])
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_validation_split_never_holds_the_excluded_class(excluded: str, seed: int) -> None:
+    data = _sentinel_data()
+    value = 50 * data.class_index(excluded)
+    split = validation_split(data, [excluded], seed=seed)
+    seen = set(split.train[:, 0, 0, 0].tolist()) | set(split.test[:, 0, 0, 0].tolist())
+    assert value not in seen
+    pseudo = split.abnormal_class
+    assert pseudo != excluded
+    # The pseudo-anomaly is exactly the abnormal part of the test set, and never trained on.
+    assert set(split.test[split.test_labels == 1][:, 0, 0, 0].tolist()) == {50 * data.class_index(pseudo)}
+    assert 50 * data.class_index(pseudo) not in set(split.train[:, 0, 0, 0].tolist())
+    assert seen == {50 * i for i in range(5)} - {value}
+
+
+def test_pseudo_anomaly_is_the_next_class_and_rotates_with_the_seed() -> None:
+    data = _sentinel_data()
+    assert [pseudo_anomaly(data, [c]) for c in data.classes] == ["b", "c", "d", "e", "a"]
+    assert [pseudo_anomaly(data, ["c"], seed) for seed in range(5)] == ["d", "e", "a", "b", "d"]
+    small = data.without(["c", "d", "e"])
+    with pytest.raises(DataError, match="at least two normal classes"):
+        pseudo_anomaly(small, ["a"])
