@@ -146,7 +146,7 @@ def test_device_and_threads_do_not_change_the_cell_key() -> None:
 # What each reference scores its test set with: the PyTorch references never call eval(), the
 # TensorFlow ones (EGBAD, AnoGAN) score with is_training=False (spec sections C, F).
 REFERENCE_TRAIN_MODE = {"skipganomaly++": True, "skipganomaly": True, "ganomaly": True, "egbad": False,
-                        "anogan": False, "pca": False, "knn": False}
+                        "anogan": False, "pca": False, "knn": False, "rotation": False}
 
 
 def test_every_model_says_how_its_reference_scores() -> None:

@@ -174,7 +174,9 @@ def test_demo_minimal_gives_aucs_in_unit_interval(tmp_path: Path) -> None:
 
 # GANomaly's score compares two latent codes, not pixels: after one epoch on 40 images it does not yet
 # rank noise above the smooth normals (AUROC 0.19-0.5 measured), so for it only finiteness is checked.
-RANKS_NOISE_HIGHER_AFTER_ONE_EPOCH = set(list_models()) - {"ganomaly"}
+# The rotation model reads orientation, and a centred disc has almost none: 0.33 measured here, so it is
+# checked on oriented images in tests/models/test_rotation.py instead.
+RANKS_NOISE_HIGHER_AFTER_ONE_EPOCH = set(list_models()) - {"ganomaly", "rotation"}
 
 
 @pytest.mark.parametrize("name", list_models())

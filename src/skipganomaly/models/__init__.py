@@ -10,9 +10,10 @@ from .egbad import Egbad
 from .anogan import AnoGan
 from .pca import Pca
 from .knn import Knn
+from .rotation import RotationNet
 
 # The raw-pixel yardsticks shown beside every learned model (demo, benchmark tables).
 BASELINES = ("pca", "knn")
 
 __all__ = ["BASELINES", "AnoGan", "AnomalyModel", "ClosedFormModel", "Egbad", "GanModel", "Ganomaly", "Knn", "LossStep", "Pca", "Phase",
-           "SkipGanomaly", "SkipGanomalyPP", "create", "get_model_class", "list_models", "register"]
+           "RotationNet", "SkipGanomaly", "SkipGanomalyPP", "create", "get_model_class", "list_models", "register"]
