@@ -225,7 +225,7 @@ def test_tensorboard_logging(image_root: Path) -> None:
     events = EventAccumulator(str(run / "tensorboard"))
     events.Reload()
     tags = events.Tags()["scalars"]
-    assert {"loss/g_con", "loss/d_loss", "validation/reconstruction_l1"} <= set(tags)
+    assert {"loss/g_con", "loss/d_loss", "validation/loss"} <= set(tags)
     assert [e.step for e in events.Scalars("loss/g_con")] == [1, 2]
 
 
@@ -291,7 +291,8 @@ def test_unwritable_output_is_one_line(tmp_path: Path, trained_run: tuple[Path, 
 
 
 def _own_npz(path: Path, names: tuple[str, ...] = ("a", "b", "noise", "c")) -> Path:
-    """Four classes: 'noise' is uniform noise, the others smooth images (a known answer)."""
+    """Four classes: 'noise' is uniform noise, the others smooth images (a known answer); 28x28 grayscale, as
+    MedMNIST, so every protocol must resize them to the model's 32."""
     import numpy as np
 
     from tests.conftest import noise_images, smooth_images
@@ -301,7 +302,7 @@ def _own_npz(path: Path, names: tuple[str, ...] = ("a", "b", "noise", "c")) -> P
         images, labels = [], []
         for c, name in enumerate(names):
             make = noise_images if name == "noise" else smooth_images
-            images.append(make(n, channels=1, seed=seed + c)[..., 0])  # (N, H, W) grayscale, as MedMNIST
+            images.append(make(n, size=28, channels=1, seed=seed + c)[..., 0])  # (N, H, W) grayscale
             labels.append(np.full((n, 1), c))
         arrays[f"{part}_images"], arrays[f"{part}_labels"] = np.concatenate(images), np.concatenate(labels)
     np.savez(path, label_names=np.array(names), **arrays)
@@ -312,9 +313,11 @@ def test_benchmark_on_your_own_npz(tmp_path: Path) -> None:
     data = _own_npz(tmp_path / "mine.npz")
     out = tmp_path / "bench"
     assert main(["benchmark", "--data", str(data), "--models", "knn,pca", "--normal-labels", "a,b,c",
-                 "--epochs", "1", "--batch-size", "8", "--no-progress", "--device", "cpu", "--out", str(out)]) == 0
+                 "--protocol", "both", "--epochs", "1", "--batch-size", "8", "--no-progress", "--device", "cpu",
+                 "--out", str(out)]) == 0
     cells = json.loads((out / "results.json").read_text())["cells"]
-    assert [(c["model"], c["class"]) for c in cells] == [("knn", "noise"), ("pca", "noise")]
+    assert [(c["model"], c["class"], c["protocol"]) for c in cells] == [
+        ("knn", "noise", "honest"), ("knn", "noise", "paper"), ("pca", "noise", "honest"), ("pca", "noise", "paper")]
     assert all(c["auroc"] > 0.9 for c in cells)
     assert all(c["settings"]["dataset"].startswith("mine.npz:") for c in cells)
     table = (out / "table.md").read_text()

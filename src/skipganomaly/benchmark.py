@@ -36,11 +36,12 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from .data.cifar10 import Cifar10
+from .data.cifar10 import NAME as CIFAR10
 from .data.labelled import ClassSplit, LabelledImages, class_split, validation_split
 from .detector import Detector
 from .errors import ConfigError, SkipGanomalyError
 from .evaluation.metrics import evaluate_scores
+from .evaluation.tables import PROTOCOL_NOTES
 from .files import write_text_atomic
 from .models import get_model_class
 from .provenance import git_commit
@@ -48,8 +49,7 @@ from .training import EpochRecord, batched_apply
 
 log = logging.getLogger(__name__)
 
-PROTOCOLS = ("honest", "paper", "validate")
-CIFAR10 = Cifar10.name  # cells of other data sets add the data set and image size to their key
+PROTOCOLS = tuple(PROTOCOL_NOTES)  # honest, paper, validate: each with what its table shows
 PAPER_TEST_BATCH = 64
 HONEST_VAL_FRACTION = 0.05  # training normals held out for the threshold under the honest protocol
 
@@ -79,7 +79,7 @@ class SweepConfig:
     amp: bool = False  # bf16 autocast (see training.runtime.autocast)
     progress: bool = True
     model_options: dict[str, dict[str, Any]] = field(default_factory=dict)
-    dataset: str = CIFAR10  # the data set's fingerprint (LabelledImages.fingerprint) when it is not CIFAR-10
+    dataset: str = CIFAR10  # other data sets: their fingerprint, which their cells add to their key with the image size
     image_size: int = 32
 
     def __post_init__(self) -> None:
@@ -91,7 +91,10 @@ class SweepConfig:
 
 
 def cell_key(model: str, cls: str, seed: int, protocol: str) -> str:
-    """The readable name of a cell (in logs and failure reports); its file name adds the settings hash."""
+    """The readable name of a cell (in logs and failure reports); its file name adds the settings hash.
+    A long class name (many abnormal classes joined) is cut, with a hash of the whole, to fit a file name."""
+    if len(cls) > 80:
+        cls = f"{cls[:60]}-{hashlib.sha256(cls.encode()).hexdigest()[:8]}"
     return f"{model.replace('+', 'p')}__{cls}__seed{seed}__{protocol}"
 
 

@@ -16,8 +16,8 @@ from typing import Any, Callable, Sequence
 
 import yaml
 
-from .benchmark import CIFAR10, PRESETS, PROTOCOLS, SweepConfig, cell_rows, run_sweep
-from .data.cifar10 import PAPER_ORDER, Cifar10, load_cifar10
+from .benchmark import PRESETS, PROTOCOLS, SweepConfig, cell_rows, run_sweep
+from .data.cifar10 import NAME as CIFAR10_NAME, PAPER_ORDER, TITLE as CIFAR10_TITLE, Cifar10, load_cifar10
 from .data.labelled import JOIN, LabelledImages, class_split, load_labelled, validation_split
 from .data.digits import digits_leave_one_out
 from .data.folders import load_labelled_folder, train_folder
@@ -169,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "comparison on your own labelled images (--data). Each (model, class, seed, "
                                    "protocol) cell is saved as it finishes; a rerun skips finished cells. Writes "
                                    "results.csv, results.json, table.md and report.html.")
-    p.add_argument("--dataset", default="cifar10", choices=["cifar10"])
+    p.add_argument("--dataset", default=CIFAR10_NAME, choices=[CIFAR10_NAME])
     p.add_argument("--data-dir", type=Path, default=Path("data"),
                    help="folder holding cifar-10-batches-py (or that folder itself); default ./data")
     p.add_argument("--download", action="store_true", help="download CIFAR-10 into --data-dir if it is missing")
@@ -402,7 +402,7 @@ class EpochLog:
         if self.writer is not None:
             for name, value in record.losses.items():
                 self.writer.add_scalar(f"loss/{name}", value, record.epoch)
-            self.writer.add_scalar("validation/reconstruction_l1", record.val_loss, record.epoch)
+            self.writer.add_scalar("validation/loss", record.val_loss, record.epoch)
             self.writer.add_scalar("speed/images_per_second", record.images_per_second, record.epoch)
             self.writer.flush()
 
@@ -556,10 +556,10 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
             raise ConfigError("--image-size is for --data; CIFAR-10 cells are 32x32")
         load = functools.partial(load_cifar10, args.data_dir)
         data = load_cifar10(args.data_dir, download_missing=args.download, progress=not args.no_progress)
-    name = "CIFAR-10" if isinstance(data, Cifar10) else data.name
+    name = CIFAR10_TITLE if isinstance(data, Cifar10) else data.name
     if args.normal_labels:
         normal = [data.classes[data.class_index(n.strip())] for n in args.normal_labels.split(",")]
-        abnormal = [c for c in data.classes if c not in normal]
+        abnormal = [c for c in data.with_images() if c not in normal]
         if not abnormal:
             raise ConfigError(f"--normal-labels names every class of {data.name}; leave at least one abnormal")
         if args.classes != "all":
@@ -605,12 +605,12 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    paper_note = (" (paper's Table 1)" if config.dataset == CIFAR10 else "")
+    paper_note = (" (paper's Table 1)" if config.dataset == CIFAR10_NAME else "")
     sections = [f"# {name} leave-one-class-out AUROC: ours{paper_note}\n\n"
                 f"epochs {config.epochs}, batch {config.batch_size}, train fraction {config.train_fraction}, "
                 f"test fraction {config.test_fraction}, seeds {','.join(map(str, seeds))}. "
                 f"The mean column averages the classes shown"
-                + ("; the paper's mean is over all ten" if config.dataset == CIFAR10 else "")
+                + ("; the paper's mean is over all ten" if config.dataset == CIFAR10_NAME else "")
                 + f". {STD_NOTE}\n\n"
                 f"Command: `{env['command']}`; git {env['git_commit']}; torch {env['torch']}, "
                 f"{env['threads']} threads, {env['cpu']}; {env['wall_seconds_this_run']} s this run.\n"]

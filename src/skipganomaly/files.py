@@ -38,7 +38,8 @@ def save_torch_atomic(path: Path, payload: Any) -> None:
         raise
 
 
-def load_torch_checked(path: Path, fmt: str, version: int, readable_as: str, kind: str) -> dict[str, Any]:
+def load_torch_checked(path: Path, fmt: str, version: int | tuple[int, ...], readable_as: str,
+                       kind: str) -> dict[str, Any]:
     """torch.load with weights_only=True (tensors and plain values only: a file cannot run code), then
     check its format tag and version; every failure is one CheckpointError line, e.g.
     "<path> is not a readable <readable_as> (...)" or "<path> is not a <kind>"."""
@@ -52,7 +53,8 @@ def load_torch_checked(path: Path, fmt: str, version: int, readable_as: str, kin
         raise CheckpointError(f"{path} is not a readable {readable_as} ({first[:200]})") from None
     if not isinstance(payload, dict) or payload.get("format") != fmt:
         raise CheckpointError(f"{path} is not a {kind}")
-    if payload.get("format_version") != version:
+    versions = version if isinstance(version, tuple) else (version,)
+    if payload.get("format_version") not in versions:
         raise CheckpointError(f"{path} has format version {payload.get('format_version')}; "
-                              f"this version reads {version}")
+                              f"this version reads {' and '.join(map(str, versions))}")
     return payload

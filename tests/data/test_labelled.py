@@ -45,7 +45,7 @@ def test_npz_grayscale_with_column_labels(tmp_path: Path) -> None:
 def test_npz_rgb_with_label_names(tmp_path: Path) -> None:
     path = _npz(tmp_path / "c.npz", rgb=True, column_labels=False, label_names=np.array(["a", "b", "c"]))
     data = load_labelled(path)
-    assert data.train_images.shape == (12, 3, 28, 28)
+    assert data.train_images.shape == (12, 3, 32, 32)  # load_labelled resizes to its image_size (32)
     assert data.classes == ("a", "b", "c")
     assert data.class_names("a+c") == ["a", "c"]
 
@@ -66,6 +66,23 @@ def test_npz_errors_are_one_line(tmp_path: Path, change, message: str) -> None: 
     with pytest.raises(DataError, match=message) as err:
         load_npz(path)
     assert "\n" not in str(err.value)
+
+
+def test_npz_that_is_not_an_archive_of_plain_arrays(tmp_path: Path) -> None:
+    np.save(tmp_path / "one.npy", np.zeros((2, 28, 28), np.uint8))
+    (tmp_path / "one.npy").rename(tmp_path / "one.npz")
+    np.savez(tmp_path / "obj.npz", train_images=np.array([object()] * 3, dtype=object), train_labels=np.zeros(3),
+             test_images=np.zeros(3), test_labels=np.zeros(3))
+    (tmp_path / "junk.npz").write_bytes(b"PK\x03\x04 not really a zip")
+    for name, message in (("one.npz", "single array"), ("obj.npz", "cannot be read"), ("junk.npz", "cannot read")):
+        with pytest.raises(DataError, match=message) as err:
+            load_npz(tmp_path / name)
+        assert "\n" not in str(err.value)
+
+
+def test_npz_is_resized_when_asked(tmp_path: Path) -> None:
+    data = load_npz(_npz(tmp_path / "r.npz"), image_size=32)
+    assert data.train_images.shape == (12, 1, 32, 32) and data.test_images.shape == (6, 1, 32, 32)
 
 
 def test_unknown_label_and_class_without_images(tmp_path: Path) -> None:

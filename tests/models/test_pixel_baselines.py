@@ -77,3 +77,16 @@ def test_baseline_detector_ranks_noise_above_smooth_images_and_round_trips(name:
     # The fitted state is tensors only: the file loads with weights_only=True.
     payload = torch.load(tmp_path / "m.pt", weights_only=True)
     assert all(isinstance(v, torch.Tensor) for v in payload["state_dict"].values())
+
+
+@pytest.mark.parametrize("name", BASELINES)
+def test_baselines_score_in_float32_under_autocast(name: str) -> None:
+    """`--amp` runs scoring under bf16 autocast; a distance or residual must not be computed in bf16."""
+    model = create(name)
+    model.fit_closed_form(_unit(smooth_images(40, seed=0)))
+    x = _unit(np.concatenate([smooth_images(4, seed=9), noise_images(4)]))
+    plain = model.score(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under_amp = model.score(x)
+    assert under_amp.dtype == torch.float32
+    torch.testing.assert_close(under_amp, plain)

@@ -220,3 +220,34 @@ def test_torchrun_resume_equals_an_uninterrupted_torchrun(data: Path, tmp_path: 
         assert torch.equal(a[key], b[key]), key
     records = [json.loads(line) for line in (resumed / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records] == [1, 2]
+
+
+def test_a_state_written_before_optimiser_groups_still_resumes(tmp_path: Path) -> None:
+    """Format 1 held the GAN optimisers as opt_g / opt_d: such a file resumes to the same weights."""
+    from skipganomaly.models import create
+
+    images = torch.from_numpy(blob_images(16)).permute(0, 3, 1, 2).contiguous()
+    config = TrainConfig(epochs=1, batch_size=8, device="cpu", progress=False)
+    state = tmp_path / "m.state.pt"
+    torch.manual_seed(0)
+    model = create("skipganomaly++", widths=SMALL_WIDTHS)
+    train(model, images, images[:0], config, state_path=state)
+    saved = torch.load(state, weights_only=True)
+    optimizers = saved.pop("optimizers")
+    old = {**saved, "format_version": 1, "opt_g": optimizers["generator"], "opt_d": optimizers["discriminator"]}
+    torch.save(old, tmp_path / "old.state.pt")
+    more = TrainConfig(epochs=2, batch_size=8, device="cpu", progress=False)
+    resumed, fresh = create("skipganomaly++", widths=SMALL_WIDTHS), create("skipganomaly++", widths=SMALL_WIDTHS)
+    train(resumed, images, images[:0], more, state_path=tmp_path / "old.state.pt", resume=True)
+    train(fresh, images, images[:0], more, state_path=state, resume=True)
+    for (name, a), b in zip(resumed.state_dict().items(), fresh.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+
+
+def test_a_closed_form_model_resumes_as_finished(tmp_path: Path) -> None:
+    det = Detector(model="knn", device="cpu", progress=False).fit(blob_images(20), checkpoint_path=tmp_path / "m.pt")
+    again = Detector(model="knn", device="cpu", progress=False).fit(blob_images(20), checkpoint_path=tmp_path / "m.pt",
+                                                                    resume=True)
+    x = noise_images(3)
+    assert np.array_equal(again.decision_function(x), det.decision_function(x))
+    assert len(again.history_) == 1

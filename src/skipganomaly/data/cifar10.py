@@ -19,6 +19,7 @@ import torch
 from ..errors import DataError
 from .labelled import ClassSplit, LabelledImages, class_split
 
+NAME, TITLE = "cifar10", "CIFAR-10"  # the data set's key (in cell settings, --dataset) and its name in titles
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 # Column order of the paper's Table 1.
 PAPER_ORDER = ("bird", "automobile", "truck", "ship", "cat", "deer", "frog", "horse", "airplane", "dog")
@@ -43,7 +44,7 @@ class Cifar10(LabelledImages):
     """All of CIFAR-10 as uint8 [N, 3, 32, 32] tensors with int64 labels."""
 
     classes: tuple[str, ...] = CLASSES
-    name: str = "cifar10"
+    name: str = NAME
     fingerprint: str = ""  # the published files, checked by MD5: nothing to add to a cell's key
 
     def class_index(self, name: str) -> int:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -23,7 +24,7 @@ import numpy as np
 import torch
 
 from ..errors import DataError
-from .images import list_image_files, load_image_files
+from .images import list_image_files, load_image_files, resize_uint8
 
 NPZ_KEYS = ("train_images", "train_labels", "test_images", "test_labels")
 FOLDER_TEST_SHARE = 0.2  # a folder per class without train/ and test/: this share of each class is test
@@ -64,6 +65,10 @@ class LabelledImages:
     def present(self) -> list[str]:
         """Classes with at least one training image, in label order."""
         return [self.classes[i] for i in sorted(set(self.train_labels.tolist()))]
+
+    def with_images(self) -> list[str]:
+        """Classes with at least one image (training or test), in label order."""
+        return [self.classes[i] for i in sorted(set(self.train_labels.tolist()) | set(self.test_labels.tolist()))]
 
 
 @dataclass
@@ -143,7 +148,7 @@ def load_labelled(path: str | os.PathLike[str], image_size: int = 32, in_channel
     """An `.npz` (see `load_npz`) or a folder with a subfolder per class (see `load_class_folders`)."""
     path = Path(path)
     if path.is_file() and path.suffix == ".npz":
-        return load_npz(path)
+        return load_npz(path, image_size)
     if path.is_dir():
         return load_class_folders(path, image_size, in_channels, progress)
     if not path.exists():
@@ -151,29 +156,38 @@ def load_labelled(path: str | os.PathLike[str], image_size: int = 32, in_channel
     raise DataError(f"{path}: expected an .npz file or a folder with one subfolder per class")
 
 
-def load_npz(path: str | os.PathLike[str]) -> LabelledImages:
+def load_npz(path: str | os.PathLike[str], image_size: int | None = None) -> LabelledImages:
     """A MedMNIST-style archive: `train_images`, `train_labels`, `test_images`, `test_labels` (`val_*`
     may be there and is not used: thresholds come from held-out training normals in every protocol).
     Images uint8 (N, H, W) grayscale or (N, H, W, C) with C 1 or 3; labels (N,) or (N, 1) integers.
     Optional `label_names` (one string per label value) names the classes; otherwise they are the
-    label values as text."""
+    label values as text. With `image_size`, images are resized to it (square) as they are read."""
     path = Path(path)
     try:
         archive = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as err:
-        raise DataError(f"cannot read {path} as an .npz archive: {err}") from None
+    except (OSError, ValueError, zipfile.BadZipFile) as err:
+        raise DataError(f"cannot read {path} as an .npz archive: {str(err).splitlines()[0] if str(err) else err!r}") from None
+    if not isinstance(archive, np.lib.npyio.NpzFile):
+        raise DataError(f"{path} is a single array, not an .npz archive of named arrays (needs {', '.join(NPZ_KEYS)})")
     with archive:
         missing = [k for k in NPZ_KEYS if k not in archive.files]
         if missing:
             raise DataError(f"{path} lacks {', '.join(missing)}; it has {', '.join(archive.files) or 'no arrays'} "
                             f"(needs {', '.join(NPZ_KEYS)})")
-        parts = {k: archive[k] for k in NPZ_KEYS}
-        names = archive["label_names"] if "label_names" in archive.files else None
+        try:
+            parts = {k: archive[k] for k in NPZ_KEYS}
+            names = archive["label_names"] if "label_names" in archive.files else None
+        except (OSError, ValueError, zipfile.BadZipFile) as err:
+            raise DataError(f"{path}: an array cannot be read ({str(err).splitlines()[0] if str(err) else err!r}; "
+                            "object arrays are refused: save numbers and strings only)") from None
     images = {}
     labels = {}
     for part in ("train", "test"):
         images[part] = _npz_images(parts[f"{part}_images"], f"{path.name}: {part}_images")
         labels[part] = _npz_labels(parts[f"{part}_labels"], len(images[part]), f"{path.name}: {part}_labels")
+    if image_size is not None:
+        images = {part: t if t.shape[-1] == t.shape[-2] == image_size else resize_uint8(t, image_size)
+                  for part, t in images.items()}
     if images["train"].shape[1:] != images["test"].shape[1:]:
         raise DataError(f"{path.name}: train images are {tuple(images['train'].shape[1:])} but test images "
                         f"{tuple(images['test'].shape[1:])} (C, H, W)")
@@ -259,11 +273,15 @@ def load_class_folders(root: str | os.PathLike[str], image_size: int = 32, in_ch
                           f"{root.name}:{len(listing)} files:{digest}:{image_size}px:{in_channels}ch")
 
 
+UNUSABLE_IN_NAMES = (JOIN, ",", "/", "\\")  # JOIN joins classes, "," lists them in flags, the rest split paths
+
+
 def _check_names(names: Sequence[str], where: str) -> None:
-    bad = [n for n in names if JOIN in n or not n]
+    bad = [n for n in names if not n or len(n) > 60 or any(c in n for c in UNUSABLE_IN_NAMES)]
     if bad:
-        raise DataError(f"{where}: class name {bad[0]!r} cannot be used (empty, or contains {JOIN!r}, which joins "
-                        "abnormal classes in a cell name)")
+        raise DataError(f"{where}: class name {bad[0]!r} cannot be used (empty, longer than 60 characters, or "
+                        f"containing one of {' '.join(UNUSABLE_IN_NAMES)}, which join classes in cell and file "
+                        "names and flags)")
 
 
 def _sha256(path: Path) -> str:

@@ -23,6 +23,7 @@ import yaml
 from ..errors import DataError
 from ..files import write_text_atomic
 from .plots import histogram_figure, image_grid_figure, pr_figure, roc_figure, training_curves_figure
+from ..data.cifar10 import NAME as CIFAR10, TITLE as CIFAR10_TITLE
 from .tables import PROTOCOL_NOTES, STD_NOTE, benchmark_rows, shows_paper_numbers, summarise
 
 EXAMPLE_GROUPS = {
@@ -168,7 +169,7 @@ def build_benchmark_report(bench_dir: Path) -> Path:
                 "<p>Each cell: our AUROC (on CIFAR-10, the paper's Table 1 in brackets). "
                 f"{html.escape(STD_NOTE)}</p>"]
     figures = bench_dir / "figures"
-    dataset = config.get("dataset", "cifar10")
+    dataset = config.get("dataset", CIFAR10)
     for protocol in config["protocols"]:
         header, rows = benchmark_rows(summary, config["models"], config["classes"], protocol,
                                       shows_paper_numbers(dataset, protocol))
@@ -189,7 +190,7 @@ def build_benchmark_report(bench_dir: Path) -> Path:
             else:
                 sections.append(f"<p>{html.escape(model)}: no saved test scores for ROC curves (cells written "
                                 "before scores were saved; rerun them to draw the curves).</p>")
-    title = "CIFAR-10" if dataset == "cifar10" else str(saved.get("dataset_name", dataset))
+    title = str(saved.get("dataset_name", CIFAR10_TITLE if dataset == CIFAR10 else dataset))
     return write_page(bench_dir / "report.html", f"{title} leave-one-class-out benchmark", sections)
 
 

@@ -7,6 +7,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from ..data.cifar10 import NAME as CIFAR10
 from .paper import TABLE_1, TABLE_1_MEAN
 
 
@@ -55,7 +56,7 @@ PROTOCOL_NOTES = {
 
 def shows_paper_numbers(dataset: str, protocol: str) -> bool:
     """The paper's Table 1 goes beside CIFAR-10 cells of the protocols that score the real class."""
-    return dataset == "cifar10" and protocol != "validate"
+    return dataset == CIFAR10 and protocol != "validate"
 
 
 STD_NOTE = "Over several seeds a cell is mean±std, std the sample standard deviation (ddof=1) over seeds."

@@ -95,6 +95,8 @@ def train_step(
 
     Returns the losses as floats and `d_reset` (1.0 if a network was re-initialised).
     """
+    if not model.trained_by_gradient:
+        raise ConfigError(f"model {model.name!r} is fitted in closed form; it has no training step")
     cache: dict[str, Tensor] = {}
     scalars: dict[str, Tensor] = {}
     resets: list[tuple[Phase, Tensor]] = []
@@ -126,7 +128,7 @@ def train_step(
 
 
 STATE_FORMAT = "skipganomaly-train-state"
-STATE_VERSION = 2
+STATE_VERSION = 2  # 1 held the GAN optimisers as opt_g / opt_d; still read
 
 
 def train(
@@ -277,7 +279,10 @@ def _resume_settings(config: TrainConfig) -> dict[str, Any]:
 
 def load_train_state(path: Path, config: TrainConfig | None = None) -> dict[str, Any]:
     """Read a training-state file (tensors and plain values only) and check it fits `config`."""
-    state = load_torch_checked(path, STATE_FORMAT, STATE_VERSION, "training state", "skipganomaly training state")
+    state = load_torch_checked(path, STATE_FORMAT, (1, STATE_VERSION), "training state",
+                               "skipganomaly training state")
+    if state["format_version"] == 1:
+        state["optimizers"] = {"generator": state.pop("opt_g"), "discriminator": state.pop("opt_d")}
     if config is not None and state["settings"] != _resume_settings(config):
         changed = sorted(k for k, v in _resume_settings(config).items() if state["settings"].get(k) != v)
         raise ConfigError(f"cannot resume {path}: {', '.join(changed)} differ from the interrupted run")

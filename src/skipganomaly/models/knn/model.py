@@ -45,14 +45,19 @@ class Knn(ClosedFormModel):
     def neighbours(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Distances [B, k] and bank indices [B, k] of each image's k nearest training normals."""
         self.check_fitted()
-        query = x.flatten(1).float()
+        with torch.autocast(x.device.type, enabled=False):  # distances of ~1e3 terms need float32
+            return self._neighbours(x.flatten(1).float())
+
+    def _neighbours(self, query: Tensor) -> tuple[Tensor, Tensor]:
+        """A running top-k over chunks of the bank; query: [B, D] float32."""
+        n, device = len(query), query.device
         q_sq = query.pow(2).sum(1, keepdim=True)
-        best_d = torch.empty(len(x), 0, device=x.device)
-        best_i = torch.empty(len(x), 0, dtype=torch.long, device=x.device)
+        best_d = torch.empty(n, 0, device=device)
+        best_i = torch.empty(n, 0, dtype=torch.long, device=device)
         for start in range(0, len(self.bank), self.CHUNK):
             rows = self._bank_rows(start, start + self.CHUNK)
             d_sq = (q_sq + rows.pow(2).sum(1) - 2.0 * query @ rows.T).clamp_min(0.0)
-            idx = torch.arange(start, start + len(rows), device=x.device).expand(len(x), -1)
+            idx = torch.arange(start, start + len(rows), device=device).expand(n, -1)
             cand_d, cand_i = torch.cat([best_d, d_sq], 1), torch.cat([best_i, idx], 1)
             best_d, pos = cand_d.topk(min(self.k, cand_d.shape[1]), dim=1, largest=False, sorted=True)
             best_i = cand_i.gather(1, pos)

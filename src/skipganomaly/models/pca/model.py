@@ -49,8 +49,9 @@ class Pca(ClosedFormModel):
     def _project(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """(centred image, its projection onto the subspace), both [B, D] float32."""
         self.check_fitted()
-        centred = x.flatten(1).float() - self.mean
-        return centred, (centred @ self.components.T) @ self.components
+        with torch.autocast(x.device.type, enabled=False):  # a residual is a small difference: float32
+            centred = x.flatten(1).float() - self.mean
+            return centred, (centred @ self.components.T) @ self.components
 
     def score(self, x: Tensor) -> Tensor:
         centred, projected = self._project(x)
