@@ -18,7 +18,7 @@ import yaml
 
 from .benchmark import PRESETS, PROTOCOLS, SweepConfig, cell_rows, run_sweep
 from .data.cifar10 import NAME as CIFAR10_NAME, PAPER_ORDER, TITLE as CIFAR10_TITLE, Cifar10, load_cifar10
-from .data.labelled import JOIN, LabelledImages, class_split, load_labelled, validation_split
+from .data.labelled import JOIN, LabelledImages, check_task, load_labelled, pseudo_anomaly
 from .data.digits import digits_leave_one_out
 from .data.folders import load_labelled_folder, train_folder
 from .data.images import list_image_files, load_image_files
@@ -570,7 +570,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     else:
         classes = [JOIN.join(data.class_names(c.strip())) for c in args.classes.split(",")]
     for cls in classes:  # a class with no images, or no normal class left, fails here in one line
-        class_split(data, data.class_names(cls))
+        check_task(data, data.class_names(cls))
     options = _per_model_kwargs(args.model_arg)
     config = SweepConfig(
         models=[m.strip() for m in args.models.split(",") if m.strip()], classes=classes, seeds=seeds,
@@ -582,7 +582,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     )
     if "validate" in config.protocols:
         for cls in classes:
-            validation_split(data, data.class_names(cls))  # needs two normal classes: fail before training
+            pseudo_anomaly(data, data.class_names(cls))  # needs two normal classes: fail before training
     del data
     out: Path = args.out
     start = time.perf_counter()

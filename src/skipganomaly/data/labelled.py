@@ -82,6 +82,17 @@ class ClassSplit:
     test_labels: torch.Tensor
 
 
+def check_task(data: LabelledImages, abnormal: Sequence[str]) -> None:
+    """A one-line DataError unless every named class exists and has images, and some normal class has
+    training images; cheap (labels only), so a sweep can check every task before it trains."""
+    bad = torch.tensor([data.class_index(n) for n in abnormal])
+    for n, c in zip(abnormal, bad.tolist()):
+        if not bool((data.train_labels == c).any() or (data.test_labels == c).any()):
+            raise DataError(f"class {n!r} of {data.name} has no images")
+    if not bool((~torch.isin(data.train_labels, bad)).any()):
+        raise DataError(f"no normal training images in {data.name} when {JOIN.join(abnormal)} is abnormal")
+
+
 def class_split(data: LabelledImages, abnormal: Sequence[str], train_fraction: float = 1.0,
                 test_fraction: float = 1.0, seed: int = 0) -> ClassSplit:
     """The named classes are abnormal, every other class present is normal.
@@ -91,14 +102,9 @@ def class_split(data: LabelledImages, abnormal: Sequence[str], train_fraction: f
     for name, frac in (("train_fraction", train_fraction), ("test_fraction", test_fraction)):
         if not 0.0 < frac <= 1.0:
             raise DataError(f"{name} must be in (0, 1], got {frac}")
+    check_task(data, abnormal)
     bad = torch.tensor([data.class_index(n) for n in abnormal])
-    for n in abnormal:
-        c = data.class_index(n)
-        if not bool((data.train_labels == c).any() or (data.test_labels == c).any()):
-            raise DataError(f"class {n!r} of {data.name} has no images")
     normal_train_mask = ~torch.isin(data.train_labels, bad)
-    if not bool(normal_train_mask.any()):
-        raise DataError(f"no normal training images in {data.name} when {JOIN.join(abnormal)} is abnormal")
     rng = np.random.default_rng(seed)
     train_idx = _stratified(data.train_labels, normal_train_mask, train_fraction, rng)
     normal_test = _stratified(data.test_labels, ~torch.isin(data.test_labels, bad), test_fraction, rng)
