@@ -99,6 +99,12 @@ class AnomalyModel(nn.Module):
     # score with is_training=False. The paper protocol reproduces what each model's reference does.
     reference_scores_in_train_mode: bool = False
     trained_by_gradient: bool = True  # False: fitted once by `fit_closed_form` (no optimiser groups)
+    # True: after the last epoch the loop calls `fit_statistics` on every training image (a score that
+    # compares with the training normals, e.g. a feature bank for nearest neighbours).
+    fits_statistics: bool = False
+    # Buffers whose shapes are known only after fitting (they grow with the training set): loading a
+    # state dict resizes them to the saved shapes.
+    fitted_buffers: tuple[str, ...] = ()
 
     def __init__(self, in_channels: int, image_size: int) -> None:
         super().__init__()
@@ -118,6 +124,18 @@ class AnomalyModel(nn.Module):
     def fit_closed_form(self, x: Tensor) -> None:
         """Fit on every training image at once, x: [N, C, H, W] in [-1, 1] (models without optimiser groups)."""
         raise NotImplementedError(f"{type(self).__name__} is trained by gradient steps, not in closed form")
+
+    def fit_statistics(self, x: Tensor) -> None:
+        """After training (eval mode, no gradients): statistics of every training image x [N, C, H, W] in
+        [-1, 1] that the score needs. Only called where `fits_statistics` is True."""
+        raise NotImplementedError(f"{type(self).__name__} fits no statistics after training")
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
+        for name in self.fitted_buffers:
+            buf, saved = self._buffers.get(name), state_dict.get(prefix + name)
+            if buf is not None and isinstance(saved, Tensor) and saved.shape != buf.shape:
+                self._buffers[name] = torch.empty(saved.shape, dtype=buf.dtype, device=buf.device)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     # --- what evaluation needs --------------------------------------------------------------
     def score(self, x: Tensor) -> Tensor:
@@ -183,17 +201,10 @@ class GanModel(AnomalyModel):
 
 class ClosedFormModel(AnomalyModel):
     """A model fitted in closed form (`fit_closed_form`): no parameters and no optimiser; its fitted
-    state lives in buffers whose shapes are known only after fitting, so loading a state dict
-    resizes them to the saved shapes (tensors only: loads with `weights_only=True`)."""
+    state lives in `fitted_buffers`, resized to the saved shapes on load (tensors only: loads with
+    `weights_only=True`)."""
 
     trained_by_gradient = False
-
-    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
-        for name, buf in list(self._buffers.items()):
-            saved = state_dict.get(prefix + name)
-            if buf is not None and isinstance(saved, Tensor) and saved.shape != buf.shape:
-                self._buffers[name] = torch.empty(saved.shape, dtype=buf.dtype, device=buf.device)
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @property
     def is_fitted(self) -> bool:

@@ -206,8 +206,7 @@ def train(
         resets = 0
         if not optimizers:  # closed form: one pass over every training image, then done
             with torch.no_grad():
-                model.fit_closed_form(torch.cat([prepare_batch(data[index[i:i + eval_batch].to(device)], device)
-                                                 for i in range(0, len(index), eval_batch)]))
+                model.fit_closed_form(_all_images(data, index, eval_batch, device))
             model_steps, images = 1, len(index)
             stopped = True
         else:
@@ -263,8 +262,18 @@ def train(
             break
     if best is not None:
         model.load_state_dict(best[1])
+    if model.fits_statistics:
+        model.eval()
+        with torch.no_grad(), autocast(device, config.amp):
+            model.fit_statistics(_all_images(data, index, eval_batch, device))  # the same on every rank
     release_free_memory()  # the activations' heap, before the caller scores and reports
     return history
+
+
+def _all_images(data: Tensor, index: Tensor, batch: int, device: torch.device) -> Tensor:
+    """Every training image at once, in [-1, 1], converted a batch at a time."""
+    return torch.cat([prepare_batch(data[index[i:i + batch].to(device)], device)
+                      for i in range(0, len(index), batch)])
 
 
 def _cpu(state: dict[str, Tensor]) -> dict[str, Tensor]:

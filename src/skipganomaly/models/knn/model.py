@@ -18,6 +18,8 @@ class Knn(ClosedFormModel):
     space to the `k` nearest of them (exact, brute force). The bank is stored as uint8, which is exact
     for images that came as uint8 (every loader here gives those)."""
 
+    fitted_buffers = ("bank",)
+
     CHUNK = 4096  # bank rows compared at a time, so memory stays bounded at any training-set size
 
     def __init__(self, in_channels: int = 3, image_size: int = 32, k: int = 5) -> None:

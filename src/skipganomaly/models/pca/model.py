@@ -19,6 +19,8 @@ class Pca(ClosedFormModel):
     fewest components that explain `explained_variance` of their variance; score = mean squared
     residual of an image outside that subspace. Fitted by scikit-learn's PCA."""
 
+    fitted_buffers = ("mean", "components")
+
     def __init__(self, in_channels: int = 3, image_size: int = 32, explained_variance: float = 0.95) -> None:
         super().__init__(in_channels, image_size)
         if not 0.0 < explained_variance < 1.0:

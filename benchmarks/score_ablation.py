@@ -1,0 +1,90 @@
+"""Choose a model's settings on the validate protocol: train once per task, score with every score option.
+
+For each abnormal class c, c is removed from CIFAR-10 first and a pseudo-anomaly class is scored against the
+other eight (`benchmark --protocol validate`, the same split): no number here depends on c. One model is
+trained per task and then scored with each value of its `score` option (the training does not depend on it),
+which makes an ablation over score functions cost one training run.
+
+    python benchmarks/score_ablation.py --data-dir ../shared/data --model rotation --scores ce,knn,ce+knn \
+        --train-fraction 0.2 --test-fraction 0.5 --epochs 3 --out benchmarks/results/ablation/rotation.jsonl
+
+Each finished task appends one JSON line to --out (a rerun skips tasks already there with the same settings).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from skipganomaly.benchmark import HONEST_VAL_FRACTION, SweepConfig, load_split
+from skipganomaly.cli import _model_kwargs as parse_model_args
+from skipganomaly.data.cifar10 import CLASSES, load_cifar10
+from skipganomaly.detector import Detector
+from skipganomaly.evaluation.metrics import evaluate_scores
+from skipganomaly.provenance import git_commit
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--data-dir", default="data")
+    ap.add_argument("--model", default="rotation")
+    ap.add_argument("--scores", default="ce,knn,ce+knn", help="values of the model's score option")
+    ap.add_argument("--classes", default="all")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--lr", type=float, default=2e-4)
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--train-fraction", type=float, default=0.2)
+    ap.add_argument("--test-fraction", type=float, default=0.5)
+    ap.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--out", type=Path, required=True)
+    args = ap.parse_args()
+
+    options = parse_model_args(args.model_arg)
+    classes = list(CLASSES) if args.classes == "all" else args.classes.split(",")
+    config = SweepConfig(models=[args.model], classes=classes, seeds=[args.seed], protocols=["validate"],
+                         epochs=args.epochs, batch_size=args.batch_size, train_fraction=args.train_fraction,
+                         test_fraction=args.test_fraction, progress=False)
+    settings = {"model": args.model, "epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size,
+                "train_fraction": args.train_fraction, "test_fraction": args.test_fraction, "seed": args.seed,
+                "model_options": options}
+    done = set()
+    if args.out.exists():
+        for line in args.out.read_text().splitlines():
+            row = json.loads(line)
+            if row["settings"] == settings:
+                done.add(row["class"])
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    commit = git_commit()
+    for cls in classes:
+        if cls in done:
+            continue
+        split = load_split(lambda: load_cifar10(args.data_dir), cls, args.seed, "validate", config)
+        det = Detector(model=args.model, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                       seed=args.seed, val_fraction=HONEST_VAL_FRACTION, progress=False, **options)
+        start = time.perf_counter()
+        det.fit(split.train)
+        seconds = time.perf_counter() - start
+        labels = split.test_labels.numpy()
+        aurocs: dict[str, Any] = {}
+        assert det.model_ is not None
+        for score in args.scores.split(","):
+            det.model_.score_name = score
+            scores = det.decision_function(split.test)
+            aurocs[score] = round(float(evaluate_scores(np.asarray(scores), labels, 0.0)["auroc"]), 4)
+        row = {"class": cls, "pseudo_anomaly": split.abnormal_class, "auroc": aurocs, "train_seconds": seconds,
+               "threads": torch.get_num_threads(), "git_commit": commit, "settings": settings}
+        with args.out.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        print(f"{cls:>10} (pseudo-anomaly {split.abnormal_class}): "
+              + "  ".join(f"{k} {v:.3f}" for k, v in aurocs.items()) + f"  [{seconds:.0f} s]", flush=True)
+
+
+if __name__ == "__main__":
+    main()
