@@ -145,7 +145,7 @@ def test_device_and_threads_do_not_change_the_cell_key() -> None:
 
 # What each reference scores its test set with: the PyTorch references never call eval(), the
 # TensorFlow ones (EGBAD, AnoGAN) score with is_training=False (spec sections C, F).
-REFERENCE_TRAIN_MODE = {"skipganomaly++": True, "skipganomaly": True, "ganomaly": True, "egbad": False,
+REFERENCE_TRAIN_MODE = {"skipganomaly++": True, "skipganomaly++rot": True, "skipganomaly": True, "ganomaly": True, "egbad": False,
                         "anogan": False, "pca": False, "knn": False, "rotation": False}
 
 

@@ -8,7 +8,7 @@ import torch
 from skipganomaly.detector import Detector
 from skipganomaly.evaluation.metrics import evaluate_scores
 from skipganomaly.models import create
-from skipganomaly.models.rotation.model import rotate, transform_all
+from skipganomaly.models.transforms import rotate, transform_all
 from tests.conftest import noise_images
 
 
@@ -47,3 +47,41 @@ def test_rotation_detector_ranks_images_without_orientation_higher() -> None:
     scores = det.decision_function(np.concatenate([_oriented(10, 1), noise_images(10)]))
     assert evaluate_scores(scores, np.r_[np.zeros(10), np.ones(10)], det.threshold_)["auroc"] > 0.9
     assert det.history_[-1]["losses"]["loss"] < det.history_[0]["losses"]["loss"]
+
+
+def _varied(n: int, seed: int) -> torch.Tensor:
+    """Images in [-1, 1] that differ in colour and layout, so that their features differ (plain noise
+    gives an untrained network almost the same features for every image)."""
+    g = torch.Generator().manual_seed(seed)
+    ramp = torch.linspace(-1, 1, 32).view(1, 1, 32, 1)
+    return ((torch.rand(n, 3, 1, 1, generator=g) * 2 - 1) * ramp * torch.rand(n, 1, 1, 32, generator=g)).clamp(-1, 1)
+
+
+def test_knn_score_is_the_mean_cosine_distance_to_the_nearest_training_features() -> None:
+    torch.manual_seed(0)
+    model = create("rotation", widths=[8, 16], score="knn", k=3).eval()
+    train, test = _varied(40, 0), _varied(5, 1)
+    with torch.no_grad():
+        model.fit_statistics(train)
+        feats = {name: model._outputs(x)[1] for name, x in (("train", train), ("test", test))}
+        bank = model.bank.float()
+        torch.testing.assert_close(bank, feats["train"], atol=1e-3, rtol=0)  # float16 storage
+        expected = (1 - feats["test"] @ bank.T).topk(3, dim=1, largest=False).values.mean(1)
+        torch.testing.assert_close(model.score(test), expected)
+        # on the training images themselves, the statistics leave each image out of its own neighbours
+        own = (1 - feats["train"] @ bank.T).topk(4, dim=1, largest=False).values[:, 1:].mean(1)
+        torch.testing.assert_close(model.score_stats[2:], torch.stack([own.mean(), own.std()]))
+        model.score_name = "ce+knn"
+        ce = model._outputs(test)[0]
+        m_ce, s_ce, m_d, s_d = model.score_stats
+        torch.testing.assert_close(model.score(test), (ce - m_ce) / s_ce + (expected - m_d) / s_d)
+
+
+def test_feature_bank_is_fitted_by_the_loop_and_survives_save_and_load(tmp_path) -> None:
+    det = Detector(model="rotation", widths=[8, 16], score="ce+knn", epochs=1, batch_size=16, device="cpu",
+                   progress=False).fit(_oriented(48, 0))
+    assert det.model_ is not None and det.model_.bank.shape == (det.n_train_images_, 16)
+    det.save(tmp_path / "model.pt")
+    loaded = Detector.load(tmp_path / "model.pt")
+    x = np.concatenate([_oriented(4, 1), noise_images(4)])
+    np.testing.assert_allclose(loaded.decision_function(x), det.decision_function(x), rtol=1e-5)

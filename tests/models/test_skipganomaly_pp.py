@@ -90,3 +90,30 @@ def test_classifier_linear_form_equals_3x3_conv_on_1x1_map() -> None:
     x = torch.randn(4, 3, 32, 32)
     logit, feat = d.classify(x)
     torch.testing.assert_close(logit, d.classifier(feat).flatten())
+
+
+def test_paper_model_has_no_rotation_head_so_its_checkpoints_are_unchanged() -> None:
+    assert not any("rotation" in k for k in create("skipganomaly++").state_dict())
+    with pytest.raises(ConfigError, match="rotation_weight"):
+        create("skipganomaly++", score="rotation")
+
+
+def test_rotation_variant_trains_its_head_in_d_and_scores_with_it() -> None:
+    from skipganomaly.models.base import real_fake_bce
+    from skipganomaly.models.transforms import transform_all
+
+    torch.manual_seed(0)
+    model = create("skipganomaly++rot", widths=[4, 8, 8, 16, 16], ndf=8, rotation_weight=2.0)
+    x = torch.rand(4, 3, 32, 32) * 2 - 1
+    step = model.generator_loss(x)
+    loss, reset_value = model.discriminator_loss(x, step.cache)
+    logits = model.discriminator.rotation_logits(transform_all(x, False))
+    ce = F.cross_entropy(logits, torch.arange(4).repeat_interleave(4), reduction="none").view(4, 4).sum(0)
+    adv = real_fake_bce(step.cache["logit_real"], model.discriminator.classify(step.cache["fake"])[0])
+    torch.testing.assert_close(loss, adv + 2.0 * ce.mean() / 4)
+    torch.testing.assert_close(reset_value, adv.detach())  # the reset rule watches the real/fake loss alone
+    model.eval()
+    with torch.no_grad():
+        logits = model.discriminator.rotation_logits(transform_all(x, False))
+        ce = F.cross_entropy(logits, torch.arange(4).repeat_interleave(4), reduction="none").view(4, 4).sum(0)
+        torch.testing.assert_close(model.score(x), ce)

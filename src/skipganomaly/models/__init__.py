@@ -3,7 +3,7 @@ the order here is the order of `list_models()` (the default first)."""
 
 from .base import AnomalyModel, ClosedFormModel, GanModel, LossStep, Phase
 from .registry import create, get_model_class, list_models, register
-from .skipganomaly_pp import SkipGanomalyPP
+from .skipganomaly_pp import SkipGanomalyPP, SkipGanomalyPPRotation
 from .skipganomaly import SkipGanomaly
 from .ganomaly import Ganomaly
 from .egbad import Egbad
@@ -16,4 +16,4 @@ from .rotation import RotationNet
 BASELINES = ("pca", "knn")
 
 __all__ = ["BASELINES", "AnoGan", "AnomalyModel", "ClosedFormModel", "Egbad", "GanModel", "Ganomaly", "Knn", "LossStep", "Pca", "Phase",
-           "RotationNet", "SkipGanomaly", "SkipGanomalyPP", "create", "get_model_class", "list_models", "register"]
+           "RotationNet", "SkipGanomaly", "SkipGanomalyPP", "SkipGanomalyPPRotation", "create", "get_model_class", "list_models", "register"]

@@ -14,7 +14,8 @@ class BasicDiscriminator(nn.Module):
     the map is at most 7x7; the feature conv then spans the whole map.
     """
 
-    def __init__(self, in_channels: int = 3, image_size: int = 32, ndf: int = 64, nz: int = 100) -> None:
+    def __init__(self, in_channels: int = 3, image_size: int = 32, ndf: int = 64, nz: int = 100,
+                 n_rotations: int = 0) -> None:
         super().__init__()
         layers: list[nn.Module] = [
             nn.Conv2d(in_channels, ndf, 4, 2, 1, bias=False),
@@ -31,6 +32,14 @@ class BasicDiscriminator(nn.Module):
         self.features = nn.Sequential(*layers)
         # Reference form: a 3x3 conv on a 1x1 map. Only its centre tap ever sees data.
         self.classifier = nn.Conv2d(nz, 1, 3, 1, 1, bias=False)
+        # Self-supervised GAN head (Chen et al., CVPR 2019): which rotation a real image shows.
+        self.rotation_head = nn.Linear(nz, n_rotations) if n_rotations else None
+
+    def rotation_logits(self, x: Tensor) -> Tensor:
+        """Logits [B, n_rotations] of the rotation head on D's features."""
+        if self.rotation_head is None:
+            raise RuntimeError("this discriminator has no rotation head (n_rotations=0)")
+        return self.rotation_head(self.features(x).flatten(1))
 
     def classify(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Return (real/fake logit [B], features [B, nz, 1, 1])."""

@@ -11,6 +11,10 @@ from torch import Tensor, nn
 
 from .base import GanModel, LossStep, frozen, init_weights, real_fake_bce
 from .discriminators import BasicDiscriminator
+from ..errors import ConfigError
+from .transforms import transform_all, transformation_cross_entropy
+
+SCORES = ("paper", "rotation")
 
 
 class SkipFamilyModel(GanModel):
@@ -19,6 +23,11 @@ class SkipFamilyModel(GanModel):
     `detach_latent=True` reproduces the Skip-GANomaly++ reference code, where the latent loss is
     detached and so trains nothing (it is only added to D's loss as a constant); by default it
     trains G, as in Skip-GANomaly's own code.
+
+    Not from the paper (off by default): `rotation_weight > 0` gives D a head that learns which of the
+    4 rotations a real image shows (a self-supervised GAN), its cross-entropy added to D's loss with
+    that weight; `score="rotation"` then scores an image by the summed cross-entropy of its true
+    rotations under that head, instead of the paper's reconstruction score.
     """
 
     reference_scores_in_train_mode = True  # both PyTorch references score without eval() (spec C, F1)
@@ -36,15 +45,23 @@ class SkipFamilyModel(GanModel):
         detach_latent: bool = False,
         noise_sigma: float = 0.0,
         score_weight: float = 0.9,
+        rotation_weight: float = 0.0,
+        score: str = "paper",
     ) -> None:
         super().__init__(in_channels, image_size)
+        if score not in SCORES:
+            raise ConfigError(f"score must be one of {', '.join(SCORES)}, got {score!r}")
+        if rotation_weight < 0 or (score == "rotation" and rotation_weight == 0):
+            raise ConfigError(f"score 'rotation' needs a rotation_weight above 0 (it trains D's rotation head), "
+                              f"got {rotation_weight}")
+        self.rotation_weight, self.score_name = rotation_weight, score
         self.ndf, self.nz = ndf, nz
         self.w_adv, self.w_con, self.w_lat = w_adv, w_con, w_lat
         self.detach_latent = detach_latent
         self.noise_sigma = noise_sigma
         self.score_weight = score_weight
         self.generator = generator
-        self.discriminator = BasicDiscriminator(in_channels, image_size, ndf, nz)
+        self.discriminator = BasicDiscriminator(in_channels, image_size, ndf, nz, 4 if rotation_weight else 0)
         init_weights(self)
 
     def config(self) -> dict[str, Any]:
@@ -52,6 +69,7 @@ class SkipFamilyModel(GanModel):
             "in_channels": self.in_channels, "image_size": self.image_size, "ndf": self.ndf, "nz": self.nz,
             "w_adv": self.w_adv, "w_con": self.w_con, "w_lat": self.w_lat, "detach_latent": self.detach_latent,
             "noise_sigma": self.noise_sigma, "score_weight": self.score_weight,
+            "rotation_weight": self.rotation_weight, "score": self.score_name,
         }
 
     def forward(self, x: Tensor) -> Tensor:
@@ -77,14 +95,24 @@ class SkipFamilyModel(GanModel):
     def discriminator_loss(self, x: Tensor, cache: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         logit_real = cache["logit_real"]
         logit_fake, _ = self.discriminator.classify(cache["fake"])
-        loss = real_fake_bce(logit_real, logit_fake)
+        adv = real_fake_bce(logit_real, logit_fake)
         # The reference adds the (constant) weighted, detached latent loss to D's loss, which is what its
-        # D-reset rule compares with 1e-5; reproduce that only in the reference configuration.
-        reset_value = loss.detach() + self.w_lat * cache["lat"] if self.detach_latent else loss.detach()
-        return loss, reset_value
+        # D-reset rule compares with 1e-5; reproduce that only in the reference configuration. The rule
+        # watches the real/fake loss alone: a rotation loss does not say whether D has won the game.
+        reset_value = adv.detach() + self.w_lat * cache["lat"] if self.detach_latent else adv.detach()
+        if self.rotation_weight:
+            adv = adv + self.rotation_weight * self.rotation_cross_entropy(x).mean() / 4
+        return adv, reset_value
+
+    def rotation_cross_entropy(self, x: Tensor) -> Tensor:
+        """[B]: the summed cross-entropy of the 4 true rotations under D's rotation head."""
+        return transformation_cross_entropy(self.discriminator.rotation_logits(transform_all(x, False)), 4)
 
     def score(self, x: Tensor) -> Tensor:
-        """score_weight * image MSE + (1 - score_weight) * feature MSE, per image."""
+        """score_weight * image MSE + (1 - score_weight) * feature MSE, per image (`score="paper"`), or
+        the rotation cross-entropy (`score="rotation"`)."""
+        if self.score_name == "rotation":
+            return self.rotation_cross_entropy(x)
         fake = self.generator(x)
         _, feat_real = self.discriminator.classify(x)
         _, feat_fake = self.discriminator.classify(fake)

@@ -19,18 +19,7 @@ from torch import Tensor, nn
 from ...errors import ConfigError
 from ..base import AnomalyModel, LossStep, Phase
 from ..registry import register
-
-
-def rotate(x: Tensor, k: int) -> Tensor:
-    """`torch.rot90(x, k, dims=(2, 3))` of square images, written with transpose and flip, which ONNX exports."""
-    return [x, x.transpose(2, 3).flip(2), x.flip(2).flip(3), x.transpose(2, 3).flip(3)][k % 4]
-
-
-def transform_all(x: Tensor, flips: bool) -> Tensor:
-    """Every transformation of every image, transformation-major: [T * B, C, H, W] with T = 4 or 8
-    (rotations by 0, 90, 180, 270 degrees, then the same of the mirrored image)."""
-    sources = [x, x.flip(3)] if flips else [x]
-    return torch.cat([rotate(s, k) for s in sources for k in range(4)])
+from ..transforms import transform_all, transformation_cross_entropy
 
 
 class _Block(nn.Module):
@@ -113,11 +102,8 @@ class RotationNet(AnomalyModel):
     def _outputs(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """[B] the summed cross-entropy of the true transformation over the T transformations, and [B, D]
         the L2-normalised mean over the T transformations of the L2-normalised pooled features."""
-        # Written without the batch size, so that an ONNX export keeps a dynamic batch axis.
         h = self.pooled(transform_all(x, self.flips))
-        logits = self.head(h).float()
-        log_p = F.log_softmax(logits.reshape(self.n_transforms, -1, self.n_transforms), dim=-1)  # [T, B, T]
-        ce = -log_p.diagonal(dim1=0, dim2=2).sum(-1)  # log p(t | t(x)) summed over t
+        ce = transformation_cross_entropy(self.head(h), self.n_transforms)
         feats = F.normalize(h.float(), dim=1).reshape(self.n_transforms, -1, h.shape[1]).mean(0)
         return ce, F.normalize(feats, dim=1)
 

@@ -1,6 +1,6 @@
 """Skip-GANomaly++ (see README.md in this folder)."""
 
-from .model import SkipGanomalyPP
+from .model import SkipGanomalyPP, SkipGanomalyPPRotation
 from .networks import ResUNetPPGenerator
 
-__all__ = ["SkipGanomalyPP", "ResUNetPPGenerator"]
+__all__ = ["SkipGanomalyPP", "SkipGanomalyPPRotation", "ResUNetPPGenerator"]

@@ -25,3 +25,15 @@ class SkipGanomalyPP(SkipFamilyModel):
     def reference_options(cls) -> dict[str, Any]:
         """The reference ++ code detaches the latent loss, so it trains nothing (spec section C)."""
         return {"detach_latent": True}
+
+
+@register("skipganomaly++rot")
+class SkipGanomalyPPRotation(SkipGanomalyPP):
+    """Not from the paper: Skip-GANomaly++ whose discriminator also learns which of 4 rotations a real
+    image shows (a self-supervised GAN head), scored by that head's cross-entropy of the true
+    rotations instead of by reconstruction (see README.md in this folder)."""
+
+    def __init__(self, in_channels: int = 3, image_size: int = 32, widths: Sequence[int] = DEFAULT_WIDTHS,
+                 rotation_weight: float = 1.0, score: str = "rotation", **loss_options: Any) -> None:
+        super().__init__(in_channels, image_size, widths, rotation_weight=rotation_weight, score=score,
+                         **loss_options)
