@@ -14,6 +14,7 @@ Each finished task appends one JSON line to --out (a rerun skips tasks already t
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import time
 from pathlib import Path
@@ -25,6 +26,7 @@ import torch
 from skipganomaly.benchmark import HONEST_VAL_FRACTION, SweepConfig, load_split
 from skipganomaly.cli import _model_kwargs as parse_model_args
 from skipganomaly.data.cifar10 import CLASSES, load_cifar10
+from skipganomaly.data.labelled import load_labelled
 from skipganomaly.detector import Detector
 from skipganomaly.evaluation.metrics import evaluate_scores
 from skipganomaly.provenance import git_commit
@@ -32,7 +34,10 @@ from skipganomaly.provenance import git_commit
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--data-dir", default="data")
+    ap.add_argument("--data-dir", default="data", help="folder holding cifar-10-batches-py")
+    ap.add_argument("--data", type=Path, help="your labelled images instead (an .npz or a folder per class)")
+    ap.add_argument("--image-size", type=int, default=32)
+    ap.add_argument("--amp", action="store_true", help="bf16 autocast")
     ap.add_argument("--model", default="rotation")
     ap.add_argument("--scores", default="ce,knn,ce+knn", help="values of the model's score option")
     ap.add_argument("--classes", default="all")
@@ -47,13 +52,19 @@ def main() -> None:
     args = ap.parse_args()
 
     options = parse_model_args(args.model_arg)
-    classes = list(CLASSES) if args.classes == "all" else args.classes.split(",")
+    if args.data:
+        load = functools.partial(load_labelled, args.data, args.image_size)
+        all_classes = load().present()
+    else:
+        load, all_classes = functools.partial(load_cifar10, args.data_dir), list(CLASSES)
+    classes = all_classes if args.classes == "all" else args.classes.split(",")
     config = SweepConfig(models=[args.model], classes=classes, seeds=[args.seed], protocols=["validate"],
                          epochs=args.epochs, batch_size=args.batch_size, train_fraction=args.train_fraction,
                          test_fraction=args.test_fraction, progress=False)
     settings = {"model": args.model, "epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size,
                 "train_fraction": args.train_fraction, "test_fraction": args.test_fraction, "seed": args.seed,
-                "model_options": options}
+                "model_options": options, "amp": args.amp, "data": str(args.data or "cifar10"),
+                "image_size": args.image_size}
     done = set()
     if args.out.exists():
         for line in args.out.read_text().splitlines():
@@ -65,8 +76,9 @@ def main() -> None:
     for cls in classes:
         if cls in done:
             continue
-        split = load_split(lambda: load_cifar10(args.data_dir), cls, args.seed, "validate", config)
-        det = Detector(model=args.model, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+        split = load_split(load, cls, args.seed, "validate", config)
+        det = Detector(model=args.model, image_size=args.image_size, in_channels=split.train.shape[1],
+                       amp=args.amp, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                        seed=args.seed, val_fraction=HONEST_VAL_FRACTION, progress=False, **options)
         start = time.perf_counter()
         det.fit(split.train)
@@ -74,10 +86,15 @@ def main() -> None:
         labels = split.test_labels.numpy()
         aurocs: dict[str, Any] = {}
         assert det.model_ is not None
+        all_scores: dict[str, np.ndarray] = {}
         for score in args.scores.split(","):
             det.model_.score_name = score
-            scores = det.decision_function(split.test)
-            aurocs[score] = round(float(evaluate_scores(np.asarray(scores), labels, 0.0)["auroc"]), 4)
+            all_scores[score] = np.asarray(det.decision_function(split.test))
+            aurocs[score] = round(float(evaluate_scores(all_scores[score], labels, 0.0)["auroc"]), 4)
+        # the test scores, in the split's order (the order the benchmark's cells save theirs in), for ensembles
+        scores_dir = args.out.with_suffix(".scores")
+        scores_dir.mkdir(exist_ok=True)
+        np.savez(scores_dir / f"{cls}.npz", labels=labels, **{k.replace("+", "_"): v for k, v in all_scores.items()})
         row = {"class": cls, "pseudo_anomaly": split.abnormal_class, "auroc": aurocs, "train_seconds": seconds,
                "threads": torch.get_num_threads(), "git_commit": commit, "settings": settings}
         with args.out.open("a") as f:

@@ -73,6 +73,7 @@ class SweepConfig:
     protocols: list[str]
     epochs: int = 15
     batch_size: int = 64
+    lr: float | None = None  # None: the Detector's default (and the cell key stays what it was without it)
     train_fraction: float = 1.0
     test_fraction: float = 1.0
     device: str = "auto"
@@ -110,6 +111,8 @@ def cell_settings(model: str, cls: str, seed: int, protocol: str, config: SweepC
         "test_fraction": config.test_fraction, "amp": config.amp, "model_options": dict(sorted(options.items())),
         "val_fraction": 0.0 if protocol == "paper" else HONEST_VAL_FRACTION,
     }
+    if config.lr is not None:
+        settings["lr"] = config.lr
     if config.dataset != CIFAR10:
         settings.update(dataset=config.dataset, image_size=config.image_size)
     if protocol == "paper":
@@ -147,7 +150,7 @@ def run_cell(load: Callable[[], LabelledImages], model: str, cls: str, seed: int
     commit = git_commit()  # the code this cell runs (a worker process imported it at its start)
     split = load_split(load, cls, seed, protocol, config)
     det = Detector(model=model, image_size=config.image_size, in_channels=split.train.shape[1],
-                   epochs=config.epochs, batch_size=config.batch_size,
+                   epochs=config.epochs, batch_size=config.batch_size, **({"lr": config.lr} if config.lr else {}),
                    seed=seed, val_fraction=settings["val_fraction"], device=config.device, amp=config.amp,
                    progress=config.progress, **settings["model_options"])
     labels = split.test_labels.numpy()

@@ -195,6 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="sizes: cpu-smoke (minutes), cpu-medium (an hour per GAN model) or paper (full size)")
     p.add_argument("--epochs", type=int, help="default: preset's, else 15")
     p.add_argument("--batch-size", type=int, help="default: preset's, else 64")
+    p.add_argument("--lr", type=float, help="Adam learning rate (default: the Detector's, 2e-4)")
     p.add_argument("--train-fraction", type=float, help="stratified share of the training images")
     p.add_argument("--test-fraction", type=float, help="stratified share of the test images")
     p.add_argument("--model-arg", action="append", default=[], metavar="MODEL:KEY=VALUE",
@@ -575,7 +576,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     config = SweepConfig(
         models=[m.strip() for m in args.models.split(",") if m.strip()], classes=classes, seeds=seeds,
         protocols=_protocols(args.protocol),
-        epochs=pick("epochs", 15), batch_size=pick("batch_size", 64),
+        epochs=pick("epochs", 15), batch_size=pick("batch_size", 64), lr=args.lr,
         train_fraction=pick("train_fraction", 1.0), test_fraction=pick("test_fraction", 1.0),
         device=args.device, amp=args.amp, progress=not args.no_progress, model_options=options,
         dataset=data.fingerprint or data.name, image_size=args.image_size,

@@ -131,10 +131,13 @@ class RotationNet(AnomalyModel):
         if len(self.bank) == 0:
             raise ConfigError("model 'rotation' has no feature bank yet; train it first")
         k = self.k + int(leave_self_out)
+        feats = feats.float()
         best = torch.empty(len(feats), 0, device=feats.device)
-        for start in range(0, len(self.bank), self.CHUNK):
-            d = 1.0 - feats @ self.bank[start:start + self.CHUNK].float().T
-            best = torch.cat([best, d], 1).topk(min(k, best.shape[1] + d.shape[1]), dim=1, largest=False).values
+        with torch.autocast(feats.device.type, enabled=False):  # distances near 0 need float32, not bf16
+            for start in range(0, len(self.bank), self.CHUNK):
+                d = 1.0 - feats @ self.bank[start:start + self.CHUNK].float().T
+                best = torch.cat([best, d], 1).topk(min(k, best.shape[1] + d.shape[1]), dim=1,
+                                                    largest=False).values
         return best[:, int(leave_self_out):].mean(1)
 
     # --- evaluation -------------------------------------------------------------------------
