@@ -335,3 +335,20 @@ def test_baselines_run_both_protocols(name: str, tmp_path: Path) -> None:
     assert [r["protocol"] for r in results] == ["honest", "paper"]
     assert all(r["auroc"] > 0.9 for r in results)
     assert results[1]["train_images"] == 54 and results[1]["auroc_per_epoch"] == [results[1]["auroc"]]
+
+
+def test_learning_rate_is_in_the_cell_key_only_when_given(monkeypatch: pytest.MonkeyPatch) -> None:
+    default = benchmark.cell_settings("rotation", "ship", 0, "honest", _config())
+    assert "lr" not in default  # cells saved before --lr existed keep their key
+    given = benchmark.cell_settings("rotation", "ship", 0, "honest", _config(lr=1e-3))
+    assert given == {**default, "lr": 1e-3}
+    seen: dict[str, float] = {}
+
+    def fit(self: detector_module.Detector, images: object, **kw: object) -> None:
+        seen["lr"] = self.train_config.lr
+        raise RuntimeError("stop after construction")
+
+    monkeypatch.setattr(detector_module.Detector, "fit", fit)
+    with pytest.raises(RuntimeError, match="stop after construction"):
+        benchmark.run_cell(_toy_cifar, "rotation", "ship", 0, "honest", _config(lr=1e-3))
+    assert seen["lr"] == 1e-3

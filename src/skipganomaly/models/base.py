@@ -61,6 +61,15 @@ def real_fake_bce(logit_real: Tensor, logit_fake: Tensor) -> Tensor:
             + F.binary_cross_entropy_with_logits(logit_fake, torch.zeros_like(logit_fake)))
 
 
+def saliency_map(score: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
+    """Where a score is sensitive: |d score / d x| averaged over channels, [B, H, W] (the anomaly map of a
+    score that compares no pixels, such as a transformation classifier's)."""
+    with torch.enable_grad():
+        xg = x.detach().clone().requires_grad_(True)
+        (grad,) = torch.autograd.grad(score(xg).sum(), xg)
+    return grad.abs().mean(1)
+
+
 @contextmanager
 def frozen(module: nn.Module) -> Iterator[None]:
     """Let gradients flow *through* a network without computing gradients *for* its weights."""

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import GanModel, LossStep, frozen, init_weights, real_fake_bce
+from .base import GanModel, LossStep, frozen, init_weights, real_fake_bce, saliency_map
 from .discriminators import BasicDiscriminator
 from ..errors import ConfigError
 from .transforms import transform_all, transformation_cross_entropy
@@ -119,6 +119,12 @@ class SkipFamilyModel(GanModel):
         rec = (x - fake).pow(2).flatten(1).mean(1)
         lat = (feat_real - feat_fake).pow(2).flatten(1).mean(1)
         return self.score_weight * rec + (1.0 - self.score_weight) * lat
+
+    def anomaly_map(self, x: Tensor) -> Tensor:
+        """|x - G(x)| averaged over channels; under the rotation score, that score's saliency instead."""
+        if self.score_name == "rotation":
+            return saliency_map(self.rotation_cross_entropy, x)
+        return super().anomaly_map(x)
 
     def validation_loss(self, x: Tensor) -> Tensor:
         return (self.generator(x) - x).abs().flatten(1).mean(1)

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ...errors import ConfigError
-from ..base import AnomalyModel, LossStep, Phase
+from ..base import AnomalyModel, LossStep, Phase, saliency_map
 from ..registry import register
 from ..transforms import transform_all, transformation_cross_entropy
 
@@ -160,7 +160,4 @@ class RotationNet(AnomalyModel):
 
     def anomaly_map(self, x: Tensor) -> Tensor:
         """Where the score is sensitive: |d score / d x|, averaged over channels (a saliency map)."""
-        with torch.enable_grad():
-            xg = x.detach().clone().requires_grad_(True)
-            (grad,) = torch.autograd.grad(self.score(xg).sum(), xg)
-        return grad.abs().mean(1)
+        return saliency_map(self.score, x)
