@@ -33,11 +33,11 @@ def main() -> None:
         labels = saved["labels"]
         scores = {k: saved[k] for k in saved.files if k != "labels"}
         for model in args.cells_models.split(","):
-            (cell,) = args.cells.glob(f"{model}__{cls}__*__validate__*.scores.npz")
+            (cell,) = args.cells.glob(f"{model.replace('+', 'p')}__{cls}__*__validate__*.scores.npz")
             other = np.load(cell)
             if not np.array_equal(other["labels"], labels):
                 raise SystemExit(f"{cell} was scored on another split than {path}")
-            scores[model] = other["scores"]
+            scores[f"cell:{model}"] = other["scores"]  # apart from a score option of the same name
         ranks = {k: rankdata(v) / len(v) for k, v in scores.items()}
         row = {k: roc_auc_score(labels, v) for k, v in scores.items()}
         for a, b in itertools.combinations(sorted(ranks), 2):
