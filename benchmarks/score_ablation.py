@@ -94,7 +94,8 @@ def main() -> None:
         # the test scores, in the split's order (the order the benchmark's cells save theirs in), for ensembles
         scores_dir = args.out.with_suffix(".scores")
         scores_dir.mkdir(exist_ok=True)
-        np.savez(scores_dir / f"{cls}.npz", labels=labels, **{k.replace("+", "_"): v for k, v in all_scores.items()})
+        np.savez_compressed(scores_dir / f"{cls}.npz", labels=labels.astype(np.int8),
+                            **{k.replace("+", "_"): v.astype(np.float32) for k, v in all_scores.items()})
         row = {"class": cls, "pseudo_anomaly": split.abnormal_class, "auroc": aurocs, "train_seconds": seconds,
                "threads": torch.get_num_threads(), "git_commit": commit, "settings": settings}
         with args.out.open("a") as f:

@@ -29,13 +29,19 @@ def test_onnx_scores_match_pytorch(name: str, channels: int, tmp_path: Path) -> 
     model = create(name, in_channels=channels).eval()
     images = torch.from_numpy(np.concatenate([blob_images(5, channels=channels), noise_images(4, channels=channels)]))
     images = images.permute(0, 3, 1, 2).contiguous()
-    if not model.trained_by_gradient:
-        model.fit_closed_form(prepare_batch(torch.from_numpy(blob_images(30, channels=channels, seed=3))
-                                            .permute(0, 3, 1, 2), torch.device("cpu")))
+    train = prepare_batch(torch.from_numpy(blob_images(30, channels=channels, seed=3)).permute(0, 3, 1, 2),
+                          torch.device("cpu"))
+    with torch.no_grad():
+        if not model.trained_by_gradient:
+            model.fit_closed_form(train)
+        if model.fits_statistics:
+            model.fit_statistics(train)
     path = export_onnx(model, tmp_path / "m.onnx")
     expected = batched_apply(model.score, model, images, 4, torch.device("cpu")).double().numpy()
     got = OnnxScorer(path).score(images, batch_size=3)  # another batch size than the export's
-    np.testing.assert_allclose(got, expected, rtol=1e-4)
+    # to 1e-4 relative, or to a thousandth of the scores' spread (what a ranking can notice), whichever is
+    # looser: a standardised score (rotation's ce+knn) turns float32 rounding into larger absolute numbers
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-3 * float(np.std(expected)))
 
 
 def test_anogan_refuses_export(tmp_path: Path) -> None:

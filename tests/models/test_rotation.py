@@ -24,7 +24,7 @@ def test_rotations_are_torch_rot90_and_transform_major() -> None:
 
 def test_score_is_the_summed_cross_entropy_of_the_true_transformations() -> None:
     torch.manual_seed(0)
-    model = create("rotation", widths=[8, 16], flips=True).eval()
+    model = create("rotation", widths=[8, 16], flips=True, score="ce").eval()
     x = torch.rand(3, 3, 32, 32) * 2 - 1
     with torch.no_grad():
         logits = model(transform_all(x, True))

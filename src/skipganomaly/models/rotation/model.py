@@ -57,7 +57,7 @@ class RotationNet(AnomalyModel):
     CHUNK = 4096  # bank rows compared at a time
 
     def __init__(self, in_channels: int = 3, image_size: int = 32, widths: Sequence[int] = (32, 64, 128),
-                 flips: bool = False, score: str = "ce", k: int = 5) -> None:
+                 flips: bool = False, score: str = "ce+knn", k: int = 5) -> None:
         super().__init__(in_channels, image_size)
         widths = [int(w) for w in widths]
         if not widths or min(widths) < 1:
@@ -122,8 +122,9 @@ class RotationNet(AnomalyModel):
         ce = torch.cat([o[0] for o in outs])
         self.bank = torch.cat([o[1] for o in outs]).to(torch.float16)
         dist = self._knn_distance(torch.cat([o[1] for o in outs]), leave_self_out=True)
-        self.score_stats = torch.stack([ce.mean(), ce.std().clamp_min(1e-6),
-                                        dist.mean(), dist.std().clamp_min(1e-6)]).to(self.score_stats)
+        # A floor on the spreads: normals that all look alike must not turn rounding noise into score.
+        self.score_stats = torch.stack([ce.mean(), ce.std().clamp_min(1e-3),
+                                        dist.mean(), dist.std().clamp_min(1e-3)]).to(self.score_stats)
 
     def _knn_distance(self, feats: Tensor, leave_self_out: bool = False) -> Tensor:
         """Mean cosine distance [B] to the k nearest bank rows (k + 1, dropping the nearest, for rows
