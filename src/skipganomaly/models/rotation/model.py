@@ -49,7 +49,8 @@ class RotationNet(AnomalyModel):
     Scores (eval mode, so batch-independent): `ce`, the summed cross-entropy of the true
     transformations; `knn`, the mean cosine distance of the image's pooled features (averaged over
     its T transformations) to its `k` nearest training normals; `ce+knn`, the sum of the two after
-    standardising each by its mean and standard deviation on the training normals. The feature bank
+    standardising each by its mean and standard deviation on the training normals (the default:
+    chosen on the validate protocol, see README.md). The feature bank
     and those statistics are fitted after training (`fit_statistics`), whichever score is used."""
 
     fits_statistics = True
