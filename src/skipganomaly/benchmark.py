@@ -150,7 +150,7 @@ def run_cell(load: Callable[[], LabelledImages], model: str, cls: str, seed: int
     commit = git_commit()  # the code this cell runs (a worker process imported it at its start)
     split = load_split(load, cls, seed, protocol, config)
     det = Detector(model=model, image_size=config.image_size, in_channels=split.train.shape[1],
-                   epochs=config.epochs, batch_size=config.batch_size, **({"lr": config.lr} if config.lr else {}),
+                   epochs=config.epochs, batch_size=config.batch_size, **({"lr": config.lr} if config.lr is not None else {}),
                    seed=seed, val_fraction=settings["val_fraction"], device=config.device, amp=config.amp,
                    progress=config.progress, **settings["model_options"])
     labels = split.test_labels.numpy()

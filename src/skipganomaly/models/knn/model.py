@@ -9,6 +9,7 @@ from torch import Tensor
 
 from ...errors import ConfigError
 from ..base import ClosedFormModel
+from ..neighbours import smallest_k
 from ..registry import register
 
 
@@ -51,19 +52,15 @@ class Knn(ClosedFormModel):
             return self._neighbours(x.flatten(1).float())
 
     def _neighbours(self, query: Tensor) -> tuple[Tensor, Tensor]:
-        """A running top-k over chunks of the bank; query: [B, D] float32."""
-        n, device = len(query), query.device
+        """query: [B, D] float32."""
         q_sq = query.pow(2).sum(1, keepdim=True)
-        best_d = torch.empty(n, 0, device=device)
-        best_i = torch.empty(n, 0, dtype=torch.long, device=device)
-        for start in range(0, len(self.bank), self.CHUNK):
-            rows = self._bank_rows(start, start + self.CHUNK)
-            d_sq = (q_sq + rows.pow(2).sum(1) - 2.0 * query @ rows.T).clamp_min(0.0)
-            idx = torch.arange(start, start + len(rows), device=device).expand(n, -1)
-            cand_d, cand_i = torch.cat([best_d, d_sq], 1), torch.cat([best_i, idx], 1)
-            best_d, pos = cand_d.topk(min(self.k, cand_d.shape[1]), dim=1, largest=False, sorted=True)
-            best_i = cand_i.gather(1, pos)
-        return best_d.sqrt(), best_i
+
+        def block(start: int, stop: int) -> Tensor:
+            rows = self._bank_rows(start, stop)
+            return (q_sq + rows.pow(2).sum(1) - 2.0 * query @ rows.T).clamp_min(0.0)
+
+        d_sq, idx = smallest_k(block, len(self.bank), self.k, self.CHUNK)
+        return d_sq.sqrt(), idx
 
     def score(self, x: Tensor) -> Tensor:
         return self.neighbours(x)[0].mean(1)

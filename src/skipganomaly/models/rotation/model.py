@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from ...errors import ConfigError
 from ..base import AnomalyModel, LossStep, Phase, saliency_map
+from ..neighbours import smallest_k
 from ..registry import register
 from ..transforms import transform_all, transformation_cross_entropy
 
@@ -129,17 +130,14 @@ class RotationNet(AnomalyModel):
 
     def _knn_distance(self, feats: Tensor, leave_self_out: bool = False) -> Tensor:
         """Mean cosine distance [B] to the k nearest bank rows (k + 1, dropping the nearest, for rows
-        of the bank itself); a running top-k over chunks keeps memory bounded."""
+        of the bank itself)."""
         if len(self.bank) == 0:
             raise ConfigError("model 'rotation' has no feature bank yet; train it first")
         k = self.k + int(leave_self_out)
         feats = feats.float()
-        best = torch.empty(len(feats), 0, device=feats.device)
         with torch.autocast(feats.device.type, enabled=False):  # distances near 0 need float32, not bf16
-            for start in range(0, len(self.bank), self.CHUNK):
-                d = 1.0 - feats @ self.bank[start:start + self.CHUNK].float().T
-                best = torch.cat([best, d], 1).topk(min(k, best.shape[1] + d.shape[1]), dim=1,
-                                                    largest=False).values
+            best, _ = smallest_k(lambda start, stop: 1.0 - feats @ self.bank[start:stop].float().T,
+                                 len(self.bank), k, self.CHUNK)
         return best[:, int(leave_self_out):].mean(1)
 
     # --- evaluation -------------------------------------------------------------------------
