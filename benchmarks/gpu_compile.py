@@ -18,7 +18,7 @@ import torch
 
 from skipganomaly.models import create
 from skipganomaly.training import TrainConfig, make_optimizers, prepare_batch, resolve_device, to_device, train_step
-from skipganomaly.training.runtime import compile_blocks
+from skipganomaly.training.device import compile_blocks
 
 
 def main() -> None:

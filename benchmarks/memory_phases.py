@@ -15,7 +15,7 @@ import time
 
 import torch
 
-from skipganomaly.training.runtime import reduce_heap_fragmentation, release_free_memory
+from skipganomaly.training.memory import reduce_heap_fragmentation, release_free_memory
 
 
 def peak_mib() -> str:
@@ -41,7 +41,7 @@ def main() -> None:
     from skipganomaly.data.cifar10 import leave_one_class_out, load_cifar10
     from skipganomaly.models import create
     from skipganomaly.training import TrainConfig, batched_apply, make_optimizers, prepare_batch, to_device, train_step
-    from skipganomaly.training.runtime import default_eval_batch
+    from skipganomaly.training.inference import default_eval_batch
 
     split = leave_one_class_out(load_cifar10(args.data_dir), "ship", 1.0, 1.0, 0)
     release_free_memory()

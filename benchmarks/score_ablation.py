@@ -23,11 +23,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from skipganomaly.benchmark import HONEST_VAL_FRACTION, SweepConfig, load_split
-from skipganomaly.cli import _model_kwargs as parse_model_args
+from skipganomaly.options import parse_model_args
+from skipganomaly.sweep import SweepConfig, load_split
 from skipganomaly.data.cifar10 import CLASSES, load_cifar10
 from skipganomaly.data.labelled import load_labelled
-from skipganomaly.detector import Detector
+from skipganomaly.detector import Detector, DetectorSettings
 from skipganomaly.evaluation.metrics import evaluate_scores
 from skipganomaly.provenance import git_commit
 
@@ -51,7 +51,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
 
-    options = parse_model_args(args.model_arg)
+    options = parse_model_args(args.model_arg, [args.model])[args.model]
     if args.data:
         load = functools.partial(load_labelled, args.data, args.image_size)
         all_classes = load().present()
@@ -59,8 +59,9 @@ def main() -> None:
         load, all_classes = functools.partial(load_cifar10, args.data_dir), list(CLASSES)
     classes = all_classes if args.classes == "all" else args.classes.split(",")
     config = SweepConfig(models=[args.model], classes=classes, seeds=[args.seed], protocols=["validate"],
-                         epochs=args.epochs, batch_size=args.batch_size, train_fraction=args.train_fraction,
-                         test_fraction=args.test_fraction, progress=False)
+                         settings=DetectorSettings.from_params(epochs=args.epochs, batch_size=args.batch_size,
+                                                               progress=False),
+                         train_fraction=args.train_fraction, test_fraction=args.test_fraction)
     settings = {"model": args.model, "epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size,
                 "train_fraction": args.train_fraction, "test_fraction": args.test_fraction, "seed": args.seed,
                 "model_options": options, "amp": args.amp, "data": str(args.data or "cifar10"),
@@ -79,7 +80,7 @@ def main() -> None:
         split = load_split(load, cls, args.seed, "validate", config)
         det = Detector(model=args.model, image_size=args.image_size, in_channels=split.train.shape[1],
                        amp=args.amp, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                       seed=args.seed, val_fraction=HONEST_VAL_FRACTION, progress=False, **options)
+                       seed=args.seed, progress=False, **options)
         start = time.perf_counter()
         det.fit(split.train)
         seconds = time.perf_counter() - start

@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 import torch
 
-from skipganomaly import benchmark
+from skipganomaly import sweep as benchmark
 from skipganomaly import detector as detector_module
-from skipganomaly.benchmark import SweepConfig, run_sweep
+from skipganomaly.detector import DetectorSettings
+from skipganomaly.sweep import SweepConfig, run_sweep
 from skipganomaly.data.cifar10 import Cifar10, leave_one_class_out
 from skipganomaly.errors import ConfigError
 from skipganomaly.evaluation import benchmark_table
@@ -43,9 +44,15 @@ def _toy_cifar() -> Cifar10:
 
 
 def _config(**kw: object) -> SweepConfig:
-    base = dict(models=["skipganomaly++"], classes=["ship"], seeds=[0], protocols=["honest", "paper"], epochs=2,
-                batch_size=16, device="cpu", progress=False, model_options={"skipganomaly++": {"widths": SMALL_WIDTHS}})
-    return SweepConfig(**{**base, **kw})  # type: ignore[arg-type]
+    """A sweep config; keyword arguments that are detector settings (epochs, lr, amp, ...) go to its settings."""
+    sweep_fields = {"models", "classes", "seeds", "protocols", "model_options", "train_fraction", "test_fraction",
+                    "dataset"}
+    base = dict(models=["skipganomaly++"], classes=["ship"], seeds=[0], protocols=["honest", "paper"],
+                model_options={"skipganomaly++": {"widths": SMALL_WIDTHS}})
+    settings = {"epochs": 2, "batch_size": 16, "device": "cpu", "progress": False}
+    settings.update({k: v for k, v in kw.items() if k not in sweep_fields})
+    base.update({k: v for k, v in kw.items() if k in sweep_fields})
+    return SweepConfig(**base, settings=DetectorSettings.from_params(**settings))  # type: ignore[arg-type]
 
 
 def test_sweep_writes_each_cell_and_resumes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -128,7 +135,7 @@ def test_a_cell_saved_with_other_settings_is_rerun(change: dict[str, object], tm
     run_sweep(lambda: None, _config(protocols=["honest"]), tmp_path)
     run_sweep(lambda: None, _config(protocols=["honest"]), tmp_path)
     assert _fake_run_cell.calls == 1  # type: ignore[attr-defined]  # same settings: reused
-    with caplog.at_level("INFO", logger="skipganomaly.benchmark"):
+    with caplog.at_level("INFO", logger="skipganomaly.sweep"):
         rerun = run_sweep(lambda: None, _config(protocols=["honest"], **change), tmp_path).results
     assert _fake_run_cell.calls == 2  # type: ignore[attr-defined]
     assert rerun[0]["settings"] == benchmark.cell_settings("skipganomaly++", "ship", 0, "honest",
@@ -337,11 +344,24 @@ def test_baselines_run_both_protocols(name: str, tmp_path: Path) -> None:
     assert results[1]["train_images"] == 54 and results[1]["auroc_per_epoch"] == [results[1]["auroc"]]
 
 
-def test_learning_rate_is_in_the_cell_key_only_when_given(monkeypatch: pytest.MonkeyPatch) -> None:
-    default = benchmark.cell_settings("rotation", "ship", 0, "honest", _config())
-    assert "lr" not in default  # cells saved before --lr existed keep their key
-    given = benchmark.cell_settings("rotation", "ship", 0, "honest", _config(lr=1e-3))
-    assert given == {**default, "lr": 1e-3}
+def test_a_cell_saved_before_a_setting_existed_counts_it_at_its_default(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    data = _toy_cifar()
+    config = _config(models=["knn"], protocols=["honest"])
+    first = run_sweep(lambda: data, config, tmp_path).results
+    cell = tmp_path / "cells" / first[0]["scores_file"].replace(".scores.npz", ".json")
+    saved = json.loads(cell.read_text())
+    for name in ("lr", "contamination", "beta1"):  # as if the cell was written before these settings existed
+        del saved["settings"][name]
+    cell.write_text(json.dumps(saved))
+    files = sorted((tmp_path / "cells").iterdir())
+    again = run_sweep(lambda: data, config, tmp_path).results
+    assert sorted((tmp_path / "cells").iterdir()) == files and again[0]["train_seconds"] == first[0]["train_seconds"]
+    other = run_sweep(lambda: data, _config(models=["knn"], protocols=["honest"], lr=1e-3), tmp_path).results
+    assert len(list((tmp_path / "cells").glob("*.json"))) == 2 and other[0]["settings"]["lr"] == 1e-3
+
+
+def test_the_learning_rate_reaches_the_detector(monkeypatch: pytest.MonkeyPatch) -> None:
     seen: dict[str, float] = {}
 
     def fit(self: detector_module.Detector, images: object, **kw: object) -> None:

@@ -41,7 +41,8 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 def test_train_writes_a_complete_run_directory(trained_run: tuple[Path, Path]) -> None:
     _, run = trained_run
     config = yaml.safe_load((run / "config.yaml").read_text())
-    assert config["model"] == "skipganomaly++" and config["epochs"] == 2 and config["train_images"] == 40
+    assert config["settings"]["model"] == "skipganomaly++" and config["settings"]["epochs"] == 2
+    assert config["train_images"] == 40 and config["data"] is not None
     losses = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in losses] == [1, 2]
     assert {"g_adv", "g_con", "g_lat", "d_loss"} <= set(losses[0]["losses"])
@@ -192,7 +193,7 @@ def test_train_every_model_from_the_cli(name: str, image_root: Path) -> None:
         assert metrics["test"]["auroc"] > 0.9, metrics["test"]
     else:
         assert math.isfinite(metrics["test"]["auroc"])
-    assert yaml.safe_load((run / "config.yaml").read_text())["model"] == name
+    assert yaml.safe_load((run / "config.yaml").read_text())["settings"]["model"] == name
 
 
 def test_train_with_amp_from_the_cli(image_root: Path) -> None:
@@ -202,12 +203,12 @@ def test_train_with_amp_from_the_cli(image_root: Path) -> None:
     run = image_root / "run-amp"
     assert main(["train", "--data", str(image_root), "--test", str(image_root / "test"), "--out", str(run),
                  "--epochs", "1", "--batch-size", "8", "--no-progress", "--device", "cpu", "--amp", *options]) == 0
-    assert yaml.safe_load((run / "config.yaml").read_text())["amp"] is True
+    assert yaml.safe_load((run / "config.yaml").read_text())["settings"]["amp"] is True
     assert json.loads((run / "metrics.json").read_text())["test"]["auroc"] > 0.9
 
 
 def test_low_memory_switch_sets_the_allocator_in_its_own_process() -> None:
-    code = ("import sys; from skipganomaly.training.runtime import reduce_heap_fragmentation; "
+    code = ("import sys; from skipganomaly.training.memory import reduce_heap_fragmentation; "
             "sys.exit(0 if reduce_heap_fragmentation() else 3)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     if result.returncode == 3:

@@ -16,11 +16,11 @@ import torch
 
 from skipganomaly.detector import Detector
 from skipganomaly.models import create, get_model_class, list_models
-from skipganomaly.speed import bench_model
+from skipganomaly.throughput import bench_model
 from skipganomaly.training import TrainConfig, batched_apply, resolve_device, train
 from skipganomaly.training.loop import make_optimizers, train_step
 from skipganomaly.training.optim import Adam
-from skipganomaly.training.runtime import prepare_batch, to_device
+from skipganomaly.training.device import prepare_batch, to_device
 from tests.conftest import SMALL_WIDTHS, blob_images, fast
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

@@ -14,7 +14,7 @@ from skipganomaly.cli import main
 from skipganomaly.errors import ConfigError
 from skipganomaly.models import create, list_models
 from skipganomaly.onnx_export import OnnxScorer, export_onnx
-from skipganomaly.speed import (_median_seconds, bench_model, count_flops, reference_optimizers,
+from skipganomaly.throughput import (_median_seconds, bench_model, count_flops, reference_optimizers,
                                 reference_style_score, reference_style_step)
 from skipganomaly.training import TrainConfig, batched_apply, make_optimizers, prepare_batch, to_device, train_step
 from tests.conftest import SMALL_WIDTHS, blob_images, fast, noise_images

@@ -1,7 +1,9 @@
+# A one-off, kept as the record of how those cells were carried over; it ran at git d18bb73 and does not
+# run against later code (the sweep's API changed): read it with `git show d18bb73:benchmarks/results/rekey_honest_cells.py`.
 """Re-key honest cells written before cells were keyed by a hash of their settings (one-off)."""
 import json, sys
 from pathlib import Path
-from skipganomaly.benchmark import SweepConfig, cell_settings, cell_file, HONEST_VAL_FRACTION
+from skipganomaly.sweep import SweepConfig, cell_settings, cell_file, HONEST_VAL_FRACTION
 
 out, commit = Path(sys.argv[1]), sys.argv[2]
 cells = out / "cells"

@@ -1,26 +1,142 @@
-"""The public API: a PyOD / scikit-learn style detector around any registered model."""
+"""The public API: a PyOD / scikit-learn style detector around any registered model, and the one
+settings object (`DetectorSettings`) from which its checkpoint, a run's config.yaml, the CLI's flags,
+the resume check and the benchmark's cell key are all derived."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
 
 from .data.images import as_image_tensor
-from .errors import CheckpointError, ConfigError, DataError
+from .errors import CheckpointError, ConfigError, DataError, not_fitted
 from .evaluation.metrics import quantile_threshold
 from .files import load_torch_checked, save_torch_atomic
-from .models import create, list_models
-from .models.base import AnomalyModel, check_geometry
+from .models import create, get_model_class, list_models
+from .models.base import AnomalyModel, check_geometry, plain
+from .run_directory import state_path
 from .training import EpochRecord, TrainConfig, batched_apply, resolve_device, to_device, train
-from .training.runtime import default_eval_batch
+from .training.config import field_default, setting
 from .training.distributed import is_main_process
+from .training.inference import default_eval_batch
 
 FORMAT = "skipganomaly-detector"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 1: training settings under "detector", model options only inside "model_config" (still read)
+DEFAULT_MODEL = "skipganomaly++"
+GEOMETRY = ("in_channels", "image_size")  # constructor arguments of every model that the settings own
+
+
+@dataclass(frozen=True)
+class DetectorSettings:
+    """Everything a detector is built and trained with. Flat names everywhere outside (keyword arguments,
+    `get_params`, CLI flags, files): this class's fields, `TrainConfig`'s, and the model's own options,
+    which must not clash (a test checks). See `training.config` for the metadata each field carries."""
+
+    model: str = setting(DEFAULT_MODEL, help="registered model name", flag="--model", choices=list_models)
+    model_options: Mapping[str, Any] = setting(default_factory=dict, flag="--model-arg",
+                                               help="the model's constructor arguments (README, Models)")
+    image_size: int = setting(32, help="images are resized to this size (a multiple of 8, at least 32)",
+                              flag="--image-size")
+    in_channels: int = setting(3, help="1 grayscale, 3 RGB", flag="--channels", choices=(1, 3))
+    val_fraction: float = setting(0.05, flag="--val-fraction",
+                                  help="share of the normal training images held out for the threshold")
+    contamination: float = setting(0.05, flag="--contamination",
+                                   help="share of held-out normals above the threshold")
+    training: TrainConfig = dataclasses.field(default_factory=TrainConfig, metadata={"nested": True})
+
+    def __post_init__(self) -> None:
+        if self.model not in list_models():
+            raise ConfigError(f"unknown model {self.model!r}; available: {', '.join(list_models())}")
+        check_geometry(self.in_channels, self.image_size)
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ConfigError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        if self.val_fraction == 0.0 and self.training.patience is not None:
+            raise ConfigError("early stopping (patience) needs validation images; give a val_fraction above 0")
+        if not 0.0 <= self.contamination < 1.0:
+            raise ConfigError(f"contamination must be in [0, 1), got {self.contamination}")
+        allowed = model_option_names(self.model)
+        unknown = [k for k in self.model_options if k not in allowed]
+        if unknown:
+            raise ConfigError(f"model {self.model!r} has no option {unknown[0]!r}; its options: {', '.join(allowed)}"
+                              f"; detector settings: {', '.join(setting_names())}")
+
+    # --- flat views -------------------------------------------------------------------------
+    @classmethod
+    def from_params(cls, **params: Any) -> "DetectorSettings":
+        """From flat keyword arguments: detector settings, training settings and model options by name."""
+        own = {f.name for f in fields(cls) if f.name != "training"}
+        training = set(TrainConfig.names())
+        top = {k: v for k, v in params.items() if k in own}
+        train_part = {k: v for k, v in params.items() if k in training}
+        options = {k: v for k, v in params.items() if k not in own and k not in training}
+        if options and "model_options" in top:
+            raise ConfigError("give model options either in model_options or as keyword arguments, not both")
+        top.setdefault("model_options", options)
+        return cls(**top, training=TrainConfig(**train_part))
+
+    def params(self) -> dict[str, Any]:
+        """Flat: every setting by name, the model options among them (scikit-learn's get_params)."""
+        own = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("training", "model_options")}
+        return {**own, **self.training.values(), **self.model_options}
+
+    def replace(self, **params: Any) -> "DetectorSettings":
+        """A copy with some flat settings changed: model options by name are added to the current ones;
+        `model_options=` replaces them all (e.g. with another model)."""
+        current = {k: v for k, v in self.params().items() if k not in self.model_options}
+        options = dict(params.pop("model_options", self.model_options))
+        for key in list(params):
+            if key not in current:
+                options[key] = params.pop(key)
+        return DetectorSettings.from_params(**{**current, **params}, model_options=options)
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain values for files (config.yaml, checkpoints): model options nested under `model_options`."""
+        out = {k: plain(v) for k, v in self.params().items() if k not in self.model_options}
+        out["model_options"] = {k: plain(v) for k, v in self.model_options.items()}
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], where: str = "settings") -> "DetectorSettings":
+        """The inverse of `as_dict`; a name missing from `data` (an option added since) takes its default."""
+        known = set(setting_names()) | {"model_options"}
+        unknown = sorted(k for k in data if k not in known)
+        if unknown:
+            raise ConfigError(f"{where}: unknown setting(s) {', '.join(unknown)} (written by a newer version of "
+                              "skipganomaly?)")
+        return cls.from_params(**{k: v for k, v in data.items() if k != "model_options"},
+                               model_options=dict(data.get("model_options") or {}))
+
+    def result_settings(self) -> dict[str, Any]:
+        """The settings that can change a trained detector's scores, plain (a benchmark cell's key)."""
+        result = {f.name for f in fields(self) if f.name != "training" and f.metadata["result"]}
+        out = {k: v for k, v in self.as_dict().items() if k in result}
+        return {**out, **{k: plain(v) for k, v in self.training.values(TrainConfig.names(result=True)).items()}}
+
+
+def setting_names() -> list[str]:
+    """Flat names of the detector's own and its training settings."""
+    return [f.name for f in fields(DetectorSettings) if f.name not in ("training", "model_options")] \
+        + TrainConfig.names()
+
+
+def setting_fields() -> list[dataclasses.Field]:
+    """The settings' fields with their metadata, in order (detector's, then training's): the CLI's flags."""
+    return [f for f in fields(DetectorSettings) if f.name != "training"] + list(fields(TrainConfig))
+
+
+def setting_defaults() -> dict[str, Any]:
+    """Flat defaults of every setting (model options: none given)."""
+    return {f.name: field_default(f) for f in setting_fields()}
+
+
+def model_option_names(model: str) -> list[str]:
+    """The options a model takes besides its geometry (which the settings own)."""
+    return [k for k in get_model_class(model).param_defaults() if k not in GEOMETRY]
 
 
 class Detector:
@@ -33,49 +149,61 @@ class Detector:
     `w_con`, `detach_latent`).
     """
 
-    def __init__(
-        self,
-        model: str = "skipganomaly++",
-        image_size: int = 32,
-        in_channels: int = 3,
-        epochs: int = 15,
-        batch_size: int = 64,
-        lr: float = 2e-4,
-        seed: int = 0,
-        val_fraction: float = 0.05,
-        contamination: float = 0.05,
-        patience: int | None = None,
-        device: str = "auto",
-        amp: bool = False,
-        progress: bool = True,
-        compile: str | None = None,
-        **model_kwargs: Any,
-    ) -> None:
-        if model not in list_models():
-            raise ConfigError(f"unknown model {model!r}; available: {', '.join(list_models())}")
-        check_geometry(in_channels, image_size)
-        if not 0.0 <= val_fraction < 1.0:
-            raise ConfigError(f"val_fraction must be in [0, 1), got {val_fraction}")
-        if val_fraction == 0.0 and patience is not None:
-            raise ConfigError("early stopping (patience) needs validation images; give a val_fraction above 0")
-        if not 0.0 <= contamination < 1.0:
-            raise ConfigError(f"contamination must be in [0, 1), got {contamination}")
-        self.model_name = model
-        self.image_size = image_size
-        self.in_channels = in_channels
-        self.val_fraction = val_fraction
-        self.contamination = contamination
-        self.model_kwargs = model_kwargs
-        self.train_config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
-                                        patience=patience, device=device, amp=amp, progress=progress,
-                                        compile=compile)
-        self.device = resolve_device(device)
+    def __init__(self, model: str = DEFAULT_MODEL, **params: Any) -> None:
+        """`params`: any setting of `DetectorSettings` or `TrainConfig` by name (epochs, batch_size, lr, seed,
+        val_fraction, contamination, patience, device, amp, progress, compile, ...) and any option of the
+        model (e.g. `widths`, `w_con`, `detach_latent`); an unknown name is a ConfigError listing both."""
+        self.settings = DetectorSettings.from_params(model=model, **params)
+        self.device = resolve_device(self.settings.training.device)
         self.model_: AnomalyModel | None = None
         self.threshold_: float | None = None
         self.val_scores_: np.ndarray | None = None  # held-out normal scores behind threshold_ (fit only)
-        self.n_train_images_: int | None = None  # images the weights were trained on (fit only)
-        self.n_val_images_: int | None = None  # held-out normals behind threshold_ (fit only)
+        self.n_train_images_: int | None = None  # images the weights were trained on
+        self.n_val_images_: int | None = None  # held-out normals behind threshold_
         self.history_: list[dict[str, Any]] = []
+
+    @classmethod
+    def from_settings(cls, settings: DetectorSettings) -> "Detector":
+        return cls(**settings.params())
+
+    # --- scikit-learn conventions -----------------------------------------------------------
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        """Every setting and model option by name, as given (so `sklearn.base.clone` works)."""
+        return self.settings.params()
+
+    def set_params(self, **params: Any) -> "Detector":
+        """Change settings (takes effect at the next `fit`); unknown names are a ConfigError."""
+        self.settings = self.settings.replace(**params)
+        self.device = resolve_device(self.settings.training.device)
+        return self
+
+    def __sklearn_is_fitted__(self) -> bool:
+        return self.model_ is not None
+
+    def __sklearn_tags__(self) -> Any:
+        """scikit-learn >= 1.6 asks every estimator for its tags (e.g. in `check_is_fitted`)."""
+        try:
+            from sklearn.utils import Tags, TargetTags
+        except ImportError:  # older scikit-learn: no tags
+            raise AttributeError("__sklearn_tags__") from None
+        return Tags(estimator_type="outlier_detector", target_tags=TargetTags(required=False),
+                    non_deterministic=True)
+
+    @property
+    def model_name(self) -> str:
+        return self.settings.model
+
+    @property
+    def image_size(self) -> int:
+        return self.settings.image_size
+
+    @property
+    def in_channels(self) -> int:
+        return self.settings.in_channels
+
+    @property
+    def train_config(self) -> TrainConfig:
+        return self.settings.training
 
     # --- training ---------------------------------------------------------------------------
     def fit(
@@ -93,24 +221,25 @@ class Detector:
         what `resume=True` needs to continue an interrupted run exactly where its last epoch ended.
         Under torchrun only rank 0 writes files."""
         data = as_image_tensor(images, self.image_size, self.in_channels)
-        n_val = int(round(len(data) * self.val_fraction))
-        if (self.val_fraction > 0 and n_val < 1) or len(data) - n_val < 2:
+        val_fraction = self.settings.val_fraction
+        n_val = int(round(len(data) * val_fraction))
+        if (val_fraction > 0 and n_val < 1) or len(data) - n_val < 2:
             raise DataError(
-                f"{len(data)} images are too few to hold out a validation split of {self.val_fraction:.0%}; "
+                f"{len(data)} images are too few to hold out a validation split of {val_fraction:.0%}; "
                 "give more images or a larger val_fraction"
             )
         order = torch.from_numpy(np.random.default_rng(self.train_config.seed).permutation(len(data)))
         val = data[order[:n_val]]
         torch.manual_seed(self.train_config.seed)
         self.model_ = create(self.model_name, in_channels=self.in_channels, image_size=self.image_size,
-                             **self.model_kwargs)
+                             **self.settings.model_options)
         self.threshold_ = None
         self.val_scores_ = None
         self.history_ = []
         self.n_train_images_, self.n_val_images_ = len(data) - n_val, n_val
 
         main = is_main_process()
-        state_path = Path(checkpoint_path).with_suffix(".state.pt") if checkpoint_path is not None else None
+        state = state_path(Path(checkpoint_path)) if checkpoint_path is not None else None
 
         def epoch_done(record: EpochRecord) -> None:
             self.history_.append(record.as_dict())
@@ -121,7 +250,7 @@ class Detector:
                 on_epoch_end(record)
 
         history = train(self.model_, data, val, self.train_config, epoch_done, train_index=order[n_val:],
-                        state_path=state_path, resume=resume)
+                        state_path=state, resume=resume)
         self.history_ = [r.as_dict() for r in history]
         if n_val:
             self._calibrate(val)
@@ -131,7 +260,7 @@ class Detector:
 
     def _calibrate(self, val: torch.Tensor) -> None:
         self.val_scores_ = self._score_tensor(val)
-        self.threshold_ = quantile_threshold(self.val_scores_, self.contamination)
+        self.threshold_ = quantile_threshold(self.val_scores_, self.settings.contamination)
 
     # --- scoring ----------------------------------------------------------------------------
     def decision_function(self, images: Any, batch_size: int | None = None) -> np.ndarray:
@@ -176,26 +305,22 @@ class Detector:
 
     def _fitted(self) -> AnomalyModel:
         if self.model_ is None:
-            raise ConfigError("this detector is not fitted yet; call fit() or Detector.load()")
+            raise not_fitted("this detector is not fitted yet; call fit() or Detector.load()")
         return self.model_
 
     # --- persistence ------------------------------------------------------------------------
     def save(self, path: str | os.PathLike[str]) -> None:
-        """Write weights, configuration, threshold and format version atomically (temp file + rename)."""
+        """Write weights, settings, threshold and format version atomically (temp file + rename)."""
         model = self._fitted()
-        cfg = self.train_config
         payload = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
             "model_name": self.model_name,
-            "model_config": model.config(),
+            "settings": self.settings.as_dict(),
+            "model_config": model.config(),  # every constructor argument, defaults included
             "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
             "threshold": self.threshold_,
-            "detector": {
-                "val_fraction": self.val_fraction, "contamination": self.contamination,
-                "epochs": cfg.epochs, "batch_size": cfg.batch_size, "lr": cfg.lr, "seed": cfg.seed,
-                "patience": cfg.patience, "n_train_images": self.n_train_images_, "n_val_images": self.n_val_images_,
-            },
+            "fit": {"n_train_images": self.n_train_images_, "n_val_images": self.n_val_images_},
             "history": self.history_,
         }
         save_torch_atomic(Path(path), payload)
@@ -203,30 +328,46 @@ class Detector:
     @classmethod
     def load(cls, path: str | os.PathLike[str], device: str = "auto", expect_model: str | None = None,
              progress: bool = True) -> "Detector":
-        """Load a saved detector. Only tensors and plain values are unpickled (`weights_only=True`)."""
+        """Load a saved detector (format 2, or 1). Only tensors and plain values are unpickled
+        (`weights_only=True`). The model is rebuilt from its stored full configuration, so a default
+        changed since the file was written does not change the loaded model."""
         path = Path(path)
         if not path.is_file():
             raise CheckpointError(f"checkpoint not found: {path}")
-        payload = load_torch_checked(path, FORMAT, FORMAT_VERSION, readable_as="skipganomaly checkpoint",
+        payload = load_torch_checked(path, FORMAT, (1, FORMAT_VERSION), readable_as="skipganomaly checkpoint",
                                      kind="skipganomaly detector file")
         name = payload["model_name"]
         if expect_model is not None and name != expect_model:
             raise CheckpointError(f"{path} holds a {name!r} model, not {expect_model!r}")
         if name not in list_models():
             raise CheckpointError(f"{path} holds an unknown model {name!r}")
-        config = dict(payload["model_config"])
-        d = payload["detector"]
-        det = cls(model=name, image_size=config.pop("image_size"), in_channels=config.pop("in_channels"),
-                  epochs=d["epochs"], batch_size=d["batch_size"], lr=d["lr"], seed=d["seed"],
-                  val_fraction=d["val_fraction"], contamination=d["contamination"], patience=d["patience"],
-                  device=device, progress=progress, **config)
-        model = create(name, in_channels=det.in_channels, image_size=det.image_size, **config)
+        model_config = dict(payload["model_config"])
+        if payload["format_version"] == 1:
+            saved, fit = _settings_of_version_1(name, model_config, payload["detector"])
+        else:
+            saved, fit = payload["settings"], payload["fit"]
+        try:
+            settings = DetectorSettings.from_dict(saved, where=str(path))
+            settings = settings.replace(device=device, progress=progress)
+            model = create(name, **model_config)
+        except ConfigError as err:
+            raise CheckpointError(f"{path}: {err}") from None
         try:
             model.load_state_dict(payload["state_dict"])
         except RuntimeError as err:
             raise CheckpointError(f"{path}: weights do not fit the {name!r} model ({str(err).splitlines()[0]})") from None
+        det = cls.from_settings(settings)
         det.model_ = to_device(model, det.device).eval()
         det.threshold_ = payload["threshold"]
         det.history_ = payload["history"]
-        det.n_train_images_, det.n_val_images_ = d.get("n_train_images"), d.get("n_val_images")
+        det.n_train_images_, det.n_val_images_ = fit.get("n_train_images"), fit.get("n_val_images")
         return det
+
+
+def _settings_of_version_1(name: str, model_config: dict[str, Any], d: dict[str, Any]
+                           ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Format 1 kept the training settings under "detector" and the model's options only in its full config."""
+    settings = {k: d[k] for k in ("val_fraction", "contamination", "epochs", "batch_size", "lr", "seed", "patience")}
+    settings.update(model=name, image_size=model_config["image_size"], in_channels=model_config["in_channels"],
+                    model_options={k: v for k, v in model_config.items() if k not in GEOMETRY})
+    return settings, {"n_train_images": d.get("n_train_images"), "n_val_images": d.get("n_val_images")}

@@ -1,5 +1,10 @@
 """Errors the tool raises on bad input; the CLI turns each into a one-line message."""
 
+from __future__ import annotations
+
+import functools
+from typing import Any
+
 
 class SkipGanomalyError(Exception):
     """Base class: anything the user can fix by changing the input or the options."""
@@ -15,3 +20,28 @@ class CheckpointError(SkipGanomalyError):
 
 class ConfigError(SkipGanomalyError):
     """An option value outside what a model or the training loop supports."""
+
+
+def not_fitted(message: str) -> ConfigError:
+    """A `NotFittedError`: a ConfigError that is also scikit-learn's NotFittedError, so that both the
+    project's handlers and scikit-learn's helpers recognise it."""
+    return _not_fitted_class()(message)
+
+
+@functools.cache
+def _not_fitted_class() -> type[ConfigError]:
+    # Built on first use: importing scikit-learn is heavy (it brings scipy), and only an unfitted
+    # detector needs its exception class.
+    from sklearn.exceptions import NotFittedError as SklearnNotFittedError
+
+    class NotFittedError(ConfigError, SklearnNotFittedError):
+        """A detector (or model) used before `fit()` or `Detector.load()`."""
+
+    NotFittedError.__module__, NotFittedError.__qualname__ = __name__, "NotFittedError"
+    return NotFittedError
+
+
+def __getattr__(name: str) -> Any:
+    if name == "NotFittedError":  # `from skipganomaly.errors import NotFittedError` builds it
+        return _not_fitted_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from skipganomaly.errors import ConfigError
 from skipganomaly.models import create
 from tests.conftest import count
-from skipganomaly.models.discriminators import BasicDiscriminator
+from skipganomaly.models.skip_family import BasicDiscriminator
 from skipganomaly.models.skipganomaly_pp.networks import ASPP, DilatedConv3x3, ResUNetPPGenerator
 
 

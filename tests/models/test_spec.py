@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from skipganomaly.detector import Detector
+from skipganomaly.detector import Detector, setting_defaults
 from skipganomaly.models import create
 from skipganomaly.training.loop import TrainConfig, make_optimizers
 
@@ -104,7 +104,7 @@ def test_spec_train_config_and_optimisers_are_pinned() -> None:
 
 def test_spec_detector_defaults_are_pinned() -> None:
     """The public Detector trains the reference recipe by default (spec C: batch 64, lr 2e-4, 15 epochs)."""
-    defaults = {k: v.default for k, v in inspect.signature(Detector.__init__).parameters.items()}
+    defaults = setting_defaults()
     assert defaults["model"] == "skipganomaly++"
     assert defaults["batch_size"] == 64
     assert defaults["lr"] == 2e-4

@@ -13,7 +13,7 @@ from skipganomaly.errors import ConfigError
 from skipganomaly.models import GanModel, create, get_model_class, list_models
 from skipganomaly.training import TrainConfig, TrainingError, batched_apply, train
 from skipganomaly.training.loop import make_optimizers, train_step
-from skipganomaly.training.runtime import prepare_batch
+from skipganomaly.training.device import prepare_batch
 from tests.conftest import SMALL_WIDTHS, blob_images, fast
 
 CPU = dict(device="cpu", progress=False)

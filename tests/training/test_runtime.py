@@ -9,13 +9,14 @@ import pytest
 import torch
 
 from skipganomaly.errors import ConfigError
-from skipganomaly.training.runtime import default_eval_batch, resolve_device
+from skipganomaly.training.inference import default_eval_batch
+from skipganomaly.training.device import resolve_device
 
 # Freed 16 KiB tensors between live ones leave holes in the C heap that glibc keeps; malloc_trim(0)
 # hands their whole pages back. Prints the RSS drop in MiB, or "no-glibc".
 CODE = """
 import torch
-from skipganomaly.training.runtime import release_free_memory
+from skipganomaly.training.memory import release_free_memory
 
 def rss_mib():
     import resource

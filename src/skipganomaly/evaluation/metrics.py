@@ -27,8 +27,8 @@ def evaluate_scores(scores: Sequence[float], labels: Sequence[int], threshold: f
 
     AUROC and AUPRC are NaN when the labels hold a single class.
     """
-    # Imported here, not with the package: scikit-learn adds ~76 MiB to every process (measured here),
-    # and a training run needs it only at the end.
+    # Imported here, not with the package: scikit-learn is heavy to import (it brings scipy), and a
+    # training run needs it only at the end.
     from sklearn.metrics import average_precision_score, roc_auc_score
 
     s = np.asarray(scores, dtype=np.float64)

@@ -188,8 +188,8 @@ def build_benchmark_report(bench_dir: Path) -> Path:
                 sections.append(_img(roc_figure(curves, figures / name,
                                                 f"{model}, {protocol} protocol, seed {config['seeds'][0]}")))
             else:
-                sections.append(f"<p>{html.escape(model)}: no saved test scores for ROC curves (cells written "
-                                "before scores were saved; rerun them to draw the curves).</p>")
+                sections.append(f"<p>{html.escape(model)}: no saved test scores for ROC curves (rerun "
+                                "its cells to draw the curves).</p>")
     title = str(saved.get("dataset_name", CIFAR10_TITLE if dataset == CIFAR10 else dataset))
     return write_page(bench_dir / "report.html", f"{title} leave-one-class-out benchmark", sections)
 

@@ -8,6 +8,7 @@ and never a model's name.
 
 from __future__ import annotations
 
+import inspect
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
@@ -93,6 +94,12 @@ def check_geometry(in_channels: int, image_size: int, min_size: int = 32) -> Non
         )
 
 
+def check_power_of_two(model: str, image_size: int) -> None:
+    """DCGAN pyramids and the U-Net halve the map down to a fixed size; other sizes cannot be represented."""
+    if image_size < 32 or image_size & (image_size - 1):
+        raise ConfigError(f"{model} needs an image size that is a power of two, at least 32 (got {image_size})")
+
+
 class AnomalyModel(nn.Module):
     """An anomaly detector: its networks (or fitted statistics), how it is trained, and its score.
 
@@ -163,9 +170,46 @@ class AnomalyModel(nn.Module):
         """Per-image loss on held-out normal images, shape [B], for early stopping."""
         raise NotImplementedError
 
+    # Constructor arguments stored under another attribute name, where the argument's own name is taken
+    # (e.g. `score`, also the scoring method).
+    param_attributes: dict[str, str] = {}
+
+    @classmethod
+    def param_defaults(cls) -> dict[str, Any]:
+        """Every constructor argument and its default, read from the signatures (scikit-learn's rule).
+
+        A constructor that takes `**kwargs` passes them on to its parent's constructor, so its arguments
+        are its own named ones plus the parent's; the first default met (the subclass's) wins."""
+        params: dict[str, Any] = {}
+        for klass in cls.__mro__:
+            if klass is AnomalyModel or not issubclass(klass, AnomalyModel):
+                break
+            init = klass.__dict__.get("__init__")
+            if init is None:
+                continue
+            forwards = False
+            for p in list(inspect.signature(init).parameters.values())[1:]:
+                if p.kind is p.VAR_KEYWORD:
+                    forwards = True
+                elif p.kind is p.VAR_POSITIONAL:
+                    raise TypeError(f"{klass.__name__}.__init__ takes *args; name every argument")
+                else:
+                    params.setdefault(p.name, p.default)
+            if not forwards:
+                break
+        return params
+
     def config(self) -> dict[str, Any]:
-        """Constructor arguments that rebuild this model (plain values, safe to store)."""
-        raise NotImplementedError
+        """The constructor arguments that rebuild this model, as plain values (safe to store): each read
+        from the attribute of its name (or `param_attributes`), so none can be forgotten."""
+        out = {}
+        for name in self.param_defaults():
+            attribute = self.param_attributes.get(name, name)
+            if not hasattr(self, attribute):
+                raise TypeError(f"{type(self).__name__} does not store its constructor argument {name!r} "
+                                f"as self.{attribute}")
+            out[name] = plain(getattr(self, attribute))
+        return out
 
     @classmethod
     def reference_options(cls) -> dict[str, Any]:
@@ -225,3 +269,10 @@ class ClosedFormModel(AnomalyModel):
 
     def validation_loss(self, x: Tensor) -> Tensor:
         return self.score(x)
+
+
+def plain(value: Any) -> Any:
+    """Tuples as lists, so that a stored configuration reads back as it was written (YAML, JSON, torch)."""
+    if isinstance(value, (tuple, list)):
+        return [plain(v) for v in value]
+    return value

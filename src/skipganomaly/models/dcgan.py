@@ -8,13 +8,6 @@ from __future__ import annotations
 
 from torch import nn
 
-from ..errors import ConfigError
-
-
-def check_power_of_two(model: str, image_size: int) -> None:
-    """DCGAN pyramids halve the map down to exactly 4x4; other sizes cannot be represented."""
-    if image_size < 32 or image_size & (image_size - 1):
-        raise ConfigError(f"{model} needs an image size that is a power of two, at least 32 (got {image_size})")
 
 
 def encoder_pyramid(in_channels: int, image_size: int, width: int, first_bn: bool = False) -> tuple[nn.Sequential, int]:

@@ -22,43 +22,16 @@ from tqdm.auto import tqdm
 from ..errors import ConfigError, SkipGanomalyError
 from ..files import load_torch_checked, save_torch_atomic
 from ..models.base import AnomalyModel, Phase
+from .config import TrainConfig, differing
 from .distributed import average_gradients, average_tensor, broadcast_parameters, is_main_process, sync_buffers, world
 from .optim import Adam
-from .runtime import (autocast, batched_apply, compile_blocks, default_eval_batch, prepare_batch,
-                      release_free_memory, resolve_device, to_device)
+from .device import autocast, compile_blocks, prepare_batch, resolve_device, to_device
+from .inference import batched_apply, default_eval_batch
+from .memory import release_free_memory
 
 
 class TrainingError(SkipGanomalyError):
     """Training cannot go on (e.g. a loss became NaN); the last good checkpoint is kept."""
-
-
-@dataclass
-class TrainConfig:
-    """Optimisation settings; the defaults are the reference's (Adam 2e-4, betas 0.5/0.999, batch 64)."""
-
-    epochs: int = 15
-    batch_size: int = 64
-    lr: float = 2e-4
-    beta1: float = 0.5
-    beta2: float = 0.999
-    seed: int = 0
-    d_reset_threshold: float = 1e-5
-    patience: int | None = None
-    device: str = "auto"
-    amp: bool = False  # bf16 autocast (see runtime.autocast)
-    eval_batch_size: int | None = None  # None: default_eval_batch(device, image size)
-    progress: bool = True
-    compile: str | None = None  # a torch.compile backend ("inductor"); None = eager (see compile_blocks)
-
-    def __post_init__(self) -> None:
-        if self.epochs < 1:
-            raise ConfigError(f"epochs must be at least 1, got {self.epochs}")
-        if self.batch_size < 2:
-            raise ConfigError(f"batch size must be at least 2 (BatchNorm needs it), got {self.batch_size}")
-        if self.lr <= 0:
-            raise ConfigError(f"learning rate must be positive, got {self.lr}")
-        if self.patience is not None and self.patience < 1:
-            raise ConfigError(f"patience must be at least 1, got {self.patience}")
 
 
 @dataclass
@@ -128,7 +101,7 @@ def train_step(
 
 
 STATE_FORMAT = "skipganomaly-train-state"
-STATE_VERSION = 2  # 1 held the GAN optimisers as opt_g / opt_d; still read
+STATE_VERSION = 2  # version 1 files (GAN optimisers under opt_g / opt_d) are read too (load_train_state)
 
 
 def train(
@@ -281,9 +254,8 @@ def _cpu(state: dict[str, Tensor]) -> dict[str, Tensor]:
 
 
 def _resume_settings(config: TrainConfig) -> dict[str, Any]:
-    """What must not change between a run and its resumption (epochs may grow)."""
-    return {"batch_size": config.batch_size, "lr": config.lr, "beta1": config.beta1, "beta2": config.beta2,
-            "seed": config.seed, "patience": config.patience, "d_reset_threshold": config.d_reset_threshold}
+    """What must not change between a run and its resumption (the settings marked on_resume="fixed")."""
+    return config.values(TrainConfig.names(on_resume="fixed"))
 
 
 def load_train_state(path: Path, config: TrainConfig | None = None) -> dict[str, Any]:
@@ -292,7 +264,7 @@ def load_train_state(path: Path, config: TrainConfig | None = None) -> dict[str,
                                "skipganomaly training state")
     if state["format_version"] == 1:
         state["optimizers"] = {"generator": state.pop("opt_g"), "discriminator": state.pop("opt_d")}
-    if config is not None and state["settings"] != _resume_settings(config):
-        changed = sorted(k for k, v in _resume_settings(config).items() if state["settings"].get(k) != v)
+    changed = differing(state["settings"], _resume_settings(config), TrainConfig.defaults()) if config else []
+    if changed:
         raise ConfigError(f"cannot resume {path}: {', '.join(changed)} differ from the interrupted run")
     return state

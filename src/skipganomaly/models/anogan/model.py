@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..base import GanModel, LossStep, frozen, init_weights, real_fake_bce
-from ..dcgan import check_power_of_two, decoder, encoder_pyramid
+from ..base import check_power_of_two
+from ..dcgan import decoder, encoder_pyramid
 from ...errors import ConfigError
 from ..registry import register
 
@@ -56,10 +57,6 @@ class AnoGan(GanModel):
         nn.init.trunc_normal_(z0, 0.0, 1.0, -2.0, 2.0, generator=torch.Generator().manual_seed(search_seed))
         self.register_buffer("z0", z0, persistent=False)
 
-    def config(self) -> dict[str, Any]:
-        return {"in_channels": self.in_channels, "image_size": self.image_size, "width": self.width, "nz": self.nz,
-                "lam": self.lam, "search_steps": self.search_steps, "search_lr": self.search_lr,
-                "validation_steps": self.validation_steps, "search_seed": self.search_seed}
 
     def forward(self, z: Tensor) -> Tensor:
         """G(z)."""

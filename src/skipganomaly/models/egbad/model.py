@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..base import GanModel, LossStep, frozen, init_weights, real_fake_bce
-from ..dcgan import check_power_of_two, decoder, encoder, encoder_pyramid
+from ..base import check_power_of_two
+from ..dcgan import decoder, encoder, encoder_pyramid
 from ..registry import register
 
 
@@ -52,9 +53,6 @@ class Egbad(GanModel):
         self.discriminator = JointDiscriminator(in_channels, image_size, width, nz)
         init_weights(self, init_std)
 
-    def config(self) -> dict[str, Any]:
-        return {"in_channels": self.in_channels, "image_size": self.image_size, "width": self.width, "nz": self.nz,
-                "score_weight": self.score_weight, "init_std": self.init_std}
 
     def forward(self, x: Tensor) -> Tensor:
         """The reconstruction G(E(x))."""

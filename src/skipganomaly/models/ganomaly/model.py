@@ -9,7 +9,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..base import GanModel, LossStep, frozen, init_weights, real_fake_bce
-from ..dcgan import check_power_of_two, decoder, encoder, encoder_pyramid
+from ..base import check_power_of_two
+from ..dcgan import decoder, encoder, encoder_pyramid
 from ..registry import register
 
 
@@ -57,9 +58,6 @@ class Ganomaly(GanModel):
         self.discriminator = GanomalyDiscriminator(in_channels, image_size, ndf)
         init_weights(self)
 
-    def config(self) -> dict[str, Any]:
-        return {"in_channels": self.in_channels, "image_size": self.image_size, "ngf": self.ngf, "ndf": self.ndf,
-                "nz": self.nz, "w_adv": self.w_adv, "w_con": self.w_con, "w_enc": self.w_enc}
 
     def forward(self, x: Tensor) -> Tensor:
         """The reconstruction G(x)."""

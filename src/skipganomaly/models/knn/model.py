@@ -30,8 +30,6 @@ class Knn(ClosedFormModel):
         self.k = k
         self.register_buffer("bank", torch.zeros(0, in_channels * image_size * image_size, dtype=torch.uint8))
 
-    def config(self) -> dict[str, Any]:
-        return {"in_channels": self.in_channels, "image_size": self.image_size, "k": self.k}
 
     @property
     def is_fitted(self) -> bool:

@@ -30,9 +30,6 @@ class Pca(ClosedFormModel):
         self.register_buffer("mean", torch.zeros(dim))
         self.register_buffer("components", torch.zeros(0, dim))  # [K, D], orthonormal rows
 
-    def config(self) -> dict[str, Any]:
-        return {"in_channels": self.in_channels, "image_size": self.image_size,
-                "explained_variance": self.explained_variance}
 
     @property
     def is_fitted(self) -> bool:

@@ -55,6 +55,7 @@ class RotationNet(AnomalyModel):
     and those statistics are fitted after training (`fit_statistics`), whichever score is used."""
 
     fits_statistics = True
+    param_attributes = {"score": "score_name"}
     fitted_buffers = ("bank",)
     CHUNK = 4096  # bank rows compared at a time
 
@@ -82,9 +83,6 @@ class RotationNet(AnomalyModel):
         # mean and std of the ce and knn scores on the training normals (knn leaving each image itself out)
         self.register_buffer("score_stats", torch.tensor([0.0, 1.0, 0.0, 1.0]))
 
-    def config(self) -> dict[str, Any]:
-        return {"in_channels": self.in_channels, "image_size": self.image_size, "widths": list(self.widths),
-                "flips": self.flips, "score": self.score_name, "k": self.k}
 
     def pooled(self, x: Tensor) -> Tensor:
         """Globally pooled features [B, D] (the input of the transformation head)."""

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..dcgan import check_power_of_two
+from ..base import check_power_of_two
 from ..registry import register
 from ..skip_family import SkipFamilyModel
 
@@ -66,7 +66,7 @@ class SkipGanomaly(SkipFamilyModel):
     def __init__(self, in_channels: int = 3, image_size: int = 32, ngf: int = 64, **loss_options: Any) -> None:
         check_power_of_two("skipganomaly", image_size)
         self.ngf = ngf
-        super().__init__(unet_generator(in_channels, image_size, ngf), in_channels, image_size, **loss_options)
+        super().__init__(in_channels, image_size, **loss_options)
 
-    def config(self) -> dict[str, Any]:
-        return {**super().config(), "ngf": self.ngf}
+    def build_generator(self) -> nn.Module:
+        return unet_generator(self.in_channels, self.image_size, self.ngf)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
+from torch import nn
+
 from ..registry import register
 from ..skip_family import SkipFamilyModel
 from .networks import DEFAULT_WIDTHS, ResUNetPPGenerator
@@ -16,10 +18,11 @@ class SkipGanomalyPP(SkipFamilyModel):
     def __init__(self, in_channels: int = 3, image_size: int = 32, widths: Sequence[int] = DEFAULT_WIDTHS,
                  **loss_options: Any) -> None:
         self.widths = tuple(int(w) for w in widths)
-        super().__init__(ResUNetPPGenerator(in_channels, self.widths), in_channels, image_size, **loss_options)
+        super().__init__(in_channels, image_size, **loss_options)
 
-    def config(self) -> dict[str, Any]:
-        return {**super().config(), "widths": list(self.widths)}
+    def build_generator(self) -> nn.Module:
+        return ResUNetPPGenerator(self.in_channels, self.widths)
+
 
     @classmethod
     def reference_options(cls) -> dict[str, Any]:

@@ -13,16 +13,18 @@ three protocols.
   the model's reference does so (the PyTorch ones: BatchNorm on batch statistics), and the first epoch
   with the best test AUROC reported.
 
-Each (model, class, seed, protocol) cell is written to its own JSON file as soon as it finishes, named
-by a hash of every setting that can change its result (`cell_settings`), and a rerun skips finished
+Each (model, class, seed, protocol) cell is written to its own JSON file as soon as it finishes, with
+every setting that can change its result (`cell_settings`: the detector's result settings, from
+`DetectorSettings`, plus the protocol, class, data sizes and data set), and a rerun skips finished
 cells, so an interrupted sweep loses at most the cell in progress. A cell saved with other settings
 (other epochs, `--model-arg`, `--amp`, ...) is not reused: it is run again with the new ones, into its
-own file. The device and thread count are recorded but not keyed: they change floating-point rounding
-only.
+own file. A setting missing from a saved cell (added to the code since) counts as its default. The
+device and thread count are recorded but not compared: they change floating-point rounding only.
 """
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import logging
@@ -36,28 +38,28 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from .data.cifar10 import NAME as CIFAR10
-from .data.labelled import ClassSplit, LabelledImages, class_split, validation_split
-from .detector import Detector
+from .data.cifar10 import NAME as CIFAR10, PAPER_ORDER, Cifar10
+from .data.labelled import JOIN, ClassSplit, LabelledImages, check_task, class_split, validation_split
+from .detector import Detector, DetectorSettings, setting_defaults
 from .errors import ConfigError, SkipGanomalyError
 from .evaluation.metrics import evaluate_scores
-from .evaluation.tables import PROTOCOL_NOTES
+from .evaluation.tables import PROTOCOL_NOTES, STD_NOTE, benchmark_table, shows_paper_numbers, summarise
 from .files import write_text_atomic
 from .models import get_model_class
-from .provenance import git_commit
+from .provenance import environment, git_commit
+from .run_directory import SweepDirectory, write_json
+from .training.config import differing
 from .training import EpochRecord, batched_apply
 
 log = logging.getLogger(__name__)
 
 PROTOCOLS = tuple(PROTOCOL_NOTES)  # honest, paper, validate: each with what its table shows
 PAPER_TEST_BATCH = 64
-HONEST_VAL_FRACTION = 0.05  # training normals held out for the threshold under the honest protocol
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # One model x ten classes in about 15 minutes on 2 CPU cores (Skip-GANomaly++).
+    # The smallest: 5% of the training images, 10% of the test images, 3 epochs (run times: README, CIFAR-10).
     "cpu-smoke": {"train_fraction": 0.05, "test_fraction": 0.1, "epochs": 3, "batch_size": 64, "seeds": [0]},
-    # Between the two: 9,000 training images (20%), a stratified half of the test images (7,500), 3 epochs;
-    # one GAN x ten classes in about an hour on 2 CPU cores.
+    # Between the two: 9,000 training images (20%), a stratified half of the test images (7,500), 3 epochs.
     "cpu-medium": {"train_fraction": 0.2, "test_fraction": 0.5, "epochs": 3, "batch_size": 64, "seeds": [0]},
     # The paper's sizes: 45,000 / 15,000 images, 15 epochs (the reference's default; its run_cifar.sh
     # script passes 30: add --epochs 30 for that), three seeds.
@@ -67,28 +69,53 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 @dataclass
 class SweepConfig:
+    """What a sweep runs: models x classes x seeds x protocols, each cell a detector built from `settings`
+    with the cell's model, seed and options (`model_options`: per model name), on a `train_fraction` /
+    `test_fraction` of the data set named `dataset` (CIFAR-10, or a fingerprint of the user's data)."""
+
     models: list[str]
     classes: list[str]
     seeds: list[int]
     protocols: list[str]
-    epochs: int = 15
-    batch_size: int = 64
-    lr: float | None = None  # None: the Detector's default (and the cell key stays what it was without it)
+    settings: DetectorSettings = field(default_factory=DetectorSettings)
+    model_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     train_fraction: float = 1.0
     test_fraction: float = 1.0
-    device: str = "auto"
-    amp: bool = False  # bf16 autocast (see training.runtime.autocast)
-    progress: bool = True
-    model_options: dict[str, dict[str, Any]] = field(default_factory=dict)
-    dataset: str = CIFAR10  # other data sets: their fingerprint, which their cells add to their key with the image size
-    image_size: int = 32
+    dataset: str = CIFAR10
 
     def __post_init__(self) -> None:
         bad = [p for p in self.protocols if p not in PROTOCOLS]
         if bad:
             raise ConfigError(f"unknown protocol {bad[0]!r}; use {', '.join(PROTOCOLS)} or both (honest and paper)")
-        for name in self.models:
-            get_model_class(name)
+        for model in self.models:
+            for protocol in self.protocols:  # unknown models and options fail here, before any training
+                detector_settings(model, self.seeds[0] if self.seeds else 0, protocol, self)
+
+    @property
+    def epochs(self) -> int:
+        return self.settings.training.epochs
+
+    @property
+    def batch_size(self) -> int:
+        return self.settings.training.batch_size
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain values for results.json: the sweep's own fields and the settings, flat."""
+        settings = {k: v for k, v in self.settings.as_dict().items() if k not in ("model", "model_options")}
+        return {"models": self.models, "classes": self.classes, "seeds": self.seeds, "protocols": self.protocols,
+                "train_fraction": self.train_fraction, "test_fraction": self.test_fraction, "dataset": self.dataset,
+                "model_options": self.model_options, **settings}
+
+
+def detector_settings(model: str, seed: int, protocol: str, config: SweepConfig) -> DetectorSettings:
+    """The settings of one cell's detector: under `paper`, the model's reference options and no
+    validation split (the reference trains on every image and reports no threshold)."""
+    options = dict(config.model_options.get(model, {}))
+    if protocol == "paper":
+        options.update(get_model_class(model).reference_options())
+    val_fraction = 0.0 if protocol == "paper" else config.settings.val_fraction
+    return DetectorSettings.from_params(**{**config.settings.params(), "model": model, "seed": seed,
+                                           "val_fraction": val_fraction}, model_options=options)
 
 
 def cell_key(model: str, cls: str, seed: int, protocol: str) -> str:
@@ -101,24 +128,20 @@ def cell_key(model: str, cls: str, seed: int, protocol: str) -> str:
 
 def cell_settings(model: str, cls: str, seed: int, protocol: str, config: SweepConfig) -> dict[str, Any]:
     """Every setting that can change a cell's result: the cell is reused only when all are equal."""
-    model_class = get_model_class(model)
-    options = dict(config.model_options.get(model, {}))
-    if protocol == "paper":
-        options.update(model_class.reference_options())
     settings: dict[str, Any] = {
-        "model": model, "class": cls, "seed": seed, "protocol": protocol, "epochs": config.epochs,
-        "batch_size": config.batch_size, "train_fraction": config.train_fraction,
-        "test_fraction": config.test_fraction, "amp": config.amp, "model_options": dict(sorted(options.items())),
-        "val_fraction": 0.0 if protocol == "paper" else HONEST_VAL_FRACTION,
+        **detector_settings(model, seed, protocol, config).result_settings(), "class": cls, "protocol": protocol,
+        "train_fraction": config.train_fraction, "test_fraction": config.test_fraction, "dataset": config.dataset,
     }
-    if config.lr is not None:
-        settings["lr"] = config.lr
-    if config.dataset != CIFAR10:
-        settings.update(dataset=config.dataset, image_size=config.image_size)
     if protocol == "paper":
-        settings.update(test_batch=PAPER_TEST_BATCH, train_mode_scoring=model_class.reference_scores_in_train_mode)
+        settings.update(test_batch=PAPER_TEST_BATCH,
+                        train_mode_scoring=get_model_class(model).reference_scores_in_train_mode)
     # A JSON round trip, so that what is compared with a saved cell has the types JSON gives back.
     return json.loads(json.dumps(settings, default=str))
+
+
+def _key_defaults() -> dict[str, Any]:
+    """What a setting missing from a saved cell was: its default (it did not exist when the cell ran)."""
+    return json.loads(json.dumps({**setting_defaults(), "dataset": CIFAR10}, default=str))
 
 
 def cell_file(cells_dir: Path, settings: dict[str, Any]) -> Path:
@@ -144,15 +167,14 @@ def run_cell(load: Callable[[], LabelledImages], model: str, cls: str, seed: int
     """Train one model for one abnormal class and seed, and evaluate it under one protocol; return
     the result, the test labels and the test scores (the selected epoch's, under the paper protocol).
 
-    The data set is loaded per cell (CIFAR-10: loading and checking it takes about a second).
+    The data set is loaded per cell (cheap next to training), so a worker process needs only `load`.
     """
     settings = cell_settings(model, cls, seed, protocol, config)
     commit = git_commit()  # the code this cell runs (a worker process imported it at its start)
     split = load_split(load, cls, seed, protocol, config)
-    det = Detector(model=model, image_size=config.image_size, in_channels=split.train.shape[1],
-                   epochs=config.epochs, batch_size=config.batch_size, **({"lr": config.lr} if config.lr is not None else {}),
-                   seed=seed, val_fraction=settings["val_fraction"], device=config.device, amp=config.amp,
-                   progress=config.progress, **settings["model_options"])
+    det = Detector.from_settings(detector_settings(model, seed, protocol, config))
+    if split.train.shape[1] != det.in_channels:
+        raise ConfigError(f"the data have {split.train.shape[1]} channels; the sweep's settings say {det.in_channels}")
     labels = split.test_labels.numpy()
     per_epoch: list[float] = []
     best_scores: list[np.ndarray] = []
@@ -162,7 +184,7 @@ def run_cell(load: Callable[[], LabelledImages], model: str, cls: str, seed: int
         # references: in train mode) and keeps the first epoch with the best AUROC.
         assert det.model_ is not None
         epoch_scores = batched_apply(det.model_.score, det.model_, split.test, PAPER_TEST_BATCH, det.device,
-                                     config.amp, train_mode=settings["train_mode_scoring"]).double().numpy()
+                                     det.train_config.amp, train_mode=settings["train_mode_scoring"]).double().numpy()
         auroc = evaluate_scores(epoch_scores, labels, 0.0)["auroc"]
         if not per_epoch or auroc > max(per_epoch):
             best_scores[:] = [epoch_scores]
@@ -215,7 +237,7 @@ def run_sweep(load: Callable[[], LabelledImages], config: SweepConfig, out: Path
 
     if workers < 1:
         raise ConfigError(f"workers must be at least 1, got {workers}")
-    cells_dir = out / "cells"
+    cells_dir = SweepDirectory(out).cells
     cells_dir.mkdir(parents=True, exist_ok=True)
     plan = [(m, c, s, p) for m in config.models for p in config.protocols for c in config.classes for s in config.seeds]
     todo = [cell for cell in plan if _finished(cells_dir, cell, config) is None]
@@ -223,7 +245,7 @@ def run_sweep(load: Callable[[], LabelledImages], config: SweepConfig, out: Path
         _say_if_saved_with_other_settings(cells_dir, cell, config)
     failures: list[tuple[str, str]] = []
     bar = tqdm(total=len(plan), initial=len(plan) - len(todo), desc="benchmark", unit="cell",
-               disable=not config.progress)
+               disable=not config.settings.training.progress)
     if workers == 1:
         for cell in todo:
             bar.set_postfix_str(" ".join(map(str, cell)))
@@ -239,29 +261,31 @@ def run_sweep(load: Callable[[], LabelledImages], config: SweepConfig, out: Path
     return SweepOutcome(results, failures)
 
 
+def _saved_cells(cells_dir: Path, cell: tuple[str, str, int, str]) -> list[tuple[Path, dict[str, Any]]]:
+    """The saved results of this (model, class, seed, protocol), whatever their settings."""
+    out = []
+    for path in sorted(cells_dir.glob(f"{cell_key(*cell)}__*.json")):
+        try:
+            out.append((path, json.loads(path.read_text())))
+        except (OSError, ValueError):  # a foreign or damaged file: not a finished cell
+            continue
+    return out
+
+
 def _finished(cells_dir: Path, cell: tuple[str, str, int, str], config: SweepConfig) -> dict[str, Any] | None:
     """The cell's saved result if it was run with this sweep's settings."""
-    settings = cell_settings(*cell, config)
-    path = cell_file(cells_dir, settings)
-    if not path.exists():
-        return None
-    result = json.loads(path.read_text())
-    return result if result.get("settings") == settings else None
-
-
-_IN_THE_NAME = ("model", "class", "seed", "protocol")
+    settings, defaults = cell_settings(*cell, config), _key_defaults()
+    for _, result in _saved_cells(cells_dir, cell):
+        if isinstance(result.get("settings"), dict) and not differing(result["settings"], settings, defaults):
+            return result
+    return None
 
 
 def _say_if_saved_with_other_settings(cells_dir: Path, cell: tuple[str, str, int, str], config: SweepConfig) -> None:
     """Name the settings that differ when a cell is rerun because its saved runs used others."""
-    settings = cell_settings(*cell, config)
-    for path in sorted(cells_dir.glob(f"{cell_key(*cell)}*.json")):
-        try:
-            saved = json.loads(path.read_text()).get("settings", {})
-        except (OSError, ValueError):
-            continue
-        differ = [k for k in settings if k in saved and saved[k] != settings[k]]
-        differ += [f"{k} (not recorded)" for k in settings if k not in saved and k not in _IN_THE_NAME]
+    settings, defaults = cell_settings(*cell, config), _key_defaults()
+    for path, result in _saved_cells(cells_dir, cell):
+        differ = differing(result.get("settings") or {}, settings, defaults)
         log.info("cell %s: %s was run with other settings (%s); running it with this sweep's", cell_key(*cell),
                  path.name, ", ".join(differ))
 
@@ -279,14 +303,16 @@ def _run_and_write(load: Callable[[], LabelledImages], cell: tuple[str, str, int
 def _cell_process(load: Callable[[], LabelledImages], cell: tuple[str, str, int, str], config: SweepConfig,
                   cells_dir: Path, threads: int, device: str) -> None:
     torch.set_num_threads(threads)
-    _run_and_write(load, cell, replace(config, device=device, progress=False), cells_dir)
+    _run_and_write(load, cell, replace(config, settings=config.settings.replace(device=device, progress=False)),
+                   cells_dir)
 
 
 def _run_in_processes(load: Callable[[], LabelledImages], todo: list[tuple[str, str, int, str]], config: SweepConfig,
                       cells_dir: Path, workers: int, done: Callable[[], object]) -> list[tuple[str, str]]:
     """One spawned process per cell, `workers` at a time; the CPU threads are shared out between them."""
     ctx = multiprocessing.get_context("spawn")
-    gpus = torch.cuda.device_count() if config.device in ("auto", "cuda") and torch.cuda.is_available() else 0
+    device = config.settings.training.device
+    gpus = torch.cuda.device_count() if device in ("auto", "cuda") and torch.cuda.is_available() else 0
     threads = max(1, torch.get_num_threads() // workers)
     pending = list(todo)
     running: dict[Any, tuple[tuple[str, str, int, str], int]] = {}
@@ -295,8 +321,8 @@ def _run_in_processes(load: Callable[[], LabelledImages], todo: list[tuple[str, 
         while pending and len(running) < workers:
             slot = min(set(range(workers)) - {s for _, s in running.values()})
             cell = pending.pop(0)
-            device = f"cuda:{slot % gpus}" if gpus else config.device
-            proc = ctx.Process(target=_cell_process, args=(load, cell, config, cells_dir, threads, device),
+            proc = ctx.Process(target=_cell_process, args=(load, cell, config, cells_dir, threads,
+                                                           f"cuda:{slot % gpus}" if gpus else device),
                                name=cell_key(*cell))
             proc.start()
             running[proc] = (cell, slot)
@@ -316,3 +342,79 @@ def cell_rows(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             "selected_epoch", "epochs", "train_images", "val_images", "test_images", "test_abnormal",
             "train_seconds", "git_commit", "pseudo_anomaly"]
     return [{k: r.get(k, "") for k in keys} for r in results]
+
+
+def resolve_classes(data: LabelledImages, classes: str = "all", normal_labels: str | None = None) -> list[str]:
+    """The abnormal class of each task: `classes` ('all', or 'a,b' with 'a+b' for several abnormal at once),
+    or with `normal_labels` ('a,b') one task where every other class is abnormal. A class with no images,
+    or no normal class left, fails here in one line."""
+    if normal_labels:
+        if classes != "all":
+            raise ConfigError("give --classes or --normal-labels, not both")
+        normal = [data.classes[data.class_index(n.strip())] for n in normal_labels.split(",")]
+        abnormal = [c for c in data.with_images() if c not in normal]
+        if not abnormal:
+            raise ConfigError(f"--normal-labels names every class of {data.name}; leave at least one abnormal")
+        tasks = [JOIN.join(abnormal)]
+    elif classes == "all":
+        tasks = list(PAPER_ORDER) if isinstance(data, Cifar10) else data.present()
+    else:
+        tasks = [JOIN.join(data.class_names(c.strip())) for c in classes.split(",")]
+    for cls in tasks:
+        check_task(data, data.class_names(cls))
+    return tasks
+
+
+def run_benchmark(load: Callable[[], LabelledImages], config: SweepConfig, out: Path, title: str,
+                  workers: int = 1) -> SweepOutcome:
+    """Run the sweep into `out`, then write its summaries there: results.json (config, environment, every
+    cell), results.csv (one row per cell), table.md (per protocol, next to the paper's Table 1 on
+    CIFAR-10) and report.html. Prints the table."""
+    from .evaluation.report import build_benchmark_report
+
+    folder = SweepDirectory(out)
+    start = time.perf_counter()
+    env = environment()  # before the sweep: the code that runs it (cells started later say so below)
+    outcome = run_sweep(load, config, out, workers=workers)
+    for key, why in outcome.failures:
+        log.error("cell %s failed: %s", key, why)
+    if not outcome.results:
+        raise SkipGanomalyError(f"no benchmark cell finished ({len(outcome.failures)} failed)")
+    end_commit = environment()["git_commit"]
+    if end_commit != env["git_commit"]:  # the tree changed during the run; spawned workers may have run either
+        env["git_commit"] = f"{env['git_commit']} (at start; {end_commit} at the end)"
+    env["wall_seconds_this_run"] = round(time.perf_counter() - start, 1)
+    write_json(folder.results_json, {"config": config.as_dict(), "dataset_name": title, "environment": env,
+                                     "cells": outcome.results})
+    rows = cell_rows(outcome.results)
+    with folder.results_csv.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    text = sweep_table(outcome.results, config, title, env)
+    write_text_atomic(folder.table, text)
+    print(text)
+    print(f"report {build_benchmark_report(out)}")
+    print(f"{len(outcome.results)} cells in {out} ({time.perf_counter() - start:.0f} s this run)"
+          + (f"; {len(outcome.failures)} failed (rerun the same command to retry them)" if outcome.failures else ""))
+    return outcome
+
+
+def sweep_table(results: Sequence[dict[str, Any]], config: SweepConfig, title: str, env: dict[str, Any]) -> str:
+    """table.md: the sizes, the command and machine, then one AUROC table per protocol."""
+    summary = summarise(results)
+    cifar = config.dataset == CIFAR10
+    paper_note = " (paper's Table 1)" if cifar else ""
+    sections = [f"# {title} leave-one-class-out AUROC: ours{paper_note}\n\n"
+                f"epochs {config.epochs}, batch {config.batch_size}, train fraction {config.train_fraction}, "
+                f"test fraction {config.test_fraction}, seeds {','.join(map(str, config.seeds))}. "
+                f"The mean column averages the classes shown"
+                + ("; the paper's mean is over all ten" if cifar else "")
+                + f". {STD_NOTE}\n\n"
+                f"Command: `{env['command']}`; git {env['git_commit']}; torch {env['torch']}, "
+                f"{env['threads']} threads, {env['cpu']}; {env['wall_seconds_this_run']} s this run.\n"]
+    for protocol in config.protocols:
+        sections.append(f"## protocol: {protocol}\n\n{PROTOCOL_NOTES[protocol]}\n\n"
+                        + benchmark_table(summary, config.models, config.classes, protocol,
+                                          shows_paper_numbers(config.dataset, protocol)) + "\n")
+    return "\n".join(sections)

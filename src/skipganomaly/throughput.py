@@ -231,7 +231,7 @@ def bench_model(name: str, batch_size: int = 64, steps: int = 3, repeats: int = 
         trainers.append(lambda: [train_step(amp_model, x, amp_opts, amp_config, dev) for _ in range(steps)])
         scorers.append(lambda: batched_apply(amp_model.score, amp_model, to_score, score_batch, dev, amp=True))
     # The peak kernels take turns with the training steps, so the fraction of peak compares rates measured
-    # under the same conditions (this machine's peak drifts by 30-40% between runs).
+    # under the same conditions (a machine's peak can drift between runs).
     kernels = peak_kernels(dev)
     timed = _median_seconds(*trainers, *(fn for fn, _ in kernels.values()), repeats=repeats, sync=sync)
     peak = _peak_from(dict(zip(kernels, timed[len(trainers):], strict=True)), kernels)

@@ -1,0 +1,52 @@
+"""Batched no-grad passes over uint8 images (scoring, validation loss, anomaly maps), batch independent."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import Tensor, nn
+
+from .device import autocast, prepare_batch
+
+
+def default_eval_batch(device: torch.device, image_size: int = 32) -> int:
+    """Batch size for no-grad passes: 256 images of 32x32 on GPUs, 64 on CPUs (a larger CPU batch scores
+    no faster and raises peak memory), and as many pixels per batch at other sizes (16 images of 128x128
+    on a GPU, 4 on a CPU), so that memory does not grow with the square of the image size (README, Image
+    size, batch and memory)."""
+    base = 256 if device.type == "cuda" else 64
+    return max(1, base * 32 * 32 // (image_size * image_size))
+
+
+def batched_apply(
+    fn: Callable[[Tensor], Tensor],
+    model: nn.Module,
+    images: Tensor,
+    batch_size: int,
+    device: torch.device,
+    amp: bool = False,
+    train_mode: bool = False,
+) -> Tensor:
+    """Run `fn` over uint8 images without gradients, in batches; returns float32 on the CPU.
+
+    By default in eval mode, which makes each image's result independent of batch size and of its
+    batch neighbours. `train_mode=True` reproduces the reference evaluation instead (BatchNorm uses
+    each batch's statistics, so results depend on the batch); running statistics are restored after.
+    """
+    saved = ({k: v.clone() for k, v in model.state_dict().items() if "running_" in k or "num_batches" in k}
+             if train_mode else {})
+    was_training = model.training
+    model.train(train_mode)
+    outputs = []
+    try:
+        with torch.no_grad():
+            for start in range(0, len(images), batch_size):
+                batch = prepare_batch(images[start:start + batch_size], device)
+                with autocast(device, amp):
+                    outputs.append(fn(batch).float().cpu())
+    finally:
+        if train_mode:
+            model.load_state_dict(saved, strict=False)
+        model.train(was_training)
+    return torch.cat(outputs)

@@ -1,0 +1,111 @@
+"""What the `train` and `demo` commands do, as functions: load the images, fit a detector into a run
+directory, evaluate, write the report. The CLI parses arguments and calls these."""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from .data.digits import digits_leave_one_out
+from .data.folders import load_labelled_folder, train_folder
+from .data.images import list_image_files, load_image_files
+from .detector import Detector, DetectorSettings
+from .evaluation.metrics import evaluate_scores
+from .evaluation.report import build_run_report, write_evaluation
+from .evaluation.tables import per_class_table
+from .run_directory import EpochLog, RunDirectory, write_json
+from .training.distributed import init_from_environment, is_main_process
+from .training.loop import load_train_state
+
+
+def format_metrics(metrics: dict[str, Any]) -> str:
+    return " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items())
+
+
+def train_run(settings: DetectorSettings, data: Path, test: Path | None, run: RunDirectory, resume: bool = False,
+              tensorboard: bool = False) -> Detector:
+    """Train on the normal images of `data` into `run` (config.yaml, model.pt after every epoch,
+    metrics.jsonl, metrics.json, report); with `test` (normal/ + abnormal/), evaluate after training.
+    `resume` continues from run/model.state.pt. Under torchrun, rank 0 alone writes the run directory."""
+    init_from_environment()  # a no-op unless started by torchrun with several processes
+    progress = settings.training.progress
+    det = Detector.from_settings(settings)
+    folder = train_folder(data)
+    images, kept = load_image_files(list_image_files(folder), settings.image_size, settings.in_channels,
+                                    progress=progress)
+    test_data = None
+    if test is not None:  # load before training, so a bad test folder fails in seconds, not hours
+        test_data = load_labelled_folder(test, settings.image_size, settings.in_channels)
+    done = load_train_state(run.state)["history"] if resume and run.state.exists() else []
+    if not is_main_process():
+        det.fit(images, checkpoint_path=run.checkpoint, resume=resume)
+        return det
+    run.root.mkdir(parents=True, exist_ok=True)
+    run.write_config(settings.as_dict(), command="train", data=data, test=test, tensorboard=tensorboard,
+                     train_images=len(kept))
+    log_epoch = EpochLog(run, tensorboard=tensorboard, done=done)
+    print(f"training {settings.model} on {len(kept)} images from {folder}; run directory {run.root}"
+          + (f"; resuming after epoch {len(done)}" if done else ""))
+    try:
+        det.fit(images, checkpoint_path=run.checkpoint, on_epoch_end=log_epoch, resume=resume)
+    finally:
+        log_epoch.close()
+    metrics: dict[str, Any] = {"threshold": det.threshold_, "train_images": len(kept)}
+    if test_data is not None:
+        x, y, names = test_data
+        scores = det.decision_function(x)
+        metrics["test"] = evaluate_scores(scores, y.numpy(), det.threshold_)
+        print(format_metrics(metrics["test"]))
+        report = write_evaluation(run.root, f"{settings.model} on {test}", x, names, y.numpy(), scores,
+                                  metrics["test"], det.threshold_, det.reconstructions, det.anomaly_maps)
+    else:
+        report = build_run_report(run.root)
+    run.write_metrics(metrics)
+    print(f"saved {run.checkpoint} (threshold {det.threshold_:.6g}); report {report}")
+    return det
+
+
+def run_demo(settings: DetectorSettings, digits: Sequence[int], out: Path, baselines: Sequence[str] = (),
+             max_train: int | None = None) -> bool:
+    """Leave-one-digit-out on scikit-learn's digits: for each digit, train on the other nine (a run
+    directory per digit), test on held-out normals plus that digit; beside the model, the `baselines`
+    on the same split, seed and validation share. Prints and writes the per-digit table (table.md,
+    results.json); returns False when an AUROC could not be computed."""
+    baselines = [b for b in baselines if b != settings.model]
+    results: dict[str, dict[str, float]] = {}
+    baseline_auroc: dict[str, dict[str, float]] = {b: {} for b in baselines}
+    seed, start = settings.training.seed, time.perf_counter()
+    for digit in digits:
+        split = digits_leave_one_out(digit, settings.image_size, seed=seed, max_train=max_train)
+        print(f"digit {digit} abnormal: {len(split.train)} training normals, {len(split.test)} test images")
+        run = RunDirectory(out / f"digit{digit}")
+        log_epoch = EpochLog(run)
+        det = Detector.from_settings(settings).fit(split.train, checkpoint_path=run.checkpoint,
+                                                   on_epoch_end=log_epoch)
+        scores, labels = det.decision_function(split.test), split.test_labels.numpy()
+        key = f"digit {digit}"
+        results[key] = evaluate_scores(scores, labels, det.threshold_)
+        names = [f"test{i:04d}" for i in range(len(labels))]
+        write_evaluation(run.root, f"{settings.model}, digit {digit} abnormal", split.test, names, labels, scores,
+                         results[key], det.threshold_, det.reconstructions, det.anomaly_maps)
+        for name in baselines:  # seconds each
+            base = Detector.from_settings(settings.replace(model=name, model_options={}, progress=False))
+            base.fit(split.train)
+            baseline_auroc[name][key] = evaluate_scores(base.decision_function(split.test), labels,
+                                                        base.threshold_)["auroc"]
+        write_json(out / "results.json", {**results, "baselines": baseline_auroc})
+    columns = [f"{settings.model} auroc", "auprc", "f1", *(f"{b} auroc" for b in baselines)]
+    rows = {k: dict(zip(columns, [r["auroc"], r["auprc"], r["f1"], *(baseline_auroc[b][k] for b in baselines)]))
+            for k, r in results.items()}
+    table = per_class_table(rows, columns)
+    seconds = time.perf_counter() - start
+    summary = (f"{settings.model}, leave-one-digit-out on scikit-learn digits, {settings.training.epochs} epochs, "
+               f"seed {seed}, {seconds:.0f} s"
+               + (f"; beside it, raw-pixel baselines on the same splits: {', '.join(baselines)}" if baselines else "")
+               + f"\n\n{table}\n")
+    (out / "table.md").write_text(summary)
+    print()
+    print(summary)
+    return not any(math.isnan(r["auroc"]) for r in results.values())
