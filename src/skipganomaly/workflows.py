@@ -15,7 +15,8 @@ from .detector import Detector, DetectorSettings
 from .evaluation.metrics import evaluate_scores
 from .evaluation.report import build_run_report, write_evaluation
 from .evaluation.tables import per_class_table
-from .run_directory import EpochLog, RunDirectory, write_json
+from .files import write_text_atomic
+from .run_directory import EpochLog, RunDirectory, SweepDirectory, write_json
 from .training.distributed import init_from_environment, is_main_process
 from .training.loop import load_train_state
 
@@ -95,7 +96,7 @@ def run_demo(settings: DetectorSettings, digits: Sequence[int], out: Path, basel
             base.fit(split.train)
             baseline_auroc[name][key] = evaluate_scores(base.decision_function(split.test), labels,
                                                         base.threshold_)["auroc"]
-        write_json(out / "results.json", {**results, "baselines": baseline_auroc})
+        write_json(SweepDirectory(out).results_json, {**results, "baselines": baseline_auroc})
     columns = [f"{settings.model} auroc", "auprc", "f1", *(f"{b} auroc" for b in baselines)]
     rows = {k: dict(zip(columns, [r["auroc"], r["auprc"], r["f1"], *(baseline_auroc[b][k] for b in baselines)]))
             for k, r in results.items()}
@@ -105,7 +106,7 @@ def run_demo(settings: DetectorSettings, digits: Sequence[int], out: Path, basel
                f"seed {seed}, {seconds:.0f} s"
                + (f"; beside it, raw-pixel baselines on the same splits: {', '.join(baselines)}" if baselines else "")
                + f"\n\n{table}\n")
-    (out / "table.md").write_text(summary)
+    write_text_atomic(SweepDirectory(out).table, summary)
     print()
     print(summary)
     return not any(math.isnan(r["auroc"]) for r in results.values())

@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
-import yaml
 
 from ..errors import DataError
 from ..files import write_text_atomic
+from ..run_directory import EVALUATION, METRICS_LOG, RunDirectory, SweepDirectory, read_history
 from .plots import histogram_figure, image_grid_figure, pr_figure, roc_figure, training_curves_figure
 from ..data.cifar10 import NAME as CIFAR10, TITLE as CIFAR10_TITLE
 from .tables import PROTOCOL_NOTES, STD_NOTE, benchmark_rows, shows_paper_numbers, summarise
@@ -82,9 +82,10 @@ def write_evaluation(
     `images` are uint8 [N, C, H, W] at the model's size; `reconstruct` and `anomaly_maps` are the
     detector's methods (called on the few selected images only).
     """
-    figures = run_dir / "figures"
-    write_scores(run_dir / "scores.csv", names, labels, scores)
-    write_text_atomic(run_dir / "evaluation.json", json.dumps(
+    run = RunDirectory(Path(run_dir))
+    figures = run.figures
+    write_scores(run.scores, names, labels, scores)
+    write_text_atomic(run.evaluation, json.dumps(
         {"title": title, "metrics": dict(metrics), "threshold": threshold}, indent=2, allow_nan=True) + "\n")
     for group, index in select_examples(labels, scores, threshold, k).items():
         subset = images[index]
@@ -104,17 +105,22 @@ def _short(name: str, width: int = 14) -> str:
 def build_run_report(run_dir: Path) -> Path:
     """(Re)draw a run's curves from its saved scores and records, and write report.html."""
     run_dir = Path(run_dir)
-    figures = run_dir / "figures"
+    run = RunDirectory(run_dir)
+    figures = run.figures
     sections: list[str] = []
-    evaluation = _read_json(run_dir / "evaluation.json")
-    history = read_history(run_dir / "metrics.jsonl")
-    config = yaml.safe_load((run_dir / "config.yaml").read_text()) if (run_dir / "config.yaml").exists() else {}
+    evaluation = _read_json(run.evaluation)
+    history = read_history(run.metrics_log)
+    config: dict[str, Any] = {}
+    if run.config.exists():
+        settings, fields_ = run.read_config()
+        config = {**fields_, **{k: v for k, v in settings.items() if k != "model_options"},
+                  **{f"model option {k}": v for k, v in (settings.get("model_options") or {}).items()}}
     if evaluation is None and not history:
-        raise DataError(f"{run_dir} holds neither evaluation.json nor metrics.jsonl: nothing to report "
+        raise DataError(f"{run_dir} holds neither {EVALUATION} nor {METRICS_LOG}: nothing to report "
                         "(is it a run directory of `train` or `test`?)")
     title = (evaluation or {}).get("title") or f"training run {run_dir.name}"
     if evaluation is not None:
-        names, labels, scores = read_scores(run_dir / "scores.csv")
+        names, labels, scores = read_scores(run.scores)
         threshold = evaluation.get("threshold")
         metrics = evaluation.get("metrics", {})
         sections.append("<h2>Metrics</h2>" + html_table(["metric", "value"], [[k, v] for k, v in metrics.items()]))
@@ -135,28 +141,16 @@ def build_run_report(run_dir: Path) -> Path:
                                        *(r["losses"][k] for k in sorted(history[0]["losses"]))] for r in history]))
     if config:
         sections.append("<h2>Settings</h2>" + html_table(["setting", "value"], [[k, v] for k, v in config.items()]))
-    return write_page(run_dir / "report.html", title, sections)
-
-
-def read_history(path: Path) -> list[dict[str, Any]]:
-    """Per-epoch records from metrics.jsonl; a half-written last line (killed run) is ignored."""
-    if not path.exists():
-        return []
-    records = []
-    for line in path.read_text().splitlines():
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            break
-    return records
+    return write_page(run.report, title, sections)
 
 
 def build_benchmark_report(bench_dir: Path) -> Path:
     """Per-protocol table (ours next to the paper's Table 1) and each model's ROC curves per class."""
     bench_dir = Path(bench_dir)
-    saved = _read_json(bench_dir / "results.json")
+    folder = SweepDirectory(bench_dir)
+    saved = _read_json(folder.results_json)
     if saved is None:
-        raise DataError(f"{bench_dir} has no results.json: not a benchmark output folder")
+        raise DataError(f"{bench_dir} has no {folder.results_json.name}: not a benchmark output folder")
     cells, config = saved["cells"], saved["config"]
     summary = summarise(cells)
     env = saved.get("environment", {})
@@ -168,7 +162,7 @@ def build_benchmark_report(bench_dir: Path) -> Path:
                 f"{', '.join(map(str, config['seeds']))}.</p>"
                 "<p>Each cell: our AUROC (on CIFAR-10, the paper's Table 1 in brackets). "
                 f"{html.escape(STD_NOTE)}</p>"]
-    figures = bench_dir / "figures"
+    figures = folder.figures
     dataset = config.get("dataset", CIFAR10)
     for protocol in config["protocols"]:
         header, rows = benchmark_rows(summary, config["models"], config["classes"], protocol,
@@ -178,7 +172,7 @@ def build_benchmark_report(bench_dir: Path) -> Path:
         for model in config["models"]:
             curves = {}
             for cell in cells:
-                path = bench_dir / "cells" / cell.get("scores_file", "-")
+                path = folder.cells / cell.get("scores_file", "-")
                 if (cell["model"], cell["protocol"], cell["seed"]) == (model, protocol, config["seeds"][0]) \
                         and path.is_file():
                     with np.load(path) as data:
@@ -191,7 +185,7 @@ def build_benchmark_report(bench_dir: Path) -> Path:
                 sections.append(f"<p>{html.escape(model)}: no saved test scores for ROC curves (rerun "
                                 "its cells to draw the curves).</p>")
     title = str(saved.get("dataset_name", CIFAR10_TITLE if dataset == CIFAR10 else dataset))
-    return write_page(bench_dir / "report.html", f"{title} leave-one-class-out benchmark", sections)
+    return write_page(folder.report, f"{title} leave-one-class-out benchmark", sections)
 
 
 def build_report(directory: Path) -> Path:
@@ -199,7 +193,8 @@ def build_report(directory: Path) -> Path:
     directory = Path(directory)
     if not directory.is_dir():
         raise DataError(f"no such directory: {directory}")
-    if (directory / "results.json").exists() and (directory / "cells").is_dir():
+    folder = SweepDirectory(directory)
+    if folder.results_json.exists() and folder.cells.is_dir():
         return build_benchmark_report(directory)
     return build_run_report(directory)
 
