@@ -186,3 +186,30 @@ def test_model_arg_is_one_rule_with_or_without_a_model_prefix() -> None:
         parse_model_args(["anogan:search_steps=3"], ["knn"])
     with pytest.raises(ConfigError, match="expects"):
         parse_model_args(["k"], ["knn"])
+
+
+def test_a_cosine_learning_rate_schedule_reaches_every_optimiser(tmp_path: Path) -> None:
+    import math
+
+    import torch
+
+    from skipganomaly.training import TrainConfig, train
+    from skipganomaly.training.loop import load_train_state
+
+    from .conftest import SMALL_WIDTHS
+
+    config = TrainConfig(epochs=3, batch_size=8, lr=1e-3, lr_schedule="cosine", device="cpu", progress=False)
+    assert [config.epoch_lr(e) for e in (1, 2, 3)] == pytest.approx(
+        [1e-3, 1e-3 * (1 + math.cos(math.pi / 3)) / 2, 1e-3 * (1 + math.cos(2 * math.pi / 3)) / 2])
+    assert TrainConfig().epoch_lr(3) == 2e-4  # constant by default, as the reference
+    images = torch.from_numpy(smooth_images(24, channels=1)).permute(0, 3, 1, 2).contiguous()
+    torch.manual_seed(0)
+    model = create("skipganomaly++", in_channels=1, widths=SMALL_WIDTHS)
+    train(model, images[:16], images[16:], config, state_path=tmp_path / "state.pt")
+    state = load_train_state(tmp_path / "state.pt")
+    for name in ("generator", "discriminator"):
+        assert state["optimizers"][name]["param_groups"][0]["lr"] == pytest.approx(config.epoch_lr(3))
+    # The new option is a setting like the others: a flag, a cell-key entry, fixed on resume.
+    assert "--lr-schedule" in _flags("train") and "--lr-schedule" in _flags("benchmark")
+    assert DetectorSettings().result_settings()["lr_schedule"] == "constant"
+    assert "lr_schedule" in TrainConfig.names(on_resume="fixed")

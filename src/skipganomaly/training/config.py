@@ -14,12 +14,14 @@ CLI flags, config.yaml, checkpoints, the resume check and the benchmark's cell k
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, fields
 from typing import Any, Callable, Iterable, Sequence
 
 from ..errors import ConfigError
 
 ON_RESUME = ("fixed", "grow", "free")
+LR_SCHEDULES = ("constant", "cosine")
 
 
 def setting(default: Any = dataclasses.MISSING, *, help: str, flag: str | None = None, result: bool = True,
@@ -53,6 +55,9 @@ class TrainConfig:
     epochs: int = setting(15, help="training epochs", flag="--epochs", on_resume="grow")
     batch_size: int = setting(64, help="images per training step", flag="--batch-size")
     lr: float = setting(2e-4, help="Adam learning rate", flag="--lr")
+    lr_schedule: str = setting("constant", flag="--lr-schedule", choices=LR_SCHEDULES,
+                               help="constant (the reference's), or cosine: epoch e of E trains at "
+                                    "lr * (1 + cos(pi * (e - 1) / E)) / 2")
     beta1: float = setting(0.5, help="Adam beta1")
     beta2: float = setting(0.999, help="Adam beta2")
     seed: int = setting(0, help="seed of the weights, the validation split and the batch order", flag="--seed")
@@ -77,6 +82,8 @@ class TrainConfig:
             raise ConfigError(f"batch size must be at least 2 (BatchNorm needs it), got {self.batch_size}")
         if self.lr <= 0:
             raise ConfigError(f"learning rate must be positive, got {self.lr}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ConfigError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
         if self.patience is not None and self.patience < 1:
             raise ConfigError(f"patience must be at least 1, got {self.patience}")
 
@@ -94,3 +101,11 @@ class TrainConfig:
     @classmethod
     def defaults(cls) -> dict[str, Any]:
         return {f.name: field_default(f) for f in fields(cls)}
+
+    def epoch_lr(self, epoch: int) -> float:
+        """The learning rate of epoch `epoch` (1-based) under `lr_schedule`; a function of the epoch alone, so a
+        resumed run continues the schedule exactly (with more --epochs on resume, the remaining epochs follow
+        the longer schedule)."""
+        if self.lr_schedule == "cosine":
+            return self.lr * (1.0 + math.cos(math.pi * (epoch - 1) / self.epochs)) / 2.0
+        return self.lr
