@@ -3,36 +3,25 @@
 from __future__ import annotations
 
 import argparse
-import csv
-import functools
-import json
 import logging
-import math
-import os
 import sys
-import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
-from .data.cifar10 import NAME as CIFAR10_NAME, TITLE as CIFAR10_TITLE, Cifar10, load_cifar10
-from .data.folders import load_labelled_folder
-from .data.images import list_image_files, load_image_files
-from .data.labelled import LabelledImages, load_labelled, pseudo_anomaly
-from .detector import DEFAULT_MODEL, Detector, DetectorSettings, setting_defaults, setting_fields
-from .errors import CheckpointError, ConfigError, DataError, SkipGanomalyError
-from .evaluation.metrics import evaluate_scores
-from .evaluation.plots import save_overlays
-from .evaluation.report import build_report, write_evaluation
+from .data.cifar10 import NAME as CIFAR10_NAME, TITLE as CIFAR10_TITLE, Cifar10
+from .detector import DEFAULT_MODEL, DetectorSettings, setting_defaults, setting_fields
+from .errors import ConfigError, SkipGanomalyError
+from .evaluation.report import build_report
+from .evaluation.tables import HONEST, PAPER
 from .models import BASELINES, get_model_class, list_models
-from .models.base import check_geometry
 from .options import FORM, parse_model_args
 from .provenance import environment
 from .run_directory import RunDirectory, write_json
-from .sweep import PRESETS, PROTOCOLS, SweepConfig, resolve_classes, run_benchmark
+from .sweep import PRESETS, PROTOCOLS, SweepConfig, benchmark_data, check_protocols, resolve_classes, run_benchmark
 from .training import TrainConfig
 from .training.memory import reduce_heap_fragmentation
 from .training.device import resolve_device
-from .workflows import format_metrics, run_demo, train_run
+from .workflows import evaluate_folder, predict_files, run_demo, train_run
 
 log = logging.getLogger("skipganomaly")
 
@@ -181,7 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "the raw-pixel baselines)")
     p.add_argument("--classes", default="all", help="'all' or comma-separated abnormal classes")
     p.add_argument("--seeds", help="comma-separated seeds (preset's, else 0)")
-    p.add_argument("--protocol", default="honest",
+    p.add_argument("--protocol", default=HONEST,
                    help=f"{', '.join(PROTOCOLS)}, a comma-separated list of them, or both (= honest,paper); "
                         "default honest")
     p.add_argument("--preset", choices=sorted(PRESETS),
@@ -279,10 +268,6 @@ def _check_reports_threshold(settings: DetectorSettings) -> None:
                           f"got {settings.val_fraction}")
 
 
-def _print_metrics(metrics: dict[str, float]) -> None:
-    print(format_metrics(metrics))
-
-
 def _resumed(args: argparse.Namespace) -> DetectorSettings:
     """The interrupted run's settings from RUN_DIR/config.yaml (and its --data, --test, --tensorboard).
     Settings that only say where and how fast it runs (device, progress, compile) and --epochs (to train
@@ -321,13 +306,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_calibrated(args: argparse.Namespace) -> Detector:
-    det = Detector.load(args.checkpoint, device=args.device, progress=args.progress)
-    if det.threshold_ is None:
-        raise CheckpointError(f"{args.checkpoint} comes from an unfinished training run and has no threshold")
-    return det
-
-
 def _check_output_dir(path: Path | None, flag: str) -> None:
     """Fail before any work when an output folder's name is taken by a file."""
     if path is not None and path.exists() and not path.is_dir():
@@ -336,43 +314,13 @@ def _check_output_dir(path: Path | None, flag: str) -> None:
 
 def cmd_test(args: argparse.Namespace) -> int:
     _check_output_dir(args.report_dir, "--report-dir")
-    det = _load_calibrated(args)
-    x, y, names = load_labelled_folder(args.data, det.image_size, det.in_channels, progress=args.progress)
-    scores = det.decision_function(x)
-    metrics = evaluate_scores(scores, y.numpy(), det.threshold_)
-    _print_metrics(metrics)
-    if args.out is not None:
-        write_json(args.out, metrics)
-    if args.report_dir is not None:
-        report = write_evaluation(args.report_dir, f"{det.model_name} ({args.checkpoint}) on {args.data}", x, names,
-                                  y.numpy(), scores, metrics, det.threshold_, det.reconstructions, det.anomaly_maps)
-        print(f"report {report}")
+    evaluate_folder(args.checkpoint, args.data, args.out, args.report_dir, device=args.device, progress=args.progress)
     return 0
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
     _check_output_dir(args.save_maps, "--save-maps")
-    det = _load_calibrated(args)
-    paths: list[Path] = []
-    for item in args.inputs:
-        if item.is_dir():
-            paths += list_image_files(item)
-        elif item.is_file():
-            paths.append(item)
-        else:
-            raise DataError(f"no such file or folder: {item}")
-    images, kept = load_image_files(paths, det.image_size, det.in_channels, progress=args.progress)
-    scores = det.decision_function(images)
-    maps = save_overlays(args.save_maps, images, kept, det.anomaly_maps(images)) if args.save_maps else None
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    with args.out.open("w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["path", "score", "label"] + (["map"] if maps else []))
-        labels = scores > det.threshold_
-        for i, (path, score, label) in enumerate(zip(kept, scores, labels, strict=True)):
-            writer.writerow([path, f"{score:.8g}", int(label)] + ([maps[i]] if maps else []))
-    print(f"wrote {len(kept)} scores to {args.out} ({int(labels.sum())} flagged)"
-          + (f"; anomaly-map overlays in {args.save_maps}" if maps else ""))
+    predict_files(args.checkpoint, args.inputs, args.out, args.save_maps, device=args.device, progress=args.progress)
     return 0
 
 
@@ -404,7 +352,7 @@ def _parse_digits(text: str) -> list[int]:
 
 
 def _protocols(text: str) -> list[str]:
-    names = ["honest", "paper"] if text == "both" else [t.strip() for t in text.split(",") if t.strip()]
+    names = [HONEST, PAPER] if text == "both" else [t.strip() for t in text.split(",") if t.strip()]
     bad = [n for n in names if n not in PROTOCOLS]
     if bad or not names:
         raise ConfigError(f"--protocol: unknown protocol {bad[0] if bad else text!r}; use {', '.join(PROTOCOLS)}, "
@@ -416,19 +364,8 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     preset = PRESETS.get(args.preset or "", {})
     given = _given(args)
     seeds = _int_list(args.seeds, "--seeds") if args.seeds else preset.get("seeds", [0])
-    data: LabelledImages
-    if args.data is not None:
-        if args.download:
-            raise ConfigError("--download is for CIFAR-10; --data reads your own files")
-        size, channels = given.get("image_size", 32), given.get("in_channels", 3)
-        check_geometry(channels, size)
-        load: Callable[[], LabelledImages] = functools.partial(load_labelled, args.data, size, channels)
-        data = load()
-    else:
-        if given.get("image_size", 32) != 32 or given.get("in_channels", 3) != 3:
-            raise ConfigError("--image-size and --channels are for --data; CIFAR-10 cells are 32x32 RGB")
-        load = functools.partial(load_cifar10, args.data_dir)
-        data = load_cifar10(args.data_dir, download_missing=args.download, progress=given.get("progress", True))
+    load, data = benchmark_data(args.data, args.data_dir, args.download, given.get("image_size"),
+                                given.get("in_channels"), progress=given.get("progress", True))
     classes = resolve_classes(data, args.classes, args.normal_labels)
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     for name in models:
@@ -442,9 +379,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
         test_fraction=_pick(args.test_fraction, preset, "test_fraction", 1.0),
         dataset=data.fingerprint or data.name,
     )
-    if "validate" in config.protocols:
-        for cls in classes:
-            pseudo_anomaly(data, data.class_names(cls))  # needs two normal classes: fail before training
+    check_protocols(data, classes, config.protocols)
     title = CIFAR10_TITLE if isinstance(data, Cifar10) else data.name
     del data
     outcome = run_benchmark(load, config, args.out, title, workers=args.workers)

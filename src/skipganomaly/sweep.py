@@ -25,6 +25,7 @@ device and thread count are recorded but not compared: they change floating-poin
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import json
 import logging
@@ -38,14 +39,16 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from .data.cifar10 import NAME as CIFAR10, PAPER_ORDER, Cifar10
-from .data.labelled import JOIN, ClassSplit, LabelledImages, check_task, class_split, validation_split
+from .data.cifar10 import NAME as CIFAR10, PAPER_ORDER, Cifar10, load_cifar10
+from .data.labelled import (JOIN, ClassSplit, LabelledImages, check_task, class_split, load_labelled, pseudo_anomaly,
+                            validation_split)
 from .detector import Detector, DetectorSettings, setting_defaults
 from .errors import ConfigError, SkipGanomalyError
 from .evaluation.metrics import evaluate_scores
-from .evaluation.tables import PROTOCOL_NOTES, STD_NOTE, benchmark_table, shows_paper_numbers, summarise
+from .evaluation.tables import PAPER, PROTOCOL_NOTES, STD_NOTE, VALIDATE, benchmark_table, shows_paper_numbers, summarise
 from .files import write_text_atomic
 from .models import get_model_class
+from .models.base import check_geometry
 from .provenance import environment, git_commit
 from .run_directory import SweepDirectory, write_json
 from .training.config import differing
@@ -111,9 +114,9 @@ def detector_settings(model: str, seed: int, protocol: str, config: SweepConfig)
     """The settings of one cell's detector: under `paper`, the model's reference options and no
     validation split (the reference trains on every image and reports no threshold)."""
     options = dict(config.model_options.get(model, {}))
-    if protocol == "paper":
+    if protocol == PAPER:
         options.update(get_model_class(model).reference_options())
-    val_fraction = 0.0 if protocol == "paper" else config.settings.val_fraction
+    val_fraction = 0.0 if protocol == PAPER else config.settings.val_fraction
     return DetectorSettings.from_params(**{**config.settings.params(), "model": model, "seed": seed,
                                            "val_fraction": val_fraction}, model_options=options)
 
@@ -132,7 +135,7 @@ def cell_settings(model: str, cls: str, seed: int, protocol: str, config: SweepC
         **detector_settings(model, seed, protocol, config).result_settings(), "class": cls, "protocol": protocol,
         "train_fraction": config.train_fraction, "test_fraction": config.test_fraction, "dataset": config.dataset,
     }
-    if protocol == "paper":
+    if protocol == PAPER:
         settings.update(test_batch=PAPER_TEST_BATCH,
                         train_mode_scoring=get_model_class(model).reference_scores_in_train_mode)
     # A JSON round trip, so that what is compared with a saved cell has the types JSON gives back.
@@ -157,7 +160,7 @@ def load_split(load: Callable[[], LabelledImages], cls: str, seed: int, protocol
     by a pseudo-anomaly class. Only the split is kept, so a full-size run does not hold CIFAR-10 twice."""
     data = load()
     abnormal = data.class_names(cls)
-    if protocol == "validate":
+    if protocol == VALIDATE:
         return validation_split(data, abnormal, config.train_fraction, config.test_fraction, seed)
     return class_split(data, abnormal, config.train_fraction, config.test_fraction, seed)
 
@@ -191,7 +194,7 @@ def run_cell(load: Callable[[], LabelledImages], model: str, cls: str, seed: int
         per_epoch.append(auroc)
 
     start = time.perf_counter()
-    det.fit(split.train, on_epoch_end=paper_eval if protocol == "paper" else None)
+    det.fit(split.train, on_epoch_end=paper_eval if protocol == PAPER else None)
     seconds = time.perf_counter() - start
     result: dict[str, Any] = {
         "model": model, "class": cls, "seed": seed, "protocol": protocol, "epochs": config.epochs,
@@ -199,9 +202,9 @@ def run_cell(load: Callable[[], LabelledImages], model: str, cls: str, seed: int
         "test_abnormal": int(labels.sum()), "model_options": settings["model_options"], "train_seconds": seconds,
         "git_commit": commit, "device": str(det.device), "threads": torch.get_num_threads(),
     }
-    if protocol == "validate":
+    if protocol == VALIDATE:
         result["pseudo_anomaly"] = split.abnormal_class
-    if protocol == "paper":
+    if protocol == PAPER:
         best = int(np.argmax(per_epoch))  # the first of tied epochs, as the scores kept above
         result.update({"auroc": per_epoch[best], "selected_epoch": best + 1, "auroc_per_epoch": per_epoch})
         scores = best_scores[0]
@@ -342,6 +345,32 @@ def cell_rows(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             "selected_epoch", "epochs", "train_images", "val_images", "test_images", "test_abnormal",
             "train_seconds", "git_commit", "pseudo_anomaly"]
     return [{k: r.get(k, "") for k in keys} for r in results]
+
+
+def benchmark_data(data: Path | None, data_dir: Path, download: bool = False, image_size: int | None = None,
+                   in_channels: int | None = None, progress: bool = True
+                   ) -> tuple[Callable[[], LabelledImages], LabelledImages]:
+    """The sweep's data set and a picklable function that loads it again (in each cell's process): the
+    user's labelled images (`data`: an .npz or a folder per class, at `image_size` and `in_channels`), or
+    CIFAR-10 from `data_dir` (downloaded with `download`; 32x32 RGB only)."""
+    if data is not None:
+        if download:
+            raise ConfigError("--download is for CIFAR-10; --data reads your own files")
+        size, channels = image_size or 32, in_channels or 3
+        check_geometry(channels, size)
+        load: Callable[[], LabelledImages] = functools.partial(load_labelled, data, size, channels)
+        return load, load()
+    if (image_size or 32) != 32 or (in_channels or 3) != 3:
+        raise ConfigError("--image-size and --channels are for --data; CIFAR-10 cells are 32x32 RGB")
+    return (functools.partial(load_cifar10, data_dir),
+            load_cifar10(data_dir, download_missing=download, progress=progress))
+
+
+def check_protocols(data: LabelledImages, classes: Sequence[str], protocols: Sequence[str]) -> None:
+    """Fail before training where a protocol cannot run on a task: `validate` needs two normal classes."""
+    if VALIDATE in protocols:
+        for cls in classes:
+            pseudo_anomaly(data, data.class_names(cls))
 
 
 def resolve_classes(data: LabelledImages, classes: str = "all", normal_labels: str | None = None) -> list[str]:

@@ -1,8 +1,9 @@
-"""What the `train` and `demo` commands do, as functions: load the images, fit a detector into a run
+"""What the `train`, `test`, `predict` and `demo` commands do, as functions: load the images, fit a detector into a run
 directory, evaluate, write the report. The CLI parses arguments and calls these."""
 
 from __future__ import annotations
 
+import csv
 import math
 import time
 from pathlib import Path
@@ -12,7 +13,9 @@ from .data.digits import digits_leave_one_out
 from .data.folders import load_labelled_folder, train_folder
 from .data.images import list_image_files, load_image_files
 from .detector import Detector, DetectorSettings
+from .errors import CheckpointError, DataError
 from .evaluation.metrics import evaluate_scores
+from .evaluation.plots import save_overlays
 from .evaluation.report import build_run_report, write_evaluation
 from .evaluation.tables import per_class_table
 from .files import write_text_atomic
@@ -23,6 +26,59 @@ from .training.loop import load_train_state
 
 def format_metrics(metrics: dict[str, Any]) -> str:
     return " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items())
+
+
+def load_calibrated(checkpoint: Path, device: str = "auto", progress: bool = True) -> Detector:
+    """A saved detector that has its threshold (a finished training run)."""
+    det = Detector.load(checkpoint, device=device, progress=progress)
+    if det.threshold_ is None:
+        raise CheckpointError(f"{checkpoint} comes from an unfinished training run and has no threshold")
+    return det
+
+
+def evaluate_folder(checkpoint: Path, data: Path, out: Path | None = None, report_dir: Path | None = None,
+                    device: str = "auto", progress: bool = True) -> dict[str, Any]:
+    """Score a labelled folder (normal/ + abnormal/) with a saved detector; print the metrics, write them
+    to `out` (JSON) and, with `report_dir`, scores, figures and report.html there."""
+    det = load_calibrated(checkpoint, device, progress)
+    x, y, names = load_labelled_folder(data, det.image_size, det.in_channels, progress=progress)
+    scores = det.decision_function(x)
+    metrics = evaluate_scores(scores, y.numpy(), det.threshold_)
+    print(format_metrics(metrics))
+    if out is not None:
+        write_json(out, metrics)
+    if report_dir is not None:
+        report = write_evaluation(report_dir, f"{det.model_name} ({checkpoint}) on {data}", x, names, y.numpy(),
+                                  scores, metrics, det.threshold_, det.reconstructions, det.anomaly_maps)
+        print(f"report {report}")
+    return metrics
+
+
+def predict_files(checkpoint: Path, inputs: Sequence[Path], out: Path, save_maps: Path | None = None,
+                  device: str = "auto", progress: bool = True) -> None:
+    """Write path, score and label (1 = above the stored threshold) per image of `inputs` (files and
+    folders) to the CSV `out`; with `save_maps`, one input | anomaly-map PNG per image there."""
+    det = load_calibrated(checkpoint, device, progress)
+    paths: list[Path] = []
+    for item in inputs:
+        if item.is_dir():
+            paths += list_image_files(item)
+        elif item.is_file():
+            paths.append(item)
+        else:
+            raise DataError(f"no such file or folder: {item}")
+    images, kept = load_image_files(paths, det.image_size, det.in_channels, progress=progress)
+    scores = det.decision_function(images)
+    maps = save_overlays(save_maps, images, kept, det.anomaly_maps(images)) if save_maps else None
+    out.parent.mkdir(parents=True, exist_ok=True)
+    labels = scores > det.threshold_
+    with out.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["path", "score", "label"] + (["map"] if maps else []))
+        for i, (path, score, label) in enumerate(zip(kept, scores, labels, strict=True)):
+            writer.writerow([path, f"{score:.8g}", int(label)] + ([maps[i]] if maps else []))
+    print(f"wrote {len(kept)} scores to {out} ({int(labels.sum())} flagged)"
+          + (f"; anomaly-map overlays in {save_maps}" if maps else ""))
 
 
 def train_run(settings: DetectorSettings, data: Path, test: Path | None, run: RunDirectory, resume: bool = False,

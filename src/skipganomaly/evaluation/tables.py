@@ -43,12 +43,13 @@ def summarise(results: Sequence[Mapping[str, Any]]) -> dict[tuple[str, str, str]
 
 
 # What a table of each benchmark protocol shows (table.md and the benchmark report say it under its heading).
+HONEST, PAPER, VALIDATE = "honest", "paper", "validate"  # the benchmark's protocols, named once
 PROTOCOL_NOTES = {
-    "honest": "eval-mode networks, shuffled test batches, last epoch, threshold from held-out training normals.",
-    "paper": "the reference evaluation (trained on all training normals; class-ordered test batches of 64, in "
+    HONEST: "eval-mode networks, shuffled test batches, last epoch, threshold from held-out training normals.",
+    PAPER: "the reference evaluation (trained on all training normals; class-ordered test batches of 64, in "
              "train-mode BatchNorm for the models whose reference code does that; best epoch chosen on the test "
              "set), shown only to compare with published numbers.",
-    "validate": "what settings are chosen on: the column's class is removed from the data before anything else; "
+    VALIDATE: "what settings are chosen on: the column's class is removed from the data before anything else; "
                 "the next class in label order (moved on by the seed) is a pseudo-anomaly against the others, "
                 "scored as honest scores. No number here depends on the column's class.",
 }
@@ -56,7 +57,7 @@ PROTOCOL_NOTES = {
 
 def shows_paper_numbers(dataset: str, protocol: str) -> bool:
     """The paper's Table 1 goes beside CIFAR-10 cells of the protocols that score the real class."""
-    return dataset == CIFAR10 and protocol != "validate"
+    return dataset == CIFAR10 and protocol != VALIDATE
 
 
 STD_NOTE = "Over several seeds a cell is mean±std, std the sample standard deviation (ddof=1) over seeds."

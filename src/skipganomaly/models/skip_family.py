@@ -3,7 +3,6 @@ loss, the D loss and the score. They differ only in the generator (spec sections
 
 from __future__ import annotations
 
-from typing import Any
 
 import torch
 import torch.nn.functional as F

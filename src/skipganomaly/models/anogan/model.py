@@ -3,7 +3,6 @@ that best explains each image (spec section F4)."""
 
 from __future__ import annotations
 
-from typing import Any
 
 import torch
 import torch.nn.functional as F

@@ -3,7 +3,6 @@ latent codes (spec section F2)."""
 
 from __future__ import annotations
 
-from typing import Any
 
 import torch.nn.functional as F
 from torch import Tensor, nn

@@ -10,7 +10,7 @@ the Skip-GANomaly++ paper.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
