@@ -180,8 +180,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-fraction", type=float, help="stratified share of the test images")
     p.add_argument("--out", type=Path, default=Path("runs/benchmark"))
     p.add_argument("--workers", type=_positive_int, default=1,
-                   help="cells run at once, each in its own process (CPU threads shared out; one per GPU on "
-                        "several GPUs); a crash loses that cell only (default 1)")
+                   help="cells run at once, each in its own process (CPU threads shared out; on several GPUs one "
+                        "per GPU, on one GPU all share it); a crash loses that cell only (default 1)")
+    p.add_argument("--time-limit", type=_positive_float, metavar="SECONDS",
+                   help="stop cleanly before SECONDS from now: no cell starts that the longest cell so far says "
+                        "would end later, and a running cell stops at an epoch's end once it is past; finished "
+                        "cells and the tables are written, and the same command continues")
     # --image-size and --channels: for --data (CIFAR-10 is 32x32 RGB); epochs and batch size: the preset's,
     # else the defaults; the seed comes from --seeds, val_fraction from the protocol where it fixes one.
     _add_settings_args(p, skip=("model", "seed"), unset=True)
@@ -382,7 +386,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     check_protocols(data, classes, config.protocols)
     title = CIFAR10_TITLE if isinstance(data, Cifar10) else data.name
     del data
-    outcome = run_benchmark(load, config, args.out, title, workers=args.workers)
+    outcome = run_benchmark(load, config, args.out, title, workers=args.workers, time_limit=args.time_limit)
     return 1 if outcome.failures else 0
 
 
@@ -440,6 +444,16 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {value}")
     return value
 
 

@@ -31,6 +31,7 @@ import json
 import logging
 import multiprocessing
 import multiprocessing.connection
+import sys
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -56,6 +57,11 @@ from .training import EpochRecord, batched_apply
 
 log = logging.getLogger(__name__)
 
+class DeadlineReached(SkipGanomalyError):
+    """A cell stopped at an epoch's end because the sweep's time limit had passed; it is not saved."""
+
+
+DEADLINE_EXIT = 3  # exit code of a cell process that stopped at the time limit
 PROTOCOLS = tuple(PROTOCOL_NOTES)  # honest, paper, validate: each with what its table shows
 PAPER_TEST_BATCH = 64
 
@@ -165,10 +171,16 @@ def load_split(load: Callable[[], LabelledImages], cls: str, seed: int, protocol
     return class_split(data, abnormal, config.train_fraction, config.test_fraction, seed)
 
 
+def _now() -> float:
+    """Wall-clock seconds (time.time); the one clock the time limit reads, so tests can move it."""
+    return time.time()
+
+
 def run_cell(load: Callable[[], LabelledImages], model: str, cls: str, seed: int, protocol: str,
-             config: SweepConfig) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
+             config: SweepConfig, deadline: float | None = None) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
     """Train one model for one abnormal class and seed, and evaluate it under one protocol; return
     the result, the test labels and the test scores (the selected epoch's, under the paper protocol).
+    Past `deadline` (wall-clock seconds), it stops at the next epoch's end with DeadlineReached.
 
     The data set is loaded per cell (cheap next to training), so a worker process needs only `load`.
     """
@@ -193,8 +205,14 @@ def run_cell(load: Callable[[], LabelledImages], model: str, cls: str, seed: int
             best_scores[:] = [epoch_scores]
         per_epoch.append(auroc)
 
+    def epoch_end(record: EpochRecord) -> None:
+        if protocol == PAPER:
+            paper_eval(record)
+        if deadline is not None and _now() > deadline and record.epoch < det.train_config.epochs:
+            raise DeadlineReached(f"time limit reached after epoch {record.epoch} of {det.train_config.epochs}")
+
     start = time.perf_counter()
-    det.fit(split.train, on_epoch_end=paper_eval if protocol == PAPER else None)
+    det.fit(split.train, on_epoch_end=epoch_end)
     seconds = time.perf_counter() - start
     result: dict[str, Any] = {
         "model": model, "class": cls, "seed": seed, "protocol": protocol, "epochs": config.epochs,
@@ -226,15 +244,21 @@ class SweepOutcome:
 
     results: list[dict[str, Any]]
     failures: list[tuple[str, str]]
+    unfinished: list[str] = field(default_factory=list)  # not run, or stopped, because of the time limit
 
 
-def run_sweep(load: Callable[[], LabelledImages], config: SweepConfig, out: Path, workers: int = 1) -> SweepOutcome:
+def run_sweep(load: Callable[[], LabelledImages], config: SweepConfig, out: Path, workers: int = 1,
+              deadline: float | None = None) -> SweepOutcome:
     """Run every missing cell, writing each as it finishes; return all cells of this sweep.
 
     A failing cell (e.g. a loss that became NaN, or a process killed for memory) is reported and the
     others go on. With `workers` > 1, each cell runs in its own process, at most `workers` at a time
-    (on several GPUs, one cell per GPU), so a crash loses that cell only; `load` must then be
-    picklable (e.g. functools.partial(load_cifar10, data_dir)).
+    (on several GPUs, one cell per GPU; on one GPU, all share it), so a crash loses that cell only;
+    `load` must then be picklable (e.g. functools.partial(load_cifar10, data_dir)).
+
+    With `deadline` (wall-clock seconds), no cell starts after it, nor one that the longest cell of
+    this run says would end after it, and a running cell stops at its next epoch's end once it has
+    passed (not saved); those cells are listed in `unfinished`, and the same call later runs them.
     """
     from tqdm.auto import tqdm
 
@@ -249,19 +273,28 @@ def run_sweep(load: Callable[[], LabelledImages], config: SweepConfig, out: Path
     failures: list[tuple[str, str]] = []
     bar = tqdm(total=len(plan), initial=len(plan) - len(todo), desc="benchmark", unit="cell",
                disable=not config.settings.training.progress)
+    unfinished: list[str] = []
     if workers == 1:
+        longest = 0.0
         for cell in todo:
+            if deadline is not None and _now() + longest > deadline:
+                unfinished.append(cell_key(*cell))
+                continue
             bar.set_postfix_str(" ".join(map(str, cell)))
+            start = time.perf_counter()
             try:
-                _run_and_write(load, cell, config, cells_dir)
+                _run_and_write(load, cell, config, cells_dir, deadline)
+            except DeadlineReached:
+                unfinished.append(cell_key(*cell))
             except SkipGanomalyError as err:
                 failures.append((cell_key(*cell), str(err)))
+            longest = max(longest, time.perf_counter() - start)
             bar.update()
     else:
-        failures = _run_in_processes(load, todo, config, cells_dir, workers, bar.update)
+        failures, unfinished = _run_in_processes(load, todo, config, cells_dir, workers, bar.update, deadline)
     bar.close()
     results = [r for r in (_finished(cells_dir, cell, config) for cell in plan) if r is not None]
-    return SweepOutcome(results, failures)
+    return SweepOutcome(results, failures, unfinished)
 
 
 def _saved_cells(cells_dir: Path, cell: tuple[str, str, int, str]) -> list[tuple[Path, dict[str, Any]]]:
@@ -294,8 +327,8 @@ def _say_if_saved_with_other_settings(cells_dir: Path, cell: tuple[str, str, int
 
 
 def _run_and_write(load: Callable[[], LabelledImages], cell: tuple[str, str, int, str], config: SweepConfig,
-                   cells_dir: Path) -> None:
-    result, labels, scores = run_cell(load, *cell, config)
+                   cells_dir: Path, deadline: float | None = None) -> None:
+    result, labels, scores = run_cell(load, *cell, config, deadline=deadline)
     path = cell_file(cells_dir, result["settings"])
     scores_file = path.with_suffix(".scores.npz")
     with scores_file.open("wb") as fh:  # before the cell file: a cell on disk always has its scores
@@ -304,39 +337,57 @@ def _run_and_write(load: Callable[[], LabelledImages], cell: tuple[str, str, int
 
 
 def _cell_process(load: Callable[[], LabelledImages], cell: tuple[str, str, int, str], config: SweepConfig,
-                  cells_dir: Path, threads: int, device: str) -> None:
+                  cells_dir: Path, threads: int, device: str, deadline: float | None = None) -> None:
+    """One cell in its own process; a stop at the time limit exits with DEADLINE_EXIT."""
     torch.set_num_threads(threads)
-    _run_and_write(load, cell, replace(config, settings=config.settings.replace(device=device, progress=False)),
-                   cells_dir)
+    try:
+        _run_and_write(load, cell, replace(config, settings=config.settings.replace(device=device, progress=False)),
+                       cells_dir, deadline)
+    except DeadlineReached:
+        sys.exit(DEADLINE_EXIT)
 
 
 def _run_in_processes(load: Callable[[], LabelledImages], todo: list[tuple[str, str, int, str]], config: SweepConfig,
-                      cells_dir: Path, workers: int, done: Callable[[], object]) -> list[tuple[str, str]]:
-    """One spawned process per cell, `workers` at a time; the CPU threads are shared out between them."""
+                      cells_dir: Path, workers: int, done: Callable[[], object], deadline: float | None = None
+                      ) -> tuple[list[tuple[str, str]], list[str]]:
+    """One spawned process per cell, `workers` at a time; the CPU threads are shared out between them.
+    Returns the failures and the cells left for the time limit (see `run_sweep`)."""
     ctx = multiprocessing.get_context("spawn")
     device = config.settings.training.device
     gpus = torch.cuda.device_count() if device in ("auto", "cuda") and torch.cuda.is_available() else 0
     threads = max(1, torch.get_num_threads() // workers)
     pending = list(todo)
-    running: dict[Any, tuple[tuple[str, str, int, str], int]] = {}
-    failures = []
+    running: dict[Any, tuple[tuple[str, str, int, str], int, float]] = {}
+    failures: list[tuple[str, str]] = []
+    unfinished: list[str] = []
+    longest = 0.0
     while pending or running:
         while pending and len(running) < workers:
-            slot = min(set(range(workers)) - {s for _, s in running.values()})
+            if deadline is not None and _now() + longest > deadline:
+                unfinished += [cell_key(*cell) for cell in pending]
+                pending.clear()
+                break
+            slot = min(set(range(workers)) - {s for _, s, _ in running.values()})
             cell = pending.pop(0)
             proc = ctx.Process(target=_cell_process, args=(load, cell, config, cells_dir, threads,
-                                                           f"cuda:{slot % gpus}" if gpus else device),
+                                                           f"cuda:{slot % gpus}" if gpus else device, deadline),
                                name=cell_key(*cell))
             proc.start()
-            running[proc] = (cell, slot)
+            running[proc] = (cell, slot, time.perf_counter())
+        if not running:
+            break
         multiprocessing.connection.wait([p.sentinel for p in running])
         for proc in [p for p in running if not p.is_alive()]:
             proc.join()
-            cell, _ = running.pop(proc)
-            if proc.exitcode != 0:
+            cell, _, started = running.pop(proc)
+            if proc.exitcode == 0:
+                longest = max(longest, time.perf_counter() - started)
+            elif proc.exitcode == DEADLINE_EXIT:
+                unfinished.append(cell_key(*cell))
+            else:
                 failures.append((cell_key(*cell), f"its process ended with exit code {proc.exitcode}"))
             done()
-    return failures
+    return failures, unfinished
 
 
 def cell_rows(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -395,26 +446,32 @@ def resolve_classes(data: LabelledImages, classes: str = "all", normal_labels: s
 
 
 def run_benchmark(load: Callable[[], LabelledImages], config: SweepConfig, out: Path, title: str,
-                  workers: int = 1) -> SweepOutcome:
+                  workers: int = 1, time_limit: float | None = None) -> SweepOutcome:
     """Run the sweep into `out`, then write its summaries there: results.json (config, environment, every
     cell), results.csv (one row per cell), table.md (per protocol, next to the paper's Table 1 on
-    CIFAR-10) and report.html. Prints the table."""
+    CIFAR-10) and report.html. Prints the table. With `time_limit` (seconds from now), see `run_sweep`'s
+    deadline: what finished is written, and the same call later continues."""
     from .evaluation.report import build_benchmark_report
 
     folder = SweepDirectory(out)
     start = time.perf_counter()
     env = environment()  # before the sweep: the code that runs it (cells started later say so below)
-    outcome = run_sweep(load, config, out, workers=workers)
+    deadline = _now() + time_limit if time_limit is not None else None
+    outcome = run_sweep(load, config, out, workers=workers, deadline=deadline)
     for key, why in outcome.failures:
         log.error("cell %s failed: %s", key, why)
+    later = (f"{len(outcome.unfinished)} cells left for the time limit ({time_limit:g} s); the same command "
+             "continues with them" if outcome.unfinished else "")
     if not outcome.results:
-        raise SkipGanomalyError(f"no benchmark cell finished ({len(outcome.failures)} failed)")
+        raise SkipGanomalyError(f"no benchmark cell finished ({len(outcome.failures)} failed"
+                                + (f"; {later}" if later else "") + ")")
     end_commit = environment()["git_commit"]
     if end_commit != env["git_commit"]:  # the tree changed during the run; spawned workers may have run either
         env["git_commit"] = f"{env['git_commit']} (at start; {end_commit} at the end)"
     env["wall_seconds_this_run"] = round(time.perf_counter() - start, 1)
     write_json(folder.results_json, {"config": config.as_dict(), "dataset_name": title, "environment": env,
-                                     "cells": outcome.results})
+                                     "complete": not outcome.unfinished and not outcome.failures,
+                                     "unfinished": outcome.unfinished, "cells": outcome.results})
     rows = cell_rows(outcome.results)
     with folder.results_csv.open("w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
@@ -425,7 +482,8 @@ def run_benchmark(load: Callable[[], LabelledImages], config: SweepConfig, out: 
     print(text)
     print(f"report {build_benchmark_report(out)}")
     print(f"{len(outcome.results)} cells in {out} ({time.perf_counter() - start:.0f} s this run)"
-          + (f"; {len(outcome.failures)} failed (rerun the same command to retry them)" if outcome.failures else ""))
+          + (f"; {len(outcome.failures)} failed (rerun the same command to retry them)" if outcome.failures else "")
+          + (f"; {later}" if later else ""))
     return outcome
 
 
