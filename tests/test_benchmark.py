@@ -7,6 +7,9 @@ import multiprocessing
 import re
 import os
 import signal
+import subprocess
+import sys
+import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +19,7 @@ import torch
 from skipganomaly import sweep as benchmark
 from skipganomaly import detector as detector_module
 from skipganomaly.detector import DetectorSettings
+from tests.conftest import find_real_cifar10
 from skipganomaly.sweep import SweepConfig, run_sweep
 from skipganomaly.data.cifar10 import Cifar10, leave_one_class_out
 from skipganomaly.errors import ConfigError
@@ -372,3 +376,103 @@ def test_the_learning_rate_reaches_the_detector(monkeypatch: pytest.MonkeyPatch)
     with pytest.raises(RuntimeError, match="stop after construction"):
         benchmark.run_cell(_toy_cifar, "rotation", "ship", 0, "honest", _config(lr=1e-3))
     assert seen["lr"] == 1e-3
+
+
+def test_no_cell_starts_after_the_time_limit_and_a_rerun_continues(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    data = _toy_cifar()
+    config = _config(models=["knn", "pca"], protocols=["honest"])
+    clock = {"now": 0.0}
+    real_run = benchmark._run_and_write
+
+    def run_then_pass_the_deadline(*args, **kw):  # type: ignore[no-untyped-def]
+        real_run(*args, **kw)
+        clock["now"] = 100.0  # the first cell took the whole time
+
+    monkeypatch.setattr(benchmark, "_now", lambda: clock["now"])
+    monkeypatch.setattr(benchmark, "_run_and_write", run_then_pass_the_deadline)
+    outcome = run_sweep(lambda: data, config, tmp_path, deadline=50.0)
+    assert [r["model"] for r in outcome.results] == ["knn"] and outcome.unfinished == ["pca__ship__seed0__honest"]
+    assert not outcome.failures
+    monkeypatch.setattr(benchmark, "_run_and_write", real_run)
+    again = run_sweep(lambda: data, config, tmp_path, deadline=1e9)  # the same call, later: only pca runs
+    assert [r["model"] for r in again.results] == ["knn", "pca"] and not again.unfinished
+    assert again.results[0]["train_seconds"] == outcome.results[0]["train_seconds"]  # knn reused, not rerun
+
+
+def test_a_running_cell_stops_at_an_epoch_end_past_the_time_limit(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    data = _toy_cifar()
+    config = _config(models=["skipganomaly++"], protocols=["paper"], epochs=3)
+    epochs_seen: list[int] = []
+    real_fit = detector_module.Detector.fit
+
+    def fit(self, images, **kw):  # type: ignore[no-untyped-def]
+        inner = kw["on_epoch_end"]
+
+        def spy(record):  # type: ignore[no-untyped-def]
+            epochs_seen.append(record.epoch)
+            inner(record)
+        return real_fit(self, images, **{**kw, "on_epoch_end": spy})
+
+    monkeypatch.setattr(detector_module.Detector, "fit", fit)
+    monkeypatch.setattr(benchmark, "_now", lambda: 100.0 if epochs_seen else 0.0)  # past it after epoch 1
+    outcome = run_sweep(lambda: data, config, tmp_path, deadline=50.0)
+    assert epochs_seen == [1] and outcome.unfinished == ["skipganomalypp__ship__seed0__paper"]
+    assert not outcome.results and not list((tmp_path / "cells").glob("*.json"))  # a stopped cell is not saved
+    with pytest.raises(SystemExit) as stopped:  # in a worker process the same stop is exit code DEADLINE_EXIT
+        benchmark._cell_process(lambda: data, ("skipganomaly++", "ship", 0, "paper"), config, tmp_path / "cells", 1,
+                                "cpu", 50.0)
+    assert stopped.value.code == benchmark.DEADLINE_EXIT
+
+
+def test_worker_processes_start_no_cell_after_the_time_limit(tmp_path: Path) -> None:
+    outcome = run_sweep(_toy_cifar, _config(models=["knn", "pca"], protocols=["honest"]), tmp_path, workers=2,
+                        deadline=1.0)  # long past
+    assert outcome.unfinished == ["knn__ship__seed0__honest", "pca__ship__seed0__honest"] and not outcome.results
+
+
+@pytest.mark.skipif(not (find_real_cifar10() / "cifar-10-batches-py").is_dir() and os.environ.get("CI") != "true",
+                    reason="needs the real CIFAR-10")
+def test_the_gpu_sweep_script_packs_its_cells_and_continues_from_committed_ones(tmp_path: Path) -> None:
+    """benchmarks/gpu_table1.sh on the CPU with tiny fractions: it checks its data, packs every finished cell
+    into OUT/cells.tar, and a second run that starts from those cells (as committed) runs none again."""
+    script = Path(__file__).parents[1] / "benchmarks" / "gpu_table1.sh"
+    env = {**os.environ, "DATA_DIR": str(find_real_cifar10()), "DEVICE": "cpu", "WORKERS": "2", "TIME_LIMIT": "300",
+           "PY": sys.executable, "MODELS": "knn,pca", "PROTOCOLS": "honest", "PACK_EVERY": "1",
+           "PRESET_ARGS": "--train-fraction 0.01 --test-fraction 0.01 --classes ship", "WORK": str(tmp_path / "w1"),
+           "OUT": str(tmp_path / "out1"), "RESULTS": str(tmp_path / "none")}
+    missing = subprocess.run(["bash", str(script), "run"], env={**env, "DATA_DIR": str(tmp_path / "nowhere")},
+                             capture_output=True, text=True)
+    assert missing.returncode == 2 and "CIFAR-10 is not complete" in missing.stdout
+    first = subprocess.run(["bash", str(script), "run"], env=env, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stdout + first.stderr
+    with tarfile.open(tmp_path / "out1" / "cells.tar") as tar:
+        names = sorted(n for n in tar.getnames() if n.endswith(".json"))
+        assert len(names) == 2
+        tar.extractall(tmp_path / "committed", filter="data")
+    assert (tmp_path / "out1" / "table.md").is_file() and "2 cells in" in first.stdout
+    second = subprocess.run(["bash", str(script), "run"], env={**env, "WORK": str(tmp_path / "w2"),
+                            "OUT": str(tmp_path / "out2"), "RESULTS": str(tmp_path / "committed")},
+                            capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "committed cells copied in: 2" in second.stdout
+    with tarfile.open(tmp_path / "out2" / "cells.tar") as tar:
+        assert sorted(n for n in tar.getnames() if n.endswith(".json")) == names  # nothing run again
+
+
+def test_the_gpu_sweep_script_moves_cifar10_in_three_parts_byte_for_byte(tmp_path: Path) -> None:
+    script = Path(__file__).parents[1] / "benchmarks" / "gpu_table1.sh"
+    source = tmp_path / "src"
+    source.mkdir()
+    names = ["data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch",
+             "batches.meta"]
+    for i, name in enumerate(names):
+        (source / name).write_bytes(os.urandom(1000 + i))
+    env = {**os.environ, "DEVDATA": str(tmp_path / "dev")}
+    assert subprocess.run(["bash", str(script), "pack", str(source)], env=env, capture_output=True).returncode == 0
+    assert sorted(p.name for p in (tmp_path / "dev" / "a").iterdir()) == ["data_batch_1.xz", "data_batch_2.xz"]
+    for part in "abc":
+        assert subprocess.run(["bash", str(script), "unpack", part], env=env, capture_output=True).returncode == 0
+    for name in names:
+        assert (tmp_path / "dev" / "cifar-10-batches-py" / name).read_bytes() == (source / name).read_bytes()
