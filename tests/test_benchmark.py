@@ -119,7 +119,7 @@ def test_honest_scores_go_back_to_their_own_images(monkeypatch: pytest.MonkeyPat
     assert scores.tolist() == list(range(len(test)))  # and every score is back at its image
 
 
-def _fake_run_cell(load, model, cls, seed, protocol, config):  # type: ignore[no-untyped-def]
+def _fake_run_cell(load, model, cls, seed, protocol, config, deadline=None):  # type: ignore[no-untyped-def]
     """A cell without training: what run_cell returns, for testing which cells a sweep (re)runs."""
     _fake_run_cell.calls += 1  # type: ignore[attr-defined]
     result = {"model": model, "class": cls, "seed": seed, "protocol": protocol, "auroc": 0.5,
@@ -295,10 +295,10 @@ def test_parallel_workers_match_sequential_and_a_crash_loses_one_cell(tmp_path: 
 def test_a_failing_cell_does_not_stop_a_sequential_sweep(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     real = benchmark.run_cell
 
-    def nan_for_cat(load, model, cls, *rest):  # type: ignore[no-untyped-def]
+    def nan_for_cat(load, model, cls, *rest, **kw):  # type: ignore[no-untyped-def]
         if cls == "cat":
             raise TrainingError("loss g_con is not finite at epoch 1, step 1")
-        return real(load, model, cls, *rest)
+        return real(load, model, cls, *rest, **kw)
 
     monkeypatch.setattr(benchmark, "run_cell", nan_for_cat)
     data = _toy_cifar()
