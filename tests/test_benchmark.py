@@ -381,23 +381,27 @@ def test_the_learning_rate_reaches_the_detector(monkeypatch: pytest.MonkeyPatch)
 def test_no_cell_starts_after_the_time_limit_and_a_rerun_continues(tmp_path: Path,
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     data = _toy_cifar()
-    config = _config(models=["knn", "pca"], protocols=["honest"])
+    config = _config(models=["knn", "pca"], classes=["ship", "cat"], protocols=["honest"], epochs=1)
     clock = {"now": 0.0}
     real_run = benchmark._run_and_write
+    started: list[str] = []
 
-    def run_then_pass_the_deadline(*args, **kw):  # type: ignore[no-untyped-def]
-        real_run(*args, **kw)
-        clock["now"] = 100.0  # the first cell took the whole time
+    def run_and_move_the_clock(load, cell, *args, **kw):  # type: ignore[no-untyped-def]
+        started.append(benchmark.cell_key(*cell))
+        real_run(load, cell, *args, **kw)
+        clock["now"] += 30.0  # each cell seems to take 30 s
 
     monkeypatch.setattr(benchmark, "_now", lambda: clock["now"])
-    monkeypatch.setattr(benchmark, "_run_and_write", run_then_pass_the_deadline)
+    monkeypatch.setattr(benchmark, "_run_and_write", run_and_move_the_clock)
     outcome = run_sweep(lambda: data, config, tmp_path, deadline=50.0)
-    assert [r["model"] for r in outcome.results] == ["knn"] and outcome.unfinished == ["pca__ship__seed0__honest"]
+    # knn/ship ends at 30 s; knn/cat would end at 60 s by the longest cell so far (30 s), after the limit: not started
+    assert started == ["knn__ship__seed0__honest"] and [r["model"] for r in outcome.results] == ["knn"]
+    assert outcome.unfinished == ["knn__cat__seed0__honest", "pca__ship__seed0__honest", "pca__cat__seed0__honest"]
     assert not outcome.failures
     monkeypatch.setattr(benchmark, "_run_and_write", real_run)
-    again = run_sweep(lambda: data, config, tmp_path, deadline=1e9)  # the same call, later: only pca runs
-    assert [r["model"] for r in again.results] == ["knn", "pca"] and not again.unfinished
-    assert again.results[0]["train_seconds"] == outcome.results[0]["train_seconds"]  # knn reused, not rerun
+    again = run_sweep(lambda: data, config, tmp_path, deadline=1e9)  # the same call, later: the rest runs
+    assert len(again.results) == 4 and not again.unfinished
+    assert again.results[0]["train_seconds"] == outcome.results[0]["train_seconds"]  # knn/ship reused, not rerun
 
 
 def test_a_running_cell_stops_at_an_epoch_end_past_the_time_limit(tmp_path: Path,
@@ -419,16 +423,20 @@ def test_a_running_cell_stops_at_an_epoch_end_past_the_time_limit(tmp_path: Path
     monkeypatch.setattr(benchmark, "_now", lambda: 100.0 if epochs_seen else 0.0)  # past it after epoch 1
     outcome = run_sweep(lambda: data, config, tmp_path, deadline=50.0)
     assert epochs_seen == [1] and outcome.unfinished == ["skipganomalypp__ship__seed0__paper"]
-    assert not outcome.results and not list((tmp_path / "cells").glob("*.json"))  # a stopped cell is not saved
+    assert not outcome.results and not list((tmp_path / "cells").iterdir())  # a stopped cell is not saved
     with pytest.raises(SystemExit) as stopped:  # in a worker process the same stop is exit code DEADLINE_EXIT
         benchmark._cell_process(lambda: data, ("skipganomaly++", "ship", 0, "paper"), config, tmp_path / "cells", 1,
                                 "cpu", 50.0)
-    assert stopped.value.code == benchmark.DEADLINE_EXIT
+    assert stopped.value.code == benchmark.DEADLINE_EXIT and epochs_seen == [1, 1]
+    epochs_seen.clear()  # the clock is before the limit again at the start
+    last = run_sweep(lambda: data, _config(models=["skipganomaly++"], protocols=["paper"], epochs=1), tmp_path,
+                     deadline=50.0)  # past the limit only at its last epoch: the cell ends and is saved
+    assert epochs_seen == [1] and len(last.results) == 1 and not last.unfinished
 
 
 def test_worker_processes_start_no_cell_after_the_time_limit(tmp_path: Path) -> None:
-    outcome = run_sweep(_toy_cifar, _config(models=["knn", "pca"], protocols=["honest"]), tmp_path, workers=2,
-                        deadline=1.0)  # long past
+    outcome = run_sweep(_toy_cifar, _config(models=["knn", "pca"], protocols=["honest"], epochs=1), tmp_path,
+                        workers=2, deadline=1.0)  # long past: a cell started anyway would finish and be saved
     assert outcome.unfinished == ["knn__ship__seed0__honest", "pca__ship__seed0__honest"] and not outcome.results
 
 
@@ -451,14 +459,16 @@ def test_the_gpu_sweep_script_packs_its_cells_and_continues_from_committed_ones(
         names = sorted(n for n in tar.getnames() if n.endswith(".json"))
         assert len(names) == 2
         tar.extractall(tmp_path / "committed", filter="data")
-    assert (tmp_path / "out1" / "table.md").is_file() and "2 cells in" in first.stdout
+    assert (tmp_path / "out1" / "table.md").is_file() and "\n2 cells in" in first.stdout
     second = subprocess.run(["bash", str(script), "run"], env={**env, "WORK": str(tmp_path / "w2"),
                             "OUT": str(tmp_path / "out2"), "RESULTS": str(tmp_path / "committed")},
                             capture_output=True, text=True, timeout=600)
     assert second.returncode == 0, second.stdout + second.stderr
     assert "committed cells copied in: 2" in second.stdout
     with tarfile.open(tmp_path / "out2" / "cells.tar") as tar:
-        assert sorted(n for n in tar.getnames() if n.endswith(".json")) == names  # nothing run again
+        assert sorted(n for n in tar.getnames() if n.endswith(".json")) == names
+        for name in names:  # the same bytes (train_seconds included): nothing was run again
+            assert tar.extractfile(name).read() == (tmp_path / "committed" / name).read_bytes()
 
 
 def test_the_gpu_sweep_script_moves_cifar10_in_three_parts_byte_for_byte(tmp_path: Path) -> None:
@@ -470,7 +480,8 @@ def test_the_gpu_sweep_script_moves_cifar10_in_three_parts_byte_for_byte(tmp_pat
     for i, name in enumerate(names):
         (source / name).write_bytes(os.urandom(1000 + i))
     env = {**os.environ, "DEVDATA": str(tmp_path / "dev")}
-    assert subprocess.run(["bash", str(script), "pack", str(source)], env=env, capture_output=True).returncode == 0
+    packed = subprocess.run(["bash", str(script), "pack", str(source)], env=env, capture_output=True, text=True)
+    assert packed.returncode == 0, packed.stderr  # needs xz, as the device and Debian have
     assert sorted(p.name for p in (tmp_path / "dev" / "a").iterdir()) == ["data_batch_1.xz", "data_batch_2.xz"]
     for part in "abc":
         assert subprocess.run(["bash", str(script), "unpack", part], env=env, capture_output=True).returncode == 0

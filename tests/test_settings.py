@@ -49,7 +49,9 @@ def _other(name: str, default: Any) -> Any:
 
 @pytest.mark.parametrize("name", list_models())
 def test_every_constructor_argument_survives_save_and_load(name: str, tmp_path: Path) -> None:
-    changed = {k: _other(k, v) for k, v in get_model_class(name).param_defaults().items()}
+    defaults = get_model_class(name).param_defaults()
+    changed = {k: _other(k, v) for k, v in defaults.items()}
+    assert all(changed[k] != (list(v) if isinstance(v, tuple) else v) for k, v in defaults.items())
     geometry = {"image_size": changed.pop("image_size"), "in_channels": changed.pop("in_channels")}
     assert create(name, **geometry, **changed).config() == {**geometry, **changed}
     det = Detector(name, **geometry, epochs=1, batch_size=2, val_fraction=0.0, device="cpu", progress=False, **changed)
@@ -75,9 +77,10 @@ def test_a_model_that_does_not_store_an_argument_cannot_save(monkeypatch: pytest
 def test_sklearn_clone_get_params_and_set_params() -> None:
     from sklearn.base import clone
 
-    det = Detector("knn", k=3, epochs=2, seed=4, progress=False)
+    det = Detector("knn", k=3, epochs=2, seed=4, progress=False).fit(smooth_images(12))
     copy = clone(det)
-    assert copy is not det and copy.get_params() == det.get_params() and copy.model_ is None
+    assert copy is not det and copy.get_params() == det.get_params()
+    assert copy.model_ is None and det.model_ is not None  # a clone has the settings, not the fitted state
     assert det.get_params()["k"] == 3 and det.get_params()["seed"] == 4
     assert det.set_params(k=7, lr=1e-3) is det
     assert det.settings.model_options == {"k": 7} and det.train_config.lr == 1e-3
@@ -146,6 +149,8 @@ def test_a_version_1_run_directory_resumes(tmp_path: Path) -> None:
     assert main(["train", "--resume", str(run), "--epochs", "2", "--device", "cpu"]) == 0
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records] == [1, 2]
+    first = json.loads((FIXTURE / "metrics.jsonl").read_text().splitlines()[0])
+    assert records[0] == first  # epoch 1 is the interrupted run's, kept, not trained again
     saved = yaml.safe_load((run / "config.yaml").read_text())
     assert saved["format_version"] == 2 and saved["settings"]["epochs"] == 2
     assert saved["settings"]["model_options"]["nz"] == 8 and saved["settings"]["seed"] == 3
@@ -155,8 +160,10 @@ def test_a_version_1_run_directory_resumes(tmp_path: Path) -> None:
 def test_resume_refuses_a_changed_setting_that_must_stay(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     run = _fixture_run(tmp_path)
     assert main(["train", "--resume", str(run), "--lr", "0.01"]) == 2
-    assert "cannot resume" in capsys.readouterr().err and "lr" in capsys.readouterr().err + "lr"
+    assert "with other lr:" in capsys.readouterr().err
     assert main(["train", "--resume", str(run), "--model-arg", "nz=4"]) == 2
+    assert "with other model options:" in capsys.readouterr().err
+    assert main(["train", "--resume", str(run), "--lr", "0.0002", "--device", "cpu", "--epochs", "2"]) == 0  # same lr
 
 
 def _flags(command: str) -> dict[str, str]:
@@ -174,6 +181,7 @@ def test_training_flags_come_from_the_settings_and_read_the_same_everywhere() ->
         assert flag in train, flag  # every setting with a flag can be given to train
         if flag in benchmark:
             assert benchmark[flag].split(" (default")[0] == train[flag].split(" (default")[0]
+    assert {"--epochs", "--lr", "--lr-schedule", "--amp", "--model-arg"} <= set(benchmark)
     assert "--batch-size" in speed and "--model-arg" in speed and "--seed" not in benchmark
 
 

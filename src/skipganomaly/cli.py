@@ -15,13 +15,11 @@ from .evaluation.report import build_report
 from .evaluation.tables import HONEST, PAPER
 from .models import BASELINES, get_model_class, list_models
 from .options import FORM, parse_model_args
-from .provenance import environment
-from .run_directory import RunDirectory, write_json
+from .run_directory import RunDirectory
 from .sweep import PRESETS, PROTOCOLS, SweepConfig, benchmark_data, check_protocols, resolve_classes, run_benchmark
-from .training import TrainConfig
 from .training.memory import reduce_heap_fragmentation
 from .training.device import resolve_device
-from .workflows import evaluate_folder, predict_files, run_demo, train_run
+from .workflows import evaluate_folder, predict_files, resumed_settings, run_demo, train_run
 
 log = logging.getLogger("skipganomaly")
 
@@ -273,27 +271,13 @@ def _check_reports_threshold(settings: DetectorSettings) -> None:
 
 
 def _resumed(args: argparse.Namespace) -> DetectorSettings:
-    """The interrupted run's settings from RUN_DIR/config.yaml (and its --data, --test, --tensorboard).
-    Settings that only say where and how fast it runs (device, progress, compile) and --epochs (to train
-    longer) may be given anew; any other flag must repeat the saved value."""
-    run = RunDirectory(args.resume)
-    try:
-        saved, fields_ = run.read_config()
-        settings = DetectorSettings.from_dict(saved, where=str(run.config))
-    except ConfigError as err:
-        raise ConfigError(f"cannot resume {args.resume}: {err}") from None
-    given = _given(args)
-    may_change = set(TrainConfig.names(on_resume="free")) | set(TrainConfig.names(on_resume="grow"))
-    current = settings.params()
-    fixed = sorted(k for k, v in given.items() if k not in may_change and current.get(k) != v)
-    if fixed or args.model_arg:
-        raise ConfigError(f"cannot resume {args.resume} with other {', '.join(fixed) or 'model options'}: they are "
-                          f"saved in {run.config}; only {', '.join(sorted(may_change))} may change")
+    """The interrupted run's settings, and its --data, --test and --tensorboard unless given anew."""
+    settings, fields_ = resumed_settings(RunDirectory(args.resume), _given(args), bool(args.model_arg))
     for key in ("data", "test"):
         if getattr(args, key) is None and fields_.get(key) is not None:
             setattr(args, key, Path(fields_[key]))
     args.tensorboard = args.tensorboard or bool(fields_.get("tensorboard"))
-    return settings.replace(**{k: v for k, v in given.items() if k in may_change})
+    return settings
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -395,45 +379,18 @@ def _pick(value: Any, preset: dict[str, Any], name: str, default: Any) -> Any:
 
 
 def cmd_bench_speed(args: argparse.Namespace) -> int:
-    from .throughput import run
+    from .throughput import measure_models
 
     models = ([m for m in list_models() if get_model_class(m).trained_by_gradient] if args.models == "all"
               else [m.strip() for m in args.models.split(",")])
     for name in models:
         get_model_class(name)
     resolve_device(args.device)  # a bad or absent device is one line here, not an error in each worker
-    options = parse_model_args(args.model_arg, models)
-    rows = []
-    result = {"environment": environment()}
-    for name in models:
-        part = run([name], args.threads, batch_size=args.batch_size, steps=args.steps, repeats=args.repeats,
-                   score_batch=args.score_batch, onnx=not args.no_onnx, options=options[name],
-                   reference_style=args.compare_reference, compile=args.compile, amp=args.amp,
+    measure_models(models, args.threads, parse_model_args(args.model_arg, models), args.out,
+                   batch_size=args.batch_size, steps=args.steps, repeats=args.repeats, score_batch=args.score_batch,
+                   onnx=not args.no_onnx, reference_style=args.compare_reference, compile=args.compile, amp=args.amp,
                    device=args.device)
-        rows += part["models"]
-        print(_speed_line(part["models"][0]), flush=True)
-    result["models"] = rows
-    if args.out is not None:
-        write_json(args.out, result)
     return 0
-
-
-def _speed_line(row: dict[str, Any]) -> str:
-    peak = row["peak_kernels_gflops"]
-    onnx = row.get("onnx_score_images_per_s")
-    return (f"{row['model']}" + (f" on {row['device']}" if "device" in row else "")
-            + f": train {row['train_images_per_s']:.1f} img/s ({row['train_gflop_per_image']:.2f} "
-            f"GFLOP/img, {row['train_achieved_gflops']:.1f} GFLOP/s = {row['fraction_of_peak']:.0%} of peak "
-            f"{peak['peak_gflops']:.1f}), score {row['score_images_per_s']:.1f} img/s"
-            + (f", onnxruntime {onnx:.1f} img/s" if onnx else "") + f", peak RSS {row['peak_rss_mb']:.0f} MB"
-            + (f"; reference-style train {row['reference_style_train_images_per_s']:.1f} img/s "
-               f"({row['train_speedup']:.2f}x), score {row['reference_style_score_images_per_s']:.1f} img/s "
-               f"({row['score_speedup']:.2f}x)" if "train_speedup" in row else "")
-            + (f"; bf16 autocast: train {row['amp_train_images_per_s']:.1f} img/s "
-               f"({row['amp_fraction_of_bf16_peak']:.0%} of bf16 peak {peak['bf16_matmul_gflops']:.0f}), score "
-               f"{row['amp_score_images_per_s']:.1f} img/s" if "amp_train_images_per_s" in row else "")
-            + (f"; compiled: train {row['compiled_train_images_per_s']:.1f} img/s after a "
-               f"{row['compile_seconds']:.0f} s first step" if "compile_seconds" in row else ""))
 
 
 def _positive_int(text: str) -> int:

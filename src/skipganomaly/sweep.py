@@ -281,14 +281,14 @@ def run_sweep(load: Callable[[], LabelledImages], config: SweepConfig, out: Path
                 unfinished.append(cell_key(*cell))
                 continue
             bar.set_postfix_str(" ".join(map(str, cell)))
-            start = time.perf_counter()
+            start = _now()
             try:
                 _run_and_write(load, cell, config, cells_dir, deadline)
             except DeadlineReached:
                 unfinished.append(cell_key(*cell))
             except SkipGanomalyError as err:
                 failures.append((cell_key(*cell), str(err)))
-            longest = max(longest, time.perf_counter() - start)
+            longest = max(longest, _now() - start)
             bar.update()
     else:
         failures, unfinished = _run_in_processes(load, todo, config, cells_dir, workers, bar.update, deadline)
@@ -373,7 +373,7 @@ def _run_in_processes(load: Callable[[], LabelledImages], todo: list[tuple[str, 
                                                            f"cuda:{slot % gpus}" if gpus else device, deadline),
                                name=cell_key(*cell))
             proc.start()
-            running[proc] = (cell, slot, time.perf_counter())
+            running[proc] = (cell, slot, _now())
         if not running:
             break
         multiprocessing.connection.wait([p.sentinel for p in running])
@@ -381,7 +381,7 @@ def _run_in_processes(load: Callable[[], LabelledImages], todo: list[tuple[str, 
             proc.join()
             cell, _, started = running.pop(proc)
             if proc.exitcode == 0:
-                longest = max(longest, time.perf_counter() - started)
+                longest = max(longest, _now() - started)
             elif proc.exitcode == DEADLINE_EXIT:
                 unfinished.append(cell_key(*cell))
             else:

@@ -291,3 +291,38 @@ def run(models: list[str], threads: int, isolate: bool = True, **kwargs: Any) ->
             row = bench_model(name, threads=threads, **kwargs)
         rows.append(row)
     return {"torch": torch.__version__, "threads": threads, "models": rows}
+
+
+def measure_models(models: list[str], threads: int, options: dict[str, dict[str, Any]], out: Path | None = None,
+                   **kwargs: Any) -> dict[str, Any]:
+    """What `bench-speed` does: each model in its own process, one line printed per model as it is measured,
+    and (with `out`) every row with the environment as JSON."""
+    from .provenance import environment
+    from .run_directory import write_json
+
+    result: dict[str, Any] = {"environment": environment(), "models": []}
+    for name in models:
+        row = run([name], threads, options=options.get(name), **kwargs)["models"][0]
+        result["models"].append(row)
+        print(speed_line(row), flush=True)
+    if out is not None:
+        write_json(out, result)
+    return result
+
+
+def speed_line(row: dict[str, Any]) -> str:
+    peak = row["peak_kernels_gflops"]
+    onnx = row.get("onnx_score_images_per_s")
+    return (f"{row['model']}" + (f" on {row['device']}" if "device" in row else "")
+            + f": train {row['train_images_per_s']:.1f} img/s ({row['train_gflop_per_image']:.2f} "
+            f"GFLOP/img, {row['train_achieved_gflops']:.1f} GFLOP/s = {row['fraction_of_peak']:.0%} of peak "
+            f"{peak['peak_gflops']:.1f}), score {row['score_images_per_s']:.1f} img/s"
+            + (f", onnxruntime {onnx:.1f} img/s" if onnx else "") + f", peak RSS {row['peak_rss_mb']:.0f} MB"
+            + (f"; reference-style train {row['reference_style_train_images_per_s']:.1f} img/s "
+               f"({row['train_speedup']:.2f}x), score {row['reference_style_score_images_per_s']:.1f} img/s "
+               f"({row['score_speedup']:.2f}x)" if "train_speedup" in row else "")
+            + (f"; bf16 autocast: train {row['amp_train_images_per_s']:.1f} img/s "
+               f"({row['amp_fraction_of_bf16_peak']:.0%} of bf16 peak {peak['bf16_matmul_gflops']:.0f}), score "
+               f"{row['amp_score_images_per_s']:.1f} img/s" if "amp_train_images_per_s" in row else "")
+            + (f"; compiled: train {row['compiled_train_images_per_s']:.1f} img/s after a "
+               f"{row['compile_seconds']:.0f} s first step" if "compile_seconds" in row else ""))

@@ -13,7 +13,7 @@ from .data.digits import digits_leave_one_out
 from .data.folders import load_labelled_folder, train_folder
 from .data.images import list_image_files, load_image_files
 from .detector import Detector, DetectorSettings
-from .errors import CheckpointError, DataError
+from .errors import CheckpointError, ConfigError, DataError
 from .evaluation.metrics import evaluate_scores
 from .evaluation.plots import save_overlays
 from .evaluation.report import build_run_report, write_evaluation
@@ -21,6 +21,7 @@ from .evaluation.tables import per_class_table
 from .files import write_text_atomic
 from .run_directory import EpochLog, RunDirectory, SweepDirectory, write_json
 from .training.distributed import init_from_environment, is_main_process
+from .training import TrainConfig
 from .training.loop import load_train_state
 
 
@@ -79,6 +80,26 @@ def predict_files(checkpoint: Path, inputs: Sequence[Path], out: Path, save_maps
             writer.writerow([path, f"{score:.8g}", int(label)] + ([maps[i]] if maps else []))
     print(f"wrote {len(kept)} scores to {out} ({int(labels.sum())} flagged)"
           + (f"; anomaly-map overlays in {save_maps}" if maps else ""))
+
+
+def resumed_settings(run: RunDirectory, given: dict[str, Any], model_options_given: bool = False
+                     ) -> tuple[DetectorSettings, dict[str, Any]]:
+    """The settings to continue an interrupted run with: those in its config.yaml, with the `given` ones
+    that only say where and how fast it runs (device, progress, compile) or how long (epochs); any other
+    given setting must repeat the saved value (a one-line ConfigError otherwise). Also the run's own fields
+    (data, test, tensorboard)."""
+    try:
+        saved, fields_ = run.read_config()
+        settings = DetectorSettings.from_dict(saved, where=str(run.config))
+    except ConfigError as err:
+        raise ConfigError(f"cannot resume {run.root}: {err}") from None
+    may_change = set(TrainConfig.names(on_resume="free")) | set(TrainConfig.names(on_resume="grow"))
+    current = settings.params()
+    fixed = sorted(k for k, v in given.items() if k not in may_change and current.get(k) != v)
+    if fixed or model_options_given:
+        raise ConfigError(f"cannot resume {run.root} with other {', '.join(fixed) or 'model options'}: they are "
+                          f"saved in {run.config}; only {', '.join(sorted(may_change))} may change")
+    return settings.replace(**{k: v for k, v in given.items() if k in may_change}), fields_
 
 
 def train_run(settings: DetectorSettings, data: Path, test: Path | None, run: RunDirectory, resume: bool = False,
