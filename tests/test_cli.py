@@ -114,7 +114,9 @@ def test_help(command: str) -> None:
     assert result.returncode == 0 and "usage:" in result.stdout
 
 
-def test_errors_are_one_line(tmp_path: Path, trained_run: tuple[Path, Path]) -> None:
+def test_errors_are_one_line(tmp_path: Path, trained_run: tuple[Path, Path], capsys: pytest.CaptureFixture) -> None:
+    """In-process (main() catches what the command line would print; an uncaught exception fails the test
+    as a traceback would); the subprocess path is covered by the other tests of this file."""
     _, run = trained_run
     (tmp_path / "empty").mkdir()
     (tmp_path / "junk.pt").write_bytes(b"\x00" * 100)
@@ -136,11 +138,12 @@ def test_errors_are_one_line(tmp_path: Path, trained_run: tuple[Path, Path]) -> 
         ["train", "--data", str(run), "--val-fraction", "0", "--no-progress"],
     ]
     for args in cases:
-        result = _run(*args)
-        assert result.returncode == 2, (args, result.stderr)
-        assert "Traceback" not in result.stderr
-        lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-        assert len(lines) == 1, (args, result.stderr)
+        code = main(list(args))
+        err = capsys.readouterr().err
+        assert code == 2, (args, err)
+        assert "Traceback" not in err
+        lines = [line for line in err.splitlines() if line.startswith("error:")]
+        assert len(lines) == 1, (args, err)
 
 
 @pytest.mark.parametrize("args", [["bench-speed", "--threads", "0"], ["bench-speed", "--repeats", "x"],
@@ -346,7 +349,7 @@ def test_benchmark_on_a_folder_per_class(tmp_path: Path) -> None:
     assert cell["test_images"] == 4 + 10  # 20% of the normals, and every abnormal image
 
 
-def test_own_data_errors_are_one_line(tmp_path: Path) -> None:
+def test_own_data_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     import numpy as np
 
     good = _own_npz(tmp_path / "good.npz")
@@ -365,9 +368,10 @@ def test_own_data_errors_are_one_line(tmp_path: Path) -> None:
         ["--data", str(good), "--normal-labels", "zebra"],
         ["--data", str(tmp_path / "missing.npz")],
     ]
-    for args in cases:
-        result = _run(*base, *args)
-        assert result.returncode == 2, (args, result.stderr)
-        assert "Traceback" not in result.stderr
-        lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-        assert len(lines) == 1, (args, result.stderr)
+    for args in cases:  # in-process, as in test_errors_are_one_line
+        code = main([*base, *args])
+        err = capsys.readouterr().err
+        assert code == 2, (args, err)
+        assert "Traceback" not in err
+        lines = [line for line in err.splitlines() if line.startswith("error:")]
+        assert len(lines) == 1, (args, err)
