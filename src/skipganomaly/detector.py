@@ -47,7 +47,7 @@ class DetectorSettings:
                                   help="share of the normal training images held out for the threshold")
     contamination: float = setting(0.05, flag="--contamination",
                                    help="share of held-out normals above the threshold")
-    training: TrainConfig = dataclasses.field(default_factory=TrainConfig, metadata={"nested": True})
+    training: TrainConfig = dataclasses.field(default_factory=TrainConfig)
 
     def __post_init__(self) -> None:
         if self.model not in list_models():
@@ -69,7 +69,7 @@ class DetectorSettings:
     @classmethod
     def from_params(cls, **params: Any) -> "DetectorSettings":
         """From flat keyword arguments: detector settings, training settings and model options by name."""
-        own = {f.name for f in fields(cls) if f.name != "training"}
+        own = {f.name for f in _detector_fields()}
         training = set(TrainConfig.names())
         top = {k: v for k, v in params.items() if k in own}
         train_part = {k: v for k, v in params.items() if k in training}
@@ -81,7 +81,7 @@ class DetectorSettings:
 
     def params(self) -> dict[str, Any]:
         """Flat: every setting by name, the model options among them (scikit-learn's get_params)."""
-        own = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("training", "model_options")}
+        own = {f.name: getattr(self, f.name) for f in _detector_fields() if f.name != "model_options"}
         return {**own, **self.training.values(), **self.model_options}
 
     def replace(self, **params: Any) -> "DetectorSettings":
@@ -113,20 +113,23 @@ class DetectorSettings:
 
     def result_settings(self) -> dict[str, Any]:
         """The settings that can change a trained detector's scores, plain (a benchmark cell's key)."""
-        result = {f.name for f in fields(self) if f.name != "training" and f.metadata["result"]}
-        out = {k: v for k, v in self.as_dict().items() if k in result}
-        return {**out, **{k: plain(v) for k, v in self.training.values(TrainConfig.names(result=True)).items()}}
+        result = {f.name for f in setting_fields() if f.metadata["result"]}
+        return {k: v for k, v in self.as_dict().items() if k in result}
 
 
-def setting_names() -> list[str]:
-    """Flat names of the detector's own and its training settings."""
-    return [f.name for f in fields(DetectorSettings) if f.name not in ("training", "model_options")] \
-        + TrainConfig.names()
+def _detector_fields() -> list[dataclasses.Field]:
+    """DetectorSettings' own fields (its `training` part aside)."""
+    return [f for f in fields(DetectorSettings) if f.name != "training"]
 
 
 def setting_fields() -> list[dataclasses.Field]:
     """The settings' fields with their metadata, in order (detector's, then training's): the CLI's flags."""
-    return [f for f in fields(DetectorSettings) if f.name != "training"] + list(fields(TrainConfig))
+    return _detector_fields() + list(fields(TrainConfig))
+
+
+def setting_names() -> list[str]:
+    """Flat names of the detector's own and its training settings (model options aside)."""
+    return [f.name for f in setting_fields() if f.name != "model_options"]
 
 
 def setting_defaults() -> dict[str, Any]:

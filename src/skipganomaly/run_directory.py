@@ -48,49 +48,28 @@ def state_path(checkpoint: Path) -> Path:
     return Path(checkpoint).with_suffix(STATE_SUFFIX)
 
 
+def _member(name: str) -> property:
+    """A folder's file or subfolder `name`, as a read-only attribute."""
+    return property(lambda self: self.root / name, doc=f"root / {name!r}")
+
+
 @dataclass(frozen=True)
 class RunDirectory:
     root: Path
 
-    @property
-    def config(self) -> Path:
-        return self.root / CONFIG
-
-    @property
-    def checkpoint(self) -> Path:
-        return self.root / CHECKPOINT
+    config = _member(CONFIG)
+    checkpoint = _member(CHECKPOINT)
+    metrics_log = _member(METRICS_LOG)
+    metrics = _member(METRICS)
+    scores = _member(SCORES)
+    evaluation = _member(EVALUATION)
+    figures = _member(FIGURES)
+    report = _member(REPORT)
+    tensorboard = _member(TENSORBOARD)
 
     @property
     def state(self) -> Path:
         return state_path(self.checkpoint)
-
-    @property
-    def metrics_log(self) -> Path:
-        return self.root / METRICS_LOG
-
-    @property
-    def metrics(self) -> Path:
-        return self.root / METRICS
-
-    @property
-    def scores(self) -> Path:
-        return self.root / SCORES
-
-    @property
-    def evaluation(self) -> Path:
-        return self.root / EVALUATION
-
-    @property
-    def figures(self) -> Path:
-        return self.root / FIGURES
-
-    @property
-    def report(self) -> Path:
-        return self.root / REPORT
-
-    @property
-    def tensorboard(self) -> Path:
-        return self.root / TENSORBOARD
 
     def write_config(self, settings: dict[str, Any], **run: Any) -> None:
         """config.yaml: the run's own fields (`run`: command, data, ...) and the detector's settings."""
@@ -190,26 +169,9 @@ class SweepDirectory:
 
     root: Path
 
-    @property
-    def cells(self) -> Path:
-        return self.root / "cells"
-
-    @property
-    def results_json(self) -> Path:
-        return self.root / "results.json"
-
-    @property
-    def results_csv(self) -> Path:
-        return self.root / "results.csv"
-
-    @property
-    def table(self) -> Path:
-        return self.root / "table.md"
-
-    @property
-    def figures(self) -> Path:
-        return self.root / FIGURES
-
-    @property
-    def report(self) -> Path:
-        return self.root / REPORT
+    cells = _member("cells")
+    results_json = _member("results.json")
+    results_csv = _member("results.csv")
+    table = _member("table.md")
+    figures = _member(FIGURES)
+    report = _member(REPORT)
