@@ -8,12 +8,18 @@ which makes an ablation over score functions cost one training run.
     python benchmarks/score_ablation.py --data-dir ../shared/data --model rotation --scores ce,knn,ce+knn \
         --train-fraction 0.2 --test-fraction 0.5 --epochs 3 --out benchmarks/results/ablation/rotation.jsonl
 
+Options that change only what is fitted after training (e.g. the rotation model's `map_layers` and `map_grid`,
+which choose its feature banks) are ablated from the same training too: each `--variant "KEY=VALUE ..."` rebuilds
+the model with those options, copies the trained weights, refits its statistics on the same training images
+and scores it again (reported as `score@variant`).
+
 Each finished task appends one JSON line to --out (a rerun skips tasks already there with the same settings).
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import functools
 import json
 import time
@@ -28,6 +34,8 @@ from skipganomaly.sweep import SweepConfig, load_split
 from skipganomaly.data.cifar10 import CLASSES, load_cifar10
 from skipganomaly.data.labelled import load_labelled
 from skipganomaly.detector import Detector, DetectorSettings
+from skipganomaly.models import create
+from skipganomaly.training.device import autocast, prepare_batch
 from skipganomaly.evaluation.metrics import evaluate_scores
 from skipganomaly.provenance import git_commit
 
@@ -48,8 +56,12 @@ def main() -> None:
     ap.add_argument("--train-fraction", type=float, default=0.2)
     ap.add_argument("--test-fraction", type=float, default=0.5)
     ap.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--variant", action="append", default=[], metavar='"KEY=VALUE ..."',
+                    help="options that change only the fitted statistics, scored from the same training (repeatable)")
+    ap.add_argument("--variant-scores", default="map,ce+map", help="the score values each variant is scored with")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
+    variants = {v: parse_model_args(v.split(), [args.model])[args.model] for v in args.variant}
 
     options = parse_model_args(args.model_arg, [args.model])[args.model]
     if args.data:
@@ -65,7 +77,8 @@ def main() -> None:
     settings = {"model": args.model, "epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size,
                 "train_fraction": args.train_fraction, "test_fraction": args.test_fraction, "seed": args.seed,
                 "model_options": options, "amp": args.amp, "data": str(args.data or "cifar10"),
-                "image_size": args.image_size}
+                "image_size": args.image_size, "variants": args.variant,
+                "variant_scores": args.variant_scores if args.variant else None}
     done = set()
     if args.out.exists():
         for line in args.out.read_text().splitlines():
@@ -88,21 +101,47 @@ def main() -> None:
         aurocs: dict[str, Any] = {}
         assert det.model_ is not None
         all_scores: dict[str, np.ndarray] = {}
-        for score in args.scores.split(","):
-            det.model_.score_name = score
-            all_scores[score] = np.asarray(det.decision_function(split.test))
-            aurocs[score] = round(float(evaluate_scores(all_scores[score], labels, 0.0)["auroc"]), 4)
+        scored = {"": det, **{v: refitted(det, opts, split.train) for v, opts in variants.items()}}
+        for variant, d in scored.items():
+            assert d.model_ is not None
+            for score in (args.variant_scores if variant else args.scores).split(","):
+                d.model_.score_name = score
+                name = f"{score}@{variant}" if variant else score
+                all_scores[name] = np.asarray(d.decision_function(split.test))
+                aurocs[name] = round(float(evaluate_scores(all_scores[name], labels, 0.0)["auroc"]), 4)
         # the test scores, in the split's order (the order the benchmark's cells save theirs in), for ensembles
         scores_dir = args.out.with_suffix(".scores")
         scores_dir.mkdir(exist_ok=True)
         np.savez_compressed(scores_dir / f"{cls}.npz", labels=labels.astype(np.int8),
-                            **{k.replace("+", "_"): v.astype(np.float32) for k, v in all_scores.items()})
+                            **{k.replace("+", "_").replace(" ", "_"): v.astype(np.float32) for k, v in all_scores.items()})
         row = {"class": cls, "pseudo_anomaly": split.abnormal_class, "auroc": aurocs, "train_seconds": seconds,
                "threads": torch.get_num_threads(), "git_commit": commit, "settings": settings}
         with args.out.open("a") as f:
             f.write(json.dumps(row) + "\n")
         print(f"{cls:>10} (pseudo-anomaly {split.abnormal_class}): "
               + "  ".join(f"{k} {v:.3f}" for k, v in aurocs.items()) + f"  [{seconds:.0f} s]", flush=True)
+
+
+def refitted(det: Detector, options: dict[str, Any], images: torch.Tensor) -> Detector:
+    """A copy of the fitted `det` whose model is rebuilt with `options`, given the trained weights (every
+    tensor whose name and shape match) and refitted statistics on the training images `det.fit` used."""
+    assert det.model_ is not None
+    model = create(det.model_name, in_channels=det.in_channels, image_size=det.image_size,
+                   **{**det.settings.model_options, **options})
+    target = model.state_dict()
+    model.load_state_dict({k: v for k, v in det.model_.state_dict().items()
+                           if k in target and target[k].shape == v.shape}, strict=False)
+    # the same permutation and validation split as Detector.fit, so the same images fill the banks
+    n_val = int(round(len(images) * det.settings.val_fraction))
+    index = torch.from_numpy(np.random.default_rng(det.train_config.seed).permutation(len(images)))[n_val:]
+    device = next(det.model_.parameters()).device
+    model.to(device).eval()
+    with torch.no_grad(), autocast(device, det.train_config.amp):
+        model.fit_statistics(torch.cat([prepare_batch(images[index[i:i + 512]].to(device), device)
+                                        for i in range(0, len(index), 512)]))
+    out = copy.copy(det)
+    out.model_ = model
+    return out
 
 
 if __name__ == "__main__":

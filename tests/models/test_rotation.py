@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from skipganomaly.detector import Detector
+from skipganomaly.errors import ConfigError
 from skipganomaly.evaluation.metrics import evaluate_scores
 from skipganomaly.models import create
 from skipganomaly.models.transforms import rotate, transform_all
@@ -64,23 +66,100 @@ def test_knn_score_is_the_mean_cosine_distance_to_the_nearest_training_features(
     with torch.no_grad():
         model.fit_statistics(train)
         feats = {name: model._outputs(x)[1] for name, x in (("train", train), ("test", test))}
-        bank = model.bank.float()
+        bank = model.pooled_bank.rows.float()
         torch.testing.assert_close(bank, feats["train"], atol=1e-3, rtol=0)  # float16 storage
         expected = (1 - feats["test"] @ bank.T).topk(3, dim=1, largest=False).values.mean(1)
         torch.testing.assert_close(model.score(test), expected)
         # on the training images themselves, the statistics leave each image out of its own neighbours
         own = (1 - feats["train"] @ bank.T).topk(4, dim=1, largest=False).values[:, 1:].mean(1)
-        torch.testing.assert_close(model.score_stats[2:], torch.stack([own.mean(), own.std()]))
+        torch.testing.assert_close(model.pooled_bank.stats, torch.stack([own.mean(), own.std()]))
         model.score_name = "ce+knn"
         ce = model._outputs(test)[0]
-        m_ce, s_ce, m_d, s_d = model.score_stats
+        (m_ce, s_ce), (m_d, s_d) = model.ce_stats, model.pooled_bank.stats
         torch.testing.assert_close(model.score(test), (ce - m_ce) / s_ce + (expected - m_d) / s_d)
+
+
+def _block_maps(model: torch.nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+    """The residual blocks' outputs, computed here layer by layer."""
+    h, maps = model.stem(x), []
+    for block in model.blocks:
+        h = block(h)
+        maps.append(h)
+    return maps
+
+
+def test_map_score_sums_standardised_distances_of_pooled_block_maps() -> None:
+    torch.manual_seed(0)
+    model = create("rotation", widths=[8, 16, 16], score="map", map_layers=[2, 0], map_grid=2, k=3).eval()
+    train, test = _varied(40, 0), _varied(5, 1)
+    with torch.no_grad():
+        model.fit_statistics(train)
+        expected = torch.zeros(5)
+        for bank, layer in zip(model.map_banks, [2, 0]):
+            rows = [torch.nn.functional.adaptive_avg_pool2d(_block_maps(model, x)[layer], 2).flatten(1)
+                    for x in (train, test)]
+            rows = [r / r.norm(dim=1, keepdim=True) for r in rows]
+            assert bank.rows.shape == (40, model.widths[layer] * 4)
+            torch.testing.assert_close(bank.rows.float(), rows[0], atol=1e-3, rtol=0)
+            own = (1 - rows[0] @ rows[0].T).topk(4, dim=1, largest=False).values[:, 1:].mean(1)
+            dist = (1 - rows[1] @ bank.rows.float().T).topk(3, dim=1, largest=False).values.mean(1)
+            expected += (dist - own.mean()) / own.std()
+        torch.testing.assert_close(model.score(test), expected, atol=2e-3, rtol=1e-3)
+        model.score_name = "ce+map"
+        ce = model._outputs(test)[0]
+        torch.testing.assert_close(model.score(test), (ce - model.ce_stats[0]) / model.ce_stats[1] + expected,
+                                   atol=2e-3, rtol=1e-3)
+
+
+def test_map_score_keeps_where_things_are() -> None:
+    """Two images that differ only in where a bright square sits: global pooling of the identity block
+    maps alike, the 2x2 map does not (the square's quadrant moves)."""
+    torch.manual_seed(0)
+    model = create("rotation", widths=[8, 16], map_layers=[0], map_grid=2).eval()
+    a = -torch.ones(2, 3, 32, 32)
+    a[0, :, 2:10, 2:10] = 1.0
+    a[1, :, 20:28, 20:28] = 1.0
+    with torch.no_grad():
+        cells = model._outputs(a)[2][0]
+        flat = torch.nn.functional.normalize(_block_maps(model, a)[0].mean(dim=(2, 3)), dim=1)
+    assert float(flat[0] @ flat[1]) > 0.99
+    assert float(cells[0] @ cells[1]) < 0.95
+
+
+def test_bad_map_options_are_config_errors() -> None:
+    with pytest.raises(ConfigError, match="map_layers"):
+        create("rotation", widths=[8, 16], map_layers=[2])
+    with pytest.raises(ConfigError, match="map_layers"):
+        create("rotation", widths=[8, 16], map_layers=[-3])
+    assert len(create("rotation", widths=[8, 16], map_layers=[1, -1]).map_banks) == 1  # the same block
+    with pytest.raises(ConfigError, match="map_grid"):
+        create("rotation", widths=[8, 16], map_layers=[1], map_grid=32)
+    with pytest.raises(ConfigError, match="score must be"):
+        create("rotation", score="ce+ce")
+
+
+def test_checkpoint_from_before_the_map_term_still_loads() -> None:
+    """Those held the pooled bank as `bank` and the ce and knn statistics together in `score_stats`."""
+    torch.manual_seed(0)
+    model = create("rotation", widths=[8, 16], score="ce+knn").eval()
+    with torch.no_grad():
+        model.fit_statistics(_varied(20, 0))
+        old = {k: v for k, v in model.state_dict().items() if "bank" not in k and k != "ce_stats"}
+        old["bank"] = model.pooled_bank.rows.clone()
+        old["score_stats"] = torch.cat([model.ce_stats, model.pooled_bank.stats])
+        fresh = create("rotation", widths=[8, 16], score="ce+knn").eval()
+        fresh.load_state_dict(old)
+        test = _varied(4, 1)
+        torch.testing.assert_close(fresh.score(test), model.score(test))
+        fresh.score_name = "map"
+        with pytest.raises(ConfigError, match="no feature bank"):
+            fresh.score(test)
 
 
 def test_feature_bank_is_fitted_by_the_loop_and_survives_save_and_load(tmp_path) -> None:
     det = Detector(model="rotation", widths=[8, 16], score="ce+knn", epochs=1, batch_size=16, device="cpu",
                    progress=False).fit(_oriented(48, 0))
-    assert det.model_ is not None and det.model_.bank.shape == (det.n_train_images_, 16)
+    assert det.model_ is not None and det.model_.pooled_bank.rows.shape == (det.n_train_images_, 16)
     det.save(tmp_path / "model.pt")
     loaded = Detector.load(tmp_path / "model.pt")
     x = np.concatenate([_oriented(4, 1), noise_images(4)])

@@ -117,3 +117,53 @@ def test_rotation_variant_trains_its_head_in_d_and_scores_with_it() -> None:
         logits = model.discriminator.rotation_logits(transform_all(x, False))
         ce = F.cross_entropy(logits, torch.arange(4).repeat_interleave(4), reduction="none").view(4, 4).sum(0)
         torch.testing.assert_close(model.score(x), ce)
+
+
+def test_discriminator_stage_maps_are_its_activations_in_order() -> None:
+    d = create("skipganomaly++rot", widths=[4, 8, 8, 16, 16], ndf=8).discriminator.eval()
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        first = d.features[:2](x)  # conv, LeakyReLU: 8 channels at 16x16
+        second = d.features[2:5](first)  # conv, BN, LeakyReLU: 16 at 8x8
+        maps = d.stage_maps(x, [1, 0])
+    assert d.n_stages == 3
+    torch.testing.assert_close(maps[0], second)
+    torch.testing.assert_close(maps[1], first)
+
+
+def test_map_score_is_the_standardised_distance_of_d_feature_maps_to_the_training_normals() -> None:
+    torch.manual_seed(0)
+    model = create("skipganomaly++rot", widths=[4, 8, 8, 16, 16], ndf=8, score="rotation+map", map_layers=[1],
+                   map_grid=2, k=3).eval()
+    assert model.fits_statistics and not create("skipganomaly++rot").fits_statistics
+    train, test = torch.rand(30, 3, 32, 32) * 2 - 1, torch.rand(4, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        model.discriminator.rotation_head.weight *= 1000  # an untrained head's cross-entropies barely differ
+        model.fit_statistics(train)
+        rows = [F.normalize(F.adaptive_avg_pool2d(model.discriminator.features[:5](x), 2).flatten(1), dim=1)
+                for x in (train, test)]
+        bank = model.map_banks[0].rows.float()  # float16 storage
+        torch.testing.assert_close(bank, rows[0], atol=1e-3, rtol=0)
+        own = (1 - rows[0] @ bank.T).topk(4, dim=1, largest=False).values[:, 1:].mean(1)
+        dist = (1 - rows[1] @ bank.T).topk(3, dim=1, largest=False).values.mean(1)
+        feature_term = (dist - own.mean()) / own.std()
+        model.score_name = "map"
+        torch.testing.assert_close(model.score(test), feature_term, atol=2e-3, rtol=1e-3)
+        rot_train, rot = model.rotation_cross_entropy(train), model.rotation_cross_entropy(test)
+        model.score_name = "rotation+map"
+        torch.testing.assert_close(model.score(test), (rot - rot_train.mean()) / rot_train.std() + feature_term,
+                                   atol=2e-3, rtol=1e-3)
+
+
+def test_map_score_needs_banks_and_the_paper_model_has_none() -> None:
+    model = create("skipganomaly++").eval()
+    assert not any("bank" in k or "stats" in k for k in model.state_dict())
+    model.score_name = "map"
+    with pytest.raises(ConfigError, match="without feature banks"):
+        model.score(torch.zeros(2, 3, 32, 32))
+    with pytest.raises(ConfigError, match="rotation_weight"):
+        create("skipganomaly++", score="rotation+map")
+    with pytest.raises(ConfigError, match="map_layers"):
+        create("skipganomaly++", score="map", map_layers=[3])
+    with pytest.raises(ConfigError, match="map_grid"):
+        create("skipganomaly++", score="map", map_layers=[2], map_grid=8)

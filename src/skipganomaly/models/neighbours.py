@@ -1,11 +1,15 @@
-"""Exact k-nearest-neighbour search against a bank of training rows, a chunk of the bank at a time."""
+"""Exact k-nearest-neighbour search against a bank of training rows, a chunk of the bank at a time, and
+the bank of learned features that the feature-space scores compare with."""
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import torch
-from torch import Tensor
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..errors import ConfigError
 
 
 def smallest_k(block_distances: Callable[[int, int], Tensor], n_rows: int, k: int,
@@ -24,3 +28,56 @@ def smallest_k(block_distances: Callable[[int, int], Tensor], n_rows: int, k: in
         best_i = idx.gather(1, pos)
     assert best_d is not None and best_i is not None, "empty bank"
     return best_d, best_i
+
+
+def pooled_map(feature_map: Tensor, grid: int) -> Tensor:
+    """[B, C * grid * grid]: a feature map [B, C, H, W] average-pooled to grid x grid and L2-normalised:
+    what is where, at a coarse scale (global pooling, grid 1, keeps what but not where)."""
+    return F.normalize(F.adaptive_avg_pool2d(feature_map.float(), grid).flatten(1), dim=1)
+
+
+class FeatureBank(nn.Module):
+    """L2-normalised features of the training normals, and the mean cosine distance of a query to its
+    `k` nearest rows, standardised by that distance's mean and spread on the training normals
+    themselves (each left out of its own neighbours), so that it adds to other standardised scores.
+
+    The rows are float16 (half the checkpoint; cosine exact to ~1e-3) and their number is known only
+    after fitting: loading a state dict resizes them to the saved shape (tensors only, so checkpoints
+    load with `weights_only=True`)."""
+
+    CHUNK = 4096  # bank rows compared at a time, so memory stays bounded at any training-set size
+
+    def __init__(self, dim: int, k: int) -> None:
+        super().__init__()
+        self.k = k
+        self.register_buffer("rows", torch.zeros(0, dim, dtype=torch.float16))
+        self.register_buffer("stats", torch.tensor([0.0, 1.0]))  # mean, std of the leave-one-out distance
+
+    def fit(self, feats: Tensor) -> None:
+        """feats: [N, dim], L2-normalised, N > k."""
+        self.rows = feats.to(torch.float16)
+        own = self.distance(feats, leave_self_out=True)
+        # A floor on the spread: normals that all look alike must not turn rounding noise into score.
+        self.stats = torch.stack([own.mean(), own.std().clamp_min(1e-3)]).to(self.stats)
+
+    def distance(self, feats: Tensor, leave_self_out: bool = False) -> Tensor:
+        """Mean cosine distance [B] to the k nearest rows (k + 1, dropping the nearest, for rows of the
+        bank itself)."""
+        if len(self.rows) == 0:
+            raise ConfigError("this model has no feature bank yet; train it first")
+        k = self.k + int(leave_self_out)
+        feats = feats.float()
+        with torch.autocast(feats.device.type, enabled=False):  # distances near 0 need float32, not bf16
+            best, _ = smallest_k(lambda start, stop: 1.0 - feats @ self.rows[start:stop].float().T,
+                                 len(self.rows), k, self.CHUNK)
+        return best[:, int(leave_self_out):].mean(1)
+
+    def standardised(self, feats: Tensor) -> Tensor:
+        """[B]: the distance in standard deviations of the training normals' own distances, from their mean."""
+        return (self.distance(feats) - self.stats[0]) / self.stats[1]
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
+        saved = state_dict.get(prefix + "rows")
+        if isinstance(saved, Tensor) and saved.shape != self.rows.shape:
+            self.rows = torch.empty(saved.shape, dtype=self.rows.dtype, device=self.rows.device)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)

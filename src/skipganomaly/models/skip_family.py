@@ -3,6 +3,7 @@ loss, the D loss and the score. They differ only in the generator (spec sections
 
 from __future__ import annotations
 
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -10,9 +11,10 @@ from torch import Tensor, nn
 
 from .base import GanModel, LossStep, frozen, init_weights, real_fake_bce, saliency_map
 from ..errors import ConfigError
+from .neighbours import FeatureBank, pooled_map
 from .transforms import transform_all, transformation_cross_entropy
 
-SCORES = ("paper", "rotation")
+SCORES = ("paper", "rotation", "map", "rotation+map")
 
 
 class BasicDiscriminator(nn.Module):
@@ -50,6 +52,24 @@ class BasicDiscriminator(nn.Module):
             raise RuntimeError("this discriminator has no rotation head (n_rotations=0)")
         return self.rotation_head(self.features(x).flatten(1))
 
+    def stage_maps(self, x: Tensor, stages: Sequence[int]) -> list[Tensor]:
+        """The outputs of the given stride-2 stages (0: the first conv's activation at half the image size;
+        each later stage halves again), computed as far as the deepest one asked for."""
+        maps, stage = [], 0
+        for layer in self.features:
+            x = layer(x)
+            if isinstance(layer, nn.LeakyReLU):
+                if stage in stages:
+                    maps.append(x.clone())  # the next stage's in-place activation would overwrite it
+                if stage == max(stages):
+                    break
+                stage += 1
+        return [maps[sorted(stages).index(s)] for s in stages]
+
+    @property
+    def n_stages(self) -> int:
+        return sum(isinstance(layer, nn.LeakyReLU) for layer in self.features)
+
     def classify(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Return (real/fake logit [B], features [B, nz, 1, 1])."""
         feat = self.features(x)
@@ -77,7 +97,11 @@ class SkipFamilyModel(GanModel):
     Not from the paper (off by default): `rotation_weight > 0` gives D a head that learns which of the
     4 rotations a real image shows (a self-supervised GAN), its cross-entropy added to D's loss with
     that weight; `score="rotation"` then scores an image by the summed cross-entropy of its true
-    rotations under that head, instead of the paper's reconstruction score.
+    rotations under that head, instead of the paper's reconstruction score. `score="map"` scores by
+    the mean cosine distance of D's feature maps of the image (stages `map_layers`, each
+    average-pooled to `map_grid` x `map_grid`) to its `k` nearest training normals', each stage's
+    distance standardised on the training normals and summed; `rotation+map` adds the standardised
+    rotation term. The feature banks are fitted after training, only where the score uses them.
     """
 
     reference_scores_in_train_mode = True  # both PyTorch references score without eval() (spec C, F1)
@@ -98,13 +122,19 @@ class SkipFamilyModel(GanModel):
         score_weight: float = 0.9,
         rotation_weight: float = 0.0,
         score: str = "paper",
+        map_layers: Sequence[int] = (0, 1),
+        map_grid: int = 4,
+        k: int = 5,
     ) -> None:
         super().__init__(in_channels, image_size)
         if score not in SCORES:
             raise ConfigError(f"score must be one of {', '.join(SCORES)}, got {score!r}")
-        if rotation_weight < 0 or (score == "rotation" and rotation_weight == 0):
-            raise ConfigError(f"score 'rotation' needs a rotation_weight above 0 (it trains D's rotation head), "
+        if rotation_weight < 0 or ("rotation" in score and rotation_weight == 0):
+            raise ConfigError(f"score {score!r} needs a rotation_weight above 0 (it trains D's rotation head), "
                               f"got {rotation_weight}")
+        if k < 1:
+            raise ConfigError(f"k must be at least 1, got {k}")
+        self.map_layers, self.map_grid, self.k = [int(i) for i in map_layers], map_grid, k
         self.rotation_weight, self.score_name = rotation_weight, score
         self.ndf, self.nz = ndf, nz
         self.w_adv, self.w_con, self.w_lat = w_adv, w_con, w_lat
@@ -114,6 +144,23 @@ class SkipFamilyModel(GanModel):
         self.generator = self.build_generator()
         self.discriminator = BasicDiscriminator(in_channels, image_size, ndf, nz, 4 if rotation_weight else 0)
         init_weights(self)
+        n_stages = self.discriminator.n_stages
+        if not self.map_layers or len(set(self.map_layers)) != len(self.map_layers) \
+                or not all(0 <= i < n_stages for i in self.map_layers):
+            raise ConfigError(f"map_layers must be distinct stages of D, each 0 to {n_stages - 1}, got {self.map_layers}")
+        sizes = {i: image_size // 2 ** (i + 1) for i in self.map_layers}
+        if not all(1 <= map_grid <= size for size in sizes.values()):
+            raise ConfigError(f"map_grid must be between 1 and the smallest map size of map_layers "
+                              f"({min(sizes.values())}), got {map_grid}")
+        # Banks only where the score uses them, so a paper-score model's checkpoint holds what the paper's does.
+        self.map_banks = nn.ModuleList(
+            [FeatureBank(ndf * 2 ** i * map_grid ** 2, k) for i in self.map_layers] if "map" in score else [])
+        if "map" in score and rotation_weight:  # mean, std of the rotation term on the training normals
+            self.register_buffer("rotation_stats", torch.tensor([0.0, 1.0]))
+
+    @property
+    def fits_statistics(self) -> bool:  # type: ignore[override]
+        return "map" in self.score_name
 
     def build_generator(self) -> nn.Module:
         """The image-to-image generator (what the family's members differ in), from their own arguments."""
@@ -155,11 +202,37 @@ class SkipFamilyModel(GanModel):
         """[B]: the summed cross-entropy of the 4 true rotations under D's rotation head."""
         return transformation_cross_entropy(self.discriminator.rotation_logits(transform_all(x, False)), 4)
 
+    def _map_features(self, x: Tensor) -> list[Tensor]:
+        return [pooled_map(m, self.map_grid) for m in self.discriminator.stage_maps(x, self.map_layers)]
+
+    def fit_statistics(self, x: Tensor) -> None:
+        if len(x) <= self.k:
+            raise ConfigError(f"score {self.score_name!r} with k={self.k} needs more than {self.k} training images, "
+                              f"got {len(x)}")
+        chunks = [self._map_features(x[i:i + 512]) for i in range(0, len(x), 512)]
+        for j, bank in enumerate(self.map_banks):
+            bank.fit(torch.cat([c[j] for c in chunks]))
+        if hasattr(self, "rotation_stats"):
+            rot = torch.cat([self.rotation_cross_entropy(x[i:i + 512]) for i in range(0, len(x), 512)])
+            self.rotation_stats = torch.stack([rot.mean(), rot.std().clamp_min(1e-3)]).to(self.rotation_stats)
+
+    def _map_score(self, x: Tensor) -> Tensor:
+        if not len(self.map_banks):
+            raise ConfigError("this model was built without feature banks (its score option had no 'map'); "
+                              "train it with score=map or rotation+map")
+        return torch.stack([bank.standardised(f) for bank, f in zip(self.map_banks, self._map_features(x))]).sum(0)
+
     def score(self, x: Tensor) -> Tensor:
-        """score_weight * image MSE + (1 - score_weight) * feature MSE, per image (`score="paper"`), or
-        the rotation cross-entropy (`score="rotation"`)."""
+        """score_weight * image MSE + (1 - score_weight) * feature MSE, per image (`score="paper"`); the
+        rotation cross-entropy (`score="rotation"`); the feature-map kNN term (`map`); or the last two,
+        standardised, summed (`rotation+map`)."""
         if self.score_name == "rotation":
             return self.rotation_cross_entropy(x)
+        if self.score_name == "map":
+            return self._map_score(x)
+        if self.score_name == "rotation+map":
+            rot = (self.rotation_cross_entropy(x) - self.rotation_stats[0]) / self.rotation_stats[1]
+            return rot + self._map_score(x)
         fake = self.generator(x)
         _, feat_real = self.discriminator.classify(x)
         _, feat_fake = self.discriminator.classify(fake)
@@ -169,8 +242,8 @@ class SkipFamilyModel(GanModel):
 
     def anomaly_map(self, x: Tensor) -> Tensor:
         """|x - G(x)| averaged over channels; under the rotation score, that score's saliency instead."""
-        if self.score_name == "rotation":
-            return saliency_map(self.rotation_cross_entropy, x)
+        if self.score_name != "paper":
+            return saliency_map(self.score, x)
         return super().anomaly_map(x)
 
     def validation_loss(self, x: Tensor) -> Tensor:

@@ -1,6 +1,7 @@
 """A self-supervised detector trained from scratch on the normal images alone: a small residual CNN
 learns which geometric transformation (4 rotations, optionally times a horizontal flip) was applied
-to an image; an image it cannot read the transformations of is anomalous.
+to an image; an image it cannot read the transformations of, or whose features are far from every
+training normal's, is anomalous.
 
 Golan & El-Yaniv, "Deep Anomaly Detection Using Geometric Transformations" (NeurIPS 2018, "GEOM");
 Hendrycks, Mazeika, Kadavath & Song, "Using Self-Supervised Learning Can Improve Model Robustness and
@@ -10,7 +11,7 @@ the Skip-GANomaly++ paper.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -18,7 +19,7 @@ from torch import Tensor, nn
 
 from ...errors import ConfigError
 from ..base import AnomalyModel, LossStep, Phase, saliency_map
-from ..neighbours import smallest_k
+from ..neighbours import FeatureBank, pooled_map
 from ..registry import register
 from ..transforms import transform_all, transformation_cross_entropy
 
@@ -38,7 +39,16 @@ class _Block(nn.Module):
         return self.conv2(F.relu(self.bn2(h))) + self.shortcut(x)
 
 
-SCORES = ("ce", "knn", "ce+knn")
+TERMS = ("ce", "knn", "map")
+
+
+def score_terms(score: str) -> list[str]:
+    """The terms of a score name: one of TERMS, or several joined by '+' (each standardised, then summed)."""
+    terms = score.split("+")
+    if not all(t in TERMS for t in terms) or len(set(terms)) != len(terms):
+        raise ConfigError(f"score must be one of {', '.join(TERMS)} or several joined by '+' (e.g. ce+map), "
+                          f"got {score!r}")
+    return terms
 
 
 @register("rotation")
@@ -47,46 +57,64 @@ class RotationNet(AnomalyModel):
     global average pooling, a linear head over the T transformations. Trained with cross-entropy
     on every transformation of every normal image.
 
-    Scores (eval mode, so batch-independent): `ce`, the summed cross-entropy of the true
-    transformations; `knn`, the mean cosine distance of the image's pooled features (averaged over
-    its T transformations) to its `k` nearest training normals; `ce+knn`, the sum of the two after
-    standardising each by its mean and standard deviation on the training normals (the default:
-    chosen on the validate protocol, see README.md). The feature bank
-    and those statistics are fitted after training (`fit_statistics`), whichever score is used."""
+    Score terms (eval mode, so batch-independent): `ce`, the summed cross-entropy of the true
+    transformations; `knn`, the mean cosine distance of the image's globally pooled features
+    (averaged over its T transformations) to its `k` nearest training normals; `map`, the same
+    distance for the output of each residual block in `map_layers` (negative: counted from the last), average-pooled to `map_grid` x
+    `map_grid` (where things are as well as what they are), standardised and summed over the blocks.
+    A score is one term, or several joined by '+': each standardised by its mean and standard
+    deviation on the training normals, then summed. The
+    default was chosen on the validate protocol (README.md). The feature banks and those statistics
+    are fitted after training (`fit_statistics`), whichever score is used."""
 
     fits_statistics = True
     param_attributes = {"score": "score_name"}
-    fitted_buffers = ("bank",)
-    CHUNK = 4096  # bank rows compared at a time
 
     def __init__(self, in_channels: int = 3, image_size: int = 32, widths: Sequence[int] = (32, 64, 128),
-                 flips: bool = False, score: str = "ce+knn", k: int = 5) -> None:
+                 flips: bool = False, score: str = "ce+knn", k: int = 5, map_layers: Sequence[int] = (-2, -1),
+                 map_grid: int = 4) -> None:
         super().__init__(in_channels, image_size)
         widths = [int(w) for w in widths]
         if not widths or min(widths) < 1:
             raise ConfigError(f"widths must be positive, got {widths}")
         if image_size % (2 ** (len(widths) - 1)):
             raise ConfigError(f"image size {image_size} does not halve {len(widths) - 1} times")
-        if score not in SCORES:
-            raise ConfigError(f"score must be one of {', '.join(SCORES)}, got {score!r}")
+        score_terms(score)
         if k < 1:
             raise ConfigError(f"k must be at least 1, got {k}")
+        if not map_layers or not all(-len(widths) <= int(i) < len(widths) for i in map_layers):
+            raise ConfigError(f"map_layers must name residual blocks, each {-len(widths)} to {len(widths) - 1} "
+                              f"(negative: counted from the last), got {list(map_layers)}")
+        blocks = list(dict.fromkeys(int(i) % len(widths) for i in map_layers))  # the blocks, each once
+        smallest = image_size // 2 ** max(blocks)
+        if not 1 <= map_grid <= smallest:
+            raise ConfigError(f"map_grid must be between 1 and the smallest map size of map_layers ({smallest}), "
+                              f"got {map_grid}")
         self.widths, self.flips, self.score_name, self.k = widths, flips, score, k
+        self.map_layers, self.map_grid, self._map_blocks = [int(i) for i in map_layers], map_grid, blocks
         self.n_transforms = 8 if flips else 4
         self.stem = nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False)
         self.blocks = nn.Sequential(*[_Block(cin, cout, 1 if i == 0 else 2)
                                       for i, (cin, cout) in enumerate(zip([widths[0], *widths], widths))])
         self.bn = nn.BatchNorm2d(widths[-1])
         self.head = nn.Linear(widths[-1], self.n_transforms)
-        # L2-normalised features of the training normals (float16: half the checkpoint, cosine exact to ~1e-3)
-        self.register_buffer("bank", torch.zeros(0, widths[-1], dtype=torch.float16))
-        # mean and std of the ce and knn scores on the training normals (knn leaving each image itself out)
-        self.register_buffer("score_stats", torch.tensor([0.0, 1.0, 0.0, 1.0]))
+        self.pooled_bank = FeatureBank(widths[-1], k)
+        self.map_banks = nn.ModuleList([FeatureBank(widths[i] * map_grid ** 2, k) for i in blocks])
+        # mean and std of the ce term on the training normals
+        self.register_buffer("ce_stats", torch.tensor([0.0, 1.0]))
 
+    def _features(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
+        """Globally pooled features [B, D] (the input of the transformation head), and the outputs of
+        the blocks `map_layers` [B, C, H, W]."""
+        h, taps = self.stem(x), {}
+        for i, block in enumerate(self.blocks):
+            h = block(h)
+            taps[i] = h
+        return F.relu(self.bn(h)).mean(dim=(2, 3)), [taps[i] for i in self._map_blocks]
 
     def pooled(self, x: Tensor) -> Tensor:
         """Globally pooled features [B, D] (the input of the transformation head)."""
-        return F.relu(self.bn(self.blocks(self.stem(x)))).mean(dim=(2, 3))
+        return self._features(x)[0]
 
     def forward(self, x: Tensor) -> Tensor:
         """Transformation logits [B, T]."""
@@ -99,13 +127,15 @@ class RotationNet(AnomalyModel):
     def training_phases(self) -> list[Phase]:
         return [Phase("net", self._loss, "loss")]
 
-    def _outputs(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """[B] the summed cross-entropy of the true transformation over the T transformations, and [B, D]
-        the L2-normalised mean over the T transformations of the L2-normalised pooled features."""
-        h = self.pooled(transform_all(x, self.flips))
+    def _outputs(self, x: Tensor) -> tuple[Tensor, Tensor, list[Tensor]]:
+        """[B] the summed cross-entropy of the true transformation over the T transformations; [B, D]
+        the L2-normalised mean over the T transformations of the L2-normalised pooled features; and
+        the pooled maps of blocks `map_layers` of the untransformed image (rotating a map moves its
+        cells, so they are not averaged over transformations)."""
+        h, taps = self._features(transform_all(x, self.flips))
         ce = transformation_cross_entropy(self.head(h), self.n_transforms)
         feats = F.normalize(h.float(), dim=1).reshape(self.n_transforms, -1, h.shape[1]).mean(0)
-        return ce, F.normalize(feats, dim=1)
+        return ce, F.normalize(feats, dim=1), [pooled_map(t[:len(x)], self.map_grid) for t in taps]
 
     def _per_image_loss(self, x: Tensor) -> Tensor:
         return self._outputs(x)[0]
@@ -120,34 +150,35 @@ class RotationNet(AnomalyModel):
             raise ConfigError(f"rotation with k={self.k} needs more than {self.k} training images, got {len(x)}")
         outs = [self._outputs(x[i:i + 512]) for i in range(0, len(x), 512)]
         ce = torch.cat([o[0] for o in outs])
-        self.bank = torch.cat([o[1] for o in outs]).to(torch.float16)
-        dist = self._knn_distance(torch.cat([o[1] for o in outs]), leave_self_out=True)
-        # A floor on the spreads: normals that all look alike must not turn rounding noise into score.
-        self.score_stats = torch.stack([ce.mean(), ce.std().clamp_min(1e-3),
-                                        dist.mean(), dist.std().clamp_min(1e-3)]).to(self.score_stats)
+        self.pooled_bank.fit(torch.cat([o[1] for o in outs]))
+        for j, bank in enumerate(self.map_banks):
+            bank.fit(torch.cat([o[2][j] for o in outs]))
+        self.ce_stats = torch.stack([ce.mean(), ce.std().clamp_min(1e-3)]).to(self.ce_stats)
 
-    def _knn_distance(self, feats: Tensor, leave_self_out: bool = False) -> Tensor:
-        """Mean cosine distance [B] to the k nearest bank rows (k + 1, dropping the nearest, for rows
-        of the bank itself)."""
-        if len(self.bank) == 0:
-            raise ConfigError("model 'rotation' has no feature bank yet; train it first")
-        k = self.k + int(leave_self_out)
-        feats = feats.float()
-        with torch.autocast(feats.device.type, enabled=False):  # distances near 0 need float32, not bf16
-            best, _ = smallest_k(lambda start, stop: 1.0 - feats @ self.bank[start:stop].float().T,
-                                 len(self.bank), k, self.CHUNK)
-        return best[:, int(leave_self_out):].mean(1)
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
+        """Checkpoints from before the map term held the pooled bank as `bank` and both statistics in
+        `score_stats`: they load, with an empty map bank (a `map` score then asks to retrain)."""
+        if prefix + "bank" in state_dict and prefix + "score_stats" in state_dict:
+            stats = state_dict.pop(prefix + "score_stats")
+            state_dict[prefix + "pooled_bank.rows"] = state_dict.pop(prefix + "bank")
+            state_dict[prefix + "pooled_bank.stats"], state_dict[prefix + "ce_stats"] = stats[2:], stats[:2]
+            for j, bank in enumerate(self.map_banks):
+                state_dict.setdefault(f"{prefix}map_banks.{j}.rows", bank.rows[:0])
+                state_dict.setdefault(f"{prefix}map_banks.{j}.stats", bank.stats)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     # --- evaluation -------------------------------------------------------------------------
     def score(self, x: Tensor) -> Tensor:
-        ce, feats = self._outputs(x)
-        if self.score_name == "ce":
+        ce, feats, cells = self._outputs(x)
+        terms = score_terms(self.score_name)
+        if terms == ["ce"]:
             return ce
-        dist = self._knn_distance(feats)
-        if self.score_name == "knn":
-            return dist
-        m_ce, s_ce, m_d, s_d = self.score_stats
-        return (ce - m_ce) / s_ce + (dist - m_d) / s_d
+        if terms == ["knn"]:
+            return self.pooled_bank.distance(feats)
+        parts = {"ce": lambda: (ce - self.ce_stats[0]) / self.ce_stats[1],
+                 "knn": lambda: self.pooled_bank.standardised(feats),
+                 "map": lambda: torch.stack([b.standardised(c) for b, c in zip(self.map_banks, cells)]).sum(0)}
+        return torch.stack([parts[t]() for t in terms]).sum(0)
 
     def validation_loss(self, x: Tensor) -> Tensor:
         return self._per_image_loss(x) / self.n_transforms
