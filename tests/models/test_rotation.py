@@ -164,3 +164,13 @@ def test_feature_bank_is_fitted_by_the_loop_and_survives_save_and_load(tmp_path)
     loaded = Detector.load(tmp_path / "model.pt")
     x = np.concatenate([_oriented(4, 1), noise_images(4)])
     np.testing.assert_allclose(loaded.decision_function(x), det.decision_function(x), rtol=1e-5)
+
+
+def test_map_scored_detector_ranks_noise_above_held_out_normals_and_round_trips(tmp_path) -> None:
+    det = Detector(model="rotation", widths=[8, 16], score="ce+map", epochs=1, batch_size=16, device="cpu",
+                   progress=False).fit(_oriented(48, 0))
+    x = np.concatenate([_oriented(10, 1), noise_images(10)])
+    scores = det.decision_function(x)
+    assert evaluate_scores(scores, np.r_[np.zeros(10), np.ones(10)], det.threshold_)["auroc"] > 0.9
+    det.save(tmp_path / "model.pt")
+    np.testing.assert_allclose(Detector.load(tmp_path / "model.pt").decision_function(x), scores, rtol=1e-5)

@@ -167,3 +167,20 @@ def test_map_score_needs_banks_and_the_paper_model_has_none() -> None:
         create("skipganomaly++", score="map", map_layers=[3])
     with pytest.raises(ConfigError, match="map_grid"):
         create("skipganomaly++", score="map", map_layers=[2], map_grid=8)
+
+
+def test_map_scored_detector_ranks_noise_above_smooth_images_and_round_trips(tmp_path) -> None:
+    import numpy as np
+
+    from skipganomaly.detector import Detector
+    from skipganomaly.evaluation.metrics import evaluate_scores
+    from tests.conftest import noise_images, smooth_images
+
+    det = Detector(model="skipganomaly++rot", widths=[4, 8, 8, 16, 16], ndf=8, score="rotation+map", epochs=1,
+                   batch_size=16, device="cpu", progress=False).fit(smooth_images(48, seed=0))
+    assert det.model_ is not None and [len(b.rows) for b in det.model_.map_banks] == [det.n_train_images_] * 2
+    x = np.concatenate([smooth_images(10, seed=5), noise_images(10)])
+    scores = det.decision_function(x)
+    assert evaluate_scores(scores, np.r_[np.zeros(10), np.ones(10)], det.threshold_)["auroc"] > 0.9
+    det.save(tmp_path / "model.pt")
+    np.testing.assert_allclose(Detector.load(tmp_path / "model.pt").decision_function(x), scores, rtol=1e-5)
