@@ -174,3 +174,16 @@ def test_map_scored_detector_ranks_noise_above_held_out_normals_and_round_trips(
     assert evaluate_scores(scores, np.r_[np.zeros(10), np.ones(10)], det.threshold_)["auroc"] > 0.9
     det.save(tmp_path / "model.pt")
     np.testing.assert_allclose(Detector.load(tmp_path / "model.pt").decision_function(x), scores, rtol=1e-5)
+
+
+def test_score_terms_are_the_columns_every_composite_score_sums() -> None:
+    torch.manual_seed(0)
+    model = create("rotation", widths=[8, 16]).eval()
+    test = _varied(6, 1)
+    with torch.no_grad():
+        model.fit_statistics(_varied(30, 0))
+        columns = model.score_terms(test)
+        for score in ("ce+knn", "ce+map", "knn+map", "ce+knn+map", "map"):
+            model.score_name = score
+            picked = [model.TERMS.index(t) for t in score.split("+")]
+            torch.testing.assert_close(model.score(test), columns[:, picked].sum(1))

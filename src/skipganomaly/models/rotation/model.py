@@ -69,6 +69,7 @@ class RotationNet(AnomalyModel):
 
     fits_statistics = True
     param_attributes = {"score": "score_name"}
+    TERMS = TERMS  # the columns of score_terms
 
     def __init__(self, in_channels: int = 3, image_size: int = 32, widths: Sequence[int] = (32, 64, 128),
                  flips: bool = False, score: str = "ce+knn", k: int = 5, map_layers: Sequence[int] = (-2, -1),
@@ -168,17 +169,26 @@ class RotationNet(AnomalyModel):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     # --- evaluation -------------------------------------------------------------------------
-    def score(self, x: Tensor) -> Tensor:
+    def _standardised(self, terms: Sequence[str], x: Tensor) -> Tensor:
+        """[B, len(terms)]: the given terms, each standardised on the training normals."""
         ce, feats, cells = self._outputs(x)
-        terms = score_terms(self.score_name)
-        if terms == ["ce"]:
-            return ce
-        if terms == ["knn"]:
-            return self.pooled_bank.distance(feats)
         parts = {"ce": lambda: (ce - self.ce_stats[0]) / self.ce_stats[1],
                  "knn": lambda: self.pooled_bank.standardised(feats),
                  "map": lambda: torch.stack([b.standardised(c) for b, c in zip(self.map_banks, cells)]).sum(0)}
-        return torch.stack([parts[t]() for t in terms]).sum(0)
+        return torch.stack([parts[t]() for t in terms], 1)
+
+    def score_terms(self, x: Tensor) -> Tensor:
+        """[B, len(TERMS)]: every term, standardised; a composite score is the sum of its columns (one
+        pass gives every score, which the score ablation uses)."""
+        return self._standardised(TERMS, x)
+
+    def score(self, x: Tensor) -> Tensor:
+        terms = score_terms(self.score_name)
+        if terms == ["ce"]:  # a single term unstandardised: needs no bank
+            return self._outputs(x)[0]
+        if terms == ["knn"]:
+            return self.pooled_bank.distance(self._outputs(x)[1])
+        return self._standardised(terms, x).sum(1)
 
     def validation_loss(self, x: Tensor) -> Tensor:
         return self._per_image_loss(x) / self.n_transforms
