@@ -72,7 +72,7 @@ class RotationNet(AnomalyModel):
     TERMS = TERMS  # the columns of score_terms
 
     def __init__(self, in_channels: int = 3, image_size: int = 32, widths: Sequence[int] = (32, 64, 128),
-                 flips: bool = False, score: str = "ce+knn", k: int = 5, map_layers: Sequence[int] = (-2, -1),
+                 flips: bool = False, score: str = "map", k: int = 5, map_layers: Sequence[int] = (-2, -1),
                  map_grid: int = 4) -> None:
         super().__init__(in_channels, image_size)
         widths = [int(w) for w in widths]
