@@ -103,7 +103,7 @@ def test_rotation_variant_trains_its_head_in_d_and_scores_with_it() -> None:
     from skipganomaly.models.transforms import transform_all
 
     torch.manual_seed(0)
-    model = create("skipganomaly++rot", widths=[4, 8, 8, 16, 16], ndf=8, rotation_weight=2.0)
+    model = create("skipganomaly++rot", widths=[4, 8, 8, 16, 16], ndf=8, rotation_weight=2.0, score="rotation")
     x = torch.rand(4, 3, 32, 32) * 2 - 1
     step = model.generator_loss(x)
     loss, reset_value = model.discriminator_loss(x, step.cache)
@@ -135,7 +135,7 @@ def test_map_score_is_the_standardised_distance_of_d_feature_maps_to_the_trainin
     torch.manual_seed(0)
     model = create("skipganomaly++rot", widths=[4, 8, 8, 16, 16], ndf=8, score="rotation+map", map_layers=[1],
                    map_grid=2, k=3).eval()
-    assert model.fits_statistics and not create("skipganomaly++rot").fits_statistics
+    assert model.fits_statistics and not create("skipganomaly++rot", score="rotation").fits_statistics
     train, test = torch.rand(30, 3, 32, 32) * 2 - 1, torch.rand(4, 3, 32, 32) * 2 - 1
     with torch.no_grad():
         model.discriminator.rotation_head.weight *= 1000  # an untrained head's cross-entropies barely differ

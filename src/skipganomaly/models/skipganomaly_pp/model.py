@@ -33,10 +33,11 @@ class SkipGanomalyPP(SkipFamilyModel):
 @register("skipganomaly++rot")
 class SkipGanomalyPPRotation(SkipGanomalyPP):
     """Not from the paper: Skip-GANomaly++ whose discriminator also learns which of 4 rotations a real
-    image shows (a self-supervised GAN head), scored by that head's cross-entropy of the true
-    rotations instead of by reconstruction (see README.md in this folder)."""
+    image shows (a self-supervised GAN head), scored by the kNN distance of D's feature maps to the
+    training normals' (`score="map"`, chosen on validate) or by the rotation head's cross-entropy
+    (`"rotation"`), instead of by reconstruction (see README.md in this folder)."""
 
     def __init__(self, in_channels: int = 3, image_size: int = 32, widths: Sequence[int] = DEFAULT_WIDTHS,
-                 rotation_weight: float = 1.0, score: str = "rotation", **loss_options: Any) -> None:
+                 rotation_weight: float = 1.0, score: str = "map", **loss_options: Any) -> None:
         super().__init__(in_channels, image_size, widths, rotation_weight=rotation_weight, score=score,
                          **loss_options)
