@@ -33,7 +33,12 @@ def smallest_k(block_distances: Callable[[int, int], Tensor], n_rows: int, k: in
 def pooled_map(feature_map: Tensor, grid: int) -> Tensor:
     """[B, C * grid * grid]: a feature map [B, C, H, W] average-pooled to grid x grid and L2-normalised:
     what is where, at a coarse scale (global pooling, grid 1, keeps what but not where)."""
-    return F.normalize(F.adaptive_avg_pool2d(feature_map.float(), grid).flatten(1), dim=1)
+    h, w = int(feature_map.shape[-2]), int(feature_map.shape[-1])
+    if h % grid == 0 and w % grid == 0:  # the same as adaptive pooling, and exported to ONNX at any batch size
+        pooled = F.avg_pool2d(feature_map.float(), (h // grid, w // grid))
+    else:
+        pooled = F.adaptive_avg_pool2d(feature_map.float(), grid)
+    return F.normalize(pooled.flatten(1), dim=1)
 
 
 class FeatureBank(nn.Module):

@@ -136,7 +136,9 @@ class RotationNet(AnomalyModel):
         h, taps = self._features(transform_all(x, self.flips))
         ce = transformation_cross_entropy(self.head(h), self.n_transforms)
         feats = F.normalize(h.float(), dim=1).reshape(self.n_transforms, -1, h.shape[1]).mean(0)
-        return ce, F.normalize(feats, dim=1), [pooled_map(t[:len(x)], self.map_grid) for t in taps]
+        # the untransformed images' maps, written without the batch size so that ONNX keeps a dynamic batch axis
+        first = [t.reshape(self.n_transforms, -1, *t.shape[1:])[0] for t in taps]
+        return ce, F.normalize(feats, dim=1), [pooled_map(t, self.map_grid) for t in first]
 
     def _per_image_loss(self, x: Tensor) -> Tensor:
         return self._outputs(x)[0]
