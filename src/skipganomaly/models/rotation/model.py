@@ -40,6 +40,7 @@ class _Block(nn.Module):
 
 
 TERMS = ("ce", "knn", "map")
+MAP_VIEWS = ("first", "all")  # which transformed copies of an image the map term compares: the untransformed one, or each
 
 
 def score_terms(score: str) -> list[str]:
@@ -61,7 +62,9 @@ class RotationNet(AnomalyModel):
     transformations; `knn`, the mean cosine distance of the image's globally pooled features
     (averaged over its T transformations) to its `k` nearest training normals; `map`, the same
     distance for the output of each residual block in `map_layers` (negative: counted from the last), average-pooled to `map_grid` x
-    `map_grid` (where things are as well as what they are), standardised and summed over the blocks.
+    `map_grid` (where things are as well as what they are), standardised and summed over the blocks;
+    with `map_views="all"` each of the T transformed copies is compared with the same copy of the
+    training normals and the standardised distances are averaged over the copies (a test-time ensemble).
     A score is one term, or several joined by '+': each standardised by its mean and standard
     deviation on the training normals, then summed. The
     default was chosen on the validate protocol (README.md). The feature banks and those statistics
@@ -73,7 +76,7 @@ class RotationNet(AnomalyModel):
 
     def __init__(self, in_channels: int = 3, image_size: int = 32, widths: Sequence[int] = (32, 64, 128),
                  flips: bool = False, score: str = "map", k: int = 5, map_layers: Sequence[int] = (-2, -1),
-                 map_grid: int = 4) -> None:
+                 map_grid: int = 4, map_views: str = "first") -> None:
         super().__init__(in_channels, image_size)
         widths = [int(w) for w in widths]
         if not widths or min(widths) < 1:
@@ -91,16 +94,21 @@ class RotationNet(AnomalyModel):
         if not 1 <= map_grid <= smallest:
             raise ConfigError(f"map_grid must be between 1 and the smallest map size of map_layers ({smallest}), "
                               f"got {map_grid}")
+        if map_views not in MAP_VIEWS:
+            raise ConfigError(f"map_views must be one of {', '.join(MAP_VIEWS)}, got {map_views!r}")
         self.widths, self.flips, self.score_name, self.k = widths, flips, score, k
         self.map_layers, self.map_grid, self._map_blocks = [int(i) for i in map_layers], map_grid, blocks
         self.n_transforms = 8 if flips else 4
+        self.map_views = map_views
+        self._views = list(range(self.n_transforms)) if map_views == "all" else [0]
         self.stem = nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False)
         self.blocks = nn.Sequential(*[_Block(cin, cout, 1 if i == 0 else 2)
                                       for i, (cin, cout) in enumerate(zip([widths[0], *widths], widths))])
         self.bn = nn.BatchNorm2d(widths[-1])
         self.head = nn.Linear(widths[-1], self.n_transforms)
         self.pooled_bank = FeatureBank(widths[-1], k)
-        self.map_banks = nn.ModuleList([FeatureBank(widths[i] * map_grid ** 2, k) for i in blocks])
+        # one bank per (block, view), block-major
+        self.map_banks = nn.ModuleList([FeatureBank(widths[i] * map_grid ** 2, k) for i in blocks for _ in self._views])
         # mean and std of the ce term on the training normals
         self.register_buffer("ce_stats", torch.tensor([0.0, 1.0]))
 
@@ -131,14 +139,15 @@ class RotationNet(AnomalyModel):
     def _outputs(self, x: Tensor) -> tuple[Tensor, Tensor, list[Tensor]]:
         """[B] the summed cross-entropy of the true transformation over the T transformations; [B, D]
         the L2-normalised mean over the T transformations of the L2-normalised pooled features; and
-        the pooled maps of blocks `map_layers` of the untransformed image (rotating a map moves its
-        cells, so they are not averaged over transformations)."""
+        the pooled maps of blocks `map_layers`, block-major, of the untransformed image or (`map_views="all"`)
+        of each transformed copy (rotating a map moves its cells, so each copy has its own bank rather
+        than an average)."""
         h, taps = self._features(transform_all(x, self.flips))
         ce = transformation_cross_entropy(self.head(h), self.n_transforms)
         feats = F.normalize(h.float(), dim=1).reshape(self.n_transforms, -1, h.shape[1]).mean(0)
         # the untransformed images' maps, written without the batch size so that ONNX keeps a dynamic batch axis
-        first = [t.reshape(self.n_transforms, -1, *t.shape[1:])[0] for t in taps]
-        return ce, F.normalize(feats, dim=1), [pooled_map(t, self.map_grid) for t in first]
+        views = [t.reshape(self.n_transforms, -1, *t.shape[1:])[v] for t in taps for v in self._views]
+        return ce, F.normalize(feats, dim=1), [pooled_map(t, self.map_grid) for t in views]
 
     def _per_image_loss(self, x: Tensor) -> Tensor:
         return self._outputs(x)[0]
@@ -176,7 +185,8 @@ class RotationNet(AnomalyModel):
         ce, feats, cells = self._outputs(x)
         parts = {"ce": lambda: (ce - self.ce_stats[0]) / self.ce_stats[1],
                  "knn": lambda: self.pooled_bank.standardised(feats),
-                 "map": lambda: torch.stack([b.standardised(c) for b, c in zip(self.map_banks, cells)]).sum(0)}
+                 "map": lambda: torch.stack([b.standardised(c) for b, c in zip(self.map_banks, cells)])
+                 .reshape(len(self._map_blocks), len(self._views), -1).mean(1).sum(0)}
         return torch.stack([parts[t]() for t in terms], 1)
 
     def score_terms(self, x: Tensor) -> Tensor:
