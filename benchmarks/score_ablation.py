@@ -137,9 +137,7 @@ def refitted(det: Detector, options: dict[str, Any], images: torch.Tensor) -> De
     target = model.state_dict()
     model.load_state_dict({k: v for k, v in det.model_.state_dict().items()
                            if k in target and target[k].shape == v.shape}, strict=False)
-    # the same permutation and validation split as Detector.fit, so the same images fill the banks
-    n_val = int(round(len(images) * det.settings.val_fraction))
-    index = torch.from_numpy(np.random.default_rng(det.train_config.seed).permutation(len(images)))[n_val:]
+    index = det.holdout(len(images))[1]  # the images Detector.fit filled the banks with
     device = next(det.model_.parameters()).device
     model.to(device).eval()
     with torch.no_grad(), autocast(device, det.train_config.amp):

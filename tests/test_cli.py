@@ -16,11 +16,15 @@ import yaml
 from PIL import Image
 
 from skipganomaly.cli import main
+from skipganomaly.detector import DEFAULT_MODEL
 from skipganomaly.evaluation.metrics import evaluate_scores
 from skipganomaly.models import list_models
 from tests.conftest import fast
 
-SMALL = ["--model-arg", "widths=[8,8,16,16,32]", "--no-progress", "--device", "cpu"]
+# The paper's model, small: its run directory holds the most (a loss per phase, reconstructions).
+SMALL = ["--model", "skipganomaly++", "--model-arg", "widths=[8,8,16,16,32]", "--no-progress", "--device", "cpu"]
+# The default model (no --model), small.
+SMALL_DEFAULT = ["--model-arg", "widths=[8,16,32]", "--no-progress", "--device", "cpu"]
 
 
 @pytest.fixture(scope="module")
@@ -159,7 +163,8 @@ def test_counts_must_be_positive_integers(args: list[str]) -> None:
 
 def test_demo_minimal_gives_aucs_in_unit_interval(tmp_path: Path) -> None:
     out = tmp_path / "demo"
-    assert main(["demo", "--digits", "3", "--epochs", "1", "--max-train", "64", "--out", str(out), *SMALL]) == 0
+    assert main(["demo", "--digits", "3", "--epochs", "1", "--max-train", "64", "--out", str(out), *SMALL_DEFAULT]) == 0
+    assert f"{DEFAULT_MODEL} auroc" in (out / "table.md").read_text()  # the demo trains the default model
     results = json.loads((out / "results.json").read_text())
     # The digits have no known answer after one epoch; the table's AUROC must be the one its saved
     # per-image scores and labels give, and the labels must mark exactly the digit-3 images abnormal.

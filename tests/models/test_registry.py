@@ -13,7 +13,8 @@ from tests.conftest import blob_images, fast, noise_images
 
 
 def test_default_model_is_registered_first() -> None:
-    assert list_models()[0] == "skipganomaly++"
+    from skipganomaly.detector import DEFAULT_MODEL
+    assert list_models()[0] == DEFAULT_MODEL
 
 
 def test_unknown_model_and_argument_are_config_errors() -> None:

@@ -111,6 +111,30 @@ def test_map_score_sums_standardised_distances_of_pooled_block_maps() -> None:
                                    atol=2e-3, rtol=1e-3)
 
 
+def test_map_views_all_compares_each_rotated_copy_with_the_same_copy_of_the_normals() -> None:
+    """map_views="all": a bank per (block, rotation), block-major, holding that rotation of the training
+    normals; the map term averages the standardised distances over the rotations, sums over blocks."""
+    torch.manual_seed(0)
+    model = create("rotation", widths=[8, 16, 16], map_layers=[2, 0], map_grid=2, k=3, map_views="all").eval()
+    train, test = _varied(40, 0), _varied(5, 1)
+    with torch.no_grad():
+        model.fit_statistics(train)
+        assert len(model.map_banks) == 2 * 4
+        per_block = []
+        for b, layer in enumerate([2, 0]):
+            terms = []
+            for r in range(4):
+                bank = model.map_banks[b * 4 + r]
+                rows = [torch.nn.functional.normalize(torch.nn.functional.adaptive_avg_pool2d(
+                    _block_maps(model, rotate(x, r))[layer], 2).flatten(1), dim=1) for x in (train, test)]
+                torch.testing.assert_close(bank.rows.float(), rows[0], atol=1e-3, rtol=0)
+                terms.append(bank.standardised(rows[1]))
+            per_block.append(torch.stack(terms).mean(0))
+        torch.testing.assert_close(model.score(test), sum(per_block), atol=2e-3, rtol=1e-3)
+    with pytest.raises(ConfigError, match="map_views"):
+        create("rotation", map_views="some")
+
+
 def test_map_score_keeps_where_things_are() -> None:
     """Two images that differ only in where a bright square sits: global pooling of the identity block
     maps alike, the 2x2 map does not (the square's quadrant moves)."""

@@ -3,6 +3,7 @@ the order here is the order of `list_models()` (the default first)."""
 
 from .base import AnomalyModel, ClosedFormModel, GanModel, LossStep, Phase
 from .registry import create, get_model_class, list_models, register
+from .rotation import RotationNet
 from .skipganomaly_pp import SkipGanomalyPP, SkipGanomalyPPRotation
 from .skipganomaly import SkipGanomaly
 from .ganomaly import Ganomaly
@@ -10,7 +11,6 @@ from .egbad import Egbad
 from .anogan import AnoGan
 from .pca import Pca
 from .knn import Knn
-from .rotation import RotationNet
 
 # The raw-pixel yardsticks shown beside every learned model (demo, benchmark tables).
 BASELINES = ("pca", "knn")

@@ -3,13 +3,21 @@ the bank of learned features that the feature-space scores compare with."""
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import ConfigError
+
+T = TypeVar("T")
+STATISTICS_CHUNK = 512  # training images per pass when fitting banks: activation memory bounded at any set size
+
+
+def in_chunks(fn: Callable[[Tensor], T], x: Tensor, size: int = STATISTICS_CHUNK) -> list[T]:
+    """`fn` of `x` a chunk of rows at a time, so that fitting statistics holds one chunk's activations."""
+    return [fn(x[i:i + size]) for i in range(0, len(x), size)]
 
 
 def smallest_k(block_distances: Callable[[int, int], Tensor], n_rows: int, k: int,

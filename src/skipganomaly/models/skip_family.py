@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from .base import GanModel, LossStep, frozen, init_weights, real_fake_bce, saliency_map
 from ..errors import ConfigError
-from .neighbours import FeatureBank, pooled_map
+from .neighbours import FeatureBank, in_chunks, pooled_map
 from .transforms import transform_all, transformation_cross_entropy
 
 SCORES = ("paper", "rotation", "map", "rotation+map")
@@ -209,11 +209,11 @@ class SkipFamilyModel(GanModel):
         if len(x) <= self.k:
             raise ConfigError(f"score {self.score_name!r} with k={self.k} needs more than {self.k} training images, "
                               f"got {len(x)}")
-        chunks = [self._map_features(x[i:i + 512]) for i in range(0, len(x), 512)]
+        chunks = in_chunks(self._map_features, x)
         for j, bank in enumerate(self.map_banks):
             bank.fit(torch.cat([c[j] for c in chunks]))
         if hasattr(self, "rotation_stats"):
-            rot = torch.cat([self.rotation_cross_entropy(x[i:i + 512]) for i in range(0, len(x), 512)])
+            rot = torch.cat(in_chunks(self.rotation_cross_entropy, x))
             self.rotation_stats = torch.stack([rot.mean(), rot.std().clamp_min(1e-3)]).to(self.rotation_stats)
 
     def _map_score(self, x: Tensor) -> Tensor:

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from ...errors import ConfigError
 from ..base import AnomalyModel, LossStep, Phase, saliency_map
-from ..neighbours import FeatureBank, pooled_map
+from ..neighbours import FeatureBank, in_chunks, pooled_map
 from ..registry import register
 from ..transforms import transform_all, transformation_cross_entropy
 
@@ -160,7 +160,7 @@ class RotationNet(AnomalyModel):
     def fit_statistics(self, x: Tensor) -> None:
         if len(x) <= self.k:
             raise ConfigError(f"rotation with k={self.k} needs more than {self.k} training images, got {len(x)}")
-        outs = [self._outputs(x[i:i + 512]) for i in range(0, len(x), 512)]
+        outs = in_chunks(self._outputs, x)
         ce = torch.cat([o[0] for o in outs])
         self.pooled_bank.fit(torch.cat([o[1] for o in outs]))
         for j, bank in enumerate(self.map_banks):
