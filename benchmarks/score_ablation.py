@@ -59,6 +59,8 @@ def main() -> None:
     ap.add_argument("--variant", action="append", default=[], metavar='"KEY=VALUE ..."',
                     help="options that change only the fitted statistics, scored from the same training (repeatable)")
     ap.add_argument("--variant-scores", default="map,ce+map", help="the score values each variant is scored with")
+    ap.add_argument("--untrained", action="store_true",
+                    help="a control: no training, the statistics fitted on the initial (seeded) weights")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
     variants = {v: parse_model_args(v.split(), [args.model])[args.model] for v in args.variant}
@@ -78,7 +80,8 @@ def main() -> None:
                 "train_fraction": args.train_fraction, "test_fraction": args.test_fraction, "seed": args.seed,
                 "model_options": options, "amp": args.amp, "data": str(args.data or "cifar10"),
                 "image_size": args.image_size, "variants": args.variant,
-                "variant_scores": args.variant_scores if args.variant else None}
+                "variant_scores": args.variant_scores if args.variant else None,
+                **({"untrained": True} if args.untrained else {})}
     done = set()
     if args.out.exists():
         for line in args.out.read_text().splitlines():
@@ -95,7 +98,12 @@ def main() -> None:
                        amp=args.amp, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                        seed=args.seed, progress=False, **options)
         start = time.perf_counter()
-        det.fit(split.train)
+        if args.untrained:
+            torch.manual_seed(args.seed)  # the initial weights Detector.fit would start from
+            det.model_ = create(args.model, in_channels=det.in_channels, image_size=det.image_size, **options)
+            det = refitted(det, {}, split.train)
+        else:
+            det.fit(split.train)
         seconds = time.perf_counter() - start
         labels = split.test_labels.numpy()
         aurocs: dict[str, Any] = {}
