@@ -25,7 +25,7 @@ from .conftest import smooth_images
 FIXTURE = Path(__file__).parent / "fixtures" / "run-v1"
 
 # String options have no generic "other value": the one to try instead of each default.
-OTHER_TEXT = {"paper": "rotation", "rotation": "paper", "ce+knn": "ce", "map": "ce+knn"}
+OTHER_TEXT = {"paper": "rotation", "rotation": "paper", "ce+knn": "ce", "map": "ce+knn", "first": "all"}
 OTHER_TEXT_OF_MODEL = {("skipganomaly++rot", "map"): "rotation"}  # where a value means another thing
 
 
