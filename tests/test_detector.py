@@ -14,16 +14,20 @@ from skipganomaly.errors import CheckpointError, ConfigError, DataError
 from tests.conftest import SMALL_WIDTHS, blob_images, noise_images, smooth_images
 
 
+# The paper's model, small, on the CPU: the detector tests' model (the default one is tested in tests/models).
+PAPER_SMALL: dict[str, object] = {"model": "skipganomaly++", "in_channels": 3, "device": "cpu", "progress": False,
+                                  "widths": SMALL_WIDTHS}
+
+
 def _fit(tmp_path: Path | None = None, **kw: object) -> Detector:
-    det = Detector("skipganomaly++", in_channels=3, epochs=2, batch_size=8, device="cpu", progress=False, widths=SMALL_WIDTHS, **kw)
+    det = Detector(**PAPER_SMALL, epochs=2, batch_size=8, **kw)
     return det.fit(blob_images(40), checkpoint_path=None if tmp_path is None else tmp_path / "m.pt")
 
 
 @pytest.fixture(scope="module")
 def fitted(tmp_path_factory: pytest.TempPathFactory) -> tuple[Detector, Path]:
     path = tmp_path_factory.mktemp("det") / "model.pt"
-    det = Detector("skipganomaly++", in_channels=3, epochs=3, batch_size=8, lr=2e-3, device="cpu", progress=False,
-                   widths=SMALL_WIDTHS)
+    det = Detector(**PAPER_SMALL, epochs=3, batch_size=8, lr=2e-3)
     det.fit(blob_images(60), checkpoint_path=path)
     return det, path
 
@@ -48,8 +52,7 @@ def test_threshold_is_the_quantile_of_held_out_normals_never_trained_on(monkeypa
         return real_train(model, data, val, config, on_epoch_end, train_index=train_index, **kwargs)
 
     monkeypatch.setattr(detector_module, "train", spy)
-    det = Detector("skipganomaly++", in_channels=3, epochs=1, batch_size=8, contamination=0.1, device="cpu", progress=False,
-                   widths=SMALL_WIDTHS).fit(images)
+    det = Detector(**PAPER_SMALL, epochs=1, batch_size=8, contamination=0.1).fit(images)
     train_keys = {bytes(x.numpy()) for x in seen["train"]}
     assert len(seen["val"]) == 3 and len(seen["train"]) == 57 and (det.n_train_images_, det.n_val_images_) == (57, 3)
     assert not any(bytes(x.numpy()) in train_keys for x in seen["val"])
@@ -58,8 +61,8 @@ def test_threshold_is_the_quantile_of_held_out_normals_never_trained_on(monkeypa
 
 
 def test_val_fraction_zero_trains_on_every_image_without_a_threshold(tmp_path: Path) -> None:
-    det = Detector("skipganomaly++", in_channels=3, epochs=1, batch_size=8, val_fraction=0.0, device="cpu", progress=False,
-                   widths=SMALL_WIDTHS).fit(smooth_images(20), checkpoint_path=tmp_path / "m.pt")
+    det = Detector(**PAPER_SMALL, epochs=1, batch_size=8, val_fraction=0.0).fit(smooth_images(20),
+                                                                              checkpoint_path=tmp_path / "m.pt")
     assert (det.n_train_images_, det.n_val_images_) == (20, 0) and det.threshold_ is None
     assert np.isnan(det.history_[0]["val_loss"])
     with pytest.raises(CheckpointError, match="val_fraction=0"):
@@ -183,7 +186,7 @@ def test_a_checkpoint_cannot_run_code(tmp_path: Path) -> None:
 
 
 def test_an_interrupted_run_keeps_its_last_epoch_without_a_threshold(tmp_path: Path) -> None:
-    det = Detector("skipganomaly++", in_channels=3, epochs=3, batch_size=8, device="cpu", progress=False, widths=SMALL_WIDTHS)
+    det = Detector(**PAPER_SMALL, epochs=3, batch_size=8)
 
     def stop_after_first_epoch(record: object) -> None:
         raise KeyboardInterrupt

@@ -20,7 +20,8 @@ from skipganomaly.training import TrainConfig, make_optimizers, train, train_ste
 from skipganomaly.training.loop import load_train_state
 from tests.conftest import SMALL_WIDTHS, blob_images, noise_images, write_images
 
-ARGS = ["--epochs", "4", "--batch-size", "8", "--lr", "1e-3", "--model", "skipganomaly++", "--model-arg", "widths=[8,8,16,16,32]",
+PAPER_SMALL = ["--model", "skipganomaly++", "--model-arg", "widths=[8,8,16,16,32]"]  # the paper's model, small
+ARGS = ["--epochs", "4", "--batch-size", "8", "--lr", "1e-3", *PAPER_SMALL,
         "--model-arg", "noise_sigma=0.05", "--no-progress", "--device", "cpu"]  # noise: the RNG state matters too
 
 
@@ -136,7 +137,7 @@ def test_torchrun_two_cpu_processes(data: Path, tmp_path: Path) -> None:
     ranking and within 30%."""
     single, multi = tmp_path / "single", tmp_path / "multi"
     args = ["--data", str(data / "train"), "--epochs", "1", "--batch-size", "8",
-            "--model", "skipganomaly++", "--model-arg", "widths=[8,8,16,16,32]", "--no-progress", "--device", "cpu"]
+            *PAPER_SMALL, "--no-progress", "--device", "cpu"]
     subprocess.run(_train_cmd("--out", str(single), *args), check=True, env=_env(), capture_output=True,
                    timeout=300)
     result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
@@ -192,7 +193,7 @@ def test_resume_with_more_epochs_trains_on(data: Path, tmp_path: Path) -> None:
     from skipganomaly.cli import main
 
     run = tmp_path / "run"
-    small = ["--batch-size", "8", "--model", "skipganomaly++", "--model-arg", "widths=[8,8,16,16,32]", "--no-progress", "--device", "cpu"]
+    small = ["--batch-size", "8", *PAPER_SMALL, "--no-progress", "--device", "cpu"]
     assert main(["train", "--data", str(data / "train"), "--out", str(run), "--epochs", "1", *small]) == 0
     assert main(["train", "--resume", str(run), "--epochs", "2", "--no-progress"]) == 0
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -206,7 +207,7 @@ def test_torchrun_resume_equals_an_uninterrupted_torchrun(data: Path, tmp_path: 
     uninterrupted 2-epoch run with the same 2 processes."""
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
                 "skipganomaly", "train"]
-    args = ["--data", str(data / "train"), "--batch-size", "8", "--model", "skipganomaly++", "--model-arg", "widths=[8,8,16,16,32]",
+    args = ["--data", str(data / "train"), "--batch-size", "8", *PAPER_SMALL,
             "--model-arg", "noise_sigma=0.05", "--no-progress", "--device", "cpu"]
     whole, resumed = tmp_path / "whole", tmp_path / "resumed"
     for cmd in ([*torchrun, "--out", str(whole), "--epochs", "2", *args],

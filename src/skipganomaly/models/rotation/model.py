@@ -40,7 +40,8 @@ class _Block(nn.Module):
 
 
 TERMS = ("ce", "knn", "map")
-MAP_VIEWS = ("first", "all")  # which transformed copies of an image the map term compares: the untransformed one, or each
+# Which transformed copies of an image the map term compares: the untransformed one, or each.
+MAP_VIEWS = ("first", "all")
 
 
 def score_terms(score: str) -> list[str]:
