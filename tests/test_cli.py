@@ -161,6 +161,28 @@ def test_counts_must_be_positive_integers(args: list[str]) -> None:
     assert f"argument {args[1]}: expected a positive integer" in result.stderr
 
 
+@pytest.mark.parametrize("native, flags, expected", [(True, [], True), (False, [], False),
+                                                     (True, ["--no-amp"], False), (False, ["--amp"], True)])
+def test_demo_autocasts_in_bf16_where_the_cpu_computes_it_natively_unless_told(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, native: bool, flags: list[str], expected: bool) -> None:
+    import skipganomaly.cli as cli
+    seen: list[bool] = []
+    monkeypatch.setattr(cli, "native_bf16", lambda device: native)
+    monkeypatch.setattr(cli, "run_demo", lambda settings, *a, **k: seen.append(settings.training.amp) or True)
+    assert main(["demo", "--out", str(tmp_path), *flags, *SMALL_DEFAULT]) == 0
+    assert seen == [expected]
+
+
+@pytest.mark.parametrize("probes, expected", [((False, False), False), ((True, False), True), ((False, True), True)])
+def test_native_bf16_reads_the_cpu_instructions_and_is_off_on_gpus(
+        monkeypatch: pytest.MonkeyPatch, probes: tuple[bool, bool], expected: bool) -> None:
+    from skipganomaly.training.device import native_bf16
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: probes[0], raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: probes[1], raising=False)
+    assert native_bf16(torch.device("cpu")) is expected
+    assert native_bf16(torch.device("cuda")) is False and native_bf16(torch.device("mps")) is False
+
+
 def test_demo_minimal_gives_aucs_in_unit_interval(tmp_path: Path) -> None:
     out = tmp_path / "demo"
     assert main(["demo", "--digits", "3", "--epochs", "1", "--max-train", "64", "--out", str(out), *SMALL_DEFAULT]) == 0

@@ -18,7 +18,7 @@ from .options import FORM, parse_model_args
 from .run_directory import RunDirectory
 from .sweep import PRESETS, PROTOCOLS, SweepConfig, benchmark_data, check_protocols, resolve_classes, run_benchmark
 from .training.memory import reduce_heap_fragmentation
-from .training.device import resolve_device
+from .training.device import native_bf16, resolve_device
 from .workflows import evaluate_folder, predict_files, resumed_settings, run_demo, train_run
 
 log = logging.getLogger("skipganomaly")
@@ -143,7 +143,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "'none' for none)")
     # The digits' settings of the default model (10 epochs, batch 32, lr 1e-3), with which it was chosen on
     # the validate protocol; ~1,300 training digits give 20 steps per epoch at the reference batch 64.
-    _add_settings_args(p, skip=("in_channels",), defaults=DEMO_DEFAULTS)
+    # bf16 autocast unless told: on where the CPU computes bf16 natively (cmd_demo), the setting it was validated with.
+    _add_settings_args(p, skip=("in_channels",), defaults={**DEMO_DEFAULTS, "amp": None})
+    p.add_argument("--no-amp", dest="amp", action="store_false", default=None,
+                   help="float32 even on a CPU with native bf16 (the demo's default there is --amp)")
     p.set_defaults(func=cmd_demo, in_channels=1)
 
     p = sub.add_parser("benchmark", help="leave-one-class-out sweep on CIFAR-10 or your labelled data",
@@ -326,6 +329,9 @@ def _baseline_names(text: str) -> list[str]:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     digits = list(range(10)) if args.digits == "all" else _parse_digits(args.digits)
+    if args.amp is None:
+        args.amp = native_bf16(resolve_device(args.device))
+        print(f"bf16 autocast {'on: this CPU computes bf16 natively (--no-amp for float32)' if args.amp else 'off'}")
     settings = _settings(args)
     _check_reports_threshold(settings)
     ok = run_demo(settings, digits, args.out, _baseline_names(args.baselines), max_train=args.max_train)
