@@ -85,7 +85,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="return freed activations to the OS (glibc mmap for allocations >= 4 MiB): lower peak memory "
                              "in training, slower steps (README, Speed and memory)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (_add_train, _add_test, _add_predict, _add_report, _add_demo, _add_benchmark, _add_bench_speed):
+        add(sub)
+    return parser
 
+
+def _add_train(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
     p = sub.add_parser("train", help="train a detector on a folder of normal images",
                        description="Train on normal images; writes a run directory with config, "
                                    "checkpoint (updated every epoch), per-epoch losses and metrics.")
@@ -102,6 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_settings_args(p, unset=True)  # unset: the defaults, or with --resume the interrupted run's
     p.set_defaults(func=cmd_train)
 
+
+def _add_test(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
     p = sub.add_parser("test", help="evaluate a checkpoint on a labelled folder",
                        description="Score a labelled folder (normal/ + abnormal/, or test/0.normal + "
                                    "test/1.abnormal) and report AUROC, AUPRC and F1 at the stored threshold.")
@@ -115,6 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_settings_args(p, only=("device", "progress"))
     p.set_defaults(func=cmd_test)
 
+
+def _add_predict(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
     p = sub.add_parser("predict", help="score images or folders and write a CSV",
                        description="Write path, score and label (1 = above the stored threshold) per image.")
     p.add_argument("--checkpoint", required=True, type=Path)
@@ -125,6 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_settings_args(p, only=("device", "progress"))
     p.set_defaults(func=cmd_predict)
 
+
+def _add_report(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
     p = sub.add_parser("report", help="rebuild report.html of a run or benchmark folder from its saved scores",
                        description="Redraw ROC/PR curves, histograms and training curves from scores.csv, "
                                    "evaluation.json and metrics.jsonl (or a benchmark's cells), and write "
@@ -132,6 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir", type=Path, help="a train/test run directory or a benchmark --out folder")
     p.set_defaults(func=cmd_report)
 
+
+def _add_demo(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
     p = sub.add_parser("demo", help="leave-one-digit-out on the embedded scikit-learn digits",
                        description="Train on nine digits, test on held-out normals plus the tenth digit, "
                                    "for each chosen digit; prints a per-digit AUC table. No download.")
@@ -149,6 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="float32 even on a CPU with native bf16 (the demo's default there is --amp)")
     p.set_defaults(func=cmd_demo, in_channels=1)
 
+
+def _add_benchmark(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
     p = sub.add_parser("benchmark", help="leave-one-class-out sweep on CIFAR-10 or your labelled data",
                        description="Reproduce the paper's Table 1 for any models, classes and seeds (honest and/or "
                                    "paper protocol), choose settings on the validate protocol, or run the same "
@@ -192,6 +207,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_settings_args(p, skip=("model", "seed"), unset=True)
     p.set_defaults(func=cmd_benchmark)
 
+
+def _add_bench_speed(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
     p = sub.add_parser("bench-speed", help="training/scoring throughput, FLOPs and fraction of machine peak",
                        description="Per model: training and scoring images/s (PyTorch, onnxruntime), FLOPs per "
                                    "image, achieved GFLOP/s against a peak measured in the same run, peak RSS. "
@@ -211,7 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "process, and report the speed-ups (skipganomaly and skipganomaly++ only)")
     p.add_argument("--out", type=Path, help="write the JSON result here")
     p.set_defaults(func=cmd_bench_speed)
-    return parser
+
+
 
 
 def torch_threads() -> int:
