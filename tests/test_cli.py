@@ -161,16 +161,22 @@ def test_counts_must_be_positive_integers(args: list[str]) -> None:
     assert f"argument {args[1]}: expected a positive integer" in result.stderr
 
 
-@pytest.mark.parametrize("native, flags, expected", [(True, [], True), (False, [], False),
-                                                     (True, ["--no-amp"], False), (False, ["--amp"], True)])
-def test_demo_autocasts_in_bf16_where_the_cpu_computes_it_natively_unless_told(
-        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, native: bool, flags: list[str], expected: bool) -> None:
+@pytest.mark.parametrize("native, flags, expected", [
+    (True, [], True), (False, [], False), (True, ["--no-amp"], False), (False, ["--amp"], True),
+    (True, ["--amp"], True), (True, ["--model", "skipganomaly++"], False),  # other models: float32 unless told
+    (False, ["--model", "skipganomaly++", "--amp"], True)])
+def test_demo_autocasts_the_default_model_in_bf16_where_the_cpu_computes_it_natively_unless_told(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path, native: bool,
+        flags: list[str], expected: bool) -> None:
     import skipganomaly.cli as cli
     seen: list[bool] = []
-    monkeypatch.setattr(cli, "native_bf16", lambda device: native)
+    probed: list[str] = []
+    monkeypatch.setattr(cli, "native_bf16", lambda device: probed.append(device.type) or native)
     monkeypatch.setattr(cli, "run_demo", lambda settings, *a, **k: seen.append(settings.training.amp) or True)
-    assert main(["demo", "--out", str(tmp_path), *flags, *SMALL_DEFAULT]) == 0
+    assert main(["demo", "--out", str(tmp_path), *SMALL_DEFAULT, *flags]) == 0
     assert seen == [expected]
+    assert probed in ([], ["cpu"])  # the probe asks about the device the demo runs on
+    assert f"bf16 autocast {'on' if expected else 'off'}" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("probes, expected", [((False, False), False), ((True, False), True), ((False, True), True)])
@@ -183,10 +189,20 @@ def test_native_bf16_reads_the_cpu_instructions_and_is_off_on_gpus(
     assert native_bf16(torch.device("cuda")) is False and native_bf16(torch.device("mps")) is False
 
 
+def test_native_bf16_is_off_where_torch_has_no_probe(monkeypatch: pytest.MonkeyPatch) -> None:
+    from skipganomaly.training.device import native_bf16
+    for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
+        monkeypatch.delattr(torch.cpu, name, raising=False)
+    assert native_bf16(torch.device("cpu")) is False
+
+
 def test_demo_minimal_gives_aucs_in_unit_interval(tmp_path: Path) -> None:
     out = tmp_path / "demo"
     assert main(["demo", "--digits", "3", "--epochs", "1", "--max-train", "64", "--out", str(out), *SMALL_DEFAULT]) == 0
-    assert f"{DEFAULT_MODEL} auroc" in (out / "table.md").read_text()  # the demo trains the default model
+    from skipganomaly.training.device import native_bf16
+    table = (out / "table.md").read_text()
+    assert f"{DEFAULT_MODEL} auroc" in table  # the demo trains the default model
+    assert ("bf16 autocast" if native_bf16(torch.device("cpu")) else "float32") in table  # and says in what precision
     results = json.loads((out / "results.json").read_text())
     # The digits have no known answer after one epoch; the table's AUROC must be the one its saved
     # per-image scores and labels give, and the labels must mark exactly the digit-3 images abnormal.

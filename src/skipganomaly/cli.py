@@ -156,10 +156,11 @@ def _add_demo(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> Non
                         "'none' for none)")
     # The digits' settings of the default model (10 epochs, batch 32, lr 1e-3), with which it was chosen on
     # the validate protocol; ~1,300 training digits give 20 steps per epoch at the reference batch 64.
-    # bf16 autocast unless told: on where the CPU computes bf16 natively (cmd_demo), the setting it was validated with.
+    # bf16 autocast unless told: on for the default model where the CPU computes bf16 natively (cmd_demo), the
+    # setting it was validated with; other models train in float32 unless given --amp.
     _add_settings_args(p, skip=("in_channels",), defaults={**DEMO_DEFAULTS, "amp": None})
     p.add_argument("--no-amp", dest="amp", action="store_false", default=None,
-                   help="float32 even on a CPU with native bf16 (the demo's default there is --amp)")
+                   help="float32 even on a CPU with native bf16 (where the default model's demo uses --amp)")
     p.set_defaults(func=cmd_demo, in_channels=1)
 
 
@@ -228,8 +229,6 @@ def _add_bench_speed(sub: "argparse._SubParsersAction[argparse.ArgumentParser]")
                         "process, and report the speed-ups (skipganomaly and skipganomaly++ only)")
     p.add_argument("--out", type=Path, help="write the JSON result here")
     p.set_defaults(func=cmd_bench_speed)
-
-
 
 
 def torch_threads() -> int:
@@ -347,9 +346,13 @@ def _baseline_names(text: str) -> list[str]:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     digits = list(range(10)) if args.digits == "all" else _parse_digits(args.digits)
-    if args.amp is None:
-        args.amp = native_bf16(resolve_device(args.device))
-        print(f"bf16 autocast {'on: this CPU computes bf16 natively (--no-amp for float32)' if args.amp else 'off'}")
+    if args.amp is None:  # the default model's demo settings are the ones it was validated with, bf16 included
+        args.amp = (getattr(args, "model", None) or DEFAULT_MODEL) == DEFAULT_MODEL and native_bf16(
+            resolve_device(args.device))
+        why = "this CPU computes bf16 natively; --no-amp for float32" if args.amp else "--amp to turn it on"
+    else:
+        why = "as given"
+    print(f"bf16 autocast {'on' if args.amp else 'off'} ({why})")
     settings = _settings(args)
     _check_reports_threshold(settings)
     ok = run_demo(settings, digits, args.out, _baseline_names(args.baselines), max_train=args.max_train)

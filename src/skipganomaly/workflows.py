@@ -180,7 +180,7 @@ def run_demo(settings: DetectorSettings, digits: Sequence[int], out: Path, basel
     table = per_class_table(rows, columns)
     seconds = time.perf_counter() - start
     summary = (f"{settings.model}, leave-one-digit-out on scikit-learn digits, {settings.training.epochs} epochs, "
-               f"seed {seed}, {seconds:.0f} s"
+               f"seed {seed}, {'bf16 autocast' if settings.training.amp else 'float32'}, {seconds:.0f} s"
                + (f"; beside it, raw-pixel baselines on the same splits: {', '.join(baselines)}" if baselines else "")
                + f"\n\n{table}\n")
     write_text_atomic(SweepDirectory(out).table, summary)
