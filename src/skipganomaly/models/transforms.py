@@ -1,6 +1,9 @@
-"""The geometric transformations self-supervised heads learn to recognise (rotations, mirror images)."""
+"""The geometric transformations self-supervised heads learn to recognise (rotations, mirror images), and
+the random views and loss of contrastive learning."""
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -25,3 +28,56 @@ def transformation_cross_entropy(logits: Tensor, n_transforms: int) -> Tensor:
     export keeps a dynamic batch axis."""
     log_p = F.log_softmax(logits.float().reshape(n_transforms, -1, n_transforms), dim=-1)  # [T, B, T]
     return -log_p.diagonal(dim1=0, dim2=2).sum(-1)  # log p(t | t(x)) summed over t
+
+
+def random_view(x: Tensor) -> Tensor:
+    """A random view of each image of `x` ([B, C, H, W] in [-1, 1]), drawn as SimCLR draws its views
+    (Chen et al. 2020; CSI, Tack et al. 2020, for anomaly detection): a resized crop of 20-100% of the
+    area at an aspect ratio of 3/4 to 4/3, mirrored with probability 1/2, then with probability 0.8 a
+    colour jitter (brightness, contrast and, for colour images, saturation each scaled by 0.6-1.4) and
+    with probability 0.2 a colour image turned grey. Each image has its own draw, from torch's generator."""
+    b, c = x.shape[0], x.shape[1]
+
+    def uniform(lo: float, hi: float) -> Tensor:
+        return torch.empty(b, device=x.device).uniform_(lo, hi)
+
+    area, ratio = uniform(0.2, 1.0), torch.exp(uniform(math.log(3 / 4), math.log(4 / 3)))
+    sx, sy = (area * ratio).sqrt().clamp(max=1.0), (area / ratio).sqrt().clamp(max=1.0)
+    mirror = torch.where(torch.rand(b, device=x.device) < 0.5, -1.0, 1.0)
+    theta = torch.zeros(b, 2, 3, device=x.device)
+    theta[:, 0, 0], theta[:, 1, 1] = sx * mirror, sy
+    theta[:, 0, 2], theta[:, 1, 2] = uniform(-1, 1) * (1 - sx), uniform(-1, 1) * (1 - sy)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    v = (F.grid_sample(x.float(), grid, mode="bilinear", padding_mode="reflection", align_corners=False) + 1) / 2
+
+    def per_image(t: Tensor) -> Tensor:
+        return t.view(b, 1, 1, 1)
+
+    def grey(t: Tensor) -> Tensor:
+        if c != 3:
+            return t.mean(1, keepdim=True)
+        return (0.299 * t[:, 0:1] + 0.587 * t[:, 1:2] + 0.114 * t[:, 2:3])
+
+    jitter = per_image((torch.rand(b, device=x.device) < 0.8).float())
+    scaled = v * per_image(uniform(0.6, 1.4))
+    mean = scaled.mean(dim=(1, 2, 3), keepdim=True)
+    scaled = (scaled - mean) * per_image(uniform(0.6, 1.4)) + mean
+    if c == 3:
+        g = grey(scaled)
+        scaled = (scaled - g) * per_image(uniform(0.6, 1.4)) + g
+    v = (jitter * scaled + (1 - jitter) * v).clamp(0, 1)
+    if c == 3:
+        to_grey = per_image((torch.rand(b, device=x.device) < 0.2).float())
+        v = to_grey * grey(v).expand_as(v) + (1 - to_grey) * v
+    return (v * 2 - 1).to(x.dtype)
+
+
+def contrastive_loss(z: Tensor, temperature: float) -> Tensor:
+    """NT-Xent (SimCLR) over z [2, N, D], L2-normalised: z[0, i] and z[1, i] are two views of instance i,
+    every other row of the 2N a negative; the mean over the 2N rows."""
+    n = z.shape[1]
+    flat = z.reshape(2 * n, -1).float()
+    sim = flat @ flat.T / temperature
+    sim = sim.masked_fill(torch.eye(2 * n, dtype=torch.bool, device=z.device), float("-inf"))
+    target = torch.arange(2 * n, device=z.device).roll(n)
+    return F.cross_entropy(sim, target)

@@ -21,7 +21,7 @@ from ...errors import ConfigError
 from ..base import AnomalyModel, LossStep, Phase, saliency_map
 from ..neighbours import FeatureBank, in_chunks, pooled_map
 from ..registry import register
-from ..transforms import transform_all, transformation_cross_entropy
+from ..transforms import contrastive_loss, random_view, transform_all, transformation_cross_entropy
 
 
 class _Block(nn.Module):
@@ -77,7 +77,8 @@ class RotationNet(AnomalyModel):
 
     def __init__(self, in_channels: int = 3, image_size: int = 32, widths: Sequence[int] = (32, 64, 128),
                  flips: bool = False, score: str = "map", k: int = 5, map_layers: Sequence[int] = (-2, -1),
-                 map_grid: int = 4, map_views: str = "first") -> None:
+                 map_grid: int = 4, map_views: str = "first", contrastive: float = 0.0,
+                 temperature: float = 0.5) -> None:
         super().__init__(in_channels, image_size)
         widths = [int(w) for w in widths]
         if not widths or min(widths) < 1:
@@ -95,6 +96,8 @@ class RotationNet(AnomalyModel):
         if not 1 <= map_grid <= smallest:
             raise ConfigError(f"map_grid must be between 1 and the smallest map size of map_layers ({smallest}), "
                               f"got {map_grid}")
+        if contrastive < 0 or temperature <= 0:
+            raise ConfigError(f"contrastive must be >= 0 and temperature > 0, got {contrastive} and {temperature}")
         if map_views not in MAP_VIEWS:
             raise ConfigError(f"map_views must be one of {', '.join(MAP_VIEWS)}, got {map_views!r}")
         self.widths, self.flips, self.score_name, self.k = widths, flips, score, k
@@ -107,6 +110,10 @@ class RotationNet(AnomalyModel):
                                       for i, (cin, cout) in enumerate(zip([widths[0], *widths], widths))])
         self.bn = nn.BatchNorm2d(widths[-1])
         self.head = nn.Linear(widths[-1], self.n_transforms)
+        self.contrastive, self.temperature = float(contrastive), float(temperature)
+        # the projection of SimCLR / CSI: the contrastive loss acts on its output, the scores use the features below it
+        self.projection = (nn.Sequential(nn.Linear(widths[-1], widths[-1]), nn.ReLU(), nn.Linear(widths[-1], 128))
+                           if contrastive > 0 else None)
         self.pooled_bank = FeatureBank(widths[-1], k)
         # one bank per (block, view), block-major
         self.map_banks = nn.ModuleList([FeatureBank(widths[i] * map_grid ** 2, k) for i in blocks for _ in self._views])
@@ -154,8 +161,16 @@ class RotationNet(AnomalyModel):
         return self._outputs(x)[0]
 
     def _loss(self, x: Tensor, cache: dict[str, Tensor]) -> LossStep:
-        loss = self._per_image_loss(x).mean() / self.n_transforms
-        return LossStep(loss)
+        if self.projection is None:
+            return LossStep(self._per_image_loss(x).mean() / self.n_transforms)
+        # CSI-style: two random views of each image, each in all T transformations; the head reads the
+        # transformation of every copy, and each transformed copy is its own contrastive instance, so the
+        # other transformations of the same image are among its negatives ("shifted" instances)
+        h = self.pooled(transform_all(torch.cat([random_view(x), random_view(x)]), self.flips))
+        ce = transformation_cross_entropy(self.head(h), self.n_transforms).mean() / self.n_transforms
+        z = F.normalize(self.projection(h).float(), dim=1).reshape(self.n_transforms, 2, len(x), -1)
+        nce = contrastive_loss(z.transpose(0, 1).reshape(2, self.n_transforms * len(x), -1), self.temperature)
+        return LossStep(ce + self.contrastive * nce, logs={"transformation": ce.detach(), "contrastive": nce.detach()})
 
     # --- statistics of the training normals -------------------------------------------------
     def fit_statistics(self, x: Tensor) -> None:
