@@ -10,7 +10,7 @@ from skipganomaly.detector import Detector
 from skipganomaly.errors import ConfigError
 from skipganomaly.evaluation.metrics import evaluate_scores
 from skipganomaly.models import create
-from skipganomaly.models.transforms import rotate, transform_all
+from skipganomaly.models.transforms import contrastive_loss, random_view, rotate, transform_all
 from tests.conftest import noise_images
 
 
@@ -211,3 +211,43 @@ def test_score_terms_are_the_columns_every_composite_score_sums() -> None:
             model.score_name = score
             picked = [model.TERMS.index(t) for t in score.split("+")]
             torch.testing.assert_close(model.score(test), columns[:, picked].sum(1))
+
+
+def test_random_view_crops_mirrors_and_recolours_each_image_on_its_own() -> None:
+    torch.manual_seed(0)
+    x = _varied(32, 0)
+    a, b = random_view(x), random_view(x)
+    assert a.shape == x.shape and a.dtype == x.dtype and a.min() >= -1 and a.max() <= 1
+    per_image = (a - b).abs().flatten(1).mean(1)
+    assert (per_image > 1e-3).all()  # two draws differ for every image
+    torch.manual_seed(0)
+    assert torch.equal(random_view(x), a)  # drawn from torch's generator: seeded runs repeat
+    grey = random_view(x[:, :1])
+    assert grey.shape == (32, 1, 32, 32)
+
+
+def test_contrastive_loss_is_nt_xent() -> None:
+    torch.manual_seed(0)
+    z = torch.nn.functional.normalize(torch.randn(2, 5, 8), dim=-1)
+    flat = z.reshape(10, 8)
+    sim = flat @ flat.T / 0.5
+    expected = torch.stack([-(sim[i, (i + 5) % 10] - torch.logsumexp(torch.cat([sim[i, :i], sim[i, i + 1:]]), 0))
+                            for i in range(10)]).mean()
+    torch.testing.assert_close(contrastive_loss(z, 0.5), expected)
+    aligned = torch.stack([z[0], z[0]])  # each view equal to its partner: the lowest loss of these rows
+    assert contrastive_loss(aligned, 0.1) < contrastive_loss(z, 0.1)
+
+
+def test_contrastive_training_reaches_every_parameter_and_logs_both_losses() -> None:
+    torch.manual_seed(0)
+    model = create("rotation", widths=[8, 16], contrastive=0.5)
+    assert create("rotation", widths=[8, 16]).projection is None  # off by default: no extra parameters
+    (phase,) = model.training_phases()
+    step = phase.loss(_varied(6, 1), {})
+    step.loss.backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+    torch.testing.assert_close(step.loss.detach(), step.logs["transformation"] + 0.5 * step.logs["contrastive"])
+    with pytest.raises(ConfigError, match="contrastive"):
+        create("rotation", contrastive=-1.0)
+    with pytest.raises(ConfigError, match="temperature"):
+        create("rotation", contrastive=1.0, temperature=0.0)
