@@ -57,7 +57,8 @@ def score_terms(score: str) -> list[str]:
 class RotationNet(AnomalyModel):
     """Residual CNN (a stem conv, then one block per width, each after the first halving the map),
     global average pooling, a linear head over the T transformations. Trained with cross-entropy
-    on every transformation of every normal image.
+    on every transformation of every normal image; with `contrastive` > 0, of two random views of it,
+    with a contrastive loss (CSI-style) on a projection of the pooled features added.
 
     Score terms (eval mode, so batch-independent): `ce`, the summed cross-entropy of the true
     transformations; `knn`, the mean cosine distance of the image's globally pooled features
