@@ -199,3 +199,19 @@ def test_amp_trains_under_bf16_autocast_on_the_cpu() -> None:
     assert not torch.equal(weights[True], weights[False])
     # One Adam step moves each weight by at most ~lr; bf16 rounding changes directions, not magnitudes.
     assert (weights[True] - weights[False]).abs().max() <= 2 * 2e-4 + 1e-6
+
+
+@pytest.mark.parametrize("native, amp, warns", [(False, True, True), (True, True, False), (False, False, False)])
+def test_training_warns_when_bf16_would_be_emulated(monkeypatch: pytest.MonkeyPatch, native: bool, amp: bool,
+                                                    warns: bool) -> None:
+    """--amp on a CPU with no bf16 arithmetic ran a training step 11 times slower than float32: say so."""
+    import warnings
+
+    from skipganomaly.training import device as device_module
+
+    monkeypatch.setattr(device_module, "native_bf16", lambda device: native)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        train(_model(), _data(8), _data(4), TrainConfig(batch_size=8, epochs=1, amp=amp, **CPU))
+    emulated = [w for w in caught if "emulated" in str(w.message)]
+    assert len(emulated) == int(warns)

@@ -25,7 +25,7 @@ from ..models.base import AnomalyModel, Phase
 from .config import TrainConfig, differing
 from .distributed import average_gradients, average_tensor, broadcast_parameters, is_main_process, sync_buffers, world
 from .optim import Adam
-from .device import autocast, compile_blocks, prepare_batch, resolve_device, to_device
+from .device import autocast, compile_blocks, prepare_batch, resolve_device, to_device, warn_emulated_bf16
 from .inference import batched_apply, default_eval_batch
 from .memory import release_free_memory
 
@@ -138,6 +138,7 @@ def train(
     if config.patience is not None and len(val_images) == 0:
         raise ConfigError("early stopping (patience) needs validation images")
     device = resolve_device(config.device)
+    warn_emulated_bf16(device, config.amp)
     eval_batch = config.eval_batch_size or default_eval_batch(device, model.image_size)
     to_device(model, device)
     broadcast_parameters(model)
