@@ -204,7 +204,7 @@ def test_amp_trains_under_bf16_autocast_on_the_cpu() -> None:
 @pytest.mark.parametrize("native, amp, warns", [(False, True, True), (True, True, False), (False, False, False)])
 def test_training_warns_when_bf16_would_be_emulated(monkeypatch: pytest.MonkeyPatch, native: bool, amp: bool,
                                                     warns: bool) -> None:
-    """--amp on a CPU with no bf16 arithmetic ran a training step 11 times slower than float32: say so."""
+    """--amp on a CPU with no bf16 arithmetic ran a training pass about 10 times slower than float32: say so."""
     import warnings
 
     from skipganomaly.training import device as device_module

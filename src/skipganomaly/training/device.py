@@ -73,8 +73,8 @@ def native_bf16(device: torch.device) -> bool:
 
 def warn_emulated_bf16(device: torch.device, amp: bool) -> None:
     """Warn when bf16 autocast is asked for on a CPU that has no bf16 arithmetic: torch then emulates it,
-    and a training step of the default model took 11 times as long as in float32 (2-core AMD EPYC with
-    AVX2 only, README, Speed and memory)."""
+    and a training pass of the default model took about 10 times as long as in float32 (an AVX2-only AMD
+    EPYC, README, Speed and memory)."""
     if amp and device.type == "cpu" and not native_bf16(device):
         warnings.warn("--amp (bf16 autocast) on a CPU without AVX512-BF16 or AMX is emulated and many times "
                       "slower than float32 here; drop --amp", RuntimeWarning, stacklevel=3)
