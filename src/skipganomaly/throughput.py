@@ -30,6 +30,7 @@ from .models.skip_family import SkipFamilyModel
 from .models.skipganomaly_pp.networks import DilatedConv3x3
 from .training import (TrainConfig, batched_apply, compile_blocks, make_optimizers, prepare_batch, resolve_device,
                        to_device, train_step)
+from .training.device import native_bf16
 from .training.optim import Adam
 
 
@@ -62,15 +63,17 @@ def count_flops(fn: Callable[[], object]) -> int:
 def peak_kernels(device: str | torch.device = "cpu") -> dict[str, tuple[Callable[[], object], int]]:
     """The kernels that define this machine's peak, with their FLOPs: an fp32 matmul (2048^3 on CPUs,
     8192^3 on GPUs, which 2048 cannot fill), a large 3x3 convolution, and the matmul in bf16 (the ceiling
-    for `--amp`; far above fp32 on CPUs with AMX and on GPUs)."""
+    for `--amp`; far above fp32 on CPUs with AMX and on GPUs; 512^3 on CPUs that emulate bf16, where
+    2048^3 takes seconds per call and measures only the emulation)."""
     device = torch.device(device)
     n, maps = (8192, 64) if device.type == "cuda" else (2048, 16)
+    n16 = n if device.type != "cpu" or native_bf16(device) else 512
     a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
-    a16, b16 = a.bfloat16(), b.bfloat16()
+    a16, b16 = a[:n16, :n16].bfloat16(), b[:n16, :n16].bfloat16()
     x, w = torch.randn(64, 256, maps, maps, device=device), torch.randn(256, 256, 3, 3, device=device)
     return {"matmul_gflops": (lambda: a @ b, 2 * n**3),
             "conv_gflops": (lambda: F.conv2d(x, w, padding=1), count_flops(lambda: F.conv2d(x, w, padding=1))),
-            "bf16_matmul_gflops": (lambda: a16 @ b16, 2 * n**3)}
+            "bf16_matmul_gflops": (lambda: a16 @ b16, 2 * n16**3)}
 
 
 def _peak_from(seconds: dict[str, float], kernels: dict[str, tuple[Callable[[], object], int]]) -> dict[str, float]:
