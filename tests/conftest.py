@@ -74,6 +74,17 @@ def write_images(folder: Path, images: np.ndarray, prefix: str = "img") -> list[
     return paths
 
 
+@pytest.fixture(autouse=True)
+def _restore_torch_threads() -> object:
+    """Give every test the process's torch thread count back: code under test may set it (a sweep's cell
+    process, the speed benchmark), and on some CPUs training after a 2 -> 1 switch in the same process
+    crashed torch's backward (SIGABRT/SIGSEGV in a later test)."""
+    threads = torch.get_num_threads()
+    yield
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def image_root(tmp_path: Path) -> Path:
     """A user-style layout: train/ of normals, test/normal and test/abnormal."""
