@@ -26,7 +26,8 @@ FIXTURE = Path(__file__).parent / "fixtures" / "run-v1"
 
 # String options have no generic "other value": the one to try instead of each default.
 OTHER_TEXT = {"paper": "rotation", "rotation": "paper", "ce+knn": "ce", "map": "ce+knn", "first": "all"}
-OTHER_TEXT_OF_MODEL = {("skipganomaly++rot", "map"): "rotation"}  # where a value means another thing
+OTHER_TEXT_OF_MODEL = {("skipganomaly++rot", "map"): "rotation",  # where a value means another thing
+                       ("rotation", "map"): "ce+patch"}  # (and the patch dictionary is fitted, saved, loaded)
 
 
 def _other(name: str, default: Any, model: str = "") -> Any:

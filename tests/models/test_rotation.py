@@ -168,7 +168,8 @@ def test_checkpoint_from_before_the_map_term_still_loads() -> None:
     model = create("rotation", widths=[8, 16], score="ce+knn").eval()
     with torch.no_grad():
         model.fit_statistics(_varied(20, 0))
-        old = {k: v for k, v in model.state_dict().items() if "bank" not in k and k != "ce_stats"}
+        old = {k: v for k, v in model.state_dict().items()
+               if "bank" not in k and k != "ce_stats" and not k.startswith("patches.")}
         old["bank"] = model.pooled_bank.rows.clone()
         old["score_stats"] = torch.cat([model.ce_stats, model.pooled_bank.stats])
         fresh = create("rotation", widths=[8, 16], score="ce+knn").eval()
@@ -177,6 +178,9 @@ def test_checkpoint_from_before_the_map_term_still_loads() -> None:
         torch.testing.assert_close(fresh.score(test), model.score(test))
         fresh.score_name = "map"
         with pytest.raises(ConfigError, match="no feature bank"):
+            fresh.score(test)
+        fresh.score_name = "ce+patch"
+        with pytest.raises(ConfigError, match="patch term is fitted only"):
             fresh.score(test)
 
 

@@ -50,8 +50,8 @@ def pooled_map(feature_map: Tensor, grid: int) -> Tensor:
 
 
 class FeatureBank(nn.Module):
-    """L2-normalised features of the training normals, and the mean cosine distance of a query to its
-    `k` nearest rows, standardised by that distance's mean and spread on the training normals
+    """Features of the training normals (L2-normalised for the cosine metric), and the mean cosine (or
+    Euclidean) distance of a query to its `k` nearest rows, standardised by that distance's mean and spread on the training normals
     themselves (each left out of its own neighbours), so that it adds to other standardised scores.
 
     The rows are float16 (half the checkpoint; cosine exact to ~1e-3) and their number is known only
@@ -60,30 +60,42 @@ class FeatureBank(nn.Module):
 
     CHUNK = 4096  # bank rows compared at a time, so memory stays bounded at any training-set size
 
-    def __init__(self, dim: int, k: int) -> None:
+    METRICS = ("cosine", "euclidean")
+
+    def __init__(self, dim: int, k: int, metric: str = "cosine") -> None:
         super().__init__()
-        self.k = k
+        if metric not in self.METRICS:
+            raise ConfigError(f"metric must be one of {', '.join(self.METRICS)}, got {metric!r}")
+        self.k, self.metric = k, metric
         self.register_buffer("rows", torch.zeros(0, dim, dtype=torch.float16))
         self.register_buffer("stats", torch.tensor([0.0, 1.0]))  # mean, std of the leave-one-out distance
 
     def fit(self, feats: Tensor) -> None:
-        """feats: [N, dim], L2-normalised, N > k."""
+        """feats: [N, dim] (L2-normalised for the cosine metric), N > k."""
         self.rows = feats.to(torch.float16)
         own = self.distance(feats, leave_self_out=True)
         # A floor on the spread: normals that all look alike must not turn rounding noise into score.
         self.stats = torch.stack([own.mean(), own.std().clamp_min(1e-3)]).to(self.stats)
 
     def distance(self, feats: Tensor, leave_self_out: bool = False) -> Tensor:
-        """Mean cosine distance [B] to the k nearest rows (k + 1, dropping the nearest, for rows of the
-        bank itself)."""
+        """Mean distance [B] (cosine, or Euclidean) to the k nearest rows (k + 1, dropping the nearest, for
+        rows of the bank itself)."""
         if len(self.rows) == 0:
             raise ConfigError("this model has no feature bank yet; train it first")
         k = self.k + int(leave_self_out)
         feats = feats.float()
+        sq = feats.pow(2).sum(1, keepdim=True)
+
+        def block(start: int, stop: int) -> Tensor:
+            rows = self.rows[start:stop].float()
+            if self.metric == "cosine":
+                return 1.0 - feats @ rows.T
+            return (sq + rows.pow(2).sum(1) - 2.0 * feats @ rows.T).clamp_min(0.0)  # squared: sqrt after top-k
+
         with torch.autocast(feats.device.type, enabled=False):  # distances near 0 need float32, not bf16
-            best, _ = smallest_k(lambda start, stop: 1.0 - feats @ self.rows[start:stop].float().T,
-                                 len(self.rows), k, self.CHUNK)
-        return best[:, int(leave_self_out):].mean(1)
+            best, _ = smallest_k(block, len(self.rows), k, self.CHUNK)
+        best = best[:, int(leave_self_out):]
+        return (best.sqrt() if self.metric == "euclidean" else best).mean(1)
 
     def standardised(self, feats: Tensor) -> Tensor:
         """[B]: the distance in standard deviations of the training normals' own distances, from their mean."""

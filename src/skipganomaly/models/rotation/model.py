@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from ...errors import ConfigError
 from ..base import AnomalyModel, LossStep, Phase, saliency_map
 from ..neighbours import FeatureBank, in_chunks, pooled_map
+from ..patch_dictionary import PatchDictionary
 from ..registry import register
 from ..transforms import contrastive_loss, random_view, transform_all, transformation_cross_entropy
 
@@ -39,7 +40,7 @@ class _Block(nn.Module):
         return self.conv2(F.relu(self.bn2(h))) + self.shortcut(x)
 
 
-TERMS = ("ce", "knn", "map")
+TERMS = ("ce", "knn", "map", "patch")
 # Which transformed copies of an image the map term compares: the untransformed one, or each.
 MAP_VIEWS = ("first", "all")
 
@@ -79,7 +80,7 @@ class RotationNet(AnomalyModel):
     def __init__(self, in_channels: int = 3, image_size: int = 32, widths: Sequence[int] = (32, 64, 128),
                  flips: bool = False, score: str = "map", k: int = 5, map_layers: Sequence[int] = (-2, -1),
                  map_grid: int = 4, map_views: str = "first", contrastive: float = 0.0,
-                 temperature: float = 0.5) -> None:
+                 temperature: float = 0.5, patch_atoms: int = 400) -> None:
         super().__init__(in_channels, image_size)
         widths = [int(w) for w in widths]
         if not widths or min(widths) < 1:
@@ -116,6 +117,11 @@ class RotationNet(AnomalyModel):
         self.projection = (nn.Sequential(nn.Linear(widths[-1], widths[-1]), nn.ReLU(), nn.Linear(widths[-1], 128))
                            if contrastive > 0 else None)
         self.pooled_bank = FeatureBank(widths[-1], k)
+        # the `patch` term: a dictionary of the normals' pixel patches, independent of the network, fitted
+        # only where the score uses it (a k-means and a bank of grid^2 x atoms values per training image)
+        self.patch_atoms = int(patch_atoms)
+        self.patches = PatchDictionary(in_channels, image_size, self.patch_atoms)
+        self.patch_bank = FeatureBank(self.patches.dim, k, metric="euclidean")
         # one bank per (block, view), block-major
         self.map_banks = nn.ModuleList([FeatureBank(widths[i] * map_grid ** 2, k) for i in blocks for _ in self._views])
         # mean and std of the ce term on the training normals
@@ -183,10 +189,13 @@ class RotationNet(AnomalyModel):
         for j, bank in enumerate(self.map_banks):
             bank.fit(torch.cat([o[2][j] for o in outs]))
         self.ce_stats = torch.stack([ce.mean(), ce.std().clamp_min(1e-3)]).to(self.ce_stats)
+        if "patch" in score_terms(self.score_name):
+            self.patch_bank.fit(self.patches.fit(x))
 
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
         """Checkpoints from before the map term held the pooled bank as `bank` and both statistics in
-        `score_stats`: they load, with an empty map bank (a `map` score then asks to retrain)."""
+        `score_stats`: they load, with an empty map bank (a `map` score then asks to retrain); those from
+        before the patch term load with it unfitted."""
         if prefix + "bank" in state_dict and prefix + "score_stats" in state_dict:
             stats = state_dict.pop(prefix + "score_stats")
             state_dict[prefix + "pooled_bank.rows"] = state_dict.pop(prefix + "bank")
@@ -194,13 +203,26 @@ class RotationNet(AnomalyModel):
             for j, bank in enumerate(self.map_banks):
                 state_dict.setdefault(f"{prefix}map_banks.{j}.rows", bank.rows[:0])
                 state_dict.setdefault(f"{prefix}map_banks.{j}.stats", bank.stats)
+        # checkpoints from before the patch term: it loads unfitted (a score that uses it asks to retrain)
+        for name, value in [*self.patches.state_dict(prefix="patches.").items(),
+                            *self.patch_bank.state_dict(prefix="patch_bank.").items()]:
+            state_dict.setdefault(prefix + name, value[:0] if name == "patch_bank.rows" else value)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     # --- evaluation -------------------------------------------------------------------------
-    def _standardised(self, terms: Sequence[str], x: Tensor) -> Tensor:
+    def _patch_term(self, x: Tensor, unfitted_nan: bool) -> Tensor:
+        if len(self.patch_bank.rows) == 0:
+            if unfitted_nan:
+                return torch.full((len(x),), float("nan"), device=x.device)
+            raise ConfigError("the patch term is fitted only when the score uses it; this model was trained with "
+                              f"score={self.score_name!r}: train it again with a score that has patch")
+        return self.patch_bank.standardised(self.patches(x))
+
+    def _standardised(self, terms: Sequence[str], x: Tensor, unfitted_nan: bool = False) -> Tensor:
         """[B, len(terms)]: the given terms, each standardised on the training normals."""
         ce, feats, cells = self._outputs(x)
         parts = {"ce": lambda: (ce - self.ce_stats[0]) / self.ce_stats[1],
+                 "patch": lambda: self._patch_term(x, unfitted_nan),
                  "knn": lambda: self.pooled_bank.standardised(feats),
                  "map": lambda: torch.stack([b.standardised(c) for b, c in zip(self.map_banks, cells)])
                  .reshape(len(self._map_blocks), len(self._views), -1).mean(1).sum(0)}
@@ -208,8 +230,9 @@ class RotationNet(AnomalyModel):
 
     def score_terms(self, x: Tensor) -> Tensor:
         """[B, len(TERMS)]: every term, standardised; a composite score is the sum of its columns (one
-        pass gives every score, which the score ablation uses)."""
-        return self._standardised(TERMS, x)
+        pass gives every score, which the score ablation uses). The `patch` column is NaN unless the model's
+        score uses it (only then is its dictionary fitted)."""
+        return self._standardised(TERMS, x, unfitted_nan=True)
 
     def score(self, x: Tensor) -> Tensor:
         terms = score_terms(self.score_name)
