@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import tarfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -268,6 +269,46 @@ def _toy_or_crash() -> Cifar10:
     if "egbad" in multiprocessing.current_process().name:
         os.kill(os.getpid(), signal.SIGKILL)
     return _toy_cifar()
+
+
+def _slow_cifar() -> Cifar10:
+    """The toy set, after writing this worker's pid where SLOW_CIFAR_PIDS says and sleeping a minute."""
+    Path(os.environ["SLOW_CIFAR_PIDS"], str(os.getpid())).touch()
+    time.sleep(60)
+    return _toy_cifar()
+
+
+def test_a_terminated_sweep_stops_its_worker_processes(tmp_path: Path) -> None:
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    code = ("from pathlib import Path; from skipganomaly.sweep import run_sweep; "
+            "from tests.test_benchmark import _config, _slow_cifar; "
+            f"run_sweep(_slow_cifar, _config(models=['knn', 'pca'], protocols=['honest']), Path({str(tmp_path)!r}), "
+            "workers=2)")
+    sweep = subprocess.Popen([sys.executable, "-c", code], env={**os.environ, "SLOW_CIFAR_PIDS": str(pids)},
+                             cwd=Path(__file__).resolve().parents[1], stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while len(list(pids.iterdir())) < 2 and time.monotonic() < deadline and sweep.poll() is None:
+            time.sleep(0.2)
+        workers = [int(p.name) for p in pids.iterdir()]
+        assert len(workers) == 2
+        sweep.send_signal(signal.SIGTERM)
+        sweep.wait(timeout=30)
+    finally:
+        if sweep.poll() is None:
+            sweep.kill()
+    time.sleep(0.5)
+    alive = []
+    for pid in workers:
+        try:
+            os.kill(pid, 0)
+            alive.append(pid)
+        except ProcessLookupError:
+            pass
+    for pid in alive:  # do not leave them running if the test fails
+        os.kill(pid, signal.SIGKILL)
+    assert not alive, "worker processes outlived the terminated sweep"
 
 
 def test_parallel_workers_match_sequential_and_a_crash_loses_one_cell(tmp_path: Path) -> None:

@@ -24,6 +24,7 @@ device and thread count are recorded but not compared: they change floating-poin
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import functools
 import hashlib
@@ -31,11 +32,13 @@ import json
 import logging
 import multiprocessing
 import multiprocessing.connection
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -347,6 +350,24 @@ def _cell_process(load: Callable[[], LabelledImages], cell: tuple[str, str, int,
         sys.exit(DEADLINE_EXIT)
 
 
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """While worker processes run: SIGTERM (`kill`, a scheduler's stop) raises KeyboardInterrupt in the main
+    thread, as Ctrl-C does, so that the sweep stops its workers instead of leaving them running as orphans."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def _run_in_processes(load: Callable[[], LabelledImages], todo: list[tuple[str, str, int, str]], config: SweepConfig,
                       cells_dir: Path, workers: int, done: Callable[[], object], deadline: float | None = None
                       ) -> tuple[list[tuple[str, str]], list[str]]:
@@ -361,32 +382,40 @@ def _run_in_processes(load: Callable[[], LabelledImages], todo: list[tuple[str, 
     failures: list[tuple[str, str]] = []
     unfinished: list[str] = []
     longest = 0.0
-    while pending or running:
-        while pending and len(running) < workers:
-            if deadline is not None and _now() + longest > deadline:
-                unfinished += [cell_key(*cell) for cell in pending]
-                pending.clear()
-                break
-            slot = min(set(range(workers)) - {s for _, s, _ in running.values()})
-            cell = pending.pop(0)
-            proc = ctx.Process(target=_cell_process, args=(load, cell, config, cells_dir, threads,
-                                                           f"cuda:{slot % gpus}" if gpus else device, deadline),
-                               name=cell_key(*cell))
-            proc.start()
-            running[proc] = (cell, slot, _now())
-        if not running:
-            break
-        multiprocessing.connection.wait([p.sentinel for p in running])
-        for proc in [p for p in running if not p.is_alive()]:
-            proc.join()
-            cell, _, started = running.pop(proc)
-            if proc.exitcode == 0:
-                longest = max(longest, _now() - started)
-            elif proc.exitcode == DEADLINE_EXIT:
-                unfinished.append(cell_key(*cell))
-            else:
-                failures.append((cell_key(*cell), f"its process ended with exit code {proc.exitcode}"))
-            done()
+    with _sigterm_as_interrupt():
+        try:
+            while pending or running:
+                while pending and len(running) < workers:
+                    if deadline is not None and _now() + longest > deadline:
+                        unfinished += [cell_key(*cell) for cell in pending]
+                        pending.clear()
+                        break
+                    slot = min(set(range(workers)) - {s for _, s, _ in running.values()})
+                    cell = pending.pop(0)
+                    proc = ctx.Process(target=_cell_process, args=(load, cell, config, cells_dir, threads,
+                                                                   f"cuda:{slot % gpus}" if gpus else device, deadline),
+                                       name=cell_key(*cell))
+                    proc.start()
+                    running[proc] = (cell, slot, _now())
+                if not running:
+                    break
+                multiprocessing.connection.wait([p.sentinel for p in running])
+                for proc in [p for p in running if not p.is_alive()]:
+                    proc.join()
+                    cell, _, started = running.pop(proc)
+                    if proc.exitcode == 0:
+                        longest = max(longest, _now() - started)
+                    elif proc.exitcode == DEADLINE_EXIT:
+                        unfinished.append(cell_key(*cell))
+                    else:
+                        failures.append((cell_key(*cell), f"its process ended with exit code {proc.exitcode}"))
+                    done()
+        finally:  # interrupted: the cells still running stop with the sweep (finished ones are on disk)
+            for proc in running:
+                if proc.is_alive():
+                    proc.terminate()
+            for proc in running:
+                proc.join()
     return failures, unfinished
 
 

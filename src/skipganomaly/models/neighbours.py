@@ -51,8 +51,9 @@ def pooled_map(feature_map: Tensor, grid: int) -> Tensor:
 
 class FeatureBank(nn.Module):
     """Features of the training normals (L2-normalised for the cosine metric), and the mean cosine (or
-    Euclidean) distance of a query to its `k` nearest rows, standardised by that distance's mean and spread on the training normals
-    themselves (each left out of its own neighbours), so that it adds to other standardised scores.
+    Euclidean) distance of a query to its `k` nearest rows, standardised by that distance's mean and spread
+    on the training normals themselves (each left out of its own neighbours), so that it adds to other
+    standardised scores.
 
     The rows are float16 (half the checkpoint; cosine exact to ~1e-3) and their number is known only
     after fitting: loading a state dict resizes them to the saved shape (tensors only, so checkpoints
