@@ -110,3 +110,9 @@ def test_patch_term_exports_to_onnx(tmp_path) -> None:
     expected = batched_apply(model.score, model, images.contiguous(), 4, torch.device("cpu")).double().numpy()
     got = OnnxScorer(export_onnx(model, tmp_path / "m.onnx")).score(images.contiguous(), batch_size=3)
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-3 * float(np.std(expected)))
+
+
+def test_too_few_patches_for_the_atoms_is_a_config_error() -> None:
+    enc = PatchDictionary(1, 32, atoms=60, patch=30, samples=100)  # 2 images x 9 positions = 18 patches
+    with pytest.raises(ConfigError, match="at least 60 patches"):
+        enc.fit(torch.zeros(2, 1, 32, 32))

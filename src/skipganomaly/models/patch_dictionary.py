@@ -20,7 +20,7 @@ from .neighbours import in_chunks
 # (so flat patches are not blown up into noise), and the eigenvalue floor of the ZCA whitening.
 CONTRAST_EPS = 10.0
 WHITEN_EPS = 0.1
-PATCHES_PER_IMAGE = 10  # patches drawn from each sampled image for the k-means fit
+PATCHES_PER_IMAGE = 10  # the fewest patches drawn from each sampled image for the k-means fit
 ENCODE_CHUNK = 128  # images encoded at a time when fitting: their distances to every atom are [128, L, atoms]
 
 
@@ -63,14 +63,23 @@ class PatchDictionary(nn.Module):
     def fit(self, x: Tensor) -> Tensor:
         """Whitening and k-means centroids from `samples` patches of the images x [N, C, H, W], then the
         features' statistics over all of x; returns the (standardised) features of x [N, dim]."""
-        n_images = max(1, self.samples // PATCHES_PER_IMAGE)
-        picks = torch.randint(len(x), (n_images,))
+        positions = (int(x.shape[-1]) - self.patch + 1) ** 2
+        if len(x) * positions <= self.samples:  # few images: every patch of every one
+            picks, per_image = torch.arange(len(x)), positions
+        else:  # distinct images, at least PATCHES_PER_IMAGE random patches from each
+            per_image = max(PATCHES_PER_IMAGE, -(-self.samples // len(x)))
+            picks = torch.randperm(len(x))[:-(-self.samples // per_image)]
         chunks = []
-        for start in range(0, n_images, 500):
+        for start in range(0, len(picks), 500):
             u = self._normalised_patches(x[picks[start:start + 500]].to(self.centre.device))
-            where = torch.randint(u.shape[1], (len(u), PATCHES_PER_IMAGE), device=u.device)
-            chunks.append(torch.gather(u, 1, where[..., None].expand(-1, -1, u.shape[-1])).flatten(0, 1))
+            if per_image < positions:
+                where = torch.randint(positions, (len(u), per_image), device=u.device)
+                u = torch.gather(u, 1, where[..., None].expand(-1, -1, u.shape[-1]))
+            chunks.append(u.flatten(0, 1))
         sample = torch.cat(chunks).double()
+        if len(sample) < self.atoms:
+            raise ConfigError(f"the patch dictionary needs at least {self.atoms} patches (patch_atoms) and the "
+                              f"training images give {len(sample)}: use fewer atoms or more images")
         centre = sample.mean(0)
         values, vectors = torch.linalg.eigh(torch.cov((sample - centre).T))
         whiten = vectors @ torch.diag((values.clamp_min(0) + WHITEN_EPS).rsqrt()) @ vectors.T
