@@ -286,15 +286,17 @@ def test_a_terminated_sweep_stops_its_worker_processes(tmp_path: Path) -> None:
             f"run_sweep(_slow_cifar, _config(models=['knn', 'pca'], protocols=['honest']), Path({str(tmp_path)!r}), "
             "workers=2)")
     sweep = subprocess.Popen([sys.executable, "-c", code], env={**os.environ, "SLOW_CIFAR_PIDS": str(pids)},
-                             cwd=Path(__file__).resolve().parents[1], stderr=subprocess.DEVNULL)
+                             cwd=Path(__file__).resolve().parents[1], stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 120
         while len(list(pids.iterdir())) < 2 and time.monotonic() < deadline and sweep.poll() is None:
             time.sleep(0.2)
         workers = [int(p.name) for p in pids.iterdir()]
-        assert len(workers) == 2
+        if len(workers) != 2:
+            sweep.kill()
+            raise AssertionError(f"the workers did not start: {sweep.communicate()[1][-2000:]}")
         sweep.send_signal(signal.SIGTERM)
-        sweep.wait(timeout=30)
+        sweep.communicate(timeout=30)
     finally:
         if sweep.poll() is None:
             sweep.kill()
@@ -306,8 +308,9 @@ def test_a_terminated_sweep_stops_its_worker_processes(tmp_path: Path) -> None:
             alive.append(pid)
         except ProcessLookupError:
             pass
-    for pid in alive:  # do not leave them running if the test fails
-        os.kill(pid, signal.SIGKILL)
+    for pid in alive:  # do not leave them running if the test fails (and kill only those: pids are reused)
+        if "multiprocessing" in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace"):
+            os.kill(pid, signal.SIGKILL)
     assert not alive, "worker processes outlived the terminated sweep"
 
 

@@ -359,6 +359,7 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         return
 
     def interrupt(signum: int, frame: object) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the workers' cleanup short
         raise KeyboardInterrupt(f"signal {signum}")
 
     previous = signal.signal(signal.SIGTERM, interrupt)
@@ -395,8 +396,8 @@ def _run_in_processes(load: Callable[[], LabelledImages], todo: list[tuple[str, 
                     proc = ctx.Process(target=_cell_process, args=(load, cell, config, cells_dir, threads,
                                                                    f"cuda:{slot % gpus}" if gpus else device, deadline),
                                        name=cell_key(*cell))
+                    running[proc] = (cell, slot, _now())  # before it starts: an interrupt then still stops it
                     proc.start()
-                    running[proc] = (cell, slot, _now())
                 if not running:
                     break
                 multiprocessing.connection.wait([p.sentinel for p in running])
@@ -411,12 +412,23 @@ def _run_in_processes(load: Callable[[], LabelledImages], todo: list[tuple[str, 
                         failures.append((cell_key(*cell), f"its process ended with exit code {proc.exitcode}"))
                     done()
         finally:  # interrupted: the cells still running stop with the sweep (finished ones are on disk)
-            for proc in running:
-                if proc.is_alive():
-                    proc.terminate()
-            for proc in running:
-                proc.join()
+            _stop(list(running))
     return failures, unfinished
+
+
+def _stop(procs: list[Any], grace: float = 10.0) -> None:
+    """Terminate the worker processes still running and wait for them; one not ended after `grace` seconds
+    (e.g. stuck in a GPU's teardown) is killed."""
+    for proc in procs:
+        if proc.is_alive():
+            proc.terminate()
+    for proc in procs:
+        if proc.pid is None:  # never started
+            continue
+        proc.join(grace)
+        if proc.is_alive():
+            proc.kill()
+            proc.join()
 
 
 def cell_rows(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -11,7 +11,7 @@ from skipganomaly.errors import ConfigError
 from skipganomaly.evaluation.metrics import evaluate_scores
 from skipganomaly.models import create
 from skipganomaly.models.neighbours import FeatureBank
-from skipganomaly.models.patch_dictionary import CONTRAST_EPS, PatchDictionary
+from skipganomaly.models.patch_dictionary import CONTRAST_EPS, WHITEN_EPS, PatchDictionary
 from tests.conftest import noise_images, smooth_images
 
 
@@ -19,22 +19,39 @@ def _images(n: int, seed: int) -> torch.Tensor:
     return torch.from_numpy(smooth_images(n, seed=seed)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
 
 
-def test_encoding_is_the_triangle_activation_of_whitened_patches_averaged_per_region() -> None:
+@pytest.mark.parametrize("patch", [5, 6])  # 28 positions per side, split evenly; 27, split 13 / 14
+def test_encoding_is_the_triangle_activation_of_whitened_patches_averaged_per_region(patch: int) -> None:
     torch.manual_seed(0)
-    enc = PatchDictionary(3, 32, atoms=7, patch=5, grid=2, samples=400, iterations=3)
+    enc = PatchDictionary(3, 32, atoms=7, patch=patch, grid=2, samples=400, iterations=3)
     enc.fit(_images(20, 0))
     x = _images(2, 1)
-    expected = torch.zeros(2, 7, 28, 28)
+    side = 32 - patch + 1
+    expected = torch.zeros(2, 7, side, side)
     for b in range(2):
-        for i in range(28):
-            for j in range(28):
-                p = ((x[b, :, i:i + 5, j:j + 5] + 1) * 127.5).flatten()  # channel-major, as unfold
+        for i in range(side):
+            for j in range(side):
+                p = ((x[b, :, i:i + patch, j:j + patch] + 1) * 127.5).flatten()  # channel-major, as unfold
                 p = (p - p.mean()) / torch.sqrt(p.var() + CONTRAST_EPS)
                 z = ((p - enc.centre) @ enc.whiten - enc.centroids).norm(dim=1)
                 expected[b, :, i, j] = (z.mean() - z).clamp_min(0)
-    regions = [expected[:, :, :14, :14], expected[:, :, :14, 14:], expected[:, :, 14:, :14], expected[:, :, 14:, 14:]]
+    h = side // 2
+    regions = [expected[:, :, :h, :h], expected[:, :, :h, h:], expected[:, :, h:, :h], expected[:, :, h:, h:]]
     pooled = torch.stack([r.mean((2, 3)) for r in regions], -1).flatten(1)  # atom-major, then the 2 x 2 regions
     torch.testing.assert_close(enc(x), (pooled - enc.feature_mean) / enc.feature_std, rtol=1e-3, atol=1e-3)
+
+
+def test_whitening_is_zca_of_the_normalised_patches() -> None:
+    """With every patch of a small set used, whiten = (C + eps I)^(-1/2) for their covariance C (symmetric: ZCA)."""
+    torch.manual_seed(0)
+    x = _images(4, 0)
+    enc = PatchDictionary(3, 32, atoms=5, samples=10_000)  # 4 x 729 patches < samples: every one
+    enc.fit(x)
+    u = enc._normalised_patches(x).flatten(0, 1).double()
+    cov = torch.cov((u - u.mean(0)).T)
+    torch.testing.assert_close(enc.centre.double(), u.mean(0), rtol=1e-4, atol=1e-4)
+    product = enc.whiten.double() @ (cov + WHITEN_EPS * torch.eye(len(cov), dtype=torch.float64)) @ enc.whiten.double()
+    torch.testing.assert_close(product, torch.eye(len(cov), dtype=torch.float64), rtol=1e-3, atol=1e-3)
+    torch.testing.assert_close(enc.whiten, enc.whiten.T)
 
 
 def test_fit_standardises_the_training_features_and_repeats_under_a_seed() -> None:
@@ -44,6 +61,9 @@ def test_fit_standardises_the_training_features_and_repeats_under_a_seed() -> No
     feats = a.fit(x)
     torch.testing.assert_close(feats, a(x), rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(feats.mean(0), torch.zeros(a.dim), atol=1e-4, rtol=0)
+    spread = feats.std(0)
+    varies = a.feature_std > 1e-3  # a feature constant on the normals keeps its floor
+    torch.testing.assert_close(spread[varies], torch.ones(int(varies.sum())), atol=1e-3, rtol=0)
     torch.manual_seed(3)
     b = PatchDictionary(3, 32, atoms=5, samples=300)
     b.fit(x)
@@ -116,3 +136,20 @@ def test_too_few_patches_for_the_atoms_is_a_config_error() -> None:
     enc = PatchDictionary(1, 32, atoms=60, patch=30, samples=100)  # 2 images x 9 positions = 18 patches
     with pytest.raises(ConfigError, match="at least 60 patches"):
         enc.fit(torch.zeros(2, 1, 32, 32))
+
+
+def test_patch_saliency_map_is_finite_where_a_query_sits_on_a_training_normal() -> None:
+    torch.manual_seed(0)
+    model = create("rotation", widths=[8, 16], score="patch", patch_atoms=8).eval()
+    x = _images(20, 0)
+    with torch.no_grad():
+        model.fit_statistics(x)
+    saliency = model.anomaly_map(x[:3])  # each is in the bank: distance 0 to its own row
+    assert saliency.shape == (3, 32, 32) and torch.isfinite(saliency).all()
+
+
+
+@pytest.mark.parametrize("atoms", [0, 2.5, True])
+def test_bad_patch_atoms_is_a_config_error_naming_the_option(atoms: object) -> None:
+    with pytest.raises(ConfigError, match="patch_atoms"):
+        create("rotation", patch_atoms=atoms)

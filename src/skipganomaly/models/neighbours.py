@@ -96,7 +96,8 @@ class FeatureBank(nn.Module):
         with torch.autocast(feats.device.type, enabled=False):  # distances near 0 need float32, not bf16
             best, _ = smallest_k(block, len(self.rows), k, self.CHUNK)
         best = best[:, int(leave_self_out):]
-        return (best.sqrt() if self.metric == "euclidean" else best).mean(1)
+        # the Euclidean root of a floor above 0: a finite gradient (saliency maps) where a query sits on a row
+        return (best.clamp_min(1e-12).sqrt() if self.metric == "euclidean" else best).mean(1)
 
     def standardised(self, feats: Tensor) -> Tensor:
         """[B]: the distance in standard deviations of the training normals' own distances, from their mean."""

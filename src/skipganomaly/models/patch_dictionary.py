@@ -1,10 +1,11 @@
 """Single-layer features learned without labels from the training normals' small patches: contrast-normalised,
-ZCA-whitened patches, a k-means dictionary, triangle encoding, sum pooling over a coarse grid.
+ZCA-whitened patches, a k-means dictionary, triangle encoding, mean pooling over a coarse grid.
 
 After Coates, Lee & Ng, "An Analysis of Single-Layer Networks in Unsupervised Feature Learning" (AISTATS 2011).
 Written here from the paper's description. It costs one k-means on sampled patches (no gradient steps), and
 describes texture and colour at every place in the image, which a few epochs of a small CNN learn poorly.
-Every operation is a convolution, a pooling or arithmetic, so the encoder exports to ONNX with the model.
+Every operation is an unfold, a matrix product, slicing or arithmetic, so the encoder exports to ONNX with the
+model.
 """
 
 from __future__ import annotations
@@ -21,7 +22,9 @@ from .neighbours import in_chunks
 CONTRAST_EPS = 10.0
 WHITEN_EPS = 0.1
 PATCHES_PER_IMAGE = 10  # the fewest patches drawn from each sampled image for the k-means fit
-ENCODE_CHUNK = 128  # images encoded at a time when fitting: their distances to every atom are [128, L, atoms]
+# Elements of the largest intermediate tensor per chunk when fitting ([images, positions, atoms] distances; about
+# 150 MB in float32): the chunk of images shrinks as images or the dictionary grow.
+CHUNK_ELEMENTS = 128 * 27 * 27 * 400
 
 
 class PatchDictionary(nn.Module):
@@ -56,22 +59,32 @@ class PatchDictionary(nn.Module):
 
     def _normalised_patches(self, x: Tensor) -> Tensor:
         """[B, L, D]: every patch (unfolded), contrast-normalised, in Coates et al.'s [0, 255] scale."""
-        u = F.unfold((x.float() + 1.0) * 127.5, self.patch).transpose(1, 2)
+        u = F.unfold((x.float().to(self.centre.device) + 1.0) * 127.5, self.patch).transpose(1, 2)
         u = u - u.mean(-1, keepdim=True)
         return u / torch.sqrt(u.var(-1, keepdim=True) + CONTRAST_EPS)
 
+    def _chunk(self, positions: int, width: int) -> int:
+        """Images per chunk so that a [images, positions, width] tensor stays near CHUNK_ELEMENTS."""
+        return max(1, CHUNK_ELEMENTS // (positions * width))
+
     def fit(self, x: Tensor) -> Tensor:
         """Whitening and k-means centroids from `samples` patches of the images x [N, C, H, W], then the
-        features' statistics over all of x; returns the (standardised) features of x [N, dim]."""
+        features' statistics over all of x; returns the (standardised) features of x [N, dim]. In float32
+        whatever autocast is on: k-means assignments from bf16 distances would be noise."""
+        with torch.autocast(x.device.type, enabled=False):
+            return self._fit(x)
+
+    def _fit(self, x: Tensor) -> Tensor:
         positions = (int(x.shape[-1]) - self.patch + 1) ** 2
         if len(x) * positions <= self.samples:  # few images: every patch of every one
             picks, per_image = torch.arange(len(x)), positions
         else:  # distinct images, at least PATCHES_PER_IMAGE random patches from each
-            per_image = max(PATCHES_PER_IMAGE, -(-self.samples // len(x)))
+            per_image = min(positions, max(PATCHES_PER_IMAGE, -(-self.samples // len(x))))
             picks = torch.randperm(len(x))[:-(-self.samples // per_image)]
         chunks = []
-        for start in range(0, len(picks), 500):
-            u = self._normalised_patches(x[picks[start:start + 500]].to(self.centre.device))
+        step = self._chunk(positions, int(self.centre.numel()))
+        for start in range(0, len(picks), step):
+            u = self._normalised_patches(x[picks[start:start + step]])
             if per_image < positions:
                 where = torch.randint(positions, (len(u), per_image), device=u.device)
                 u = torch.gather(u, 1, where[..., None].expand(-1, -1, u.shape[-1]))
@@ -94,8 +107,9 @@ class PatchDictionary(nn.Module):
         self.centre, self.whiten, self.centroids = centre.float(), whiten.float(), centroids
         self.feature_mean.zero_()
         self.feature_std.fill_(1.0)
-        raw = torch.cat(in_chunks(self, x, ENCODE_CHUNK))
-        # a floor on the spread: an atom that no normal patch activates must not turn noise into score
+        raw = torch.cat(in_chunks(self, x, self._chunk(positions, self.atoms)))
+        # a floor on the spread, so that a feature constant on the normals does not divide by zero: a test image
+        # that activates it lies far away (a kind of patch the normals never show where it is)
         self.feature_mean, self.feature_std = raw.mean(0), raw.std(0).clamp_min(1e-3)
         return (raw - self.feature_mean) / self.feature_std
 
@@ -105,7 +119,7 @@ class PatchDictionary(nn.Module):
             u = self._normalised_patches(x)
             w = (u - self.centre) @ self.whiten
             z = ((w * w).sum(-1, keepdim=True) + (self.centroids * self.centroids).sum(1)
-                 - 2 * w @ self.centroids.T).clamp_min(0).sqrt()  # [B, L, K]
+                 - 2 * w @ self.centroids.T).clamp_min(1e-12).sqrt()  # [B, L, K]; > 0: a finite gradient
             f = (z.mean(-1, keepdim=True) - z).clamp_min(0)
             side = int(x.shape[-1]) - self.patch + 1
             f = f.transpose(1, 2).reshape(-1, self.atoms, side, side)  # no batch size: ONNX keeps it dynamic

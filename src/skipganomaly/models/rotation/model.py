@@ -100,6 +100,9 @@ class RotationNet(AnomalyModel):
                               f"got {map_grid}")
         if contrastive < 0 or temperature <= 0:
             raise ConfigError(f"contrastive must be >= 0 and temperature > 0, got {contrastive} and {temperature}")
+        if isinstance(patch_atoms, bool) or int(patch_atoms) != patch_atoms or patch_atoms < 1:
+            raise ConfigError(f"patch_atoms (the k-means dictionary of the patch term) must be a whole number >= 1, "
+                              f"got {patch_atoms!r}")
         if map_views not in MAP_VIEWS:
             raise ConfigError(f"map_views must be one of {', '.join(MAP_VIEWS)}, got {map_views!r}")
         self.widths, self.flips, self.score_name, self.k = widths, flips, score, k
