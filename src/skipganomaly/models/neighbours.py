@@ -20,6 +20,14 @@ def in_chunks(fn: Callable[[Tensor], T], x: Tensor, size: int = STATISTICS_CHUNK
     return [fn(x[i:i + size]) for i in range(0, len(x), size)]
 
 
+def squared_distances(query: Tensor, rows: Tensor, query_sq: Tensor | None = None) -> Tensor:
+    """[..., R]: squared Euclidean distances of query [..., D] to rows [R, D], by |q|^2 + |r|^2 - 2 q.r (one
+    matrix product), floored at 0 against rounding. `query_sq` ([..., 1]) saves recomputing |q|^2 per block."""
+    if query_sq is None:
+        query_sq = query.pow(2).sum(-1, keepdim=True)
+    return (query_sq + rows.pow(2).sum(1) - 2.0 * query @ rows.T).clamp_min(0.0)
+
+
 def smallest_k(block_distances: Callable[[int, int], Tensor], n_rows: int, k: int,
                chunk: int) -> tuple[Tensor, Tensor]:
     """The k smallest distances [B, k] (ascending) and their bank indices [B, k], from
@@ -91,7 +99,7 @@ class FeatureBank(nn.Module):
             rows = self.rows[start:stop].float()
             if self.metric == "cosine":
                 return 1.0 - feats @ rows.T
-            return (sq + rows.pow(2).sum(1) - 2.0 * feats @ rows.T).clamp_min(0.0)  # squared: sqrt after top-k
+            return squared_distances(feats, rows, sq)  # the root after the top-k
 
         with torch.autocast(feats.device.type, enabled=False):  # distances near 0 need float32, not bf16
             best, _ = smallest_k(block, len(self.rows), k, self.CHUNK)

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import ConfigError
-from .neighbours import in_chunks
+from .neighbours import in_chunks, squared_distances
 
 # Coates et al.'s constants, for pixels in [0, 255]: the variance added before the contrast normalisation
 # (so flat patches are not blown up into noise), and the eigenvalue floor of the ZCA whitening.
@@ -118,8 +118,7 @@ class PatchDictionary(nn.Module):
         with torch.autocast(x.device.type, enabled=False):
             u = self._normalised_patches(x)
             w = (u - self.centre) @ self.whiten
-            z = ((w * w).sum(-1, keepdim=True) + (self.centroids * self.centroids).sum(1)
-                 - 2 * w @ self.centroids.T).clamp_min(1e-12).sqrt()  # [B, L, K]; > 0: a finite gradient
+            z = squared_distances(w, self.centroids).clamp_min(1e-12).sqrt()  # [B, L, K]; > 0: a finite gradient
             f = (z.mean(-1, keepdim=True) - z).clamp_min(0)
             side = int(x.shape[-1]) - self.patch + 1
             f = f.transpose(1, 2).reshape(-1, self.atoms, side, side)  # no batch size: ONNX keeps it dynamic

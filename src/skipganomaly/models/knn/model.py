@@ -8,7 +8,7 @@ from torch import Tensor
 
 from ...errors import ConfigError
 from ..base import ClosedFormModel
-from ..neighbours import smallest_k
+from ..neighbours import smallest_k, squared_distances
 from ..registry import register
 
 
@@ -54,7 +54,7 @@ class Knn(ClosedFormModel):
 
         def block(start: int, stop: int) -> Tensor:
             rows = self._bank_rows(start, stop)
-            return (q_sq + rows.pow(2).sum(1) - 2.0 * query @ rows.T).clamp_min(0.0)
+            return squared_distances(query, rows, q_sq)
 
         d_sq, idx = smallest_k(block, len(self.bank), self.k, self.CHUNK)
         return d_sq.sqrt(), idx
