@@ -38,6 +38,8 @@ def _other(name: str, default: Any, model: str = "") -> Any:
         return 1
     if name == "image_size":
         return 64
+    if name == "mask_grid":  # 0 = off; 1 is not a grid
+        return 4
     if isinstance(default, int):
         return default + 1
     if isinstance(default, float):

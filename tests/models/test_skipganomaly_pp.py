@@ -184,3 +184,93 @@ def test_map_scored_detector_ranks_noise_above_smooth_images_and_round_trips(tmp
     assert evaluate_scores(scores, np.r_[np.zeros(10), np.ones(10)], det.threshold_)["auroc"] > 0.9
     det.save(tmp_path / "model.pt")
     np.testing.assert_allclose(Detector.load(tmp_path / "model.pt").decision_function(x), scores, rtol=1e-5)
+
+
+def _masked(**options):
+    torch.manual_seed(0)
+    return create("skipganomaly++", widths=[4, 8, 8, 16, 16], ndf=8, mask_grid=4, **options)
+
+
+def test_masked_inpainting_sets_cover_every_cell_once_and_the_paper_model_has_none() -> None:
+    assert not any("mask" in k for k in create("skipganomaly++").state_dict())
+    partition = _masked(mask_sets=3).mask_partition
+    assert partition.shape == (4, 4)
+    assert sorted(torch.bincount(partition.flatten()).tolist()) == [5, 5, 6]  # disjoint, all sets non-empty
+    assert torch.equal(partition, _masked(mask_sets=3).mask_partition)  # fixed: scores do not vary between builds
+
+
+def test_masked_reconstruction_of_a_cell_never_sees_that_cell() -> None:
+    """Each pixel is inpainted from the others, so changing one cell's pixels leaves its reconstruction
+    there unchanged (and G alone, unmasked, would change it)."""
+    model = _masked(mask_sets=2).eval()
+    for module in model.generator.modules():  # PyTorch's default init: outputs of order 1, not the DCGAN init's ~1e-8
+        if hasattr(module, "reset_parameters"):
+            module.reset_parameters()
+    x = torch.rand(3, 3, 32, 32) * 2 - 1
+    y = x.clone()
+    y[:, :, 8:16, 16:24] = torch.rand(3, 3, 8, 8) * 2 - 1  # the cell at row 1, column 2
+    with torch.no_grad():
+        rx, ry = model.reconstruct(x), model.reconstruct(y)
+        gx, gy = model.generator(x), model.generator(y)
+    torch.testing.assert_close(rx[:, :, 8:16, 16:24], ry[:, :, 8:16, 16:24])
+    assert (gx - gy)[:, :, 8:16, 16:24].abs().max() > 1e-2  # G alone copies the changed cell through
+    other = (model.mask_partition != model.mask_partition[1, 2]).nonzero()[0].tolist()  # a cell of another set
+    rows, cols = slice(8 * other[0], 8 * other[0] + 8), slice(8 * other[1], 8 * other[1] + 8)
+    assert (rx - ry)[:, :, rows, cols].abs().max() > 1e-2  # cells of other sets are inpainted from it
+    # the paper score and the validation loss are computed on the inpainted image, per image
+    with torch.no_grad():
+        torch.testing.assert_close(model.validation_loss(x), (rx - x).abs().flatten(1).mean(1))
+        torch.testing.assert_close(model.score(x[:1]), model.score(x)[:1])
+
+
+def test_masked_training_blanks_whole_cells_at_the_rate_of_one_set() -> None:
+    model = _masked(mask_sets=4)
+    seen = []
+    model.generator.register_forward_hook(lambda module, args, out: seen.append(args[0].detach()))
+    x = torch.rand(256, 3, 32, 32) * 0.9 + 0.05  # no pixel is 0 unless blanked
+    model.generator_loss(x)
+    cells = (seen[0] == 0).float().unflatten(2, (4, 8)).unflatten(4, (4, 8))  # [B, C, 4, 8, 4, 8]
+    per_cell = cells.mean((1, 3, 5))
+    assert set(per_cell.unique().tolist()) <= {0.0, 1.0}  # a cell is blanked whole or not at all
+    assert abs(per_cell.mean().item() - 0.25) < 0.03
+    kept = per_cell == 0
+    torch.testing.assert_close(seen[0].unflatten(2, (4, 8)).unflatten(4, (4, 8)).permute(0, 2, 4, 1, 3, 5)[kept],
+                               x.unflatten(2, (4, 8)).unflatten(4, (4, 8)).permute(0, 2, 4, 1, 3, 5)[kept])
+
+
+@pytest.mark.parametrize("options, match", [({"mask_grid": 5}, "mask_grid"), ({"mask_grid": 1}, "mask_grid"),
+                                            ({"mask_grid": 4, "mask_sets": 1}, "mask_sets"),
+                                            ({"mask_grid": 2, "mask_sets": 5}, "mask_sets")])
+def test_bad_mask_options_name_themselves(options, match) -> None:
+    with pytest.raises(ConfigError, match=match):
+        create("skipganomaly++", **options)
+
+
+def test_masked_detector_round_trips(tmp_path) -> None:
+    import numpy as np
+
+    from skipganomaly.detector import Detector
+    from tests.conftest import smooth_images
+
+    det = Detector(model="skipganomaly++", widths=[4, 8, 8, 16, 16], ndf=8, mask_grid=4, epochs=1, batch_size=16,
+                   device="cpu", progress=False).fit(smooth_images(32, seed=0))
+    x = smooth_images(6, seed=5)
+    scores = det.decision_function(x)
+    det.save(tmp_path / "model.pt")
+    loaded = Detector.load(tmp_path / "model.pt")
+    assert loaded.get_params()["mask_grid"] == 4
+    np.testing.assert_allclose(loaded.decision_function(x), scores, rtol=1e-5)
+
+
+def test_masked_score_exports_to_onnx(tmp_path) -> None:
+    import numpy as np
+
+    from skipganomaly.onnx_export import OnnxScorer, export_onnx
+
+    from skipganomaly.training import batched_apply
+
+    model = _masked().eval()
+    images = torch.randint(0, 256, (5, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    expected = batched_apply(model.score, model, images, 4, torch.device("cpu")).double().numpy()
+    got = OnnxScorer(export_onnx(model, tmp_path / "m.onnx")).score(images, batch_size=2)
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-3 * float(np.std(expected)))

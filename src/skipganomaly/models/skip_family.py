@@ -102,6 +102,14 @@ class SkipFamilyModel(GanModel):
     average-pooled to `map_grid` x `map_grid`) to its `k` nearest training normals', each stage's
     distance standardised on the training normals and summed; `rotation+map` adds the standardised
     rotation term. The feature banks are fitted after training, only where the score uses them.
+
+    Not from the paper (off by default): `mask_grid > 0` trains G to inpaint (after RIAD, Zavrtanik et
+    al. 2021): the image is cut into `mask_grid` x `mask_grid` cells, during training each cell of each
+    image is blanked (set to 0, mid-grey) with probability 1 / `mask_sets`, and G reconstructs the whole
+    image from the rest, so the skip connections can no longer copy the blanked cells through. At test
+    time the cells are split into `mask_sets` fixed disjoint sets; each set is blanked in turn and the
+    reconstruction keeps G's inpainting of the blanked cells, so every pixel is predicted from the
+    others. The `paper` score, the anomaly map and the validation loss use that inpainted image.
     """
 
     reference_scores_in_train_mode = True  # both PyTorch references score without eval() (spec C, F1)
@@ -125,6 +133,8 @@ class SkipFamilyModel(GanModel):
         map_layers: Sequence[int] = (0, 1),
         map_grid: int = 4,
         k: int = 5,
+        mask_grid: int = 0,
+        mask_sets: int = 3,
     ) -> None:
         super().__init__(in_channels, image_size)
         if score not in SCORES:
@@ -134,6 +144,15 @@ class SkipFamilyModel(GanModel):
                               f"got {rotation_weight}")
         if k < 1:
             raise ConfigError(f"k must be at least 1, got {k}")
+        if isinstance(mask_grid, bool) or int(mask_grid) != mask_grid or mask_grid < 0 \
+                or (mask_grid and (mask_grid < 2 or image_size % mask_grid)):
+            raise ConfigError(f"mask_grid must be 0 (off) or a whole number >= 2 that divides the image size "
+                              f"{image_size}, got {mask_grid!r}")
+        if mask_grid and not (isinstance(mask_sets, int) and not isinstance(mask_sets, bool)
+                              and 2 <= mask_sets <= mask_grid ** 2):
+            raise ConfigError(f"mask_sets must be a whole number from 2 to mask_grid^2 ({mask_grid ** 2}), "
+                              f"got {mask_sets!r}")
+        self.mask_grid, self.mask_sets = int(mask_grid), int(mask_sets)
         self.map_layers, self.map_grid, self.k = [int(i) for i in map_layers], map_grid, k
         self.rotation_weight, self.score_name = rotation_weight, score
         self.ndf, self.nz = ndf, nz
@@ -157,6 +176,11 @@ class SkipFamilyModel(GanModel):
             [FeatureBank(ndf * 2 ** i * map_grid ** 2, k) for i in self.map_layers] if "map" in score else [])
         if "map" in score and rotation_weight:  # mean, std of the rotation term on the training normals
             self.register_buffer("rotation_stats", torch.tensor([0.0, 1.0]))
+        if self.mask_grid:  # the test-time sets of cells: fixed (seeded), saved with the model, each set non-empty
+            cells = torch.randperm(self.mask_grid ** 2, generator=torch.Generator().manual_seed(0))
+            partition = torch.empty_like(cells)
+            partition[cells] = torch.arange(len(cells)) % self.mask_sets
+            self.register_buffer("mask_partition", partition.view(self.mask_grid, self.mask_grid))
 
     @property
     def fits_statistics(self) -> bool:  # type: ignore[override]
@@ -170,11 +194,29 @@ class SkipFamilyModel(GanModel):
         """The reconstruction G(x)."""
         return self.generator(x)
 
+    def _pixels(self, cells: Tensor) -> Tensor:
+        """Cell masks [..., mask_grid, mask_grid] as pixel masks [..., 1, H, W] (1 = blanked)."""
+        g, size, lead = self.mask_grid, self.image_size // self.mask_grid, cells.shape[:-2]
+        # expand + reshape rather than repeat_interleave, which the ONNX export gets wrong
+        return cells[..., :, None, :, None].expand(*lead, g, size, g, size).reshape(*lead, 1, g * size, g * size)
+
+    def reconstruct(self, x: Tensor) -> Tensor:
+        """G(x); with `mask_grid`, G's inpainting of each fixed set of cells from the others, put together."""
+        if not self.mask_grid:
+            return self.generator(x)
+        masks = self._pixels(self.mask_partition == torch.arange(self.mask_sets, device=x.device)[:, None, None])
+        masks = masks.to(x.dtype).unsqueeze(1)  # [S, 1, 1, H, W]
+        filled = self.generator((x.unsqueeze(0) * (1 - masks)).reshape(-1, *x.shape[1:]))
+        return (filled.reshape(self.mask_sets, -1, *x.shape[1:]) * masks).sum(0)
+
     def generator_loss(self, x: Tensor) -> LossStep:
         # D(x) is computed once, with its graph: G's step uses its features, D's step its logit
         # (D's weights do not change in between, so a second pass would give the same values).
         logit_real, feat_real = self.discriminator.classify(x)
         noisy = x + self.noise_sigma * torch.randn_like(x) if self.noise_sigma > 0 else x
+        if self.mask_grid:  # each cell blanked with probability 1 / mask_sets (a random set of a random partition)
+            cells = torch.rand(len(x), self.mask_grid, self.mask_grid, device=x.device) < 1 / self.mask_sets
+            noisy = noisy * (1 - self._pixels(cells).to(x.dtype))
         fake = self.generator(noisy)
         with frozen(self.discriminator):
             logit_fake, feat_fake = self.discriminator.classify(fake)
@@ -233,7 +275,7 @@ class SkipFamilyModel(GanModel):
         if self.score_name == "rotation+map":
             rot = (self.rotation_cross_entropy(x) - self.rotation_stats[0]) / self.rotation_stats[1]
             return rot + self._map_score(x)
-        fake = self.generator(x)
+        fake = self.reconstruct(x)
         _, feat_real = self.discriminator.classify(x)
         _, feat_fake = self.discriminator.classify(fake)
         rec = (x - fake).pow(2).flatten(1).mean(1)
@@ -247,4 +289,4 @@ class SkipFamilyModel(GanModel):
         return super().anomaly_map(x)
 
     def validation_loss(self, x: Tensor) -> Tensor:
-        return (self.generator(x) - x).abs().flatten(1).mean(1)
+        return (self.reconstruct(x) - x).abs().flatten(1).mean(1)
