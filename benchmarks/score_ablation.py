@@ -62,6 +62,8 @@ def main() -> None:
     ap.add_argument("--untrained", action="store_true",
                     help="a control: no training, the statistics fitted on the initial (seeded) weights")
     ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--save-dir", type=Path,
+                    help="also save each task's fitted detector as DIR/CLASS.pt (to probe other scores later)")
     args = ap.parse_args()
     variants = {v: parse_model_args(v.split(), [args.model])[args.model] for v in args.variant}
 
@@ -105,6 +107,9 @@ def main() -> None:
         else:
             det.fit(split.train)
         seconds = time.perf_counter() - start
+        if args.save_dir:
+            args.save_dir.mkdir(parents=True, exist_ok=True)
+            det.save(args.save_dir / f"{cls}.pt")
         labels = split.test_labels.numpy()
         aurocs: dict[str, Any] = {}
         assert det.model_ is not None

@@ -160,6 +160,9 @@ def test_bad_map_options_are_config_errors() -> None:
         create("rotation", widths=[8, 16], map_layers=[1], map_grid=32)
     with pytest.raises(ConfigError, match="score must be"):
         create("rotation", score="ce+ce")
+    for atoms in ("many", True, 0, 2.5):  # Python callers can pass anything, not only what the CLI parses
+        with pytest.raises(ConfigError, match="patch_atoms"):
+            create("rotation", patch_atoms=atoms)
 
 
 def test_checkpoint_from_before_the_map_term_still_loads() -> None:

@@ -240,7 +240,9 @@ def test_masked_training_blanks_whole_cells_at_the_rate_of_one_set() -> None:
 
 @pytest.mark.parametrize("options, match", [({"mask_grid": 5}, "mask_grid"), ({"mask_grid": 1}, "mask_grid"),
                                             ({"mask_grid": 4, "mask_sets": 1}, "mask_sets"),
-                                            ({"mask_grid": 2, "mask_sets": 5}, "mask_sets")])
+                                            ({"mask_grid": 2, "mask_sets": 5}, "mask_sets"),
+                                            ({"mask_grid": "four"}, "mask_grid"), ({"mask_grid": True}, "mask_grid"),
+                                            ({"mask_grid": 4, "mask_sets": "3"}, "mask_sets")])
 def test_bad_mask_options_name_themselves(options, match) -> None:
     with pytest.raises(ConfigError, match=match):
         create("skipganomaly++", **options)

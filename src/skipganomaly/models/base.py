@@ -84,6 +84,12 @@ def frozen(module: nn.Module) -> Iterator[None]:
             p.requires_grad_(True)
 
 
+def is_whole_number(value: object) -> bool:
+    """An int or an integral float, never a bool or a string: option values reach a model from Python as
+    well as from the CLI's parser, so a check must not call int() on whatever it was given."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and float(value).is_integer()
+
+
 def check_geometry(in_channels: int, image_size: int, min_size: int = 32) -> None:
     """Reject shapes the networks cannot represent, with a message that says what is allowed."""
     if in_channels not in (1, 3):

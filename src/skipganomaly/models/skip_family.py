@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import GanModel, LossStep, frozen, init_weights, real_fake_bce, saliency_map
+from .base import GanModel, LossStep, frozen, init_weights, is_whole_number, real_fake_bce, saliency_map
 from ..errors import ConfigError
 from .neighbours import FeatureBank, in_chunks, pooled_map
 from .transforms import transform_all, transformation_cross_entropy
@@ -144,12 +144,11 @@ class SkipFamilyModel(GanModel):
                               f"got {rotation_weight}")
         if k < 1:
             raise ConfigError(f"k must be at least 1, got {k}")
-        if isinstance(mask_grid, bool) or int(mask_grid) != mask_grid or mask_grid < 0 \
+        if not is_whole_number(mask_grid) or mask_grid < 0 \
                 or (mask_grid and (mask_grid < 2 or image_size % mask_grid)):
             raise ConfigError(f"mask_grid must be 0 (off) or a whole number >= 2 that divides the image size "
                               f"{image_size}, got {mask_grid!r}")
-        if mask_grid and not (isinstance(mask_sets, int) and not isinstance(mask_sets, bool)
-                              and 2 <= mask_sets <= mask_grid ** 2):
+        if mask_grid and not (is_whole_number(mask_sets) and 2 <= mask_sets <= mask_grid ** 2):
             raise ConfigError(f"mask_sets must be a whole number from 2 to mask_grid^2 ({mask_grid ** 2}), "
                               f"got {mask_sets!r}")
         self.mask_grid, self.mask_sets = int(mask_grid), int(mask_sets)

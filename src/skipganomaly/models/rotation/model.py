@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ...errors import ConfigError
-from ..base import AnomalyModel, LossStep, Phase, saliency_map
+from ..base import AnomalyModel, LossStep, Phase, is_whole_number, saliency_map
 from ..neighbours import FeatureBank, in_chunks, pooled_map
 from ..patch_dictionary import PatchDictionary
 from ..registry import register
@@ -100,7 +100,7 @@ class RotationNet(AnomalyModel):
                               f"got {map_grid}")
         if contrastive < 0 or temperature <= 0:
             raise ConfigError(f"contrastive must be >= 0 and temperature > 0, got {contrastive} and {temperature}")
-        if isinstance(patch_atoms, bool) or int(patch_atoms) != patch_atoms or patch_atoms < 1:
+        if not is_whole_number(patch_atoms) or patch_atoms < 1:
             raise ConfigError(f"patch_atoms (the k-means dictionary of the patch term) must be a whole number >= 1, "
                               f"got {patch_atoms!r}")
         if map_views not in MAP_VIEWS:
