@@ -52,6 +52,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--lr", type=float, default=2e-4)
+    ap.add_argument("--lr-schedule", default="constant", help="constant or cosine (see --lr-schedule of train)")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--train-fraction", type=float, default=0.2)
     ap.add_argument("--test-fraction", type=float, default=0.5)
@@ -83,7 +84,8 @@ def main() -> None:
                 "model_options": options, "amp": args.amp, "data": str(args.data or "cifar10"),
                 "image_size": args.image_size, "variants": args.variant,
                 "variant_scores": args.variant_scores if args.variant else None,
-                **({"untrained": True} if args.untrained else {})}
+                **({"untrained": True} if args.untrained else {}),
+                **({"lr_schedule": args.lr_schedule} if args.lr_schedule != "constant" else {})}
     done = set()
     if args.out.exists():
         for line in args.out.read_text().splitlines():
@@ -98,6 +100,7 @@ def main() -> None:
         split = load_split(load, cls, args.seed, "validate", config)
         det = Detector(model=args.model, image_size=args.image_size, in_channels=split.train.shape[1],
                        amp=args.amp, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                       lr_schedule=args.lr_schedule,
                        seed=args.seed, progress=False, **options)
         start = time.perf_counter()
         if args.untrained:
@@ -134,6 +137,7 @@ def main() -> None:
         np.savez_compressed(scores_dir / f"{cls}.npz", labels=labels.astype(np.int8),
                             **{k.replace("+", "_").replace(" ", "_"): v.astype(np.float32) for k, v in all_scores.items()})
         row = {"class": cls, "pseudo_anomaly": split.abnormal_class, "auroc": aurocs, "train_seconds": seconds,
+               "val_loss": [round(float(r["val_loss"]), 4) for r in det.history_],
                "threads": torch.get_num_threads(), "git_commit": commit, "settings": settings}
         with args.out.open("a") as f:
             f.write(json.dumps(row) + "\n")
