@@ -35,9 +35,13 @@ from skipganomaly.data.cifar10 import CLASSES, load_cifar10
 from skipganomaly.data.labelled import load_labelled
 from skipganomaly.detector import Detector, DetectorSettings
 from skipganomaly.models import create
+from skipganomaly.training.config import LR_SCHEDULES, TrainConfig
 from skipganomaly.training.device import autocast, prepare_batch
 from skipganomaly.evaluation.metrics import evaluate_scores
 from skipganomaly.provenance import git_commit
+
+# rows written at the default schedule omit it, so that they still match the rows written before the option existed
+DEFAULT_SCHEDULE = TrainConfig.defaults()["lr_schedule"]
 
 
 def main() -> None:
@@ -52,7 +56,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--lr", type=float, default=2e-4)
-    ap.add_argument("--lr-schedule", default="constant", help="constant or cosine (see --lr-schedule of train)")
+    ap.add_argument("--lr-schedule", default=DEFAULT_SCHEDULE, choices=LR_SCHEDULES)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--train-fraction", type=float, default=0.2)
     ap.add_argument("--test-fraction", type=float, default=0.5)
@@ -85,7 +89,7 @@ def main() -> None:
                 "image_size": args.image_size, "variants": args.variant,
                 "variant_scores": args.variant_scores if args.variant else None,
                 **({"untrained": True} if args.untrained else {}),
-                **({"lr_schedule": args.lr_schedule} if args.lr_schedule != "constant" else {})}
+                **({"lr_schedule": args.lr_schedule} if args.lr_schedule != DEFAULT_SCHEDULE else {})}
     done = set()
     if args.out.exists():
         for line in args.out.read_text().splitlines():
