@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from ...errors import ConfigError
 from ..base import AnomalyModel, LossStep, Phase, is_whole_number, saliency_map
+from ..layers import PointwiseConv
 from ..neighbours import FeatureBank, in_chunks, pooled_map
 from ..patch_dictionary import PatchDictionary
 from ..registry import register
@@ -32,7 +33,7 @@ class _Block(nn.Module):
         super().__init__()
         self.bn1, self.conv1 = nn.BatchNorm2d(cin), nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
         self.bn2, self.conv2 = nn.BatchNorm2d(cout), nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.shortcut = (nn.Conv2d(cin, cout, 1, stride, bias=False) if stride != 1 or cin != cout
+        self.shortcut = (PointwiseConv(cin, cout, stride, bias=False) if stride != 1 or cin != cout
                          else nn.Identity())
 
     def forward(self, x: Tensor) -> Tensor:

@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..layers import PointwiseConv
+
 DEFAULT_WIDTHS = (16, 32, 64, 128, 256)
 
 
@@ -41,7 +43,7 @@ class Stem(nn.Module):
             nn.ReLU(inplace=True),
             nn.Conv2d(cout, cout, 3, 1, 1),
         )
-        self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride), nn.BatchNorm2d(cout))
+        self.shortcut = nn.Sequential(PointwiseConv(cin, cout, stride), nn.BatchNorm2d(cout))
         self.se = SqueezeExcite(cout)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -61,7 +63,7 @@ class ResidualUnit(nn.Module):
             nn.ReLU(inplace=True),
             nn.Conv2d(cout, cout, 3, 1, 1),
         )
-        self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride), nn.BatchNorm2d(cout))
+        self.shortcut = nn.Sequential(PointwiseConv(cin, cout, stride), nn.BatchNorm2d(cout))
         self.se = SqueezeExcite(cout)
 
     def forward(self, x: Tensor) -> Tensor:
