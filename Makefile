@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 DEMO_ARGS ?=
+# pytest-xdist processes for `make test`, one torch thread each (tests/conftest.py).
+TEST_WORKERS ?= 2
 
 .PHONY: demo test install browser clean
 
@@ -25,7 +27,7 @@ browser:
 	  echo "chromium could not be installed; the browser test will be skipped"
 
 test: $(VENV)/.installed browser
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-torch.set_num_threads(2)
+# One torch thread per pytest-xdist worker (`make test` runs one worker per core), two in a plain run.
+TEST_THREADS = 1 if os.environ.get("PYTEST_XDIST_WORKER") else 2
+torch.set_num_threads(TEST_THREADS)
 
 SMALL_WIDTHS = [8, 8, 16, 16, 32]
 
@@ -76,9 +77,8 @@ def write_images(folder: Path, images: np.ndarray, prefix: str = "img") -> list[
 
 @pytest.fixture(autouse=True)
 def _restore_torch_threads() -> object:
-    """Give every test the process's torch thread count back: code under test may set it (a sweep's cell
-    process, the speed benchmark), and on some CPUs training after a 2 -> 1 switch in the same process
-    crashed torch's backward (SIGABRT/SIGSEGV in a later test)."""
+    """Give every test the process's torch thread count back: code under test may set it (a sweep's
+    in-process cell, the speed benchmark), and a later test must not run with another test's count."""
     threads = torch.get_num_threads()
     yield
     if torch.get_num_threads() != threads:
