@@ -5,13 +5,17 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+# One torch thread per pytest-xdist worker (`make test` runs TEST_WORKERS of them) and per process its tests
+# start (the environment is set before torch is imported); two in a plain `pytest` run.
+TEST_THREADS = 1 if os.environ.get("PYTEST_XDIST_WORKER") else 2
+if TEST_THREADS == 1:
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-# One torch thread per pytest-xdist worker (`make test` runs one worker per core), two in a plain run.
-TEST_THREADS = 1 if os.environ.get("PYTEST_XDIST_WORKER") else 2
 torch.set_num_threads(TEST_THREADS)
 
 SMALL_WIDTHS = [8, 8, 16, 16, 32]
