@@ -72,7 +72,8 @@ run)
     timeout 240 $PY benchmarks/concurrent_cells.py --processes "$MEASURE" --images "${MEASURE_IMAGES:-6400}" \
       --device "$DEVICE" --out "$OUT/concurrent.json" 2>&1 | grep -v Warning | tee -a "$OUT/env.txt"
   fi
-  pack() { tar -C "$WORK" -cf "$OUT/cells.tar.tmp" cells && mv "$OUT/cells.tar.tmp" "$OUT/cells.tar"; }
+  # each shell packs into its own temporary file: a tar the stopped packer had started cannot write into the last pack
+  pack() { tar -C "$WORK" -cf "$OUT/cells.tar.$BASHPID.tmp" cells && mv "$OUT/cells.tar.$BASHPID.tmp" "$OUT/cells.tar"; }
   ( while sleep "$PACK_EVERY"; do pack; done ) &
   packer=$!
   trap 'kill $packer 2>/dev/null' EXIT
@@ -84,6 +85,7 @@ run)
   status=${PIPESTATUS[0]}
   kill $packer 2>/dev/null
   pack
+  rm -f "$OUT"/cells.tar.*.tmp
   cp "$WORK"/table.md "$WORK"/results.json "$WORK"/results.csv "$OUT/" 2>/dev/null
   echo "=== benchmark exit $status after $((SECONDS - start)) s; $(tar -tf "$OUT/cells.tar" | grep -c '\.json$') cells in $OUT/cells.tar" \
     | tee -a "$OUT/log.txt"

@@ -301,16 +301,17 @@ def test_a_terminated_sweep_stops_its_worker_processes(tmp_path: Path) -> None:
         if sweep.poll() is None:
             sweep.kill()
     time.sleep(0.5)
-    alive = []
-    for pid in workers:
+    mark = f"SLOW_CIFAR_PIDS={pids}".encode()  # in this sweep's workers' environment only: pids are reused
+
+    def ours(pid: int) -> bool:
         try:
-            os.kill(pid, 0)
-            alive.append(pid)
-        except ProcessLookupError:
-            pass
-    for pid in alive:  # do not leave them running if the test fails (and kill only those: pids are reused)
-        if "multiprocessing" in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace"):
-            os.kill(pid, signal.SIGKILL)
+            return mark in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:  # gone
+            return False
+
+    alive = [pid for pid in workers if ours(pid)]
+    for pid in alive:  # do not leave them running if the test fails
+        os.kill(pid, signal.SIGKILL)
     assert not alive, "worker processes outlived the terminated sweep"
 
 

@@ -130,22 +130,25 @@ def test_errors_are_one_line(tmp_path: Path, trained_run: tuple[Path, Path], cap
     _, run = trained_run
     (tmp_path / "empty").mkdir()
     (tmp_path / "junk.pt").write_bytes(b"\x00" * 100)
+    out = ["--out", str(tmp_path / "out")]  # never the default ./runs, should a check come after the first write
+    report, csv_out = ["--report-dir", str(tmp_path / "report")], ["--out", str(tmp_path / "scores.csv")]
     cases = [
-        ["train", "--data", str(tmp_path / "missing"), "--no-progress"],
-        ["train", "--data", str(tmp_path / "empty"), "--no-progress"],
-        ["train", "--data", str(run), "--image-size", "36", "--no-progress"],
-        ["test", "--checkpoint", str(tmp_path / "junk.pt"), "--data", str(tmp_path)],
-        ["test", "--checkpoint", str(run / "model.pt"), "--data", str(tmp_path / "empty")],
-        ["predict", "--checkpoint", str(run / "model.pt"), str(tmp_path / "nothing.png")],
+        ["train", "--data", str(tmp_path / "missing"), "--no-progress", *out],
+        ["train", "--data", str(tmp_path / "empty"), "--no-progress", *out],
+        ["train", "--data", str(run), "--image-size", "36", "--no-progress", *out],
+        ["test", "--checkpoint", str(tmp_path / "junk.pt"), "--data", str(tmp_path), *report],
+        ["test", "--checkpoint", str(run / "model.pt"), "--data", str(tmp_path / "empty"), *report],
+        ["predict", "--checkpoint", str(run / "model.pt"), str(tmp_path / "nothing.png"), *csv_out],
         ["demo", "--digits", "12"],
         ["report", str(tmp_path / "empty")],
-        ["predict", "--checkpoint", str(run / "model.pt"), str(run), "--save-maps", str(tmp_path / "junk.pt")],
+        ["predict", "--checkpoint", str(run / "model.pt"), str(run), "--save-maps", str(tmp_path / "junk.pt"),
+         *csv_out],
         ["test", "--checkpoint", str(run / "model.pt"), "--data", str(tmp_path), "--report-dir",
          str(tmp_path / "junk.pt")],
         ["report", str(tmp_path / "missing")],
         ["bench-speed", "--models", "ganomaly", "--device", "tpu"],
-        ["train", "--data", str(run), "--device", "mps" if not torch.backends.mps.is_available() else "tpu"],
-        ["train", "--data", str(run), "--val-fraction", "0", "--no-progress"],
+        ["train", "--data", str(run), "--device", "mps" if not torch.backends.mps.is_available() else "tpu", *out],
+        ["train", "--data", str(run), "--val-fraction", "0", "--no-progress", *out],
     ]
     for args in cases:
         code = main(list(args))

@@ -16,7 +16,8 @@ def git_commit() -> str:
     here = Path(__file__).parent
 
     def git(*args: str) -> str:
-        return subprocess.run(["git", *args], capture_output=True, text=True, cwd=here, timeout=10).stdout.strip()
+        return subprocess.run(["git", *args], capture_output=True, text=True, cwd=here, timeout=30,
+                              env={**os.environ, "GIT_OPTIONAL_LOCKS": "0"}).stdout.strip()  # never takes index.lock
 
     try:
         commit = git("rev-parse", "--short", "HEAD")
