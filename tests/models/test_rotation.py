@@ -10,7 +10,7 @@ from skipganomaly.detector import Detector
 from skipganomaly.errors import ConfigError
 from skipganomaly.evaluation.metrics import evaluate_scores
 from skipganomaly.models import create
-from skipganomaly.models.transforms import contrastive_loss, random_view, rotate, transform_all
+from skipganomaly.models.transforms import contrastive_loss, random_view, rotate, transform_all, translate
 from tests.conftest import noise_images
 
 
@@ -258,3 +258,42 @@ def test_contrastive_training_reaches_every_parameter_and_logs_both_losses() -> 
         create("rotation", contrastive=-1.0)
     with pytest.raises(ConfigError, match="temperature"):
         create("rotation", contrastive=1.0, temperature=0.0)
+
+
+def test_translate_moves_each_image_on_its_own_and_reflects_the_border() -> None:
+    x = torch.randn(3, 2, 8, 8)
+    out = translate(x, torch.tensor([2, 1, 0]), torch.tensor([1, 1, 2]), 2)
+    assert torch.equal(out[1], x[1])  # (1, 1): not moved
+    assert torch.equal(out[0, :, :, 2:], x[0, :, :, :-2])  # two pixels to the right
+    assert torch.equal(out[0, :, :, :2], x[0, :, :, 1:3].flip(-1))  # the uncovered columns reflected
+    assert torch.equal(out[2, :, 2:, :-2], x[2, :, :-2, 2:])  # two down and two to the left
+    assert torch.equal(out[2, :, :2, :-2], x[2, :, 1:3, 2:].flip(-2))
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast pads in float32: the result keeps x's dtype
+        moved = translate(x.bfloat16(), torch.tensor([2, 1, 0]), torch.tensor([1, 1, 2]), 2)
+    assert moved.dtype == torch.bfloat16 and torch.equal(moved, out.bfloat16())
+
+
+def test_translation_training_reads_each_copy_s_move_and_reaches_every_parameter() -> None:
+    model = create("rotation", widths=[8, 16], translations=True)
+    assert create("rotation", widths=[8, 16]).translation_head is None  # off by default: no extra parameters
+    x = _varied(5, 2)
+    torch.manual_seed(0)
+    step = model.training_phases()[0].loss(x, {})
+    step.loss.backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+    # the same draw, written per copy: every one of the 4 rotated copies of image i carries image i's move
+    torch.manual_seed(0)
+    ix, iy = torch.randint(0, 3, (2, 5))
+    with torch.no_grad():
+        copies = torch.cat([rotate(translate(x, ix, iy, 8), k) for k in range(4)])
+        h = model.pooled(copies)
+        moves = model.translation_head(h)
+        expected = sum(torch.nn.functional.cross_entropy(moves[5 * k + i: 5 * k + i + 1, :3], ix[i:i + 1])
+                       + torch.nn.functional.cross_entropy(moves[5 * k + i: 5 * k + i + 1, 3:], iy[i:i + 1])
+                       for k in range(4) for i in range(5)) / 20
+        rot = model.head(h).log_softmax(1).view(4, 5, 4).diagonal(dim1=0, dim2=2).sum(1).neg().mean() / 4
+    torch.testing.assert_close(step.logs["translation"], expected / 2)
+    torch.testing.assert_close(step.logs["transformation"], rot)
+    torch.testing.assert_close(step.loss.detach(), (rot + expected) / 3)
+    with pytest.raises(ConfigError, match="translations and contrastive"):
+        create("rotation", translations=True, contrastive=1.0)

@@ -1,5 +1,5 @@
-"""The geometric transformations self-supervised heads learn to recognise (rotations, mirror images), and
-the random views and loss of contrastive learning."""
+"""The geometric transformations self-supervised heads learn to recognise (rotations, mirror images,
+translations), and the random views and loss of contrastive learning."""
 
 from __future__ import annotations
 
@@ -20,6 +20,21 @@ def transform_all(x: Tensor, flips: bool) -> Tensor:
     (rotations by 0, 90, 180, 270 degrees, then the same of the mirrored image)."""
     sources = [x, x.flip(3)] if flips else [x]
     return torch.cat([rotate(s, k) for s in sources for k in range(4)])
+
+
+def translate(x: Tensor, ix: Tensor, iy: Tensor, shift: int) -> Tensor:
+    """Each image of `x` [B, C, H, W] moved by (ix - 1) * shift pixels to the right and (iy - 1) * shift
+    down (ix, iy [B] in {0, 1, 2}), the uncovered border filled by reflection, as Hendrycks et al. (2019)
+    translate their images."""
+    h, w = x.shape[-2:]
+    padded = F.pad(x, (shift,) * 4, mode="reflect").to(x.dtype)  # autocast pads in float32
+    out = torch.empty_like(x)
+    for a in range(3):
+        for b in range(3):
+            chosen = (ix == a) & (iy == b)
+            top, left = shift - (b - 1) * shift, shift - (a - 1) * shift
+            out[chosen] = padded[chosen, :, top:top + h, left:left + w]
+    return out
 
 
 def transformation_cross_entropy(logits: Tensor, n_transforms: int) -> Tensor:

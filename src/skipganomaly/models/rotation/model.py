@@ -23,7 +23,7 @@ from ..layers import PointwiseConv
 from ..neighbours import FeatureBank, in_chunks, pooled_map
 from ..patch_dictionary import PatchDictionary
 from ..registry import register
-from ..transforms import contrastive_loss, random_view, transform_all, transformation_cross_entropy
+from ..transforms import contrastive_loss, random_view, transform_all, transformation_cross_entropy, translate
 
 
 class _Block(nn.Module):
@@ -60,7 +60,8 @@ class RotationNet(AnomalyModel):
     """Residual CNN (a stem conv, then one block per width, each after the first halving the map),
     global average pooling, a linear head over the T transformations. Trained with cross-entropy
     on every transformation of every normal image; with `contrastive` > 0, of two random views of it,
-    with a contrastive loss (CSI-style) on a projection of the pooled features added.
+    with a contrastive loss (CSI-style) on a projection of the pooled features added; with
+    `translations`, of a randomly moved copy of it, with two heads reading the move as well.
 
     Score terms (eval mode, so batch-independent): `ce`, the summed cross-entropy of the true
     transformations; `knn`, the mean cosine distance of the image's globally pooled features
@@ -81,7 +82,7 @@ class RotationNet(AnomalyModel):
     def __init__(self, in_channels: int = 3, image_size: int = 32, widths: Sequence[int] = (32, 64, 128),
                  flips: bool = False, score: str = "map", k: int = 5, map_layers: Sequence[int] = (-2, -1),
                  map_grid: int = 4, map_views: str = "first", contrastive: float = 0.0,
-                 temperature: float = 0.5, patch_atoms: int = 400) -> None:
+                 temperature: float = 0.5, patch_atoms: int = 400, translations: bool = False) -> None:
         super().__init__(in_channels, image_size)
         widths = [int(w) for w in widths]
         if not widths or min(widths) < 1:
@@ -104,6 +105,8 @@ class RotationNet(AnomalyModel):
         if not is_whole_number(patch_atoms) or patch_atoms < 1:
             raise ConfigError(f"patch_atoms (the k-means dictionary of the patch term) must be a whole number >= 1, "
                               f"got {patch_atoms!r}")
+        if translations and contrastive > 0:
+            raise ConfigError("translations and contrastive views are not combined: choose one of them")
         if map_views not in MAP_VIEWS:
             raise ConfigError(f"map_views must be one of {', '.join(MAP_VIEWS)}, got {map_views!r}")
         self.widths, self.flips, self.score_name, self.k = widths, flips, score, k
@@ -116,6 +119,10 @@ class RotationNet(AnomalyModel):
                                       for i, (cin, cout) in enumerate(zip([widths[0], *widths], widths))])
         self.bn = nn.BatchNorm2d(widths[-1])
         self.head = nn.Linear(widths[-1], self.n_transforms)
+        # Hendrycks et al. (2019): every training image is also moved by a quarter of its size (or not) along
+        # each axis before its T transformations, and two 3-way heads read the horizontal and vertical moves
+        self.translations, self.shift = bool(translations), image_size // 4
+        self.translation_head = nn.Linear(widths[-1], 6) if translations else None
         self.contrastive, self.temperature = float(contrastive), float(temperature)
         # the projection of SimCLR / CSI: the contrastive loss acts on its output, the scores use the features below it
         self.projection = (nn.Sequential(nn.Linear(widths[-1], widths[-1]), nn.ReLU(), nn.Linear(widths[-1], 128))
@@ -172,6 +179,8 @@ class RotationNet(AnomalyModel):
         return self._outputs(x)[0]
 
     def _loss(self, x: Tensor, cache: dict[str, Tensor]) -> LossStep:
+        if self.translation_head is not None:
+            return self._translation_loss(x)
         if self.projection is None:
             return LossStep(self._per_image_loss(x).mean() / self.n_transforms)
         # CSI-style: two random views of each image, each in all T transformations; the head reads the
@@ -182,6 +191,18 @@ class RotationNet(AnomalyModel):
         z = F.normalize(self.projection(h).float(), dim=1).reshape(self.n_transforms, 2, len(x), -1)
         nce = contrastive_loss(z.transpose(0, 1).reshape(2, self.n_transforms * len(x), -1), self.temperature)
         return LossStep(ce + self.contrastive * nce, logs={"transformation": ce.detach(), "contrastive": nce.detach()})
+
+    def _translation_loss(self, x: Tensor) -> LossStep:
+        """The mean of three cross-entropies (as Hendrycks et al. weigh their heads): the transformation of
+        each of the T copies of each randomly moved image, and its horizontal and vertical move (the move is
+        drawn once per image, before the T transformations, so all its copies share the labels)."""
+        ix, iy = torch.randint(0, 3, (2, len(x)), device=x.device)
+        h = self.pooled(transform_all(translate(x, ix, iy, self.shift), self.flips))
+        ce = transformation_cross_entropy(self.head(h), self.n_transforms).mean() / self.n_transforms
+        moves = self.translation_head(h).float()
+        move = (F.cross_entropy(moves[:, :3], ix.repeat(self.n_transforms))
+                + F.cross_entropy(moves[:, 3:], iy.repeat(self.n_transforms)))
+        return LossStep((ce + move) / 3, logs={"transformation": ce.detach(), "translation": move.detach() / 2})
 
     # --- statistics of the training normals -------------------------------------------------
     def fit_statistics(self, x: Tensor) -> None:
