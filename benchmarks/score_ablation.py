@@ -53,7 +53,10 @@ def main() -> None:
     ap.add_argument("--model", default="rotation")
     ap.add_argument("--scores", default="ce,knn,ce+knn", help="values of the model's score option")
     ap.add_argument("--classes", default="all")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0, help="draws the split (and, unless --train-seed, the training)")
+    ap.add_argument("--train-seed", type=int,
+                    help="the detector's seed (initial weights, batch order, held-out normals), where it differs "
+                         "from --seed: the same tasks trained again, to measure what a seed moves or to ensemble")
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--lr", type=float, default=2e-4)
     ap.add_argument("--lr-schedule", default=DEFAULT_SCHEDULE, choices=LR_SCHEDULES)
@@ -70,6 +73,7 @@ def main() -> None:
     ap.add_argument("--save-dir", type=Path,
                     help="also save each task's fitted detector as DIR/CLASS.pt (to probe other scores later)")
     args = ap.parse_args()
+    train_seed = args.seed if args.train_seed is None else args.train_seed
     variants = {v: parse_model_args(v.split(), [args.model])[args.model] for v in args.variant}
 
     options = parse_model_args(args.model_arg, [args.model])[args.model]
@@ -89,6 +93,7 @@ def main() -> None:
                 "image_size": args.image_size, "variants": args.variant,
                 "variant_scores": args.variant_scores if args.variant else None,
                 **({"untrained": True} if args.untrained else {}),
+                **({"train_seed": train_seed} if train_seed != args.seed else {}),
                 **({"lr_schedule": args.lr_schedule} if args.lr_schedule != DEFAULT_SCHEDULE else {})}
     done = set()
     if args.out.exists():
@@ -105,10 +110,10 @@ def main() -> None:
         det = Detector(model=args.model, image_size=args.image_size, in_channels=split.train.shape[1],
                        amp=args.amp, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                        lr_schedule=args.lr_schedule,
-                       seed=args.seed, progress=False, **options)
+                       seed=train_seed, progress=False, **options)
         start = time.perf_counter()
         if args.untrained:
-            torch.manual_seed(args.seed)  # the initial weights Detector.fit would start from
+            torch.manual_seed(train_seed)  # the initial weights Detector.fit would start from
             det.model_ = create(args.model, in_channels=det.in_channels, image_size=det.image_size, **options)
             det = refitted(det, {}, split.train)
         else:
