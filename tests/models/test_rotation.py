@@ -295,5 +295,9 @@ def test_translation_training_reads_each_copy_s_move_and_reaches_every_parameter
     torch.testing.assert_close(step.logs["translation"], expected / 2)
     torch.testing.assert_close(step.logs["transformation"], rot)
     torch.testing.assert_close(step.loss.detach(), (rot + expected) / 3)
-    with pytest.raises(ConfigError, match="translations and contrastive"):
-        create("rotation", translations=True, contrastive=1.0)
+    # with contrastive views as well: each view is moved, and the contrastive term is added
+    both = create("rotation", widths=[8, 16], translations=True, contrastive=0.5)
+    step = both.training_phases()[0].loss(x, {})
+    assert set(step.logs) == {"transformation", "translation", "contrastive"}
+    torch.testing.assert_close(step.loss.detach(), (step.logs["transformation"] + 2 * step.logs["translation"]) / 3
+                               + 0.5 * step.logs["contrastive"])

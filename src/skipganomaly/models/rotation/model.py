@@ -105,8 +105,6 @@ class RotationNet(AnomalyModel):
         if not is_whole_number(patch_atoms) or patch_atoms < 1:
             raise ConfigError(f"patch_atoms (the k-means dictionary of the patch term) must be a whole number >= 1, "
                               f"got {patch_atoms!r}")
-        if translations and contrastive > 0:
-            raise ConfigError("translations and contrastive views are not combined: choose one of them")
         if map_views not in MAP_VIEWS:
             raise ConfigError(f"map_views must be one of {', '.join(MAP_VIEWS)}, got {map_views!r}")
         self.widths, self.flips, self.score_name, self.k = widths, flips, score, k
@@ -179,30 +177,30 @@ class RotationNet(AnomalyModel):
         return self._outputs(x)[0]
 
     def _loss(self, x: Tensor, cache: dict[str, Tensor]) -> LossStep:
-        if self.translation_head is not None:
-            return self._translation_loss(x)
-        if self.projection is None:
+        if self.projection is None and self.translation_head is None:
             return LossStep(self._per_image_loss(x).mean() / self.n_transforms)
         # CSI-style: two random views of each image, each in all T transformations; the head reads the
         # transformation of every copy, and each transformed copy is its own contrastive instance, so the
         # other transformations of the same image are among its negatives ("shifted" instances)
-        h = self.pooled(transform_all(torch.cat([random_view(x), random_view(x)]), self.flips))
+        views = x if self.projection is None else torch.cat([random_view(x), random_view(x)])
+        if self.translation_head is not None:  # each image (or view) moved once, before its T transformations
+            ix, iy = torch.randint(0, 3, (2, len(views)), device=x.device)
+            views = translate(views, ix, iy, self.shift)
+        h = self.pooled(transform_all(views, self.flips))
         ce = transformation_cross_entropy(self.head(h), self.n_transforms).mean() / self.n_transforms
-        z = F.normalize(self.projection(h).float(), dim=1).reshape(self.n_transforms, 2, len(x), -1)
-        nce = contrastive_loss(z.transpose(0, 1).reshape(2, self.n_transforms * len(x), -1), self.temperature)
-        return LossStep(ce + self.contrastive * nce, logs={"transformation": ce.detach(), "contrastive": nce.detach()})
-
-    def _translation_loss(self, x: Tensor) -> LossStep:
-        """The mean of three cross-entropies (as Hendrycks et al. weigh their heads): the transformation of
-        each of the T copies of each randomly moved image, and its horizontal and vertical move (the move is
-        drawn once per image, before the T transformations, so all its copies share the labels)."""
-        ix, iy = torch.randint(0, 3, (2, len(x)), device=x.device)
-        h = self.pooled(transform_all(translate(x, ix, iy, self.shift), self.flips))
-        ce = transformation_cross_entropy(self.head(h), self.n_transforms).mean() / self.n_transforms
-        moves = self.translation_head(h).float()
-        move = (F.cross_entropy(moves[:, :3], ix.repeat(self.n_transforms))
-                + F.cross_entropy(moves[:, 3:], iy.repeat(self.n_transforms)))
-        return LossStep((ce + move) / 3, logs={"transformation": ce.detach(), "translation": move.detach() / 2})
+        loss, logs = ce, {"transformation": ce.detach()}
+        if self.translation_head is not None:
+            # the mean of three cross-entropies, as Hendrycks et al. weigh their heads; all T copies of an
+            # image share its move's labels
+            moves = self.translation_head(h).float()
+            move = (F.cross_entropy(moves[:, :3], ix.repeat(self.n_transforms))
+                    + F.cross_entropy(moves[:, 3:], iy.repeat(self.n_transforms)))
+            loss, logs["translation"] = (ce + move) / 3, move.detach() / 2
+        if self.projection is not None:
+            z = F.normalize(self.projection(h).float(), dim=1).reshape(self.n_transforms, 2, len(x), -1)
+            nce = contrastive_loss(z.transpose(0, 1).reshape(2, self.n_transforms * len(x), -1), self.temperature)
+            loss, logs["contrastive"] = loss + self.contrastive * nce, nce.detach()
+        return LossStep(loss, logs=logs)
 
     # --- statistics of the training normals -------------------------------------------------
     def fit_statistics(self, x: Tensor) -> None:
