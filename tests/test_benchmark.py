@@ -128,6 +128,43 @@ def _fake_run_cell(load, model, cls, seed, protocol, config, deadline=None):  # 
     return result, np.array([0, 1]), np.array([0.0, 1.0])
 
 
+def test_progress_bar_fills_by_expected_work_not_by_cells(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A raw-pixel baseline's cell takes seconds and a trained model's minutes: the bar (and so its estimate of
+    the time left) advances by the cells' expected work, in training epochs, and names the cells done."""
+    frames: list[tuple[float, float, str]] = []
+
+    class Recorder:
+        def __init__(self, total: float, initial: float = 0, **_: object) -> None:
+            self.total, self.n, self.postfix = total, initial, ""
+
+        def set_postfix_str(self, text: str, refresh: bool = True) -> None:
+            self.postfix = text
+
+        def update(self, n: float = 1) -> None:
+            self.n += n
+            frames.append((self.total, self.n, self.postfix))
+
+        def close(self) -> None:
+            pass
+
+    import tqdm.auto
+    monkeypatch.setattr(tqdm.auto, "tqdm", Recorder)
+    _fake_run_cell.calls = 0  # type: ignore[attr-defined]
+    monkeypatch.setattr(benchmark, "run_cell", _fake_run_cell)
+    config = _config(models=["pca", "skipganomaly++"], protocols=["honest"], epochs=4)
+    assert benchmark.cell_work("pca", config) == benchmark.CLOSED_FORM_WORK
+    assert benchmark.cell_work("skipganomaly++", config) == 4
+    run_sweep(lambda: None, config, tmp_path)
+    work = benchmark.CLOSED_FORM_WORK
+    assert frames == [(work + 4, pytest.approx(work), "1/2 cells"), (work + 4, pytest.approx(work + 4), "2/2 cells")]
+    frames.clear()  # resumed with a second class: the finished cells' work is where the bar starts
+    run_sweep(lambda: None, _config(models=["pca", "skipganomaly++"], protocols=["honest"], epochs=4,
+                                    classes=["ship", "cat"]), tmp_path)
+    assert _fake_run_cell.calls == 4  # type: ignore[attr-defined]
+    assert frames[-1] == (2 * (work + 4), pytest.approx(2 * (work + 4)), "4/4 cells")
+    assert frames[0][1:] == (pytest.approx(work + 4 + work), "3/4 cells")
+
+
 @pytest.mark.parametrize("change", [dict(epochs=1), dict(amp=True), dict(batch_size=8), dict(train_fraction=0.5),
                                     dict(test_fraction=0.5),
                                     dict(model_options={"skipganomaly++": {"detach_latent": True}}),

@@ -138,6 +138,17 @@ def cell_key(model: str, cls: str, seed: int, protocol: str) -> str:
     return f"{model.replace('+', 'p')}__{cls}__seed{seed}__{protocol}"
 
 
+CLOSED_FORM_WORK = 0.1
+"""A closed-form model's cell (one fit, one scoring pass) in training epochs: a rough estimate for the progress bar."""
+
+
+def cell_work(model: str, config: SweepConfig) -> float:
+    """How much work a cell of `model` is, in training epochs, for the progress bar."""
+    if not get_model_class(model).trained_by_gradient:
+        return CLOSED_FORM_WORK
+    return float(config.settings.training.epochs)
+
+
 def cell_settings(model: str, cls: str, seed: int, protocol: str, config: SweepConfig) -> dict[str, Any]:
     """Every setting that can change a cell's result: the cell is reused only when all are equal."""
     settings: dict[str, Any] = {
@@ -274,8 +285,21 @@ def run_sweep(load: Callable[[], LabelledImages], config: SweepConfig, out: Path
     for cell in todo:
         _say_if_saved_with_other_settings(cells_dir, cell, config)
     failures: list[tuple[str, str]] = []
-    bar = tqdm(total=len(plan), initial=len(plan) - len(todo), desc="benchmark", unit="cell",
+    # The bar fills by expected work, not by cells: a raw-pixel baseline's cell takes seconds where a trained
+    # model's takes minutes, so a bar counting cells would promise hours for a sweep that ends within one.
+    work = {cell: cell_work(cell[0], config) for cell in plan}
+    bar = tqdm(total=sum(work.values()), initial=sum(work.values()) - sum(work[cell] for cell in todo),
+               desc="benchmark", bar_format="{l_bar}{bar}| [{elapsed}<{remaining}{postfix}]",
                disable=not config.settings.training.progress)
+    cells_done = len(plan) - len(todo)
+
+    def advance(cell: tuple[str, str, int, str]) -> None:
+        nonlocal cells_done
+        cells_done += 1
+        bar.set_postfix_str(f"{cells_done}/{len(plan)} cells", refresh=False)
+        bar.update(work[cell])
+
+    bar.set_postfix_str(f"{cells_done}/{len(plan)} cells")
     unfinished: list[str] = []
     if workers == 1:
         longest = 0.0
@@ -283,7 +307,7 @@ def run_sweep(load: Callable[[], LabelledImages], config: SweepConfig, out: Path
             if deadline is not None and _now() + longest > deadline:
                 unfinished.append(cell_key(*cell))
                 continue
-            bar.set_postfix_str(" ".join(map(str, cell)))
+            bar.set_postfix_str(f"{cells_done}/{len(plan)} cells; running {' '.join(map(str, cell))}")
             start = _now()
             try:
                 _run_and_write(load, cell, config, cells_dir, deadline)
@@ -292,9 +316,9 @@ def run_sweep(load: Callable[[], LabelledImages], config: SweepConfig, out: Path
             except SkipGanomalyError as err:
                 failures.append((cell_key(*cell), str(err)))
             longest = max(longest, _now() - start)
-            bar.update()
+            advance(cell)
     else:
-        failures, unfinished = _run_in_processes(load, todo, config, cells_dir, workers, bar.update, deadline)
+        failures, unfinished = _run_in_processes(load, todo, config, cells_dir, workers, advance, deadline)
     bar.close()
     results = [r for r in (_finished(cells_dir, cell, config) for cell in plan) if r is not None]
     return SweepOutcome(results, failures, unfinished)
@@ -370,7 +394,8 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 
 
 def _run_in_processes(load: Callable[[], LabelledImages], todo: list[tuple[str, str, int, str]], config: SweepConfig,
-                      cells_dir: Path, workers: int, done: Callable[[], object], deadline: float | None = None
+                      cells_dir: Path, workers: int, done: Callable[[tuple[str, str, int, str]], object],
+                      deadline: float | None = None
                       ) -> tuple[list[tuple[str, str]], list[str]]:
     """One spawned process per cell, `workers` at a time; the CPU threads are shared out between them.
     Returns the failures and the cells left for the time limit (see `run_sweep`)."""
@@ -410,7 +435,7 @@ def _run_in_processes(load: Callable[[], LabelledImages], todo: list[tuple[str, 
                         unfinished.append(cell_key(*cell))
                     else:
                         failures.append((cell_key(*cell), f"its process ended with exit code {proc.exitcode}"))
-                    done()
+                    done(cell)
         finally:  # interrupted: the cells still running stop with the sweep (finished ones are on disk)
             _stop(list(running))
     return failures, unfinished
