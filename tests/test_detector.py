@@ -11,7 +11,7 @@ import torch
 
 from skipganomaly.detector import FORMAT_VERSION, Detector
 from skipganomaly.errors import CheckpointError, ConfigError, DataError
-from tests.conftest import SMALL_WIDTHS, blob_images, noise_images, smooth_images
+from tests.conftest import SMALL_WIDTHS, blob_images, noise_images, smooth_images, write_images
 
 
 # The paper's model, small, on the CPU: the detector tests' model (the default one is tested in tests/models).
@@ -114,6 +114,41 @@ def test_channel_mismatch_is_a_data_error(fitted: tuple[Detector, Path]) -> None
     det, _ = fitted
     with pytest.raises(DataError, match="in_channels=3"):
         det.decision_function(np.zeros((2, 32, 32), dtype=np.uint8))
+
+
+def test_scoring_a_list_of_paths_keeps_row_i_for_path_i(fitted: tuple[Detector, Path], tmp_path: Path) -> None:
+    """A score per path, in order: an unreadable file among them is an error naming it, never a shorter
+    array whose scores would pair with the wrong paths."""
+    det, _ = fitted
+    paths = write_images(tmp_path, blob_images(4, seed=7))
+    scores = det.decision_function(paths)
+    assert np.allclose(scores, det.decision_function(blob_images(4, seed=7)), atol=1e-5)
+    paths[1].write_text("not an image")
+    for score in (det.decision_function, det.predict, det.anomaly_maps):
+        with pytest.raises(DataError, match=r"1 of 4 image files could not be read \(.*img_001\.png\)"):
+            score(paths)
+    with pytest.raises(DataError, match="list of image paths"):
+        det.decision_function(str(tmp_path))
+
+
+def test_fit_takes_a_folder_and_skips_unreadable_files(tmp_path: Path) -> None:
+    """Training order does not matter, so a folder (every image below it) is accepted and a bad file is
+    skipped with a warning: the same detector as from the readable images' array."""
+    write_images(tmp_path / "normals" / "sub", blob_images(40))
+    (tmp_path / "normals" / "broken.png").write_text("not an image")
+    from_folder = Detector(**PAPER_SMALL, epochs=1, batch_size=8).fit(tmp_path / "normals")
+    from_array = Detector(**PAPER_SMALL, epochs=1, batch_size=8).fit(blob_images(40))
+    x = noise_images(3)
+    assert from_folder.n_train_images_ + from_folder.n_val_images_ == 40
+    assert np.allclose(from_folder.decision_function(x), from_array.decision_function(x), atol=1e-5)
+    with pytest.raises(DataError, match="folder not found"):
+        Detector(**PAPER_SMALL).fit(tmp_path / "nowhere")
+
+
+def test_repr_names_the_model_and_only_the_changed_parameters() -> None:
+    assert repr(Detector()) == "Detector('rotation')"
+    assert repr(Detector("skipganomaly++", epochs=3, widths=[8, 16, 32])) == \
+        "Detector('skipganomaly++', epochs=3, widths=[8, 16, 32])"
 
 
 def test_constructor_errors() -> None:

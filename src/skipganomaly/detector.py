@@ -182,6 +182,13 @@ class Detector:
         self.device = resolve_device(self.settings.training.device)
         return self
 
+    def __repr__(self) -> str:
+        """Like scikit-learn's: the model and every parameter that differs from its default."""
+        defaults = DetectorSettings.from_params(model=self.settings.model).params()
+        changed = [f"{k}={v!r}" for k, v in self.get_params().items()
+                   if k != "model" and (k not in defaults or defaults[k] != v)]
+        return f"Detector({', '.join([repr(self.settings.model), *changed])})"
+
     def __sklearn_is_fitted__(self) -> bool:
         return self.model_ is not None
 
@@ -220,12 +227,13 @@ class Detector:
         on_epoch_end: Callable[[EpochRecord], None] | None = None,
         resume: bool = False,
     ) -> "Detector":
-        """Train on normal images. With `checkpoint_path`, the weights are saved after every epoch, so
+        """Train on normal images (an array, tensor, list of paths or PIL images, or a folder: every image
+        below it; unreadable files are skipped with a warning). With `checkpoint_path`, the weights are saved after every epoch, so
         an interrupted run keeps its last complete epoch (it scores, but has no threshold until the
         run completes), and the calibrated detector at the end. Beside it, `<name>.state.pt` holds
         what `resume=True` needs to continue an interrupted run exactly where its last epoch ended.
         Under torchrun only rank 0 writes files."""
-        data = as_image_tensor(images, self.image_size, self.in_channels)
+        data = as_image_tensor(images, self.image_size, self.in_channels, aligned=False)
         val_index, train_index = self.holdout(len(data))
         n_val = len(val_index)
         val = data[val_index]

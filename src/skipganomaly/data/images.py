@@ -74,7 +74,7 @@ def pil_to_array(img: Image.Image, image_size: int, in_channels: int) -> np.ndar
     img = img.convert("L" if in_channels == 1 else "RGB")
     if img.size != (image_size, image_size):
         img = img.resize((image_size, image_size), Image.Resampling.BILINEAR)
-    arr = np.asarray(img, dtype=np.uint8)
+    arr = np.array(img, dtype=np.uint8)  # a copy: torch warns on (and cannot share) Pillow's read-only buffer
     return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1).copy()
 
 
@@ -129,21 +129,38 @@ def _usable_cpus() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def as_image_tensor(images: Any, image_size: int, in_channels: int) -> torch.Tensor:
+def as_image_tensor(images: Any, image_size: int, in_channels: int, aligned: bool = True) -> torch.Tensor:
     """Accept a numpy array, a tensor, a list of paths or a list of PIL images; return uint8 [N, C, H, W].
 
     Arrays and tensors may be [N, H, W], [N, H, W, C] or [N, C, H, W]; uint8 is read as 0..255,
     floats as 0..1. Their channel count must match the model (files and PIL images are converted).
+    With `aligned` (scoring: row i must be input i), an unreadable file is an error naming it; without
+    (training, where order does not matter), unreadable files are skipped with a warning, and a folder
+    may be given: every image below it.
     """
     if isinstance(images, (str, os.PathLike)):
-        raise DataError("pass a list of image paths (or use the data.folders helpers for a directory)")
+        if aligned:
+            raise DataError(f"give a list of image paths, not one path ({images}): the scores line up with the list "
+                            "(for a folder, `skipganomaly predict FOLDER` writes each file's path and score)")
+        if not Path(images).is_dir():
+            raise DataError(f"folder not found: {images}" if not Path(images).exists()
+                            else f"give a folder or a list of image paths, not one file ({images})")
+        return load_image_files(list_image_files(images), image_size, in_channels)[0]
     if isinstance(images, (list, tuple)):
         if len(images) == 0:
             raise DataError("no images given (empty list)")
         if all(isinstance(i, Image.Image) for i in images):
             return torch.from_numpy(np.stack([pil_to_array(i, image_size, in_channels) for i in images]))
         if all(isinstance(i, (str, os.PathLike)) for i in images):
-            return load_image_files(images, image_size, in_channels)[0]
+            loaded, kept = load_image_files(images, image_size, in_channels)
+            if aligned and len(kept) < len(images):
+                readable = set(kept)
+                bad = [str(p) for p in images if str(p) not in readable]
+                listed = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+                raise DataError(
+                    f"{len(bad)} of {len(images)} image files could not be read ({listed}); scores would not line "
+                    "up with the paths: remove those files from the list (the warnings above say why each failed)")
+            return loaded
         images = np.stack([np.asarray(i) for i in images])
     if isinstance(images, Image.Image):
         return torch.from_numpy(pil_to_array(images, image_size, in_channels)[None])
