@@ -295,7 +295,12 @@ def _resumed(args: argparse.Namespace) -> DetectorSettings:
     settings, fields_ = resumed_settings(RunDirectory(args.resume), _given(args), bool(args.model_arg))
     for key in ("data", "test"):
         if getattr(args, key) is None and fields_.get(key) is not None:
-            setattr(args, key, Path(fields_[key]))
+            saved = Path(fields_[key])
+            if not saved.exists():
+                raise ConfigError(f"cannot resume {args.resume}: its --{key} folder, {saved} (saved in "
+                                  f"{RunDirectory(args.resume).config}), is not found from {Path.cwd()}; "
+                                  f"give --{key} FOLDER")
+            setattr(args, key, saved)
     args.tensorboard = args.tensorboard or bool(fields_.get("tensorboard"))
     return settings
 

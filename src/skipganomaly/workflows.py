@@ -22,7 +22,7 @@ from .files import write_text_atomic
 from .run_directory import EpochLog, RunDirectory, SweepDirectory, write_json
 from .training.distributed import init_from_environment, is_main_process
 from .training import TrainConfig
-from .training.loop import load_train_state
+from .training.loop import data_fingerprint, load_train_state
 
 
 def format_metrics(metrics: dict[str, Any]) -> str:
@@ -116,12 +116,15 @@ def train_run(settings: DetectorSettings, data: Path, test: Path | None, run: Ru
     test_data = None
     if test is not None:  # load before training, so a bad test folder fails in seconds, not hours
         test_data = load_labelled_folder(test, settings.image_size, settings.in_channels)
-    done = load_train_state(run.state)["history"] if resume and run.state.exists() else []
+    # checked before anything in the run directory is rewritten: the same settings and the same images
+    done = (load_train_state(run.state, settings.training, data_fingerprint(images))["history"]
+            if resume and run.state.exists() else [])
     if not is_main_process():
         det.fit(images, checkpoint_path=run.checkpoint, resume=resume)
         return det
     run.root.mkdir(parents=True, exist_ok=True)
-    run.write_config(settings.as_dict(), command="train", data=data, test=test, tensorboard=tensorboard,
+    run.write_config(settings.as_dict(), command="train", data=data.resolve(),
+                     test=None if test is None else test.resolve(), tensorboard=tensorboard,
                      train_images=len(kept))
     log_epoch = EpochLog(run, tensorboard=tensorboard, done=done)
     print(f"training {settings.model} on {len(kept)} images from {folder}; run directory {run.root}"

@@ -89,6 +89,42 @@ def test_resume_refuses_changed_settings(tmp_path: Path) -> None:
     assert [r.epoch for r in history] == [1, 2]
 
 
+def test_resume_refuses_other_training_images(tmp_path: Path) -> None:
+    """The state keeps a fingerprint of the images: other pixels, or another count, are refused."""
+    images = torch.from_numpy(blob_images(24, channels=1)).permute(0, 3, 1, 2).contiguous()
+    state = tmp_path / "s.pt"
+    config = TrainConfig(epochs=1, batch_size=8, device="cpu", progress=False)
+    train(_model(), images[:20], images[20:], config, state_path=state)
+    more = TrainConfig(epochs=2, batch_size=8, device="cpu", progress=False)
+    other = images[:20].clone()
+    other[3, 0, 5, 5] ^= 1  # one pixel of one image
+    with pytest.raises(ConfigError, match=r"not the interrupted run's \(20 images then, 20 now, other pixels\)"):
+        train(_model(), other, images[20:], more, state_path=state, resume=True)
+    with pytest.raises(ConfigError, match=r"\(20 images then, 16 now\)"):
+        train(_model(), images[:16], images[20:], more, state_path=state, resume=True)
+    assert len(train(_model(), images[:20], images[20:], more, state_path=state, resume=True)) == 2
+
+
+def test_cli_resume_from_another_folder_reads_the_saved_data_and_refuses_other_data(
+        data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """config.yaml keeps absolute folders, so `--resume` works from any current folder; `--data` given
+    anew with other images is refused before the run directory is touched."""
+    from skipganomaly.cli import main
+
+    monkeypatch.chdir(data)
+    small = ["--batch-size", "8", *PAPER_SMALL, "--no-progress", "--device", "cpu"]
+    assert main(["train", "--data", "train", "--out", str(tmp_path / "run"), "--epochs", "1", *small]) == 0
+    elsewhere = tmp_path / "elsewhere"
+    write_images(elsewhere / "noise", noise_images(30))
+    monkeypatch.chdir(elsewhere)
+    config_before = (tmp_path / "run" / "config.yaml").read_text()
+    assert main(["train", "--resume", "../run", "--data", "noise", "--epochs", "2", "--no-progress"]) == 2
+    assert "not the interrupted run's (160 images then, 30 now)" in capsys.readouterr().err
+    assert (tmp_path / "run" / "config.yaml").read_text() == config_before
+    assert main(["train", "--resume", "../run", "--epochs", "2", "--no-progress"]) == 0
+    assert len(Detector.load(tmp_path / "run" / "model.pt").history_) == 2
+
+
 def test_truncated_or_foreign_state_is_a_one_line_error(tmp_path: Path) -> None:
     images = torch.from_numpy(blob_images(24, channels=1)).permute(0, 3, 1, 2).contiguous()
     state = tmp_path / "s.pt"

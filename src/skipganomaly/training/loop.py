@@ -9,6 +9,7 @@ validation loss.
 from __future__ import annotations
 
 import copy
+import hashlib
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -152,8 +153,9 @@ def train(
     best: tuple[float, dict[str, Tensor]] | None = None
     since_best = 0
     first_epoch = 1
+    fingerprint = data_fingerprint(train_images) if state_path is not None else None
     if resume and state_path is not None and state_path.exists():
-        state = load_train_state(state_path, config)
+        state = load_train_state(state_path, config, fingerprint)
         model.load_state_dict(state["model"])
         for name, opt in optimizers.items():
             opt.load_state_dict(state["optimizers"][name])
@@ -224,7 +226,7 @@ def train(
         if state_path is not None and is_main_process():
             save_torch_atomic(state_path, {
                 "format": STATE_FORMAT, "format_version": STATE_VERSION, "epoch": epoch, "stopped": stopped,
-                "settings": _resume_settings(config),
+                "settings": _resume_settings(config), "data": fingerprint,
                 "model": _cpu(model.state_dict()),
                 "optimizers": {name: opt.state_dict() for name, opt in optimizers.items()},
                 "shuffler": shuffler.get_state(), "torch_rng": torch.get_rng_state(),
@@ -270,8 +272,11 @@ def _resume_settings(config: TrainConfig) -> dict[str, Any]:
     return config.values(TrainConfig.names(on_resume="fixed"))
 
 
-def load_train_state(path: Path, config: TrainConfig | None = None) -> dict[str, Any]:
-    """Read a training-state file (tensors and plain values only) and check it fits `config`."""
+def load_train_state(path: Path, config: TrainConfig | None = None, fingerprint: str | None = None
+                     ) -> dict[str, Any]:
+    """Read a training-state file (tensors and plain values only) and check it fits `config` and, with
+    `fingerprint` (`data_fingerprint` of the images to train on), that they are the interrupted run's
+    (states written before fingerprints were kept are not checked)."""
     state = load_torch_checked(path, STATE_FORMAT, (1, STATE_VERSION), "training state",
                                "skipganomaly training state")
     if state["format_version"] == 1:
@@ -279,4 +284,18 @@ def load_train_state(path: Path, config: TrainConfig | None = None) -> dict[str,
     changed = differing(state["settings"], _resume_settings(config), TrainConfig.defaults()) if config else []
     if changed:
         raise ConfigError(f"cannot resume {path}: {', '.join(changed)} differ from the interrupted run")
+    saved = state.get("data")
+    if fingerprint is not None and saved is not None and saved != fingerprint:
+        then, now = saved.split(":")[0], fingerprint.split(":")[0]
+        raise ConfigError(f"cannot resume {path}: the training images are not the interrupted run's "
+                          f"({then} images then, {now} now{', other pixels' if then == now else ''}); "
+                          "resume on the same images, or start a new run")
     return state
+
+
+def data_fingerprint(images: Tensor) -> str:
+    """`N:hash` of a uint8 image tensor's shape and bytes (BLAKE2b; about 1 s per GB), so that a resumed
+    run can tell it is given the images it was trained on."""
+    digest = hashlib.blake2b(str(tuple(images.shape)).encode(), digest_size=16)
+    digest.update(memoryview(images.detach().cpu().contiguous().numpy()).cast("B"))
+    return f"{len(images)}:{digest.hexdigest()}"
