@@ -394,8 +394,8 @@ def test_validate_never_shows_the_test_class_to_the_model(monkeypatch: pytest.Mo
     seen: list[torch.Tensor] = []
     real = detector_module.as_image_tensor
 
-    def record(images, image_size, in_channels):  # type: ignore[no-untyped-def]
-        out = real(images, image_size, in_channels)
+    def record(images, image_size, in_channels, aligned=True):  # type: ignore[no-untyped-def]
+        out = real(images, image_size, in_channels, aligned)
         seen.append(out)
         return out
 
@@ -565,3 +565,10 @@ def test_the_gpu_sweep_script_moves_cifar10_in_three_parts_byte_for_byte(tmp_pat
         assert subprocess.run(["bash", str(script), "unpack", part], env=env, capture_output=True).returncode == 0
     for name in names:
         assert (tmp_path / "dev" / "cifar-10-batches-py" / name).read_bytes() == (source / name).read_bytes()
+
+
+def test_the_recorded_command_can_be_pasted_into_a_shell(monkeypatch: pytest.MonkeyPatch) -> None:
+    from skipganomaly.provenance import environment
+
+    monkeypatch.setattr(sys, "argv", ["skipganomaly", "benchmark", "--out", "my runs", "--model-arg", "k=5"])
+    assert environment()["command"] == "skipganomaly benchmark --out 'my runs' --model-arg k=5"

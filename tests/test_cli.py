@@ -300,12 +300,14 @@ def test_an_interrupt_says_what_is_kept_and_how_to_continue(tmp_path: Path) -> N
 
     from skipganomaly.cli import _how_to_continue
 
-    train = argparse.Namespace(command="train", resume=None, out=tmp_path)
+    run = tmp_path / "my runs"  # the printed command must survive copy and paste into a shell
+    run.mkdir()
+    train = argparse.Namespace(command="train", resume=None, out=run)
     assert "nothing to resume" in _how_to_continue(train)
-    (tmp_path / "model.state.pt").write_bytes(b"")
-    assert f"skipganomaly train --resume {tmp_path}" in _how_to_continue(train)
-    resumed = argparse.Namespace(command="train", resume=tmp_path, out=Path("runs/train"))
-    assert f"--resume {tmp_path}" in _how_to_continue(resumed)
+    (run / "model.state.pt").write_bytes(b"")
+    assert f"skipganomaly train --resume '{run}'" in _how_to_continue(train)
+    resumed = argparse.Namespace(command="train", resume=run, out=Path("runs/train"))
+    assert f"--resume '{run}'" in _how_to_continue(resumed)
     assert "finished cells are kept" in _how_to_continue(argparse.Namespace(command="benchmark", out=tmp_path))
     assert _how_to_continue(argparse.Namespace(command="predict")) is None
 
@@ -429,3 +431,36 @@ def test_own_data_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixt
         assert "Traceback" not in err
         lines = [line for line in err.splitlines() if line.startswith("error:")]
         assert len(lines) == 1, (args, err)
+
+
+def test_a_new_run_never_mixes_with_an_old_one(trained_run: tuple[Path, Path], tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """An --out that holds a run is refused (its files untouched); --overwrite removes that run's files
+    (the old test scores and figures too) and keeps anything else; without --out, runs/train, runs/train2, ..."""
+    root, trained = trained_run
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    (run / "notes.txt").write_text("mine")
+    before = (run / "model.pt").read_bytes()
+    args = ["train", "--data", str(root / "train"), "--epochs", "1", "--batch-size", "8", *SMALL]
+    assert main([*args, "--out", str(run)]) == 2
+    assert "already holds a run; continue it with --resume" in capsys.readouterr().err
+    assert (run / "model.pt").read_bytes() == before
+    assert main([*args, "--out", str(run), "--overwrite"]) == 0
+    assert (run / "model.pt").read_bytes() != before and (run / "notes.txt").read_text() == "mine"
+    assert not (run / "scores.csv").exists() and not (run / "evaluation.json").exists()
+    assert not (run / "figures" / "examples_most_anomalous.png").exists()
+    monkeypatch.chdir(tmp_path)
+    assert main(args) == 0 and main(args) == 0
+    assert (tmp_path / "runs" / "train" / "model.pt").exists() and (tmp_path / "runs" / "train2" / "model.pt").exists()
+
+
+def test_training_folders_that_would_learn_anomalies_or_the_run_itself_are_refused(
+        trained_run: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    root, _ = trained_run
+    assert main(["train", "--data", str(root / "test"), "--out", str(root / "x"), *SMALL]) == 2
+    assert "holds abnormal/: training reads every image below --data" in capsys.readouterr().err
+    assert main(["train", "--data", str(root / "train"), "--out", str(root / "train" / "run"), *SMALL]) == 2
+    assert "is inside --data" in capsys.readouterr().err
+    assert not (root / "x").exists() and not (root / "train" / "run").exists()

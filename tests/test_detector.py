@@ -162,6 +162,15 @@ def test_constructor_errors() -> None:
         Detector().decision_function(np.zeros((1, 32, 32, 3), dtype=np.uint8))
 
 
+def test_a_k_larger_than_the_training_set_fails_before_the_first_epoch() -> None:
+    """The kNN bank needs more than k images: said before training, not after the last epoch."""
+    epochs: list[object] = []
+    det = Detector(device="cpu", progress=False, epochs=1, batch_size=8, widths=[8, 16, 32], k=50)
+    with pytest.raises(ConfigError, match="needs at least 51 training images, got 38"):
+        det.fit(blob_images(40), on_epoch_end=epochs.append)
+    assert epochs == []
+
+
 def test_too_few_images_is_a_data_error() -> None:
     with pytest.raises(DataError, match="too few"):
         Detector(device="cpu", progress=False).fit(blob_images(3))

@@ -225,3 +225,36 @@ def test_a_cosine_learning_rate_schedule_reaches_every_optimiser(tmp_path: Path)
     assert "--lr-schedule" in _flags("train") and "--lr-schedule" in _flags("benchmark")
     assert DetectorSettings().result_settings()["lr_schedule"] == "constant"
     assert "lr_schedule" in TrainConfig.names(on_resume="fixed")
+
+
+WRONG_VALUE = {bool: "maybe", int: "abc", float: "abc", str: 3}  # YAML reads `--model-arg k=abc` as text
+
+
+@pytest.mark.parametrize("model", list_models())
+def test_every_typed_option_refuses_a_value_of_another_type_in_one_line(model: str) -> None:
+    """Read from each constructor's annotations: a wrong-typed value is a ConfigError naming the option
+    when the Detector is built (not a traceback from inside the network, nor a value stored as given)."""
+    from typing import Sequence
+
+    from skipganomaly.detector import model_option_names
+    from skipganomaly.models import get_model_class
+
+    hints = get_model_class(model).param_hints()
+    checked = 0
+    for name in model_option_names(model):
+        hint = hints.get(name)
+        wrong = WRONG_VALUE.get(hint, "abc" if hint == Sequence[int] else None)
+        if wrong is None:
+            continue
+        with pytest.raises(ConfigError, match=f"option {name}="):
+            Detector(model, **{name: wrong})
+        checked += 1
+    assert checked >= 1
+
+
+def test_list_options_check_their_items_and_floats_take_integers() -> None:
+    with pytest.raises(ConfigError, match=r"widths=\[8, 'x'\] is not a list of integers"):
+        Detector(widths=[8, "x"])
+    with pytest.raises(ConfigError, match="widths=5 is not a list of integers"):
+        Detector(widths=5)
+    assert Detector(contrastive=1, widths=(8, 16, 32)).get_params()["contrastive"] == 1

@@ -4,24 +4,28 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shlex
 import sys
 from pathlib import Path
 from typing import Any, Sequence
 
 from .data.cifar10 import NAME as CIFAR10_NAME, TITLE as CIFAR10_TITLE, Cifar10
+from .data.folders import ABNORMAL_NAMES, train_folder
 from .detector import DEFAULT_MODEL, DetectorSettings, setting_defaults, setting_fields
 from .errors import ConfigError, SkipGanomalyError
 from .evaluation.report import build_report
 from .evaluation.tables import HONEST, PAPER
 from .models import BASELINES, get_model_class, list_models
 from .options import FORM, parse_model_args
-from .run_directory import RunDirectory
+from .run_directory import RunDirectory, next_free_run
 from .sweep import PRESETS, PROTOCOLS, SweepConfig, benchmark_data, check_protocols, resolve_classes, run_benchmark
 from .training.memory import reduce_heap_fragmentation
 from .training.device import native_bf16, resolve_device
 from .workflows import evaluate_folder, predict_files, resumed_settings, run_demo, train_run
 
 log = logging.getLogger("skipganomaly")
+
+DEFAULT_TRAIN_OUT = Path("runs/train")  # `train`'s run directory when --out is not given (or runs/train2, ...)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -72,7 +76,7 @@ def _how_to_continue(args: argparse.Namespace) -> str | None:
     if args.command == "train":
         run = args.resume or args.out
         if RunDirectory(run).state.exists():
-            return f"the last complete epoch is kept; continue with: skipganomaly train --resume {run}"
+            return f"the last complete epoch is kept; continue with: skipganomaly train --resume {shlex.quote(str(run))}"
         return "no epoch was complete, so there is nothing to resume"
     if args.command == "benchmark":
         return f"finished cells are kept in {args.out}; the same command runs only the missing ones"
@@ -100,8 +104,13 @@ def _add_train(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> No
                    help="continue an interrupted run from its last complete epoch, with the settings in "
                         "RUN_DIR/config.yaml (the result equals an uninterrupted run's); add --epochs N to train a "
                         "finished or interrupted run up to N epochs")
-    p.add_argument("--test", type=Path, help="labelled folder (normal/ + abnormal/) to evaluate after training")
-    p.add_argument("--out", type=Path, default=Path("runs/train"), help="run directory (default: runs/train)")
+    p.add_argument("--test", type=Path, help="labelled folder to evaluate after training (normal/ + abnormal/, "
+                                            "0.normal/ + 1.abnormal/, or MVTec AD's good/ + one folder per defect)")
+    p.add_argument("--out", type=Path,
+                   help=f"run directory (default: {DEFAULT_TRAIN_OUT}, or the first of {DEFAULT_TRAIN_OUT}2, "
+                        f"{DEFAULT_TRAIN_OUT}3, ... that holds no run); one that holds a run is refused")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the run in --out (its files only: config, checkpoints, metrics, report, figures)")
     p.add_argument("--tensorboard", action="store_true",
                    help="also log per-epoch scalars for TensorBoard in OUT/tensorboard (needs tensorboard)")
     _add_settings_args(p, unset=True)  # unset: the defaults, or with --resume the interrupted run's
@@ -110,8 +119,9 @@ def _add_train(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> No
 
 def _add_test(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
     p = sub.add_parser("test", help="evaluate a checkpoint on a labelled folder",
-                       description="Score a labelled folder (normal/ + abnormal/, or test/0.normal + "
-                                   "test/1.abnormal) and report AUROC, AUPRC and F1 at the stored threshold.")
+                       description="Score a labelled folder (normal/ + abnormal/, test/0.normal + "
+                                   "test/1.abnormal, or MVTec AD's test/good + one folder per defect type) and "
+                                   "report AUROC, AUPRC and F1 at the stored threshold.")
     p.add_argument("--checkpoint", required=True, type=Path)
     p.add_argument("--data", required=True, type=Path)
     p.add_argument("--out", type=Path, help="write metrics JSON here (default: print only)")
@@ -313,10 +323,38 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise ConfigError("train needs --data FOLDER (or --resume RUN_DIR)")
     else:
         settings = _settings(args)
+        args.out = _new_run_directory(args.out, args.overwrite)
     _check_reports_threshold(settings)
+    _check_training_folder(args.data, args.out)
+    if args.overwrite and args.resume is None:
+        RunDirectory(args.out).clear()
     train_run(settings, args.data, args.test, RunDirectory(args.out), resume=args.resume is not None,
               tensorboard=args.tensorboard)
     return 0
+
+
+def _new_run_directory(out: Path | None, overwrite: bool) -> Path:
+    """Where a new run goes: --out, refused if it holds a run (unless --overwrite), or the first free
+    default, so two runs never share (and mix) one folder's files."""
+    if out is None:
+        return next_free_run(DEFAULT_TRAIN_OUT)
+    if RunDirectory(out).holds_run and not overwrite:
+        raise ConfigError(f"{out} already holds a run; continue it with --resume {shlex.quote(str(out))}, choose "
+                          "another --out, or add --overwrite to replace it")
+    return out
+
+
+def _check_training_folder(data: Path, out: Path) -> None:
+    """Refuse training folders that would train on anomalies or on the run's own output."""
+    folder = train_folder(data)
+    labelled = [p.name for p in sorted(folder.iterdir()) if p.is_dir() and p.name.lower() in ABNORMAL_NAMES] \
+        if folder.is_dir() else []
+    if labelled:
+        raise ConfigError(f"{folder} holds {labelled[0]}/: training reads every image below --data, so the anomalies "
+                          f"would be learnt as normal; give its folder of normal images (e.g. --data {folder}/normal)")
+    if folder.is_dir() and out.resolve().is_relative_to(folder.resolve()):
+        raise ConfigError(f"--out {out} is inside --data {data}: the run's figures would be read as training images "
+                          "by the next run; put the run directory elsewhere")
 
 
 def _check_output_dir(path: Path | None, flag: str) -> None:

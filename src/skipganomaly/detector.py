@@ -19,6 +19,7 @@ from .evaluation.metrics import quantile_threshold
 from .files import load_torch_checked, save_torch_atomic
 from .models import create, get_model_class, list_models
 from .models.base import AnomalyModel, check_geometry, plain
+from .options import check_option_types
 from .run_directory import state_path
 from .training import EpochRecord, TrainConfig, batched_apply, resolve_device, to_device, train
 from .training.config import field_default, setting
@@ -66,6 +67,7 @@ class DetectorSettings:
         if unknown:
             raise ConfigError(f"model {self.model!r} has no option {unknown[0]!r}; its options: {', '.join(allowed)}"
                               f"; detector settings: {', '.join(setting_names())}")
+        check_option_types(self.model, self.model_options, get_model_class(self.model).param_hints())
 
     # --- flat views -------------------------------------------------------------------------
     @classmethod

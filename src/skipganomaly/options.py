@@ -7,6 +7,9 @@ model only. A model that has no option KEY is a one-line error naming the option
 
 from __future__ import annotations
 
+import collections.abc
+import types
+import typing
 from typing import Any, Iterable, Sequence
 
 import yaml
@@ -35,3 +38,51 @@ def parse_model_args(items: Iterable[str], models: Sequence[str]) -> dict[str, d
         for name in ([model] if colon else models):
             options[name][key] = parsed
     return options
+
+
+def check_option_types(model: str, options: dict[str, Any], hints: dict[str, Any]) -> None:
+    """A one-line ConfigError for an option whose value is not of its constructor annotation's type
+    (`widths=abc`, `flips=maybe`), before anything is built or trained."""
+    for key, value in options.items():
+        hint = hints.get(key)
+        if hint is not None and not _matches(value, hint):
+            raise ConfigError(f"model {model!r}: option {key}={value!r} is not {_describe(hint)}")
+
+
+def _matches(value: Any, hint: Any) -> bool:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, a) for a in args)
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if origin in (list, tuple, collections.abc.Sequence):
+        if not isinstance(value, (list, tuple)):
+            return False
+        item = args[0] if args else Any
+        return all(_matches(v, item) for v in value)
+    if origin is typing.Literal:
+        return value in args
+    return True  # a type not described here is left to the constructor
+
+
+def _describe(hint: Any) -> str:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in args)
+    if origin in (list, tuple, collections.abc.Sequence):
+        plural = {int: "integers", float: "numbers", str: "texts", bool: "true/false values"}
+        return f"a list of {plural.get(args[0], 'values') if args else 'values'} (e.g. [8,16,32])"
+    if origin is typing.Literal:
+        return "one of " + ", ".join(map(repr, args))
+    names = {bool: "true or false", int: "an integer", float: "a number", str: "text", type(None): "null"}
+    return names.get(hint, getattr(hint, "__name__", str(hint)))

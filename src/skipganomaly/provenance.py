@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -40,7 +41,7 @@ def environment() -> dict[str, Any]:
                 break
     except OSError:
         pass
-    return {"command": "skipganomaly " + " ".join(sys.argv[1:]), "git_commit": git_commit(),
+    return {"command": shlex.join(["skipganomaly", *sys.argv[1:]]), "git_commit": git_commit(),
             "torch": torch.__version__, "threads": torch.get_num_threads(), "cpu": cpu, "cpu_count": os.cpu_count(),
             "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
             "python": platform.python_version()}

@@ -39,6 +39,8 @@ FIGURES = "figures"
 REPORT = "report.html"
 TENSORBOARD = "tensorboard"
 
+RUN_FILES = (CONFIG, CHECKPOINT, METRICS_LOG, METRICS, SCORES, EVALUATION, FIGURES, REPORT, TENSORBOARD)
+
 CONFIG_FORMAT = "skipganomaly-run"
 CONFIG_VERSION = 2  # 1: the flat argparse namespace of `train` (read by `read_config`)
 
@@ -46,6 +48,15 @@ CONFIG_VERSION = 2  # 1: the flat argparse namespace of `train` (read by `read_c
 def state_path(checkpoint: Path) -> Path:
     """The training-state file beside a checkpoint: model.pt -> model.state.pt."""
     return Path(checkpoint).with_suffix(STATE_SUFFIX)
+
+
+def next_free_run(base: Path) -> Path:
+    """`base`, or the first of base2, base3, ... that holds no run: a default that never mixes two runs."""
+    candidate, n = base, 1
+    while RunDirectory(candidate).holds_run:
+        n += 1
+        candidate = base.with_name(f"{base.name}{n}")
+    return candidate
 
 
 def _member(name: str) -> property:
@@ -70,6 +81,21 @@ class RunDirectory:
     @property
     def state(self) -> Path:
         return state_path(self.checkpoint)
+
+    @property
+    def holds_run(self) -> bool:
+        """Whether a run was started here (its config, checkpoint or training state exists)."""
+        return any(p.exists() for p in (self.config, self.checkpoint, self.state))
+
+    def clear(self) -> None:
+        """Remove this run's files (the names above only; anything else in the folder stays)."""
+        import shutil
+
+        for path in (*(self.root / name for name in RUN_FILES), self.state):
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            elif path.exists() or path.is_symlink():
+                path.unlink()
 
     def write_config(self, settings: dict[str, Any], **run: Any) -> None:
         """config.yaml: the run's own fields (`run`: command, data, ...) and the detector's settings."""

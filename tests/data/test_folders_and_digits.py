@@ -35,6 +35,37 @@ def test_unlabelled_test_folder_is_a_clear_error(tmp_path: Path) -> None:
         labelled_files(tmp_path / "nope")
 
 
+def test_mvtec_layout_takes_every_defect_folder_as_abnormal(tmp_path: Path,
+                                                            caplog: pytest.LogCaptureFixture) -> None:
+    """MVTec AD: test/good beside one folder per defect type; ground_truth/ (masks) is not a defect."""
+    write_images(tmp_path / "test" / "good", blob_images(2))
+    write_images(tmp_path / "test" / "crack", noise_images(3))
+    write_images(tmp_path / "test" / "scratch", noise_images(1))
+    write_images(tmp_path / "test" / "ground_truth" / "crack", noise_images(3))
+    with caplog.at_level("INFO", logger="skipganomaly"):
+        paths, labels = labelled_files(tmp_path)
+    assert labels == [0, 0, 1, 1, 1, 1] and {p.parent.name for p in paths[2:]} == {"crack", "scratch"}
+    assert "abnormal = crack/, scratch/" in caplog.text
+
+
+def test_named_abnormal_folders_are_all_read_and_names_are_case_blind(tmp_path: Path) -> None:
+    write_images(tmp_path / "Normal", blob_images(2))
+    write_images(tmp_path / "Abnormal", noise_images(1))
+    write_images(tmp_path / "defect", noise_images(2))
+    write_images(tmp_path / "unsure", noise_images(4))  # neither name: not a label when named ones exist
+    _, labels = labelled_files(tmp_path)
+    assert labels == [0, 0, 1, 1, 1]
+
+
+def test_a_test_folder_with_one_label_only_is_a_clear_error(tmp_path: Path) -> None:
+    write_images(tmp_path / "only" / "normal", blob_images(2))
+    write_images(tmp_path / "bad" / "abnormal", noise_images(2))
+    with pytest.raises(DataError, match="has normal/ but no abnormal folder"):
+        labelled_files(tmp_path / "only")
+    with pytest.raises(DataError, match="has abnormal/ but no normal folder"):
+        labelled_files(tmp_path / "bad")
+
+
 def test_digits_are_real_and_upscaled() -> None:
     images, targets = load_digits_images(32)
     assert images.shape == (1797, 1, 32, 32) and images.dtype == torch.uint8

@@ -1,12 +1,15 @@
 """Folder layouts users have: a folder of normal images, and a test folder split by label.
 
-Accepted test layouts (first match wins): `normal/` + `abnormal/`, the reference's `0.normal/` +
-`1.abnormal/`, or either of those under a `test/` subfolder. For training, a folder of images, or a
-root whose `train/` (or `train/0.normal/`) holds them.
+Accepted test layouts (directly or under a `test/` subfolder; names in any case): a normal folder
+(`normal/`, the reference's `0.normal/`, or MVTec AD's `good/`) and abnormal folders: every one named
+`abnormal/`, `1.abnormal/`, `anomaly/` or `defect/`, or, where none is, every other subfolder (MVTec AD's
+defect types: `crack/`, `scratch/`, ...). For training, a folder of images, or a root whose `train/`
+(or `train/0.normal/`) holds them.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -17,6 +20,9 @@ from .images import list_image_files, load_image_files
 
 NORMAL_NAMES = ("normal", "0.normal", "good")
 ABNORMAL_NAMES = ("abnormal", "1.abnormal", "anomaly", "defect")
+NOT_TEST_NAMES = ("train", "ground_truth", "validation", "val")  # beside good/, never a defect type
+
+log = logging.getLogger("skipganomaly")
 
 
 def train_folder(root: str | os.PathLike[str]) -> Path:
@@ -29,24 +35,33 @@ def train_folder(root: str | os.PathLike[str]) -> Path:
 
 
 def labelled_files(root: str | os.PathLike[str]) -> tuple[list[Path], list[int]]:
-    """Image paths and labels (0 normal, 1 abnormal) of a labelled test folder."""
+    """Image paths and labels (0 normal, 1 abnormal) of a labelled test folder; both labels must be
+    there (AUROC needs both), and the folders taken as abnormal are logged by name."""
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"folder not found: {root}")
     base = root / "test" if (root / "test").is_dir() else root
-    normal = _first_dir(base, NORMAL_NAMES)
-    abnormal = _first_dir(base, ABNORMAL_NAMES)
-    if normal is None and abnormal is None:
+    folders = {p.name.lower(): p for p in sorted(base.iterdir()) if p.is_dir() and not p.name.startswith(".")}
+    normal = next((folders[n] for n in NORMAL_NAMES if n in folders), None)
+    abnormal = [folders[n] for n in ABNORMAL_NAMES if n in folders]
+    if normal is not None and not abnormal:
+        abnormal = [p for name, p in folders.items() if p != normal and name not in NOT_TEST_NAMES]
+    if normal is None and not abnormal:
         raise DataError(
-            f"{base} has no labelled subfolders; expected one of {NORMAL_NAMES} and one of {ABNORMAL_NAMES}"
+            f"{base} has no labelled subfolders; expected one of {NORMAL_NAMES} and abnormal ones "
+            f"({', '.join(ABNORMAL_NAMES)}, or MVTec AD's defect folders beside good/)"
         )
-    paths: list[Path] = []
-    labels: list[int] = []
-    for folder, label in ((normal, 0), (abnormal, 1)):
-        if folder is not None:
-            files = list_image_files(folder)
-            paths += files
-            labels += [label] * len(files)
+    if normal is None or not abnormal:
+        found = normal.name if normal is not None else ", ".join(p.name for p in abnormal)
+        raise DataError(f"{base} has {found}/ but no {'abnormal' if normal is not None else 'normal'} folder: "
+                        f"a test needs both normal and abnormal images")
+    log.info("test labels: normal = %s/; abnormal = %s", normal.name, ", ".join(f"{p.name}/" for p in abnormal))
+    paths: list[Path] = list_image_files(normal)
+    labels: list[int] = [0] * len(paths)
+    for folder in abnormal:
+        files = list_image_files(folder)
+        paths += files
+        labels += [1] * len(files)
     return paths, labels
 
 
@@ -58,10 +73,3 @@ def load_labelled_folder(
     label_of = {str(p): y for p, y in zip(paths, labels, strict=True)}
     images, kept = load_image_files(paths, image_size, in_channels, progress=progress)
     return images, torch.tensor([label_of[p] for p in kept]), kept
-
-
-def _first_dir(base: Path, names: tuple[str, ...]) -> Path | None:
-    for name in names:
-        if (base / name).is_dir():
-            return base / name
-    return None

@@ -45,7 +45,7 @@ def evaluate_scores(scores: Sequence[float], labels: Sequence[int], threshold: f
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
     return {
         "auroc": float(roc_auc_score(y, s)) if both else float("nan"),
-        "auprc": float(average_precision_score(y, s)) if both else float("nan"),
+        "auprc": min(1.0, float(average_precision_score(y, s))) if both else float("nan"),  # sums may round above 1
         "f1": f1,
         "precision": precision,
         "recall": recall,

@@ -9,6 +9,7 @@ and never a model's name.
 from __future__ import annotations
 
 import inspect
+import typing
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
@@ -143,6 +144,11 @@ class AnomalyModel(nn.Module):
         """The steps of one training iteration, in order (each steps one optimiser group)."""
         return []
 
+    def min_training_images(self) -> int:
+        """The fewest training images this model can be fitted on (a kNN bank needs more than k), checked
+        by the loop before the first epoch rather than after the last."""
+        return 2
+
     def fit_closed_form(self, x: Tensor) -> None:
         """Fit on every training image at once, x: [N, C, H, W] in [-1, 1] (models without optimiser groups)."""
         raise NotImplementedError(f"{type(self).__name__} is trained by gradient steps, not in closed form")
@@ -181,29 +187,49 @@ class AnomalyModel(nn.Module):
     param_attributes: dict[str, str] = {}
 
     @classmethod
-    def param_defaults(cls) -> dict[str, Any]:
-        """Every constructor argument and its default, read from the signatures (scikit-learn's rule).
-
-        A constructor that takes `**kwargs` passes them on to its parent's constructor, so its arguments
-        are its own named ones plus the parent's; the first default met (the subclass's) wins."""
-        params: dict[str, Any] = {}
+    def _constructors(cls) -> list[Callable[..., None]]:
+        """The `__init__`s whose arguments are this model's: its own, and its parents' for as long as
+        each passes `**kwargs` on to the next."""
+        inits = []
         for klass in cls.__mro__:
             if klass is AnomalyModel or not issubclass(klass, AnomalyModel):
                 break
             init = klass.__dict__.get("__init__")
             if init is None:
                 continue
-            forwards = False
-            for p in list(inspect.signature(init).parameters.values())[1:]:
-                if p.kind is p.VAR_KEYWORD:
-                    forwards = True
-                elif p.kind is p.VAR_POSITIONAL:
-                    raise TypeError(f"{klass.__name__}.__init__ takes *args; name every argument")
-                else:
-                    params.setdefault(p.name, p.default)
-            if not forwards:
+            inits.append(init)
+            if not any(p.kind is p.VAR_KEYWORD for p in inspect.signature(init).parameters.values()):
                 break
+        return inits
+
+    @classmethod
+    def param_defaults(cls) -> dict[str, Any]:
+        """Every constructor argument and its default, read from the signatures (scikit-learn's rule).
+
+        A constructor that takes `**kwargs` passes them on to its parent's constructor, so its arguments
+        are its own named ones plus the parent's; the first default met (the subclass's) wins."""
+        params: dict[str, Any] = {}
+        for init in cls._constructors():
+            for p in list(inspect.signature(init).parameters.values())[1:]:
+                if p.kind is p.VAR_POSITIONAL:
+                    raise TypeError(f"{init.__qualname__} takes *args; name every argument")
+                if p.kind is not p.VAR_KEYWORD:
+                    params.setdefault(p.name, p.default)
         return params
+
+    @classmethod
+    def param_hints(cls) -> dict[str, Any]:
+        """The constructor arguments' type annotations (the subclass's first), for checking given values."""
+        hints: dict[str, Any] = {}
+        for init in cls._constructors():
+            try:
+                for name, hint in typing.get_type_hints(init).items():
+                    hints.setdefault(name, hint)
+            except (NameError, TypeError):  # an annotation that cannot be resolved is not checked
+                pass
+        hints.pop("return", None)
+        hints.pop("kwargs", None)
+        return hints
 
     def config(self) -> dict[str, Any]:
         """The constructor arguments that rebuild this model, as plain values (safe to store): each read

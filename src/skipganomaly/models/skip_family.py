@@ -246,6 +246,9 @@ class SkipFamilyModel(GanModel):
     def _map_features(self, x: Tensor) -> list[Tensor]:
         return [pooled_map(m, self.map_grid) for m in self.discriminator.stage_maps(x, self.map_layers)]
 
+    def min_training_images(self) -> int:
+        return max(2, self.k + 1) if self.fits_statistics else 2
+
     def fit_statistics(self, x: Tensor) -> None:
         if len(x) <= self.k:
             raise ConfigError(f"score {self.score_name!r} with k={self.k} needs more than {self.k} training images, "

@@ -132,6 +132,9 @@ def train(
     rank, size = world()
     if config.batch_size % size:
         raise ConfigError(f"batch size {config.batch_size} does not split over {size} processes")
+    if len(index) < model.min_training_images():
+        raise ConfigError(f"{model.name} with these options needs at least {model.min_training_images()} training "
+                          f"images, got {len(index)} (after the held-out split)")
     batch_size = min(config.batch_size, len(index))
     if len(index) < 2 or batch_size // size < 2:
         raise ConfigError(f"need at least 2 training images per process, got {len(index)} over {size}")

@@ -34,6 +34,9 @@ class Knn(ClosedFormModel):
     def is_fitted(self) -> bool:
         return len(self.bank) > 0
 
+    def min_training_images(self) -> int:
+        return max(2, self.k)
+
     def fit_closed_form(self, x: Tensor) -> None:
         if len(x) < self.k:
             raise ConfigError(f"knn with k={self.k} needs at least {self.k} training images, got {len(x)}")

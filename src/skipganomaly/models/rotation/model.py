@@ -203,6 +203,9 @@ class RotationNet(AnomalyModel):
         return LossStep(loss, logs=logs)
 
     # --- statistics of the training normals -------------------------------------------------
+    def min_training_images(self) -> int:
+        return max(2, self.k + 1)
+
     def fit_statistics(self, x: Tensor) -> None:
         if len(x) <= self.k:
             raise ConfigError(f"rotation with k={self.k} needs more than {self.k} training images, got {len(x)}")
