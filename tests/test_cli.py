@@ -464,3 +464,10 @@ def test_training_folders_that_would_learn_anomalies_or_the_run_itself_are_refus
     assert main(["train", "--data", str(root / "train"), "--out", str(root / "train" / "run"), *SMALL]) == 2
     assert "is inside --data" in capsys.readouterr().err
     assert not (root / "x").exists() and not (root / "train" / "run").exists()
+
+
+def test_report_given_a_file_names_the_folder_to_give(trained_run: tuple[Path, Path],
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    _, run = trained_run
+    assert main(["report", str(run / "model.pt")]) == 2
+    assert f"report takes the run or benchmark directory: skipganomaly report {run}" in capsys.readouterr().err

@@ -176,6 +176,13 @@ def test_too_few_images_is_a_data_error() -> None:
         Detector(device="cpu", progress=False).fit(blob_images(3))
 
 
+def test_a_run_directory_loads_as_its_checkpoint(fitted: tuple[Detector, Path], tmp_path: Path) -> None:
+    det, path = fitted
+    assert Detector.load(path.parent).threshold_ == det.threshold_  # the folder that holds model.pt
+    with pytest.raises(CheckpointError, match="is a folder without a model.pt"):
+        Detector.load(tmp_path)
+
+
 def test_missing_truncated_and_foreign_checkpoints(fitted: tuple[Detector, Path], tmp_path: Path) -> None:
     _, path = fitted
     with pytest.raises(CheckpointError, match="not found"):

@@ -38,7 +38,11 @@ def test_onnx_scores_match_pytorch(name: str, channels: int, tmp_path: Path) -> 
             model.fit_statistics(train)
     path = export_onnx(model, tmp_path / "m.onnx")
     expected = batched_apply(model.score, model, images, 4, torch.device("cpu")).double().numpy()
-    got = OnnxScorer(path).score(images, batch_size=3)  # another batch size than the export's
+    scorer = OnnxScorer(path)
+    got = scorer.score(images, batch_size=3)  # another batch size than the export's
+    # what a user holds: a channels-last uint8 numpy array, or floats in [0, 1]
+    np.testing.assert_array_equal(scorer.score(images.permute(0, 2, 3, 1).numpy(), batch_size=3), got)
+    np.testing.assert_allclose(scorer.score(images.numpy() / 255.0), got, rtol=1e-5, atol=1e-6)
     # to 1e-4 relative, or to a thousandth of the scores' spread (what a ranking can notice), whichever is
     # looser: a standardised score (rotation's ce+knn) turns float32 rounding into larger absolute numbers
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-3 * float(np.std(expected)))

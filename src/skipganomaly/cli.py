@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
+from tqdm.contrib.logging import logging_redirect_tqdm
+
 from .data.cifar10 import NAME as CIFAR10_NAME, TITLE as CIFAR10_TITLE, Cifar10
 from .data.folders import ABNORMAL_NAMES, train_folder
 from .detector import DEFAULT_MODEL, DetectorSettings, setting_defaults, setting_fields
@@ -35,7 +37,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         reduce_heap_fragmentation()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s", stream=sys.stderr)
     try:
-        return int(args.func(args) or 0)
+        with logging_redirect_tqdm():  # a warning is printed above a progress bar, not through it
+            return int(args.func(args) or 0)
     except SkipGanomalyError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

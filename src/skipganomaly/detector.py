@@ -20,7 +20,7 @@ from .files import load_torch_checked, save_torch_atomic
 from .models import create, get_model_class, list_models
 from .models.base import AnomalyModel, check_geometry, plain
 from .options import check_option_types
-from .run_directory import state_path
+from .run_directory import CHECKPOINT, state_path
 from .training import EpochRecord, TrainConfig, batched_apply, resolve_device, to_device, train
 from .training.config import field_default, setting
 from .training.distributed import is_main_process
@@ -354,6 +354,11 @@ class Detector:
         (`weights_only=True`). The model is rebuilt from its stored full configuration, so a default
         changed since the file was written does not change the loaded model."""
         path = Path(path)
+        if path.is_dir():  # a run directory: its checkpoint
+            if not (path / CHECKPOINT).is_file():
+                raise CheckpointError(f"{path} is a folder without a {CHECKPOINT}; give a checkpoint file or a run "
+                                      "directory that holds one")
+            path = path / CHECKPOINT
         if not path.is_file():
             raise CheckpointError(f"checkpoint not found: {path}")
         payload = load_torch_checked(path, FORMAT, (1, FORMAT_VERSION), readable_as="skipganomaly checkpoint",

@@ -9,12 +9,13 @@ from __future__ import annotations
 import os
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .data.images import to_unit_range
+from .data.images import as_image_tensor, to_unit_range
 from .errors import ConfigError
 from .models.base import AnomalyModel
 
@@ -50,7 +51,9 @@ def export_onnx(model: AnomalyModel, path: str | os.PathLike[str]) -> Path:
 
 
 class OnnxScorer:
-    """Score uint8 images [N, C, H, W] with onnxruntime (CPU), in batches."""
+    """Score images with onnxruntime (CPU), in batches: whatever `Detector.decision_function` takes
+    (uint8 or [0, 1] float arrays and tensors, lists of paths or PIL images), converted to the graph's
+    channels and size (read from its input)."""
 
     def __init__(self, path: str | os.PathLike[str], threads: int | None = None) -> None:
         try:
@@ -61,10 +64,13 @@ class OnnxScorer:
         if threads:
             options.intra_op_num_threads = threads
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        _, channels, size, _ = self.session.get_inputs()[0].shape
+        self.in_channels, self.image_size = int(channels), int(size)
 
-    def score(self, images: Tensor, batch_size: int = 256) -> np.ndarray:
+    def score(self, images: Any, batch_size: int = 256) -> np.ndarray:
+        data = as_image_tensor(images, self.image_size, self.in_channels)
         out = []
-        for start in range(0, len(images), batch_size):
-            batch = to_unit_range(images[start:start + batch_size]).numpy()
+        for start in range(0, len(data), batch_size):
+            batch = to_unit_range(data[start:start + batch_size]).numpy()
             out.append(self.session.run(["scores"], {"images": batch})[0])
         return np.concatenate(out).astype(np.float64)

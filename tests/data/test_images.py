@@ -76,6 +76,24 @@ def test_sixteen_bit_and_palette_and_rgba_files(tmp_path: Path) -> None:
     assert load_image(rgba, 32, 3).shape == (3, 32, 32)
 
 
+@pytest.mark.parametrize("bits", [12, 16])
+def test_wide_integer_images_fill_the_range_of_their_bit_depth(tmp_path: Path, bits: int) -> None:
+    """A ramp up to the top of a 12- or 16-bit range (12-bit data is stored in 16-bit PNGs) reads as 0..255,
+    and the middle of the ramp as the middle of 0..255."""
+    ramp = np.linspace(0, 2 ** bits - 1, 64).round().astype(np.uint16)[None].repeat(32, 0)
+    path = tmp_path / f"ramp{bits}.png"
+    Image.fromarray(ramp).save(path)
+    assert Image.open(path).mode.startswith("I")
+    row = load_image(path, 64, 1)[0, 0].astype(int)
+    assert row[0] == 0 and row[-1] == 255 and abs(row[32] - 130) <= 2
+
+
+def test_mac_metadata_files_are_not_images(tmp_path: Path) -> None:
+    good = write_images(tmp_path, blob_images(2))
+    (tmp_path / "._img_000.png").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+    assert list_image_files(tmp_path) == good
+
+
 def test_corrupt_files_are_skipped_with_a_warning_naming_them(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     good = write_images(tmp_path, blob_images(2))
     (tmp_path / "text.png").write_text("not an image")

@@ -23,6 +23,7 @@ from ..errors import DataError
 log = logging.getLogger("skipganomaly")
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+BIT_DEPTHS = (8, 10, 12, 14, 16, 32)  # what integer image files hold, narrowest first
 
 
 def to_unit_range(batch: torch.Tensor) -> torch.Tensor:
@@ -63,10 +64,14 @@ def _read_image(path: str | os.PathLike[str], image_size: int, in_channels: int)
 
 
 def pil_to_array(img: Image.Image, image_size: int, in_channels: int) -> np.ndarray:
-    """Convert a PIL image to uint8 [C, H, W]; 16-bit, palette, alpha and CMYK modes are handled."""
+    """Convert a PIL image to uint8 [C, H, W]; 16-bit, palette, alpha and CMYK modes are handled.
+
+    Integer images wider than 8 bits are scaled by the largest value of the smallest common bit depth
+    that holds their maximum (`BIT_DEPTHS`), so 12-bit data stored in a 16-bit PNG (medical and
+    inspection cameras) fills 0..255 instead of 0..15."""
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):
         arr = np.asarray(img, dtype=np.float64)
-        peak = 65535.0 if arr.max() > 255 else 255.0
+        peak = next(2.0 ** bits - 1 for bits in BIT_DEPTHS if arr.max() <= 2.0 ** bits - 1 or bits == BIT_DEPTHS[-1])
         img = Image.fromarray(np.clip(arr / peak * 255.0, 0, 255).astype(np.uint8), mode="L")
     elif img.mode == "F":
         arr = np.asarray(img, dtype=np.float64)
@@ -215,7 +220,8 @@ def list_image_files(folder: str | os.PathLike[str]) -> list[Path]:
         raise DataError(f"folder not found: {root}")
     if not root.is_dir():
         raise DataError(f"not a folder: {root}")
-    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+                   and not p.name.startswith("._"))  # macOS's AppleDouble metadata files, not images
     if not files:
         if not any(root.iterdir()):
             raise DataError(f"folder is empty: {root}")

@@ -14,6 +14,7 @@ import html
 import io
 import json
 import math
+import shlex
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -191,6 +192,9 @@ def build_benchmark_report(bench_dir: Path) -> Path:
 def build_report(directory: Path) -> Path:
     """Rebuild the report of a benchmark folder or of a train/test run directory."""
     directory = Path(directory)
+    if directory.is_file():
+        raise DataError(f"{directory} is a file; report takes the run or benchmark directory: skipganomaly report "
+                        f"{shlex.quote(str(directory.parent))}")
     if not directory.is_dir():
         raise DataError(f"no such directory: {directory}")
     folder = SweepDirectory(directory)
