@@ -145,6 +145,24 @@ def test_fit_takes_a_folder_and_skips_unreadable_files(tmp_path: Path) -> None:
         Detector(**PAPER_SMALL).fit(tmp_path / "nowhere")
 
 
+def test_a_threshold_from_too_few_held_out_images_is_warned_about(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level("WARNING", logger="skipganomaly"):
+        _fit()  # 40 images, 5% held out: 2
+    assert "threshold_ rests on 2 held-out normal images" in caplog.text and "20 or more" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="skipganomaly"):
+        _fit(val_fraction=0.5)  # 20 held out: one above a 95% quantile
+    assert "threshold_ rests on" not in caplog.text
+
+
+def test_scikit_learn_and_pyod_shorthands(fitted: tuple[Detector, Path]) -> None:
+    det, _ = fitted
+    x = noise_images(3)
+    assert np.array_equal(det.score_samples(x), -det.decision_function(x))
+    images = blob_images(40)
+    assert np.array_equal(_fit().fit_predict(images), _fit().predict(images))
+
+
 def test_repr_names_the_model_and_only_the_changed_parameters() -> None:
     assert repr(Detector()) == "Detector('rotation')"
     assert repr(Detector("skipganomaly++", epochs=3, widths=[8, 16, 32])) == \

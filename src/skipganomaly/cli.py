@@ -125,7 +125,7 @@ def _add_test(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> Non
                        description="Score a labelled folder (normal/ + abnormal/, test/0.normal + "
                                    "test/1.abnormal, or MVTec AD's test/good + one folder per defect type) and "
                                    "report AUROC, AUPRC and F1 at the stored threshold.")
-    p.add_argument("--checkpoint", required=True, type=Path)
+    p.add_argument("--checkpoint", required=True, type=Path, help="a model.pt, or the run directory that holds it")
     p.add_argument("--data", required=True, type=Path)
     p.add_argument("--out", type=Path, help="write metrics JSON here (default: print only)")
     p.add_argument("--report-dir", type=Path, default=Path("runs/test"),
@@ -139,7 +139,7 @@ def _add_test(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> Non
 def _add_predict(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
     p = sub.add_parser("predict", help="score images or folders and write a CSV",
                        description="Write path, score and label (1 = above the stored threshold) per image.")
-    p.add_argument("--checkpoint", required=True, type=Path)
+    p.add_argument("--checkpoint", required=True, type=Path, help="a model.pt, or the run directory that holds it")
     p.add_argument("inputs", nargs="+", type=Path, help="image files and/or folders")
     p.add_argument("--out", type=Path, default=Path("predictions.csv"), help="CSV file (default: predictions.csv)")
     p.add_argument("--save-maps", type=Path, metavar="DIR",

@@ -5,6 +5,8 @@ the resume check and the benchmark's cell key are all derived."""
 from __future__ import annotations
 
 import dataclasses
+import logging
+import math
 import os
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -25,6 +27,8 @@ from .training import EpochRecord, TrainConfig, batched_apply, resolve_device, t
 from .training.config import field_default, setting
 from .training.distributed import is_main_process
 from .training.inference import default_eval_batch
+
+log = logging.getLogger("skipganomaly")
 
 FORMAT = "skipganomaly-detector"
 FORMAT_VERSION = 2  # 1: training settings under "detector", model options only inside "model_config" (still read)
@@ -283,11 +287,25 @@ class Detector:
     def _calibrate(self, val: torch.Tensor) -> None:
         self.val_scores_ = self._score_tensor(val)
         self.threshold_ = quantile_threshold(self.val_scores_, self.settings.contamination)
+        contamination = self.settings.contamination
+        if contamination > 0 and len(val) * contamination < 1:
+            log.warning("threshold_ rests on %d held-out normal images: their %.0f%% quantile is about their largest "
+                        "score, so it will flag fewer than %.0f%% of normal images; %d or more held-out images "
+                        "(more images or a larger val_fraction) make it a quantile", len(val),
+                        100 * (1 - contamination), 100 * contamination, math.ceil(1 / contamination))
 
     # --- scoring ----------------------------------------------------------------------------
     def decision_function(self, images: Any, batch_size: int | None = None) -> np.ndarray:
         """Anomaly score per image, higher = more anomalous; independent of batch composition."""
         return self._score_tensor(self._as_tensor(images), batch_size)
+
+    def score_samples(self, images: Any, batch_size: int | None = None) -> np.ndarray:
+        """scikit-learn's outlier-detector convention: higher = more normal (minus `decision_function`)."""
+        return -self.decision_function(images, batch_size)
+
+    def fit_predict(self, images: Any, y: None = None, **fit_kwargs: Any) -> np.ndarray:
+        """`fit`, then `predict` on the same images (0/1 at `threshold_`); costs one scoring pass more."""
+        return self.fit(images, **fit_kwargs).predict(images)
 
     def predict(self, images: Any, batch_size: int | None = None) -> np.ndarray:
         """1 for images scored above `threshold_`, else 0."""
