@@ -301,3 +301,32 @@ def test_translation_training_reads_each_copy_s_move_and_reaches_every_parameter
     assert set(step.logs) == {"transformation", "translation", "contrastive"}
     torch.testing.assert_close(step.loss.detach(), (step.logs["transformation"] + 2 * step.logs["translation"]) / 3
                                + 0.5 * step.logs["contrastive"])
+
+
+def _roughness(maps: torch.Tensor) -> float:
+    """Mean difference between neighbouring pixels, relative to the mean: a checkerboard scores high."""
+    dx = (maps[:, :, 1:] - maps[:, :, :-1]).abs().mean()
+    dy = (maps[:, 1:] - maps[:, :-1]).abs().mean()
+    return float((dx + dy) / maps.mean())
+
+
+def test_the_saliency_map_is_a_smoothed_gradient_not_a_checkerboard() -> None:
+    """The raw input gradient of the strided network alternates from pixel to pixel; the anomaly map is
+    that gradient smoothed (it keeps its total and where it is, and loses the alternation)."""
+    from skipganomaly.models.base import SALIENCY_SIGMA, gaussian_blur
+
+    torch.manual_seed(0)
+    model = create("rotation", in_channels=1, widths=[8, 16, 32], score="ce").eval()
+    x = torch.from_numpy(noise_images(2, channels=1)).permute(0, 3, 1, 2).float() / 127.5 - 1
+    xg = x.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(model.score(xg).sum(), xg)
+    raw = grad.abs().mean(1)
+    smooth = model.anomaly_map(x)
+    assert torch.allclose(smooth, gaussian_blur(raw, SALIENCY_SIGMA), atol=1e-6)
+    assert _roughness(smooth) < 0.3 * _roughness(raw)
+    checkerboard = ((torch.arange(32)[:, None] + torch.arange(32)) % 2).float()[None]
+    assert gaussian_blur(checkerboard, SALIENCY_SIGMA).std() < 1e-3
+    delta = torch.zeros(1, 32, 32)
+    delta[0, 10, 20] = 1.0
+    blurred = gaussian_blur(delta, SALIENCY_SIGMA)
+    assert blurred.sum().item() == pytest.approx(1.0, abs=1e-5) and int(blurred.argmax()) == 10 * 32 + 20

@@ -9,6 +9,7 @@ and never a model's name.
 from __future__ import annotations
 
 import inspect
+import math
 import typing
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -63,13 +64,28 @@ def real_fake_bce(logit_real: Tensor, logit_fake: Tensor) -> Tensor:
             + F.binary_cross_entropy_with_logits(logit_fake, torch.zeros_like(logit_fake)))
 
 
+SALIENCY_SIGMA = 2.0  # px: wide enough to even out the 2- and 4-px grid that strided convolutions print on gradients
+
+
 def saliency_map(score: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
     """Where a score is sensitive: |d score / d x| averaged over channels, [B, H, W] (the anomaly map of a
-    score that compares no pixels, such as a transformation classifier's)."""
+    score that compares no pixels, such as a transformation classifier's), Gaussian-smoothed by
+    `SALIENCY_SIGMA`: a raw input gradient of a strided CNN is a checkerboard, not a region."""
     with torch.enable_grad():
         xg = x.detach().clone().requires_grad_(True)
         (grad,) = torch.autograd.grad(score(xg).sum(), xg)
-    return grad.abs().mean(1)
+    return gaussian_blur(grad.abs().mean(1), SALIENCY_SIGMA)
+
+
+def gaussian_blur(maps: Tensor, sigma: float) -> Tensor:
+    """Separable Gaussian smoothing of [B, H, W] maps (kernel radius 2 sigma, reflected borders)."""
+    radius = min(int(math.ceil(2 * sigma)), maps.shape[-1] - 1, maps.shape[-2] - 1)
+    offsets = torch.arange(-radius, radius + 1, dtype=torch.float32, device=maps.device)
+    kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
+    kernel = (kernel / kernel.sum()).to(maps.dtype)
+    out = F.pad(maps[:, None], (radius, radius, radius, radius), mode="reflect")
+    out = F.conv2d(out, kernel.view(1, 1, 1, -1))
+    return F.conv2d(out, kernel.view(1, 1, -1, 1))[:, 0]
 
 
 @contextmanager
