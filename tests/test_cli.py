@@ -149,6 +149,7 @@ def test_errors_are_one_line(tmp_path: Path, trained_run: tuple[Path, Path], cap
         ["bench-speed", "--models", "ganomaly", "--device", "tpu"],
         ["train", "--data", str(run), "--device", "mps" if not torch.backends.mps.is_available() else "tpu", *out],
         ["train", "--data", str(run), "--val-fraction", "0", "--no-progress", *out],
+        ["train", "--data", str(run), "--val-fraction", "1.5", "--no-progress", *out],
     ]
     for args in cases:
         code = main(list(args))
@@ -157,6 +158,8 @@ def test_errors_are_one_line(tmp_path: Path, trained_run: tuple[Path, Path], cap
         assert "Traceback" not in err
         lines = [line for line in err.splitlines() if line.startswith("error:")]
         assert len(lines) == 1, (args, err)
+        if "--val-fraction" in args:  # one message for both sides, not the library's [0, 1) and then "above 0"
+            assert "must be above 0 and below 1" in err, err
 
 
 @pytest.mark.parametrize("args", [["bench-speed", "--threads", "0"], ["bench-speed", "--repeats", "x"],

@@ -292,15 +292,22 @@ def _given(args: argparse.Namespace) -> dict[str, Any]:
 def _settings(args: argparse.Namespace, base: dict[str, Any] | None = None) -> DetectorSettings:
     """The detector settings of a one-model command: `base` (defaults) overlaid with the flags given."""
     params = {**(base or {}), **_given(args)}
+    if "val_fraction" in params:  # before the library's check, which also allows 0 (no threshold)
+        _check_reports_threshold_value(params["val_fraction"])
     model = params.get("model", DEFAULT_MODEL)
     options = parse_model_args(args.model_arg, [model])[model]
     return DetectorSettings.from_params(**params, model_options=options)
 
 
 def _check_reports_threshold(settings: DetectorSettings) -> None:
-    if settings.val_fraction <= 0:  # the library allows 0 (no threshold); train, test and demo report at the threshold
-        raise ConfigError(f"--val-fraction must be above 0 (the threshold comes from those images), "
-                          f"got {settings.val_fraction}")
+    _check_reports_threshold_value(settings.val_fraction)
+
+
+def _check_reports_threshold_value(val_fraction: float) -> None:
+    """train, test and demo report at the threshold, so (unlike the library) they need held-out images."""
+    if not 0 < val_fraction < 1:
+        raise ConfigError(f"--val-fraction must be above 0 and below 1 (the threshold comes from those images), "
+                          f"got {val_fraction}")
 
 
 def _resumed(args: argparse.Namespace) -> DetectorSettings:
