@@ -119,6 +119,33 @@ def test_class_folders_split_each_class_and_train_test_layout(tmp_path: Path) ->
         load_class_folders(tmp_path / "empty")
 
 
+def test_class_folder_split_must_name_the_same_classes_and_reads_train_test_in_any_case(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    for part, name in (("Train", "a"), ("Train", "b"), ("Test", "a"), ("Test", "b")):
+        write_images(tmp_path / "ok" / part / name, rng.integers(0, 255, (2, 32, 32, 3), dtype=np.uint8))
+    assert load_class_folders(tmp_path / "ok").classes == ("a", "b")  # not two classes "Test" and "Train"
+    for part, name in (("train", "a"), ("train", "b"), ("test", "a"), ("test", "B")):
+        write_images(tmp_path / "bad" / part / name, rng.integers(0, 255, (2, 32, 32, 3), dtype=np.uint8))
+    with pytest.raises(DataError, match=r"test/B has no class folder of that name in .*train \(it has a, b"):
+        load_class_folders(tmp_path / "bad")
+
+
+def test_a_class_folder_fingerprint_changes_with_the_pixels_under_the_same_names(tmp_path: Path) -> None:
+    rng = np.random.default_rng(2)
+    paths = write_images(tmp_path / "a", rng.integers(0, 255, (3, 32, 32, 3), dtype=np.uint8))
+    write_images(tmp_path / "b", rng.integers(0, 255, (3, 32, 32, 3), dtype=np.uint8))
+    before = load_class_folders(tmp_path).fingerprint
+    assert load_class_folders(tmp_path).fingerprint == before
+    write_images(tmp_path / "a", rng.integers(0, 255, (3, 32, 32, 3), dtype=np.uint8))  # same names, new pixels
+    assert [p.name for p in paths] == sorted(p.name for p in (tmp_path / "a").iterdir())
+    assert load_class_folders(tmp_path).fingerprint != before
+
+
+def test_repeated_label_names_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="class name 'a' is given to more than one label"):
+        load_npz(_npz(tmp_path / "r.npz", label_names=np.array(["a", "a", "b"])))
+
+
 def _sentinel_data() -> LabelledImages:
     """Five classes; every image of class c is filled with the value 50 * c, so any image's class shows."""
     def part(n: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -241,11 +241,22 @@ def load_class_folders(root: str | os.PathLike[str], image_size: int = 32, in_ch
     `root/train/<class>/` and `root/test/<class>/`. Images are converted to `in_channels` and
     `image_size` as they are read."""
     root = Path(root)
-    split_given = (root / "train").is_dir() and (root / "test").is_dir()
-    bases = {"train": root / "train", "test": root / "test"} if split_given else {"all": root}
-    names = sorted({d.name for base in bases.values() for d in base.iterdir() if d.is_dir()})
+    if not root.is_dir():
+        raise DataError(f"not found: {root}")
+    split = {d.name.lower(): d for d in root.iterdir() if d.is_dir() and d.name.lower() in ("train", "test")}
+    split_given = len(split) == 2
+    bases = split if split_given else {"all": root}
+    classes = {part: sorted(d.name for d in base.iterdir() if d.is_dir() and not d.name.startswith("."))
+               for part, base in bases.items()}
+    names = sorted({n for found in classes.values() for n in found})
     if not names:
         raise DataError(f"{root} has no class subfolders (expected {root}/<class>/ or {root}/train/<class>/)")
+    if split_given:
+        test_only = [n for n in classes["test"] if n not in classes["train"]]
+        if test_only:
+            raise DataError(f"{bases['test']}/{test_only[0]} has no class folder of that name in {bases['train']} "
+                            f"(it has {', '.join(classes['train']) or 'none'}; names must match exactly): a class "
+                            "seen only at test time cannot be left out of training")
     _check_names(names, str(root))
     parts: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     listing = []
@@ -274,7 +285,11 @@ def load_class_folders(root: str | os.PathLike[str], image_size: int = 32, in_ch
     for c, name in enumerate(names):
         if not any(bool((parts[p][1] == c).any()) for p in parts):
             raise DataError(f"class folder {name!r} in {root} holds no readable images")
-    digest = hashlib.sha256("\n".join(sorted(listing)).encode()).hexdigest()[:12]
+    hasher = hashlib.sha256("\n".join(sorted(listing)).encode())
+    for part in sorted(parts):  # the pixels too: a file replaced under its name is other data
+        for tensor in parts[part]:
+            hasher.update(memoryview(tensor.contiguous().numpy()).cast("B"))
+    digest = hasher.hexdigest()[:12]
     return LabelledImages(*parts["train"], *parts["test"], tuple(names), root.name,
                           f"{root.name}:{len(listing)} files:{digest}:{image_size}px:{in_channels}ch")
 
@@ -283,6 +298,10 @@ UNUSABLE_IN_NAMES = (JOIN, ",", "/", "\\")  # JOIN joins classes, "," lists them
 
 
 def _check_names(names: Sequence[str], where: str) -> None:
+    repeated = sorted({n for n in names if list(names).count(n) > 1})
+    if repeated:
+        raise DataError(f"{where}: class name {repeated[0]!r} is given to more than one label; each class needs its "
+                        "own name (the cells and the table are keyed by it)")
     bad = [n for n in names if not n or len(n) > 60 or any(c in n for c in UNUSABLE_IN_NAMES)]
     if bad:
         raise DataError(f"{where}: class name {bad[0]!r} cannot be used (empty, longer than 60 characters, or "
