@@ -474,3 +474,39 @@ def test_report_given_a_file_names_the_folder_to_give(trained_run: tuple[Path, P
     _, run = trained_run
     assert main(["report", str(run / "model.pt")]) == 2
     assert f"report takes the run or benchmark directory: skipganomaly report {run}" in capsys.readouterr().err
+
+
+def test_a_start_that_failed_before_its_first_epoch_does_not_block_the_corrected_command(
+        trained_run: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    root, _ = trained_run
+    run = tmp_path / "run"
+    args = ["train", "--data", str(root / "train"), "--out", str(run), "--epochs", "1", "--batch-size", "8",
+            *SMALL_DEFAULT]
+    assert main([*args, "--model-arg", "k=500"]) == 2  # refused before the first epoch
+    assert "needs at least 501 training images" in capsys.readouterr().err
+    assert main(args) == 0
+    assert len([line for line in (run / "metrics.jsonl").read_text().splitlines() if line]) == 1
+
+
+def test_predict_scores_each_file_once_and_keeps_its_maps_apart(trained_run: tuple[Path, Path], tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """A file given twice (alone and in its folder) is one row; --save-maps must be new or empty and
+    outside the inputs; --out must be a file; test --report-dir must not be a training run."""
+    root, run = trained_run
+    out = tmp_path / "p.csv"
+    normal = root / "test" / "normal"
+    one = sorted(normal.iterdir())[0]
+    assert main(["predict", "--checkpoint", str(run), str(one), str(normal), "--out", str(out), "--no-progress"]) == 0
+    rows = list(csv.DictReader(out.open()))
+    assert len(rows) == 8 and rows[0]["path"] == str(one)
+    (tmp_path / "maps").mkdir()
+    (tmp_path / "maps" / "old.png").write_bytes(b"")
+    cases = {("--save-maps", str(tmp_path / "maps")): "is not empty",
+             ("--save-maps", str(normal / "maps")): "is inside the input folder",
+             ("--out", str(tmp_path)): "is a folder; give the CSV file"}
+    for extra, message in cases.items():
+        args = ["predict", "--checkpoint", str(run), str(normal), "--out", str(out), "--no-progress", *extra]
+        assert main(args) == 2 and message in capsys.readouterr().err
+    assert not (normal / "maps").exists()
+    assert main(["test", "--checkpoint", str(run), "--data", str(root / "test"), "--report-dir", str(run)]) == 2
+    assert "holds a training run" in capsys.readouterr().err

@@ -375,12 +375,25 @@ def _check_output_dir(path: Path | None, flag: str) -> None:
 
 def cmd_test(args: argparse.Namespace) -> int:
     _check_output_dir(args.report_dir, "--report-dir")
+    if args.report_dir is not None and RunDirectory(args.report_dir).holds_run:
+        raise ConfigError(f"--report-dir {args.report_dir} holds a training run, whose evaluation and report this "
+                          "would replace; give another --report-dir")
     evaluate_folder(args.checkpoint, args.data, args.out, args.report_dir, device=args.device, progress=args.progress)
     return 0
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
     _check_output_dir(args.save_maps, "--save-maps")
+    if args.out.is_dir():
+        raise ConfigError(f"--out {args.out} is a folder; give the CSV file to write")
+    if args.save_maps is not None:
+        if args.save_maps.is_dir() and any(args.save_maps.iterdir()):
+            raise ConfigError(f"--save-maps {args.save_maps} is not empty; give a new or empty folder (the maps of "
+                              "one call share one colour scale, and older ones would mix in)")
+        inside = [i for i in args.inputs if i.is_dir() and args.save_maps.resolve().is_relative_to(i.resolve())]
+        if inside:
+            raise ConfigError(f"--save-maps {args.save_maps} is inside the input folder {inside[0]}: the next call "
+                              "would score the maps; put them elsewhere")
     predict_files(args.checkpoint, args.inputs, args.out, args.save_maps, device=args.device, progress=args.progress)
     return 0
 

@@ -84,8 +84,9 @@ class RunDirectory:
 
     @property
     def holds_run(self) -> bool:
-        """Whether a run was started here (its config, checkpoint or training state exists)."""
-        return any(p.exists() for p in (self.config, self.checkpoint, self.state))
+        """Whether a run trained here (a checkpoint or training state exists). A start that failed before
+        its first epoch leaves only config.yaml and an empty metrics.jsonl, which the next run rewrites."""
+        return self.checkpoint.exists() or self.state.exists()
 
     def clear(self) -> None:
         """Remove this run's files (the names above only; anything else in the folder stays)."""

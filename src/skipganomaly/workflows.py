@@ -4,6 +4,7 @@ directory, evaluate, write the report. The CLI parses arguments and calls these.
 from __future__ import annotations
 
 import csv
+import logging
 import math
 import time
 from pathlib import Path
@@ -23,6 +24,8 @@ from .run_directory import EpochLog, RunDirectory, SweepDirectory, write_json
 from .training.distributed import init_from_environment, is_main_process
 from .training import TrainConfig
 from .training.loop import data_fingerprint, load_train_state
+
+log = logging.getLogger("skipganomaly")
 
 
 def format_metrics(metrics: dict[str, Any]) -> str:
@@ -68,6 +71,15 @@ def predict_files(checkpoint: Path, inputs: Sequence[Path], out: Path, save_maps
             paths.append(item)
         else:
             raise DataError(f"no such file or folder: {item}")
+    seen: set[Path] = set()
+    unique = []
+    for path in paths:  # each file once, where it was first given
+        if path.resolve() not in seen:
+            seen.add(path.resolve())
+            unique.append(path)
+    if len(unique) < len(paths):
+        log.info("%d files were given more than once; each is scored once", len(paths) - len(unique))
+    paths = unique
     images, kept = load_image_files(paths, det.image_size, det.in_channels, progress=progress)
     scores = det.decision_function(images)
     maps = save_overlays(save_maps, images, kept, det.anomaly_maps(images)) if save_maps else None

@@ -98,11 +98,26 @@ def test_resume_refuses_other_training_images(tmp_path: Path) -> None:
     more = TrainConfig(epochs=2, batch_size=8, device="cpu", progress=False)
     other = images[:20].clone()
     other[3, 0, 5, 5] ^= 1  # one pixel of one image
-    with pytest.raises(ConfigError, match=r"not the interrupted run's \(20 images then, 20 now, other pixels\)"):
+    with pytest.raises(ConfigError, match=r"not the interrupted run's \(other pixels\)"):
         train(_model(), other, images[20:], more, state_path=state, resume=True)
-    with pytest.raises(ConfigError, match=r"\(20 images then, 16 now\)"):
+    with pytest.raises(ConfigError, match=r"\(20 images of 1x32x32 then, 16 of 1x32x32 now\)"):
         train(_model(), images[:16], images[20:], more, state_path=state, resume=True)
     assert len(train(_model(), images[:20], images[20:], more, state_path=state, resume=True)) == 2
+
+
+def test_resume_refuses_another_model_or_other_options_in_one_line(tmp_path: Path) -> None:
+    """The API path (the CLI keeps options in config.yaml): weights of another network are a ConfigError
+    naming what differs, not load_state_dict's dump of missing keys."""
+    x = blob_images(40, channels=1)
+    Detector("rotation", in_channels=1, widths=[8, 16, 32], epochs=1, batch_size=8, device="cpu",
+             progress=False).fit(x, checkpoint_path=tmp_path / "m.pt")
+    with pytest.raises(ConfigError, match=r"it trained 'rotation' with other widths \(\[8, 16, 32\] then, "
+                                          r"\[8, 16, 16\] now\)"):
+        Detector("rotation", in_channels=1, widths=[8, 16, 16], epochs=2, batch_size=8, device="cpu",
+                 progress=False).fit(x, checkpoint_path=tmp_path / "m.pt", resume=True)
+    with pytest.raises(ConfigError, match="it trained 'rotation' with other .*model \\('rotation' then, 'ganomaly' now"):
+        Detector("ganomaly", in_channels=1, epochs=2, batch_size=8, device="cpu",
+                 progress=False).fit(x, checkpoint_path=tmp_path / "m.pt", resume=True)
 
 
 def test_cli_resume_from_another_folder_reads_the_saved_data_and_refuses_other_data(
@@ -119,7 +134,7 @@ def test_cli_resume_from_another_folder_reads_the_saved_data_and_refuses_other_d
     monkeypatch.chdir(elsewhere)
     config_before = (tmp_path / "run" / "config.yaml").read_text()
     assert main(["train", "--resume", "../run", "--data", "noise", "--epochs", "2", "--no-progress"]) == 2
-    assert "not the interrupted run's (160 images then, 30 now)" in capsys.readouterr().err
+    assert "not the interrupted run's (160 images of 3x32x32 then, 30 of 3x32x32 now)" in capsys.readouterr().err
     assert (tmp_path / "run" / "config.yaml").read_text() == config_before
     assert main(["train", "--resume", "../run", "--epochs", "2", "--no-progress"]) == 0
     assert len(Detector.load(tmp_path / "run" / "model.pt").history_) == 2

@@ -158,7 +158,7 @@ def train(
     first_epoch = 1
     fingerprint = data_fingerprint(train_images) if state_path is not None else None
     if resume and state_path is not None and state_path.exists():
-        state = load_train_state(state_path, config, fingerprint)
+        state = load_train_state(state_path, config, fingerprint, model_identity(model))
         model.load_state_dict(state["model"])
         for name, opt in optimizers.items():
             opt.load_state_dict(state["optimizers"][name])
@@ -229,7 +229,7 @@ def train(
         if state_path is not None and is_main_process():
             save_torch_atomic(state_path, {
                 "format": STATE_FORMAT, "format_version": STATE_VERSION, "epoch": epoch, "stopped": stopped,
-                "settings": _resume_settings(config), "data": fingerprint,
+                "settings": _resume_settings(config), "data": fingerprint, "model_identity": model_identity(model),
                 "model": _cpu(model.state_dict()),
                 "optimizers": {name: opt.state_dict() for name, opt in optimizers.items()},
                 "shuffler": shuffler.get_state(), "torch_rng": torch.get_rng_state(),
@@ -275,11 +275,11 @@ def _resume_settings(config: TrainConfig) -> dict[str, Any]:
     return config.values(TrainConfig.names(on_resume="fixed"))
 
 
-def load_train_state(path: Path, config: TrainConfig | None = None, fingerprint: str | None = None
-                     ) -> dict[str, Any]:
-    """Read a training-state file (tensors and plain values only) and check it fits `config` and, with
-    `fingerprint` (`data_fingerprint` of the images to train on), that they are the interrupted run's
-    (states written before fingerprints were kept are not checked)."""
+def load_train_state(path: Path, config: TrainConfig | None = None, fingerprint: str | None = None,
+                     model: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Read a training-state file (tensors and plain values only) and check it fits `config`, and, where
+    given, that `fingerprint` (`data_fingerprint` of the images to train on) and `model`
+    (`model_identity`) are the interrupted run's (states written before these were kept are not checked)."""
     state = load_torch_checked(path, STATE_FORMAT, (1, STATE_VERSION), "training state",
                                "skipganomaly training state")
     if state["format_version"] == 1:
@@ -287,18 +287,30 @@ def load_train_state(path: Path, config: TrainConfig | None = None, fingerprint:
     changed = differing(state["settings"], _resume_settings(config), TrainConfig.defaults()) if config else []
     if changed:
         raise ConfigError(f"cannot resume {path}: {', '.join(changed)} differ from the interrupted run")
+    saved_model = state.get("model_identity")
+    if model is not None and saved_model is not None and saved_model != model:
+        changed = sorted(k for k in {*saved_model, *model} if saved_model.get(k) != model.get(k))
+        raise ConfigError(f"cannot resume {path}: it trained {saved_model.get('model')!r} with other "
+                          + ", ".join(f"{k} ({saved_model.get(k)!r} then, {model.get(k)!r} now)" for k in changed)
+                          + "; resume with the same model and options, or start a new run")
     saved = state.get("data")
     if fingerprint is not None and saved is not None and saved != fingerprint:
-        then, now = saved.split(":")[0], fingerprint.split(":")[0]
-        raise ConfigError(f"cannot resume {path}: the training images are not the interrupted run's "
-                          f"({then} images then, {now} now{', other pixels' if then == now else ''}); "
+        (n_then, shape_then, _), (n_now, shape_now, _) = saved.split(":"), fingerprint.split(":")
+        what = ("other pixels" if (n_then, shape_then) == (n_now, shape_now) else
+                f"{n_then} images of {shape_then} then, {n_now} of {shape_now} now")
+        raise ConfigError(f"cannot resume {path}: the training images are not the interrupted run's ({what}); "
                           "resume on the same images, or start a new run")
     return state
 
 
 def data_fingerprint(images: Tensor) -> str:
-    """`N:hash` of a uint8 image tensor's shape and bytes (BLAKE2b; about 1 s per GB), so that a resumed
+    """`N:CxHxW:hash` of a uint8 image tensor (BLAKE2b of its bytes; about 1 s per GB), so that a resumed
     run can tell it is given the images it was trained on."""
-    digest = hashlib.blake2b(str(tuple(images.shape)).encode(), digest_size=16)
+    digest = hashlib.blake2b(digest_size=16)
     digest.update(memoryview(images.detach().cpu().contiguous().numpy()).cast("B"))
-    return f"{len(images)}:{digest.hexdigest()}"
+    return f"{len(images)}:{'x'.join(map(str, images.shape[1:]))}:{digest.hexdigest()}"
+
+
+def model_identity(model: AnomalyModel) -> dict[str, Any]:
+    """The model's name and constructor arguments: what its weights in a training state belong to."""
+    return {"model": model.name, **model.config()}
