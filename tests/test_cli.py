@@ -510,3 +510,24 @@ def test_predict_scores_each_file_once_and_keeps_its_maps_apart(trained_run: tup
     assert not (normal / "maps").exists()
     assert main(["test", "--checkpoint", str(run), "--data", str(root / "test"), "--report-dir", str(run)]) == 2
     assert "holds a training run" in capsys.readouterr().err
+
+
+def test_what_a_model_cannot_take_fails_before_any_data_is_read(tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """An image size or fraction that cannot work is one line before loading, not an error per cell or a
+    run directory left behind."""
+    import numpy as np
+
+    data = tmp_path / "d.npz"
+    images = np.zeros((4, 8, 8), np.uint8)
+    np.savez(data, train_images=images, train_labels=np.arange(4) % 2, test_images=images,
+             test_labels=np.arange(4) % 2)
+    bench = ["benchmark", "--data", str(data), "--out", str(tmp_path / "b"), "--no-progress"]
+    cases = {("--models", "ganomaly", "--image-size", "48"): "power of two",
+             ("--models", "knn", "--train-fraction", "1.5"): "--train-fraction must be above 0 and at most 1"}
+    for extra, message in cases.items():
+        assert main([*bench, *extra]) == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "b").exists()
+    assert main(["train", "--data", str(tmp_path / "nowhere"), "--model", "ganomaly", "--image-size", "48",
+                 "--out", str(tmp_path / "t")]) == 2
+    assert "power of two" in capsys.readouterr().err and not (tmp_path / "t").exists()

@@ -17,7 +17,7 @@ from .detector import DEFAULT_MODEL, DetectorSettings, setting_defaults, setting
 from .errors import ConfigError, SkipGanomalyError
 from .evaluation.report import build_report
 from .evaluation.tables import HONEST, PAPER
-from .models import BASELINES, get_model_class, list_models
+from .models import BASELINES, create, get_model_class, list_models
 from .options import FORM, parse_model_args
 from .run_directory import RunDirectory, next_free_run
 from .sweep import PRESETS, PROTOCOLS, SweepConfig, benchmark_data, check_protocols, resolve_classes, run_benchmark
@@ -126,7 +126,8 @@ def _add_test(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> Non
                                    "test/1.abnormal, or MVTec AD's test/good + one folder per defect type) and "
                                    "report AUROC, AUPRC and F1 at the stored threshold.")
     p.add_argument("--checkpoint", required=True, type=Path, help="a model.pt, or the run directory that holds it")
-    p.add_argument("--data", required=True, type=Path)
+    p.add_argument("--data", required=True, type=Path,
+                   help="labelled folder: normal/ + abnormal/, 0.normal/ + 1.abnormal/, or good/ + defect folders")
     p.add_argument("--out", type=Path, help="write metrics JSON here (default: print only)")
     p.add_argument("--report-dir", type=Path, default=Path("runs/test"),
                    help="where scores, figures and report.html go (default: runs/test)")
@@ -163,7 +164,7 @@ def _add_demo(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> Non
                                    "for each chosen digit; prints a per-digit AUC table. No download.")
     p.add_argument("--digits", default="all", help="abnormal digits: 'all' or a list like 0,3,8")
     p.add_argument("--max-train", type=_positive_int, help="cap on training images per digit (size knob)")
-    p.add_argument("--out", type=Path, default=Path("runs/demo"))
+    p.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder (default runs/demo)")
     p.add_argument("--baselines", default=",".join(BASELINES),
                    help=f"raw-pixel baselines run beside the model on the same split (default {','.join(BASELINES)}; "
                         "'none' for none)")
@@ -184,7 +185,8 @@ def _add_benchmark(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -
                                    "comparison on your own labelled images (--data). Each (model, class, seed, "
                                    "protocol) cell is saved as it finishes; a rerun skips finished cells. Writes "
                                    "results.csv, results.json, table.md and report.html.")
-    p.add_argument("--dataset", default=CIFAR10_NAME, choices=[CIFAR10_NAME])
+    p.add_argument("--dataset", default=CIFAR10_NAME, choices=[CIFAR10_NAME],
+                   help="the built-in data set (give --data for your own labelled images)")
     p.add_argument("--data-dir", type=Path, default=Path("data"),
                    help="folder holding cifar-10-batches-py (or that folder itself); default ./data")
     p.add_argument("--download", action="store_true", help="download CIFAR-10 into --data-dir if it is missing")
@@ -196,8 +198,8 @@ def _add_benchmark(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -
                    help="these classes are normal and all others abnormal, in one task (default: leave each class "
                         "out in turn)")
     p.add_argument("--models", default=DEFAULT_MODEL,
-                   help=f"comma-separated model names (e.g. skipganomaly++,{','.join(BASELINES)} for the model beside "
-                        "the raw-pixel baselines)")
+                   help=f"comma-separated model names (default {DEFAULT_MODEL}; e.g. skipganomaly++,{','.join(BASELINES)} "
+                        "for the paper's model beside the raw-pixel baselines)")
     p.add_argument("--classes", default="all", help="'all' or comma-separated abnormal classes")
     p.add_argument("--seeds", help="comma-separated seeds (preset's, else 0)")
     p.add_argument("--protocol", default=HONEST,
@@ -206,9 +208,12 @@ def _add_benchmark(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -
     p.add_argument("--preset", choices=sorted(PRESETS),
                    help="sizes: cpu-smoke (the smallest, a quick check), cpu-medium (larger subsets) or paper (full size); "
                         "run times in README, CIFAR-10")
-    p.add_argument("--train-fraction", type=float, help="stratified share of the training images")
-    p.add_argument("--test-fraction", type=float, help="stratified share of the test images")
-    p.add_argument("--out", type=Path, default=Path("runs/benchmark"))
+    p.add_argument("--train-fraction", type=float,
+                   help="stratified share of the training images, above 0 and at most 1 (default: the preset's, else 1)")
+    p.add_argument("--test-fraction", type=float,
+                   help="stratified share of the test images, above 0 and at most 1 (default: the preset's, else 1)")
+    p.add_argument("--out", type=Path, default=Path("runs/benchmark"),
+                   help="benchmark folder (default runs/benchmark); cells already finished there are reused")
     p.add_argument("--workers", type=_positive_int, default=1,
                    help="cells run at once, each in its own process (CPU threads shared out; on several GPUs one "
                         "per GPU, on one GPU all share it); a crash loses that cell only (default 1)")
@@ -269,7 +274,7 @@ def _add_settings_args(p: argparse.ArgumentParser, skip: Sequence[str] = (), onl
         if name == "model_options":
             p.add_argument(meta["flag"], dest="model_arg", action="append", default=[], metavar=FORM,
                            help=f"{meta['help']}; without MODEL: for every model the command runs, e.g. "
-                                "noise_sigma=0.1 or anogan:search_steps=100 (repeatable)")
+                                "k=10 or anogan:search_steps=100 (repeatable)")
         elif f.type == "bool":
             action = "store_false" if meta["flag"].startswith("--no-") else "store_true"
             p.add_argument(meta["flag"], dest=name, action=action, default=default, help=meta["help"])
@@ -333,6 +338,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise ConfigError("train needs --data FOLDER (or --resume RUN_DIR)")
     else:
         settings = _settings(args)
+        _check_model_builds(settings)
         args.out = _new_run_directory(args.out, args.overwrite)
     _check_reports_threshold(settings)
     _check_training_folder(args.data, args.out)
@@ -453,11 +459,14 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
         get_model_class(name)  # an unknown name is a one-line error listing the models
     sizes = {k: preset[k] for k in ("epochs", "batch_size") if k in preset}
     settings = DetectorSettings.from_params(**{**sizes, **given, "in_channels": int(data.train_images.shape[1])})
+    options = parse_model_args(args.model_arg, models)
+    for name in models:  # an image size or option a model cannot take fails here, not in every cell
+        _check_model_builds(settings.replace(model=name, model_options=options[name]))
     config = SweepConfig(
         models=models, classes=classes, seeds=seeds, protocols=_protocols(args.protocol), settings=settings,
-        model_options=parse_model_args(args.model_arg, models),
-        train_fraction=_pick(args.train_fraction, preset, "train_fraction", 1.0),
-        test_fraction=_pick(args.test_fraction, preset, "test_fraction", 1.0),
+        model_options=options,
+        train_fraction=_fraction(_pick(args.train_fraction, preset, "train_fraction", 1.0), "--train-fraction"),
+        test_fraction=_fraction(_pick(args.test_fraction, preset, "test_fraction", 1.0), "--test-fraction"),
         dataset=data.fingerprint or data.name,
     )
     check_protocols(data, classes, config.protocols)
@@ -465,6 +474,19 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     del data
     outcome = run_benchmark(load, config, args.out, title, workers=args.workers, time_limit=args.time_limit)
     return 1 if outcome.failures else 0
+
+
+def _fraction(value: float, flag: str) -> float:
+    if not 0 < value <= 1:
+        raise ConfigError(f"{flag} must be above 0 and at most 1, got {value}")
+    return value
+
+
+def _check_model_builds(settings: DetectorSettings) -> None:
+    """Build the model once (milliseconds), so that an image size or option it cannot take is one line
+    before any image is read or any epoch runs."""
+    create(settings.model, in_channels=settings.in_channels, image_size=settings.image_size,
+           **settings.model_options)
 
 
 def _pick(value: Any, preset: dict[str, Any], name: str, default: Any) -> Any:

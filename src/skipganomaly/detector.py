@@ -47,8 +47,8 @@ class DetectorSettings:
     model: str = setting(DEFAULT_MODEL, help="registered model name", flag="--model", choices=list_models)
     model_options: Mapping[str, Any] = setting(default_factory=dict, flag="--model-arg",
                                                help="the model's constructor arguments (README, Models)")
-    image_size: int = setting(32, help="images are resized to this size (a multiple of 8, at least 32)",
-                              flag="--image-size")
+    image_size: int = setting(32, flag="--image-size", help="images are resized to this size (a multiple of 8, at "
+                                                            "least 32; the DCGAN-style models need a power of two)")
     in_channels: int = setting(3, help="1 grayscale, 3 RGB", flag="--channels", choices=(1, 3))
     val_fraction: float = setting(0.05, flag="--val-fraction",
                                   help="share of the normal training images held out for the threshold")

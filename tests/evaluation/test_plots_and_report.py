@@ -191,3 +191,12 @@ def test_report_renders_in_headless_chromium(kind: str, tmp_path: Path) -> None:
     assert not console, console
     assert "<table>" in dom and text in dom
     assert f'data-images-shown="{images}"' in dom, dom[-500:]
+
+
+@pytest.mark.parametrize("resets", [0, 2])
+def test_the_training_table_has_a_d_resets_column_only_where_d_was_reset(tmp_path: Path, resets: int) -> None:
+    records = [{"epoch": e, "val_loss": 1.0 / e, "images_per_second": 10.0, "d_resets": resets if e == 2 else 0,
+                "losses": {"ce": 1.0}} for e in (1, 2)]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    page = build_run_report(tmp_path).read_text()
+    assert ("D resets" in page) == bool(resets)

@@ -131,14 +131,19 @@ def build_run_report(run_dir: Path) -> Path:
         sections.append("<h2>Curves and score distributions</h2>" + "".join(_img(f) for f in figs))
         grids = [figures / f"examples_{g}.png" for g in EXAMPLE_GROUPS if (figures / f"examples_{g}.png").exists()]
         if grids:
-            sections.append("<h2>Examples: input, reconstruction, anomaly map</h2>"
-                            "<p>Each column is one image: its label and score above, its reconstruction and "
-                            "the residual heat map (one colour scale per grid) below.</p>"
+            sections.append("<h2>Examples: input, model output, anomaly map</h2>"
+                            "<p>Each column is one image: its label and score above; below, what the model rebuilt "
+                            "(a model that rebuilds nothing, such as <code>rotation</code>, shows the input again) and "
+                            "its anomaly map (the residual of a reconstruction, otherwise the score's smoothed "
+                            "gradient; one colour scale per grid).</p>"
                             + "".join(_img(g) for g in grids))
+    resets = any(r.get("d_resets") for r in history)  # a column only where a discriminator was re-initialised
     if history:
         sections.append("<h2>Training</h2>" + _img(training_curves_figure(history, figures / "training.png"))
-                        + html_table(["epoch", "val loss", "images/s", "D resets", *sorted(history[0]["losses"])],
-                                     [[r["epoch"], r["val_loss"], r["images_per_second"], r["d_resets"],
+                        + html_table(["epoch", "val loss", "images/s", *(["D resets"] if resets else []),
+                                      *sorted(history[0]["losses"])],
+                                     [[r["epoch"], r["val_loss"], r["images_per_second"],
+                                       *([r["d_resets"]] if resets else []),
                                        *(r["losses"][k] for k in sorted(history[0]["losses"]))] for r in history]))
     if config:
         sections.append("<h2>Settings</h2>" + html_table(["setting", "value"], [[k, v] for k, v in config.items()]))
