@@ -572,3 +572,24 @@ def test_the_recorded_command_can_be_pasted_into_a_shell(monkeypatch: pytest.Mon
 
     monkeypatch.setattr(sys, "argv", ["skipganomaly", "benchmark", "--out", "my runs", "--model-arg", "k=5"])
     assert environment()["command"] == "skipganomaly benchmark --out 'my runs' --model-arg k=5"
+
+
+def test_failed_cells_are_named_in_table_and_results(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A table whose mean silently leaves a class out misleads: the failed cell and its error are named."""
+    real = benchmark.run_cell
+
+    def fail_cat(load, model, cls, *rest, **kw):  # type: ignore[no-untyped-def]
+        if cls == "cat":
+            raise TrainingError("loss g_con is not finite at epoch 1, step 1")
+        return real(load, model, cls, *rest, **kw)
+
+    monkeypatch.setattr(benchmark, "run_cell", fail_cat)
+    data = _toy_cifar()
+    config = _config(models=["knn"], classes=["cat", "ship"], protocols=["honest"], epochs=1)
+    benchmark.run_benchmark(lambda: data, config, tmp_path, "toy")
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["complete"] is False
+    assert results["failed"] == [{"cell": "knn__cat__seed0__honest",
+                                  "error": "loss g_con is not finite at epoch 1, step 1"}]
+    table = (tmp_path / "table.md").read_text()
+    assert "Incomplete: 1 cell is missing" in table and "`knn__cat__seed0__honest` failed: loss g_con" in table

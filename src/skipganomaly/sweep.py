@@ -537,24 +537,29 @@ def run_benchmark(load: Callable[[], LabelledImages], config: SweepConfig, out: 
     env["wall_seconds_this_run"] = round(time.perf_counter() - start, 1)
     write_json(folder.results_json, {"config": config.as_dict(), "dataset_name": title, "environment": env,
                                      "complete": not outcome.unfinished and not outcome.failures,
-                                     "unfinished": outcome.unfinished, "cells": outcome.results})
+                                     "unfinished": outcome.unfinished,
+                                     "failed": [{"cell": key, "error": why} for key, why in outcome.failures],
+                                     "cells": outcome.results})
     rows = cell_rows(outcome.results)
     with folder.results_csv.open("w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    text = sweep_table(outcome.results, config, title, env)
+    text = sweep_table(outcome.results, config, title, env, outcome.failures, outcome.unfinished)
     write_text_atomic(folder.table, text)
     print(text)
     print(f"report {build_benchmark_report(out)}")
     print(f"{len(outcome.results)} cells in {out} ({time.perf_counter() - start:.0f} s this run)"
-          + (f"; {len(outcome.failures)} failed (rerun the same command to retry them)" if outcome.failures else "")
+          + (f"; {len(outcome.failures)} failed (named with their errors in table.md and results.json; the same "
+             "command retries them, which helps where the cause has passed, e.g. memory)" if outcome.failures else "")
           + (f"; {later}" if later else ""))
     return outcome
 
 
-def sweep_table(results: Sequence[dict[str, Any]], config: SweepConfig, title: str, env: dict[str, Any]) -> str:
-    """table.md: the sizes, the command and machine, then one AUROC table per protocol."""
+def sweep_table(results: Sequence[dict[str, Any]], config: SweepConfig, title: str, env: dict[str, Any],
+                failures: Sequence[tuple[str, str]] = (), unfinished: Sequence[str] = ()) -> str:
+    """table.md: the sizes, the command and machine, then one AUROC table per protocol; cells that failed
+    or were left for the time limit are named above the tables (their means leave them out)."""
     summary = summarise(results)
     cifar = config.dataset == CIFAR10
     paper_note = " (paper's Table 1)" if cifar else ""
@@ -566,6 +571,12 @@ def sweep_table(results: Sequence[dict[str, Any]], config: SweepConfig, title: s
                 + f". {STD_NOTE}\n\n"
                 f"Command: `{env['command']}`; git {env['git_commit']}; torch {env['torch']}, "
                 f"{env['threads']} threads, {env['cpu']}; {env['wall_seconds_this_run']} s this run.\n"]
+    if failures or unfinished:
+        missing = [f"- `{key}` failed: {why}" for key, why in failures] + [f"- `{key}` not run yet (time limit)"
+                                                                          for key in unfinished]
+        are = f"{len(missing)} cells are" if len(missing) > 1 else "1 cell is"
+        sections.append(f"**Incomplete: {are} missing (`-` below); each mean is over the cells that finished.**\n\n"
+                        + "\n".join(missing) + "\n")
     for protocol in config.protocols:
         sections.append(f"## protocol: {protocol}\n\n{PROTOCOL_NOTES[protocol]}\n\n"
                         + benchmark_table(summary, config.models, config.classes, protocol,
