@@ -341,7 +341,8 @@ class Detector:
         """An eval-mode model method over uint8 images, in batches (default: default_eval_batch)."""
         model = self._fitted()
         batch = batch_size or default_eval_batch(self.device, self.image_size)
-        return batched_apply(getattr(model, method), model, data, batch, self.device, self.train_config.amp)
+        return batched_apply(getattr(model, method), model, data, batch, self.device, self.train_config.amp,
+                             desc=method.replace("_", " ") if self.train_config.progress else None)
 
     def _fitted(self) -> AnomalyModel:
         if self.model_ is None:

@@ -215,3 +215,15 @@ def test_training_warns_when_bf16_would_be_emulated(monkeypatch: pytest.MonkeyPa
         train(_model(), _data(8), _data(4), TrainConfig(batch_size=8, epochs=1, amp=amp, **CPU))
     emulated = [w for w in caught if "emulated" in str(w.message)]
     assert len(emulated) == int(warns)
+
+
+def test_batched_apply_shows_a_bar_only_when_named_and_over_several_batches(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from skipganomaly.training.inference import batched_apply
+
+    model = torch.nn.Identity()
+    images = as_image_tensor(blob_images(6), 32, 3)
+    for desc, batch, shown in (("scoring", 2, True), ("scoring", 8, False), (None, 2, False)):
+        out = batched_apply(lambda x: x.mean((1, 2, 3)), model, images, batch, torch.device("cpu"), desc=desc)
+        assert out.shape == (6,)
+        assert ("scoring" in capsys.readouterr().err) == shown

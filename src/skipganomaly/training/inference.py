@@ -6,6 +6,7 @@ from typing import Callable
 
 import torch
 from torch import Tensor, nn
+from tqdm.auto import tqdm
 
 from .device import autocast, prepare_batch
 
@@ -27,8 +28,10 @@ def batched_apply(
     device: torch.device,
     amp: bool = False,
     train_mode: bool = False,
+    desc: str | None = None,
 ) -> Tensor:
-    """Run `fn` over uint8 images without gradients, in batches; returns float32 on the CPU.
+    """Run `fn` over uint8 images without gradients, in batches; returns float32 on the CPU. With `desc`,
+    a progress bar of that name shows while more than one batch runs (and is removed at the end).
 
     By default in eval mode, which makes each image's result independent of batch size and of its
     batch neighbours. `train_mode=True` reproduces the reference evaluation instead (BatchNorm uses
@@ -40,11 +43,14 @@ def batched_apply(
     model.train(train_mode)
     outputs = []
     try:
-        with torch.no_grad():
-            for start in range(0, len(images), batch_size):
+        starts = range(0, len(images), batch_size)
+        with torch.no_grad(), tqdm(total=len(images), desc=desc, unit="img", leave=False,
+                                   disable=desc is None or len(starts) < 2) as bar:
+            for start in starts:
                 batch = prepare_batch(images[start:start + batch_size], device)
                 with autocast(device, amp):
                     outputs.append(fn(batch).float().cpu())
+                bar.update(len(batch))
     finally:
         if train_mode:
             model.load_state_dict(saved, strict=False)
