@@ -395,17 +395,23 @@ def test_benchmark_on_your_own_npz(tmp_path: Path) -> None:
     assert cells[1]["auroc"] > 0.9
 
 
-def test_benchmark_on_a_folder_per_class(tmp_path: Path) -> None:
+def test_benchmark_on_a_folder_per_class(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A folder is decoded once for all cells (one warning about its bad file, not one per cell), and the
+    decoded copy is removed at the end."""
     from tests.conftest import noise_images, smooth_images, write_images
 
     write_images(tmp_path / "imgs" / "good", smooth_images(20, seed=0))
     write_images(tmp_path / "imgs" / "scratch", noise_images(10))
+    (tmp_path / "imgs" / "good" / "broken.png").write_text("not an image")
     out = tmp_path / "bench"
-    assert main(["benchmark", "--data", str(tmp_path / "imgs"), "--models", "knn", "--normal-labels", "good",
-                 "--epochs", "1", "--no-progress", "--device", "cpu", "--out", str(out)]) == 0
-    [cell] = json.loads((out / "results.json").read_text())["cells"]
-    assert cell["class"] == "scratch" and cell["auroc"] > 0.9
-    assert cell["test_images"] == 4 + 10  # 20% of the normals, and every abnormal image
+    with caplog.at_level("WARNING", logger="skipganomaly"):
+        assert main(["benchmark", "--data", str(tmp_path / "imgs"), "--models", "knn,pca", "--normal-labels", "good",
+                     "--epochs", "1", "--no-progress", "--device", "cpu", "--out", str(out)]) == 0
+    cells = json.loads((out / "results.json").read_text())["cells"]
+    assert [c["class"] for c in cells] == ["scratch", "scratch"] and all(c["auroc"] > 0.9 for c in cells)
+    assert cells[0]["test_images"] == 4 + 10  # 20% of the normals, and every abnormal image
+    assert caplog.text.count("skipping cannot read image") == 1 and "broken.png" in caplog.text
+    assert not (out / "decoded-images.pt").exists()
 
 
 def test_own_data_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -19,8 +19,9 @@ from .evaluation.report import build_report
 from .evaluation.tables import HONEST, PAPER
 from .models import BASELINES, create, get_model_class, list_models
 from .options import FORM, parse_model_args
-from .run_directory import RunDirectory, next_free_run
-from .sweep import PRESETS, PROTOCOLS, SweepConfig, benchmark_data, check_protocols, resolve_classes, run_benchmark
+from .run_directory import RunDirectory, SweepDirectory, next_free_run
+from .sweep import (PRESETS, PROTOCOLS, SweepConfig, benchmark_data, check_protocols, decode_once, resolve_classes,
+                    run_benchmark)
 from .training.memory import reduce_heap_fragmentation
 from .training.device import native_bf16, resolve_device
 from .workflows import evaluate_folder, predict_files, resumed_settings, run_demo, train_run
@@ -471,8 +472,14 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     )
     check_protocols(data, classes, config.protocols)
     title = CIFAR10_TITLE if isinstance(data, Cifar10) else data.name
+    decoded = SweepDirectory(args.out).decoded
+    if args.data is not None and args.data.is_dir():
+        load = decode_once(data, decoded)
     del data
-    outcome = run_benchmark(load, config, args.out, title, workers=args.workers, time_limit=args.time_limit)
+    try:
+        outcome = run_benchmark(load, config, args.out, title, workers=args.workers, time_limit=args.time_limit)
+    finally:
+        decoded.unlink(missing_ok=True)
     return 1 if outcome.failures else 0
 
 

@@ -197,6 +197,7 @@ class SweepDirectory:
     root: Path
 
     cells = _member("cells")
+    decoded = _member("decoded-images.pt")  # a folder data set decoded once for the cells; removed at the end
     results_json = _member("results.json")
     results_csv = _member("results.csv")
     table = _member("table.md")

@@ -44,8 +44,8 @@ import numpy as np
 import torch
 
 from .data.cifar10 import NAME as CIFAR10, PAPER_ORDER, Cifar10, load_cifar10
-from .data.labelled import (JOIN, ClassSplit, LabelledImages, check_task, class_split, load_labelled, pseudo_anomaly,
-                            validation_split)
+from .data.labelled import (JOIN, ClassSplit, LabelledImages, check_task, class_split, load_decoded, load_labelled,
+                            pseudo_anomaly, save_decoded, validation_split)
 from .detector import Detector, DetectorSettings, setting_defaults
 from .errors import ConfigError, SkipGanomalyError
 from .evaluation.metrics import evaluate_scores
@@ -476,11 +476,18 @@ def benchmark_data(data: Path | None, data_dir: Path, download: bool = False, im
         size, channels = image_size or 32, in_channels or 3
         check_geometry(channels, size)
         load: Callable[[], LabelledImages] = functools.partial(load_labelled, data, size, channels)
-        return load, load()
+        return load, load_labelled(data, size, channels, progress=progress)
     if (image_size or 32) != 32 or (in_channels or 3) != 3:
         raise ConfigError("--image-size and --channels are for --data; CIFAR-10 cells are 32x32 RGB")
     return (functools.partial(load_cifar10, data_dir),
             load_cifar10(data_dir, download_missing=download, progress=progress))
+
+
+def decode_once(data: LabelledImages, path: Path) -> Callable[[], LabelledImages]:
+    """Write a decoded image set to `path` and return the cells' loader of it: a folder of images is then
+    decoded (and its unreadable files warned about) once, not once per cell. The caller removes `path`."""
+    save_decoded(data, path)
+    return functools.partial(load_decoded, path)
 
 
 def check_protocols(data: LabelledImages, classes: Sequence[str], protocols: Sequence[str]) -> None:

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from ..errors import DataError
+from ..files import load_torch_checked, save_torch_atomic
 from .images import list_image_files, load_image_files, resize_uint8
 
 NPZ_KEYS = ("train_images", "train_labels", "test_images", "test_labels")
@@ -292,6 +293,25 @@ def load_class_folders(root: str | os.PathLike[str], image_size: int = 32, in_ch
     digest = hasher.hexdigest()[:12]
     return LabelledImages(*parts["train"], *parts["test"], tuple(names), root.name,
                           f"{root.name}:{len(listing)} files:{digest}:{image_size}px:{in_channels}ch")
+
+
+DECODED_FORMAT = "skipganomaly-decoded-images"
+
+
+def save_decoded(data: LabelledImages, path: Path) -> None:
+    """Write decoded images and labels (tensors and plain values only), so that processes that need the
+    same set read one file instead of decoding a folder of images again, and warn again about its bad files."""
+    save_torch_atomic(path, {"format": DECODED_FORMAT, "format_version": 1, "train_images": data.train_images,
+                             "train_labels": data.train_labels, "test_images": data.test_images,
+                             "test_labels": data.test_labels, "classes": list(data.classes), "name": data.name,
+                             "fingerprint": data.fingerprint})
+
+
+def load_decoded(path: Path) -> LabelledImages:
+    """The set `save_decoded` wrote."""
+    saved = load_torch_checked(Path(path), DECODED_FORMAT, 1, "decoded image set", "decoded image set")
+    return LabelledImages(saved["train_images"], saved["train_labels"], saved["test_images"], saved["test_labels"],
+                          tuple(saved["classes"]), saved["name"], saved["fingerprint"])
 
 
 UNUSABLE_IN_NAMES = (JOIN, ",", "/", "\\")  # JOIN joins classes, "," lists them in flags, the rest split paths
