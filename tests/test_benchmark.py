@@ -593,3 +593,15 @@ def test_failed_cells_are_named_in_table_and_results(tmp_path: Path, monkeypatch
                                   "error": "loss g_con is not finite at epoch 1, step 1"}]
     table = (tmp_path / "table.md").read_text()
     assert "Incomplete: 1 cell is missing" in table and "`knn__cat__seed0__honest` failed: loss g_con" in table
+
+
+@pytest.mark.parametrize("model", ["rotation", "skipganomaly++rot"])
+def test_the_paper_protocol_scores_feature_bank_models_after_every_epoch(tmp_path: Path, model: str) -> None:
+    """A score that needs statistics of the training images gets them fitted on each epoch's network
+    before that epoch is scored (they were fitted only after the last, so every cell failed)."""
+    options = {"rotation": {"widths": [8, 16, 32]}, "skipganomaly++rot": {"widths": SMALL_WIDTHS, "score": "map"}}
+    data = _toy_cifar()
+    outcome = run_sweep(lambda: data, _config(models=[model], protocols=["paper"], model_options=options), tmp_path)
+    assert not outcome.failures
+    [result] = outcome.results
+    assert len(result["auroc_per_epoch"]) == 2 and result["auroc"] == max(result["auroc_per_epoch"])

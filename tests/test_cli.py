@@ -537,3 +537,19 @@ def test_what_a_model_cannot_take_fails_before_any_data_is_read(tmp_path: Path,
     assert main(["train", "--data", str(tmp_path / "nowhere"), "--model", "ganomaly", "--image-size", "48",
                  "--out", str(tmp_path / "t")]) == 2
     assert "power of two" in capsys.readouterr().err and not (tmp_path / "t").exists()
+
+
+def test_repeated_seeds_classes_and_models_run_once(tmp_path: Path) -> None:
+    """`--seeds 0,0` is one seed, not a fake mean±std of one cell counted twice."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 255, (90, 8, 8), dtype=np.uint8)
+    data = tmp_path / "d.npz"
+    np.savez(data, train_images=images, train_labels=np.arange(90) % 3, test_images=images,
+             test_labels=np.arange(90) % 3)
+    out = tmp_path / "b"
+    assert main(["benchmark", "--data", str(data), "--models", "knn,knn", "--classes", "0,0", "--seeds", "0,0",
+                 "--no-progress", "--out", str(out)]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert len(results["cells"]) == 1 and results["config"]["seeds"] == [0]

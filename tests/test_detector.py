@@ -163,6 +163,21 @@ def test_scikit_learn_and_pyod_shorthands(fitted: tuple[Detector, Path]) -> None
     assert np.array_equal(_fit().fit_predict(images), _fit().predict(images))
 
 
+def test_set_params_on_a_fitted_detector_keeps_it_only_for_how_it_runs(caplog: pytest.LogCaptureFixture) -> None:
+    """Weights trained under other settings would be saved under the new ones: a change to anything but
+    device, progress or compile drops the fitted model, with a warning."""
+    det = _fit()
+    x = noise_images(2)
+    before = det.decision_function(x)
+    assert np.array_equal(det.set_params(device="cpu", progress=True).decision_function(x), before)
+    with caplog.at_level("WARNING", logger="skipganomaly"):
+        det.set_params(lr=1e-3, widths=[8, 8, 16, 16, 16])
+    assert "set_params changed lr, widths: the fitted model is dropped" in caplog.text
+    with pytest.raises(ConfigError, match="not fitted"):
+        det.decision_function(x)
+    assert det.threshold_ is None
+
+
 def test_repr_names_the_model_and_only_the_changed_parameters() -> None:
     assert repr(Detector()) == "Detector('rotation')"
     assert repr(Detector("skipganomaly++", epochs=3, widths=[8, 16, 32])) == \

@@ -455,7 +455,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     load, data = benchmark_data(args.data, args.data_dir, args.download, given.get("image_size"),
                                 given.get("in_channels"), progress=given.get("progress", True))
     classes = resolve_classes(data, args.classes, args.normal_labels)
-    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    models = list(dict.fromkeys(m.strip() for m in args.models.split(",") if m.strip()))
     for name in models:
         get_model_class(name)  # an unknown name is a one-line error listing the models
     sizes = {k: preset[k] for k in ("epochs", "batch_size") if k in preset}
@@ -538,7 +538,7 @@ def _positive_float(text: str) -> float:
 
 def _int_list(text: str, flag: str) -> list[int]:
     try:
-        return [int(t) for t in text.split(",") if t.strip()]
+        return list(dict.fromkeys(int(t) for t in text.split(",") if t.strip()))  # each once: a repeat is no new run
     except ValueError:
         raise ConfigError(f"{flag} expects comma-separated integers, got {text!r}") from None
 

@@ -183,9 +183,20 @@ class Detector:
         return self.settings.params()
 
     def set_params(self, **params: Any) -> "Detector":
-        """Change settings (takes effect at the next `fit`); unknown names are a ConfigError."""
+        """Change settings; unknown names are a ConfigError. Where only how it runs changes (device,
+        progress, compile) a fitted detector stays fitted; any other change drops the fitted model (with a
+        warning), since its weights no longer match the settings that `save` and `get_params` would report."""
+        before = self.settings.params()
         self.settings = self.settings.replace(**params)
         self.device = resolve_device(self.settings.training.device)
+        free = set(TrainConfig.names(on_resume="free"))
+        changed = sorted(k for k, v in self.settings.params().items() if k not in free and before.get(k) != v)
+        if self.model_ is not None and changed:
+            log.warning("set_params changed %s: the fitted model is dropped; call fit() again", ", ".join(changed))
+            self.model_, self.threshold_, self.val_scores_, self.history_ = None, None, None, []
+            self.n_train_images_ = self.n_val_images_ = None
+        elif self.model_ is not None:
+            to_device(self.model_, self.device)
         return self
 
     def __repr__(self) -> str:

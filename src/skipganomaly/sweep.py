@@ -57,6 +57,8 @@ from .provenance import environment, git_commit
 from .run_directory import SweepDirectory, write_json
 from .training.config import differing
 from .training import EpochRecord, batched_apply
+from .training.inference import default_eval_batch
+from .training.loop import fit_statistics
 
 log = logging.getLogger(__name__)
 
@@ -212,6 +214,9 @@ def run_cell(load: Callable[[], LabelledImages], model: str, cls: str, seed: int
         # The reference scores the class-ordered test set after every epoch in batches of 64 (PyTorch
         # references: in train mode) and keeps the first epoch with the best AUROC.
         assert det.model_ is not None
+        if det.model_.fits_statistics:  # a feature bank of this epoch's features, as the last epoch gets
+            fit_statistics(det.model_, split.train, det.holdout(len(split.train))[1],
+                           default_eval_batch(det.device, det.image_size), det.device, det.train_config.amp)
         epoch_scores = batched_apply(det.model_.score, det.model_, split.test, PAPER_TEST_BATCH, det.device,
                                      det.train_config.amp, train_mode=settings["train_mode_scoring"]).double().numpy()
         auroc = evaluate_scores(epoch_scores, labels, 0.0)["auroc"]
@@ -512,7 +517,7 @@ def resolve_classes(data: LabelledImages, classes: str = "all", normal_labels: s
     elif classes == "all":
         tasks = list(PAPER_ORDER) if isinstance(data, Cifar10) else data.present()
     else:
-        tasks = [JOIN.join(data.class_names(c.strip())) for c in classes.split(",")]
+        tasks = list(dict.fromkeys(JOIN.join(data.class_names(c.strip())) for c in classes.split(",")))  # each once
     for cls in tasks:
         check_task(data, data.class_names(cls))
     return tasks

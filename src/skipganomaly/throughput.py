@@ -31,6 +31,7 @@ from .models.skipganomaly_pp.networks import DilatedConv3x3
 from .training import (TrainConfig, batched_apply, compile_blocks, make_optimizers, prepare_batch, resolve_device,
                        to_device, train_step)
 from .training.device import native_bf16
+from .training.loop import fit_statistics
 from .training.optim import Adam
 
 
@@ -218,6 +219,8 @@ def bench_model(name: str, batch_size: int = 64, steps: int = 3, repeats: int = 
         [compiled_s] = _median_seconds(lambda: run_steps(net, opts), repeats=repeats, sync=sync)
         compiled["compiled_train_images_per_s"] = batch_size * steps / compiled_s
         del net, opts
+    if model.fits_statistics:  # a score with a feature bank: fitted on these images, so its kNN search is timed
+        fit_statistics(model, images, torch.arange(len(images)), score_batch, dev)  # against a bank of that size
     to_score = images[:score_batch]
     trainers: list[Callable[[], object]] = [lambda: run_steps(model, opts)]
     scorers: list[Callable[[], object]] = [

@@ -47,6 +47,23 @@ def test_pil_images_and_paths(tmp_path: Path) -> None:
     assert as_image_tensor(paths, 32, 1).shape == (2, 1, 32, 32)  # files are converted
 
 
+@pytest.mark.parametrize("shape, channels, expected", [
+    ((32, 32, 3), 3, (1, 3, 32, 32)),  # one RGB image, channels last
+    ((3, 32, 32), 3, (1, 3, 32, 32)),  # one RGB image, channels first
+    ((32, 32, 1), 1, (1, 1, 32, 32)),  # one grayscale image with its channel axis (was 32 images of 32 x 1)
+    ((32, 32), 1, (1, 1, 32, 32)),  # one grayscale image
+    ((3, 32, 32), 1, (3, 1, 32, 32)),  # three grayscale images
+    ((5, 32, 32), 1, (5, 1, 32, 32)),
+])
+def test_one_image_is_one_image(shape: tuple[int, ...], channels: int, expected: tuple[int, ...]) -> None:
+    assert tuple(as_image_tensor(np.zeros(shape, np.uint8), 32, channels).shape) == expected
+
+
+def test_one_rgb_image_given_to_a_grayscale_model_is_a_channel_error_not_32_images() -> None:
+    with pytest.raises(DataError, match="3 channels but the model expects in_channels=1"):
+        as_image_tensor(np.zeros((32, 32, 3), np.uint8), 32, 1)
+
+
 @pytest.mark.parametrize(
     "bad, message",
     [

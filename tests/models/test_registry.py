@@ -90,3 +90,16 @@ def test_score_is_independent_of_batch_size_and_order(name: str) -> None:
         shuffled = model.score(x[perm])
     torch.testing.assert_close(alone, together, rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(shuffled, together[perm], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("name, options, message", [
+    ("ganomaly", {"ngf": 0}, "ngf must be at least 1"), ("ganomaly", {"nz": 0}, "nz must be at least 1"),
+    ("skipganomaly++", {"nz": 0}, "nz must be at least 1"), ("egbad", {"width": 0}, "width must be at least 1"),
+    ("anogan", {"nz": 0}, "nz must be at least 1"), ("skipganomaly", {"ngf": 0}, "ngf must be at least 1"),
+    ("skipganomaly++", {"widths": [8, 16, 32]}, "widths needs 5 entries"),
+])
+def test_options_a_network_cannot_be_built_with_are_config_errors(name: str, options: dict, message: str) -> None:
+    """A zero width built empty layers that failed only in training, and a constructor's ValueError was a
+    traceback: both are one-line ConfigErrors when the model is created."""
+    with pytest.raises(ConfigError, match=message):
+        create(name, **options)

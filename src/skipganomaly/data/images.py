@@ -179,8 +179,15 @@ def as_image_tensor(images: Any, image_size: int, in_channels: int, aligned: boo
 def _tensor_to_uint8(t: torch.Tensor, image_size: int, in_channels: int) -> torch.Tensor:
     if t.numel() == 0:
         raise DataError("no images given (empty array)")
-    if t.ndim == 3:
-        t = t[:, None]
+    if t.ndim == 2:  # one grayscale image
+        t = t[None]
+    if t.ndim == 3:  # [N, H, W] grayscale, unless it is plainly one image: [H, W, C], or [C, H, W] for RGB
+        if t.shape[-1] in (1, 3) and min(t.shape[:2]) > 4:
+            t = t[None]
+        elif in_channels == 3 and t.shape[0] == 3 and t.shape[-1] > 4:
+            t = t[None]
+        else:
+            t = t[:, None]
     if t.ndim != 4:
         raise DataError(f"expected images of shape [N, H, W], [N, H, W, C] or [N, C, H, W], got {tuple(t.shape)}")
     if t.shape[1] not in (1, 3) and t.shape[-1] in (1, 3):

@@ -117,6 +117,13 @@ def check_geometry(in_channels: int, image_size: int, min_size: int = 32) -> Non
         )
 
 
+def check_positive(model: str, **sizes: int) -> None:
+    """Layer widths and latent sizes must be at least 1 (0 builds empty layers that fail only in training)."""
+    for name, value in sizes.items():
+        if value < 1:
+            raise ConfigError(f"{model}: {name} must be at least 1, got {value}")
+
+
 def check_power_of_two(model: str, image_size: int) -> None:
     """DCGAN pyramids and the U-Net halve the map down to a fixed size; other sizes cannot be represented."""
     if image_size < 32 or image_size & (image_size - 1):

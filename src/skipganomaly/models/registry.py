@@ -43,5 +43,6 @@ def create(name: str, **kwargs: Any) -> AnomalyModel:
     cls = get_model_class(name)
     try:
         return cls(**kwargs)
-    except TypeError as err:
-        raise ConfigError(f"bad arguments for model {name!r}: {err}") from None
+    except (TypeError, ValueError, RuntimeError) as err:  # e.g. a list of the wrong length, a layer of width 0
+        raise ConfigError(f"bad arguments for model {name!r}: {str(err).splitlines()[0] if str(err) else err!r}"
+                          ) from None

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import GanModel, LossStep, frozen, init_weights, is_whole_number, real_fake_bce, saliency_map
+from .base import GanModel, LossStep, check_positive, frozen, init_weights, is_whole_number, real_fake_bce, saliency_map
 from ..errors import ConfigError
 from .neighbours import FeatureBank, in_chunks, pooled_map
 from .transforms import transform_all, transformation_cross_entropy
@@ -137,6 +137,7 @@ class SkipFamilyModel(GanModel):
         mask_sets: int = 3,
     ) -> None:
         super().__init__(in_channels, image_size)
+        check_positive(self.name, ndf=ndf, nz=nz)
         if score not in SCORES:
             raise ConfigError(f"score must be one of {', '.join(SCORES)}, got {score!r}")
         if rotation_weight < 0 or ("rotation" in score and rotation_weight == 0):

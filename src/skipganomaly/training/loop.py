@@ -244,11 +244,24 @@ def train(
     if best is not None:
         model.load_state_dict(best[1])
     if model.fits_statistics:
-        model.eval()
-        with torch.no_grad(), autocast(device, config.amp):
-            model.fit_statistics(_all_images(data, index, eval_batch, device))  # the same on every rank
+        fit_statistics(model, data, index, eval_batch, device, config.amp)  # the same on every rank
+        model.eval()  # fitted statistics belong to eval mode: a caller's direct forward must not move BatchNorm
     release_free_memory()  # the activations' heap, before the caller scores and reports
     return history
+
+
+def fit_statistics(model: AnomalyModel, data: Tensor, index: Tensor, batch: int, device: torch.device,
+                   amp: bool = False) -> None:
+    """Fit what the model's score needs on the training images `data[index]` (uint8), in eval mode
+    without gradients; the model's mode is restored, so training can go on (the paper protocol scores
+    after every epoch)."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), autocast(device, amp):
+            model.fit_statistics(_all_images(data.to(device), index.long().cpu(), batch, device))
+    finally:
+        model.train(was_training)
 
 
 def _all_images(data: Tensor, index: Tensor, batch: int, device: torch.device) -> Tensor:

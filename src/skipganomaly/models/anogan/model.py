@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..base import GanModel, LossStep, frozen, init_weights, real_fake_bce
-from ..base import check_power_of_two
+from ..base import check_positive, check_power_of_two
 from ..dcgan import decoder, encoder_pyramid
 from ...errors import ConfigError
 from ..registry import register
@@ -43,6 +43,7 @@ class AnoGan(GanModel):
                  lam: float = 0.1, search_steps: int = 500, search_lr: float = 0.01, validation_steps: int = 20,
                  search_seed: int = 0) -> None:
         check_power_of_two("anogan", image_size)
+        check_positive("anogan", width=width, nz=nz)
         super().__init__(in_channels, image_size)
         if search_steps < 1 or validation_steps < 1:
             raise ConfigError("search_steps and validation_steps must be at least 1")

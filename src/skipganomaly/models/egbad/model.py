@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..base import GanModel, LossStep, frozen, init_weights, real_fake_bce
-from ..base import check_power_of_two
+from ..base import check_positive, check_power_of_two
 from ..dcgan import decoder, encoder, encoder_pyramid
 from ..registry import register
 
@@ -45,6 +45,7 @@ class Egbad(GanModel):
     def __init__(self, in_channels: int = 3, image_size: int = 32, width: int = 128, nz: int = 100,
                  score_weight: float = 0.1, init_std: float = 0.01) -> None:
         check_power_of_two("egbad", image_size)
+        check_positive("egbad", width=width, nz=nz)
         super().__init__(in_channels, image_size)
         self.width, self.nz, self.score_weight, self.init_std = width, nz, score_weight, init_std
         self.generator = decoder(nz, in_channels, image_size, width)

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..base import GanModel, LossStep, frozen, init_weights, real_fake_bce
-from ..base import check_power_of_two
+from ..base import check_positive, check_power_of_two
 from ..dcgan import decoder, encoder, encoder_pyramid
 from ..registry import register
 
@@ -50,6 +50,7 @@ class Ganomaly(GanModel):
     def __init__(self, in_channels: int = 3, image_size: int = 32, ngf: int = 64, ndf: int = 64, nz: int = 100,
                  w_adv: float = 1.0, w_con: float = 50.0, w_enc: float = 1.0) -> None:
         check_power_of_two("ganomaly", image_size)
+        check_positive("ganomaly", ngf=ngf, ndf=ndf, nz=nz)
         super().__init__(in_channels, image_size)
         self.ngf, self.ndf, self.nz = ngf, ndf, nz
         self.w_adv, self.w_con, self.w_enc = w_adv, w_con, w_enc

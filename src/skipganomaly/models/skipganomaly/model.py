@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..base import check_power_of_two
+from ..base import check_positive, check_power_of_two
 from ..registry import register
 from ..skip_family import SkipFamilyModel
 
@@ -65,6 +65,7 @@ class SkipGanomaly(SkipFamilyModel):
 
     def __init__(self, in_channels: int = 3, image_size: int = 32, ngf: int = 64, **loss_options: Any) -> None:
         check_power_of_two("skipganomaly", image_size)
+        check_positive("skipganomaly", ngf=ngf)
         self.ngf = ngf
         super().__init__(in_channels, image_size, **loss_options)
 
