@@ -593,6 +593,8 @@ def test_failed_cells_are_named_in_table_and_results(tmp_path: Path, monkeypatch
                                   "error": "loss g_con is not finite at epoch 1, step 1"}]
     table = (tmp_path / "table.md").read_text()
     assert "Incomplete: 1 cell is missing" in table and "`knn__cat__seed0__honest` failed: loss g_con" in table
+    page = (tmp_path / "report.html").read_text()
+    assert "Incomplete: 1 missing cell" in page and "knn__cat__seed0__honest failed: loss g_con" in page
 
 
 @pytest.mark.parametrize("model", ["rotation", "skipganomaly++rot"])

@@ -80,6 +80,13 @@ def test_scores_predict_and_maps(fitted: tuple[Detector, Path]) -> None:
     assert det.anomaly_maps(x).shape == (8, 32, 32)
 
 
+def test_a_batch_size_below_one_is_a_config_error(fitted: tuple[Detector, Path]) -> None:
+    det, _ = fitted
+    for bad in (0, -1):
+        with pytest.raises(ConfigError, match="batch_size must be at least 1"):
+            det.decision_function(noise_images(2), batch_size=bad)
+
+
 def test_scores_do_not_depend_on_batch_size(fitted: tuple[Detector, Path]) -> None:
     det, _ = fitted
     x = np.concatenate([blob_images(5, seed=9), noise_images(5)])

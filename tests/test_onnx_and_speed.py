@@ -147,3 +147,10 @@ def test_bench_speed_on_an_absent_gpu_is_one_clear_error(capsys: pytest.CaptureF
         pytest.skip("this machine has a GPU")
     assert main(["bench-speed", "--models", "ganomaly", "--device", "cuda"]) == 2
     assert "CUDA is not available" in capsys.readouterr().err
+
+
+def test_bench_speed_refuses_a_folder_as_out_before_measuring(tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench-speed", "--models", "ganomaly", "--out", str(tmp_path)]) == 2
+    assert "is a folder; give the JSON file" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())

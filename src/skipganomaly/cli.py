@@ -503,6 +503,9 @@ def _pick(value: Any, preset: dict[str, Any], name: str, default: Any) -> Any:
 def cmd_bench_speed(args: argparse.Namespace) -> int:
     from .throughput import measure_models
 
+    if args.out is not None and args.out.is_dir():  # said now, not after the minutes of measuring
+        raise ConfigError(f"--out {args.out} is a folder; give the JSON file to write")
+
     models = ([m for m in list_models() if get_model_class(m).trained_by_gradient] if args.models == "all"
               else [m.strip() for m in args.models.split(",")])
     for name in models:

@@ -351,6 +351,8 @@ class Detector:
     def _apply(self, method: str, data: torch.Tensor, batch_size: int | None) -> torch.Tensor:
         """An eval-mode model method over uint8 images, in batches (default: default_eval_batch)."""
         model = self._fitted()
+        if batch_size is not None and batch_size < 1:
+            raise ConfigError(f"batch_size must be at least 1 (or None for the default), got {batch_size}")
         batch = batch_size or default_eval_batch(self.device, self.image_size)
         return batched_apply(getattr(model, method), model, data, batch, self.device, self.train_config.amp,
                              desc=method.replace("_", " ") if self.train_config.progress else None)

@@ -244,3 +244,9 @@ def test_large_image_warning_stays_silent_in_reader_threads(tmp_path: Path) -> N
         images, _ = load_image_files([path, path], 32, 3, threads=2)
     assert images.shape == (2, 3, 32, 32)
     assert not [w for w in caught if issubclass(w.category, Image.DecompressionBombWarning)]
+
+
+def test_a_list_of_arrays_of_different_sizes_is_resized_like_pil_images() -> None:
+    small, large = np.full((20, 30, 3), 10, np.uint8), np.full((40, 40, 3), 200, np.uint8)
+    out = as_image_tensor([small, large], 32, 3)
+    assert out.shape == (2, 3, 32, 32) and int(out[0].max()) == 10 and int(out[1].min()) == 200

@@ -166,7 +166,11 @@ def as_image_tensor(images: Any, image_size: int, in_channels: int, aligned: boo
                     f"{len(bad)} of {len(images)} image files could not be read ({listed}); scores would not line "
                     "up with the paths: remove those files from the list (the warnings above say why each failed)")
             return loaded
-        images = np.stack([np.asarray(i) for i in images])
+        arrays = [np.asarray(i) for i in images]
+        if len({a.shape for a in arrays}) > 1:  # images of different sizes: each brought to the model's size
+            return torch.cat([_tensor_to_uint8(torch.from_numpy(np.ascontiguousarray(a))[None], image_size, in_channels)
+                              for a in arrays])
+        images = np.stack(arrays)
     if isinstance(images, Image.Image):
         return torch.from_numpy(pil_to_array(images, image_size, in_channels)[None])
     if isinstance(images, np.ndarray):

@@ -168,6 +168,12 @@ def build_benchmark_report(bench_dir: Path) -> Path:
                 f"{', '.join(map(str, config['seeds']))}.</p>"
                 "<p>Each cell: our AUROC (on CIFAR-10, the paper's Table 1 in brackets). "
                 f"{html.escape(STD_NOTE)}</p>"]
+    missing = [f"{c['cell']} failed: {c['error']}" for c in saved.get("failed", [])] + \
+        [f"{key} not run yet (time limit)" for key in saved.get("unfinished", [])]
+    if missing:
+        sections.append(f"<p><b>Incomplete: {len(missing)} missing cell{'s' if len(missing) > 1 else ''} (- in the "
+                        "tables); each mean is over the cells that finished.</b></p><ul>"
+                        + "".join(f"<li><code>{html.escape(m)}</code></li>" for m in missing) + "</ul>")
     figures = folder.figures
     dataset = config.get("dataset", CIFAR10)
     for protocol in config["protocols"]:
