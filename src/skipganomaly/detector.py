@@ -245,9 +245,9 @@ class Detector:
         resume: bool = False,
     ) -> "Detector":
         """Train on normal images (an array, tensor, list of paths or PIL images, or a folder: every image
-        below it; unreadable files are skipped with a warning). With `checkpoint_path`, the weights are saved after every epoch, so
-        an interrupted run keeps its last complete epoch (it scores, but has no threshold until the
-        run completes), and the calibrated detector at the end. Beside it, `<name>.state.pt` holds
+        below it; unreadable files are skipped with a warning). With `checkpoint_path`, the weights are
+        saved after every epoch, so an interrupted run keeps its last complete epoch (it scores, but has
+        no threshold until the run completes), and the calibrated detector at the end. Beside it, `<name>.state.pt` holds
         what `resume=True` needs to continue an interrupted run exactly where its last epoch ended.
         Under torchrun only rank 0 writes files."""
         data = as_image_tensor(images, self.image_size, self.in_channels, aligned=False)
