@@ -299,17 +299,13 @@ def _settings(args: argparse.Namespace, base: dict[str, Any] | None = None) -> D
     """The detector settings of a one-model command: `base` (defaults) overlaid with the flags given."""
     params = {**(base or {}), **_given(args)}
     if "val_fraction" in params:  # before the library's check, which also allows 0 (no threshold)
-        _check_reports_threshold_value(params["val_fraction"])
+        _check_reports_threshold(params["val_fraction"])
     model = params.get("model", DEFAULT_MODEL)
     options = parse_model_args(args.model_arg, [model])[model]
     return DetectorSettings.from_params(**params, model_options=options)
 
 
-def _check_reports_threshold(settings: DetectorSettings) -> None:
-    _check_reports_threshold_value(settings.val_fraction)
-
-
-def _check_reports_threshold_value(val_fraction: float) -> None:
+def _check_reports_threshold(val_fraction: float) -> None:
     """train, test and demo report at the threshold, so (unlike the library) they need held-out images."""
     if not 0 < val_fraction < 1:
         raise ConfigError(f"--val-fraction must be above 0 and below 1 (the threshold comes from those images), "
@@ -341,7 +337,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         settings = _settings(args)
         _check_model_builds(settings)
         args.out = _new_run_directory(args.out, args.overwrite)
-    _check_reports_threshold(settings)
+    _check_reports_threshold(settings.val_fraction)
     _check_training_folder(args.data, args.out)
     if args.overwrite and args.resume is None:
         RunDirectory(args.out).clear()
@@ -427,7 +423,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         why = "as given"
     print(f"bf16 autocast {'on' if args.amp else 'off'} ({why})")
     settings = _settings(args)
-    _check_reports_threshold(settings)
+    _check_reports_threshold(settings.val_fraction)
     ok = run_demo(settings, digits, args.out, _baseline_names(args.baselines), max_train=args.max_train)
     return 0 if ok else 1
 

@@ -186,12 +186,9 @@ def _tensor_to_uint8(t: torch.Tensor, image_size: int, in_channels: int) -> torc
     if t.ndim == 2:  # one grayscale image
         t = t[None]
     if t.ndim == 3:  # [N, H, W] grayscale, unless it is plainly one image: [H, W, C], or [C, H, W] for RGB
-        if t.shape[-1] in (1, 3) and min(t.shape[:2]) > 4:
-            t = t[None]
-        elif in_channels == 3 and t.shape[0] == 3 and t.shape[-1] > 4:
-            t = t[None]
-        else:
-            t = t[:, None]
+        one_hwc = t.shape[-1] in (1, 3) and min(t.shape[:2]) > 4
+        one_chw = in_channels == 3 and t.shape[0] == 3 and t.shape[-1] > 4
+        t = t[None] if one_hwc or one_chw else t[:, None]
     if t.ndim != 4:
         raise DataError(f"expected images of shape [N, H, W], [N, H, W, C] or [N, C, H, W], got {tuple(t.shape)}")
     if t.shape[1] not in (1, 3) and t.shape[-1] in (1, 3):
