@@ -187,6 +187,26 @@ def test_a_cell_saved_with_other_settings_is_rerun(change: dict[str, object], tm
     assert f"other settings ({differing})" in caplog.text
 
 
+@pytest.mark.parametrize("model", ["pca", "knn"])
+def test_a_closed_form_cell_is_reused_when_only_training_settings_change(model: str, tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Epochs, batch, optimiser and schedule do not touch a raw-pixel baseline's scores: a benchmark rerun
+    with other values must not recompute its cells, while a setting it does read (the seed) still does."""
+    _fake_run_cell.calls = 0  # type: ignore[attr-defined]
+    monkeypatch.setattr(benchmark, "run_cell", _fake_run_cell)
+    run_sweep(lambda: None, _config(models=[model], protocols=["honest"]), tmp_path)
+    for change in (dict(epochs=7), dict(lr=1e-3), dict(batch_size=8), dict(lr_schedule="cosine"), dict(patience=2),
+                   dict(beta1=0.9)):
+        run_sweep(lambda: None, _config(models=[model], protocols=["honest"], **change), tmp_path)
+    assert _fake_run_cell.calls == 1  # type: ignore[attr-defined]
+    run_sweep(lambda: None, _config(models=[model], protocols=["honest"], amp=True), tmp_path)
+    assert _fake_run_cell.calls == 2  # type: ignore[attr-defined]
+    gradient_only = {f.name for f in detector_module.setting_fields() if f.metadata["gradient_only"]}
+    assert gradient_only == {"epochs", "batch_size", "lr", "lr_schedule", "beta1", "beta2", "d_reset_threshold",
+                             "patience"}
+    assert gradient_only <= set(benchmark.cell_settings("rotation", "ship", 0, "honest", _config()))
+
+
 def test_device_and_threads_do_not_change_the_cell_key() -> None:
     assert benchmark.cell_settings("egbad", "ship", 0, "paper", _config(device="cpu")) == \
         benchmark.cell_settings("egbad", "ship", 0, "paper", _config(device="auto"))

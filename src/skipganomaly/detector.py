@@ -120,8 +120,11 @@ class DetectorSettings:
                                model_options=dict(data.get("model_options") or {}))
 
     def result_settings(self) -> dict[str, Any]:
-        """The settings that can change a trained detector's scores, plain (a benchmark cell's key)."""
-        result = {f.name for f in setting_fields() if f.metadata["result"]}
+        """The settings that can change a trained detector's scores, plain (a benchmark cell's key): a model
+        fitted in closed form leaves out those that act on gradient training alone."""
+        trained = get_model_class(self.model).trained_by_gradient
+        result = {f.name for f in setting_fields()
+                  if f.metadata["result"] and (trained or not f.metadata["gradient_only"])}
         return {k: v for k, v in self.as_dict().items() if k in result}
 
 

@@ -4,6 +4,8 @@ Each setting is a dataclass field made with `setting(...)`, whose metadata says:
 - `help`: the one-line description (the CLI's help text);
 - `flag`: the CLI flag that sets it (None: library only);
 - `result`: whether it can change a trained model's scores (then it is part of a benchmark cell's key);
+- `gradient_only`: it acts on gradient training alone (epochs, optimiser), so a model fitted in closed form
+  (the raw-pixel baselines) gives the same scores whatever its value, and its cells leave it out of their key;
 - `on_resume`: "fixed" (a resumed run must use the interrupted run's value), "grow" (may be raised:
   epochs) or "free" (where and how fast it runs: device, progress bars, compilation).
 
@@ -25,14 +27,14 @@ LR_SCHEDULES = ("constant", "cosine")
 
 
 def setting(default: Any = dataclasses.MISSING, *, help: str, flag: str | None = None, result: bool = True,
-            on_resume: str = "fixed", choices: Sequence[Any] | Callable[[], Sequence[Any]] | None = None,
-            const: Any = None, default_factory: Any = dataclasses.MISSING) -> Any:
+            gradient_only: bool = False, on_resume: str = "fixed",
+            choices: Sequence[Any] | Callable[[], Sequence[Any]] | None = None, const: Any = None, default_factory: Any = dataclasses.MISSING) -> Any:
     """A settings field with the metadata described in this module's docstring (`choices`: allowed values,
     or a function giving them; `const`: what a flag without a value sets, e.g. --compile)."""
     if on_resume not in ON_RESUME:
         raise ValueError(f"on_resume must be one of {ON_RESUME}, got {on_resume!r}")
-    metadata = {"help": help, "flag": flag, "result": result, "on_resume": on_resume, "choices": choices,
-                "const": const}
+    metadata = {"help": help, "flag": flag, "result": result, "gradient_only": gradient_only,
+                "on_resume": on_resume, "choices": choices, "const": const}
     if default_factory is not dataclasses.MISSING:
         return dataclasses.field(default_factory=default_factory, metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
@@ -52,17 +54,18 @@ def differing(saved: dict[str, Any], current: dict[str, Any], defaults: dict[str
 class TrainConfig:
     """How a model is trained; the defaults are the reference's (Adam 2e-4, betas 0.5/0.999, batch 64)."""
 
-    epochs: int = setting(15, help="training epochs", flag="--epochs", on_resume="grow")
-    batch_size: int = setting(64, help="images per training step", flag="--batch-size")
-    lr: float = setting(2e-4, help="Adam learning rate", flag="--lr")
-    lr_schedule: str = setting("constant", flag="--lr-schedule", choices=LR_SCHEDULES,
+    epochs: int = setting(15, help="training epochs", flag="--epochs", gradient_only=True, on_resume="grow")
+    batch_size: int = setting(64, help="images per training step", flag="--batch-size", gradient_only=True)
+    lr: float = setting(2e-4, help="Adam learning rate", flag="--lr", gradient_only=True)
+    lr_schedule: str = setting("constant", flag="--lr-schedule", choices=LR_SCHEDULES, gradient_only=True,
                                help="constant (the reference's), or cosine: epoch e of E trains at "
                                     "lr * (1 + cos(pi * (e - 1) / E)) / 2")
-    beta1: float = setting(0.5, help="Adam beta1")
-    beta2: float = setting(0.999, help="Adam beta2")
+    beta1: float = setting(0.5, help="Adam beta1", gradient_only=True)
+    beta2: float = setting(0.999, help="Adam beta2", gradient_only=True)
     seed: int = setting(0, help="seed of the weights, the validation split and the batch order", flag="--seed")
-    d_reset_threshold: float = setting(1e-5, help="re-initialise a network whose reset value falls below this")
-    patience: int | None = setting(None, flag="--patience",
+    d_reset_threshold: float = setting(1e-5, gradient_only=True,
+                                       help="re-initialise a network whose reset value falls below this")
+    patience: int | None = setting(None, flag="--patience", gradient_only=True,
                                    help="early stopping on validation loss after this many epochs without improvement")
     amp: bool = setting(False, flag="--amp",
                         help="bf16 autocast: faster on CPUs with AMX, results differ by bf16 rounding (README, Speed and memory)")
