@@ -6,7 +6,8 @@
 # Resumable across lent sessions: the cells committed under $RESULTS/cells are copied in first and reused;
 # every finished cell is packed into $OUT/cells.tar within $PACK_EVERY seconds (so a run cut off by the
 # device's limit keeps what it finished), and the sweep stops cleanly $TIME_LIMIT seconds after it starts
-# (`benchmark --time-limit`). Unpack cells.tar into $RESULTS and commit; the next session continues.
+# (`benchmark --time-limit`; `run` exits 3 while cells are left). Unpack cells.tar into $RESULTS and commit; the
+# next session continues.
 #
 # CIFAR-10 (178 MB) does not travel in one device call (64 MiB in all), so it goes in three parts:
 #   here:    bash benchmarks/gpu_table1.sh pack        # .devdata/{a,b,c}: the batches, xz, about 47 MB each

@@ -453,14 +453,14 @@ def test_a_cell_saved_before_a_setting_existed_counts_it_at_its_default(tmp_path
     first = run_sweep(lambda: data, config, tmp_path).results
     cell = tmp_path / "cells" / first[0]["scores_file"].replace(".scores.npz", ".json")
     saved = json.loads(cell.read_text())
-    for name in ("lr", "contamination", "beta1"):  # as if the cell was written before these settings existed
+    for name in ("amp", "contamination", "val_fraction"):  # as if the cell was written before these existed
         del saved["settings"][name]
     cell.write_text(json.dumps(saved))
     files = sorted((tmp_path / "cells").iterdir())
     again = run_sweep(lambda: data, config, tmp_path).results
     assert sorted((tmp_path / "cells").iterdir()) == files and again[0]["train_seconds"] == first[0]["train_seconds"]
-    other = run_sweep(lambda: data, _config(models=["knn"], protocols=["honest"], lr=1e-3), tmp_path).results
-    assert len(list((tmp_path / "cells").glob("*.json"))) == 2 and other[0]["settings"]["lr"] == 1e-3
+    other = run_sweep(lambda: data, _config(models=["knn"], protocols=["honest"], amp=True), tmp_path).results
+    assert len(list((tmp_path / "cells").glob("*.json"))) == 2 and other[0]["settings"]["amp"] is True
 
 
 def test_the_learning_rate_reaches_the_detector(monkeypatch: pytest.MonkeyPatch) -> None:

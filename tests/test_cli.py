@@ -395,6 +395,32 @@ def test_benchmark_on_your_own_npz(tmp_path: Path) -> None:
     assert cells[1]["auroc"] > 0.9
 
 
+def test_benchmark_stopped_by_its_time_limit_exits_3_until_it_is_complete(tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch,
+                                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """A script looping on `benchmark --time-limit` must tell "run me again" from "done" and from an error."""
+    from skipganomaly import sweep
+
+    data = _own_npz(tmp_path / "mine.npz")
+    clock = {"now": 0.0}
+
+    def tick() -> float:  # every reading of the clock is 6 s later: the second cell would end past 20 s
+        clock["now"] += 6.0
+        return clock["now"]
+
+    monkeypatch.setattr(sweep, "_now", tick)
+    command = ["benchmark", "--data", str(data), "--models", "knn,pca", "--normal-labels", "a,b,c", "--protocol",
+               "honest", "--no-progress", "--device", "cpu", "--out", str(tmp_path / "bench")]
+    assert main([*command, "--time-limit", "20"]) == 3
+    results = json.loads((tmp_path / "bench" / "results.json").read_text())
+    assert len(results["cells"]) == 1 and results["unfinished"] == ["pca__noise__seed0__honest"]
+    clock["now"] = 1e6  # long past any new limit before the first cell: none starts, none finished this time
+    assert main([*command, "--models", "pca", "--time-limit", "1"]) == 3
+    assert "no benchmark cell finished" in capsys.readouterr().err
+    assert main(command) == 0  # no limit: the rest runs, and the command says it is complete
+    assert json.loads((tmp_path / "bench" / "results.json").read_text())["complete"] is True
+
+
 def test_benchmark_on_a_folder_per_class(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """A folder is decoded once for all cells (one warning about its bad file, not one per cell), and the
     decoded copy is removed at the end."""

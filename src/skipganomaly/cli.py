@@ -20,8 +20,8 @@ from .evaluation.tables import HONEST, PAPER
 from .models import BASELINES, create, get_model_class, list_models
 from .options import FORM, parse_model_args
 from .run_directory import RunDirectory, SweepDirectory, next_free_run
-from .sweep import (PRESETS, PROTOCOLS, SweepConfig, benchmark_data, check_protocols, decode_once, resolve_classes,
-                    run_benchmark)
+from .sweep import (DEADLINE_EXIT, PRESETS, PROTOCOLS, SweepConfig, benchmark_data, check_protocols, decode_once,
+                    resolve_classes, run_benchmark)
 from .training.memory import reduce_heap_fragmentation
 from .training.device import native_bf16, resolve_device
 from .workflows import evaluate_folder, predict_files, resumed_settings, run_demo, train_run
@@ -42,7 +42,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return int(args.func(args) or 0)
     except SkipGanomalyError as err:
         print(f"error: {err}", file=sys.stderr)
-        return 2
+        return err.exit_code
     except OSError as err:  # a path that cannot be written or read, a full disk: the machine's, not a bug
         print(f"error: {err.strerror or err}" + (f": {err.filename}" if err.filename else ""), file=sys.stderr)
         return 2
@@ -221,7 +221,8 @@ def _add_benchmark(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -
     p.add_argument("--time-limit", type=_positive_float, metavar="SECONDS",
                    help="stop cleanly before SECONDS from now: no cell starts that the longest cell so far says "
                         "would end later, and a running cell stops at an epoch's end once it is past; finished "
-                        "cells and the tables are written, and the same command continues")
+                        "cells and the tables are written, and the same command continues (exit code 3 while "
+                        "cells are left)")
     # --image-size and --channels: for --data (CIFAR-10 is 32x32 RGB); epochs and batch size: the preset's,
     # else the defaults; the seed comes from --seeds, val_fraction from the protocol where it fixes one.
     _add_settings_args(p, skip=("model", "seed"), unset=True)
@@ -476,7 +477,9 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
         outcome = run_benchmark(load, config, args.out, title, workers=args.workers, time_limit=args.time_limit)
     finally:
         decoded.unlink(missing_ok=True)
-    return 1 if outcome.failures else 0
+    if outcome.failures:
+        return 1
+    return DEADLINE_EXIT if outcome.unfinished else 0  # a script can tell "run again to continue" from "done"
 
 
 def _fraction(value: float, flag: str) -> float:

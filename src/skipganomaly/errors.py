@@ -9,6 +9,8 @@ from typing import Any
 class SkipGanomalyError(Exception):
     """Base class: anything the user can fix by changing the input or the options."""
 
+    exit_code = 2  # what the CLI exits with after printing the message
+
 
 class DataError(SkipGanomalyError):
     """A folder, image or array that cannot be used."""

@@ -62,11 +62,13 @@ from .training.loop import fit_statistics
 
 log = logging.getLogger(__name__)
 
+DEADLINE_EXIT = 3  # exit code of a cell process, and of the benchmark command, stopped by the time limit
+
+
 class DeadlineReached(SkipGanomalyError):
     """A cell stopped at an epoch's end because the sweep's time limit had passed; it is not saved."""
 
-
-DEADLINE_EXIT = 3  # exit code of a cell process that stopped at the time limit
+    exit_code = DEADLINE_EXIT
 PROTOCOLS = tuple(PROTOCOL_NOTES)  # honest, paper, validate: each with what its table shows
 PAPER_TEST_BATCH = 64
 
@@ -538,11 +540,14 @@ def run_benchmark(load: Callable[[], LabelledImages], config: SweepConfig, out: 
     outcome = run_sweep(load, config, out, workers=workers, deadline=deadline)
     for key, why in outcome.failures:
         log.error("cell %s failed: %s", key, why)
-    later = (f"{len(outcome.unfinished)} cells left for the time limit ({time_limit:g} s); the same command "
+    left = len(outcome.unfinished)
+    later = (f"{left} cell{'s' if left != 1 else ''} left for the time limit ({time_limit:g} s); the same command "
              "continues with them" if outcome.unfinished else "")
     if not outcome.results:
-        raise SkipGanomalyError(f"no benchmark cell finished ({len(outcome.failures)} failed"
-                                + (f"; {later}" if later else "") + ")")
+        # Nothing failed and cells are left: the same command continues, so it exits as a run the limit stopped.
+        error = DeadlineReached if outcome.unfinished and not outcome.failures else SkipGanomalyError
+        raise error(f"no benchmark cell finished ({len(outcome.failures)} failed" + (f"; {later}" if later else "")
+                    + ")")
     end_commit = environment()["git_commit"]
     if end_commit != env["git_commit"]:  # the tree changed during the run; spawned workers may have run either
         env["git_commit"] = f"{env['git_commit']} (at start; {end_commit} at the end)"
