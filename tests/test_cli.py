@@ -254,6 +254,19 @@ def test_train_every_model_from_the_cli(name: str, image_root: Path) -> None:
     else:
         assert math.isfinite(metrics["test"]["auroc"])
     assert yaml.safe_load((run / "config.yaml").read_text())["settings"]["model"] == name
+    _assert_strict_json(run)
+
+
+def _assert_strict_json(folder: Path) -> None:
+    """Every JSON file under `folder` parses where NaN and Infinity are not JSON (JavaScript, jq, Go)."""
+    def refuse(constant: str) -> None:
+        raise AssertionError(f"{constant} is not JSON")
+
+    files = [*folder.rglob("*.json"), *folder.rglob("*.jsonl")]
+    assert files
+    for path in files:
+        for line in path.read_text().splitlines() if path.suffix == ".jsonl" else [path.read_text()]:
+            json.loads(line, parse_constant=refuse)
 
 
 def test_train_with_amp_from_the_cli(image_root: Path) -> None:
@@ -384,6 +397,9 @@ def test_benchmark_on_your_own_npz(tmp_path: Path) -> None:
         ("knn", "noise", "honest"), ("knn", "noise", "paper"), ("pca", "noise", "honest"), ("pca", "noise", "paper")]
     assert all(c["auroc"] > 0.9 for c in cells)
     assert all(c["settings"]["dataset"].startswith("mine.npz:") for c in cells)
+    # A paper cell holds out no normals, so it has no validation loss: null in its history, not NaN (not JSON).
+    assert [r["val_loss"] for c in cells if c["protocol"] == "paper" for r in c["history"]] == [None, None]
+    _assert_strict_json(out)
     table = (out / "table.md").read_text()
     assert table.startswith("# mine leave-one-class-out AUROC") and "(0." not in table  # no paper numbers
     # Leave-one-class-out over the classes, and the validate protocol: b left out, 'noise' is its pseudo-anomaly.

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import pickle
 import tempfile
@@ -20,6 +22,21 @@ def write_text_atomic(path: Path, text: str) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def json_text(data: Any, indent: int | None = None) -> str:
+    """JSON that every parser reads: a value that is not a finite number (a closed-form model's validation
+    loss, the AUROC of a test set with one label) is written as null, since NaN and Infinity are not JSON."""
+    def finite(value: Any) -> Any:
+        if isinstance(value, float):  # numpy's float64 is a float too
+            return value if math.isfinite(value) else None
+        if isinstance(value, dict):
+            return {k: finite(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [finite(v) for v in value]
+        return value
+
+    return json.dumps(finite(data), indent=indent, allow_nan=False)
 
 
 def save_torch_atomic(path: Path, payload: Any) -> None:

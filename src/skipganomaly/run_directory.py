@@ -25,7 +25,7 @@ from typing import Any, Sequence
 import yaml
 
 from .errors import ConfigError
-from .files import write_text_atomic
+from .files import json_text, write_text_atomic
 from .options import parse_model_args
 
 CONFIG = "config.yaml"
@@ -143,7 +143,7 @@ def _settings_of_version_1(flat: dict[str, Any]) -> tuple[dict[str, Any], dict[s
 
 
 def write_json(path: Path, data: Any) -> None:
-    write_text_atomic(path, json.dumps(data, indent=2, allow_nan=True) + "\n")
+    write_text_atomic(path, json_text(data, indent=2) + "\n")
 
 
 class EpochLog:
@@ -153,7 +153,7 @@ class EpochLog:
 
     def __init__(self, run: RunDirectory, tensorboard: bool = False, done: Sequence[dict[str, Any]] = ()) -> None:
         self.path = run.metrics_log
-        write_text_atomic(self.path, "".join(json.dumps(r) + "\n" for r in done))
+        write_text_atomic(self.path, "".join(json_text(r) + "\n" for r in done))
         self.writer = None
         if tensorboard:
             try:
@@ -164,7 +164,7 @@ class EpochLog:
 
     def __call__(self, record: Any) -> None:
         with self.path.open("a") as fh:
-            fh.write(json.dumps(record.as_dict()) + "\n")
+            fh.write(json_text(record.as_dict()) + "\n")
         if self.writer is not None:
             for name, value in record.losses.items():
                 self.writer.add_scalar(f"loss/{name}", value, record.epoch)

@@ -50,7 +50,7 @@ from .detector import Detector, DetectorSettings, setting_defaults
 from .errors import ConfigError, SkipGanomalyError
 from .evaluation.metrics import evaluate_scores
 from .evaluation.tables import PAPER, PROTOCOL_NOTES, STD_NOTE, VALIDATE, benchmark_table, shows_paper_numbers, summarise
-from .files import write_text_atomic
+from .files import json_text, write_text_atomic
 from .models import get_model_class
 from .models.base import check_geometry
 from .provenance import environment, git_commit
@@ -367,7 +367,7 @@ def _run_and_write(load: Callable[[], LabelledImages], cell: tuple[str, str, int
     scores_file = path.with_suffix(".scores.npz")
     with scores_file.open("wb") as fh:  # before the cell file: a cell on disk always has its scores
         np.savez_compressed(fh, labels=labels.astype(np.int8), scores=scores.astype(np.float32))
-    write_text_atomic(path, json.dumps({**result, "scores_file": scores_file.name}, indent=1))
+    write_text_atomic(path, json_text({**result, "scores_file": scores_file.name}, indent=1))
 
 
 def _cell_process(load: Callable[[], LabelledImages], cell: tuple[str, str, int, str], config: SweepConfig,

@@ -157,7 +157,8 @@ def training_curves_figure(history: Sequence[Mapping[str, Any]], path: Path) -> 
     else:  # a model fitted in closed form has no training steps
         left.text(0.5, 0.5, "fitted in closed form:\nno training steps", ha="center", va="center",
                   transform=left.transAxes)
-    right.plot(epochs, [float(r["val_loss"]) for r in history], marker="o", color="black")
+    # None: a value that was not a number when written (a closed-form model has no validation loss)
+    right.plot(epochs, np.array([r["val_loss"] for r in history], dtype=float), marker="o", color="black")
     right.set(xlabel="epoch", ylabel="mean over held-out normals", title="validation loss (the model's own)")
     return _save(fig, path)
 

@@ -21,7 +21,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from ..errors import DataError
-from ..files import write_text_atomic
+from ..files import json_text, write_text_atomic
 from ..run_directory import EVALUATION, METRICS_LOG, RunDirectory, SweepDirectory, read_history
 from .plots import histogram_figure, image_grid_figure, pr_figure, roc_figure, training_curves_figure
 from ..data.cifar10 import NAME as CIFAR10, TITLE as CIFAR10_TITLE
@@ -86,8 +86,8 @@ def write_evaluation(
     run = RunDirectory(Path(run_dir))
     figures = run.figures
     write_scores(run.scores, names, labels, scores)
-    write_text_atomic(run.evaluation, json.dumps(
-        {"title": title, "metrics": dict(metrics), "threshold": threshold}, indent=2, allow_nan=True) + "\n")
+    write_text_atomic(run.evaluation, json_text({"title": title, "metrics": dict(metrics), "threshold": threshold},
+                                                indent=2) + "\n")
     for group, index in select_examples(labels, scores, threshold, k).items():
         subset = images[index]
         shown = subset.permute(0, 2, 3, 1).numpy() / 255.0 if len(index) else np.zeros((0, 1, 1, 1))
