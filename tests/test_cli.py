@@ -595,3 +595,24 @@ def test_repeated_seeds_classes_and_models_run_once(tmp_path: Path) -> None:
                  "--no-progress", "--out", str(out)]) == 0
     results = json.loads((out / "results.json").read_text())
     assert len(results["cells"]) == 1 and results["config"]["seeds"] == [0]
+
+
+def test_file_names_that_are_not_utf8_are_scored_reported_and_written_as_on_disk(image_root: Path) -> None:
+    """Latin-1 names (Windows zips, Samba shares) are lone surrogates to Python: the CSVs keep their bytes
+    (so the path written opens the file), the report shows them readably, and nothing crashes half-way."""
+    import os
+
+    odd = os.fsencode(image_root / "test" / "abnormal") + b"/latin1_\xe9.png"
+    try:
+        os.rename(next((image_root / "test" / "abnormal").iterdir()), odd)
+    except OSError:
+        pytest.skip("this file system takes UTF-8 names only")
+    run = image_root / "run"
+    assert main(["train", "--model", "pca", "--data", str(image_root), "--test", str(image_root / "test"),
+                 "--out", str(run), "--no-progress", "--device", "cpu"]) == 0
+    assert b"latin1_\xe9.png" in (run / "scores.csv").read_bytes() and (run / "report.html").is_file()
+    out = image_root / "scores.csv"
+    assert main(["predict", "--checkpoint", str(run), str(image_root / "test"), "--out", str(out)]) == 0
+    rows = out.read_bytes().splitlines()
+    assert len(rows) == 17 and any(row.startswith(odd + b",") for row in rows)
+    assert main(["report", str(run)]) == 0

@@ -16,12 +16,22 @@ import torch
 from .errors import CheckpointError
 
 
+TEXT_ENCODING = dict(encoding="utf-8", errors="surrogateescape")
+"""How text files are written and read: UTF-8, with a file name that is not UTF-8 (e.g. Latin-1 from a Windows
+share, which Python reads as lone surrogates) kept as its original bytes, so the path written is the path on disk."""
+
+
 def write_text_atomic(path: Path, text: str) -> None:
     """Write to a temporary file beside `path`, then rename it over `path`."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
+    tmp.write_text(text, **TEXT_ENCODING)
     os.replace(tmp, path)
+
+
+def readable_name(name: str) -> str:
+    """A file name for display (HTML, figure captions): bytes that are not UTF-8 shown as U+FFFD."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 def json_text(data: Any, indent: int | None = None) -> str:

@@ -4,6 +4,7 @@ directory, evaluate, write the report. The CLI parses arguments and calls these.
 from __future__ import annotations
 
 import csv
+import io
 import logging
 import math
 import time
@@ -83,13 +84,13 @@ def predict_files(checkpoint: Path, inputs: Sequence[Path], out: Path, save_maps
     images, kept = load_image_files(paths, det.image_size, det.in_channels, progress=progress)
     scores = det.decision_function(images)
     maps = save_overlays(save_maps, images, kept, det.anomaly_maps(images)) if save_maps else None
-    out.parent.mkdir(parents=True, exist_ok=True)
     labels = scores > det.threshold_
-    with out.open("w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["path", "score", "label"] + (["map"] if maps else []))
-        for i, (path, score, label) in enumerate(zip(kept, scores, labels, strict=True)):
-            writer.writerow([path, f"{score:.8g}", int(label)] + ([maps[i]] if maps else []))
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["path", "score", "label"] + (["map"] if maps else []))
+    for i, (path, score, label) in enumerate(zip(kept, scores, labels, strict=True)):
+        writer.writerow([path, f"{score:.8g}", int(label)] + ([maps[i]] if maps else []))
+    write_text_atomic(out, buffer.getvalue())  # whole or not at all: an interrupted call leaves no half CSV
     print(f"wrote {len(kept)} scores to {out} ({int(labels.sum())} flagged)"
           + (f"; anomaly-map overlays in {save_maps}" if maps else ""))
 

@@ -21,7 +21,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from ..errors import DataError
-from ..files import json_text, write_text_atomic
+from ..files import TEXT_ENCODING, json_text, readable_name, write_text_atomic
 from ..run_directory import EVALUATION, METRICS_LOG, RunDirectory, SweepDirectory, read_history
 from .plots import histogram_figure, image_grid_figure, pr_figure, roc_figure, training_curves_figure
 from ..data.cifar10 import NAME as CIFAR10, TITLE as CIFAR10_TITLE
@@ -56,7 +56,7 @@ def write_scores(path: Path, names: Sequence[str], labels: np.ndarray, scores: n
 
 
 def read_scores(path: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
-    with path.open(newline="") as fh:
+    with path.open(newline="", **TEXT_ENCODING) as fh:
         rows = list(csv.DictReader(fh))
     try:
         return ([r["name"] for r in rows], np.array([int(r["label"]) for r in rows], dtype=np.int64),
@@ -98,9 +98,14 @@ def write_evaluation(
     return build_run_report(run_dir)
 
 
-def _short(name: str, width: int = 14) -> str:
-    base = Path(name).name
-    return base if len(base) <= width else base[:width - 1] + "…"
+def _short(name: str, width: int = 18) -> str:
+    """A file's name for a caption: its start and its end (where camera names put the frame number or
+    time), the middle cut out; bytes that are not UTF-8 shown as U+FFFD."""
+    base = readable_name(Path(name).name)
+    if len(base) <= width:
+        return base
+    tail = (width - 1) // 2 + 1
+    return base[:width - 1 - tail] + "…" + base[-tail:]
 
 
 def build_run_report(run_dir: Path) -> Path:
