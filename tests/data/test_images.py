@@ -111,6 +111,56 @@ def test_mac_metadata_files_are_not_images(tmp_path: Path) -> None:
     assert list_image_files(tmp_path) == good
 
 
+def test_a_folder_lists_what_a_user_sees_as_its_images(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Every image type Pillow reads (not only those typed one by one), linked subfolders (a link loop read
+    once), no hidden files or folders (thumbnail caches, trash), and a word about what was left out."""
+    import os
+
+    folder = tmp_path / "data"
+    good = write_images(folder, blob_images(2))
+    for suffix in (".gif", ".webp", ".jfif"):
+        Image.fromarray(blob_images(1)[0]).save(folder / f"more{suffix}", format="JPEG" if suffix == ".jfif" else None)
+        good.append(folder / f"more{suffix}")
+    elsewhere = tmp_path / "camera2"
+    good += [folder / "linked" / p.name for p in write_images(elsewhere, blob_images(2), prefix="cam")]
+    os.symlink(elsewhere, folder / "linked")
+    os.symlink(folder, folder / "linked-loop")
+    write_images(folder / ".thumbnails", blob_images(1))
+    Image.fromarray(blob_images(1)[0]).save(folder / ".hidden.png")
+    (folder / "notes.txt").write_text("not an image")
+    os.symlink(tmp_path / "gone.png", folder / "broken.png")
+    with caplog.at_level(logging.INFO, logger="skipganomaly"):
+        assert list_image_files(folder) == sorted(good)
+    assert "broken link" in caplog.text and "broken.png" in caplog.text
+    assert "1 .txt" in caplog.text
+
+
+def test_transparent_pixels_are_black_whatever_colour_lies_under_them(tmp_path: Path) -> None:
+    """Two PNGs a viewer shows alike (the right half transparent) load alike, whatever the colour stored under
+    the transparent pixels; a tRNS-transparent palette image too."""
+    rgba = np.zeros((16, 16, 4), dtype=np.uint8)
+    rgba[..., 0], rgba[:, :8, 3] = 200, 255
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "under-black.png")
+    rgba[:, 8:, :3] = 255
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "under-white.png")
+    for channels in (1, 3):
+        black, white = (load_image(tmp_path / f"under-{c}.png", 16, channels) for c in ("black", "white"))
+        assert np.array_equal(black, white) and black[:, :, 8:].max() == 0 and black[0, 0, 0] > 0
+    palette = Image.fromarray(np.array([[0, 1], [1, 1]], dtype=np.uint8), "P")
+    palette.putpalette([255, 255, 255, 255, 0, 0])
+    palette.save(tmp_path / "palette.png", transparency=0)
+    assert load_image(tmp_path / "palette.png", 2, 3)[:, 0, 0].tolist() == [0, 0, 0]
+
+
+def test_a_file_of_several_frames_says_that_only_the_first_is_read(tmp_path: Path,
+                                                                  caplog: pytest.LogCaptureFixture) -> None:
+    frames = [Image.fromarray(np.full((8, 8), value, dtype=np.uint8)) for value in (10, 200)]
+    frames[0].save(tmp_path / "pages.tif", save_all=True, append_images=frames[1:])
+    with caplog.at_level(logging.WARNING, logger="skipganomaly"):
+        assert load_image(tmp_path / "pages.tif", 8, 1).max() == 10
+    assert "2 frames" in caplog.text and "pages.tif" in caplog.text
+
+
 def test_corrupt_files_are_skipped_with_a_warning_naming_them(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     good = write_images(tmp_path, blob_images(2))
     (tmp_path / "text.png").write_text("not an image")

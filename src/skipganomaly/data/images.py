@@ -10,6 +10,7 @@ import contextlib
 import logging
 import os
 import warnings
+from collections import Counter
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -22,7 +23,8 @@ from ..errors import DataError
 
 log = logging.getLogger("skipganomaly")
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".jfif", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".pgm", ".ppm",
+                    ".pnm")
 BIT_DEPTHS = (8, 10, 12, 14, 16, 32)  # what integer image files hold, narrowest first
 
 
@@ -56,6 +58,9 @@ def _large_images_allowed() -> Iterator[None]:
 def _read_image(path: str | os.PathLike[str], image_size: int, in_channels: int) -> np.ndarray:
     try:
         with Image.open(path) as img:
+            frames = getattr(img, "n_frames", 1)
+            if frames > 1:  # a multi-page TIFF or an animated GIF: one image per file
+                log.warning("%s holds %d frames (pages); only the first is read", path, frames)
             img.draft("L" if in_channels == 1 else "RGB", (image_size, image_size))
             img = ImageOps.exif_transpose(img)
             return pil_to_array(img, image_size, in_channels)
@@ -68,7 +73,9 @@ def pil_to_array(img: Image.Image, image_size: int, in_channels: int) -> np.ndar
 
     Integer images wider than 8 bits are scaled by the largest value of the smallest common bit depth
     that holds their maximum (`BIT_DEPTHS`), so 12-bit data stored in a 16-bit PNG (medical and
-    inspection cameras) fills 0..255 instead of 0..15."""
+    inspection cameras) fills 0..255 instead of 0..15. An image with transparency is laid on black, so
+    what is scored is what a viewer shows on a dark background, not the colour stored under transparent
+    pixels (which viewers do not show and editors fill with anything)."""
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):
         arr = np.asarray(img, dtype=np.float64)
         peak = next(2.0 ** bits - 1 for bits in BIT_DEPTHS if arr.max() <= 2.0 ** bits - 1 or bits == BIT_DEPTHS[-1])
@@ -76,6 +83,8 @@ def pil_to_array(img: Image.Image, image_size: int, in_channels: int) -> np.ndar
     elif img.mode == "F":
         arr = np.asarray(img, dtype=np.float64)
         img = Image.fromarray(np.clip(arr * (255.0 if arr.max() <= 1.0 else 1.0), 0, 255).astype(np.uint8))
+    if "A" in img.mode or "a" in img.mode or "transparency" in img.info:  # RGBA, LA, PA, ...; tRNS chunks
+        img = Image.alpha_composite(Image.new("RGBA", img.size, (0, 0, 0, 255)), img.convert("RGBA"))
     img = img.convert("L" if in_channels == 1 else "RGB")
     if img.size != (image_size, image_size):
         img = img.resize((image_size, image_size), Image.Resampling.BILINEAR)
@@ -222,14 +231,45 @@ def resize_uint8(images: torch.Tensor, image_size: int) -> torch.Tensor:
 
 
 def list_image_files(folder: str | os.PathLike[str]) -> list[Path]:
-    """All image files below a folder (recursively), sorted; clear errors for missing or empty ones."""
+    """All image files below a folder, in its subfolders too (linked ones included, each folder once),
+    sorted; clear errors for missing or empty ones. Hidden files and folders (names starting with a dot:
+    thumbnails caches, trash, macOS's `._*` metadata) are not read. Files of other types and broken links
+    are left out and said so in one line each kind, so a folder of, say, DICOM files does not look empty
+    for no reason."""
     root = Path(folder)
     if not root.exists():
         raise DataError(f"folder not found: {root}")
     if not root.is_dir():
         raise DataError(f"not a folder: {root}")
-    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
-                   and not p.name.startswith("._"))  # macOS's AppleDouble metadata files, not images
+    files: list[Path] = []
+    other: Counter[str] = Counter()
+    broken: list[Path] = []
+    visited: set[str] = set()
+    for here, dirs, names in os.walk(root, followlinks=True):
+        real = os.path.realpath(here)
+        if real in visited:  # a link back up the tree, or a second link to the same folder
+            dirs[:] = []
+            continue
+        visited.add(real)
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in names:
+            path = Path(here) / name
+            if name.startswith("."):
+                continue
+            if not path.exists():
+                broken.append(path)
+            elif path.suffix.lower() in IMAGE_EXTENSIONS:
+                files.append(path)
+            else:
+                other[path.suffix.lower() or "(no extension)"] += 1
+    files.sort()
+    if broken:
+        log.warning("skipping %d broken link%s in %s: %s", len(broken), "s" if len(broken) > 1 else "", root,
+                    ", ".join(map(str, broken[:5])) + (" ..." if len(broken) > 5 else ""))
+    if other and files:
+        count = other.total()
+        log.info("left out %d file%s in %s that are not images of a known type (%s)", count, "s" if count > 1 else "",
+                 root, ", ".join(f"{n} {suffix}" for suffix, n in sorted(other.items())))
     if not files:
         if not any(root.iterdir()):
             raise DataError(f"folder is empty: {root}")
