@@ -314,18 +314,53 @@ def test_tensorboard_missing_is_a_clear_error(image_root: Path, monkeypatch: pyt
 def test_an_interrupt_says_what_is_kept_and_how_to_continue(tmp_path: Path) -> None:
     import argparse
 
-    from skipganomaly.cli import _how_to_continue
+    from skipganomaly.cli import _how_to_continue, program
 
     run = tmp_path / "my runs"  # the printed command must survive copy and paste into a shell
     run.mkdir()
     train = argparse.Namespace(command="train", resume=None, out=run)
     assert "nothing to resume" in _how_to_continue(train)
     (run / "model.state.pt").write_bytes(b"")
-    assert f"skipganomaly train --resume '{run}'" in _how_to_continue(train)
+    assert f"{program()} train --resume '{run}'" in _how_to_continue(train)
     resumed = argparse.Namespace(command="train", resume=run, out=Path("runs/train"))
     assert f"--resume '{run}'" in _how_to_continue(resumed)
     assert "finished cells are kept" in _how_to_continue(argparse.Namespace(command="benchmark", out=tmp_path))
     assert _how_to_continue(argparse.Namespace(command="predict")) is None
+
+
+def test_the_suggested_command_is_the_one_that_ran(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`python -m skipganomaly` users may not have `skipganomaly` on PATH: a hint repeats how they ran it."""
+    from skipganomaly.cli import program
+
+    monkeypatch.setattr(sys, "argv", ["/venv/bin/skipganomaly", "train"])
+    assert program() == "skipganomaly"
+    monkeypatch.setattr(sys, "argv", ["/src/skipganomaly/__main__.py", "train"])
+    assert program() == f"{sys.executable} -m skipganomaly"
+
+
+def test_sigterm_stops_a_command_as_ctrl_c_does_with_the_resume_hint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """A scheduler's or container's stop (SIGTERM) gets the Ctrl-C treatment: the command stops where it stands,
+    says what is kept and how to continue, and exits 143 as a terminated process does."""
+    import os
+    import signal
+    import time
+
+    from skipganomaly import cli
+
+    def train_then_get_terminated(args: object) -> int:
+        (tmp_path / "run" / "model.state.pt").parent.mkdir()
+        (tmp_path / "run" / "model.state.pt").write_bytes(b"")
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(30)  # the handler interrupts this at once
+        raise AssertionError("SIGTERM did not stop the command")
+
+    monkeypatch.setattr(cli, "cmd_train", train_then_get_terminated)
+    previous = signal.getsignal(signal.SIGTERM)
+    assert main(["train", "--data", str(tmp_path), "--out", str(tmp_path / "run")]) == 143
+    assert f"terminated; the last complete epoch is kept; continue with: {cli.program()} train --resume" in \
+        capsys.readouterr().err
+    assert signal.getsignal(signal.SIGTERM) == previous  # the handler is the command's only
 
 
 @pytest.mark.parametrize("error", [torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),

@@ -105,6 +105,20 @@ def test_save_load_round_trip_gives_identical_scores(fitted: tuple[Detector, Pat
     assert not [p for p in tmp_path.iterdir() if p.suffix == ".tmp"]
 
 
+def test_a_saved_detector_has_the_permissions_of_any_new_file(fitted: tuple[Detector, Path], tmp_path: Path) -> None:
+    """Written through a private temporary file, it must still end readable as the umask allows (a model on a
+    shared inspection server is loaded by colleagues and services), not 0600."""
+    import os
+
+    det, _ = fitted
+    previous = os.umask(0o022)
+    try:
+        det.save(tmp_path / "shared.pt")
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "shared.pt").stat().st_mode & 0o777 == 0o644
+
+
 def test_checkpoint_holds_only_plain_data(fitted: tuple[Detector, Path]) -> None:
     _, path = fitted
     payload = torch.load(path, weights_only=True)

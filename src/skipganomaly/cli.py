@@ -15,6 +15,7 @@ from .data.cifar10 import NAME as CIFAR10_NAME, TITLE as CIFAR10_TITLE, Cifar10
 from .data.folders import ABNORMAL_NAMES, train_folder
 from .detector import DEFAULT_MODEL, DetectorSettings, setting_defaults, setting_fields
 from .errors import ConfigError, SkipGanomalyError
+from .interrupts import Terminated, sigterm_as_interrupt
 from .evaluation.report import build_report
 from .evaluation.tables import HONEST, PAPER
 from .models import BASELINES, create, get_model_class, list_models
@@ -38,7 +39,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         reduce_heap_fragmentation()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s", stream=sys.stderr)
     try:
-        with logging_redirect_tqdm():  # a warning is printed above a progress bar, not through it
+        # a warning is printed above a progress bar, not through it; SIGTERM stops a command as Ctrl-C does
+        with sigterm_as_interrupt(), logging_redirect_tqdm():
             return int(args.func(args) or 0)
     except SkipGanomalyError as err:
         print(f"error: {err}", file=sys.stderr)
@@ -52,10 +54,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         detail = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
         print(f"error: out of memory ({detail}); {_memory_advice(args)}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as err:
         hint = _how_to_continue(args)
-        print("interrupted" + (f"; {hint}" if hint else ""), file=sys.stderr)
-        return 130
+        terminated = isinstance(err, Terminated)
+        print(("terminated" if terminated else "interrupted") + (f"; {hint}" if hint else ""), file=sys.stderr)
+        return Terminated.exit_code if terminated else 130
 
 
 def _out_of_memory(err: BaseException) -> bool:
@@ -80,11 +83,19 @@ def _how_to_continue(args: argparse.Namespace) -> str | None:
     if args.command == "train":
         run = args.resume or args.out
         if RunDirectory(run).state.exists():
-            return f"the last complete epoch is kept; continue with: skipganomaly train --resume {shlex.quote(str(run))}"
+            return f"the last complete epoch is kept; continue with: {program()} train --resume {shlex.quote(str(run))}"
         return "no epoch was complete, so there is nothing to resume"
     if args.command == "benchmark":
         return f"finished cells are kept in {args.out}; the same command runs only the missing ones"
     return None
+
+
+def program() -> str:
+    """How this command was started, for the commands a message suggests: `skipganomaly` when run by that
+    name, else `python -m skipganomaly` with the interpreter that ran it (the other may not be on PATH)."""
+    if Path(sys.argv[0]).name == "skipganomaly":
+        return "skipganomaly"
+    return f"{shlex.quote(sys.executable)} -m skipganomaly"
 
 
 def build_parser() -> argparse.ArgumentParser:

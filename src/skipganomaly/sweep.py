@@ -24,7 +24,6 @@ device and thread count are recorded but not compared: they change floating-poin
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import functools
 import hashlib
@@ -32,13 +31,11 @@ import json
 import logging
 import multiprocessing
 import multiprocessing.connection
-import signal
 import sys
-import threading
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -51,6 +48,7 @@ from .errors import ConfigError, SkipGanomalyError
 from .evaluation.metrics import evaluate_scores
 from .evaluation.tables import PAPER, PROTOCOL_NOTES, STD_NOTE, VALIDATE, benchmark_table, shows_paper_numbers, summarise
 from .files import json_text, write_text_atomic
+from .interrupts import sigterm_as_interrupt
 from .models import get_model_class
 from .models.base import check_geometry
 from .provenance import environment, git_commit
@@ -381,25 +379,6 @@ def _cell_process(load: Callable[[], LabelledImages], cell: tuple[str, str, int,
         sys.exit(DEADLINE_EXIT)
 
 
-@contextlib.contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """While worker processes run: SIGTERM (`kill`, a scheduler's stop) raises KeyboardInterrupt in the main
-    thread, as Ctrl-C does, so that the sweep stops its workers instead of leaving them running as orphans."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def interrupt(signum: int, frame: object) -> None:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the workers' cleanup short
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def _run_in_processes(load: Callable[[], LabelledImages], todo: list[tuple[str, str, int, str]], config: SweepConfig,
                       cells_dir: Path, workers: int, done: Callable[[tuple[str, str, int, str]], object],
                       deadline: float | None = None
@@ -415,7 +394,7 @@ def _run_in_processes(load: Callable[[], LabelledImages], todo: list[tuple[str, 
     failures: list[tuple[str, str]] = []
     unfinished: list[str] = []
     longest = 0.0
-    with _sigterm_as_interrupt():
+    with sigterm_as_interrupt():
         try:
             while pending or running:
                 while pending and len(running) < workers:

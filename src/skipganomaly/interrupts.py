@@ -1,0 +1,33 @@
+"""SIGTERM (`kill`, a scheduler's stop, a container's shutdown) handled as Ctrl-C is: a long command stops
+where it stands, keeps what it finished, and says how to continue, instead of vanishing without a word."""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+from typing import Iterator
+
+
+class Terminated(KeyboardInterrupt):
+    """Raised in the main thread on SIGTERM; a KeyboardInterrupt, so every Ctrl-C clean-up runs for it too."""
+
+    exit_code = 128 + signal.SIGTERM  # what a process killed by SIGTERM exits with, by the shell's convention
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Within the block, SIGTERM raises `Terminated` in the main thread (elsewhere: no change)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the clean-up short
+        raise Terminated(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
