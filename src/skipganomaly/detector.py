@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import os
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -17,7 +16,7 @@ import torch
 
 from .data.images import as_image_tensor
 from .errors import CheckpointError, ConfigError, DataError, not_fitted
-from .evaluation.metrics import quantile_threshold
+from .evaluation.metrics import min_calibration_images, quantile_threshold
 from .files import load_torch_checked, save_torch_atomic
 from .models import create, get_model_class, list_models
 from .models.base import AnomalyModel, check_geometry, plain
@@ -302,11 +301,12 @@ class Detector:
         self.val_scores_ = self._score_tensor(val)
         self.threshold_ = quantile_threshold(self.val_scores_, self.settings.contamination)
         contamination = self.settings.contamination
-        if contamination > 0 and len(val) * contamination < 1:
-            log.warning("threshold_ rests on %d held-out normal images: their %.0f%% quantile is about their largest "
-                        "score, so it will flag fewer than %.0f%% of normal images; %d or more held-out images "
-                        "(more images or a larger val_fraction) make it a quantile", len(val),
-                        100 * (1 - contamination), 100 * contamination, math.ceil(1 / contamination))
+        if contamination > 0 and len(val) < min_calibration_images(contamination):
+            log.warning("threshold_ rests on %d held-out normal images, too few for a %.0f%% quantile: it is their "
+                        "largest score, which about %.1f%% of normal images exceed (more than the %.0f%% asked); %d or "
+                        "more held-out images (more images or a larger val_fraction) make it the quantile", len(val),
+                        100 * (1 - contamination), 100 / (len(val) + 1), 100 * contamination,
+                        min_calibration_images(contamination))
 
     # --- scoring ----------------------------------------------------------------------------
     def decision_function(self, images: Any, batch_size: int | None = None) -> np.ndarray:

@@ -9,6 +9,7 @@ import pytest
 
 from skipganomaly.errors import ConfigError
 from skipganomaly.evaluation import evaluate_scores, per_class_table, quantile_threshold
+from skipganomaly.evaluation.metrics import min_calibration_images
 
 
 def test_quantile_threshold_flags_the_contamination_share_of_normals() -> None:
@@ -19,6 +20,18 @@ def test_quantile_threshold_flags_the_contamination_share_of_normals() -> None:
         quantile_threshold(scores, 1.0)
     with pytest.raises(ConfigError):
         quantile_threshold(np.array([]), 0.05)
+
+
+@pytest.mark.parametrize("n_held_out", [20, 40, 100])
+def test_the_threshold_flags_at_most_the_contamination_share_of_new_normals(n_held_out: int) -> None:
+    """Over many draws of held-out and new normal scores from one distribution, the share of new normals above
+    the threshold is at most `contamination` (about 1/21 at n = 20), not the ~2x an interpolated quantile of
+    few scores gives."""
+    rng = np.random.default_rng(0)
+    flagged = [np.mean(rng.normal(size=500) > quantile_threshold(rng.normal(size=n_held_out), 0.05))
+               for _ in range(3000)]
+    assert 0.04 < np.mean(flagged) <= 0.0505
+    assert min_calibration_images(0.05) == 19 and min_calibration_images(0.1) == 9 and min_calibration_images(0) == 0
 
 
 def test_evaluate_scores_known_values() -> None:
