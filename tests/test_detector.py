@@ -305,3 +305,68 @@ def test_an_interrupted_run_keeps_its_last_epoch_without_a_threshold(tmp_path: P
     assert np.isfinite(loaded.decision_function(x)).all()
     with pytest.raises(CheckpointError, match="did not finish"):
         loaded.predict(x)
+
+
+@pytest.mark.parametrize("bad", [dict(amp="false"), dict(progress="no"), dict(epochs="2"), dict(epochs=1.5),
+                                 dict(lr="1e-3"), dict(val_fraction="0.2"), dict(patience=1.5), dict(beta1=1.5),
+                                 dict(seed=-1), dict(eval_batch_size=0), dict(compile=3), dict(model=3)])
+def test_settings_of_the_wrong_type_or_range_are_one_line_errors_at_construction(bad: dict[str, object]) -> None:
+    """`amp="false"` would be true and `epochs="2"` fail deep in training: each is a ConfigError naming it."""
+    with pytest.raises(ConfigError, match=next(iter(bad))):
+        Detector(**{"model": "pca", **bad})
+
+
+def test_numpy_scalars_from_a_grid_search_are_plain_settings_and_params_are_copies() -> None:
+    det = Detector("rotation", seed=np.int64(3), epochs=np.int64(2), lr=np.float64(1e-3), amp=np.bool_(False),
+                   widths=[8, 16, 32])
+    params = det.get_params()
+    assert (params["seed"], params["epochs"], params["amp"]) == (3, 2, False) and type(params["seed"]) is int
+    params["widths"].append(64)  # changing what get_params returned must not change the detector
+    widths = [8, 16, 32]
+    other = Detector("rotation", widths=widths)
+    widths.append(64)  # nor the caller's list it was built from
+    assert det.get_params()["widths"] == other.get_params()["widths"] == [8, 16, 32]
+
+
+def test_fit_leaves_the_callers_random_stream_alone() -> None:
+    torch.manual_seed(1)
+    expected = torch.rand(3)
+    torch.manual_seed(1)
+    Detector("pca", progress=False, val_fraction=0.1).fit(blob_images(40))
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_scoring_reads_eval_batch_size_and_save_takes_a_folder(monkeypatch: pytest.MonkeyPatch,
+                                                               tmp_path: Path) -> None:
+    from skipganomaly import detector as detector_module
+
+    det = Detector("pca", progress=False, val_fraction=0.1, eval_batch_size=3).fit(blob_images(40))
+    batches: list[int] = []
+    real = detector_module.batched_apply
+    monkeypatch.setattr(detector_module, "batched_apply",
+                        lambda fn, model, data, batch, *a, **k: batches.append(batch) or real(fn, model, data, batch,
+                                                                                               *a, **k))
+    det.decision_function(blob_images(7))
+    det.set_params(eval_batch_size=5).decision_function(blob_images(7))
+    assert batches == [3, 5]
+    det.save(tmp_path)  # a folder: its model.pt, where load looks
+    assert Detector.load(tmp_path).threshold_ == det.threshold_ and (tmp_path / "model.pt").is_file()
+
+
+def test_arrays_of_every_numeric_type_that_holds_0_to_255_are_images() -> None:
+    det = Detector("pca", progress=False, val_fraction=0.1).fit(blob_images(40))
+    x = blob_images(3)
+    expected = det.decision_function(x)
+    tensor = torch.from_numpy(x)
+    for same in (x.astype(np.uint16), x.astype(">u2"), x.astype(np.uint32), tensor.to(torch.int32).to(torch.uint16),
+                 [tensor[i].float().div(255).requires_grad_() for i in range(3)],  # a list of tensors needing grad
+                 [x[0], x[1].astype(np.float32) / 255, x[2].astype(np.int64)]):  # a list of mixed types
+        assert np.allclose(det.decision_function(same), expected, rtol=1e-5)
+    mask = x > 128
+    assert np.array_equal(det.decision_function(mask), det.decision_function(mask.astype(np.uint8) * 255))
+    with pytest.raises(DataError, match="0..255, got uint16 values up to"):
+        det.decision_function(x.astype(np.uint16) * 300)
+    with pytest.raises(DataError, match="4 channels"):
+        det.decision_function(np.zeros((2, 32, 32, 4), dtype=np.uint8))
+    with pytest.raises(DataError, match="must be numbers"):
+        det.decision_function(np.array([[1, "a"]], dtype=object))

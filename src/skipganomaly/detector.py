@@ -4,6 +4,7 @@ the resume check and the benchmark's cell key are all derived."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 import os
@@ -20,7 +21,7 @@ from .evaluation.metrics import min_calibration_images, quantile_threshold
 from .files import load_torch_checked, save_torch_atomic
 from .models import create, get_model_class, list_models
 from .models.base import AnomalyModel, check_geometry, plain
-from .options import check_option_types
+from .options import check_field_types, check_option_types
 from .run_directory import CHECKPOINT, state_path
 from .training import EpochRecord, TrainConfig, batched_apply, resolve_device, to_device, train
 from .training.config import field_default, setting
@@ -56,6 +57,11 @@ class DetectorSettings:
     training: TrainConfig = dataclasses.field(default_factory=TrainConfig)
 
     def __post_init__(self) -> None:
+        if not isinstance(self.model, str):
+            raise ConfigError(f"model must be a registered name, got {self.model!r}")
+        check_field_types(self)
+        # its own copy: a caller's list (widths=[...]) changed afterwards must not change these settings
+        object.__setattr__(self, "model_options", copy.deepcopy(dict(self.model_options)))
         if self.model not in list_models():
             raise ConfigError(f"unknown model {self.model!r}; available: {', '.join(list_models())}")
         check_geometry(self.in_channels, self.image_size)
@@ -89,7 +95,7 @@ class DetectorSettings:
     def params(self) -> dict[str, Any]:
         """Flat: every setting by name, the model options among them (scikit-learn's get_params)."""
         own = {f.name: getattr(self, f.name) for f in _detector_fields() if f.name != "model_options"}
-        return {**own, **self.training.values(), **self.model_options}
+        return copy.deepcopy({**own, **self.training.values(), **self.model_options})  # changing it changes nothing
 
     def replace(self, **params: Any) -> "DetectorSettings":
         """A copy with some flat settings changed: model options by name are added to the current ones;
@@ -256,30 +262,34 @@ class Detector:
         val_index, train_index = self.holdout(len(data))
         n_val = len(val_index)
         val = data[val_index]
-        torch.manual_seed(self.train_config.seed)
-        self.model_ = create(self.model_name, in_channels=self.in_channels, image_size=self.image_size,
-                             **self.settings.model_options)
-        self.threshold_ = None
-        self.val_scores_ = None
-        self.history_ = []
-        self.n_train_images_, self.n_val_images_ = len(data) - n_val, n_val
+        # the seed is this fit's own: the caller's random streams (CPU, and the GPU trained on) are left as they were
+        cuda = self.device.type == "cuda"
+        devices = [torch.cuda.current_device() if self.device.index is None else self.device.index] if cuda else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(self.train_config.seed)
+            self.model_ = create(self.model_name, in_channels=self.in_channels, image_size=self.image_size,
+                                 **self.settings.model_options)
+            self.threshold_ = None
+            self.val_scores_ = None
+            self.history_ = []
+            self.n_train_images_, self.n_val_images_ = len(data) - n_val, n_val
 
-        main = is_main_process()
-        state = state_path(Path(checkpoint_path)) if checkpoint_path is not None else None
+            main = is_main_process()
+            state = state_path(Path(checkpoint_path)) if checkpoint_path is not None else None
 
-        def epoch_done(record: EpochRecord) -> None:
-            self.history_.append(record.as_dict())
-            if checkpoint_path is not None and main:
-                # Weights only: calibrating costs a scoring pass (AnoGAN: a latent search), done once at the end.
-                self.save(checkpoint_path)
-            if on_epoch_end is not None:
-                on_epoch_end(record)
+            def epoch_done(record: EpochRecord) -> None:
+                self.history_.append(record.as_dict())
+                if checkpoint_path is not None and main:
+                    # Weights only: calibrating costs a scoring pass (AnoGAN: a latent search), done once at the end.
+                    self.save(checkpoint_path)
+                if on_epoch_end is not None:
+                    on_epoch_end(record)
 
-        history = train(self.model_, data, val, self.train_config, epoch_done, train_index=train_index,
-                        state_path=state, resume=resume)
-        self.history_ = [r.as_dict() for r in history]
-        if n_val:
-            self._calibrate(val)
+            history = train(self.model_, data, val, self.train_config, epoch_done, train_index=train_index,
+                            state_path=state, resume=resume)
+            self.history_ = [r.as_dict() for r in history]
+            if n_val:
+                self._calibrate(val)
         if checkpoint_path is not None and main:
             self.save(checkpoint_path)
         return self
@@ -356,7 +366,7 @@ class Detector:
         model = self._fitted()
         if batch_size is not None and batch_size < 1:
             raise ConfigError(f"batch_size must be at least 1 (or None for the default), got {batch_size}")
-        batch = batch_size or default_eval_batch(self.device, self.image_size)
+        batch = batch_size or self.train_config.eval_batch_size or default_eval_batch(self.device, self.image_size)
         return batched_apply(getattr(model, method), model, data, batch, self.device, self.train_config.amp,
                              desc=method.replace("_", " ") if self.train_config.progress else None)
 
@@ -367,8 +377,11 @@ class Detector:
 
     # --- persistence ------------------------------------------------------------------------
     def save(self, path: str | os.PathLike[str]) -> None:
-        """Write weights, settings, threshold and format version atomically (temp file + rename)."""
+        """Write weights, settings, threshold and format version atomically (temp file + rename). A folder
+        gets them as its model.pt, the file `load` reads from a folder."""
         model = self._fitted()
+        if Path(path).is_dir():
+            path = Path(path) / CHECKPOINT
         payload = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,

@@ -49,6 +49,24 @@ def check_option_types(model: str, options: dict[str, Any], hints: dict[str, Any
             raise ConfigError(f"model {model!r}: option {key}={value!r} is not {_describe(hint)}")
 
 
+def check_field_types(instance: Any) -> None:
+    """Check a settings dataclass's fields against their annotations (a one-line ConfigError naming the
+    field: `amp="false"` would otherwise be true, `epochs="2"` fail deep in training); numpy scalars, which
+    grid searches hand out (`np.arange`), become the Python values they stand for."""
+    import dataclasses
+
+    import numpy as np
+
+    hints = typing.get_type_hints(type(instance))
+    for f in dataclasses.fields(instance):
+        value = getattr(instance, f.name)
+        if isinstance(value, np.generic) and not isinstance(value, np.str_):
+            value = value.item()
+            object.__setattr__(instance, f.name, value)  # frozen: set once, while it is being built
+        if not _matches(value, hints[f.name]):
+            raise ConfigError(f"{f.name}={value!r} is not {_describe(hints[f.name])}")
+
+
 def _matches(value: Any, hint: Any) -> bool:
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if hint is Any:

@@ -175,18 +175,35 @@ def as_image_tensor(images: Any, image_size: int, in_channels: int, aligned: boo
                     f"{len(bad)} of {len(images)} image files could not be read ({listed}); scores would not line "
                     "up with the paths: remove those files from the list (the warnings above say why each failed)")
             return loaded
-        arrays = [np.asarray(i) for i in images]
-        if len({a.shape for a in arrays}) > 1:  # images of different sizes: each brought to the model's size
+        arrays = [_plain_array(i.detach().cpu().numpy() if isinstance(i, torch.Tensor) else np.asarray(i))
+                  for i in images]
+        if len({(a.shape, a.dtype) for a in arrays}) > 1:  # sizes or types differ: each image read on its own
             return torch.cat([_tensor_to_uint8(torch.from_numpy(np.ascontiguousarray(a))[None], image_size, in_channels)
                               for a in arrays])
         images = np.stack(arrays)
     if isinstance(images, Image.Image):
         return torch.from_numpy(pil_to_array(images, image_size, in_channels)[None])
     if isinstance(images, np.ndarray):
-        images = torch.from_numpy(np.ascontiguousarray(images))
+        images = torch.from_numpy(np.ascontiguousarray(_plain_array(images)))
     if not isinstance(images, torch.Tensor):
         raise DataError(f"unsupported image container {type(images).__name__}; use an array, tensor, paths or PIL images")
     return _tensor_to_uint8(images.detach().cpu(), image_size, in_channels)
+
+
+def _plain_array(a: np.ndarray) -> np.ndarray:
+    """An array torch can take: native byte order, and integers wider than 8 bits unsigned brought to a type
+    torch computes with (they must hold 0..255 like any integer images; 16-bit data is for files, scaled
+    there by its bit depth)."""
+    if a.dtype.kind not in "biuf":
+        raise DataError(f"images must be numbers, got an array of {a.dtype}")
+    if not a.dtype.isnative:
+        a = a.astype(a.dtype.newbyteorder("="))
+    if a.dtype.kind == "u" and a.dtype.itemsize > 1:
+        if a.size and a.max() > 255:
+            raise DataError(f"integer images must lie in 0..255, got {a.dtype} values up to {a.max()} (scale them to "
+                            "0..255, or to 0..1 as floats)")
+        a = a.astype(np.uint8)
+    return a
 
 
 def _tensor_to_uint8(t: torch.Tensor, image_size: int, in_channels: int) -> torch.Tensor:
@@ -202,12 +219,17 @@ def _tensor_to_uint8(t: torch.Tensor, image_size: int, in_channels: int) -> torc
         raise DataError(f"expected images of shape [N, H, W], [N, H, W, C] or [N, C, H, W], got {tuple(t.shape)}")
     if t.shape[1] not in (1, 3) and t.shape[-1] in (1, 3):
         t = t.permute(0, 3, 1, 2)
+    if 4 in (t.shape[1], t.shape[-1]) and t.shape[1] not in (1, 3):
+        raise DataError("images have 4 channels (RGBA?): drop the alpha channel (x[..., :3]) or give PIL images or "
+                        f"files, which are laid on black; the model expects in_channels={in_channels}")
     if t.shape[1] != in_channels:
         raise DataError(
             f"images have {t.shape[1]} channels but the model expects in_channels={in_channels}"
         )
     if t.dtype == torch.uint8:
         out = t
+    elif t.dtype == torch.bool:  # a mask: True is white, as Pillow reads a 1-bit image
+        out = t.to(torch.uint8) * 255
     elif t.is_floating_point():
         if not torch.isfinite(t).all():
             raise DataError("images contain NaN or infinite values")
@@ -215,9 +237,10 @@ def _tensor_to_uint8(t: torch.Tensor, image_size: int, in_channels: int) -> torc
             raise DataError("float images must lie in [0, 1] (or pass uint8 arrays in 0..255)")
         out = (t.float() * 255.0).round_().to(torch.uint8)
     else:
-        if t.min() < 0 or t.max() > 255:
+        wide = t.to(torch.int64)  # torch has no min/max for its unsigned 16- to 64-bit types
+        if wide.min() < 0 or wide.max() > 255:
             raise DataError("integer images must lie in 0..255")
-        out = t.to(torch.uint8)
+        out = wide.to(torch.uint8)
     if out.shape[-2:] != (image_size, image_size):
         out = resize_uint8(out, image_size)
     return out.contiguous()

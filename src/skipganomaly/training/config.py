@@ -79,6 +79,9 @@ class TrainConfig:
                                        "(README, Speed and memory)")
 
     def __post_init__(self) -> None:
+        from ..options import check_field_types
+
+        check_field_types(self)
         if self.epochs < 1:
             raise ConfigError(f"epochs must be at least 1, got {self.epochs}")
         if self.batch_size < 2:
@@ -89,6 +92,15 @@ class TrainConfig:
             raise ConfigError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
         if self.patience is not None and self.patience < 1:
             raise ConfigError(f"patience must be at least 1, got {self.patience}")
+        for name in ("beta1", "beta2"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ConfigError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        if self.seed < 0:
+            raise ConfigError(f"seed must be 0 or more, got {self.seed}")
+        if self.d_reset_threshold < 0:
+            raise ConfigError(f"d_reset_threshold must be 0 or more, got {self.d_reset_threshold}")
+        if self.eval_batch_size is not None and self.eval_batch_size < 1:
+            raise ConfigError(f"eval_batch_size must be at least 1 (or None for the default), got {self.eval_batch_size}")
 
     def values(self, names: Iterable[str] | None = None) -> dict[str, Any]:
         """The settings as a dict (all, or `names`)."""
