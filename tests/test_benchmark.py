@@ -412,14 +412,14 @@ def test_validate_never_shows_the_test_class_to_the_model(monkeypatch: pytest.Mo
     ships = torch.cat([data.train_images[data.train_labels == 8], data.test_images[data.test_labels == 8]])
     ship_bytes = {img.numpy().tobytes() for img in ships}
     seen: list[torch.Tensor] = []
-    real = detector_module.as_image_tensor
+    real = detector_module.read_images
 
-    def record(images, image_size, in_channels, aligned=True):  # type: ignore[no-untyped-def]
-        out = real(images, image_size, in_channels, aligned)
-        seen.append(out)
+    def record(images, image_size, in_channels, aligned=True, bit_depth=None):  # type: ignore[no-untyped-def]
+        out = real(images, image_size, in_channels, aligned, bit_depth)
+        seen.append(out[0])
         return out
 
-    monkeypatch.setattr(detector_module, "as_image_tensor", record)
+    monkeypatch.setattr(detector_module, "read_images", record)
     result, labels, _ = benchmark.run_cell(lambda: data, "knn", "ship", 0, "validate", _config(models=["knn"]))
     assert seen and sum(len(t) for t in seen) > 0
     assert not any(img.numpy().tobytes() in ship_bytes for t in seen for img in t)

@@ -651,3 +651,20 @@ def test_file_names_that_are_not_utf8_are_scored_reported_and_written_as_on_disk
     rows = out.read_bytes().splitlines()
     assert len(rows) == 17 and any(row.startswith(odd + b",") for row in rows)
     assert main(["report", str(run)]) == 0
+
+
+def test_a_darker_12_bit_image_predicted_alone_is_flagged(tmp_path: Path) -> None:
+    """`train` records the bit depth of its 12-bit training files, and `predict` reads a single file at it: a
+    4x darker image (a failed lamp) is not brightened by its own scale into a normal-looking one."""
+    from tests.data.test_images import _twelve_bit
+
+    (tmp_path / "train").mkdir()
+    for i in range(40):
+        _twelve_bit(tmp_path / "train" / f"{i}.png", seed=i)
+    dark = _twelve_bit(tmp_path / "dark.png", 0.25)
+    run = tmp_path / "run"
+    assert main(["train", "--model", "pca", "--channels", "1", "--data", str(tmp_path / "train"), "--out", str(run),
+                 "--val-fraction", "0.5", "--no-progress", "--device", "cpu"]) == 0
+    out = tmp_path / "scores.csv"
+    assert main(["predict", "--checkpoint", str(run), str(dark), "--out", str(out)]) == 0
+    assert out.read_text().splitlines()[1].endswith(",1")

@@ -15,7 +15,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import torch
 
-from .data.images import as_image_tensor
+from .data.images import read_images
 from .errors import CheckpointError, ConfigError, DataError, not_fitted
 from .evaluation.metrics import min_calibration_images, quantile_threshold
 from .files import load_torch_checked, save_torch_atomic
@@ -179,6 +179,8 @@ class Detector:
         self.val_scores_: np.ndarray | None = None  # held-out normal scores behind threshold_ (fit only)
         self.n_train_images_: int | None = None  # images the weights were trained on
         self.n_val_images_: int | None = None  # held-out normals behind threshold_
+        # the bit depth the training files wider than 8 bits were scaled by; scoring files reads them at it
+        self.bit_depth_: int | None = None
         self.history_: list[dict[str, Any]] = []
 
     @classmethod
@@ -258,7 +260,9 @@ class Detector:
         no threshold until the run completes), and the calibrated detector at the end. Beside it, `<name>.state.pt` holds
         what `resume=True` needs to continue an interrupted run exactly where its last epoch ended.
         Under torchrun only rank 0 writes files."""
-        data = as_image_tensor(images, self.image_size, self.in_channels, aligned=False)
+        data, depth = read_images(images, self.image_size, self.in_channels, aligned=False)
+        if depth is not None:  # images given as arrays leave the depth of the files they were read from
+            self.bit_depth_ = depth
         val_index, train_index = self.holdout(len(data))
         n_val = len(val_index)
         val = data[val_index]
@@ -356,7 +360,7 @@ class Detector:
 
     def _as_tensor(self, images: Any) -> torch.Tensor:
         self._fitted()
-        return as_image_tensor(images, self.image_size, self.in_channels)
+        return read_images(images, self.image_size, self.in_channels, bit_depth=self.bit_depth_)[0]
 
     def _score_tensor(self, data: torch.Tensor, batch_size: int | None = None) -> np.ndarray:
         return self._apply("score", data, batch_size).double().numpy()
@@ -390,7 +394,8 @@ class Detector:
             "model_config": model.config(),  # every constructor argument, defaults included
             "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
             "threshold": self.threshold_,
-            "fit": {"n_train_images": self.n_train_images_, "n_val_images": self.n_val_images_},
+            "fit": {"n_train_images": self.n_train_images_, "n_val_images": self.n_val_images_,
+                    "bit_depth": self.bit_depth_},
             "history": self.history_,
         }
         save_torch_atomic(Path(path), payload)
@@ -436,6 +441,7 @@ class Detector:
         det.threshold_ = payload["threshold"]
         det.history_ = payload["history"]
         det.n_train_images_, det.n_val_images_ = fit.get("n_train_images"), fit.get("n_val_images")
+        det.bit_depth_ = fit.get("bit_depth")
         return det
 
 

@@ -13,7 +13,7 @@ from typing import Any, Sequence
 
 from .data.digits import digits_leave_one_out
 from .data.folders import load_labelled_folder, train_folder
-from .data.images import list_image_files, load_image_files
+from .data.images import list_image_files, load_image_files, read_image_files
 from .detector import Detector, DetectorSettings
 from .errors import CheckpointError, ConfigError, DataError
 from .evaluation.metrics import evaluate_scores
@@ -46,7 +46,8 @@ def evaluate_folder(checkpoint: Path, data: Path, out: Path | None = None, repor
     """Score a labelled folder (normal/ + abnormal/) with a saved detector; print the metrics, write them
     to `out` (JSON) and, with `report_dir`, scores, figures and report.html there."""
     det = load_calibrated(checkpoint, device, progress)
-    x, y, names = load_labelled_folder(data, det.image_size, det.in_channels, progress=progress)
+    x, y, names = load_labelled_folder(data, det.image_size, det.in_channels, progress=progress,
+                                       bit_depth=det.bit_depth_)
     scores = det.decision_function(x)
     metrics = evaluate_scores(scores, y.numpy(), det.threshold_)
     print(format_metrics(metrics))
@@ -81,7 +82,8 @@ def predict_files(checkpoint: Path, inputs: Sequence[Path], out: Path, save_maps
     if len(unique) < len(paths):
         log.info("%d files were given more than once; each is scored once", len(paths) - len(unique))
     paths = unique
-    images, kept = load_image_files(paths, det.image_size, det.in_channels, progress=progress)
+    images, kept = load_image_files(paths, det.image_size, det.in_channels, progress=progress,
+                                    bit_depth=det.bit_depth_)
     scores = det.decision_function(images)
     maps = save_overlays(save_maps, images, kept, det.anomaly_maps(images)) if save_maps else None
     labels = scores > det.threshold_
@@ -124,11 +126,11 @@ def train_run(settings: DetectorSettings, data: Path, test: Path | None, run: Ru
     progress = settings.training.progress
     det = Detector.from_settings(settings)
     folder = train_folder(data)
-    images, kept = load_image_files(list_image_files(folder), settings.image_size, settings.in_channels,
-                                    progress=progress)
+    images, kept, det.bit_depth_ = read_image_files(list_image_files(folder), settings.image_size,
+                                                    settings.in_channels, progress=progress)
     test_data = None
     if test is not None:  # load before training, so a bad test folder fails in seconds, not hours
-        test_data = load_labelled_folder(test, settings.image_size, settings.in_channels)
+        test_data = load_labelled_folder(test, settings.image_size, settings.in_channels, bit_depth=det.bit_depth_)
     # checked before anything in the run directory is rewritten: the same settings and the same images
     done = (load_train_state(run.state, settings.training, data_fingerprint(images))["history"]
             if resume and run.state.exists() else [])

@@ -15,7 +15,7 @@ from PIL import Image
 
 from skipganomaly.data import as_image_tensor, list_image_files, load_image, load_image_files, to_unit_range
 from skipganomaly.errors import DataError
-from tests.conftest import blob_images, write_images
+from tests.conftest import blob_images, smooth_images, write_images
 
 
 def test_to_unit_range_maps_0_255_to_minus1_1() -> None:
@@ -103,6 +103,37 @@ def test_wide_integer_images_fill_the_range_of_their_bit_depth(tmp_path: Path, b
     assert Image.open(path).mode.startswith("I")
     row = load_image(path, 64, 1)[0, 0].astype(int)
     assert row[0] == 0 and row[-1] == 255 and abs(row[32] - 130) <= 2
+
+
+def _twelve_bit(path: Path, scale: float = 1.0, seed: int = 0) -> Path:
+    """A 12-bit image (values up to 4095, stored as 16-bit PNG), its brightness times `scale`."""
+    smooth = smooth_images(1, channels=1, seed=seed)[0, ..., 0].astype(np.float64) / 255.0
+    Image.fromarray(np.round(smooth * 4095 * scale).astype(np.uint16)).save(path)
+    return path
+
+
+def test_a_darker_wide_image_stays_darker_in_a_set_and_for_a_detector(tmp_path: Path) -> None:
+    """A lamp failing (the same 12-bit scene 4x darker) must not be rescaled to look normal: a set of files is
+    read at one bit depth, and a detector scores files at the depth of its training files, also one at a time."""
+    from skipganomaly import Detector
+    from skipganomaly.data.images import read_image_files
+
+    bright, dark = _twelve_bit(tmp_path / "ok.png"), _twelve_bit(tmp_path / "dark.png", 0.25)
+    loaded = read_image_files([bright, dark], 32, 1)
+    assert loaded.bit_depth == 12
+    means = loaded.images.float().mean(dim=(1, 2, 3))
+    assert means[1] / means[0] == pytest.approx(0.25, abs=0.02)
+    train = tmp_path / "train"
+    train.mkdir()
+    for i in range(40):
+        _twelve_bit(train / f"{i}.png", seed=i)
+    det = Detector("pca", in_channels=1, progress=False, val_fraction=0.5).fit(train)
+    assert det.bit_depth_ == 12
+    det.save(tmp_path / "m.pt")
+    loaded_det = Detector.load(tmp_path / "m.pt")
+    assert loaded_det.bit_depth_ == 12
+    assert loaded_det.predict([dark])[0] == 1 and loaded_det.predict([bright])[0] == 0  # each file alone
+    assert np.array_equal(loaded_det.decision_function([dark]), det.decision_function([dark]))
 
 
 def test_mac_metadata_files_are_not_images(tmp_path: Path) -> None:

@@ -66,10 +66,12 @@ def labelled_files(root: str | os.PathLike[str]) -> tuple[list[Path], list[int]]
 
 
 def load_labelled_folder(
-    root: str | os.PathLike[str], image_size: int, in_channels: int, progress: bool = False
+    root: str | os.PathLike[str], image_size: int, in_channels: int, progress: bool = False,
+    bit_depth: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-    """Load a labelled folder: images uint8 [N, C, H, W], labels [N], and the kept paths."""
+    """Load a labelled folder: images uint8 [N, C, H, W], labels [N], and the kept paths (images wider than
+    8 bits scaled by `bit_depth`, a detector's: see `read_image_files`)."""
     paths, labels = labelled_files(root)
     label_of = {str(p): y for p, y in zip(paths, labels, strict=True)}
-    images, kept = load_image_files(paths, image_size, in_channels, progress=progress)
+    images, kept = load_image_files(paths, image_size, in_channels, progress=progress, bit_depth=bit_depth)
     return images, torch.tensor([label_of[p] for p in kept]), kept

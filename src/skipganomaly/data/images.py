@@ -12,7 +12,7 @@ import os
 import warnings
 from collections import Counter
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -33,7 +33,8 @@ def to_unit_range(batch: torch.Tensor) -> torch.Tensor:
     return batch.float().div_(127.5).sub_(1.0)
 
 
-def load_image(path: str | os.PathLike[str], image_size: int, in_channels: int) -> np.ndarray:
+def load_image(path: str | os.PathLike[str], image_size: int, in_channels: int,
+               bit_depth: int | None = None) -> np.ndarray:
     """Read one image file as uint8 [C, H, W], converted to the model's channels and size.
 
     JPEGs are decoded at a reduced scale when they are much larger than the model's size (`draft`),
@@ -43,7 +44,7 @@ def load_image(path: str | os.PathLike[str], image_size: int, in_channels: int) 
     photo is a legitimate input).
     """
     with _large_images_allowed():
-        return _read_image(path, image_size, in_channels)
+        return _read_image(path, image_size, in_channels, bit_depth)[0]
 
 
 @contextlib.contextmanager
@@ -55,7 +56,10 @@ def _large_images_allowed() -> Iterator[None]:
         yield
 
 
-def _read_image(path: str | os.PathLike[str], image_size: int, in_channels: int) -> np.ndarray:
+def _read_image(path: str | os.PathLike[str], image_size: int, in_channels: int,
+                bit_depth: int | None = None) -> tuple[np.ndarray, int | None]:
+    """The image (wide integer images scaled by `bit_depth`, else by their own), and the depth its own values
+    need (None: not an integer image wider than 8 bits)."""
     try:
         with Image.open(path) as img:
             frames = getattr(img, "n_frames", 1)
@@ -63,23 +67,41 @@ def _read_image(path: str | os.PathLike[str], image_size: int, in_channels: int)
                 log.warning("%s holds %d frames (pages); only the first is read", path, frames)
             img.draft("L" if in_channels == 1 else "RGB", (image_size, image_size))
             img = ImageOps.exif_transpose(img)
-            return pil_to_array(img, image_size, in_channels)
+            own = wide_bit_depth(img)
+            return pil_to_array(img, image_size, in_channels, bit_depth if bit_depth is not None else own), own
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
         raise DataError(f"cannot read image {path}: {err}") from None
 
 
-def pil_to_array(img: Image.Image, image_size: int, in_channels: int) -> np.ndarray:
+WIDE_MODES = ("I;16", "I;16B", "I;16L", "I")  # Pillow's modes of integer images wider than 8 bits
+
+
+def _is_wide(img: Image.Image) -> bool:
+    return img.mode in WIDE_MODES
+
+
+def wide_bit_depth(img: Image.Image) -> int | None:
+    """The narrowest of `BIT_DEPTHS` that holds this image's largest value (None: not a wide integer image)."""
+    if not _is_wide(img):
+        return None
+    peak = int(np.asarray(img).max())
+    return next(bits for bits in BIT_DEPTHS if peak <= 2 ** bits - 1 or bits == BIT_DEPTHS[-1])
+
+
+def pil_to_array(img: Image.Image, image_size: int, in_channels: int, bit_depth: int | None = None) -> np.ndarray:
     """Convert a PIL image to uint8 [C, H, W]; 16-bit, palette, alpha and CMYK modes are handled.
 
-    Integer images wider than 8 bits are scaled by the largest value of the smallest common bit depth
-    that holds their maximum (`BIT_DEPTHS`), so 12-bit data stored in a 16-bit PNG (medical and
-    inspection cameras) fills 0..255 instead of 0..15. An image with transparency is laid on black, so
-    what is scored is what a viewer shows on a dark background, not the colour stored under transparent
-    pixels (which viewers do not show and editors fill with anything)."""
-    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+    Integer images wider than 8 bits are scaled by the top of `bit_depth` (values above it clip), by default
+    the narrowest common depth that holds the image's maximum (`BIT_DEPTHS`), so 12-bit data stored in a 16-bit
+    PNG (medical and inspection cameras) fills 0..255 instead of 0..15. A data set is read at one depth, the
+    widest of its images (`read_image_files`), and a detector scores at the depth it was trained at: an image
+    four times darker must stay darker, not be brightened by its own scale. An image with transparency is laid on
+    black, so what is scored is what a viewer shows on a dark background, not the colour stored under
+    transparent pixels (which viewers do not show and editors fill with anything)."""
+    if _is_wide(img):
+        depth = bit_depth if bit_depth is not None else wide_bit_depth(img)
         arr = np.asarray(img, dtype=np.float64)
-        peak = next(2.0 ** bits - 1 for bits in BIT_DEPTHS if arr.max() <= 2.0 ** bits - 1 or bits == BIT_DEPTHS[-1])
-        img = Image.fromarray(np.clip(arr / peak * 255.0, 0, 255).astype(np.uint8), mode="L")
+        img = Image.fromarray(np.clip(arr / (2.0 ** depth - 1) * 255.0, 0, 255).astype(np.uint8), mode="L")
     elif img.mode == "F":
         arr = np.asarray(img, dtype=np.float64)
         img = Image.fromarray(np.clip(arr * (255.0 if arr.max() <= 1.0 else 1.0), 0, 255).astype(np.uint8))
@@ -92,11 +114,30 @@ def pil_to_array(img: Image.Image, image_size: int, in_channels: int) -> np.ndar
     return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1).copy()
 
 
+class LoadedFiles(NamedTuple):
+    images: torch.Tensor  # uint8 [N, C, H, W]
+    kept: list[str]  # the paths read, in order (unreadable ones left out)
+    bit_depth: int | None  # the depth wide integer images were scaled by (None: there were none)
+
+
 def load_image_files(
     paths: Sequence[str | os.PathLike[str]], image_size: int, in_channels: int, progress: bool = False,
-    threads: int | None = None,
+    threads: int | None = None, bit_depth: int | None = None,
 ) -> tuple[torch.Tensor, list[str]]:
+    """The images and the paths kept of `read_image_files`."""
+    loaded = read_image_files(paths, image_size, in_channels, progress, threads, bit_depth)
+    return loaded.images, loaded.kept
+
+
+def read_image_files(
+    paths: Sequence[str | os.PathLike[str]], image_size: int, in_channels: int, progress: bool = False,
+    threads: int | None = None, bit_depth: int | None = None,
+) -> LoadedFiles:
     """Load many files; unreadable ones are skipped with a warning naming each file.
+
+    Integer images wider than 8 bits are all scaled by one bit depth: `bit_depth` (a detector's, from its
+    training images; brighter values clip, with a warning), or else the widest their values need (images whose
+    own maximum needs less are read again at it), so that their brightness stays comparable.
 
     Files are decoded by `threads` threads (default: the usable CPUs, at most 8; Pillow releases the
     GIL while it decodes and resizes) straight into one preallocated uint8 array, so the peak memory is
@@ -109,11 +150,13 @@ def load_image_files(
 
     out = np.empty((len(paths), in_channels, image_size, image_size), dtype=np.uint8)
     ok = np.zeros(len(paths), dtype=bool)
+    depths = np.zeros(len(paths), dtype=np.int64)  # the depth each wide image needs (0: not wide)
 
     def read(chunk: range) -> int:
         for i in chunk:
             try:
-                out[i] = _read_image(paths[i], image_size, in_channels)
+                out[i], depth = _read_image(paths[i], image_size, in_channels, bit_depth)
+                depths[i] = depth or 0
                 ok[i] = True
             except DataError as err:
                 log.warning("skipping %s", err)
@@ -132,19 +175,37 @@ def load_image_files(
     kept = np.flatnonzero(ok)
     if len(kept) == 0:
         raise DataError(f"none of the {len(paths)} image files could be read")
+    depth = bit_depth if bit_depth is not None or not depths.any() else int(depths.max())
+    again = np.flatnonzero(ok & (depths > 0) & (depths != depth)) if bit_depth is None else []
+    if bit_depth is not None and (depths > bit_depth).any():
+        log.warning("%d images hold values above the %d-bit range the detector was trained at; they are clipped to it",
+                    int((depths > bit_depth).sum()), bit_depth)
+    with _large_images_allowed():
+        for i in again:  # wide images whose own maximum needs another depth than the set's: read at the set's
+            out[i] = _read_image(paths[i], image_size, in_channels, depth)[0]
     if len(kept) < len(paths):
         log.warning("skipped %d of %d image files that could not be read", len(paths) - len(kept), len(paths))
         for dst, src in enumerate(kept):  # close the gaps in place, keeping the order
             out[dst] = out[src]
-    return torch.from_numpy(out[:len(kept)]), [str(paths[i]) for i in kept]
+    return LoadedFiles(torch.from_numpy(out[:len(kept)]), [str(paths[i]) for i in kept],
+                       depth if depths.any() else None)
 
 
 def _usable_cpus() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def as_image_tensor(images: Any, image_size: int, in_channels: int, aligned: bool = True) -> torch.Tensor:
-    """Accept a numpy array, a tensor, a list of paths or a list of PIL images; return uint8 [N, C, H, W].
+def as_image_tensor(images: Any, image_size: int, in_channels: int, aligned: bool = True,
+                    bit_depth: int | None = None) -> torch.Tensor:
+    """The images of `read_images`."""
+    return read_images(images, image_size, in_channels, aligned, bit_depth)[0]
+
+
+def read_images(images: Any, image_size: int, in_channels: int, aligned: bool = True,
+                bit_depth: int | None = None) -> tuple[torch.Tensor, int | None]:
+    """Accept a numpy array, a tensor, a list of paths or a list of PIL images; return uint8 [N, C, H, W], and
+    the bit depth that files or PIL images wider than 8 bits were scaled by (`bit_depth`, else the widest they
+    need; None where there were none).
 
     Arrays and tensors may be [N, H, W], [N, H, W, C] or [N, C, H, W]; uint8 is read as 0..255,
     floats as 0..1. Their channel count must match the model (files and PIL images are converted).
@@ -159,35 +220,39 @@ def as_image_tensor(images: Any, image_size: int, in_channels: int, aligned: boo
         if not Path(images).is_dir():
             raise DataError(f"folder not found: {images}" if not Path(images).exists()
                             else f"give a folder or a list of image paths, not one file ({images})")
-        return load_image_files(list_image_files(images), image_size, in_channels)[0]
+        loaded = read_image_files(list_image_files(images), image_size, in_channels, bit_depth=bit_depth)
+        return loaded.images, loaded.bit_depth
+    if isinstance(images, Image.Image):
+        images = [images]
     if isinstance(images, (list, tuple)):
         if len(images) == 0:
             raise DataError("no images given (empty list)")
         if all(isinstance(i, Image.Image) for i in images):
-            return torch.from_numpy(np.stack([pil_to_array(i, image_size, in_channels) for i in images]))
+            needed = [d for d in map(wide_bit_depth, images) if d is not None]
+            depth = bit_depth if bit_depth is not None or not needed else max(needed)
+            return (torch.from_numpy(np.stack([pil_to_array(i, image_size, in_channels, depth) for i in images])),
+                    depth if needed else None)
         if all(isinstance(i, (str, os.PathLike)) for i in images):
-            loaded, kept = load_image_files(images, image_size, in_channels)
-            if aligned and len(kept) < len(images):
-                readable = set(kept)
+            loaded = read_image_files(images, image_size, in_channels, bit_depth=bit_depth)
+            if aligned and len(loaded.kept) < len(images):
+                readable = set(loaded.kept)
                 bad = [str(p) for p in images if str(p) not in readable]
                 listed = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
                 raise DataError(
                     f"{len(bad)} of {len(images)} image files could not be read ({listed}); scores would not line "
                     "up with the paths: remove those files from the list (the warnings above say why each failed)")
-            return loaded
+            return loaded.images, loaded.bit_depth
         arrays = [_plain_array(i.detach().cpu().numpy() if isinstance(i, torch.Tensor) else np.asarray(i))
                   for i in images]
         if len({(a.shape, a.dtype) for a in arrays}) > 1:  # sizes or types differ: each image read on its own
             return torch.cat([_tensor_to_uint8(torch.from_numpy(np.ascontiguousarray(a))[None], image_size, in_channels)
-                              for a in arrays])
+                              for a in arrays]), None
         images = np.stack(arrays)
-    if isinstance(images, Image.Image):
-        return torch.from_numpy(pil_to_array(images, image_size, in_channels)[None])
     if isinstance(images, np.ndarray):
         images = torch.from_numpy(np.ascontiguousarray(_plain_array(images)))
     if not isinstance(images, torch.Tensor):
         raise DataError(f"unsupported image container {type(images).__name__}; use an array, tensor, paths or PIL images")
-    return _tensor_to_uint8(images.detach().cpu(), image_size, in_channels)
+    return _tensor_to_uint8(images.detach().cpu(), image_size, in_channels), None
 
 
 def _plain_array(a: np.ndarray) -> np.ndarray:

@@ -25,7 +25,7 @@ import torch
 
 from ..errors import DataError
 from ..files import load_torch_checked, save_torch_atomic
-from .images import list_image_files, load_image_files, resize_uint8
+from .images import list_image_files, read_image_files, resize_uint8
 
 NPZ_KEYS = ("train_images", "train_labels", "test_images", "test_labels")
 FOLDER_TEST_SHARE = 0.2  # a folder per class without train/ and test/: this share of each class is test
@@ -246,7 +246,7 @@ def load_class_folders(root: str | os.PathLike[str], image_size: int = 32, in_ch
         raise DataError(f"not found: {root}")
     split = {d.name.lower(): d for d in root.iterdir() if d.is_dir() and d.name.lower() in ("train", "test")}
     split_given = len(split) == 2
-    bases = split if split_given else {"all": root}
+    bases = {"train": split["train"], "test": split["test"]} if split_given else {"all": root}  # train read first
     classes = {part: sorted(d.name for d in base.iterdir() if d.is_dir() and not d.name.startswith("."))
                for part, base in bases.items()}
     names = sorted({n for found in classes.values() for n in found})
@@ -261,6 +261,7 @@ def load_class_folders(root: str | os.PathLike[str], image_size: int = 32, in_ch
     _check_names(names, str(root))
     parts: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     listing = []
+    depth = None  # images wider than 8 bits: the test part is read at the training part's depth
     for part, base in bases.items():
         files: list[Path] = []
         labels: list[int] = []
@@ -270,7 +271,8 @@ def load_class_folders(root: str | os.PathLike[str], image_size: int = 32, in_ch
             labels += [i] * len(found)
         if not files:
             raise DataError(f"{base} holds no images in its class subfolders")
-        images, kept = load_image_files(files, image_size, in_channels, progress=progress)
+        images, kept, read_depth = read_image_files(files, image_size, in_channels, progress=progress, bit_depth=depth)
+        depth = depth or read_depth
         label_of = {str(p): y for p, y in zip(files, labels, strict=True)}
         parts[part] = (images, torch.tensor([label_of[p] for p in kept], dtype=torch.int64))
         listing += [os.path.relpath(p, root) for p in kept]
