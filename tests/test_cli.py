@@ -325,7 +325,8 @@ def test_an_interrupt_says_what_is_kept_and_how_to_continue(tmp_path: Path) -> N
     resumed = argparse.Namespace(command="train", resume=run, out=Path("runs/train"))
     assert f"--resume '{run}'" in _how_to_continue(resumed)
     assert "finished cells are kept" in _how_to_continue(argparse.Namespace(command="benchmark", out=tmp_path))
-    assert _how_to_continue(argparse.Namespace(command="predict")) is None
+    assert "run the same command again" in _how_to_continue(argparse.Namespace(command="predict", out=tmp_path))
+    assert _how_to_continue(argparse.Namespace(command="report")) is None
 
 
 def test_the_suggested_command_is_the_one_that_ran(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -668,3 +669,30 @@ def test_a_darker_12_bit_image_predicted_alone_is_flagged(tmp_path: Path) -> Non
     out = tmp_path / "scores.csv"
     assert main(["predict", "--checkpoint", str(run), str(dark), "--out", str(out)]) == 0
     assert out.read_text().splitlines()[1].endswith(",1")
+
+
+def test_an_interrupted_predict_leaves_nothing_that_blocks_the_same_command(image_root: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C while the maps are written: no half-filled --save-maps folder (which the rerun would refuse as not
+    empty), no CSV; the same command then completes."""
+    from skipganomaly import workflows
+
+    run = image_root / "run"
+    assert main(["train", "--model", "pca", "--data", str(image_root), "--out", str(run), "--no-progress",
+                 "--device", "cpu"]) == 0
+    real = workflows.save_overlays
+
+    def interrupted(folder, images, names, maps):  # type: ignore[no-untyped-def]
+        real(folder, images[:3], names[:3], maps[:3])  # some maps are on disk when the user presses Ctrl-C
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(workflows, "save_overlays", interrupted)
+    command = ["predict", "--checkpoint", str(run), str(image_root / "test"), "--out", str(image_root / "s.csv"),
+               "--save-maps", str(image_root / "maps"), "--no-progress"]
+    assert main(command) == 130
+    assert not (image_root / "maps").exists() and not (image_root / "s.csv").exists()
+    assert not [p for p in image_root.iterdir() if p.name.startswith(".")]
+    monkeypatch.setattr(workflows, "save_overlays", real)
+    assert main(command) == 0 and len(list((image_root / "maps").iterdir())) == 16
+    rows = list(csv.DictReader((image_root / "s.csv").open()))
+    assert all(Path(r["map"]).is_file() and Path(r["map"]).parent == image_root / "maps" for r in rows)

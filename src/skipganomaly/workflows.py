@@ -7,6 +7,7 @@ import csv
 import io
 import logging
 import math
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -85,7 +86,7 @@ def predict_files(checkpoint: Path, inputs: Sequence[Path], out: Path, save_maps
     images, kept = load_image_files(paths, det.image_size, det.in_channels, progress=progress,
                                     bit_depth=det.bit_depth_)
     scores = det.decision_function(images)
-    maps = save_overlays(save_maps, images, kept, det.anomaly_maps(images)) if save_maps else None
+    maps = _save_maps_whole(save_maps, images, kept, det.anomaly_maps) if save_maps else None
     labels = scores > det.threshold_
     buffer = io.StringIO()
     writer = csv.writer(buffer)
@@ -161,6 +162,21 @@ def train_run(settings: DetectorSettings, data: Path, test: Path | None, run: Ru
     run.write_metrics(metrics)
     print(f"saved {run.checkpoint} (threshold {det.threshold_:.6g}); report {report}")
     return det
+
+
+def _save_maps_whole(folder: Path, images: Any, names: Sequence[str], anomaly_maps: Any) -> list[str]:
+    """The overlays, written into a hidden folder beside `folder` and moved into place when all are done, so an
+    interrupted call leaves no half-filled folder that the same command would then refuse as not empty."""
+    partial = folder.parent / f".{folder.name}.partial"
+    shutil.rmtree(partial, ignore_errors=True)  # an earlier call's, killed before it could clean up
+    try:
+        written = save_overlays(partial, images, names, anomaly_maps(images))
+        if folder.is_dir():
+            folder.rmdir()  # checked empty before the call
+        partial.rename(folder)
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+    return [str(folder / Path(p).name) for p in written]
 
 
 def run_demo(settings: DetectorSettings, digits: Sequence[int], out: Path, baselines: Sequence[str] = (),
