@@ -226,9 +226,21 @@ def test_a_k_larger_than_the_training_set_fails_before_the_first_epoch() -> None
     assert epochs == []
 
 
-def test_too_few_images_is_a_data_error() -> None:
-    with pytest.raises(DataError, match="too few"):
+def test_too_few_images_is_a_data_error_that_says_how_many_are_needed() -> None:
+    with pytest.raises(DataError, match="too few .* needs at least 11 images"):  # 5% of 10 rounds to none held out
         Detector(device="cpu", progress=False).fit(blob_images(3))
+    with pytest.raises(DataError, match="needs at least 4 images"):  # half held out, 2 left to train on
+        Detector("pca", progress=False, val_fraction=0.5).fit(blob_images(3))
+
+
+def test_another_model_drops_the_options_of_the_last_one_it_has_no_use_for(caplog: pytest.LogCaptureFixture) -> None:
+    """A grid search over models sets model=... on a detector built with the first model's options."""
+    det = Detector("rotation", widths=[8, 16, 32], k=3)
+    with caplog.at_level("WARNING", logger="skipganomaly"):
+        det.set_params(model="knn")
+    assert det.settings.model_options == {"k": 3} and "has no option widths" in caplog.text
+    with pytest.raises(ConfigError, match="no option 'widths'"):  # given with the new model: a mistake
+        Detector("rotation").set_params(model="knn", widths=[8, 16, 32])
 
 
 def test_a_run_directory_loads_as_its_checkpoint(fitted: tuple[Detector, Path], tmp_path: Path) -> None:

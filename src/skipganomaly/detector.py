@@ -101,7 +101,17 @@ class DetectorSettings:
         """A copy with some flat settings changed: model options by name are added to the current ones;
         `model_options=` replaces them all (e.g. with another model)."""
         current = {k: v for k, v in self.params().items() if k not in self.model_options}
+        options_given = "model_options" in params
         options = dict(params.pop("model_options", self.model_options))
+        if params.get("model", self.model) != self.model and not options_given:
+            # another model, its options not given: the old model's options it has no use for are dropped (so a
+            # grid search over models works), with a word
+            allowed = model_option_names(params["model"]) if params["model"] in list_models() else []
+            dropped = sorted(k for k in options if k not in allowed)
+            if dropped:
+                log.warning("model %s has no option %s: dropped with model %s", params["model"], ", ".join(dropped),
+                            self.model)
+                options = {k: v for k, v in options.items() if k in allowed}
         for key in list(params):
             if key not in current:
                 options[key] = params.pop(key)
@@ -304,10 +314,11 @@ class Detector:
         val_fraction = self.settings.val_fraction
         n_val = int(round(n_images * val_fraction))
         if (val_fraction > 0 and n_val < 1) or n_images - n_val < 2:
-            raise DataError(
-                f"{n_images} images are too few to hold out a validation split of {val_fraction:.0%}; "
-                "give more images or a larger val_fraction"
-            )
+            least = next(n for n in range(3, 1_000_000) if (val_fraction == 0 or round(n * val_fraction) >= 1)
+                         and n - round(n * val_fraction) >= 2)
+            raise DataError(f"{n_images} images are too few to hold out {val_fraction:.0%} of them for the threshold "
+                            f"and train on the rest: that needs at least {least} images (at least 1 held out, 2 to "
+                            "train on)")
         order = torch.from_numpy(np.random.default_rng(self.train_config.seed).permutation(n_images))
         return order[:n_val], order[n_val:]
 

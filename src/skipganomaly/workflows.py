@@ -15,7 +15,7 @@ from typing import Any, Sequence
 from .data.digits import digits_leave_one_out
 from .data.folders import load_labelled_folder, train_folder
 from .data.images import list_image_files, load_image_files, read_image_files
-from .detector import Detector, DetectorSettings
+from .detector import Detector, DetectorSettings, setting_fields
 from .errors import CheckpointError, ConfigError, DataError
 from .evaluation.metrics import evaluate_scores
 from .evaluation.plots import save_overlays
@@ -113,8 +113,10 @@ def resumed_settings(run: RunDirectory, given: dict[str, Any], model_options_giv
     current = settings.params()
     fixed = sorted(k for k, v in given.items() if k not in may_change and current.get(k) != v)
     if fixed or model_options_given:
-        raise ConfigError(f"cannot resume {run.root} with other {', '.join(fixed) or 'model options'}: they are "
-                          f"saved in {run.config}; only {', '.join(sorted(may_change))} may change")
+        flags = {f.name: f.metadata["flag"] for f in setting_fields()}
+        changeable = sorted(flags[k] for k in may_change if flags.get(k))  # as the user types them
+        raise ConfigError(f"cannot resume {run.root} with other {', '.join(flags.get(k) or k for k in fixed) or '--model-arg'}"
+                          f": they are saved in {run.config}; only {', '.join(changeable)} may be given anew")
     return settings.replace(**{k: v for k, v in given.items() if k in may_change}), fields_
 
 
