@@ -335,7 +335,8 @@ class Detector:
 
     # --- scoring ----------------------------------------------------------------------------
     def decision_function(self, images: Any, batch_size: int | None = None) -> np.ndarray:
-        """Anomaly score per image, higher = more anomalous; independent of batch composition."""
+        """Anomaly score per image, higher = more anomalous; independent of the other images in the call (up to
+        float rounding, which differs with the batch size: about 1e-5 relative)."""
         return self._score_tensor(self._as_tensor(images), batch_size)
 
     def score_samples(self, images: Any, batch_size: int | None = None) -> np.ndarray:

@@ -176,8 +176,9 @@ def train(
 
     release_free_memory()  # what loading the data (and a state file) freed, before the activations come
     stopped = False
-    epochs = tqdm(range(first_epoch, config.epochs + 1), desc="epochs", unit="epoch", initial=first_epoch - 1,
-                  total=config.epochs, disable=not config.progress or rank != 0)
+    last = config.epochs if optimizers else min(first_epoch, config.epochs)  # closed form: one pass
+    epochs = tqdm(range(first_epoch, last + 1), desc="epochs" if optimizers else "fitting", unit="epoch",
+                  initial=first_epoch - 1, total=last, disable=not config.progress or rank != 0)
     for epoch in epochs:
         model.train()
         for opt in optimizers.values():
@@ -239,7 +240,7 @@ def train(
             })
         if on_epoch_end is not None:
             on_epoch_end(record)
-        if stopped:
+        if stopped and epoch < last:
             break
     if best is not None:
         model.load_state_dict(best[1])
