@@ -154,3 +154,24 @@ def test_bench_speed_refuses_a_folder_as_out_before_measuring(tmp_path: Path,
     assert main(["bench-speed", "--models", "ganomaly", "--out", str(tmp_path)]) == 2
     assert "is a folder; give the JSON file" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())
+
+
+def test_export_command_writes_a_file_that_predicts_alone(tmp_path: Path) -> None:
+    """`skipganomaly export` of a trained run: the ONNX file carries the threshold (and model name), so
+    OnnxScorer alone labels images as the detector does; a folder as --out is refused in one line."""
+    from skipganomaly import Detector
+    from tests.conftest import write_images
+
+    write_images(tmp_path / "train", blob_images(40))
+    run = tmp_path / "run"
+    assert main(["train", "--model", "pca", "--data", str(tmp_path / "train"), "--out", str(run), "--val-fraction",
+                 "0.5", "--no-progress", "--device", "cpu"]) == 0
+    assert main(["export", "--checkpoint", str(run), "--out", str(tmp_path)]) == 2
+    assert main(["export", "--checkpoint", str(run), "--out", str(tmp_path / "m.onnx")]) == 0
+    scorer, det = OnnxScorer(tmp_path / "m.onnx"), Detector.load(run)
+    assert (scorer.model_name, scorer.threshold_) == ("pca", det.threshold_)
+    images = np.concatenate([blob_images(6, seed=7), noise_images(6)])
+    assert np.array_equal(scorer.predict(images), det.predict(images)) and scorer.predict(images)[6:].all()
+    bare = OnnxScorer(export_onnx(det.model_, tmp_path / "bare.onnx"))  # a model alone has no threshold
+    with pytest.raises(ConfigError, match="no threshold"):
+        bare.predict(images)

@@ -25,7 +25,7 @@ from .sweep import (DEADLINE_EXIT, PRESETS, PROTOCOLS, SweepConfig, benchmark_da
                     resolve_classes, run_benchmark)
 from .training.memory import reduce_heap_fragmentation
 from .training.device import native_bf16, resolve_device
-from .workflows import evaluate_folder, predict_files, resumed_settings, run_demo, train_run
+from .workflows import evaluate_folder, load_calibrated, predict_files, resumed_settings, run_demo, train_run
 
 log = logging.getLogger("skipganomaly")
 
@@ -106,7 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="return freed activations to the OS (glibc mmap for allocations >= 4 MiB): lower peak memory "
                              "in training, slower steps (README, Speed and memory)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_train, _add_test, _add_predict, _add_report, _add_demo, _add_benchmark, _add_bench_speed):
+    for add in (_add_train, _add_test, _add_predict, _add_export, _add_report, _add_demo, _add_benchmark,
+                _add_bench_speed):
         add(sub)
     return parser
 
@@ -170,6 +171,16 @@ def _add_report(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> N
                                    "report.html. No model is loaded; example grids drawn at test time are reused.")
     p.add_argument("run_dir", type=Path, help="a train/test run directory or a benchmark --out folder")
     p.set_defaults(func=cmd_report)
+
+
+def _add_export(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    p = sub.add_parser("export", help="write a trained detector's score as an ONNX file",
+                       description="Export the score graph (input: float32 images in [-1, 1], [N, C, H, W], dynamic "
+                                   "batch) with the threshold and the training files' bit depth as metadata; "
+                                   "skipganomaly.onnx_export.OnnxScorer scores and predicts with it alone.")
+    p.add_argument("--checkpoint", required=True, type=Path, help="a model.pt, or the run directory that holds it")
+    p.add_argument("--out", required=True, type=Path, help="the ONNX file to write (e.g. model.onnx)")
+    p.set_defaults(func=cmd_export)
 
 
 def _add_demo(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
@@ -412,6 +423,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
             raise ConfigError(f"--save-maps {args.save_maps} is inside the input folder {inside[0]}: the next call "
                               "would score the maps; put them elsewhere")
     predict_files(args.checkpoint, args.inputs, args.out, args.save_maps, device=args.device, progress=args.progress)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    if args.out.is_dir():
+        raise ConfigError(f"--out {args.out} is a folder; give the ONNX file to write (e.g. {args.out / 'model.onnx'})")
+    det = load_calibrated(args.checkpoint, device="cpu", progress=False)
+    print(f"wrote {det.export_onnx(args.out)} ({det.model_name}, threshold {det.threshold_:.6g})")
     return 0
 
 

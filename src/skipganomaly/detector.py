@@ -365,10 +365,11 @@ class Detector:
         return ((out.permute(0, 2, 3, 1).numpy() + 1.0) / 2.0).clip(0.0, 1.0)
 
     def export_onnx(self, path: str | os.PathLike[str]) -> Path:
-        """Write the score as an ONNX graph (input: images in [-1, 1], dynamic batch); see `onnx_export`."""
+        """Write the score as an ONNX graph (input: images in [-1, 1], dynamic batch) with the threshold and the
+        training files' bit depth as metadata, so `OnnxScorer` can score and predict alone; see `onnx_export`."""
         from .onnx_export import export_onnx
 
-        return export_onnx(self._fitted(), path)
+        return export_onnx(self._fitted(), path, self.threshold_, self.bit_depth_)
 
     def _as_tensor(self, images: Any) -> torch.Tensor:
         self._fitted()

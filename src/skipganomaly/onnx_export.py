@@ -1,7 +1,9 @@
 """Export a model's score to ONNX (dynamic batch axis) and score with onnxruntime on CPUs.
 
 The exported graph takes images already scaled to [-1, 1] ([N, C, H, W] float32) and returns one
-score per image, computed in eval mode exactly as `AnomalyModel.score`.
+score per image, computed in eval mode exactly as `AnomalyModel.score`. A detector's export also carries,
+as the file's metadata (`METADATA`), what labelling and reading images need: its threshold, the bit depth of
+its training files, and the model's name, so that `OnnxScorer` alone can `predict`.
 """
 
 from __future__ import annotations
@@ -29,8 +31,12 @@ class _Score(nn.Module):
         return self.model.score(x)
 
 
-def export_onnx(model: AnomalyModel, path: str | os.PathLike[str]) -> Path:
-    """Write `model.score` as an ONNX graph with a dynamic batch axis; returns the path."""
+METADATA = ("skipganomaly.model", "skipganomaly.threshold", "skipganomaly.bit_depth")  # values as text ("" = none)
+
+
+def export_onnx(model: AnomalyModel, path: str | os.PathLike[str], threshold: float | None = None,
+                bit_depth: int | None = None) -> Path:
+    """Write `model.score` as an ONNX graph with a dynamic batch axis, with `METADATA`; returns the path."""
     if not model.exportable:
         raise ConfigError(f"model {model.name!r} cannot be exported to ONNX (its score is an optimisation loop)")
     path = Path(path)
@@ -45,8 +51,19 @@ def export_onnx(model: AnomalyModel, path: str | os.PathLike[str]) -> Path:
             torch.onnx.export(_Score(model), (dummy,), str(path), input_names=["images"], output_names=["scores"],
                               dynamic_axes={"images": {0: "batch"}, "scores": {0: "batch"}}, dynamo=False,
                               opset_version=17)
+    except Exception as err:
+        if "onnx" in str(err).lower() and "not installed" in str(err).lower():
+            raise ConfigError("ONNX export needs the onnx package: pip install 'skipganomaly[onnx]'") from None
+        raise
     finally:
         model.train(was_training)
+    import onnx
+
+    graph = onnx.load(str(path))
+    values = (model.name, "" if threshold is None else repr(float(threshold)), "" if bit_depth is None else str(bit_depth))
+    for key, value in zip(METADATA, values, strict=True):
+        graph.metadata_props.add(key=key, value=value)
+    onnx.save(graph, str(path))
     return path
 
 
@@ -66,11 +83,24 @@ class OnnxScorer:
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         _, channels, size, _ = self.session.get_inputs()[0].shape
         self.in_channels, self.image_size = int(channels), int(size)
+        meta = self.session.get_modelmeta().custom_metadata_map
+        model, threshold, bit_depth = (meta.get(key, "") for key in METADATA)
+        self.model_name: str | None = model or None
+        self.threshold_: float | None = float(threshold) if threshold else None
+        self.bit_depth_: int | None = int(bit_depth) if bit_depth else None
 
     def score(self, images: Any, batch_size: int = 256) -> np.ndarray:
-        data = as_image_tensor(images, self.image_size, self.in_channels)
+        """Anomaly scores, higher = more anomalous (files wider than 8 bits read at the detector's bit depth)."""
+        data = as_image_tensor(images, self.image_size, self.in_channels, bit_depth=self.bit_depth_)
         out = []
         for start in range(0, len(data), batch_size):
             batch = to_unit_range(data[start:start + batch_size]).numpy()
             out.append(self.session.run(["scores"], {"images": batch})[0])
         return np.concatenate(out).astype(np.float64)
+
+    def predict(self, images: Any, batch_size: int = 256) -> np.ndarray:
+        """1 where the score is above the detector's threshold (as `Detector.predict`), else 0."""
+        if self.threshold_ is None:
+            raise ConfigError("this ONNX file holds no threshold (exported from a bare model, or from a detector "
+                              "fitted without held-out images); compare `score` with your own")
+        return (self.score(images, batch_size) > self.threshold_).astype(np.int64)
