@@ -696,3 +696,58 @@ def test_an_interrupted_predict_leaves_nothing_that_blocks_the_same_command(imag
     assert main(command) == 0 and len(list((image_root / "maps").iterdir())) == 16
     rows = list(csv.DictReader((image_root / "s.csv").open()))
     assert all(Path(r["map"]).is_file() and Path(r["map"]).parent == image_root / "maps" for r in rows)
+
+
+def test_a_second_sigterm_during_the_clean_up_of_a_nested_stop_is_ignored() -> None:
+    """The CLI's handler around a sweep's: once the inner one fired, the outer clean-up (printing what is kept)
+    must not be cut short by a second SIGTERM; the outermost block then restores the original handler."""
+    import signal
+
+    from skipganomaly.interrupts import Terminated, sigterm_as_interrupt
+
+    original = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(Terminated):
+        with sigterm_as_interrupt():
+            try:
+                with sigterm_as_interrupt():
+                    signal.raise_signal(signal.SIGTERM)
+            except Terminated:
+                assert signal.getsignal(signal.SIGTERM) == signal.SIG_IGN
+                signal.raise_signal(signal.SIGTERM)  # ignored: the clean-up goes on
+                raise
+    assert signal.getsignal(signal.SIGTERM) == original
+
+
+def test_a_benchmark_whose_every_cell_failed_exits_1_as_one_with_some_failed(tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """1 is "cells failed" (the same command retries them), 2 is bad input: a sweep where all failed is the former."""
+    from skipganomaly import sweep
+    from skipganomaly.training import TrainingError
+
+    def fail(*args: object, **kwargs: object) -> None:
+        raise TrainingError("the loss became NaN at epoch 1")
+
+    monkeypatch.setattr(sweep, "run_cell", fail)
+    data = _own_npz(tmp_path / "mine.npz")
+    assert main(["benchmark", "--data", str(data), "--models", "knn", "--normal-labels", "a,b,c", "--protocol",
+                 "honest", "--no-progress", "--device", "cpu", "--out", str(tmp_path / "bench")]) == 1
+
+
+def test_a_class_folder_named_in_latin_1_is_benchmarked_and_reported(tmp_path: Path) -> None:
+    import os
+
+    from tests.conftest import noise_images, smooth_images, write_images
+
+    data = tmp_path / "classes"
+    for name, images in ((b"a", smooth_images(12, seed=1)), (b"b", smooth_images(12, seed=2)),
+                         (b"caf\xe9", noise_images(12))):
+        folder = os.fsencode(data) + b"/" + name
+        try:
+            os.makedirs(folder)
+        except OSError:
+            pytest.skip("this file system takes UTF-8 names only")
+        write_images(Path(os.fsdecode(folder)), images)
+    out = tmp_path / "bench"
+    assert main(["benchmark", "--data", str(data), "--models", "knn", "--protocol", "honest", "--no-progress",
+                 "--device", "cpu", "--out", str(out)]) == 0
+    assert (out / "report.html").is_file() and b"caf\xe9" in (out / "results.csv").read_bytes()

@@ -84,6 +84,8 @@ def test_sklearn_clone_get_params_and_set_params() -> None:
     det = Detector("knn", k=3, epochs=2, seed=4, progress=False).fit(smooth_images(12))
     copy = clone(det)
     assert copy is not det and copy.get_params() == det.get_params()
+    listed = Detector("rotation", widths=[8, 16, 32], seed=np.int64(2), k=np.int64(3))  # a list option, numpy scalars
+    assert clone(listed).get_params() == listed.get_params() and listed.get_params()["k"] == 3
     assert copy.model_ is None and det.model_ is not None  # a clone has the settings, not the fitted state
     assert det.get_params()["k"] == 3 and det.get_params()["seed"] == 4
     assert det.set_params(k=7, lr=1e-3) is det

@@ -4,8 +4,8 @@ the resume check and the benchmark's cell key are all derived."""
 
 from __future__ import annotations
 
-import copy
 import dataclasses
+import itertools
 import logging
 import os
 from dataclasses import dataclass, fields
@@ -60,8 +60,10 @@ class DetectorSettings:
         if not isinstance(self.model, str):
             raise ConfigError(f"model must be a registered name, got {self.model!r}")
         check_field_types(self)
-        # its own copy: a caller's list (widths=[...]) changed afterwards must not change these settings
-        object.__setattr__(self, "model_options", copy.deepcopy(dict(self.model_options)))
+        # numpy scalars (a grid search's np.arange) as the Python numbers they stand for; the values are kept as
+        # given otherwise (scikit-learn's clone checks that get_params returns the very objects it passed)
+        object.__setattr__(self, "model_options", {k: v.item() if isinstance(v, np.generic) else v
+                                                   for k, v in self.model_options.items()})
         if self.model not in list_models():
             raise ConfigError(f"unknown model {self.model!r}; available: {', '.join(list_models())}")
         check_geometry(self.in_channels, self.image_size)
@@ -95,7 +97,7 @@ class DetectorSettings:
     def params(self) -> dict[str, Any]:
         """Flat: every setting by name, the model options among them (scikit-learn's get_params)."""
         own = {f.name: getattr(self, f.name) for f in _detector_fields() if f.name != "model_options"}
-        return copy.deepcopy({**own, **self.training.values(), **self.model_options})  # changing it changes nothing
+        return {**own, **self.training.values(), **self.model_options}
 
     def replace(self, **params: Any) -> "DetectorSettings":
         """A copy with some flat settings changed: model options by name are added to the current ones;
@@ -146,6 +148,12 @@ class DetectorSettings:
 def _detector_fields() -> list[dataclasses.Field]:
     """DetectorSettings' own fields (its `training` part aside)."""
     return [f for f in fields(DetectorSettings) if f.name != "training"]
+
+
+def _splits(n_images: int, val_fraction: float) -> bool:
+    """Whether `n_images` hold out at least one image at `val_fraction` (if above 0) and keep two to train on."""
+    n_val = int(round(n_images * val_fraction))
+    return (val_fraction == 0 or n_val >= 1) and n_images - n_val >= 2
 
 
 def setting_fields() -> list[dataclasses.Field]:
@@ -263,23 +271,25 @@ class Detector:
         checkpoint_path: str | os.PathLike[str] | None = None,
         on_epoch_end: Callable[[EpochRecord], None] | None = None,
         resume: bool = False,
+        bit_depth: int | None = None,
     ) -> "Detector":
         """Train on normal images (an array, tensor, list of paths or PIL images, or a folder: every image
         below it; unreadable files are skipped with a warning). With `checkpoint_path`, the weights are
         saved after every epoch, so an interrupted run keeps its last complete epoch (it scores, but has
         no threshold until the run completes), and the calibrated detector at the end. Beside it, `<name>.state.pt` holds
         what `resume=True` needs to continue an interrupted run exactly where its last epoch ended.
-        Under torchrun only rank 0 writes files."""
+        Under torchrun only rank 0 writes files. `bit_depth`: for images given as an array that were read from
+        files wider than 8 bits, the depth they were scaled by (`read_image_files`), which scoring files reuses;
+        files and PIL images given here set it themselves."""
         data, depth = read_images(images, self.image_size, self.in_channels, aligned=False)
-        if depth is not None:  # images given as arrays leave the depth of the files they were read from
-            self.bit_depth_ = depth
+        self.bit_depth_ = depth if depth is not None else bit_depth
         val_index, train_index = self.holdout(len(data))
         n_val = len(val_index)
         val = data[val_index]
-        # the seed is this fit's own: the caller's random streams (CPU, and the GPU trained on) are left as they were
-        cuda = self.device.type == "cuda"
-        devices = [torch.cuda.current_device() if self.device.index is None else self.device.index] if cuda else []
-        with torch.random.fork_rng(devices=devices):
+        # the seed is this fit's own: the caller's random streams are left as they were (CPU, and every GPU once
+        # CUDA is in use: torch.manual_seed seeds them all)
+        in_use = torch.cuda.is_available() and (self.device.type == "cuda" or torch.cuda.is_initialized())
+        with torch.random.fork_rng(devices=list(range(torch.cuda.device_count())) if in_use else []):
             torch.manual_seed(self.train_config.seed)
             self.model_ = create(self.model_name, in_channels=self.in_channels, image_size=self.image_size,
                                  **self.settings.model_options)
@@ -313,9 +323,8 @@ class Detector:
         of `n_images` images: a permutation by the seed, the first `val_fraction` of it held out."""
         val_fraction = self.settings.val_fraction
         n_val = int(round(n_images * val_fraction))
-        if (val_fraction > 0 and n_val < 1) or n_images - n_val < 2:
-            least = next(n for n in range(3, 1_000_000) if (val_fraction == 0 or round(n * val_fraction) >= 1)
-                         and n - round(n * val_fraction) >= 2)
+        if not _splits(n_images, val_fraction):
+            least = next(n for n in itertools.count(3) if _splits(n, val_fraction))
             raise DataError(f"{n_images} images are too few to hold out {val_fraction:.0%} of them for the threshold "
                             f"and train on the rest: that needs at least {least} images (at least 1 held out, 2 to "
                             "train on)")

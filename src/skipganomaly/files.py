@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -19,6 +20,15 @@ from .errors import CheckpointError
 TEXT_ENCODING = dict(encoding="utf-8", errors="surrogateescape")
 """How text files are written and read: UTF-8, with a file name that is not UTF-8 (e.g. Latin-1 from a Windows
 share, which Python reads as lone surrogates) kept as its original bytes, so the path written is the path on disk."""
+
+
+def _read_umask() -> int:
+    mask = os.umask(0o022)  # reading the umask means setting it: put it straight back (once, at import)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
 
 
 def write_text_atomic(path: Path, text: str) -> None:
@@ -59,17 +69,12 @@ def save_torch_atomic(path: Path, payload: Any) -> None:
             torch.save(payload, fh)
             fh.flush()
             os.fsync(fh.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private (0600); a checkpoint is shared like any file
+        with contextlib.suppress(OSError):  # some mounts (vfat, SMB) refuse chmod; the file is still good
+            os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes it private (0600); a checkpoint is shared like any file
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)  # reading the umask means setting it: put it straight back
-    os.umask(mask)
-    return mask
 
 
 def load_torch_checked(path: Path, fmt: str, version: int | tuple[int, ...], readable_as: str,

@@ -22,12 +22,20 @@ def sigterm_as_interrupt() -> Iterator[None]:
         yield
         return
 
+    fired = False
+
     def interrupt(signum: int, frame: object) -> None:
+        nonlocal fired
+        fired = True
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the clean-up short
         raise Terminated(f"signal {signum}")
 
+    interrupt.stops_as_ctrl_c = True  # type: ignore[attr-defined]
     previous = signal.signal(signal.SIGTERM, interrupt)
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        # Within an outer block of the same kind (the CLI around a sweep), a fired signal keeps SIGTERM ignored
+        # while the outer clean-up runs (it prints what is kept); the outermost block restores the original.
+        if not (fired and getattr(previous, "stops_as_ctrl_c", False)):
+            signal.signal(signal.SIGTERM, previous)

@@ -47,7 +47,7 @@ from .detector import Detector, DetectorSettings, setting_defaults
 from .errors import ConfigError, SkipGanomalyError
 from .evaluation.metrics import evaluate_scores
 from .evaluation.tables import PAPER, PROTOCOL_NOTES, STD_NOTE, VALIDATE, benchmark_table, shows_paper_numbers, summarise
-from .files import json_text, write_text_atomic
+from .files import TEXT_ENCODING, json_text, write_text_atomic
 from .interrupts import sigterm_as_interrupt
 from .models import get_model_class
 from .models.base import check_geometry
@@ -61,6 +61,12 @@ from .training.loop import fit_statistics
 log = logging.getLogger(__name__)
 
 DEADLINE_EXIT = 3  # exit code of a cell process, and of the benchmark command, stopped by the time limit
+
+
+class CellsFailed(SkipGanomalyError):
+    """No cell of the sweep finished, and some failed (each with its error in the log)."""
+
+    exit_code = 1  # as a sweep where only some cells failed: the failure is the cells', not the input's
 
 
 class DeadlineReached(SkipGanomalyError):
@@ -136,7 +142,7 @@ def cell_key(model: str, cls: str, seed: int, protocol: str) -> str:
     """The readable name of a cell (in logs and failure reports); its file name adds the settings hash.
     A long class name (many abnormal classes joined) is cut, with a hash of the whole, to fit a file name."""
     if len(cls) > 80:
-        cls = f"{cls[:60]}-{hashlib.sha256(cls.encode()).hexdigest()[:8]}"
+        cls = f"{cls[:60]}-{hashlib.sha256(cls.encode('utf-8', 'surrogateescape')).hexdigest()[:8]}"
     return f"{model.replace('+', 'p')}__{cls}__seed{seed}__{protocol}"
 
 
@@ -524,7 +530,7 @@ def run_benchmark(load: Callable[[], LabelledImages], config: SweepConfig, out: 
              "continues with them" if outcome.unfinished else "")
     if not outcome.results:
         # Nothing failed and cells are left: the same command continues, so it exits as a run the limit stopped.
-        error = DeadlineReached if outcome.unfinished and not outcome.failures else SkipGanomalyError
+        error = DeadlineReached if outcome.unfinished and not outcome.failures else CellsFailed
         raise error(f"no benchmark cell finished ({len(outcome.failures)} failed" + (f"; {later}" if later else "")
                     + ")")
     end_commit = environment()["git_commit"]
@@ -537,7 +543,7 @@ def run_benchmark(load: Callable[[], LabelledImages], config: SweepConfig, out: 
                                      "failed": [{"cell": key, "error": why} for key, why in outcome.failures],
                                      "cells": outcome.results})
     rows = cell_rows(outcome.results)
-    with folder.results_csv.open("w", newline="") as fh:
+    with folder.results_csv.open("w", newline="", **TEXT_ENCODING) as fh:
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)

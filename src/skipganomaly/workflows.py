@@ -7,6 +7,7 @@ import csv
 import io
 import logging
 import math
+import os
 import shutil
 import time
 from pathlib import Path
@@ -86,14 +87,33 @@ def predict_files(checkpoint: Path, inputs: Sequence[Path], out: Path, save_maps
     images, kept = load_image_files(paths, det.image_size, det.in_channels, progress=progress,
                                     bit_depth=det.bit_depth_)
     scores = det.decision_function(images)
-    maps = _save_maps_whole(save_maps, images, kept, det.anomaly_maps) if save_maps else None
     labels = scores > det.threshold_
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(["path", "score", "label"] + (["map"] if maps else []))
-    for i, (path, score, label) in enumerate(zip(kept, scores, labels, strict=True)):
-        writer.writerow([path, f"{score:.8g}", int(label)] + ([maps[i]] if maps else []))
-    write_text_atomic(out, buffer.getvalue())  # whole or not at all: an interrupted call leaves no half CSV
+    # Whole or not at all: the maps go to a hidden folder and the CSV to a temporary file, and both are moved
+    # into place at the end, so an interrupted call leaves nothing (a half-filled maps folder would make the same
+    # command refuse it as not empty).
+    partial = None if save_maps is None else save_maps.parent / f".{save_maps.name}.partial"
+    csv_tmp = out.parent / f".{out.name}.tmp"
+    try:
+        maps = None
+        if save_maps is not None and partial is not None:
+            shutil.rmtree(partial, ignore_errors=True)  # an earlier call's, killed before it could clean up
+            written = save_overlays(partial, images, kept, det.anomaly_maps(images))
+            maps = [str(save_maps / Path(p).name) for p in written]
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        writer.writerow(["path", "score", "label"] + (["map"] if maps else []))
+        for i, (path, score, label) in enumerate(zip(kept, scores, labels, strict=True)):
+            writer.writerow([path, f"{score:.8g}", int(label)] + ([maps[i]] if maps else []))
+        write_text_atomic(csv_tmp, buffer.getvalue())
+        if save_maps is not None and partial is not None:
+            if save_maps.is_dir():
+                save_maps.rmdir()  # checked empty before the call
+            partial.rename(save_maps)
+        os.replace(csv_tmp, out)
+    finally:
+        if partial is not None:
+            shutil.rmtree(partial, ignore_errors=True)
+        csv_tmp.unlink(missing_ok=True)
     print(f"wrote {len(kept)} scores to {out} ({int(labels.sum())} flagged)"
           + (f"; anomaly-map overlays in {save_maps}" if maps else ""))
 
@@ -129,16 +149,16 @@ def train_run(settings: DetectorSettings, data: Path, test: Path | None, run: Ru
     progress = settings.training.progress
     det = Detector.from_settings(settings)
     folder = train_folder(data)
-    images, kept, det.bit_depth_ = read_image_files(list_image_files(folder), settings.image_size,
-                                                    settings.in_channels, progress=progress)
+    images, kept, bit_depth = read_image_files(list_image_files(folder), settings.image_size, settings.in_channels,
+                                               progress=progress)
     test_data = None
     if test is not None:  # load before training, so a bad test folder fails in seconds, not hours
-        test_data = load_labelled_folder(test, settings.image_size, settings.in_channels, bit_depth=det.bit_depth_)
+        test_data = load_labelled_folder(test, settings.image_size, settings.in_channels, bit_depth=bit_depth)
     # checked before anything in the run directory is rewritten: the same settings and the same images
     done = (load_train_state(run.state, settings.training, data_fingerprint(images))["history"]
             if resume and run.state.exists() else [])
     if not is_main_process():
-        det.fit(images, checkpoint_path=run.checkpoint, resume=resume)
+        det.fit(images, checkpoint_path=run.checkpoint, resume=resume, bit_depth=bit_depth)
         return det
     run.root.mkdir(parents=True, exist_ok=True)
     run.write_config(settings.as_dict(), command="train", data=data.resolve(),
@@ -148,7 +168,7 @@ def train_run(settings: DetectorSettings, data: Path, test: Path | None, run: Ru
     print(f"training {settings.model} on {len(kept)} images from {folder}; run directory {run.root}"
           + (f"; resuming after epoch {len(done)}" if done else ""))
     try:
-        det.fit(images, checkpoint_path=run.checkpoint, on_epoch_end=log_epoch, resume=resume)
+        det.fit(images, checkpoint_path=run.checkpoint, on_epoch_end=log_epoch, resume=resume, bit_depth=bit_depth)
     finally:
         log_epoch.close()
     metrics: dict[str, Any] = {"threshold": det.threshold_, "train_images": len(kept)}
@@ -164,21 +184,6 @@ def train_run(settings: DetectorSettings, data: Path, test: Path | None, run: Ru
     run.write_metrics(metrics)
     print(f"saved {run.checkpoint} (threshold {det.threshold_:.6g}); report {report}")
     return det
-
-
-def _save_maps_whole(folder: Path, images: Any, names: Sequence[str], anomaly_maps: Any) -> list[str]:
-    """The overlays, written into a hidden folder beside `folder` and moved into place when all are done, so an
-    interrupted call leaves no half-filled folder that the same command would then refuse as not empty."""
-    partial = folder.parent / f".{folder.name}.partial"
-    shutil.rmtree(partial, ignore_errors=True)  # an earlier call's, killed before it could clean up
-    try:
-        written = save_overlays(partial, images, names, anomaly_maps(images))
-        if folder.is_dir():
-            folder.rmdir()  # checked empty before the call
-        partial.rename(folder)
-    finally:
-        shutil.rmtree(partial, ignore_errors=True)
-    return [str(folder / Path(p).name) for p in written]
 
 
 def run_demo(settings: DetectorSettings, digits: Sequence[int], out: Path, baselines: Sequence[str] = (),

@@ -134,6 +134,8 @@ def test_a_darker_wide_image_stays_darker_in_a_set_and_for_a_detector(tmp_path: 
     assert loaded_det.bit_depth_ == 12
     assert loaded_det.predict([dark])[0] == 1 and loaded_det.predict([bright])[0] == 0  # each file alone
     assert np.array_equal(loaded_det.decision_function([dark]), det.decision_function([dark]))
+    arrays = np.stack([np.asarray(Image.open(train / f"{i}.png")) // 16 for i in range(40)]).astype(np.uint8)
+    assert det.fit(arrays).bit_depth_ is None  # refitted on 8-bit arrays: no depth of earlier files lingers
 
 
 def test_mac_metadata_files_are_not_images(tmp_path: Path) -> None:
@@ -143,7 +145,7 @@ def test_mac_metadata_files_are_not_images(tmp_path: Path) -> None:
 
 
 def test_a_folder_lists_what_a_user_sees_as_its_images(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    """Every image type Pillow reads (not only those typed one by one), linked subfolders (a link loop read
+    """The image types of IMAGE_EXTENSIONS (GIF, WebP, JFIF too), linked subfolders (a link loop read
     once), no hidden files or folders (thumbnail caches, trash), and a word about what was left out."""
     import os
 
@@ -189,7 +191,13 @@ def test_a_file_of_several_frames_says_that_only_the_first_is_read(tmp_path: Pat
     frames[0].save(tmp_path / "pages.tif", save_all=True, append_images=frames[1:])
     with caplog.at_level(logging.WARNING, logger="skipganomaly"):
         assert load_image(tmp_path / "pages.tif", 8, 1).max() == 10
-    assert "2 frames" in caplog.text and "pages.tif" in caplog.text
+    assert "several frames" in caplog.text and "pages.tif" in caplog.text
+    caplog.clear()
+    for i in range(5):  # in a folder: one line for all, not one per file
+        frames[0].save(tmp_path / f"more{i}.tif", save_all=True, append_images=frames[1:])
+    with caplog.at_level(logging.WARNING, logger="skipganomaly"):
+        load_image_files(sorted(tmp_path.glob("*.tif")), 8, 1)
+    assert caplog.text.count("several frames") == 1 and "6 files" in caplog.text
 
 
 def test_corrupt_files_are_skipped_with_a_warning_naming_them(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

@@ -98,7 +98,7 @@ def test_resume_refuses_other_training_images(tmp_path: Path) -> None:
     more = TrainConfig(epochs=2, batch_size=8, device="cpu", progress=False)
     other = images[:20].clone()
     other[3, 0, 5, 5] ^= 1  # one pixel of one image
-    with pytest.raises(ConfigError, match=r"not the interrupted run's \(other pixels\)"):
+    with pytest.raises(ConfigError, match=r"not the interrupted run's \(other pixels"):
         train(_model(), other, images[20:], more, state_path=state, resume=True)
     with pytest.raises(ConfigError, match=r"\(20 images of 1x32x32 then, 16 of 1x32x32 now\)"):
         train(_model(), images[:16], images[20:], more, state_path=state, resume=True)

@@ -8,11 +8,13 @@ from .images import (
     list_image_files,
     load_image,
     load_image_files,
+    read_image_files,
+    read_images,
     to_unit_range,
 )
 
 __all__ = [
     "AnomalySplit", "IMAGE_EXTENSIONS", "as_image_tensor", "digits_leave_one_out", "labelled_files",
     "list_image_files", "load_digits_images", "load_image", "load_image_files", "load_labelled_folder",
-    "to_unit_range", "train_folder",
+    "read_image_files", "read_images", "to_unit_range", "train_folder",
 ]

@@ -44,7 +44,10 @@ def load_image(path: str | os.PathLike[str], image_size: int, in_channels: int,
     photo is a legitimate input).
     """
     with _large_images_allowed():
-        return _read_image(path, image_size, in_channels, bit_depth)[0]
+        image, _, several = _read_image(path, image_size, in_channels, bit_depth)
+    if several:
+        log.warning("%s holds several frames (pages); only the first is read", path)
+    return image
 
 
 @contextlib.contextmanager
@@ -57,18 +60,18 @@ def _large_images_allowed() -> Iterator[None]:
 
 
 def _read_image(path: str | os.PathLike[str], image_size: int, in_channels: int,
-                bit_depth: int | None = None) -> tuple[np.ndarray, int | None]:
-    """The image (wide integer images scaled by `bit_depth`, else by their own), and the depth its own values
-    need (None: not an integer image wider than 8 bits)."""
+                bit_depth: int | None = None) -> tuple[np.ndarray, int | None, bool]:
+    """The image (wide integer images scaled by `bit_depth`, else by their own), the depth its own values
+    need (None: not an integer image wider than 8 bits), and whether the file holds further frames."""
     try:
         with Image.open(path) as img:
-            frames = getattr(img, "n_frames", 1)
-            if frames > 1:  # a multi-page TIFF or an animated GIF: one image per file
-                log.warning("%s holds %d frames (pages); only the first is read", path, frames)
+            # a multi-page TIFF or an animated GIF: one image per file (a camera's MPO JPEG holds a preview
+            # as its second picture: the first is the photo)
+            several = getattr(img, "n_frames", 1) > 1 and img.format != "MPO"
             img.draft("L" if in_channels == 1 else "RGB", (image_size, image_size))
             img = ImageOps.exif_transpose(img)
             own = wide_bit_depth(img)
-            return pil_to_array(img, image_size, in_channels, bit_depth if bit_depth is not None else own), own
+            return pil_to_array(img, image_size, in_channels, bit_depth if bit_depth is not None else own), own, several
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
         raise DataError(f"cannot read image {path}: {err}") from None
 
@@ -86,6 +89,20 @@ def wide_bit_depth(img: Image.Image) -> int | None:
         return None
     peak = int(np.asarray(img).max())
     return next(bits for bits in BIT_DEPTHS if peak <= 2 ** bits - 1 or bits == BIT_DEPTHS[-1])
+
+
+def common_bit_depth(needed: Sequence[int], bit_depth: int | None) -> int | None:
+    """The one depth a set of wide integer images is read at, given the depth each one's values `needed`:
+    `bit_depth` (a detector's; images that need more are clipped, with a warning), else the widest needed."""
+    if not len(needed):
+        return bit_depth
+    if bit_depth is None:
+        return int(max(needed))
+    above = sum(1 for d in needed if d > bit_depth)
+    if above:
+        log.warning("%d images hold values above the %d-bit range the detector was trained at; they are clipped to it",
+                    above, bit_depth)
+    return bit_depth
 
 
 def pil_to_array(img: Image.Image, image_size: int, in_channels: int, bit_depth: int | None = None) -> np.ndarray:
@@ -151,44 +168,48 @@ def read_image_files(
     out = np.empty((len(paths), in_channels, image_size, image_size), dtype=np.uint8)
     ok = np.zeros(len(paths), dtype=bool)
     depths = np.zeros(len(paths), dtype=np.int64)  # the depth each wide image needs (0: not wide)
+    several: list[str] = []
 
-    def read(chunk: range) -> int:
+    def read(chunk: Sequence[int], depth: int | None, first: bool) -> int:
         for i in chunk:
             try:
-                out[i], depth = _read_image(paths[i], image_size, in_channels, bit_depth)
-                depths[i] = depth or 0
+                out[i], need, more = _read_image(paths[i], image_size, in_channels, depth)
+                depths[i] = need or 0
                 ok[i] = True
+                if more and first:  # list.append is atomic under the GIL
+                    several.append(str(paths[i]))
             except DataError as err:
+                ok[i] = False  # also a file that changed between the two passes
                 log.warning("skipping %s", err)
         return len(chunk)
 
-    chunks = [range(start, min(start + 64, len(paths))) for start in range(0, len(paths), 64)]
-    workers = max(1, min(threads or _usable_cpus(), 8, len(chunks)))
-    pool = ThreadPoolExecutor(workers)
-    try:
-        with _large_images_allowed(), tqdm(total=len(paths), desc="loading images", unit="img",
-                                           disable=not progress, leave=False) as bar:
-            for done in pool.map(read, chunks):
-                bar.update(done)
-    finally:
-        pool.shutdown(cancel_futures=True)  # on Ctrl-C, stop after the chunks being read, not after all
+    def in_pool(indices: Sequence[int], depth: int | None, desc: str, first: bool = False) -> None:
+        chunks = [indices[start:start + 64] for start in range(0, len(indices), 64)]
+        pool = ThreadPoolExecutor(max(1, min(threads or _usable_cpus(), 8, len(chunks))))
+        try:
+            with _large_images_allowed(), tqdm(total=len(indices), desc=desc, unit="img", disable=not progress,
+                                               leave=False) as bar:
+                for done in pool.map(lambda chunk: read(chunk, depth, first), chunks):
+                    bar.update(done)
+        finally:
+            pool.shutdown(cancel_futures=True)  # on Ctrl-C, stop after the chunks being read, not after all
+
+    in_pool(range(len(paths)), bit_depth, "loading images", first=True)
+    depth = common_bit_depth(depths[ok & (depths > 0)].tolist(), bit_depth)
+    if bit_depth is None:  # wide images whose own maximum needs less than the set's: read again at the set's
+        in_pool(np.flatnonzero(ok & (depths > 0) & (depths != depth)).tolist(), depth, f"reading at {depth} bits")
+    if several:
+        log.warning("%d files hold several frames (multi-page TIFF, animated GIF); only the first of each is read: %s",
+                    len(several), ", ".join(several[:3]) + (" ..." if len(several) > 3 else ""))
     kept = np.flatnonzero(ok)
     if len(kept) == 0:
         raise DataError(f"none of the {len(paths)} image files could be read")
-    depth = bit_depth if bit_depth is not None or not depths.any() else int(depths.max())
-    again = np.flatnonzero(ok & (depths > 0) & (depths != depth)) if bit_depth is None else []
-    if bit_depth is not None and (depths > bit_depth).any():
-        log.warning("%d images hold values above the %d-bit range the detector was trained at; they are clipped to it",
-                    int((depths > bit_depth).sum()), bit_depth)
-    with _large_images_allowed():
-        for i in again:  # wide images whose own maximum needs another depth than the set's: read at the set's
-            out[i] = _read_image(paths[i], image_size, in_channels, depth)[0]
     if len(kept) < len(paths):
         log.warning("skipped %d of %d image files that could not be read", len(paths) - len(kept), len(paths))
         for dst, src in enumerate(kept):  # close the gaps in place, keeping the order
             out[dst] = out[src]
     return LoadedFiles(torch.from_numpy(out[:len(kept)]), [str(paths[i]) for i in kept],
-                       depth if depths.any() else None)
+                       depth if depths[kept].any() else None)
 
 
 def _usable_cpus() -> int:
@@ -229,7 +250,7 @@ def read_images(images: Any, image_size: int, in_channels: int, aligned: bool = 
             raise DataError("no images given (empty list)")
         if all(isinstance(i, Image.Image) for i in images):
             needed = [d for d in map(wide_bit_depth, images) if d is not None]
-            depth = bit_depth if bit_depth is not None or not needed else max(needed)
+            depth = common_bit_depth(needed, bit_depth)
             return (torch.from_numpy(np.stack([pil_to_array(i, image_size, in_channels, depth) for i in images])),
                     depth if needed else None)
         if all(isinstance(i, (str, os.PathLike)) for i in images):

@@ -288,7 +288,7 @@ def load_class_folders(root: str | os.PathLike[str], image_size: int = 32, in_ch
     for c, name in enumerate(names):
         if not any(bool((parts[p][1] == c).any()) for p in parts):
             raise DataError(f"class folder {name!r} in {root} holds no readable images")
-    hasher = hashlib.sha256("\n".join(sorted(listing)).encode())
+    hasher = hashlib.sha256("\n".join(sorted(listing)).encode("utf-8", "surrogateescape"))
     for part in sorted(parts):  # the pixels too: a file replaced under its name is other data
         for tensor in parts[part]:
             hasher.update(memoryview(tensor.contiguous().numpy()).cast("B"))

@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
+from ..files import readable_name
+
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
@@ -26,6 +28,10 @@ def _figure(figsize: tuple[float, float]) -> Figure:
 
 
 def _save(fig: Figure, path: Path) -> Path:
+    from matplotlib.text import Text
+
+    for text in fig.findobj(Text):  # names from the file system (class folders, files) may not be UTF-8
+        text.set_text(readable_name(text.get_text()))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100, bbox_inches="tight")
     return path

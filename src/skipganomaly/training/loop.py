@@ -310,7 +310,8 @@ def load_train_state(path: Path, config: TrainConfig | None = None, fingerprint:
     saved = state.get("data")
     if fingerprint is not None and saved is not None and saved != fingerprint:
         (n_then, shape_then, _), (n_now, shape_now, _) = saved.split(":"), fingerprint.split(":")
-        what = ("other pixels" if (n_then, shape_then) == (n_now, shape_now) else
+        what = ("other pixels: other files, or, for images wider than 8 bits, a version that reads them otherwise"
+                if (n_then, shape_then) == (n_now, shape_now) else
                 f"{n_then} images of {shape_then} then, {n_now} of {shape_now} now")
         raise ConfigError(f"cannot resume {path}: the training images are not the interrupted run's ({what}); "
                           "resume on the same images, or start a new run")
