@@ -60,7 +60,8 @@ def export_onnx(model: AnomalyModel, path: str | os.PathLike[str], threshold: fl
     import onnx
 
     graph = onnx.load(str(path))
-    values = (model.name, "" if threshold is None else repr(float(threshold)), "" if bit_depth is None else str(bit_depth))
+    values = (model.name, "" if threshold is None else repr(float(threshold)),
+              "" if bit_depth is None else str(bit_depth))
     for key, value in zip(METADATA, values, strict=True):
         graph.metadata_props.add(key=key, value=value)
     onnx.save(graph, str(path))

@@ -135,8 +135,9 @@ def resumed_settings(run: RunDirectory, given: dict[str, Any], model_options_giv
     if fixed or model_options_given:
         flags = {f.name: f.metadata["flag"] for f in setting_fields()}
         changeable = sorted(flags[k] for k in may_change if flags.get(k))  # as the user types them
-        raise ConfigError(f"cannot resume {run.root} with other {', '.join(flags.get(k) or k for k in fixed) or '--model-arg'}"
-                          f": they are saved in {run.config}; only {', '.join(changeable)} may be given anew")
+        named = ", ".join(flags.get(k) or k for k in fixed) or "--model-arg"
+        raise ConfigError(f"cannot resume {run.root} with other {named}: they are saved in {run.config}; only "
+                          f"{', '.join(changeable)} may be given anew")
     return settings.replace(**{k: v for k, v in given.items() if k in may_change}), fields_
 
 

@@ -71,7 +71,8 @@ def _read_image(path: str | os.PathLike[str], image_size: int, in_channels: int,
             img.draft("L" if in_channels == 1 else "RGB", (image_size, image_size))
             img = ImageOps.exif_transpose(img)
             own = wide_bit_depth(img)
-            return pil_to_array(img, image_size, in_channels, bit_depth if bit_depth is not None else own), own, several
+            image = pil_to_array(img, image_size, in_channels, bit_depth if bit_depth is not None else own)
+            return image, own, several
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
         raise DataError(f"cannot read image {path}: {err}") from None
 
@@ -196,8 +197,9 @@ def read_image_files(
 
     in_pool(range(len(paths)), bit_depth, "loading images", first=True)
     depth = common_bit_depth(depths[ok & (depths > 0)].tolist(), bit_depth)
-    if bit_depth is None:  # wide images whose own maximum needs less than the set's: read again at the set's
-        in_pool(np.flatnonzero(ok & (depths > 0) & (depths != depth)).tolist(), depth, f"reading at {depth} bits")
+    again = np.flatnonzero(ok & (depths > 0) & (depths != depth)).tolist() if bit_depth is None else []
+    if again:  # wide images whose own maximum needs less than the set's: read again at the set's
+        in_pool(again, depth, f"reading at {depth} bits")
     if several:
         log.warning("%d files hold several frames (multi-page TIFF, animated GIF); only the first of each is read: %s",
                     len(several), ", ".join(several[:3]) + (" ..." if len(several) > 3 else ""))

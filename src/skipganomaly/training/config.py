@@ -28,7 +28,8 @@ LR_SCHEDULES = ("constant", "cosine")
 
 def setting(default: Any = dataclasses.MISSING, *, help: str, flag: str | None = None, result: bool = True,
             gradient_only: bool = False, on_resume: str = "fixed",
-            choices: Sequence[Any] | Callable[[], Sequence[Any]] | None = None, const: Any = None, default_factory: Any = dataclasses.MISSING) -> Any:
+            choices: Sequence[Any] | Callable[[], Sequence[Any]] | None = None, const: Any = None,
+            default_factory: Any = dataclasses.MISSING) -> Any:
     """A settings field with the metadata described in this module's docstring (`choices`: allowed values,
     or a function giving them; `const`: what a flag without a value sets, e.g. --compile)."""
     if on_resume not in ON_RESUME:
@@ -100,7 +101,8 @@ class TrainConfig:
         if self.d_reset_threshold < 0:
             raise ConfigError(f"d_reset_threshold must be 0 or more, got {self.d_reset_threshold}")
         if self.eval_batch_size is not None and self.eval_batch_size < 1:
-            raise ConfigError(f"eval_batch_size must be at least 1 (or None for the default), got {self.eval_batch_size}")
+            raise ConfigError(f"eval_batch_size must be at least 1 (or None for the default), "
+                              f"got {self.eval_batch_size}")
 
     def values(self, names: Iterable[str] | None = None) -> dict[str, Any]:
         """The settings as a dict (all, or `names`)."""
