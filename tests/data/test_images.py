@@ -339,3 +339,23 @@ def test_a_list_of_arrays_of_different_sizes_is_resized_like_pil_images() -> Non
     small, large = np.full((20, 30, 3), 10, np.uint8), np.full((40, 40, 3), 200, np.uint8)
     out = as_image_tensor([small, large], 32, 3)
     assert out.shape == (2, 3, 32, 32) and int(out[0].max()) == 10 and int(out[1].min()) == 200
+
+
+def test_images_brighter_than_the_detectors_depth_are_clipped_with_a_warning(tmp_path: Path,
+                                                                            caplog: pytest.LogCaptureFixture) -> None:
+    """Files and PIL images alike: a 16-bit image given to a detector trained on 12-bit files is read at 12 bits
+    (its bright part saturates) and the call says so once."""
+    from skipganomaly.data import read_image_files, read_images
+
+    bright = Image.fromarray(np.full((8, 8), 65535, dtype=np.uint16))
+    bright.save(tmp_path / "bright.png")
+    def from_file() -> tuple[torch.Tensor, int | None]:
+        loaded = read_image_files([tmp_path / "bright.png"], 8, 1, bit_depth=12)
+        return loaded.images, loaded.bit_depth
+
+    for read in (lambda: read_images([bright], 8, 1, bit_depth=12), from_file):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="skipganomaly"):
+            images, depth = read()
+        assert depth == 12 and int(images.max()) == 255
+        assert caplog.text.count("above the 12-bit range") == 1
