@@ -390,7 +390,8 @@ def test_parallel_workers_match_sequential_and_a_crash_loses_one_cell(tmp_path: 
         "ganomaly__cat__seed0__honest", "ganomaly__ship__seed0__honest"]
 
 
-def test_a_failing_cell_does_not_stop_a_sequential_sweep(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def _make_cat_cells_fail(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every cell of class 'cat' fails as a NaN loss would; the others run."""
     real = benchmark.run_cell
 
     def nan_for_cat(load, model, cls, *rest, **kw):  # type: ignore[no-untyped-def]
@@ -399,6 +400,10 @@ def test_a_failing_cell_does_not_stop_a_sequential_sweep(tmp_path: Path, monkeyp
         return real(load, model, cls, *rest, **kw)
 
     monkeypatch.setattr(benchmark, "run_cell", nan_for_cat)
+
+
+def test_a_failing_cell_does_not_stop_a_sequential_sweep(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _make_cat_cells_fail(monkeypatch)
     data = _toy_cifar()
     outcome = run_sweep(lambda: data, _config(models=["ganomaly"], classes=["cat", "ship"], protocols=["honest"],
                                               epochs=1), tmp_path)
@@ -596,14 +601,7 @@ def test_the_recorded_command_can_be_pasted_into_a_shell(monkeypatch: pytest.Mon
 
 def test_failed_cells_are_named_in_table_and_results(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A table whose mean silently leaves a class out misleads: the failed cell and its error are named."""
-    real = benchmark.run_cell
-
-    def fail_cat(load, model, cls, *rest, **kw):  # type: ignore[no-untyped-def]
-        if cls == "cat":
-            raise TrainingError("loss g_con is not finite at epoch 1, step 1")
-        return real(load, model, cls, *rest, **kw)
-
-    monkeypatch.setattr(benchmark, "run_cell", fail_cat)
+    _make_cat_cells_fail(monkeypatch)
     data = _toy_cifar()
     config = _config(models=["knn"], classes=["cat", "ship"], protocols=["honest"], epochs=1)
     benchmark.run_benchmark(lambda: data, config, tmp_path, "toy")

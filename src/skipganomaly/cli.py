@@ -135,12 +135,17 @@ def _add_train(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> No
     p.set_defaults(func=cmd_train)
 
 
+def _add_checkpoint_arg(p: argparse.ArgumentParser) -> None:
+    """The saved detector that test, predict and export read."""
+    p.add_argument("--checkpoint", required=True, type=Path, help="a model.pt, or the run directory that holds it")
+
+
 def _add_test(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
     p = sub.add_parser("test", help="evaluate a checkpoint on a labelled folder",
                        description="Score a labelled folder (normal/ + abnormal/, test/0.normal + "
                                    "test/1.abnormal, or MVTec AD's test/good + one folder per defect type) and "
                                    "report AUROC, AUPRC and F1 at the stored threshold.")
-    p.add_argument("--checkpoint", required=True, type=Path, help="a model.pt, or the run directory that holds it")
+    _add_checkpoint_arg(p)
     p.add_argument("--data", required=True, type=Path,
                    help="labelled folder: normal/ + abnormal/, 0.normal/ + 1.abnormal/, or good/ + defect folders")
     p.add_argument("--out", type=Path, help="write metrics JSON here (default: print only)")
@@ -155,7 +160,7 @@ def _add_test(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> Non
 def _add_predict(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
     p = sub.add_parser("predict", help="score images or folders and write a CSV",
                        description="Write path, score and label (1 = above the stored threshold) per image.")
-    p.add_argument("--checkpoint", required=True, type=Path, help="a model.pt, or the run directory that holds it")
+    _add_checkpoint_arg(p)
     p.add_argument("inputs", nargs="+", type=Path, help="image files and/or folders")
     p.add_argument("--out", type=Path, default=Path("predictions.csv"), help="CSV file (default: predictions.csv)")
     p.add_argument("--save-maps", type=Path, metavar="DIR",
@@ -178,7 +183,7 @@ def _add_export(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> N
                        description="Export the score graph (input: float32 images in [-1, 1], [N, C, H, W], dynamic "
                                    "batch) with the threshold and the training files' bit depth as metadata; "
                                    "skipganomaly.onnx_export.OnnxScorer scores and predicts with it alone.")
-    p.add_argument("--checkpoint", required=True, type=Path, help="a model.pt, or the run directory that holds it")
+    _add_checkpoint_arg(p)
     p.add_argument("--out", required=True, type=Path, help="the ONNX file to write (e.g. model.onnx)")
     p.set_defaults(func=cmd_export)
 
@@ -412,8 +417,7 @@ def cmd_test(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     _check_output_dir(args.save_maps, "--save-maps")
-    if args.out.is_dir():
-        raise ConfigError(f"--out {args.out} is a folder; give the CSV file to write")
+    _check_out_file(args.out, "CSV")
     if args.save_maps is not None:
         if args.save_maps.is_dir() and any(args.save_maps.iterdir()):
             raise ConfigError(f"--save-maps {args.save_maps} is not empty; give a new or empty folder (the maps of "
@@ -427,8 +431,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    if args.out.is_dir():
-        raise ConfigError(f"--out {args.out} is a folder; give the ONNX file to write (e.g. {args.out / 'model.onnx'})")
+    _check_out_file(args.out, "ONNX")
     det = load_calibrated(args.checkpoint, device="cpu", progress=False)
     print(f"wrote {det.export_onnx(args.out)} ({det.model_name}, threshold {det.threshold_:.6g})")
     return 0
@@ -514,6 +517,13 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     return DEADLINE_EXIT if outcome.unfinished else 0  # a script can tell "run again to continue" from "done"
 
 
+def _check_out_file(out: Path | None, kind: str) -> None:
+    """`--out` names a file to write: a folder there is a one-line error, before any work."""
+    if out is not None and out.is_dir():
+        example = out / f"out.{kind.lower()}"
+        raise ConfigError(f"--out {out} is a folder; give the {kind} file to write (e.g. {example})")
+
+
 def _fraction(value: float, flag: str) -> float:
     if not 0 < value <= 1:
         raise ConfigError(f"{flag} must be above 0 and at most 1, got {value}")
@@ -534,8 +544,7 @@ def _pick(value: Any, preset: dict[str, Any], name: str, default: Any) -> Any:
 def cmd_bench_speed(args: argparse.Namespace) -> int:
     from .throughput import measure_models
 
-    if args.out is not None and args.out.is_dir():  # said now, not after the minutes of measuring
-        raise ConfigError(f"--out {args.out} is a folder; give the JSON file to write")
+    _check_out_file(args.out, "JSON")  # said now, not after the minutes of measuring
 
     models = ([m for m in list_models() if get_model_class(m).trained_by_gradient] if args.models == "all"
               else [m.strip() for m in args.models.split(",")])
