@@ -150,9 +150,14 @@ def _detector_fields() -> list[dataclasses.Field]:
     return [f for f in fields(DetectorSettings) if f.name != "training"]
 
 
+def _held_out(n_images: int, val_fraction: float) -> int:
+    """How many of `n_images` `fit` holds out for the threshold."""
+    return int(round(n_images * val_fraction))
+
+
 def _splits(n_images: int, val_fraction: float) -> bool:
     """Whether `n_images` hold out at least one image at `val_fraction` (if above 0) and keep two to train on."""
-    n_val = int(round(n_images * val_fraction))
+    n_val = _held_out(n_images, val_fraction)
     return (val_fraction == 0 or n_val >= 1) and n_images - n_val >= 2
 
 
@@ -322,13 +327,13 @@ class Detector:
         """The indices `fit` holds out for the threshold and those it trains on (and fits statistics on),
         of `n_images` images: a permutation by the seed, the first `val_fraction` of it held out."""
         val_fraction = self.settings.val_fraction
-        n_val = int(round(n_images * val_fraction))
         if not _splits(n_images, val_fraction):
             least = next(n for n in itertools.count(3) if _splits(n, val_fraction))
             raise DataError(f"{n_images} images are too few to hold out {val_fraction:.0%} of them for the threshold "
                             f"and train on the rest: that needs at least {least} images (at least 1 held out, 2 to "
                             "train on)")
         order = torch.from_numpy(np.random.default_rng(self.train_config.seed).permutation(n_images))
+        n_val = _held_out(n_images, val_fraction)
         return order[:n_val], order[n_val:]
 
     def _calibrate(self, val: torch.Tensor) -> None:
