@@ -616,12 +616,22 @@ def test_failed_cells_are_named_in_table_and_results(tmp_path: Path, monkeypatch
 
 
 @pytest.mark.parametrize("model", ["rotation", "skipganomaly++rot"])
-def test_the_paper_protocol_scores_feature_bank_models_after_every_epoch(tmp_path: Path, model: str) -> None:
+def test_the_paper_protocol_scores_feature_bank_models_after_every_epoch(tmp_path: Path, model: str,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     """A score that needs statistics of the training images gets them fitted on each epoch's network
     before that epoch is scored (they were fitted only after the last, so every cell failed)."""
     options = {"rotation": {"widths": [8, 16, 32]}, "skipganomaly++rot": {"widths": SMALL_WIDTHS, "score": "map"}}
     data = _toy_cifar()
+    fitted_on: list[float] = []  # a weight of each network the bank is fitted on: one per epoch, each another
+
+    def spy(model: torch.nn.Module, *args: object, **kwargs: object) -> None:
+        fitted_on.append(float(next(model.parameters()).detach().sum()))
+        real_fit_statistics(model, *args, **kwargs)
+
+    real_fit_statistics = benchmark.fit_statistics
+    monkeypatch.setattr(benchmark, "fit_statistics", spy)
     outcome = run_sweep(lambda: data, _config(models=[model], protocols=["paper"], model_options=options), tmp_path)
     assert not outcome.failures
     [result] = outcome.results
     assert len(result["auroc_per_epoch"]) == 2 and result["auroc"] == max(result["auroc_per_epoch"])
+    assert len(fitted_on) == 2 and fitted_on[0] != fitted_on[1]

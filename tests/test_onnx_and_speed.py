@@ -149,14 +149,20 @@ def test_bench_speed_on_an_absent_gpu_is_one_clear_error(capsys: pytest.CaptureF
     assert "CUDA is not available" in capsys.readouterr().err
 
 
-def test_bench_speed_refuses_a_folder_as_out_before_measuring(tmp_path: Path,
-                                                              capsys: pytest.CaptureFixture[str]) -> None:
+def test_bench_speed_refuses_a_folder_as_out_before_measuring(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    from skipganomaly import throughput
+
+    def measured(*args: object, **kwargs: object) -> None:
+        raise AssertionError("measured before --out was checked")
+
+    monkeypatch.setattr(throughput, "measure_models", measured)
     assert main(["bench-speed", "--models", "ganomaly", "--out", str(tmp_path)]) == 2
     assert "is a folder; give the JSON file" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())
 
 
-def test_export_command_writes_a_file_that_predicts_alone(tmp_path: Path) -> None:
+def test_export_command_writes_a_file_that_predicts_alone(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """`skipganomaly export` of a trained run: the ONNX file carries the threshold (and model name), so
     OnnxScorer alone labels images as the detector does; a folder as --out is refused in one line."""
     from skipganomaly import Detector
@@ -167,6 +173,7 @@ def test_export_command_writes_a_file_that_predicts_alone(tmp_path: Path) -> Non
     assert main(["train", "--model", "pca", "--data", str(tmp_path / "train"), "--out", str(run), "--val-fraction",
                  "0.5", "--no-progress", "--device", "cpu"]) == 0
     assert main(["export", "--checkpoint", str(run), "--out", str(tmp_path)]) == 2
+    assert "is a folder; give the ONNX file to write" in capsys.readouterr().err
     assert main(["export", "--checkpoint", str(run), "--out", str(tmp_path / "m.onnx")]) == 0
     scorer, det = OnnxScorer(tmp_path / "m.onnx"), Detector.load(run)
     assert (scorer.model_name, scorer.threshold_) == ("pca", det.threshold_)

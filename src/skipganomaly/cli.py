@@ -484,23 +484,26 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     preset = PRESETS.get(args.preset or "", {})
     given = _given(args)
     seeds = _int_list(args.seeds, "--seeds") if args.seeds else preset.get("seeds", [0])
-    load, data = benchmark_data(args.data, args.data_dir, args.download, given.get("image_size"),
-                                given.get("in_channels"), progress=given.get("progress", True))
-    classes = resolve_classes(data, args.classes, args.normal_labels)
     models = list(dict.fromkeys(m.strip() for m in args.models.split(",") if m.strip()))
     for name in models:
         get_model_class(name)  # an unknown name is a one-line error listing the models
-    sizes = {k: preset[k] for k in ("epochs", "batch_size") if k in preset}
-    settings = DetectorSettings.from_params(**{**sizes, **given, "in_channels": int(data.train_images.shape[1])})
     options = parse_model_args(args.model_arg, models)
-    for name in models:  # an image size or option a model cannot take fails here, not in every cell
-        _check_model_builds(settings.replace(model=name, model_options=options[name]))
+    protocols = _protocols(args.protocol)
+    train_fraction = _fraction(_pick(args.train_fraction, preset, "train_fraction", 1.0), "--train-fraction")
+    test_fraction = _fraction(_pick(args.test_fraction, preset, "test_fraction", 1.0), "--test-fraction")
+    sizes = {k: preset[k] for k in ("epochs", "batch_size") if k in preset}
+    # An image size or option a model cannot take fails here, before any image is read and not in every cell;
+    # the channel count is the data's, known once it is read (the check builds with the given one or 3).
+    for name in models:
+        _check_model_builds(DetectorSettings.from_params(**{**sizes, **given, "model": name},
+                                                         model_options=options[name]))
+    load, data = benchmark_data(args.data, args.data_dir, args.download, given.get("image_size"),
+                                given.get("in_channels"), progress=given.get("progress", True))
+    classes = resolve_classes(data, args.classes, args.normal_labels)
+    settings = DetectorSettings.from_params(**{**sizes, **given, "in_channels": int(data.train_images.shape[1])})
     config = SweepConfig(
-        models=models, classes=classes, seeds=seeds, protocols=_protocols(args.protocol), settings=settings,
-        model_options=options,
-        train_fraction=_fraction(_pick(args.train_fraction, preset, "train_fraction", 1.0), "--train-fraction"),
-        test_fraction=_fraction(_pick(args.test_fraction, preset, "test_fraction", 1.0), "--test-fraction"),
-        dataset=data.fingerprint or data.name,
+        models=models, classes=classes, seeds=seeds, protocols=protocols, settings=settings, model_options=options,
+        train_fraction=train_fraction, test_fraction=test_fraction, dataset=data.fingerprint or data.name,
     )
     check_protocols(data, classes, config.protocols)
     title = CIFAR10_TITLE if isinstance(data, Cifar10) else data.name

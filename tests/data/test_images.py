@@ -347,15 +347,18 @@ def test_images_brighter_than_the_detectors_depth_are_clipped_with_a_warning(tmp
     (its bright part saturates) and the call says so once."""
     from skipganomaly.data import read_image_files, read_images
 
-    bright = Image.fromarray(np.full((8, 8), 65535, dtype=np.uint16))
-    bright.save(tmp_path / "bright.png")
+    values = {"bright": 65535, "brighter": 50000, "in-range": 4095}
+    pictures = [Image.fromarray(np.full((8, 8), v, dtype=np.uint16)) for v in values.values()]
+    for name, picture in zip(values, pictures):
+        picture.save(tmp_path / f"{name}.png")
+
     def from_file() -> tuple[torch.Tensor, int | None]:
-        loaded = read_image_files([tmp_path / "bright.png"], 8, 1, bit_depth=12)
+        loaded = read_image_files([tmp_path / f"{name}.png" for name in values], 8, 1, bit_depth=12)
         return loaded.images, loaded.bit_depth
 
-    for read in (lambda: read_images([bright], 8, 1, bit_depth=12), from_file):
+    for read in (lambda: read_images(pictures, 8, 1, bit_depth=12), from_file):
         caplog.clear()
         with caplog.at_level(logging.WARNING, logger="skipganomaly"):
             images, depth = read()
-        assert depth == 12 and int(images.max()) == 255
-        assert caplog.text.count("above the 12-bit range") == 1
+        assert depth == 12 and images.amax(dim=(1, 2, 3)).tolist() == [255, 255, 255]
+        assert caplog.text.count("above the 12-bit range") == 1 and "2 images hold values" in caplog.text
