@@ -547,7 +547,7 @@ def test_training_folders_that_would_learn_anomalies_or_the_run_itself_are_refus
         trained_run: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
     root, _ = trained_run
     assert main(["train", "--data", str(root / "test"), "--out", str(root / "x"), *SMALL]) == 2
-    assert "holds abnormal/: training reads every image below --data" in capsys.readouterr().err
+    assert "holds abnormal/ with images: training reads every image below the folder" in capsys.readouterr().err
     assert main(["train", "--data", str(root / "train"), "--out", str(root / "train" / "run"), *SMALL]) == 2
     assert "is inside --data" in capsys.readouterr().err
     assert not (root / "x").exists() and not (root / "train" / "run").exists()

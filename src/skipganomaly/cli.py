@@ -12,7 +12,7 @@ from typing import Any, Sequence
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from .data.cifar10 import NAME as CIFAR10_NAME, TITLE as CIFAR10_TITLE, Cifar10
-from .data.folders import ABNORMAL_NAMES, train_folder
+from .data.folders import train_folder
 from .detector import DEFAULT_MODEL, DetectorSettings, setting_defaults, setting_fields
 from .errors import ConfigError, SkipGanomalyError
 from .interrupts import Terminated, sigterm_as_interrupt
@@ -388,13 +388,9 @@ def _new_run_directory(out: Path | None, overwrite: bool) -> Path:
 
 
 def _check_training_folder(data: Path, out: Path) -> None:
-    """Refuse training folders that would train on anomalies or on the run's own output."""
+    """Refuse a run directory inside the training folder (its figures would be trained on by the next run);
+    a training folder that holds labelled images is refused when its files are listed (`training_files`)."""
     folder = train_folder(data)
-    labelled = [p.name for p in sorted(folder.iterdir()) if p.is_dir() and p.name.lower() in ABNORMAL_NAMES] \
-        if folder.is_dir() else []
-    if labelled:
-        raise ConfigError(f"{folder} holds {labelled[0]}/: training reads every image below --data, so the anomalies "
-                          f"would be learnt as normal; give its folder of normal images (e.g. --data {folder}/normal)")
     if folder.is_dir() and out.resolve().is_relative_to(folder.resolve()):
         raise ConfigError(f"--out {out} is inside --data {data}: the run's figures would be read as training images "
                           "by the next run; put the run directory elsewhere")

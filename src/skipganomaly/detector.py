@@ -279,7 +279,8 @@ class Detector:
         bit_depth: int | None = None,
     ) -> "Detector":
         """Train on normal images (an array, tensor, list of paths or PIL images, or a folder: every image
-        below it; unreadable files are skipped with a warning). With `checkpoint_path`, the weights are
+        below it, or below its `train/`, as `skipganomaly train` reads it, a folder that holds labelled images
+        refused; unreadable files are skipped with a warning). With `checkpoint_path`, the weights are
         saved after every epoch, so an interrupted run keeps its last complete epoch (it scores, but has
         no threshold until the run completes), and the calibrated detector at the end. Beside it, `<name>.state.pt` holds
         what `resume=True` needs to continue an interrupted run exactly where its last epoch ended.

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .data.digits import digits_leave_one_out
-from .data.folders import load_labelled_folder, train_folder
+from .data.folders import load_labelled_folder, training_files
 from .data.images import list_image_files, load_image_files, read_image_files
 from .detector import Detector, DetectorSettings, setting_fields
 from .errors import CheckpointError, ConfigError, DataError
@@ -149,9 +149,8 @@ def train_run(settings: DetectorSettings, data: Path, test: Path | None, run: Ru
     init_from_environment()  # a no-op unless started by torchrun with several processes
     progress = settings.training.progress
     det = Detector.from_settings(settings)
-    folder = train_folder(data)
-    images, kept, bit_depth = read_image_files(list_image_files(folder), settings.image_size, settings.in_channels,
-                                               progress=progress)
+    folder, files = training_files(data)
+    images, kept, bit_depth = read_image_files(files, settings.image_size, settings.in_channels, progress=progress)
     test_data = None
     if test is not None:  # load before training, so a bad test folder fails in seconds, not hours
         test_data = load_labelled_folder(test, settings.image_size, settings.in_channels, bit_depth=bit_depth)

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from skipganomaly.data import digits_leave_one_out, labelled_files, load_digits_images, load_labelled_folder, train_folder
+from skipganomaly.data import (digits_leave_one_out, labelled_files, load_digits_images, load_labelled_folder, train_folder,
+                               training_files)
 from skipganomaly.errors import DataError
 from tests.conftest import blob_images, noise_images, write_images
 
@@ -25,6 +26,55 @@ def test_reference_layout(tmp_path: Path) -> None:
     assert train_folder(tmp_path) == tmp_path / "train" / "0.normal"
     _, labels = labelled_files(tmp_path)
     assert labels == [0, 0, 1, 1, 1]
+
+
+def _mvtec_category(root: Path) -> None:
+    """MVTec AD's layout: train/good, test/good beside defect folders, ground_truth/ masks."""
+    write_images(root / "train" / "good", blob_images(4))
+    write_images(root / "test" / "good", blob_images(2, seed=1))
+    write_images(root / "test" / "scratch", noise_images(2))
+    write_images(root / "ground_truth" / "scratch", noise_images(2), prefix="mask")
+
+
+def test_train_and_test_folder_names_are_case_blind(tmp_path: Path) -> None:
+    """`Train/` and `Test/` (as a Windows tool or a colleague wrote them) are found like `train/` and `test/`."""
+    _mvtec_category(tmp_path / "lower")
+    (tmp_path / "lower").rename(tmp_path / "upper")
+    (tmp_path / "upper" / "train").rename(tmp_path / "upper" / "Train")
+    (tmp_path / "upper" / "test").rename(tmp_path / "upper" / "TEST")
+    folder, files = training_files(tmp_path / "upper")
+    assert folder == tmp_path / "upper" / "Train" and len(files) == 4
+    _, labels = labelled_files(tmp_path / "upper")
+    assert labels == [0, 0, 1, 1]
+
+
+def test_a_training_folder_that_holds_labelled_images_is_refused(tmp_path: Path) -> None:
+    """A data set's root one level too high, its test folder, or a folder with a defect class below it would
+    train on defects and masks as normal images, silently: each is refused, naming what it holds."""
+    _mvtec_category(tmp_path / "data" / "bottle")
+    assert training_files(tmp_path / "data" / "bottle")[0] == tmp_path / "data" / "bottle" / "train"
+    with pytest.raises(DataError, match=r"holds bottle/ground_truth/ with images.*e\.g\. .*bottle/train\)"):
+        training_files(tmp_path / "data")
+    with pytest.raises(DataError, match=r"labelled test folder \(good/ beside scratch/\).*e\.g\. .*test/good\)"):
+        training_files(tmp_path / "data" / "bottle" / "test")
+    write_images(tmp_path / "line" / "2024" / "Defect", noise_images(1))
+    write_images(tmp_path / "line" / "2025", blob_images(2))
+    with pytest.raises(DataError, match="holds 2024/Defect/ with images"):
+        training_files(tmp_path / "line")
+    (tmp_path / "line" / "2024" / "Defect").rename(tmp_path / "line" / "2024" / "day1")  # dated folders: normal
+    assert len(training_files(tmp_path / "line")[1]) == 3
+
+
+def test_fit_on_a_folder_takes_its_train_folder_and_refuses_labelled_images(tmp_path: Path) -> None:
+    """The API reads a folder as `train` does: a data set's root means its `train/`."""
+    from skipganomaly import Detector
+
+    _mvtec_category(tmp_path / "bottle")
+    write_images(tmp_path / "bottle" / "train" / "good", blob_images(16, seed=2), prefix="more")
+    det = Detector("knn", image_size=32, progress=False).fit(tmp_path / "bottle")
+    assert det.n_train_images_ + det.n_val_images_ == 20
+    with pytest.raises(DataError, match="labelled test folder"):
+        Detector("knn", image_size=32, progress=False).fit(tmp_path / "bottle" / "test")
 
 
 def test_unlabelled_test_folder_is_a_clear_error(tmp_path: Path) -> None:

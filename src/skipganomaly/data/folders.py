@@ -4,7 +4,7 @@ Accepted test layouts (directly or under a `test/` subfolder; names in any case)
 (`normal/`, the reference's `0.normal/`, or MVTec AD's `good/`) and abnormal folders: every one named
 `abnormal/`, `1.abnormal/`, `anomaly/` or `defect/`, or, where none is, every other subfolder (MVTec AD's
 defect types: `crack/`, `scratch/`, ...). For training, a folder of images, or a root whose `train/`
-(or `train/0.normal/`) holds them.
+(or `train/0.normal/`, `train/normal/`) holds them; a training folder that holds labelled images is refused.
 """
 
 from __future__ import annotations
@@ -25,13 +25,54 @@ NOT_TEST_NAMES = ("train", "ground_truth", "validation", "val")  # beside good/,
 log = logging.getLogger("skipganomaly")
 
 
+# Folders whose images are not normal training images, wherever they lie below a training folder: test sets,
+# MVTec AD's pixel masks, abnormal classes.
+NOT_TRAINING_NAMES = ("test", "ground_truth", *ABNORMAL_NAMES)
+
+
+def _child(root: Path, name: str) -> Path | None:
+    """`root`'s subfolder called `name` in any case (`Train/`, `TEST/`), or None."""
+    if not root.is_dir():
+        return None
+    return next((p for p in sorted(root.iterdir()) if p.name.lower() == name and p.is_dir()), None)
+
+
 def train_folder(root: str | os.PathLike[str]) -> Path:
-    """The folder that holds the normal training images under `root`."""
+    """The folder that holds the normal training images under `root`: its `train/` (names in any case),
+    or that folder's `0.normal/` or `normal/`, or `root` itself."""
     root = Path(root)
-    for candidate in (root / "train" / "0.normal", root / "train" / "normal", root / "train"):
-        if candidate.is_dir():
-            return candidate
-    return root
+    train = _child(root, "train")
+    if train is None:
+        return root
+    return _child(train, "0.normal") or _child(train, "normal") or train
+
+
+def training_files(root: str | os.PathLike[str]) -> tuple[Path, list[Path]]:
+    """The folder of normal training images under `root` (`train_folder`) and the image files below it.
+    A folder that also holds labelled images is refused: every image below it would be learnt as normal
+    (a data set's root one level too high, its `test/` or `ground_truth/` masks, a `defect/` class, or
+    `good/` beside defect folders)."""
+    folder = train_folder(root)
+    files = list_image_files(folder)
+    children: dict[tuple[str, ...], set[str]] = {}
+    for path in files:
+        parts = path.relative_to(folder).parts[:-1]
+        for depth, name in enumerate(parts):
+            children.setdefault(parts[:depth], set()).add(name)
+            if name.lower() in NOT_TRAINING_NAMES:
+                train = _child(folder.joinpath(*parts[:depth]), "train")
+                raise DataError(f"{folder} holds {Path(*parts[:depth + 1])}/ with images: training reads every image "
+                                "below the folder, so those would be learnt as normal; give the folder of normal "
+                                "images only" + (f" (e.g. {train})" if train is not None else ""))
+    for parent, names in children.items():
+        normal = next((n for n in names if n.lower() in NORMAL_NAMES), None)
+        others = sorted(n for n in names if n != normal and n.lower() not in NOT_TEST_NAMES)
+        if normal is not None and others:
+            where = folder.joinpath(*parent)
+            raise DataError(f"{where} is laid out as a labelled test folder ({normal}/ beside {', '.join(others[:3])}/"
+                            f"{' ...' if len(others) > 3 else ''}): training reads every image below it, so those "
+                            f"would be learnt as normal; give the folder of normal images only (e.g. {where / normal})")
+    return folder, files
 
 
 def labelled_files(root: str | os.PathLike[str]) -> tuple[list[Path], list[int]]:
@@ -40,7 +81,7 @@ def labelled_files(root: str | os.PathLike[str]) -> tuple[list[Path], list[int]]
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"folder not found: {root}")
-    base = root / "test" if (root / "test").is_dir() else root
+    base = _child(root, "test") or root
     folders = {p.name.lower(): p for p in sorted(base.iterdir()) if p.is_dir() and not p.name.startswith(".")}
     normal = next((folders[n] for n in NORMAL_NAMES if n in folders), None)
     abnormal = [folders[n] for n in ABNORMAL_NAMES if n in folders]

@@ -234,7 +234,7 @@ def read_images(images: Any, image_size: int, in_channels: int, aligned: bool = 
     floats as 0..1. Their channel count must match the model (files and PIL images are converted).
     With `aligned` (scoring: row i must be input i), an unreadable file is an error naming it; without
     (training, where order does not matter), unreadable files are skipped with a warning, and a folder
-    may be given: every image below it.
+    may be given: every image below it, or below its `train/` (`training_files`).
     """
     if isinstance(images, (str, os.PathLike)):
         if aligned:
@@ -243,7 +243,9 @@ def read_images(images: Any, image_size: int, in_channels: int, aligned: bool = 
         if not Path(images).is_dir():
             raise DataError(f"folder not found: {images}" if not Path(images).exists()
                             else f"give a folder or a list of image paths, not one file ({images})")
-        loaded = read_image_files(list_image_files(images), image_size, in_channels, bit_depth=bit_depth)
+        from .folders import training_files  # folders builds on this module
+
+        loaded = read_image_files(training_files(images)[1], image_size, in_channels, bit_depth=bit_depth)
         return loaded.images, loaded.bit_depth
     if isinstance(images, Image.Image):
         images = [images]
