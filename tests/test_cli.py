@@ -88,18 +88,25 @@ def test_test_command(trained_run: tuple[Path, Path], capsys: pytest.CaptureFixt
     assert page.count("data:image/png;base64,") == 7  # no training curves for a test run
 
 
-def test_predict_command_writes_csv(trained_run: tuple[Path, Path]) -> None:
+def test_predict_command_writes_csv(trained_run: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    """A row per file given, in order; an unreadable one keeps its row with no score, and the exit code says
+    that not every file was scored (an inspected part must not vanish from the log)."""
     root, run = trained_run
     out = root / "pred.csv"
-    (root / "test" / "abnormal" / "broken.png").write_text("garbage")
+    broken = root / "test" / "abnormal" / "broken.png"
+    broken.write_text("garbage")
     try:
         assert main(["predict", "--checkpoint", str(run / "model.pt"), str(root / "test"),
                      str(root / "train" / "img_000.png"), "--out", str(out), "--no-progress",
-                     "--save-maps", str(root / "maps")]) == 0
+                     "--save-maps", str(root / "maps")]) == 1
     finally:
-        (root / "test" / "abnormal" / "broken.png").unlink()
+        broken.unlink()
+    assert "1 of the files could not be read" in capsys.readouterr().err
     rows = list(csv.DictReader(out.open()))
-    assert len(rows) == 17  # 16 test images + 1 file; the broken one is skipped
+    assert len(rows) == 18 and rows[-1]["path"] == str(root / "train" / "img_000.png")
+    [unread] = [r for r in rows if r["path"] == str(broken)]
+    assert unread["score"] == unread["label"] == unread["map"] == ""
+    rows.remove(unread)  # 16 test images + 1 file
     assert {r["label"] for r in rows} <= {"0", "1"}
     assert all(float(r["score"]) >= 0 for r in rows)
     maps = [Path(r["map"]) for r in rows]

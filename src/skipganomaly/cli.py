@@ -29,6 +29,9 @@ from .workflows import evaluate_folder, load_calibrated, predict_files, resumed_
 
 log = logging.getLogger("skipganomaly")
 
+# Exit code of a command that wrote what it could while some of its work failed (benchmark cells, unreadable
+# files given to predict), each named above; 2 is bad input, 3 a benchmark stopped by its time limit.
+PARTLY_FAILED_EXIT = 1
 DEFAULT_TRAIN_OUT = Path("runs/train")  # `train`'s run directory when --out is not given (or runs/train2, ...)
 
 
@@ -422,7 +425,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
         if inside:
             raise ConfigError(f"--save-maps {args.save_maps} is inside the input folder {inside[0]}: the next call "
                               "would score the maps; put them elsewhere")
-    predict_files(args.checkpoint, args.inputs, args.out, args.save_maps, device=args.device, progress=args.progress)
+    unread = predict_files(args.checkpoint, args.inputs, args.out, args.save_maps, device=args.device,
+                           progress=args.progress)
+    if unread:  # a script sees that not every part was scored; the CSV holds every other score
+        print(f"error: {len(unread)} of the files could not be read (named above); their rows in {args.out} have no "
+              "score", file=sys.stderr)
+        return PARTLY_FAILED_EXIT
     return 0
 
 
@@ -512,7 +520,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     finally:
         decoded.unlink(missing_ok=True)
     if outcome.failures:
-        return 1
+        return PARTLY_FAILED_EXIT
     return DEADLINE_EXIT if outcome.unfinished else 0  # a script can tell "run again to continue" from "done"
 
 

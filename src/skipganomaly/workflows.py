@@ -63,9 +63,11 @@ def evaluate_folder(checkpoint: Path, data: Path, out: Path | None = None, repor
 
 
 def predict_files(checkpoint: Path, inputs: Sequence[Path], out: Path, save_maps: Path | None = None,
-                  device: str = "auto", progress: bool = True) -> None:
+                  device: str = "auto", progress: bool = True) -> list[str]:
     """Write path, score and label (1 = above the stored threshold) per image of `inputs` (files and
-    folders) to the CSV `out`; with `save_maps`, one input | anomaly-map PNG per image there."""
+    folders) to the CSV `out`; with `save_maps`, one input | anomaly-map PNG per image there. A file that
+    cannot be read keeps its row, with the score and label left empty (a part that disappears from an
+    inspection log is worse than one marked unscored); those files are returned."""
     det = load_calibrated(checkpoint, device, progress)
     paths: list[Path] = []
     for item in inputs:
@@ -102,8 +104,13 @@ def predict_files(checkpoint: Path, inputs: Sequence[Path], out: Path, save_maps
         buffer = io.StringIO()
         writer = csv.writer(buffer)
         writer.writerow(["path", "score", "label"] + (["map"] if maps else []))
-        for i, (path, score, label) in enumerate(zip(kept, scores, labels, strict=True)):
-            writer.writerow([path, f"{score:.8g}", int(label)] + ([maps[i]] if maps else []))
+        row_of = {path: i for i, path in enumerate(kept)}
+        for path in map(str, paths):  # in the order given, unreadable files in their place
+            i = row_of.get(path)
+            if i is None:
+                writer.writerow([path, "", ""] + ([""] if maps else []))
+            else:
+                writer.writerow([path, f"{scores[i]:.8g}", int(labels[i])] + ([maps[i]] if maps else []))
         write_text_atomic(csv_tmp, buffer.getvalue())
         if save_maps is not None and partial is not None:
             if save_maps.is_dir():
@@ -114,8 +121,11 @@ def predict_files(checkpoint: Path, inputs: Sequence[Path], out: Path, save_maps
         if partial is not None:
             shutil.rmtree(partial, ignore_errors=True)
         csv_tmp.unlink(missing_ok=True)
+    unread = [path for path in map(str, paths) if path not in row_of]
     print(f"wrote {len(kept)} scores to {out} ({int(labels.sum())} flagged)"
-          + (f"; anomaly-map overlays in {save_maps}" if maps else ""))
+          + (f"; anomaly-map overlays in {save_maps}" if maps else "")
+          + (f"; {len(unread)} unreadable file{'s' if len(unread) > 1 else ''} with no score" if unread else ""))
+    return unread
 
 
 def resumed_settings(run: RunDirectory, given: dict[str, Any], model_options_given: bool = False
