@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -40,6 +41,21 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
                  "--epochs", "2", "--batch-size", "8", "--lr", "1e-3", *SMALL])
     assert code == 0
     return root, run
+
+
+def test_a_run_names_the_held_out_images_behind_its_threshold(trained_run: tuple[Path, Path]) -> None:
+    """calibration.csv: each held-out training image with its own score, highest first, so an odd one that set
+    the threshold (a grayscale scan among RGB ones) can be found; the detector keeps the same scores."""
+    from skipganomaly import Detector
+    from skipganomaly.evaluation.report import read_scores
+
+    root, run = trained_run
+    names, labels, scores = read_scores(run / "calibration.csv")
+    det = Detector.load(run, device="cpu")
+    assert len(names) == det.n_val_images_ == 2 and not labels.any() and list(scores) == sorted(scores, reverse=True)
+    assert all(Path(name).parent == root / "train" for name in names)
+    assert np.allclose(det.decision_function(names), scores, rtol=1e-6)  # each name is the image of its score
+    assert sorted(scores) == pytest.approx(sorted(det.val_scores_)) and det.threshold_ == pytest.approx(max(scores))
 
 
 def test_train_writes_a_complete_run_directory(trained_run: tuple[Path, Path]) -> None:
@@ -413,8 +429,6 @@ def test_unwritable_output_is_one_line(tmp_path: Path, trained_run: tuple[Path, 
 def _own_npz(path: Path, names: tuple[str, ...] = ("a", "b", "noise", "c")) -> Path:
     """Four classes: 'noise' is uniform noise, the others smooth images (a known answer); 28x28 grayscale, as
     MedMNIST, so every protocol must resize them to the model's 32."""
-    import numpy as np
-
     from tests.conftest import noise_images, smooth_images
 
     arrays = {}
@@ -500,8 +514,6 @@ def test_benchmark_on_a_folder_per_class(tmp_path: Path, caplog: pytest.LogCaptu
 
 
 def test_own_data_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    import numpy as np
-
     good = _own_npz(tmp_path / "good.npz")
     with np.load(good) as archive:
         arrays = {k: archive[k] for k in archive.files}
@@ -622,8 +634,6 @@ def test_what_a_model_cannot_take_fails_before_any_data_is_read(tmp_path: Path,
 
 def test_repeated_seeds_classes_and_models_run_once(tmp_path: Path) -> None:
     """`--seeds 0,0` is one seed, not a fake mean±std of one cell counted twice."""
-    import numpy as np
-
     rng = np.random.default_rng(0)
     images = rng.integers(0, 255, (90, 8, 8), dtype=np.uint8)
     data = tmp_path / "d.npz"

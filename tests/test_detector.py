@@ -100,6 +100,7 @@ def test_save_load_round_trip_gives_identical_scores(fitted: tuple[Detector, Pat
     x = np.concatenate([blob_images(4, seed=9), noise_images(4)])
     assert np.array_equal(loaded.decision_function(x), det.decision_function(x))
     assert loaded.threshold_ == det.threshold_
+    assert loaded.val_scores_ is not None and np.array_equal(loaded.val_scores_, det.val_scores_)  # what set it
     det.save(tmp_path / "again.pt")
     assert np.array_equal(Detector.load(tmp_path / "again.pt").decision_function(x), det.decision_function(x))
     assert not [p for p in tmp_path.iterdir() if p.suffix == ".tmp"]

@@ -199,7 +199,7 @@ class Detector:
         self.device = resolve_device(self.settings.training.device)
         self.model_: AnomalyModel | None = None
         self.threshold_: float | None = None
-        self.val_scores_: np.ndarray | None = None  # held-out normal scores behind threshold_ (fit only)
+        self.val_scores_: np.ndarray | None = None  # held-out normal scores behind threshold_ (saved with it)
         self.n_train_images_: int | None = None  # images the weights were trained on
         self.n_val_images_: int | None = None  # held-out normals behind threshold_
         # the bit depth the training files wider than 8 bits were scaled by; scoring files reads them at it
@@ -423,7 +423,8 @@ class Detector:
             "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
             "threshold": self.threshold_,
             "fit": {"n_train_images": self.n_train_images_, "n_val_images": self.n_val_images_,
-                    "bit_depth": self.bit_depth_},
+                    "bit_depth": self.bit_depth_,
+                    "val_scores": None if self.val_scores_ is None else [float(v) for v in self.val_scores_]},
             "history": self.history_,
         }
         save_torch_atomic(Path(path), payload)
@@ -470,6 +471,8 @@ class Detector:
         det.history_ = payload["history"]
         det.n_train_images_, det.n_val_images_ = fit.get("n_train_images"), fit.get("n_val_images")
         det.bit_depth_ = fit.get("bit_depth")
+        if fit.get("val_scores") is not None:
+            det.val_scores_ = np.asarray(fit["val_scores"], dtype=np.float64)
         return det
 
 

@@ -34,12 +34,13 @@ STATE_SUFFIX = ".state.pt"
 METRICS_LOG = "metrics.jsonl"
 METRICS = "metrics.json"
 SCORES = "scores.csv"
+CALIBRATION = "calibration.csv"  # the held-out training normals behind the threshold, in the scores' format
 EVALUATION = "evaluation.json"
 FIGURES = "figures"
 REPORT = "report.html"
 TENSORBOARD = "tensorboard"
 
-RUN_FILES = (CONFIG, CHECKPOINT, METRICS_LOG, METRICS, SCORES, EVALUATION, FIGURES, REPORT, TENSORBOARD)
+RUN_FILES = (CONFIG, CHECKPOINT, METRICS_LOG, METRICS, SCORES, CALIBRATION, EVALUATION, FIGURES, REPORT, TENSORBOARD)
 
 CONFIG_FORMAT = "skipganomaly-run"
 CONFIG_VERSION = 2  # 1: the flat argparse namespace of `train` (read by `read_config`)
@@ -73,6 +74,7 @@ class RunDirectory:
     metrics_log = _member(METRICS_LOG)
     metrics = _member(METRICS)
     scores = _member(SCORES)
+    calibration = _member(CALIBRATION)
     evaluation = _member(EVALUATION)
     figures = _member(FIGURES)
     report = _member(REPORT)

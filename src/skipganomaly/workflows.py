@@ -13,6 +13,8 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
+
 from .data.digits import digits_leave_one_out
 from .data.folders import load_labelled_folder, training_files
 from .data.images import list_image_files, load_image_files, read_image_files
@@ -20,9 +22,9 @@ from .detector import Detector, DetectorSettings, setting_fields
 from .errors import CheckpointError, ConfigError, DataError
 from .evaluation.metrics import evaluate_scores
 from .evaluation.plots import save_overlays
-from .evaluation.report import build_run_report, write_evaluation
+from .evaluation.report import build_run_report, write_evaluation, write_scores
 from .evaluation.tables import per_class_table
-from .files import write_text_atomic
+from .files import readable_name, write_text_atomic
 from .run_directory import EpochLog, RunDirectory, SweepDirectory, write_json
 from .training.distributed import init_from_environment, is_main_process
 from .training import TrainConfig
@@ -182,6 +184,7 @@ def train_run(settings: DetectorSettings, data: Path, test: Path | None, run: Ru
     finally:
         log_epoch.close()
     metrics: dict[str, Any] = {"threshold": det.threshold_, "train_images": len(kept)}
+    _write_calibration(det, kept, run)
     if test_data is not None:
         x, y, names = test_data
         scores = det.decision_function(x)
@@ -194,6 +197,20 @@ def train_run(settings: DetectorSettings, data: Path, test: Path | None, run: Ru
     run.write_metrics(metrics)
     print(f"saved {run.checkpoint} (threshold {det.threshold_:.6g}); report {report}")
     return det
+
+
+def _write_calibration(det: Detector, names: Sequence[str], run: RunDirectory) -> None:
+    """calibration.csv: the held-out training normals' scores, highest first, and which image's score the threshold
+    is, so that an odd image among them (a grayscale scan in an RGB set) can be found and removed."""
+    if det.val_scores_ is None or det.threshold_ is None:
+        return
+    held_out = [names[i] for i in det.holdout(len(names))[0].tolist()]
+    order = np.argsort(-det.val_scores_, kind="stable")
+    write_scores(run.calibration, [held_out[i] for i in order], np.zeros(len(order), dtype=np.int64),
+                 det.val_scores_[order])
+    setter = held_out[int(np.argmin(np.abs(det.val_scores_ - det.threshold_)))]
+    print(f"threshold {det.threshold_:.6g}: the score of held-out training image {readable_name(setter)}, "
+          f"rank {int((det.val_scores_ <= det.threshold_).sum())} of {len(held_out)} (all in {run.calibration})")
 
 
 def run_demo(settings: DetectorSettings, digits: Sequence[int], out: Path, baselines: Sequence[str] = (),
