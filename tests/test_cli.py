@@ -131,6 +131,21 @@ def test_predict_command_writes_csv(trained_run: tuple[Path, Path], capsys: pyte
         assert picture.size == (256, 128) and picture.mode == "RGB"
 
 
+def test_a_second_test_keeps_the_first_ones_report(trained_run: tuple[Path, Path], tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """Without --report-dir, each `test` writes to the first of runs/test, runs/test2, ... that holds no
+    evaluation (as `train` does with its runs), so comparing two checkpoints does not lose the first report."""
+    root, run = trained_run
+    monkeypatch.chdir(tmp_path)
+    args = ["test", "--checkpoint", str(run), "--data", str(root / "test"), "--no-progress", "--device", "cpu"]
+    assert main(args) == 0 and main(args) == 0
+    assert (tmp_path / "runs" / "test" / "report.html").is_file() and (tmp_path / "runs" / "test2" / "report.html").is_file()
+    assert main([*args, "--no-report"]) == 0 and not (tmp_path / "runs" / "test3").exists()
+    assert main([*args, "--no-report", "--report-dir", "x"]) == 2
+    assert "not both" in capsys.readouterr().err
+
+
 def _run(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "skipganomaly", *args], capture_output=True, text=True, timeout=120)
 

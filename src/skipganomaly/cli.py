@@ -33,6 +33,7 @@ log = logging.getLogger("skipganomaly")
 # files given to predict), each named above; 2 is bad input, 3 a benchmark stopped by its time limit.
 PARTLY_FAILED_EXIT = 1
 DEFAULT_TRAIN_OUT = Path("runs/train")  # `train`'s run directory when --out is not given (or runs/train2, ...)
+DEFAULT_TEST_OUT = Path("runs/test")  # `test`'s report folder when --report-dir is not given (or runs/test2, ...)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -152,10 +153,10 @@ def _add_test(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> Non
     p.add_argument("--data", required=True, type=Path,
                    help="labelled folder: normal/ + abnormal/, 0.normal/ + 1.abnormal/, or good/ + defect folders")
     p.add_argument("--out", type=Path, help="write metrics JSON here (default: print only)")
-    p.add_argument("--report-dir", type=Path, default=Path("runs/test"),
-                   help="where scores, figures and report.html go (default: runs/test)")
-    p.add_argument("--no-report", dest="report_dir", action="store_const", const=None,
-                   help="print and write metrics only")
+    p.add_argument("--report-dir", type=Path,
+                   help=f"where scores, figures and report.html go (default: {DEFAULT_TEST_OUT}, or the first of "
+                        f"{DEFAULT_TEST_OUT}2, {DEFAULT_TEST_OUT}3, ... that holds no evaluation yet)")
+    p.add_argument("--no-report", action="store_true", help="print and write metrics only")
     _add_settings_args(p, only=("device", "progress"))
     p.set_defaults(func=cmd_test)
 
@@ -406,11 +407,16 @@ def _check_output_dir(path: Path | None, flag: str) -> None:
 
 
 def cmd_test(args: argparse.Namespace) -> int:
-    _check_output_dir(args.report_dir, "--report-dir")
-    if args.report_dir is not None and RunDirectory(args.report_dir).holds_run:
-        raise ConfigError(f"--report-dir {args.report_dir} holds a training run, whose evaluation and report this "
+    if args.no_report and args.report_dir is not None:
+        raise ConfigError("give --report-dir or --no-report, not both")
+    report_dir = None if args.no_report else args.report_dir or next_free_run(DEFAULT_TEST_OUT, evaluations=True)
+    _check_output_dir(report_dir, "--report-dir")
+    if report_dir is not None and RunDirectory(report_dir).holds_run:
+        raise ConfigError(f"--report-dir {report_dir} holds a training run, whose evaluation and report this "
                           "would replace; give another --report-dir")
-    evaluate_folder(args.checkpoint, args.data, args.out, args.report_dir, device=args.device, progress=args.progress)
+    if args.report_dir is not None and RunDirectory(report_dir).evaluation.exists():
+        log.info("replacing the evaluation in %s (given as --report-dir)", report_dir)
+    evaluate_folder(args.checkpoint, args.data, args.out, report_dir, device=args.device, progress=args.progress)
     return 0
 
 

@@ -51,10 +51,11 @@ def state_path(checkpoint: Path) -> Path:
     return Path(checkpoint).with_suffix(STATE_SUFFIX)
 
 
-def next_free_run(base: Path) -> Path:
-    """`base`, or the first of base2, base3, ... that holds no run: a default that never mixes two runs."""
+def next_free_run(base: Path, evaluations: bool = False) -> Path:
+    """`base`, or the first of base2, base3, ... that holds no run (with `evaluations`: nor a `test`
+    command's evaluation): a default that never mixes or replaces earlier results."""
     candidate, n = base, 1
-    while RunDirectory(candidate).holds_run:
+    while RunDirectory(candidate).holds_run or (evaluations and RunDirectory(candidate).evaluation.exists()):
         n += 1
         candidate = base.with_name(f"{base.name}{n}")
     return candidate
