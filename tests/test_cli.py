@@ -131,6 +131,39 @@ def test_predict_command_writes_csv(trained_run: tuple[Path, Path], capsys: pyte
         assert picture.size == (256, 128) and picture.mode == "RGB"
 
 
+def test_several_defect_folders_get_a_line_each(trained_run: tuple[Path, Path], tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """MVTec AD's test/good beside several defect folders: beside the pooled metrics, each folder's recall (the
+    normal one's false alarms) and each defect's AUROC against the normals, so a missed defect type shows."""
+    from sklearn.metrics import roc_auc_score
+    from tests.conftest import noise_images, smooth_images, write_images
+
+    root, run = trained_run
+    data = tmp_path / "bottle"
+    write_images(data / "test" / "good", smooth_images(8, seed=7))
+    write_images(data / "test" / "scratch", noise_images(6))
+    write_images(data / "test" / "hole", smooth_images(5, seed=8))  # looks normal: the missed defect type
+    write_images(data / "ground_truth" / "scratch", noise_images(6, seed=3), prefix="mask")
+    report = tmp_path / "report"
+    assert main(["test", "--checkpoint", str(run), "--data", str(data), "--report-dir", str(report),
+                 "--out", str(tmp_path / "m.json"), "--no-progress", "--device", "cpu"]) == 0
+    printed = capsys.readouterr().out
+    evaluation = json.loads((report / "evaluation.json").read_text())
+    per_folder, threshold = evaluation["per_folder"], evaluation["threshold"]
+    assert list(per_folder) == ["good", "hole", "scratch"] and json.loads((tmp_path / "m.json").read_text())["per_folder"] == per_folder
+    rows = list(csv.DictReader((report / "scores.csv").open()))
+    score = {name: np.array([float(r["score"]) for r in rows if Path(r["name"]).parent.name == name])
+             for name in per_folder}
+    for name, row in per_folder.items():
+        assert row["n"] == len(score[name]) and row["flagged"] == pytest.approx(np.mean(score[name] > threshold))
+        if name != "good":
+            expected = roc_auc_score([0] * len(score["good"]) + [1] * len(score[name]), np.r_[score["good"], score[name]])
+            assert row["auroc"] == pytest.approx(expected)
+            assert f"  {name}/: n={row['n']} auroc={row['auroc']:.4f}" in printed
+    assert per_folder["scratch"]["auroc"] > per_folder["hole"]["auroc"] and "  good/: n=8 false alarms=" in printed
+    assert "Per folder" in (report / "report.html").read_text()
+
+
 def test_a_second_test_keeps_the_first_ones_report(trained_run: tuple[Path, Path], tmp_path: Path,
                                                    monkeypatch: pytest.MonkeyPatch,
                                                    capsys: pytest.CaptureFixture[str]) -> None:

@@ -16,11 +16,11 @@ from typing import Any, Sequence
 import numpy as np
 
 from .data.digits import digits_leave_one_out
-from .data.folders import load_labelled_folder, training_files
+from .data.folders import label_folders, load_labelled_folder, training_files
 from .data.images import list_image_files, load_image_files, read_image_files
 from .detector import Detector, DetectorSettings, setting_fields
 from .errors import CheckpointError, ConfigError, DataError
-from .evaluation.metrics import evaluate_scores
+from .evaluation.metrics import evaluate_scores, metrics_per_folder
 from .evaluation.plots import save_overlays
 from .evaluation.report import build_run_report, write_evaluation, write_scores
 from .evaluation.tables import per_class_table
@@ -54,14 +54,30 @@ def evaluate_folder(checkpoint: Path, data: Path, out: Path | None = None, repor
                                        bit_depth=det.bit_depth_)
     scores = det.decision_function(x)
     metrics = evaluate_scores(scores, y.numpy(), det.threshold_)
-    print(format_metrics(metrics))
+    per_folder = _print_evaluation(metrics, scores, y.numpy(), label_folders(data, names), det.threshold_)
     if out is not None:
-        write_json(out, metrics)
+        write_json(out, {**metrics, **({"per_folder": per_folder} if per_folder else {})})
     if report_dir is not None:
         report = write_evaluation(report_dir, f"{det.model_name} ({checkpoint}) on {data}", x, names, y.numpy(),
-                                  scores, metrics, det.threshold_, det.reconstructions, det.anomaly_maps)
+                                  scores, metrics, det.threshold_, det.reconstructions, det.anomaly_maps,
+                                  per_folder=per_folder)
         print(f"report {report}")
     return metrics
+
+
+def _print_evaluation(metrics: dict[str, Any], scores: np.ndarray, labels: np.ndarray, folders: Sequence[str],
+                      threshold: float) -> dict[str, dict[str, float]] | None:
+    """Print the pooled metrics and, where the test set has several defect folders (MVTec AD's defect types),
+    a line per folder; return those (None with one defect folder: the pooled metrics say it all)."""
+    print(format_metrics(metrics))
+    per_folder = metrics_per_folder(scores, labels, folders, threshold)
+    if sum(row["label"] for row in per_folder.values()) < 2:
+        return None
+    for name, row in per_folder.items():
+        what = f"auroc={row['auroc']:.4f} recall={row['flagged']:.4f}" if row["label"] else \
+            f"false alarms={row['flagged']:.4f}"
+        print(f"  {readable_name(name)}/: n={row['n']} {what}")
+    return per_folder
 
 
 def predict_files(checkpoint: Path, inputs: Sequence[Path], out: Path, save_maps: Path | None = None,
@@ -189,9 +205,10 @@ def train_run(settings: DetectorSettings, data: Path, test: Path | None, run: Ru
         x, y, names = test_data
         scores = det.decision_function(x)
         metrics["test"] = evaluate_scores(scores, y.numpy(), det.threshold_)
-        print(format_metrics(metrics["test"]))
+        per_folder = _print_evaluation(metrics["test"], scores, y.numpy(), label_folders(test, names), det.threshold_)
         report = write_evaluation(run.root, f"{settings.model} on {test}", x, names, y.numpy(), scores,
-                                  metrics["test"], det.threshold_, det.reconstructions, det.anomaly_maps)
+                                  metrics["test"], det.threshold_, det.reconstructions, det.anomaly_maps,
+                                  per_folder=per_folder)
     else:
         report = build_run_report(run.root)
     run.write_metrics(metrics)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from typing import Sequence
 
 import torch
 
@@ -104,6 +105,14 @@ def labelled_files(root: str | os.PathLike[str]) -> tuple[list[Path], list[int]]
         paths += files
         labels += [1] * len(files)
     return paths, labels
+
+
+def label_folders(root: str | os.PathLike[str], paths: Sequence[str | os.PathLike[str]]) -> list[str]:
+    """The labelled folder (`good`, `scratch`, ...) each of `paths` lies in, of the test folder `root` (as
+    `labelled_files` reads it: directly or under its `test/`)."""
+    root = Path(root)
+    base = _child(root, "test") or root
+    return [Path(p).relative_to(base).parts[0] for p in paths]
 
 
 def load_labelled_folder(

@@ -61,3 +61,30 @@ def evaluate_scores(scores: Sequence[float], labels: Sequence[int], threshold: f
         "n_normal": int(np.sum(y == 0)),
         "n_abnormal": int(np.sum(y == 1)),
     }
+
+
+def metrics_per_folder(scores: Sequence[float], labels: Sequence[int], folders: Sequence[str],
+                       threshold: float) -> dict[str, dict[str, float]]:
+    """Per folder of a labelled test set (MVTec AD's defect types): its image count, the share flagged at
+    `threshold` (for the normal folder, the false-alarm rate; for a defect folder, its recall) and, for a
+    defect folder, the AUROC of its images against all normal ones, so one defect type the model misses
+    is not hidden in the pooled AUROC."""
+    from sklearn.metrics import roc_auc_score
+
+    s = np.asarray(scores, dtype=np.float64)
+    y = np.asarray(labels, dtype=np.int64)
+    names = np.asarray(folders, dtype=object)
+    if not s.shape == y.shape == names.shape:
+        raise ValueError(f"{s.size} scores, {y.size} labels and {names.size} folder names")
+    normal = y == 0
+    out: dict[str, dict[str, float]] = {}
+    for name in dict.fromkeys(folders):  # in the order of the test set: the normal folder first
+        part = names == name
+        row: dict[str, float] = {"label": int(y[part][0]), "n": int(part.sum()),
+                                 "flagged": float(np.mean(s[part] > threshold))}
+        if row["label"] == 1:
+            both = np.concatenate([s[normal], s[part]])
+            row["auroc"] = (float(roc_auc_score(np.r_[np.zeros(normal.sum()), np.ones(part.sum())], both))
+                            if normal.any() else float("nan"))
+        out[str(name)] = row
+    return out

@@ -77,17 +77,19 @@ def write_evaluation(
     reconstruct: Callable[[Any], np.ndarray],
     anomaly_maps: Callable[[Any], np.ndarray],
     k: int = 8,
+    per_folder: Mapping[str, Mapping[str, float]] | None = None,
 ) -> Path:
     """Write scores, evaluation.json, the example grids and the report; return the report's path.
 
     `images` are uint8 [N, C, H, W] at the model's size; `reconstruct` and `anomaly_maps` are the
-    detector's methods (called on the few selected images only).
+    detector's methods (called on the few selected images only); `per_folder`: `metrics_per_folder`'s.
     """
     run = RunDirectory(Path(run_dir))
     figures = run.figures
     write_scores(run.scores, names, labels, scores)
-    write_text_atomic(run.evaluation, json_text({"title": title, "metrics": dict(metrics), "threshold": threshold},
-                                                indent=2) + "\n")
+    evaluation = {"title": title, "metrics": dict(metrics), "threshold": threshold,
+                  **({"per_folder": dict(per_folder)} if per_folder else {})}
+    write_text_atomic(run.evaluation, json_text(evaluation, indent=2) + "\n")
     for group, index in select_examples(labels, scores, threshold, k).items():
         subset = images[index]
         shown = subset.permute(0, 2, 3, 1).numpy() / 255.0 if len(index) else np.zeros((0, 1, 1, 1))
@@ -130,6 +132,14 @@ def build_run_report(run_dir: Path) -> Path:
         threshold = evaluation.get("threshold")
         metrics = evaluation.get("metrics", {})
         sections.append("<h2>Metrics</h2>" + html_table(["metric", "value"], [[k, v] for k, v in metrics.items()]))
+        per_folder = evaluation.get("per_folder") or {}
+        if per_folder:
+            sections.append("<h2>Per folder</h2><p>Each defect folder's images against all normal ones (AUROC), and "
+                            "the share of each folder flagged at the threshold: the normal folder's is the false-alarm "
+                            "rate, a defect folder's its recall.</p>"
+                            + html_table(["folder", "label", "images", "flagged", "auroc"],
+                                         [[readable_name(name) + "/", "abnormal" if row["label"] else "normal", row["n"],
+                                           row["flagged"], row.get("auroc", "")] for name, row in per_folder.items()]))
         curves = {"test": (labels, scores)}
         figs = [roc_figure(curves, figures / "roc.png"), pr_figure(curves, figures / "pr.png"),
                 histogram_figure(labels, scores, threshold, figures / "histogram.png")]
