@@ -362,3 +362,27 @@ def test_images_brighter_than_the_detectors_depth_are_clipped_with_a_warning(tmp
             images, depth = read()
         assert depth == 12 and images.amax(dim=(1, 2, 3)).tolist() == [255, 255, 255]
         assert caplog.text.count("above the 12-bit range") == 1 and "2 images hold values" in caplog.text
+
+
+def test_a_set_that_mixes_grayscale_and_colour_or_sizes_says_which_files_differ(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Every file is converted to the model's channels and size; a stray grayscale scan among colour ones, or a
+    frame of another camera, is named in one line each, and a uniform set gets neither line."""
+    from skipganomaly.data import read_image_files
+
+    rng = np.random.default_rng(0)
+    for i in range(5):
+        Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(tmp_path / f"colour{i}.png")
+    uniform = sorted(tmp_path.iterdir())
+    Image.fromarray(rng.integers(0, 255, (40, 40), dtype=np.uint8)).save(tmp_path / "scan.png")
+    Image.fromarray(rng.integers(0, 255, (160, 120, 3), dtype=np.uint8)).save(tmp_path / "frame.jpg")  # as stored,
+    # not as decoded: a JPEG is decoded at a reduced scale
+    with caplog.at_level(logging.INFO, logger="skipganomaly"):
+        read_image_files(sorted(tmp_path.iterdir()), 16, 3)
+    assert "1 of 7 images are grayscale, the others colour; all are read as RGB: scan.png" in caplog.text
+    assert "1 of 7 images differ in size from the most common, 40x40 (120x160); all are resized to 16x16: frame.jpg" \
+        in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="skipganomaly"):
+        read_image_files(uniform, 16, 1)
+    assert "grayscale" not in caplog.text and "differ in size" not in caplog.text

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import DataError
+from ..files import readable_name
 
 log = logging.getLogger("skipganomaly")
 
@@ -44,7 +45,7 @@ def load_image(path: str | os.PathLike[str], image_size: int, in_channels: int,
     photo is a legitimate input).
     """
     with _large_images_allowed():
-        image, _, several = _read_image(path, image_size, in_channels, bit_depth)
+        image, _, several, _ = _read_image(path, image_size, in_channels, bit_depth)
     if several:
         log.warning("%s holds several frames (pages); only the first is read", path)
     return image
@@ -59,20 +60,31 @@ def _large_images_allowed() -> Iterator[None]:
         yield
 
 
+class FileForm(NamedTuple):
+    """How an image file is stored, before it is converted to the model's channels and size."""
+    colour: bool  # False: grayscale (one channel, 8 bits or wider)
+    size: tuple[int, int]  # width, height
+
+
+GREY_MODES = ("1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "F")
+
+
 def _read_image(path: str | os.PathLike[str], image_size: int, in_channels: int,
-                bit_depth: int | None = None) -> tuple[np.ndarray, int | None, bool]:
+                bit_depth: int | None = None) -> tuple[np.ndarray, int | None, bool, FileForm]:
     """The image (wide integer images scaled by `bit_depth`, else by their own), the depth its own values
-    need (None: not an integer image wider than 8 bits), and whether the file holds further frames."""
+    need (None: not an integer image wider than 8 bits), whether the file holds further frames, and how
+    it is stored."""
     try:
         with Image.open(path) as img:
             # a multi-page TIFF or an animated GIF: one image per file (a camera's MPO JPEG holds a preview
             # as its second picture: the first is the photo)
             several = getattr(img, "n_frames", 1) > 1 and img.format != "MPO"
+            form = FileForm(img.mode not in GREY_MODES, img.size)
             img.draft("L" if in_channels == 1 else "RGB", (image_size, image_size))
             img = ImageOps.exif_transpose(img)
             own = wide_bit_depth(img)
             image = pil_to_array(img, image_size, in_channels, bit_depth if bit_depth is not None else own)
-            return image, own, several
+            return image, own, several, form
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
         raise DataError(f"cannot read image {path}: {err}") from None
 
@@ -170,11 +182,12 @@ def read_image_files(
     ok = np.zeros(len(paths), dtype=bool)
     depths = np.zeros(len(paths), dtype=np.int64)  # the depth each wide image needs (0: not wide)
     several: list[str] = []
+    forms: list[FileForm | None] = [None] * len(paths)
 
     def read(chunk: Sequence[int], depth: int | None, first: bool) -> int:
         for i in chunk:
             try:
-                out[i], need, more = _read_image(paths[i], image_size, in_channels, depth)
+                out[i], need, more, forms[i] = _read_image(paths[i], image_size, in_channels, depth)
                 depths[i] = need or 0
                 ok[i] = True
                 if more and first:  # list.append is atomic under the GIL
@@ -206,12 +219,40 @@ def read_image_files(
     kept = np.flatnonzero(ok)
     if len(kept) == 0:
         raise DataError(f"none of the {len(paths)} image files could be read")
+    _say_mixed_forms([str(paths[i]) for i in kept], [forms[i] for i in kept], image_size, in_channels)
     if len(kept) < len(paths):
         log.warning("skipped %d of %d image files that could not be read", len(paths) - len(kept), len(paths))
         for dst, src in enumerate(kept):  # close the gaps in place, keeping the order
             out[dst] = out[src]
     return LoadedFiles(torch.from_numpy(out[:len(kept)]), [str(paths[i]) for i in kept],
                        depth if depths[kept].any() else None)
+
+
+def _say_mixed_forms(paths: Sequence[str], forms: Sequence[FileForm | None], image_size: int,
+                     in_channels: int) -> None:
+    """One line each when a set of files mixes grayscale and colour images, or sizes: all are converted to the
+    model's channels and size without complaint, which hides a stray image (a grayscale scan among RGB ones, a
+    thumbnail among full frames) that may then set the threshold or dominate a test."""
+    known = [(path, form) for path, form in zip(paths, forms) if form is not None]
+    colour = [path for path, form in known if form.colour]
+    if 0 < len(colour) < len(known):
+        grey = [path for path, form in known if not form.colour]
+        fewer, kind = (grey, "grayscale") if len(grey) <= len(colour) else (colour, "colour")
+        log.info("%d of %d images are %s, the others %s; all are read as %s: %s", len(fewer), len(known), kind,
+                 "colour" if kind == "grayscale" else "grayscale", "grayscale" if in_channels == 1 else "RGB",
+                 _some(fewer))
+    sizes = Counter(form.size for _, form in known)
+    if len(sizes) > 1:
+        (common, n), = sizes.most_common(1)
+        other = [path for path, form in known if form.size != common]
+        log.info("%d of %d images differ in size from the most common, %dx%d (%s); all are resized to %dx%d: %s", len(other),
+                 len(known), *common, ", ".join(f"{w}x{h}" for (w, h), _ in sizes.most_common()[1:4])
+                 + (" ..." if len(sizes) > 4 else ""), image_size, image_size, _some(other))
+
+
+def _some(paths: Sequence[str], shown: int = 3) -> str:
+    """A few file names of a list, for a log line."""
+    return ", ".join(readable_name(Path(p).name) for p in paths[:shown]) + (" ..." if len(paths) > shown else "")
 
 
 def _usable_cpus() -> int:
