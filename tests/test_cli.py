@@ -164,6 +164,30 @@ def test_several_defect_folders_get_a_line_each(trained_run: tuple[Path, Path], 
     assert "Per folder" in (report / "report.html").read_text()
 
 
+def test_test_images_that_are_training_images_are_warned_about(tmp_path: Path,
+                                                                caplog: pytest.LogCaptureFixture) -> None:
+    """`train --test` with test images that are copies of training images (a test folder given as training data,
+    or copied into it): the metrics would be optimistic, and the warning names the copies."""
+    import logging
+
+    from tests.conftest import noise_images, smooth_images, write_images
+
+    train = write_images(tmp_path / "train", smooth_images(30, seed=0))
+    write_images(tmp_path / "test" / "normal", smooth_images(4, seed=5))
+    write_images(tmp_path / "test" / "abnormal", noise_images(4))
+    command = ["train", "--model", "pca", "--data", str(tmp_path / "train"), "--test", str(tmp_path / "test"),
+               "--no-progress", "--device", "cpu"]
+    with caplog.at_level(logging.WARNING, logger="skipganomaly"):
+        assert main([*command, "--out", str(tmp_path / "clean")]) == 0
+    assert "also training images" not in caplog.text
+    for path in train[:2]:
+        shutil.copy(path, tmp_path / "test" / "normal" / f"copy_{path.name}")
+    with caplog.at_level(logging.WARNING, logger="skipganomaly"):
+        assert main([*command, "--out", str(tmp_path / "leaky")]) == 0
+    assert "2 of the 10 test images (2 normal, 0 abnormal) are also training images" in caplog.text
+    assert "copy_img_000.png, copy_img_001.png" in caplog.text
+
+
 def test_a_second_test_keeps_the_first_ones_report(trained_run: tuple[Path, Path], tmp_path: Path,
                                                    monkeypatch: pytest.MonkeyPatch,
                                                    capsys: pytest.CaptureFixture[str]) -> None:

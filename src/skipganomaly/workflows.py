@@ -4,6 +4,7 @@ directory, evaluate, write the report. The CLI parses arguments and calls these.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import logging
 import math
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+import torch
 
 from .data.digits import digits_leave_one_out
 from .data.folders import label_folders, load_labelled_folder, training_files
@@ -182,6 +184,7 @@ def train_run(settings: DetectorSettings, data: Path, test: Path | None, run: Ru
     test_data = None
     if test is not None:  # load before training, so a bad test folder fails in seconds, not hours
         test_data = load_labelled_folder(test, settings.image_size, settings.in_channels, bit_depth=bit_depth)
+        _warn_shared_images(images, *test_data)
     # checked before anything in the run directory is rewritten: the same settings and the same images
     done = (load_train_state(run.state, settings.training, data_fingerprint(images))["history"]
             if resume and run.state.exists() else [])
@@ -214,6 +217,23 @@ def train_run(settings: DetectorSettings, data: Path, test: Path | None, run: Ru
     run.write_metrics(metrics)
     print(f"saved {run.checkpoint} (threshold {det.threshold_:.6g}); report {report}")
     return det
+
+
+def _warn_shared_images(train_images: torch.Tensor, test_images: torch.Tensor, labels: torch.Tensor,
+                        names: Sequence[str]) -> None:
+    """Warn when test images are training images too (the same pixels at the model's size: the same files, or
+    copies): their scores are those of images the model has learnt, so the test's metrics are optimistic."""
+    def digest(image: torch.Tensor) -> bytes:
+        return hashlib.blake2b(image.numpy().tobytes(), digest_size=16).digest()
+
+    seen = {digest(image) for image in train_images}
+    shared = [i for i, image in enumerate(test_images) if digest(image) in seen]
+    if shared:
+        normal = int((labels[shared] == 0).sum())
+        log.warning("%d of the %d test images (%d normal, %d abnormal) are also training images, the same pixels: the "
+                    "test metrics are optimistic; keep the test images out of the training folder: %s", len(shared),
+                    len(test_images), normal, len(shared) - normal,
+                    ", ".join(readable_name(Path(names[i]).name) for i in shared[:3]) + (" ..." if len(shared) > 3 else ""))
 
 
 def _write_calibration(det: Detector, names: Sequence[str], run: RunDirectory) -> None:
