@@ -188,6 +188,49 @@ def test_test_images_that_are_training_images_are_warned_about(tmp_path: Path,
     assert "copy_img_000.png, copy_img_001.png" in caplog.text
 
 
+def test_mvtec_masks_give_pixel_metrics(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """With MVTec AD's ground_truth/ masks beside test/, `test` adds the pixel AUROC and AUPRC of the anomaly maps
+    (normal images: all-zero masks); a defect image without a mask is left out with a warning; a test folder
+    without masks gets no pixel metrics."""
+    import logging
+
+    from sklearn.metrics import roc_auc_score
+    from skipganomaly import Detector
+    from tests.conftest import smooth_images, write_images
+
+    rng = np.random.default_rng(0)
+    write_images(tmp_path / "bottle" / "train" / "good", smooth_images(40, seed=0))
+    write_images(tmp_path / "bottle" / "test" / "good", smooth_images(6, seed=5))
+    spotted, masks = smooth_images(6, seed=6), np.zeros((6, 32, 32, 1), np.uint8)
+    for i, (y, x) in enumerate(rng.integers(2, 22, (6, 2))):  # a noisy square, each at its own place
+        spotted[i, y:y + 8, x:x + 8] = rng.integers(0, 255, (8, 8, 3))
+        masks[i, y:y + 8, x:x + 8] = 255
+    spots = write_images(tmp_path / "bottle" / "test" / "spot", spotted)
+    (tmp_path / "bottle" / "ground_truth" / "spot").mkdir(parents=True)
+    for path, mask in zip(spots[:5], masks[:5]):  # the sixth has no mask
+        Image.fromarray(mask[..., 0]).save(tmp_path / "bottle" / "ground_truth" / "spot" / f"{path.stem}_mask.png")
+    run = tmp_path / "run"
+    assert main(["train", "--model", "pca", "--data", str(tmp_path / "bottle"), "--out", str(run), "--no-progress",
+                 "--device", "cpu"]) == 0
+    for data in (tmp_path / "bottle", tmp_path / "bottle" / "test"):  # the data set's root, or its test/ folder
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="skipganomaly"):
+            assert main(["test", "--checkpoint", str(run), "--data", str(data), "--out", str(tmp_path / "m.json"),
+                         "--no-report", "--no-progress", "--device", "cpu"]) == 0
+        metrics = json.loads((tmp_path / "m.json").read_text())
+        assert "1 abnormal test images have no mask" in caplog.text and "against 5 masks" in caplog.text
+        det = Detector.load(run, device="cpu")
+        normal = sorted((tmp_path / "bottle" / "test" / "good").iterdir())
+        maps = det.anomaly_maps(normal + spots[:5])
+        truth = np.concatenate([np.zeros((6, 32, 32)), masks[:5, ..., 0] > 0])
+        assert metrics["pixel_auroc"] == pytest.approx(roc_auc_score(truth.ravel(), maps.ravel()))
+        assert metrics["pixel_auroc"] > 0.8  # the squares, where the maps are bright
+    shutil.rmtree(tmp_path / "bottle" / "ground_truth")
+    assert main(["test", "--checkpoint", str(run), "--data", str(tmp_path / "bottle"), "--out", str(tmp_path / "m.json"),
+                 "--no-report", "--no-progress", "--device", "cpu"]) == 0
+    assert "pixel_auroc" not in json.loads((tmp_path / "m.json").read_text())
+
+
 def test_a_second_test_keeps_the_first_ones_report(trained_run: tuple[Path, Path], tmp_path: Path,
                                                    monkeypatch: pytest.MonkeyPatch,
                                                    capsys: pytest.CaptureFixture[str]) -> None:

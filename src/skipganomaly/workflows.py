@@ -18,11 +18,11 @@ import numpy as np
 import torch
 
 from .data.digits import digits_leave_one_out
-from .data.folders import label_folders, load_labelled_folder, training_files
-from .data.images import list_image_files, load_image_files, read_image_files
+from .data.folders import label_folders, load_labelled_folder, mask_files, mask_folder, training_files
+from .data.images import list_image_files, load_image, load_image_files, read_image_files
 from .detector import Detector, DetectorSettings, setting_fields
 from .errors import CheckpointError, ConfigError, DataError
-from .evaluation.metrics import evaluate_scores, metrics_per_folder
+from .evaluation.metrics import evaluate_scores, metrics_per_folder, pixel_metrics
 from .evaluation.plots import save_overlays
 from .evaluation.report import build_run_report, write_evaluation, write_scores
 from .evaluation.tables import per_class_table
@@ -56,6 +56,7 @@ def evaluate_folder(checkpoint: Path, data: Path, out: Path | None = None, repor
                                        bit_depth=det.bit_depth_)
     scores = det.decision_function(x)
     metrics = evaluate_scores(scores, y.numpy(), det.threshold_)
+    metrics.update(_pixel_evaluation(det, data, x, y, names))
     per_folder = _print_evaluation(metrics, scores, y.numpy(), label_folders(data, names), det.threshold_)
     if out is not None:
         write_json(out, {**metrics, **({"per_folder": per_folder} if per_folder else {})})
@@ -65,6 +66,28 @@ def evaluate_folder(checkpoint: Path, data: Path, out: Path | None = None, repor
                                   per_folder=per_folder)
         print(f"report {report}")
     return metrics
+
+
+def _pixel_evaluation(det: Detector, data: Path, images: torch.Tensor, labels: torch.Tensor, names: Sequence[str]
+                      ) -> dict[str, float]:
+    """Pixel AUROC and AUPRC where the test folder has MVTec AD's `ground_truth/` masks: the anomaly maps of the
+    normal images and of the abnormal ones with a mask, against those masks (all zero for normal images), at the
+    model's image size; nothing without masks."""
+    masks = mask_files(data, names, labels.tolist())
+    if masks is None:
+        return {}
+    keep = [i for i, (mask, label) in enumerate(zip(masks, labels.tolist())) if label == 0 or mask is not None]
+    truth = np.zeros((len(keep), det.image_size, det.image_size), dtype=bool)
+    for row, i in enumerate(keep):
+        mask = masks[i]
+        if mask is not None:
+            try:
+                truth[row] = load_image(mask, det.image_size, 1)[0] > 127
+            except DataError as err:
+                raise DataError(f"cannot read the mask of {names[i]}: {err}") from None
+    log.info("pixel metrics: the anomaly maps of %d test images against %d masks in %s, at %dx%d", len(keep),
+             sum(mask is not None for mask in masks), mask_folder(data), det.image_size, det.image_size)
+    return pixel_metrics(det.anomaly_maps(images[keep]), truth)
 
 
 def _print_evaluation(metrics: dict[str, Any], scores: np.ndarray, labels: np.ndarray, folders: Sequence[str],
@@ -208,6 +231,7 @@ def train_run(settings: DetectorSettings, data: Path, test: Path | None, run: Ru
         x, y, names = test_data
         scores = det.decision_function(x)
         metrics["test"] = evaluate_scores(scores, y.numpy(), det.threshold_)
+        metrics["test"].update(_pixel_evaluation(det, test, x, y, names))
         per_folder = _print_evaluation(metrics["test"], scores, y.numpy(), label_folders(test, names), det.threshold_)
         report = write_evaluation(run.root, f"{settings.model} on {test}", x, names, y.numpy(), scores,
                                   metrics["test"], det.threshold_, det.reconstructions, det.anomaly_maps,

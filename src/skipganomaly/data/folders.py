@@ -17,7 +17,7 @@ from typing import Sequence
 import torch
 
 from ..errors import DataError
-from .images import list_image_files, load_image_files
+from .images import IMAGE_EXTENSIONS, list_image_files, load_image_files
 
 NORMAL_NAMES = ("normal", "0.normal", "good")
 ABNORMAL_NAMES = ("abnormal", "1.abnormal", "anomaly", "defect")
@@ -113,6 +113,39 @@ def label_folders(root: str | os.PathLike[str], paths: Sequence[str | os.PathLik
     root = Path(root)
     base = _child(root, "test") or root
     return [Path(p).relative_to(base).parts[0] for p in paths]
+
+
+def mask_folder(root: str | os.PathLike[str]) -> Path | None:
+    """MVTec AD's `ground_truth/` of a labelled test folder `root`: beside its `test/` (root given as the data
+    set's root), or beside root itself (root given as the `test/` folder); None where there is none."""
+    root = Path(root)
+    return _child(root, "ground_truth") or (_child(root.parent, "ground_truth") if root.name.lower() == "test"
+                                            else None)
+
+
+def mask_files(root: str | os.PathLike[str], paths: Sequence[str | os.PathLike[str]], labels: Sequence[int]
+               ) -> list[Path | None] | None:
+    """Each abnormal test image's pixel mask in MVTec AD's layout, `ground_truth/<defect>/<stem>_mask.<ext>` (or
+    `<stem>.<ext>`) for `test/<defect>/<stem>.<ext>`, None where it has none (a normal image: no defect
+    pixels); None for the whole set where `root` has no `ground_truth/` folder or no abnormal image a mask."""
+    masks = mask_folder(root)
+    if masks is None:
+        return None
+    by_stem: dict[str, dict[str, Path]] = {}  # per defect folder: each mask by its stem
+    for folder in dict.fromkeys(label_folders(root, paths)):
+        where = _child(masks, folder.lower())
+        by_stem[folder] = {} if where is None else {
+            m.stem: m for m in sorted(where.iterdir(), reverse=True) if m.suffix.lower() in IMAGE_EXTENSIONS}
+    found: list[Path | None] = []
+    for path, folder, label in zip(paths, label_folders(root, paths), labels, strict=True):
+        stem = Path(path).stem
+        found.append(by_stem[folder].get(f"{stem}_mask") or by_stem[folder].get(stem) if label else None)
+    if not any(found):
+        return None
+    missing = sum(1 for m, label in zip(found, labels) if label and m is None)
+    if missing:
+        log.warning("%d abnormal test images have no mask in %s; the pixel metrics leave them out", missing, masks)
+    return found
 
 
 def load_labelled_folder(

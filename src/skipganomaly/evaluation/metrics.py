@@ -88,3 +88,18 @@ def metrics_per_folder(scores: Sequence[float], labels: Sequence[int], folders: 
                             if normal.any() else float("nan"))
         out[str(name)] = row
     return out
+
+
+def pixel_metrics(maps: np.ndarray, masks: np.ndarray) -> dict[str, float]:
+    """Pixel-level AUROC and AUPRC of anomaly maps [N, H, W] against binary masks [N, H, W] (1 = defect pixel),
+    over every pixel of every image given (normal images contribute their all-zero masks), as MVTec AD's
+    pixel-level ROC is computed; here at the model's image size."""
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    m = np.asarray(maps, dtype=np.float64).ravel()
+    y = (np.asarray(masks) > 0).ravel()
+    if m.shape != y.shape:
+        raise ValueError(f"{np.shape(maps)} maps but {np.shape(masks)} masks")
+    both = 0 < y.sum() < y.size
+    return {"pixel_auroc": float(roc_auc_score(y, m)) if both else float("nan"),
+            "pixel_auprc": min(1.0, float(average_precision_score(y, m))) if both else float("nan")}
