@@ -129,6 +129,12 @@ def test_predict_command_writes_csv(trained_run: tuple[Path, Path], capsys: pyte
     assert len(set(maps)) == 17 and all(m.parent == root / "maps" for m in maps)
     with Image.open(maps[0]) as picture:  # input beside overlay, enlarged to >= 128 px high
         assert picture.size == (256, 128) and picture.mode == "RGB"
+    from skipganomaly import Detector
+
+    with np.load(root / "maps" / "maps.npz") as saved:  # the maps as numbers, rows as the CSV's scored rows
+        assert saved["paths"].tolist() == [r["path"] for r in rows]
+        expected = Detector.load(run, device="cpu").anomaly_maps([r["path"] for r in rows])
+        assert saved["maps"].dtype == np.float32 and np.allclose(saved["maps"], expected, atol=1e-6)
 
 
 def test_several_defect_folders_get_a_line_each(trained_run: tuple[Path, Path], tmp_path: Path,

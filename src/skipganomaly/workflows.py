@@ -105,6 +105,9 @@ def _print_evaluation(metrics: dict[str, Any], scores: np.ndarray, labels: np.nd
     return per_folder
 
 
+RAW_MAPS = "maps.npz"  # in predict's --save-maps folder: `maps` [N, H, W] float32 and `paths`, in the CSV's order
+
+
 def predict_files(checkpoint: Path, inputs: Sequence[Path], out: Path, save_maps: Path | None = None,
                   device: str = "auto", progress: bool = True) -> list[str]:
     """Write path, score and label (1 = above the stored threshold) per image of `inputs` (files and
@@ -142,8 +145,11 @@ def predict_files(checkpoint: Path, inputs: Sequence[Path], out: Path, save_maps
         maps = None
         if save_maps is not None and partial is not None:
             shutil.rmtree(partial, ignore_errors=True)  # an earlier call's, killed before it could clean up
-            written = save_overlays(partial, images, kept, det.anomaly_maps(images))
+            raw = det.anomaly_maps(images)
+            written = save_overlays(partial, images, kept, raw)
             maps = [str(save_maps / Path(p).name) for p in written]
+            # the maps as numbers too (the PNGs are for looking at: one colour scale, 8 bits)
+            np.savez_compressed(partial / RAW_MAPS, maps=raw.astype(np.float32), paths=np.array(kept))
         buffer = io.StringIO()
         writer = csv.writer(buffer)
         writer.writerow(["path", "score", "label"] + (["map"] if maps else []))
