@@ -831,7 +831,8 @@ def test_an_interrupted_predict_leaves_nothing_that_blocks_the_same_command(imag
     assert not (image_root / "maps").exists() and not (image_root / "s.csv").exists()
     assert not [p for p in image_root.iterdir() if p.name.startswith(".")]
     monkeypatch.setattr(workflows, "save_overlays", real)
-    assert main(command) == 0 and len(list((image_root / "maps").iterdir())) == 16
+    assert main(command) == 0 and len(list((image_root / "maps").glob("*.png"))) == 16
+    assert (image_root / "maps" / "maps.npz").is_file()
     rows = list(csv.DictReader((image_root / "s.csv").open()))
     assert all(Path(r["map"]).is_file() and Path(r["map"]).parent == image_root / "maps" for r in rows)
 
