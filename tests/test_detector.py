@@ -378,3 +378,17 @@ def test_arrays_of_every_numeric_type_that_holds_0_to_255_are_images() -> None:
         det.decision_function(np.zeros((2, 32, 32, 4), dtype=np.uint8))
     with pytest.raises(DataError, match="must be numbers"):
         det.decision_function(np.array([[1, "a"]], dtype=object))
+
+
+def test_fit_warns_when_y_labels_some_images_as_anomalies(caplog: pytest.LogCaptureFixture) -> None:
+    """scikit-learn hands y to fit (GridSearchCV's default splits): a detector trains on every image it is given,
+    so anomalies among them are named in a warning instead of silently learnt as normal."""
+    import logging
+
+    x = blob_images(12)
+    with caplog.at_level(logging.WARNING, logger="skipganomaly"):
+        Detector("knn", image_size=32, progress=False, val_fraction=0.25).fit(x, np.zeros(12))
+    assert "ignores y" not in caplog.text
+    with caplog.at_level(logging.WARNING, logger="skipganomaly"):
+        Detector("knn", image_size=32, progress=False, val_fraction=0.25).fit(x, np.r_[np.zeros(9), np.ones(3)])
+    assert "fit ignores y and trains on every image given as normal, the 3 labelled as anomalies" in caplog.text

@@ -271,7 +271,7 @@ class Detector:
     def fit(
         self,
         images: Any,
-        y: None = None,
+        y: Any = None,
         *,
         checkpoint_path: str | os.PathLike[str] | None = None,
         on_epoch_end: Callable[[EpochRecord], None] | None = None,
@@ -287,6 +287,10 @@ class Detector:
         Under torchrun only rank 0 writes files. `bit_depth`: for images given as an array that were read from
         files wider than 8 bits, the depth they were scaled by (`read_image_files`), which scoring files reuses;
         files and PIL images given here set it themselves."""
+        if y is not None and np.any(np.asarray(y) != 0):  # scikit-learn passes y along (GridSearchCV, pipelines)
+            log.warning("fit ignores y and trains on every image given as normal, the %d labelled as anomalies among "
+                        "them too; give it normal images only (in a grid search, CV splits of normal images)",
+                        int(np.count_nonzero(np.asarray(y))))
         data, depth = read_images(images, self.image_size, self.in_channels, aligned=False)
         self.bit_depth_ = depth if depth is not None else bit_depth
         val_index, train_index = self.holdout(len(data))

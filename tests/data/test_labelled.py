@@ -56,6 +56,9 @@ def test_npz_rgb_with_label_names(tmp_path: Path) -> None:
     (lambda a: a.update(train_labels=np.ones((12, 2), np.int64)), r"expected \(N,\) or \(N, 1\)"),
     (lambda a: a.update(train_images=np.zeros((12, 28), np.uint8)), "expected"),
     (lambda a: a.update(test_images=np.zeros((6, 20, 20), np.uint8)), "train images are"),
+    (lambda a: a.update(train_images=a["train_images"].astype(np.uint16) * 16),  # 12-bit data: how to scale it
+     r"up to 1984\); for 12-bit data, scale the train and test arrays alike, e\.g\. \(x / 4095 \* 255\)"),
+    (lambda a: a.update(test_images=a["test_images"].astype(np.int16) - 100), r"outside \[0, 255\] \(dtype int16, up to"),
 ])
 def test_npz_errors_are_one_line(tmp_path: Path, change, message: str) -> None:  # type: ignore[no-untyped-def]
     path = _npz(tmp_path / "d.npz")
@@ -185,5 +188,5 @@ def test_pseudo_anomaly_is_the_next_class_and_rotates_with_the_seed() -> None:
     assert [pseudo_anomaly(data, [c]) for c in data.classes] == ["b", "c", "d", "e", "a"]
     assert [pseudo_anomaly(data, ["c"], seed) for seed in range(5)] == ["d", "e", "a", "b", "d"]
     small = data.without(["c", "d", "e"])
-    with pytest.raises(DataError, match="at least two normal classes"):
+    with pytest.raises(DataError, match=r"at least two normal classes.*e\.g\. --protocol honest"):
         pseudo_anomaly(small, ["a"])

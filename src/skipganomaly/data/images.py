@@ -100,7 +100,11 @@ def wide_bit_depth(img: Image.Image) -> int | None:
     """The narrowest of `BIT_DEPTHS` that holds this image's largest value (None: not a wide integer image)."""
     if not _is_wide(img):
         return None
-    peak = int(np.asarray(img).max())
+    return narrowest_bit_depth(int(np.asarray(img).max()))
+
+
+def narrowest_bit_depth(peak: float) -> int:
+    """The narrowest of `BIT_DEPTHS` whose range holds `peak` (the widest for anything above)."""
     return next(bits for bits in BIT_DEPTHS if peak <= 2 ** bits - 1 or bits == BIT_DEPTHS[-1])
 
 

@@ -25,7 +25,7 @@ import torch
 
 from ..errors import DataError
 from ..files import load_torch_checked, save_torch_atomic
-from .images import list_image_files, read_image_files, resize_uint8
+from .images import list_image_files, narrowest_bit_depth, read_image_files, resize_uint8
 
 NPZ_KEYS = ("train_images", "train_labels", "test_images", "test_labels")
 FOLDER_TEST_SHARE = 0.2  # a folder per class without train/ and test/: this share of each class is test
@@ -125,7 +125,8 @@ def pseudo_anomaly(data: LabelledImages, excluded: Sequence[str], seed: int = 0)
     others = [c for c in data.present() if c not in excluded]
     if len(others) < 2:
         raise DataError(f"the validation protocol needs at least two normal classes besides "
-                        f"{JOIN.join(excluded)}; {data.name} has {len(others)}")
+                        f"{JOIN.join(excluded)}; {data.name} has {len(others)} (leave validate out of --protocol, "
+                        "e.g. --protocol honest)")
     after = [c for c in others if data.class_index(c) > first] + [c for c in others if data.class_index(c) < first]
     return after[seed % len(after)]
 
@@ -219,7 +220,14 @@ def _npz_images(array: np.ndarray, what: str) -> torch.Tensor:
         if array.dtype.kind == "f" and array.size and 0.0 <= float(array.min()) and float(array.max()) <= 1.0:
             array = np.round(array * 255.0)
         if array.size and (float(array.min()) < 0 or float(array.max()) > 255):
-            raise DataError(f"{what} holds values outside [0, 255] (dtype {array.dtype})")
+            hint = ""
+            if array.dtype.kind in "ui" and float(array.min()) >= 0:  # 10- to 16-bit data (medical, inspection)
+                bits = narrowest_bit_depth(float(array.max()))
+                top = 2 ** bits - 1
+                hint = (f"; for {bits}-bit data, scale the train and test arrays alike, e.g. "
+                        f"(x / {top} * 255).round().astype(np.uint8), or x / {top} as floats in [0, 1]")
+            raise DataError(f"{what} holds values outside [0, 255] (dtype {array.dtype}, up to "
+                            f"{float(array.max()):g}){hint}")
         array = array.astype(np.uint8)
     return torch.from_numpy(np.ascontiguousarray(array.transpose(0, 3, 1, 2)))
 
