@@ -597,6 +597,24 @@ def test_the_recorded_command_can_be_pasted_into_a_shell(monkeypatch: pytest.Mon
 
     monkeypatch.setattr(sys, "argv", ["skipganomaly", "benchmark", "--out", "my runs", "--model-arg", "k=5"])
     assert environment()["command"] == "skipganomaly benchmark --out 'my runs' --model-arg k=5"
+    assert environment()["cwd"] == os.getcwd()  # where its relative paths lie
+    monkeypatch.setattr(sys, "argv", ["/src/skipganomaly/__main__.py", "benchmark", "--out", "b"])  # python -m
+    assert environment()["command"] == f"{sys.executable} -m skipganomaly benchmark --out b"
+
+
+def test_a_table_whose_cells_ran_at_several_versions_of_the_code_says_so(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Cells are reused across calls while the code changes: the header names each version behind the cells
+    (and an uncommitted tree), not only the version of the last call."""
+    data = _toy_cifar()
+    monkeypatch.setattr(benchmark, "git_commit", lambda: "abc1234")
+    benchmark.run_benchmark(lambda: data, _config(models=["knn"], protocols=["honest"]), tmp_path, "toy")
+    assert "Cells ran at" not in (tmp_path / "table.md").read_text()  # one committed version: nothing to say
+    monkeypatch.setattr(benchmark, "git_commit", lambda: "def5678-dirty")
+    benchmark.run_benchmark(lambda: data, _config(models=["knn", "pca"], protocols=["honest"]), tmp_path, "toy")
+    note = ("Cells ran at several versions of the code: abc1234 (1 cell), def5678-dirty (1 cell); -dirty: with "
+            "uncommitted changes to the package, which no commit reproduces.")
+    assert note in (tmp_path / "table.md").read_text() and note in (tmp_path / "report.html").read_text()
 
 
 def test_failed_cells_are_named_in_table_and_results(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

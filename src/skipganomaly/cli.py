@@ -21,6 +21,7 @@ from .evaluation.tables import HONEST, PAPER
 from .models import BASELINES, create, get_model_class, list_models
 from .options import FORM, parse_model_args
 from .run_directory import RunDirectory, SweepDirectory, next_free_run
+from .provenance import program
 from .sweep import (DEADLINE_EXIT, PRESETS, PROTOCOLS, SweepConfig, benchmark_data, check_protocols, decode_once,
                     resolve_classes, run_benchmark)
 from .training.memory import reduce_heap_fragmentation
@@ -94,14 +95,6 @@ def _how_to_continue(args: argparse.Namespace) -> str | None:
     if args.command == "predict":
         return f"nothing was written ({args.out} and the maps are written whole at the end); run the same command again"
     return None
-
-
-def program() -> str:
-    """How this command was started, for the commands a message suggests: `skipganomaly` when run by that
-    name, else `python -m skipganomaly` with the interpreter that ran it (the other may not be on PATH)."""
-    if Path(sys.argv[0]).name == "skipganomaly":
-        return "skipganomaly"
-    return f"{shlex.quote(sys.executable)} -m skipganomaly"
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -29,8 +29,18 @@ def git_commit() -> str:
         return "unknown"
 
 
+def program() -> str:
+    """How this command was started, for the commands a message suggests and a record repeats: `skipganomaly`
+    when run by that name, else `python -m skipganomaly` with the interpreter that ran it (the other may not be
+    on PATH)."""
+    if Path(sys.argv[0]).name == "skipganomaly":
+        return "skipganomaly"
+    return f"{shlex.quote(sys.executable)} -m skipganomaly"
+
+
 def environment() -> dict[str, Any]:
-    """Command, commit, torch, threads, CPU model, GPU and Python of this process."""
+    """Command (as it was started, and the folder it ran in: its paths may be relative), commit, torch, threads,
+    CPU model, GPU and Python of this process."""
     import torch
 
     cpu = platform.processor() or platform.machine()
@@ -41,7 +51,8 @@ def environment() -> dict[str, Any]:
                 break
     except OSError:
         pass
-    return {"command": shlex.join(["skipganomaly", *sys.argv[1:]]), "git_commit": git_commit(),
+    command = " ".join(part for part in (program(), shlex.join(sys.argv[1:])) if part)
+    return {"command": command, "cwd": os.getcwd(), "git_commit": git_commit(),
             "torch": torch.__version__, "threads": torch.get_num_threads(), "cpu": cpu, "cpu_count": os.cpu_count(),
             "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
             "python": platform.python_version()}

@@ -46,7 +46,8 @@ from .data.labelled import (JOIN, ClassSplit, LabelledImages, check_task, class_
 from .detector import Detector, DetectorSettings, setting_defaults
 from .errors import ConfigError, SkipGanomalyError
 from .evaluation.metrics import evaluate_scores
-from .evaluation.tables import PAPER, PROTOCOL_NOTES, STD_NOTE, VALIDATE, benchmark_table, shows_paper_numbers, summarise
+from .evaluation.tables import (PAPER, PROTOCOL_NOTES, STD_NOTE, VALIDATE, benchmark_table, commits_note,
+                                shows_paper_numbers, summarise)
 from .files import TEXT_ENCODING, json_text, write_text_atomic
 from .interrupts import sigterm_as_interrupt
 from .models import get_model_class
@@ -571,8 +572,10 @@ def sweep_table(results: Sequence[dict[str, Any]], config: SweepConfig, title: s
                 f"The mean column averages the classes shown"
                 + ("; the paper's mean is over all ten" if cifar else "")
                 + f". {STD_NOTE}\n\n"
-                f"Command: `{env['command']}`; git {env['git_commit']}; torch {env['torch']}, "
-                f"{env['threads']} threads, {env['cpu']}; {env['wall_seconds_this_run']} s this run.\n"]
+                f"Command: `{env['command']}`" + (f" (in {env['cwd']})" if env.get("cwd") else "")
+                + f"; git {env['git_commit']}; torch {env['torch']}, "
+                f"{env['threads']} threads, {env['cpu']}; {env['wall_seconds_this_run']} s this run."
+                + (f" **{versions}**" if (versions := commits_note(results)) else "") + "\n"]
     if failures or unfinished:
         missing = [f"- `{key}` failed: {why}" for key, why in failures] + [f"- `{key}` not run yet (time limit)"
                                                                           for key in unfinished]

@@ -25,7 +25,7 @@ from ..files import TEXT_ENCODING, json_text, readable_name, write_text_atomic
 from ..run_directory import EVALUATION, METRICS_LOG, RunDirectory, SweepDirectory, read_history
 from .plots import histogram_figure, image_grid_figure, pr_figure, roc_figure, training_curves_figure
 from ..data.cifar10 import NAME as CIFAR10, TITLE as CIFAR10_TITLE
-from .tables import PROTOCOL_NOTES, STD_NOTE, benchmark_rows, shows_paper_numbers, summarise
+from .tables import PROTOCOL_NOTES, STD_NOTE, benchmark_rows, commits_note, shows_paper_numbers, summarise
 
 EXAMPLE_GROUPS = {
     "most_anomalous": "Most anomalous (highest scores)",
@@ -183,6 +183,9 @@ def build_benchmark_report(bench_dir: Path) -> Path:
                 f"{', '.join(map(str, config['seeds']))}.</p>"
                 "<p>Each cell: our AUROC (on CIFAR-10, the paper's Table 1 in brackets). "
                 f"{html.escape(STD_NOTE)}</p>"]
+    versions = commits_note(cells)
+    if versions:
+        sections.append(f"<p><b>{html.escape(versions)}</b></p>")
     missing = [f"{c['cell']} failed: {c['error']}" for c in saved.get("failed", [])] + \
         [f"{key} not run yet (time limit)" for key in saved.get("unfinished", [])]
     if missing:

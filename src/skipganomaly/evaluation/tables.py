@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections import Counter
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -60,7 +61,20 @@ def shows_paper_numbers(dataset: str, protocol: str) -> bool:
     return dataset == CIFAR10 and protocol != VALIDATE
 
 
-STD_NOTE = "Over several seeds a cell is mean±std, std the sample standard deviation (ddof=1) over seeds."
+STD_NOTE = ("Over several seeds a cell is mean±std, std the sample standard deviation (ddof=1) over seeds; under "
+            "validate each seed scores another pseudo-anomaly, so there it spreads over tasks, not only trainings.")
+
+
+def commits_note(cells: Sequence[Mapping[str, Any]]) -> str:
+    """A line for a table's header when its cells did not all run at one committed version of the code (cells
+    are reused across calls, and the code may change between them): which versions, with how many cells each."""
+    counts = Counter(str(cell.get("git_commit", "unknown")) for cell in cells)
+    dirty = any(commit.endswith("-dirty") for commit in counts)
+    if len(counts) < 2 and not dirty:
+        return ""
+    versions = ", ".join(f"{commit} ({n} cell{'s' if n > 1 else ''})" for commit, n in counts.most_common())
+    return (f"Cells ran at {'several versions of the code' if len(counts) > 1 else 'one version'}: {versions}"
+            + ("; -dirty: with uncommitted changes to the package, which no commit reproduces" if dirty else "") + ".")
 
 
 def benchmark_rows(
