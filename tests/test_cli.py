@@ -62,7 +62,12 @@ def test_train_writes_a_complete_run_directory(trained_run: tuple[Path, Path]) -
     _, run = trained_run
     config = yaml.safe_load((run / "config.yaml").read_text())
     assert config["settings"]["model"] == "skipganomaly++" and config["settings"]["epochs"] == 2
-    assert config["train_images"] == 40 and config["data"] is not None
+    assert config["train_images"] == 40 and config["data"] is not None and config["processes"] == 1
+    from skipganomaly.provenance import git_commit
+
+    made_by = config["environment"]  # what a reader of the numbers needs: the command, the code, the machine
+    assert made_by["git_commit"] == git_commit() and made_by["torch"] == torch.__version__
+    assert json.loads((run / "evaluation.json").read_text())["environment"]["git_commit"] == git_commit()
     losses = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in losses] == [1, 2]
     assert {"g_adv", "g_con", "g_lat", "d_loss"} <= set(losses[0]["losses"])
@@ -71,6 +76,7 @@ def test_train_writes_a_complete_run_directory(trained_run: tuple[Path, Path]) -
     assert (run / "model.pt").stat().st_size > 0
     page = (run / "report.html").read_text()
     assert "<table>" in page and page.count("data:image/png;base64,") == 8  # roc, pr, hist, 4 grids, training
+    assert "<h2>Made by</h2>" in page and git_commit() in page
     for name in ("roc", "pr", "histogram", "training", "examples_most_anomalous", "examples_false_positives"):
         assert (run / "figures" / f"{name}.png").stat().st_size > 1000, name
     scores = list(csv.DictReader((run / "scores.csv").open()))

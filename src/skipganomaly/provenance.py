@@ -53,6 +53,6 @@ def environment() -> dict[str, Any]:
         pass
     command = " ".join(part for part in (program(), shlex.join(sys.argv[1:])) if part)
     return {"command": command, "cwd": os.getcwd(), "git_commit": git_commit(),
-            "torch": torch.__version__, "threads": torch.get_num_threads(), "cpu": cpu, "cpu_count": os.cpu_count(),
+            "torch": str(torch.__version__), "threads": torch.get_num_threads(), "cpu": cpu, "cpu_count": os.cpu_count(),
             "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
             "python": platform.python_version()}

@@ -28,7 +28,8 @@ from .evaluation.report import build_run_report, write_evaluation, write_scores
 from .evaluation.tables import per_class_table
 from .files import readable_name, write_text_atomic
 from .run_directory import EpochLog, RunDirectory, SweepDirectory, write_json
-from .training.distributed import init_from_environment, is_main_process
+from .provenance import environment
+from .training.distributed import init_from_environment, is_main_process, world
 from .training import TrainConfig
 from .training.loop import data_fingerprint, load_train_state
 
@@ -223,7 +224,8 @@ def train_run(settings: DetectorSettings, data: Path, test: Path | None, run: Ru
     run.root.mkdir(parents=True, exist_ok=True)
     run.write_config(settings.as_dict(), command="train", data=data.resolve(),
                      test=None if test is None else test.resolve(), tensorboard=tensorboard,
-                     train_images=len(kept))
+                     train_images=len(kept), processes=world()[1],
+                     environment=environment())  # of this call (a resumed run's: of the resuming call)
     log_epoch = EpochLog(run, tensorboard=tensorboard, done=done)
     print(f"training {settings.model} on {len(kept)} images from {folder}; run directory {run.root}"
           + (f"; resuming after epoch {len(done)}" if done else ""))

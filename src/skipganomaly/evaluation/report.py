@@ -22,6 +22,7 @@ import numpy as np
 
 from ..errors import DataError
 from ..files import TEXT_ENCODING, json_text, readable_name, write_text_atomic
+from ..provenance import environment
 from ..run_directory import EVALUATION, METRICS_LOG, RunDirectory, SweepDirectory, read_history
 from .plots import histogram_figure, image_grid_figure, pr_figure, roc_figure, training_curves_figure
 from ..data.cifar10 import NAME as CIFAR10, TITLE as CIFAR10_TITLE
@@ -88,7 +89,7 @@ def write_evaluation(
     figures = run.figures
     write_scores(run.scores, names, labels, scores)
     evaluation = {"title": title, "metrics": dict(metrics), "threshold": threshold,
-                  **({"per_folder": dict(per_folder)} if per_folder else {})}
+                  **({"per_folder": dict(per_folder)} if per_folder else {}), "environment": environment()}
     write_text_atomic(run.evaluation, json_text(evaluation, indent=2) + "\n")
     for group, index in select_examples(labels, scores, threshold, k).items():
         subset = images[index]
@@ -119,8 +120,10 @@ def build_run_report(run_dir: Path) -> Path:
     evaluation = _read_json(run.evaluation)
     history = read_history(run.metrics_log)
     config: dict[str, Any] = {}
+    made_by: dict[str, Any] = {}  # the command, code version and machine behind the files
     if run.config.exists():
         settings, fields_ = run.read_config()
+        made_by = fields_.pop("environment", None) or {}
         config = {**fields_, **{k: v for k, v in settings.items() if k != "model_options"},
                   **{f"model option {k}": v for k, v in (settings.get("model_options") or {}).items()}}
     if evaluation is None and not history:
@@ -162,6 +165,9 @@ def build_run_report(run_dir: Path) -> Path:
                                        *(r["losses"][k] for k in sorted(history[0]["losses"]))] for r in history]))
     if config:
         sections.append("<h2>Settings</h2>" + html_table(["setting", "value"], [[k, v] for k, v in config.items()]))
+    made_by = (evaluation or {}).get("environment") or made_by  # a test's own call, else the training's
+    if made_by:
+        sections.append("<h2>Made by</h2>" + html_table(["", "value"], [[k, v] for k, v in made_by.items()]))
     return write_page(run.report, title, sections)
 
 
