@@ -617,6 +617,30 @@ def test_a_table_whose_cells_ran_at_several_versions_of_the_code_says_so(tmp_pat
     assert note in (tmp_path / "table.md").read_text() and note in (tmp_path / "report.html").read_text()
 
 
+def test_a_table_of_several_abnormal_classes_at_once_is_not_called_leave_one_class_out(tmp_path: Path) -> None:
+    data = _toy_cifar()
+    benchmark.run_benchmark(lambda: data, _config(models=["knn"], classes=["ship+cat"], protocols=["honest"]),
+                            tmp_path, "toy")
+    assert (tmp_path / "table.md").read_text().startswith("# toy abnormal classes (each column's) against the others")
+    benchmark.run_benchmark(lambda: data, _config(models=["knn"], classes=["ship"], protocols=["honest"]),
+                            tmp_path / "one", "toy")
+    assert (tmp_path / "one" / "table.md").read_text().startswith("# toy leave-one-class-out AUROC")
+
+
+def test_a_warning_every_cell_repeats_is_printed_once(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Each cell holds out 3 normals for its threshold, too few: said once for the sweep, not once per cell; after
+    the sweep, warnings are printed as before."""
+    import logging
+
+    data = _toy_cifar()
+    with caplog.at_level(logging.WARNING, logger="skipganomaly"):
+        benchmark.run_benchmark(lambda: data, _config(models=["knn", "pca"], classes=["ship", "cat"],
+                                                      protocols=["honest"]), tmp_path, "toy")
+        assert caplog.text.count("threshold_ rests on 3 held-out normal images") == 1
+        detector_module.Detector("knn", image_size=32, progress=False).fit(smooth_images(60))
+        assert caplog.text.count("threshold_ rests on 3 held-out normal images") == 2
+
+
 def test_failed_cells_are_named_in_table_and_results(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A table whose mean silently leaves a class out misleads: the failed cell and its error are named."""
     _make_cat_cells_fail(monkeypatch)

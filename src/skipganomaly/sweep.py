@@ -35,7 +35,7 @@ import sys
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -315,7 +315,7 @@ def run_sweep(load: Callable[[], LabelledImages], config: SweepConfig, out: Path
     unfinished: list[str] = []
     if workers == 1:
         longest = 0.0
-        for cell in todo:
+        for cell in _each_warning_once(todo):
             if deadline is not None and _now() + longest > deadline:
                 unfinished.append(cell_key(*cell))
                 continue
@@ -334,6 +334,27 @@ def run_sweep(load: Callable[[], LabelledImages], config: SweepConfig, out: Path
     bar.close()
     results = [r for r in (_finished(cells_dir, cell, config) for cell in plan) if r is not None]
     return SweepOutcome(results, failures, unfinished)
+
+
+def _each_warning_once(cells: list[tuple[str, str, int, str]]) -> Iterator[tuple[str, str, int, str]]:
+    """The cells, while a warning that every cell would repeat word for word (the threshold of a small held-out
+    set, say) is printed for the first only: a sweep of twelve cells does not print it twelve times."""
+    seen: set[str] = set()
+
+    def once(record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING or record.levelno >= logging.ERROR:
+            return True
+        text = record.getMessage()
+        new = text not in seen
+        seen.add(text)
+        return new
+
+    package = logging.getLogger("skipganomaly")  # where the detector and the data loaders log
+    package.addFilter(once)
+    try:
+        yield from cells
+    finally:
+        package.removeFilter(once)
 
 
 def _saved_cells(cells_dir: Path, cell: tuple[str, str, int, str]) -> list[tuple[Path, dict[str, Any]]]:
@@ -566,7 +587,10 @@ def sweep_table(results: Sequence[dict[str, Any]], config: SweepConfig, title: s
     summary = summarise(results)
     cifar = config.dataset == CIFAR10
     paper_note = " (paper's Table 1)" if cifar else ""
-    sections = [f"# {title} leave-one-class-out AUROC: ours{paper_note}\n\n"
+    # a column per task: one class left out, or several abnormal at once (--normal-labels, "a+b")
+    tasks = "leave-one-class-out" if not any(JOIN in c for c in config.classes) else \
+        "abnormal classes (each column's) against the others"
+    sections = [f"# {title} {tasks} AUROC: ours{paper_note}\n\n"
                 f"epochs {config.epochs}, batch {config.batch_size}, train fraction {config.train_fraction}, "
                 f"test fraction {config.test_fraction}, seeds {','.join(map(str, config.seeds))}. "
                 f"The mean column averages the classes shown"

@@ -362,6 +362,7 @@ def test_images_brighter_than_the_detectors_depth_are_clipped_with_a_warning(tmp
             images, depth = read()
         assert depth == 12 and images.amax(dim=(1, 2, 3)).tolist() == [255, 255, 255]
         assert caplog.text.count("above the 12-bit range") == 1 and "2 images hold values" in caplog.text
+    assert "clipped to it: bright.png, brighter.png" in caplog.text  # files are named (PIL images have no name)
 
 
 def test_a_set_that_mixes_grayscale_and_colour_or_sizes_says_which_files_differ(

@@ -196,6 +196,7 @@ def test_torchrun_two_cpu_processes(data: Path, tmp_path: Path) -> None:
                             env=_env(), capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count("training skipganomaly++") == 1  # rank 0 alone reports and writes
+    assert result.stderr.count("threshold_ rests on 8 held-out normal images") == 1  # and warns
     assert {"config.yaml", "metrics.json", "metrics.jsonl", "model.pt", "model.state.pt", "report.html"} <= {
         p.name for p in multi.iterdir()}
     assert not list(multi.glob("*.tmp"))

@@ -108,17 +108,18 @@ def narrowest_bit_depth(peak: float) -> int:
     return next(bits for bits in BIT_DEPTHS if peak <= 2 ** bits - 1 or bits == BIT_DEPTHS[-1])
 
 
-def common_bit_depth(needed: Sequence[int], bit_depth: int | None) -> int | None:
+def common_bit_depth(needed: Sequence[int], bit_depth: int | None, names: Sequence[str] = ()) -> int | None:
     """The one depth a set of wide integer images is read at, given the depth each one's values `needed`:
-    `bit_depth` (a detector's; images that need more are clipped, with a warning), else the widest needed."""
+    `bit_depth` (a detector's; images that need more are clipped, with a warning naming them from `names`,
+    the images' file names where known), else the widest needed."""
     if not len(needed):
         return bit_depth
     if bit_depth is None:
         return int(max(needed))
-    above = sum(1 for d in needed if d > bit_depth)
+    above = [i for i, d in enumerate(needed) if d > bit_depth]
     if above:
-        log.warning("%d images hold values above the %d-bit range the detector was trained at; they are clipped to it",
-                    above, bit_depth)
+        log.warning("%d images hold values above the %d-bit range the detector was trained at; they are clipped to "
+                    "it%s", len(above), bit_depth, f": {_some([names[i] for i in above])}" if names else "")
     return bit_depth
 
 
@@ -213,7 +214,8 @@ def read_image_files(
             pool.shutdown(cancel_futures=True)  # on Ctrl-C, stop after the chunks being read, not after all
 
     in_pool(range(len(paths)), bit_depth, "loading images", first=True)
-    depth = common_bit_depth(depths[ok & (depths > 0)].tolist(), bit_depth)
+    wide = np.flatnonzero(ok & (depths > 0))
+    depth = common_bit_depth(depths[wide].tolist(), bit_depth, [str(paths[i]) for i in wide])
     again = np.flatnonzero(ok & (depths > 0) & (depths != depth)).tolist() if bit_depth is None else []
     if again:  # wide images whose own maximum needs less than the set's: read again at the set's
         in_pool(again, depth, f"reading at {depth} bits")

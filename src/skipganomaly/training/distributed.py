@@ -9,6 +9,7 @@ all_reduce gives the same averaged gradients without depending on those call pat
 
 from __future__ import annotations
 
+import logging
 import os
 
 import torch
@@ -19,7 +20,8 @@ from torch import Tensor, nn
 def init_from_environment() -> bool:
     """Join the process group that torchrun describes (WORLD_SIZE > 1); no-op otherwise.
 
-    Returns True when this process is part of a multi-process run.
+    Returns True when this process is part of a multi-process run. Every process but rank 0 then logs errors
+    only: rank 0 speaks for the run, so its information and warnings are not printed once per process.
     """
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return False
@@ -28,6 +30,8 @@ def init_from_environment() -> bool:
         if use_cuda:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    if not is_main_process():
+        logging.getLogger("skipganomaly").setLevel(logging.ERROR)
     return True
 
 
