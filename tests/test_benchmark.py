@@ -600,6 +600,8 @@ def test_the_recorded_command_can_be_pasted_into_a_shell(monkeypatch: pytest.Mon
     assert environment()["cwd"] == os.getcwd()  # where its relative paths lie
     monkeypatch.setattr(sys, "argv", ["/src/skipganomaly/__main__.py", "benchmark", "--out", "b"])  # python -m
     assert environment()["command"] == f"{sys.executable} -m skipganomaly benchmark --out b"
+    monkeypatch.setattr(sys, "argv", ["/home/me/compare.py", "--fast"])  # a script that calls the package
+    assert environment()["command"] == f"{sys.executable} /home/me/compare.py --fast"
 
 
 def test_a_table_whose_cells_ran_at_several_versions_of_the_code_says_so(tmp_path: Path,

@@ -135,6 +135,15 @@ def test_predict_command_writes_csv(trained_run: tuple[Path, Path], capsys: pyte
     assert len(set(maps)) == 17 and all(m.parent == root / "maps" for m in maps)
     with Image.open(maps[0]) as picture:  # input beside overlay, enlarged to >= 128 px high
         assert picture.size == (256, 128) and picture.mode == "RGB"
+    # one file, unreadable: its row, unscored, and exit 1 (not an error without a CSV)
+    assert main(["predict", "--checkpoint", str(run), str(root / "test" / "abnormal" / "img_000.png") + ".gone",
+                 "--out", str(out)]) == 2  # a file that does not exist is a mistyped name: an error
+    broken.write_text("garbage")
+    try:
+        assert main(["predict", "--checkpoint", str(run), str(broken), "--out", str(out), "--no-progress"]) == 1
+    finally:
+        broken.unlink()
+    assert list(csv.DictReader(out.open())) == [{"path": str(broken), "score": "", "label": ""}]
     from skipganomaly import Detector
 
     with np.load(root / "maps" / "maps.npz") as saved:  # the maps as numbers, rows as the CSV's scored rows
@@ -680,6 +689,9 @@ def test_a_new_run_never_mixes_with_an_old_one(trained_run: tuple[Path, Path], t
     assert main([*args, "--out", str(run)]) == 2
     assert "already holds a run; continue it with --resume" in capsys.readouterr().err
     assert (run / "model.pt").read_bytes() == before
+    # --overwrite with data that are refused (a test folder as training data): the old run stays as it was
+    assert main([*args[:2], str(root / "test"), *args[3:], "--out", str(run), "--overwrite"]) == 2
+    assert "holds abnormal/ with images" in capsys.readouterr().err and (run / "model.pt").read_bytes() == before
     assert main([*args, "--out", str(run), "--overwrite"]) == 0
     assert (run / "model.pt").read_bytes() != before and (run / "notes.txt").read_text() == "mine"
     assert not (run / "scores.csv").exists() and not (run / "evaluation.json").exists()

@@ -387,8 +387,12 @@ def test_fit_warns_when_y_labels_some_images_as_anomalies(caplog: pytest.LogCapt
 
     x = blob_images(12)
     with caplog.at_level(logging.WARNING, logger="skipganomaly"):
-        Detector("knn", image_size=32, progress=False, val_fraction=0.25).fit(x, np.zeros(12))
+        for y in (np.zeros(12), np.ones(12, int) * -1 + 2, ["normal"] * 12, np.arange(12)):  # 0s; +1s; names; ids
+            Detector("knn", image_size=32, progress=False, val_fraction=0.25).fit(x, y)
     assert "ignores y" not in caplog.text
+    with caplog.at_level(logging.WARNING, logger="skipganomaly"):  # scikit-learn's outliers: -1 among +1
+        Detector("knn", image_size=32, progress=False, val_fraction=0.25).fit(x, np.r_[np.ones(10), -np.ones(2)])
+    assert "the 2 labelled as anomalies" in caplog.text
     with caplog.at_level(logging.WARNING, logger="skipganomaly"):
         Detector("knn", image_size=32, progress=False, val_fraction=0.25).fit(x, np.r_[np.zeros(9), np.ones(3)])
     assert "fit ignores y and trains on every image given as normal, the 3 labelled as anomalies" in caplog.text

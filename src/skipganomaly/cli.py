@@ -14,7 +14,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from .data.cifar10 import NAME as CIFAR10_NAME, TITLE as CIFAR10_TITLE, Cifar10
 from .data.folders import train_folder
 from .detector import DEFAULT_MODEL, DetectorSettings, setting_defaults, setting_fields
-from .errors import ConfigError, SkipGanomalyError
+from .errors import PARTLY_FAILED_EXIT, ConfigError, SkipGanomalyError
 from .interrupts import Terminated, sigterm_as_interrupt
 from .evaluation.report import build_report
 from .evaluation.tables import HONEST, PAPER
@@ -30,9 +30,6 @@ from .workflows import evaluate_folder, load_calibrated, predict_files, resumed_
 
 log = logging.getLogger("skipganomaly")
 
-# Exit code of a command that wrote what it could while some of its work failed (benchmark cells, unreadable
-# files given to predict), each named above; 2 is bad input, 3 a benchmark stopped by its time limit.
-PARTLY_FAILED_EXIT = 1
 DEFAULT_TRAIN_OUT = Path("runs/train")  # `train`'s run directory when --out is not given (or runs/train2, ...)
 DEFAULT_TEST_OUT = Path("runs/test")  # `test`'s report folder when --report-dir is not given (or runs/test2, ...)
 
@@ -161,7 +158,8 @@ def _add_predict(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> 
     p.add_argument("inputs", nargs="+", type=Path, help="image files and/or folders")
     p.add_argument("--out", type=Path, default=Path("predictions.csv"), help="CSV file (default: predictions.csv)")
     p.add_argument("--save-maps", type=Path, metavar="DIR",
-                   help="also write one PNG per image: input | anomaly-map overlay (path in the CSV's map column)")
+                   help="also write one PNG per image: input | anomaly-map overlay (path in the CSV's map column), and "
+                        "maps.npz: the maps as float32 numbers with their paths")
     _add_settings_args(p, only=("device", "progress"))
     p.set_defaults(func=cmd_predict)
 
@@ -366,10 +364,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         args.out = _new_run_directory(args.out, args.overwrite)
     _check_reports_threshold(settings.val_fraction)
     _check_training_folder(args.data, args.out)
-    if args.overwrite and args.resume is None:
-        RunDirectory(args.out).clear()
     train_run(settings, args.data, args.test, RunDirectory(args.out), resume=args.resume is not None,
-              tensorboard=args.tensorboard)
+              tensorboard=args.tensorboard, overwrite=args.overwrite and args.resume is None)
     return 0
 
 

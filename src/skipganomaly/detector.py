@@ -150,6 +150,20 @@ def _detector_fields() -> list[dataclasses.Field]:
     return [f for f in fields(DetectorSettings) if f.name != "training"]
 
 
+def _anomalies_in(y: Any) -> int:
+    """How many labels of `y` mark anomalies: 1 among 0/1 labels (this package's and PyOD's convention), -1 among
+    -1/+1 (scikit-learn's outlier detectors'); 0 for anything else, such as class names or all 1s."""
+    if y is None:
+        return 0
+    labels = np.asarray(y)
+    if labels.dtype.kind not in "biuf" or not labels.size:
+        return 0
+    values = set(np.unique(labels).tolist())
+    if values == {0, 1}:
+        return int(np.sum(labels == 1))
+    return int(np.sum(labels == -1)) if values <= {-1, 1} else 0  # all 1: scikit-learn's inliers
+
+
 def _held_out(n_images: int, val_fraction: float) -> int:
     """How many of `n_images` `fit` holds out for the threshold."""
     return int(round(n_images * val_fraction))
@@ -287,10 +301,9 @@ class Detector:
         Under torchrun only rank 0 writes files. `bit_depth`: for images given as an array that were read from
         files wider than 8 bits, the depth they were scaled by (`read_image_files`), which scoring files reuses;
         files and PIL images given here set it themselves."""
-        if y is not None and np.any(np.asarray(y) != 0):  # scikit-learn passes y along (GridSearchCV, pipelines)
+        if (marked := _anomalies_in(y)):  # scikit-learn passes y along (GridSearchCV, pipelines)
             log.warning("fit ignores y and trains on every image given as normal, the %d labelled as anomalies among "
-                        "them too; give it normal images only (in a grid search, CV splits of normal images)",
-                        int(np.count_nonzero(np.asarray(y))))
+                        "them too; give it normal images only (in a grid search, CV splits of normal images)", marked)
         data, depth = read_images(images, self.image_size, self.in_channels, aligned=False)
         self.bit_depth_ = depth if depth is not None else bit_depth
         val_index, train_index = self.holdout(len(data))

@@ -6,6 +6,11 @@ import functools
 from typing import Any
 
 
+# Exit code of a command that wrote what it could while some of its work failed (benchmark cells, unreadable files
+# given to predict), each named; 2 is bad input (every error below), 3 a benchmark stopped by its time limit.
+PARTLY_FAILED_EXIT = 1
+
+
 class SkipGanomalyError(Exception):
     """Base class: anything the user can fix by changing the input or the options."""
 

@@ -38,6 +38,16 @@ def program() -> str:
     return f"{shlex.quote(sys.executable)} -m skipganomaly"
 
 
+def command_line() -> str:
+    """The command that started this process: the CLI's as it was typed (`program()`), else a script's or a
+    notebook's (that called the package), with the interpreter that ran it."""
+    started_by = Path(sys.argv[0])
+    as_module = started_by.name == "__main__.py" and started_by.parent.name == "skipganomaly"
+    if started_by.name == "skipganomaly" or as_module:
+        return " ".join(part for part in (program(), shlex.join(sys.argv[1:])) if part)
+    return shlex.join([sys.executable, *sys.argv])
+
+
 def environment() -> dict[str, Any]:
     """Command (as it was started, and the folder it ran in: its paths may be relative), commit, torch, threads,
     CPU model, GPU and Python of this process."""
@@ -51,8 +61,7 @@ def environment() -> dict[str, Any]:
                 break
     except OSError:
         pass
-    command = " ".join(part for part in (program(), shlex.join(sys.argv[1:])) if part)
-    return {"command": command, "cwd": os.getcwd(), "git_commit": git_commit(),
+    return {"command": command_line(), "cwd": os.getcwd(), "git_commit": git_commit(),
             "torch": str(torch.__version__), "threads": torch.get_num_threads(), "cpu": cpu, "cpu_count": os.cpu_count(),
             "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
             "python": platform.python_version()}

@@ -44,7 +44,7 @@ from .data.cifar10 import NAME as CIFAR10, PAPER_ORDER, Cifar10, load_cifar10
 from .data.labelled import (JOIN, ClassSplit, LabelledImages, check_task, class_split, load_decoded, load_labelled,
                             pseudo_anomaly, save_decoded, validation_split)
 from .detector import Detector, DetectorSettings, setting_defaults
-from .errors import ConfigError, SkipGanomalyError
+from .errors import PARTLY_FAILED_EXIT, ConfigError, SkipGanomalyError
 from .evaluation.metrics import evaluate_scores
 from .evaluation.tables import (PAPER, PROTOCOL_NOTES, STD_NOTE, VALIDATE, benchmark_table, commits_note,
                                 shows_paper_numbers, summarise)
@@ -67,7 +67,7 @@ DEADLINE_EXIT = 3  # exit code of a cell process, and of the benchmark command, 
 class CellsFailed(SkipGanomalyError):
     """No cell of the sweep finished, and some failed (each with its error in the log)."""
 
-    exit_code = 1  # as a sweep where only some cells failed: the failure is the cells', not the input's
+    exit_code = PARTLY_FAILED_EXIT  # as a sweep where only some cells failed: the cells' failure, not the input's
 
 
 class DeadlineReached(SkipGanomalyError):

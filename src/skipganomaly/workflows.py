@@ -18,8 +18,8 @@ import numpy as np
 import torch
 
 from .data.digits import digits_leave_one_out
-from .data.folders import label_folders, load_labelled_folder, mask_files, mask_folder, training_files
-from .data.images import list_image_files, load_image, load_image_files, read_image_files
+from .data.folders import PixelTruth, label_folders, load_labelled_folder, load_masks, training_files
+from .data.images import list_image_files, load_image_files, read_image_files
 from .detector import Detector, DetectorSettings, setting_fields
 from .errors import CheckpointError, ConfigError, DataError
 from .evaluation.metrics import evaluate_scores, metrics_per_folder, pixel_metrics
@@ -55,9 +55,10 @@ def evaluate_folder(checkpoint: Path, data: Path, out: Path | None = None, repor
     det = load_calibrated(checkpoint, device, progress)
     x, y, names = load_labelled_folder(data, det.image_size, det.in_channels, progress=progress,
                                        bit_depth=det.bit_depth_)
+    truth = load_masks(data, names, y.tolist(), det.image_size)
     scores = det.decision_function(x)
     metrics = evaluate_scores(scores, y.numpy(), det.threshold_)
-    metrics.update(_pixel_evaluation(det, data, x, y, names))
+    metrics.update(_pixel_evaluation(det, truth, x))
     per_folder = _print_evaluation(metrics, scores, y.numpy(), label_folders(data, names), det.threshold_)
     if out is not None:
         write_json(out, {**metrics, **({"per_folder": per_folder} if per_folder else {})})
@@ -69,26 +70,15 @@ def evaluate_folder(checkpoint: Path, data: Path, out: Path | None = None, repor
     return metrics
 
 
-def _pixel_evaluation(det: Detector, data: Path, images: torch.Tensor, labels: torch.Tensor, names: Sequence[str]
-                      ) -> dict[str, float]:
-    """Pixel AUROC and AUPRC where the test folder has MVTec AD's `ground_truth/` masks: the anomaly maps of the
-    normal images and of the abnormal ones with a mask, against those masks (all zero for normal images), at the
-    model's image size; nothing without masks."""
-    masks = mask_files(data, names, labels.tolist())
-    if masks is None:
+def _pixel_evaluation(det: Detector, truth: PixelTruth | None, images: torch.Tensor) -> dict[str, float]:
+    """Pixel AUROC and AUPRC where the test folder has MVTec AD's `ground_truth/` masks (`load_masks`): the anomaly
+    maps of the normal test images and of the abnormal ones with a mask, against those masks (all zero for normal
+    images), at the model's image size; nothing without masks."""
+    if truth is None:
         return {}
-    keep = [i for i, (mask, label) in enumerate(zip(masks, labels.tolist())) if label == 0 or mask is not None]
-    truth = np.zeros((len(keep), det.image_size, det.image_size), dtype=bool)
-    for row, i in enumerate(keep):
-        mask = masks[i]
-        if mask is not None:
-            try:
-                truth[row] = load_image(mask, det.image_size, 1)[0] > 127
-            except DataError as err:
-                raise DataError(f"cannot read the mask of {names[i]}: {err}") from None
-    log.info("pixel metrics: the anomaly maps of %d test images against %d masks in %s, at %dx%d", len(keep),
-             sum(mask is not None for mask in masks), mask_folder(data), det.image_size, det.image_size)
-    return pixel_metrics(det.anomaly_maps(images[keep]), truth)
+    log.info("pixel metrics: the anomaly maps of %d test images against %d masks in %s, at %dx%d", len(truth.index),
+             int(truth.masks.any(axis=(1, 2)).sum()), truth.folder, det.image_size, det.image_size)
+    return pixel_metrics(det.anomaly_maps(images[truth.index]), truth.masks)
 
 
 def _print_evaluation(metrics: dict[str, Any], scores: np.ndarray, labels: np.ndarray, folders: Sequence[str],
@@ -133,9 +123,12 @@ def predict_files(checkpoint: Path, inputs: Sequence[Path], out: Path, save_maps
     if len(unique) < len(paths):
         log.info("%d files were given more than once; each is scored once", len(paths) - len(unique))
     paths = unique
-    images, kept = load_image_files(paths, det.image_size, det.in_channels, progress=progress,
-                                    bit_depth=det.bit_depth_)
-    scores = det.decision_function(images)
+    try:
+        images, kept = load_image_files(paths, det.image_size, det.in_channels, progress=progress,
+                                        bit_depth=det.bit_depth_)
+    except DataError:  # not one file could be read: each still gets its row, unscored (and the exit code says so)
+        images, kept = torch.zeros((0, det.in_channels, det.image_size, det.image_size), dtype=torch.uint8), []
+    scores = det.decision_function(images) if kept else np.zeros(0)
     labels = scores > det.threshold_
     # Whole or not at all: the maps go to a hidden folder and the CSV to a temporary file, and both are moved
     # into place at the end, so an interrupted call leaves nothing (a half-filled maps folder would make the same
@@ -144,7 +137,7 @@ def predict_files(checkpoint: Path, inputs: Sequence[Path], out: Path, save_maps
     csv_tmp = out.parent / f".{out.name}.tmp"
     try:
         maps = None
-        if save_maps is not None and partial is not None:
+        if save_maps is not None and partial is not None and kept:
             shutil.rmtree(partial, ignore_errors=True)  # an earlier call's, killed before it could clean up
             raw = det.anomaly_maps(images)
             written = save_overlays(partial, images, kept, raw)
@@ -162,7 +155,7 @@ def predict_files(checkpoint: Path, inputs: Sequence[Path], out: Path, save_maps
             else:
                 writer.writerow([path, f"{scores[i]:.8g}", int(labels[i])] + ([maps[i]] if maps else []))
         write_text_atomic(csv_tmp, buffer.getvalue())
-        if save_maps is not None and partial is not None:
+        if maps is not None and save_maps is not None and partial is not None:
             if save_maps.is_dir():
                 save_maps.rmdir()  # checked empty before the call
             partial.rename(save_maps)
@@ -202,18 +195,20 @@ def resumed_settings(run: RunDirectory, given: dict[str, Any], model_options_giv
 
 
 def train_run(settings: DetectorSettings, data: Path, test: Path | None, run: RunDirectory, resume: bool = False,
-              tensorboard: bool = False) -> Detector:
+              tensorboard: bool = False, overwrite: bool = False) -> Detector:
     """Train on the normal images of `data` into `run` (config.yaml, model.pt after every epoch,
     metrics.jsonl, metrics.json, report); with `test` (normal/ + abnormal/), evaluate after training.
-    `resume` continues from run/model.state.pt. Under torchrun, rank 0 alone writes the run directory."""
+    `resume` continues from run/model.state.pt; `overwrite` removes the run's earlier files once the data are
+    read. Under torchrun, rank 0 alone writes the run directory."""
     init_from_environment()  # a no-op unless started by torchrun with several processes
     progress = settings.training.progress
     det = Detector.from_settings(settings)
     folder, files = training_files(data)
     images, kept, bit_depth = read_image_files(files, settings.image_size, settings.in_channels, progress=progress)
-    test_data = None
+    test_data, truth = None, None
     if test is not None:  # load before training, so a bad test folder fails in seconds, not hours
         test_data = load_labelled_folder(test, settings.image_size, settings.in_channels, bit_depth=bit_depth)
+        truth = load_masks(test, test_data[2], test_data[1].tolist(), settings.image_size)
         _warn_shared_images(images, *test_data)
     # checked before anything in the run directory is rewritten: the same settings and the same images
     done = (load_train_state(run.state, settings.training, data_fingerprint(images))["history"]
@@ -221,6 +216,8 @@ def train_run(settings: DetectorSettings, data: Path, test: Path | None, run: Ru
     if not is_main_process():
         det.fit(images, checkpoint_path=run.checkpoint, resume=resume, bit_depth=bit_depth)
         return det
+    if overwrite:  # only now: a refused training folder or a bad test folder leaves the old run as it was
+        run.clear()
     run.root.mkdir(parents=True, exist_ok=True)
     run.write_config(settings.as_dict(), command="train", data=data.resolve(),
                      test=None if test is None else test.resolve(), tensorboard=tensorboard,
@@ -239,7 +236,7 @@ def train_run(settings: DetectorSettings, data: Path, test: Path | None, run: Ru
         x, y, names = test_data
         scores = det.decision_function(x)
         metrics["test"] = evaluate_scores(scores, y.numpy(), det.threshold_)
-        metrics["test"].update(_pixel_evaluation(det, test, x, y, names))
+        metrics["test"].update(_pixel_evaluation(det, truth, x))
         per_folder = _print_evaluation(metrics["test"], scores, y.numpy(), label_folders(test, names), det.threshold_)
         report = write_evaluation(run.root, f"{settings.model} on {test}", x, names, y.numpy(), scores,
                                   metrics["test"], det.threshold_, det.reconstructions, det.anomaly_maps,

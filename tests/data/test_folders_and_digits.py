@@ -136,3 +136,37 @@ def test_leave_one_digit_out_counts(digit: int) -> None:
     assert len({bytes(t.numpy()) for t in images}) == 1797
     train_keys = {bytes(t.numpy()) for t in split.train}
     assert not any(bytes(t.numpy()) in train_keys for t in split.test)
+
+
+def test_masks_keep_thin_defects_read_0_1_masks_and_skip_unreadable_ones(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                         caplog: pytest.LogCaptureFixture) -> None:
+    """MVTec AD masks at the model's size: a 2-px scratch in a 256-px mask still marks its pixels at 32 px, a mask
+    stored as 0/1 counts, an unreadable mask leaves its image out with a warning (not an error after training),
+    and `.` from inside test/ finds ground_truth/ beside it."""
+    import logging
+
+    import numpy as np
+    from PIL import Image
+
+    from skipganomaly.data.folders import load_masks
+
+    write_images(tmp_path / "test" / "good", blob_images(2))
+    defects = write_images(tmp_path / "test" / "scratch", noise_images(3))
+    (tmp_path / "ground_truth" / "scratch").mkdir(parents=True)
+    thin = np.zeros((256, 256), np.uint8)
+    thin[40:200, 100:102] = 255
+    Image.fromarray(thin).save(tmp_path / "ground_truth" / "scratch" / f"{defects[0].stem}_mask.png")
+    ones = np.zeros((32, 32), np.uint8)
+    ones[:4, :4] = 1
+    Image.fromarray(ones).save(tmp_path / "ground_truth" / "scratch" / f"{defects[1].stem}_mask.png")
+    (tmp_path / "ground_truth" / "scratch" / f"{defects[2].stem}_mask.png").write_text("not a png")
+    paths, labels = labelled_files(tmp_path)
+    with caplog.at_level(logging.WARNING, logger="skipganomaly"):
+        truth = load_masks(tmp_path, paths, labels, 32)
+    assert truth is not None and truth.index == [0, 1, 2, 3]  # the third defect's mask is unreadable: left out
+    assert "1 masks cannot be read" in caplog.text
+    assert not truth.masks[:2].any() and truth.masks[2, 5:25, 12].all() and truth.masks[2].sum() == 20
+    assert truth.masks[3, :4, :4].all() and truth.masks[3].sum() == 16
+    monkeypatch.chdir(tmp_path / "test")
+    paths, labels = labelled_files(".")
+    assert load_masks(".", paths, labels, 32) is not None

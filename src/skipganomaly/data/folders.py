@@ -12,9 +12,11 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
+import numpy as np
 import torch
+from PIL import Image
 
 from ..errors import DataError
 from .images import IMAGE_EXTENSIONS, list_image_files, load_image_files
@@ -117,10 +119,12 @@ def label_folders(root: str | os.PathLike[str], paths: Sequence[str | os.PathLik
 
 def mask_folder(root: str | os.PathLike[str]) -> Path | None:
     """MVTec AD's `ground_truth/` of a labelled test folder `root`: beside its `test/` (root given as the data
-    set's root), or beside root itself (root given as the `test/` folder); None where there is none."""
+    set's root), or beside root itself (root given as the `test/` folder, `.` from inside it too); None where
+    there is none."""
     root = Path(root)
-    return _child(root, "ground_truth") or (_child(root.parent, "ground_truth") if root.name.lower() == "test"
-                                            else None)
+    if (found := _child(root, "ground_truth")) is not None:
+        return found
+    return _child(root.resolve().parent, "ground_truth") if root.resolve().name.lower() == "test" else None
 
 
 def mask_files(root: str | os.PathLike[str], paths: Sequence[str | os.PathLike[str]], labels: Sequence[int]
@@ -141,11 +145,53 @@ def mask_files(root: str | os.PathLike[str], paths: Sequence[str | os.PathLike[s
         stem = Path(path).stem
         found.append(by_stem[folder].get(f"{stem}_mask") or by_stem[folder].get(stem) if label else None)
     if not any(found):
+        log.info("no mask in %s matches a test image's name (test/<defect>/NAME.png: ground_truth/<defect>/"
+                 "NAME_mask.png or NAME.png); no pixel metrics", masks)
         return None
     missing = sum(1 for m, label in zip(found, labels) if label and m is None)
     if missing:
         log.warning("%d abnormal test images have no mask in %s; the pixel metrics leave them out", missing, masks)
     return found
+
+
+class PixelTruth(NamedTuple):
+    """What pixel metrics compare anomaly maps with: which test images take part, and their masks."""
+    index: list[int]  # test images with a mask (defects) or none needed (normal images)
+    masks: np.ndarray  # bool [len(index), size, size]: defect pixels (all False for normal images)
+    folder: Path  # where the masks were read
+
+
+def load_masks(root: str | os.PathLike[str], paths: Sequence[str | os.PathLike[str]], labels: Sequence[int],
+               image_size: int) -> PixelTruth | None:
+    """The masks of `mask_files` at `image_size`, read before any training so that a bad one costs seconds: a
+    pixel is a defect pixel where any part of its area is one in the mask (any non-zero value: 255 or 1), so a
+    scratch thinner than a pixel at that size is not lost; an unreadable mask is left out like a missing one,
+    with a warning."""
+    files = mask_files(root, paths, labels)
+    if files is None:
+        return None
+    index, masks, unreadable = [], [], []
+    for i, (path, label) in enumerate(zip(files, labels, strict=True)):
+        if path is None:
+            if not label:
+                index.append(i)
+                masks.append(np.zeros((image_size, image_size), dtype=bool))
+            continue
+        try:
+            with Image.open(path) as img:
+                defect = np.asarray(img.convert("L")) > 0
+        except (OSError, ValueError, Image.DecompressionBombError):
+            unreadable.append(path)
+            continue
+        coverage = Image.fromarray(defect.astype(np.uint8) * 255).resize((image_size, image_size), Image.Resampling.BOX)
+        index.append(i)
+        masks.append(np.asarray(coverage) > 0)
+    if unreadable:
+        log.warning("%d masks cannot be read; the pixel metrics leave their images out: %s", len(unreadable),
+                    ", ".join(map(str, unreadable[:3])) + (" ..." if len(unreadable) > 3 else ""))
+    folder = mask_folder(root)
+    assert folder is not None  # mask_files found masks there
+    return PixelTruth(index, np.stack(masks) if masks else np.zeros((0, image_size, image_size), bool), folder)
 
 
 def load_labelled_folder(
