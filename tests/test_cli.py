@@ -705,7 +705,8 @@ def test_training_folders_that_would_learn_anomalies_or_the_run_itself_are_refus
         trained_run: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
     root, _ = trained_run
     assert main(["train", "--data", str(root / "test"), "--out", str(root / "x"), *SMALL]) == 2
-    assert "holds abnormal/ with images: training reads every image below the folder" in capsys.readouterr().err
+    assert f"holds abnormal/ with images: training reads every image below the folder, so those would be learnt as " \
+        f"normal; give the folder of normal images only (e.g. {root / 'test' / 'normal'})" in capsys.readouterr().err
     assert main(["train", "--data", str(root / "train"), "--out", str(root / "train" / "run"), *SMALL]) == 2
     assert "is inside --data" in capsys.readouterr().err
     assert not (root / "x").exists() and not (root / "train" / "run").exists()

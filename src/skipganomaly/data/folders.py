@@ -63,10 +63,11 @@ def training_files(root: str | os.PathLike[str]) -> tuple[Path, list[Path]]:
         for depth, name in enumerate(parts):
             children.setdefault(parts[:depth], set()).add(name)
             if name.lower() in NOT_TRAINING_NAMES:
-                train = _child(folder.joinpath(*parts[:depth]), "train")
+                level = folder.joinpath(*parts[:depth])
+                normal = next((c for c in (_child(level, n) for n in ("train", *NORMAL_NAMES)) if c is not None), None)
                 raise DataError(f"{folder} holds {Path(*parts[:depth + 1])}/ with images: training reads every image "
                                 "below the folder, so those would be learnt as normal; give the folder of normal "
-                                "images only" + (f" (e.g. {train})" if train is not None else ""))
+                                "images only" + (f" (e.g. {normal})" if normal is not None else ""))
     for parent, names in children.items():
         normal = next((n for n in names if n.lower() in NORMAL_NAMES), None)
         others = sorted(n for n in names if n != normal and n.lower() not in NOT_TEST_NAMES)
