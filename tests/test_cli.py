@@ -141,9 +141,12 @@ def test_predict_command_writes_csv(trained_run: tuple[Path, Path], capsys: pyte
     broken.write_text("garbage")
     try:
         assert main(["predict", "--checkpoint", str(run), str(broken), "--out", str(out), "--no-progress"]) == 1
+        assert list(csv.DictReader(out.open())) == [{"path": str(broken), "score": "", "label": ""}]
+        assert main(["predict", "--checkpoint", str(run), str(broken), "--out", str(out), "--no-progress",
+                     "--save-maps", str(root / "no-maps")]) == 1  # the map column stays, empty
+        assert list(csv.DictReader(out.open())) == [{"path": str(broken), "score": "", "label": "", "map": ""}]
     finally:
         broken.unlink()
-    assert list(csv.DictReader(out.open())) == [{"path": str(broken), "score": "", "label": ""}]
     from skipganomaly import Detector
 
     with np.load(root / "maps" / "maps.npz") as saved:  # the maps as numbers, rows as the CSV's scored rows

@@ -39,8 +39,9 @@ def program() -> str:
 
 
 def command_line() -> str:
-    """The command that started this process: the CLI's as it was typed (`program()`), else a script's or a
-    notebook's (that called the package), with the interpreter that ran it."""
+    """The command that started this process: the CLI's as it was typed (`program()`), else the interpreter's
+    arguments, which for a script that called the package rerun it (for a notebook they name its kernel, for
+    `python -c` only the flag: not enough to rerun those)."""
     started_by = Path(sys.argv[0])
     as_module = started_by.name == "__main__.py" and started_by.parent.name == "skipganomaly"
     if started_by.name == "skipganomaly" or as_module:

@@ -24,6 +24,7 @@ device and thread count are recorded but not compared: they change floating-poin
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import functools
 import hashlib
@@ -315,20 +316,21 @@ def run_sweep(load: Callable[[], LabelledImages], config: SweepConfig, out: Path
     unfinished: list[str] = []
     if workers == 1:
         longest = 0.0
-        for cell in _each_warning_once(todo):
-            if deadline is not None and _now() + longest > deadline:
-                unfinished.append(cell_key(*cell))
-                continue
-            bar.set_postfix_str(f"{cells_done}/{len(plan)} cells; running {' '.join(map(str, cell))}")
-            start = _now()
-            try:
-                _run_and_write(load, cell, config, cells_dir, deadline)
-            except DeadlineReached:
-                unfinished.append(cell_key(*cell))
-            except SkipGanomalyError as err:
-                failures.append((cell_key(*cell), str(err)))
-            longest = max(longest, _now() - start)
-            advance(cell)
+        with _each_warning_once():
+            for cell in todo:
+                if deadline is not None and _now() + longest > deadline:
+                    unfinished.append(cell_key(*cell))
+                    continue
+                bar.set_postfix_str(f"{cells_done}/{len(plan)} cells; running {' '.join(map(str, cell))}")
+                start = _now()
+                try:
+                    _run_and_write(load, cell, config, cells_dir, deadline)
+                except DeadlineReached:
+                    unfinished.append(cell_key(*cell))
+                except SkipGanomalyError as err:
+                    failures.append((cell_key(*cell), str(err)))
+                longest = max(longest, _now() - start)
+                advance(cell)
     else:
         failures, unfinished = _run_in_processes(load, todo, config, cells_dir, workers, advance, deadline)
     bar.close()
@@ -336,9 +338,11 @@ def run_sweep(load: Callable[[], LabelledImages], config: SweepConfig, out: Path
     return SweepOutcome(results, failures, unfinished)
 
 
-def _each_warning_once(cells: list[tuple[str, str, int, str]]) -> Iterator[tuple[str, str, int, str]]:
-    """The cells, while a warning that every cell would repeat word for word (the threshold of a small held-out
-    set, say) is printed for the first only: a sweep of twelve cells does not print it twelve times."""
+@contextlib.contextmanager
+def _each_warning_once() -> Iterator[None]:
+    """While cells run in this process, a warning that every cell would repeat word for word (the threshold of a
+    small held-out set, say) is printed for the first only: twelve cells do not print it twelve times. (With
+    `--workers`, each cell's own process prints its warnings.)"""
     seen: set[str] = set()
 
     def once(record: logging.LogRecord) -> bool:
@@ -352,7 +356,7 @@ def _each_warning_once(cells: list[tuple[str, str, int, str]]) -> Iterator[tuple
     package = logging.getLogger("skipganomaly")  # where the detector and the data loaders log
     package.addFilter(once)
     try:
-        yield from cells
+        yield
     finally:
         package.removeFilter(once)
 

@@ -77,7 +77,7 @@ def _pixel_evaluation(det: Detector, truth: PixelTruth | None, images: torch.Ten
     if truth is None:
         return {}
     log.info("pixel metrics: the anomaly maps of %d test images against %d masks in %s, at %dx%d", len(truth.index),
-             int(truth.masks.any(axis=(1, 2)).sum()), truth.folder, det.image_size, det.image_size)
+             truth.n_masks, truth.folder, det.image_size, det.image_size)
     return pixel_metrics(det.anomaly_maps(images[truth.index]), truth.masks)
 
 
@@ -146,12 +146,13 @@ def predict_files(checkpoint: Path, inputs: Sequence[Path], out: Path, save_maps
             np.savez_compressed(partial / RAW_MAPS, maps=raw.astype(np.float32), paths=np.array(kept))
         buffer = io.StringIO()
         writer = csv.writer(buffer)
-        writer.writerow(["path", "score", "label"] + (["map"] if maps else []))
+        with_maps = save_maps is not None  # the map column whenever maps were asked for, so a script finds it
+        writer.writerow(["path", "score", "label"] + (["map"] if with_maps else []))
         row_of = {path: i for i, path in enumerate(kept)}
         for path in map(str, paths):  # in the order given, unreadable files in their place
             i = row_of.get(path)
             if i is None:
-                writer.writerow([path, "", ""] + ([""] if maps else []))
+                writer.writerow([path, "", ""] + ([""] if with_maps else []))
             else:
                 writer.writerow([path, f"{scores[i]:.8g}", int(labels[i])] + ([maps[i]] if maps else []))
         write_text_atomic(csv_tmp, buffer.getvalue())
@@ -166,7 +167,8 @@ def predict_files(checkpoint: Path, inputs: Sequence[Path], out: Path, save_maps
         csv_tmp.unlink(missing_ok=True)
     unread = [path for path in map(str, paths) if path not in row_of]
     print(f"wrote {len(kept)} scores to {out} ({int(labels.sum())} flagged)"
-          + (f"; anomaly-map overlays in {save_maps}" if maps else "")
+          + (f"; anomaly-map overlays in {save_maps}" if maps else "; no maps: no file could be read" if save_maps
+             else "")
           + (f"; {len(unread)} unreadable file{'s' if len(unread) > 1 else ''} with no score" if unread else ""))
     return unread
 

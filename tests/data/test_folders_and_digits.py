@@ -170,3 +170,38 @@ def test_masks_keep_thin_defects_read_0_1_masks_and_skip_unreadable_ones(tmp_pat
     monkeypatch.chdir(tmp_path / "test")
     paths, labels = labelled_files(".")
     assert load_masks(".", paths, labels, 32) is not None
+
+
+def test_mask_images_of_every_kind_mark_their_defects(tmp_path: Path) -> None:
+    """Any non-zero value in any channel is a defect, transparent parts are laid on black (their hidden colour is
+    not a defect), a palette's colours count, and a 1-px speck in a 1024-px mask survives at 32 px; a linked test/
+    folder finds the ground_truth/ beside the link."""
+    import numpy as np
+    from PIL import Image
+
+    from skipganomaly.data.folders import defect_pixels, mask_folder
+
+    rgba = np.zeros((8, 8, 4), np.uint8)
+    rgba[..., :3] = 255  # white everywhere, transparent but for one opaque pixel
+    rgba[2, 3, 3] = 255
+    assert defect_pixels(Image.fromarray(rgba)).nonzero() == ((2,), (3,))
+    blue = np.zeros((8, 8, 3), np.uint8)
+    blue[1, 1, 2] = 1
+    palette = Image.fromarray((blue[..., 2] > 0).astype(np.uint8), mode="P")  # index 1: the colour (0, 0, 1)
+    palette.putpalette([0, 0, 0, 0, 0, 1])
+    assert defect_pixels(Image.fromarray(blue)).sum() == 1 and defect_pixels(palette).sum() == 1
+    write_images(tmp_path / "data" / "test" / "good", blob_images(1))
+    [spot] = write_images(tmp_path / "data" / "test" / "spot", noise_images(1))
+    (tmp_path / "data" / "ground_truth" / "spot").mkdir(parents=True)
+    speck = np.zeros((1024, 1024), np.uint8)
+    speck[500, 700] = 255
+    Image.fromarray(speck).save(tmp_path / "data" / "ground_truth" / "spot" / f"{spot.stem}_mask.png")
+    from skipganomaly.data.folders import load_masks
+
+    paths, labels = labelled_files(tmp_path / "data")
+    truth = load_masks(tmp_path / "data", paths, labels, 32)
+    assert truth is not None and truth.masks[1].nonzero() == ((15,), (21,)) and truth.n_masks == 1
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "data" / "test").rename(tmp_path / "elsewhere" / "bottle_test")
+    (tmp_path / "data" / "test").symlink_to(tmp_path / "elsewhere" / "bottle_test")
+    assert mask_folder(tmp_path / "data" / "test") == tmp_path / "data" / "ground_truth"

@@ -16,7 +16,7 @@ from typing import NamedTuple, Sequence
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 from ..errors import DataError
 from .images import IMAGE_EXTENSIONS, list_image_files, load_image_files
@@ -125,7 +125,8 @@ def mask_folder(root: str | os.PathLike[str]) -> Path | None:
     root = Path(root)
     if (found := _child(root, "ground_truth")) is not None:
         return found
-    return _child(root.resolve().parent, "ground_truth") if root.resolve().name.lower() == "test" else None
+    absolute = Path(os.path.abspath(root))  # `.` named, links not followed: a linked test/ has its masks beside it
+    return _child(absolute.parent, "ground_truth") if absolute.name.lower() == "test" else None
 
 
 def mask_files(root: str | os.PathLike[str], paths: Sequence[str | os.PathLike[str]], labels: Sequence[int]
@@ -160,14 +161,14 @@ class PixelTruth(NamedTuple):
     index: list[int]  # test images with a mask (defects) or none needed (normal images)
     masks: np.ndarray  # bool [len(index), size, size]: defect pixels (all False for normal images)
     folder: Path  # where the masks were read
+    n_masks: int  # how many masks were read
 
 
 def load_masks(root: str | os.PathLike[str], paths: Sequence[str | os.PathLike[str]], labels: Sequence[int],
                image_size: int) -> PixelTruth | None:
     """The masks of `mask_files` at `image_size`, read before any training so that a bad one costs seconds: a
-    pixel is a defect pixel where any part of its area is one in the mask (any non-zero value: 255 or 1), so a
-    scratch thinner than a pixel at that size is not lost; an unreadable mask is left out like a missing one,
-    with a warning."""
+    pixel is a defect pixel where any part of its area is one in the mask (`defect_pixels`), so a scratch thinner
+    than a pixel at that size is not lost; an unreadable mask is left out like a missing one, with a warning."""
     files = mask_files(root, paths, labels)
     if files is None:
         return None
@@ -180,11 +181,13 @@ def load_masks(root: str | os.PathLike[str], paths: Sequence[str | os.PathLike[s
             continue
         try:
             with Image.open(path) as img:
-                defect = np.asarray(img.convert("L")) > 0
-        except (OSError, ValueError, Image.DecompressionBombError):
+                defect = defect_pixels(img)
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
             unreadable.append(path)
             continue
-        coverage = Image.fromarray(defect.astype(np.uint8) * 255).resize((image_size, image_size), Image.Resampling.BOX)
+        # the share of each output pixel's area that is defect, in floats (8 bits would round a speck to 0)
+        coverage = Image.fromarray(defect.astype(np.float32), mode="F").resize((image_size, image_size),
+                                                                               Image.Resampling.BOX)
         index.append(i)
         masks.append(np.asarray(coverage) > 0)
     if unreadable:
@@ -192,7 +195,20 @@ def load_masks(root: str | os.PathLike[str], paths: Sequence[str | os.PathLike[s
                     ", ".join(map(str, unreadable[:3])) + (" ..." if len(unreadable) > 3 else ""))
     folder = mask_folder(root)
     assert folder is not None  # mask_files found masks there
-    return PixelTruth(index, np.stack(masks) if masks else np.zeros((0, image_size, image_size), bool), folder)
+    return PixelTruth(index, np.stack(masks) if masks else np.zeros((0, image_size, image_size), bool), folder,
+                      sum(path is not None for path in files) - len(unreadable))
+
+
+def defect_pixels(mask: Image.Image) -> np.ndarray:
+    """Where a mask image marks a defect: any non-zero value in any channel (255 or 1, white or a colour; a
+    palette's colours, not its indices), turned upright by its EXIF tag as images are, and laid on black where it
+    is transparent (as images are: what a viewer shows)."""
+    mask = ImageOps.exif_transpose(mask)
+    if mask.mode in ("1", "L", "I", "I;16", "I;16B", "I;16L", "F"):
+        return np.asarray(mask) != 0
+    if "A" in mask.mode or "a" in mask.mode or "transparency" in mask.info:
+        mask = Image.alpha_composite(Image.new("RGBA", mask.size, (0, 0, 0, 255)), mask.convert("RGBA"))
+    return np.asarray(mask.convert("RGB")).any(axis=-1)
 
 
 def load_labelled_folder(
