@@ -63,6 +63,7 @@ def environment() -> dict[str, Any]:
     except OSError:
         pass
     return {"command": command_line(), "cwd": os.getcwd(), "git_commit": git_commit(),
-            "torch": str(torch.__version__), "threads": torch.get_num_threads(), "cpu": cpu, "cpu_count": os.cpu_count(),
+            "torch": str(torch.__version__), "threads": torch.get_num_threads(), "cpu": cpu,
+            "cpu_count": os.cpu_count(),
             "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
             "python": platform.python_version()}

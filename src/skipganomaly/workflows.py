@@ -264,7 +264,8 @@ def _warn_shared_images(train_images: torch.Tensor, test_images: torch.Tensor, l
         log.warning("%d of the %d test images (%d normal, %d abnormal) are also training images, the same pixels: the "
                     "test metrics are optimistic; keep the test images out of the training folder: %s", len(shared),
                     len(test_images), normal, len(shared) - normal,
-                    ", ".join(readable_name(Path(names[i]).name) for i in shared[:3]) + (" ..." if len(shared) > 3 else ""))
+                    ", ".join(readable_name(Path(names[i]).name) for i in shared[:3])
+                    + (" ..." if len(shared) > 3 else ""))
 
 
 def _write_calibration(det: Detector, names: Sequence[str], run: RunDirectory) -> None:

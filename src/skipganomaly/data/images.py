@@ -249,10 +249,10 @@ def _say_mixed_forms(paths: Sequence[str], forms: Sequence[FileForm | None], ima
                  _some(fewer))
     sizes = Counter(form.size for _, form in known)
     if len(sizes) > 1:
-        (common, n), = sizes.most_common(1)
+        common = sizes.most_common(1)[0][0]
         other = [path for path, form in known if form.size != common]
-        log.info("%d of %d images differ in size from the most common, %dx%d (%s); all are resized to %dx%d: %s", len(other),
-                 len(known), *common, ", ".join(f"{w}x{h}" for (w, h), _ in sizes.most_common()[1:4])
+        log.info("%d of %d images differ in size from the most common, %dx%d (%s); all are resized to %dx%d: %s",
+                 len(other), len(known), *common, ", ".join(f"{w}x{h}" for (w, h), _ in sizes.most_common()[1:4])
                  + (" ..." if len(sizes) > 4 else ""), image_size, image_size, _some(other))
 
 

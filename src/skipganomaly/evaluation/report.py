@@ -141,8 +141,9 @@ def build_run_report(run_dir: Path) -> Path:
                             "the share of each folder flagged at the threshold: the normal folder's is the false-alarm "
                             "rate, a defect folder's its recall.</p>"
                             + html_table(["folder", "label", "images", "flagged", "auroc"],
-                                         [[readable_name(name) + "/", "abnormal" if row["label"] else "normal", row["n"],
-                                           row["flagged"], row.get("auroc", "")] for name, row in per_folder.items()]))
+                                         [[readable_name(name) + "/", "abnormal" if row["label"] else "normal",
+                                           row["n"], row["flagged"], row.get("auroc", "")]
+                                          for name, row in per_folder.items()]))
         curves = {"test": (labels, scores)}
         figs = [roc_figure(curves, figures / "roc.png"), pr_figure(curves, figures / "pr.png"),
                 histogram_figure(labels, scores, threshold, figures / "histogram.png")]
