@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from skipganomaly import detector as detector_module, files as files_module
 from skipganomaly.detector import FORMAT_VERSION, Detector
 from skipganomaly.errors import CheckpointError, ConfigError, DataError
 from tests.conftest import SMALL_WIDTHS, blob_images, noise_images, smooth_images, write_images
@@ -83,7 +84,7 @@ def test_scores_predict_and_maps(fitted: tuple[Detector, Path]) -> None:
 def test_a_batch_size_below_one_is_a_config_error(fitted: tuple[Detector, Path]) -> None:
     det, _ = fitted
     for bad in (0, -1):
-        with pytest.raises(ConfigError, match="batch_size must be at least 1"):
+        with pytest.raises(ConfigError, match="batch_size must be a whole number of at least 1"):
             det.decision_function(noise_images(2), batch_size=bad)
 
 
@@ -396,3 +397,32 @@ def test_fit_warns_when_y_labels_some_images_as_anomalies(caplog: pytest.LogCapt
     with caplog.at_level(logging.WARNING, logger="skipganomaly"):
         Detector("knn", image_size=32, progress=False, val_fraction=0.25).fit(x, np.r_[np.zeros(9), np.ones(3)])
     assert "fit ignores y and trains on every image given as normal, the 3 labelled as anomalies" in caplog.text
+
+
+def test_a_fitted_detector_is_ready_for_a_service(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a production service meets: a freshly fitted GAN scores in eval mode (threads switching it back to
+    train mode changed its BatchNorm statistics for good); a failed set_params changes nothing; save("dir/") writes
+    dir/model.pt; a file that cannot be written or read, or a batch size that is not a whole number, is one
+    project error naming the file or the setting."""
+    import sklearn.base
+
+    det = Detector("ganomaly", image_size=32, epochs=1, batch_size=16, val_fraction=0.2, progress=False)
+    det.fit(blob_images(40))
+    assert not det.model_.training
+    before = (det.get_params(), det.device)
+    monkeypatch.setattr(detector_module, "resolve_device", lambda name: (_ for _ in ()).throw(ConfigError("no cuda")))
+    with pytest.raises(ConfigError, match="no cuda"):
+        det.set_params(device="cuda")
+    monkeypatch.undo()
+    assert (det.get_params(), det.device) == before and sklearn.base.clone(det).get_params() == before[0]
+    det.save(f"{tmp_path / 'models'}/")
+    assert (tmp_path / "models" / "model.pt").is_file()
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(CheckpointError, match=r"cannot write .*a-file/model\.pt: "):
+        det.save(tmp_path / "a-file" / "model.pt")
+    monkeypatch.setattr(files_module.os, "access", lambda path, mode: False)
+    with pytest.raises(CheckpointError, match="cannot be read: permission denied"):
+        Detector.load(tmp_path / "models" / "model.pt")
+    monkeypatch.undo()
+    with pytest.raises(ConfigError, match="batch_size must be a whole number"):
+        det.decision_function(blob_images(2), batch_size=1.5)

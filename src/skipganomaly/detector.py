@@ -234,8 +234,9 @@ class Detector:
         progress, compile) a fitted detector stays fitted; any other change drops the fitted model (with a
         warning), since its weights no longer match the settings that `save` and `get_params` would report."""
         before = self.settings.params()
-        self.settings = self.settings.replace(**params)
-        self.device = resolve_device(self.settings.training.device)
+        settings = self.settings.replace(**params)
+        device = resolve_device(settings.training.device)  # an unusable device fails here, before anything changes
+        self.settings, self.device = settings, device
         free = set(TrainConfig.names(on_resume="free"))
         changed = sorted(k for k, v in self.settings.params().items() if k not in free and before.get(k) != v)
         if self.model_ is not None and changed:
@@ -335,6 +336,8 @@ class Detector:
             history = train(self.model_, data, val, self.train_config, epoch_done, train_index=train_index,
                             state_path=state, resume=resume)
             self.history_ = [r.as_dict() for r in history]
+            # left in eval mode, as `load` leaves it: scoring then never switches modes, so threads can share it
+            self.model_.eval()
             if n_val:
                 self._calibrate(val)
         if checkpoint_path is not None and main:
@@ -368,7 +371,9 @@ class Detector:
     # --- scoring ----------------------------------------------------------------------------
     def decision_function(self, images: Any, batch_size: int | None = None) -> np.ndarray:
         """Anomaly score per image, higher = more anomalous; independent of the other images in the call (up to
-        float rounding, which differs with the batch size: about 1e-5 relative)."""
+        float rounding, which differs with the batch size and the number of torch threads: up to a few 1e-4
+        relative between batches of 1 and 64 in an audit; arrays are resized by torch and files by Pillow, so an
+        image that needs resizing scores slightly differently as an array and as a file)."""
         return self._score_tensor(self._as_tensor(images), batch_size)
 
     def score_samples(self, images: Any, batch_size: int | None = None) -> np.ndarray:
@@ -413,8 +418,10 @@ class Detector:
     def _apply(self, method: str, data: torch.Tensor, batch_size: int | None) -> torch.Tensor:
         """An eval-mode model method over uint8 images, in batches (default: default_eval_batch)."""
         model = self._fitted()
-        if batch_size is not None and batch_size < 1:
-            raise ConfigError(f"batch_size must be at least 1 (or None for the default), got {batch_size}")
+        if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer))
+                                       or batch_size < 1):
+            raise ConfigError(f"batch_size must be a whole number of at least 1 (or None for the default), got "
+                              f"{batch_size!r}")
         batch = batch_size or self.train_config.eval_batch_size or default_eval_batch(self.device, self.image_size)
         return batched_apply(getattr(model, method), model, data, batch, self.device, self.train_config.amp,
                              desc=method.replace("_", " ") if self.train_config.progress else None)
@@ -427,9 +434,10 @@ class Detector:
     # --- persistence ------------------------------------------------------------------------
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write weights, settings, threshold and format version atomically (temp file + rename). A folder
-        gets them as its model.pt, the file `load` reads from a folder."""
+        (one that exists, or a new one named with a trailing slash: "models/") gets them as its model.pt, the
+        file `load` reads from a folder."""
         model = self._fitted()
-        if Path(path).is_dir():
+        if Path(path).is_dir() or str(path).endswith(("/", os.sep)):
             path = Path(path) / CHECKPOINT
         payload = {
             "format": FORMAT,
@@ -444,7 +452,10 @@ class Detector:
                     "val_scores": None if self.val_scores_ is None else [float(v) for v in self.val_scores_]},
             "history": self.history_,
         }
-        save_torch_atomic(Path(path), payload)
+        try:
+            save_torch_atomic(Path(path), payload)
+        except OSError as err:  # a read-only folder, a full disk: said of the file asked for, not the temporary one
+            raise CheckpointError(f"cannot write {path}: {err.strerror or err}") from None
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], device: str = "auto", expect_model: str | None = None,

@@ -82,6 +82,8 @@ def load_torch_checked(path: Path, fmt: str, version: int | tuple[int, ...], rea
     """torch.load with weights_only=True (tensors and plain values only: a file cannot run code), then
     check its format tag and version; every failure is one CheckpointError line, e.g.
     "<path> is not a readable <readable_as> (...)" or "<path> is not a <kind>"."""
+    if path.is_file() and not os.access(path, os.R_OK):  # is_zipfile below would call it a damaged file
+        raise CheckpointError(f"{path} cannot be read: permission denied")
     if path.is_file() and not zipfile.is_zipfile(path):  # torch's own error for this is a paragraph about pickles
         raise CheckpointError(f"{path} is not a readable {readable_as} (not a complete PyTorch file: truncated, or "
                               "another kind of file)")

@@ -387,3 +387,23 @@ def test_a_set_that_mixes_grayscale_and_colour_or_sizes_says_which_files_differ(
     with caplog.at_level(logging.INFO, logger="skipganomaly"):
         read_image_files(uniform, 16, 1)
     assert "grayscale" not in caplog.text and "differ in size" not in caplog.text
+
+
+def test_a_large_array_is_resized_a_chunk_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Scoring a big array must not make a float copy of all of it (2,000 images of 256 x 256 x 3 took 1.7 GiB):
+    the resize runs on chunks, and gives the same pixels as one pass."""
+    import torch.nn.functional as F
+
+    from skipganomaly.data import images as images_module
+
+    x = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (150, 3, 40, 40), dtype=np.uint8))
+    whole = images_module.resize_uint8(x, 32, chunk=1000)
+    seen: list[int] = []
+    real = F.interpolate
+
+    def counting(t: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
+        seen.append(len(t))
+        return real(t, *args, **kwargs)
+
+    monkeypatch.setattr(images_module.F, "interpolate", counting)
+    assert torch.equal(images_module.as_image_tensor(x.numpy(), 32, 3), whole) and max(seen) <= 64
