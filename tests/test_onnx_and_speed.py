@@ -179,6 +179,15 @@ def test_export_command_writes_a_file_that_predicts_alone(tmp_path: Path, capsys
     assert (scorer.model_name, scorer.threshold_) == ("pca", det.threshold_)
     images = np.concatenate([blob_images(6, seed=7), noise_images(6)])
     assert np.array_equal(scorer.predict(images), det.predict(images)) and scorer.predict(images)[6:].all()
+    from skipganomaly.errors import CheckpointError, ConfigError
+
+    (tmp_path / "junk.onnx").write_text("not onnx")  # every failure one project error, naming the file
+    for path, message in ((tmp_path / "none.onnx", "ONNX file not found"),
+                          (tmp_path / "junk.onnx", "is not a readable ONNX")):
+        with pytest.raises(CheckpointError, match=message):
+            OnnxScorer(path)
+    with pytest.raises(ConfigError, match="batch_size must be a whole number"):
+        scorer.score(images, batch_size=0)
     bare = OnnxScorer(export_onnx(det.model_, tmp_path / "bare.onnx"))  # a model alone has no threshold
     with pytest.raises(ConfigError, match="no threshold"):
         bare.predict(images)

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from .data.images import as_image_tensor, to_unit_range
-from .errors import ConfigError
+from .errors import CheckpointError, ConfigError
 from .models.base import AnomalyModel
 
 
@@ -81,7 +81,13 @@ class OnnxScorer:
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        if not Path(path).is_file():
+            raise CheckpointError(f"ONNX file not found: {path}")
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        except Exception as err:  # onnxruntime's own types (InvalidProtobuf, Fail, ...): one project error
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise CheckpointError(f"{path} is not a readable ONNX file ({first})") from None
         _, channels, size, _ = self.session.get_inputs()[0].shape
         self.in_channels, self.image_size = int(channels), int(size)
         meta = self.session.get_modelmeta().custom_metadata_map
@@ -92,6 +98,8 @@ class OnnxScorer:
 
     def score(self, images: Any, batch_size: int = 256) -> np.ndarray:
         """Anomaly scores, higher = more anomalous (files wider than 8 bits read at the detector's bit depth)."""
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+            raise ConfigError(f"batch_size must be a whole number of at least 1, got {batch_size!r}")
         data = as_image_tensor(images, self.image_size, self.in_channels, bit_depth=self.bit_depth_)
         out = []
         for start in range(0, len(data), batch_size):
