@@ -426,3 +426,15 @@ def test_a_fitted_detector_is_ready_for_a_service(tmp_path: Path, monkeypatch: p
     monkeypatch.undo()
     with pytest.raises(ConfigError, match="batch_size must be a whole number"):
         det.decision_function(blob_images(2), batch_size=1.5)
+    # another contamination moves the threshold within the held-out scores, keeping the weights
+    from skipganomaly.evaluation.metrics import quantile_threshold
+
+    weights = {k: v.clone() for k, v in det.model_.state_dict().items()}
+    det.set_params(contamination=0.5)
+    assert det.model_ is not None and det.threshold_ == quantile_threshold(det.val_scores_, 0.5) < max(det.val_scores_)
+    assert all(torch.equal(v, det.model_.state_dict()[k]) for k, v in weights.items())
+    # without a threshold, predict says so before a scoring pass
+    det.threshold_ = None
+    monkeypatch.setattr(det, "_apply", lambda *a, **k: (_ for _ in ()).throw(AssertionError("scored first")))
+    with pytest.raises(CheckpointError, match="no threshold"):
+        det.predict(blob_images(2))

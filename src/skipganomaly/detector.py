@@ -231,20 +231,26 @@ class Detector:
 
     def set_params(self, **params: Any) -> "Detector":
         """Change settings; unknown names are a ConfigError. Where only how it runs changes (device,
-        progress, compile) a fitted detector stays fitted; any other change drops the fitted model (with a
-        warning), since its weights no longer match the settings that `save` and `get_params` would report."""
+        progress, compile) a fitted detector stays fitted, and a new `contamination` alone only moves
+        `threshold_` (taken again from the held-out scores, `val_scores_`); any other change drops the fitted
+        model (with a warning), since its weights no longer match the settings that `save` and `get_params`
+        would report."""
         before = self.settings.params()
         settings = self.settings.replace(**params)
         device = resolve_device(settings.training.device)  # an unusable device fails here, before anything changes
         self.settings, self.device = settings, device
         free = set(TrainConfig.names(on_resume="free"))
         changed = sorted(k for k, v in self.settings.params().items() if k not in free and before.get(k) != v)
-        if self.model_ is not None and changed:
+        # a new contamination needs only a new threshold from the held-out scores, not new weights
+        recalibrate = changed == ["contamination"] and self.val_scores_ is not None
+        if self.model_ is not None and changed and not recalibrate:
             log.warning("set_params changed %s: the fitted model is dropped; call fit() again", ", ".join(changed))
             self.model_, self.threshold_, self.val_scores_, self.history_ = None, None, None, []
             self.n_train_images_ = self.n_val_images_ = None
         elif self.model_ is not None:
             to_device(self.model_, self.device)
+            if recalibrate:
+                self._set_threshold()
         return self
 
     def __repr__(self) -> str:
@@ -359,13 +365,18 @@ class Detector:
 
     def _calibrate(self, val: torch.Tensor) -> None:
         self.val_scores_ = self._score_tensor(val)
-        self.threshold_ = quantile_threshold(self.val_scores_, self.settings.contamination)
-        contamination = self.settings.contamination
-        if contamination > 0 and len(val) < min_calibration_images(contamination):
+        self._set_threshold()
+
+    def _set_threshold(self) -> None:
+        """threshold_ from the held-out scores at the current contamination (again after set_params changes it)."""
+        assert self.val_scores_ is not None
+        n, contamination = len(self.val_scores_), self.settings.contamination
+        self.threshold_ = quantile_threshold(self.val_scores_, contamination)
+        if contamination > 0 and n < min_calibration_images(contamination):
             log.warning("threshold_ rests on %d held-out normal images, too few for a %.0f%% quantile: it is their "
                         "largest score, which about %.1f%% of normal images exceed (more than the %.0f%% asked); %d or "
-                        "more held-out images (more images or a larger val_fraction) make it the quantile", len(val),
-                        100 * (1 - contamination), 100 / (len(val) + 1), 100 * contamination,
+                        "more held-out images (more images or a larger val_fraction) make it the quantile", n,
+                        100 * (1 - contamination), 100 / (n + 1), 100 * contamination,
                         min_calibration_images(contamination))
 
     # --- scoring ----------------------------------------------------------------------------
@@ -386,11 +397,11 @@ class Detector:
 
     def predict(self, images: Any, batch_size: int | None = None) -> np.ndarray:
         """1 for images scored above `threshold_`, else 0."""
-        scores = self.decision_function(images, batch_size)
-        if self.threshold_ is None:
+        self._fitted()
+        if self.threshold_ is None:  # said before the scoring pass, not after it
             raise CheckpointError("this detector has no threshold: it was trained with val_fraction=0, or its "
                                   "training run did not finish")
-        return (scores > self.threshold_).astype(np.int64)
+        return (self.decision_function(images, batch_size) > self.threshold_).astype(np.int64)
 
     def anomaly_maps(self, images: Any, batch_size: int | None = None) -> np.ndarray:
         """Per-pixel anomaly maps [N, H, W] at the model's image size."""

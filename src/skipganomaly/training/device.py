@@ -28,11 +28,11 @@ def resolve_device(name: str = "auto") -> torch.device:
     if device is None or device.type not in ("cpu", "cuda", "mps"):
         raise ConfigError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps")
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {name!r} requested but CUDA is not available here; use --device cpu")
+        raise ConfigError(f"device {name!r} requested but CUDA is not available here; use cpu (--device cpu)")
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
         raise ConfigError(f"device {name!r} requested but this machine has {torch.cuda.device_count()} GPU(s)")
     if device.type == "mps" and not _mps_available():
-        raise ConfigError(f"device {name!r} requested but Apple MPS is not available here; use --device cpu")
+        raise ConfigError(f"device {name!r} requested but Apple MPS is not available here; use cpu (--device cpu)")
     return device
 
 
