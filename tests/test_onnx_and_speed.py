@@ -188,6 +188,9 @@ def test_export_command_writes_a_file_that_predicts_alone(tmp_path: Path, capsys
             OnnxScorer(path)
     with pytest.raises(ConfigError, match="batch_size must be a whole number"):
         scorer.score(images, batch_size=0)
+    with pytest.raises(CheckpointError, match=r"cannot write .*junk\.onnx/m\.onnx: "):  # under a file: not a folder
+        det.export_onnx(tmp_path / "junk.onnx" / "m.onnx")
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
     bare = OnnxScorer(export_onnx(det.model_, tmp_path / "bare.onnx"))  # a model alone has no threshold
     with pytest.raises(ConfigError, match="no threshold"):
         bare.predict(images)

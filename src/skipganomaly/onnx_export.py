@@ -8,6 +8,7 @@ its training files, and the model's name, so that `OnnxScorer` alone can `predic
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
 from pathlib import Path
@@ -34,13 +35,7 @@ class _Score(nn.Module):
 METADATA = ("skipganomaly.model", "skipganomaly.threshold", "skipganomaly.bit_depth")  # values as text ("" = none)
 
 
-def export_onnx(model: AnomalyModel, path: str | os.PathLike[str], threshold: float | None = None,
-                bit_depth: int | None = None) -> Path:
-    """Write `model.score` as an ONNX graph with a dynamic batch axis, with `METADATA`; returns the path."""
-    if not model.exportable:
-        raise ConfigError(f"model {model.name!r} cannot be exported to ONNX (its score is an optimisation loop)")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+def _export_to(model: AnomalyModel, path: Path, threshold: float | None, bit_depth: int | None) -> None:
     was_training = model.training
     model.eval()
     dummy = torch.zeros(2, model.in_channels, model.image_size, model.image_size,
@@ -65,6 +60,24 @@ def export_onnx(model: AnomalyModel, path: str | os.PathLike[str], threshold: fl
     for key, value in zip(METADATA, values, strict=True):
         graph.metadata_props.add(key=key, value=value)
     onnx.save(graph, str(path))
+
+
+def export_onnx(model: AnomalyModel, path: str | os.PathLike[str], threshold: float | None = None,
+                bit_depth: int | None = None) -> Path:
+    """Write `model.score` as an ONNX graph with a dynamic batch axis, with `METADATA`; returns the path."""
+    if not model.exportable:
+        raise ConfigError(f"model {model.name!r} cannot be exported to ONNX (its score is an optimisation loop)")
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")  # written whole, then renamed: no half-written file under the name
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _export_to(model, tmp, threshold, bit_depth)
+        os.replace(tmp, path)
+    except OSError as err:  # a read-only folder, a full disk: said of the file asked for
+        raise CheckpointError(f"cannot write {path}: {err.strerror or err}") from None
+    finally:
+        with contextlib.suppress(OSError):  # nothing to remove where the folder could not be made
+            tmp.unlink(missing_ok=True)
     return path
 
 
