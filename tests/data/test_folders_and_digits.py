@@ -63,6 +63,9 @@ def test_a_training_folder_that_holds_labelled_images_is_refused(tmp_path: Path)
         training_files(tmp_path / "line")
     (tmp_path / "line" / "2024" / "Defect").rename(tmp_path / "line" / "2024" / "day1")  # dated folders: normal
     assert len(training_files(tmp_path / "line")[1]) == 3
+    write_images(tmp_path / "line" / "2025" / "masks", noise_images(1))  # mask images are not parts either
+    with pytest.raises(DataError, match="holds 2025/masks/ with images"):
+        training_files(tmp_path / "line")
 
 
 def test_fit_on_a_folder_takes_its_train_folder_and_refuses_labelled_images(tmp_path: Path) -> None:
@@ -92,10 +95,11 @@ def test_mvtec_layout_takes_every_defect_folder_as_abnormal(tmp_path: Path,
     write_images(tmp_path / "test" / "crack", noise_images(3))
     write_images(tmp_path / "test" / "scratch", noise_images(1))
     write_images(tmp_path / "test" / "ground_truth" / "crack", noise_images(3))
+    write_images(tmp_path / "test" / "Masks" / "crack", noise_images(2))  # masks under another name: not a defect
     with caplog.at_level("INFO", logger="skipganomaly"):
         paths, labels = labelled_files(tmp_path)
     assert labels == [0, 0, 1, 1, 1, 1] and {p.parent.name for p in paths[2:]} == {"crack", "scratch"}
-    assert "abnormal = crack/, scratch/" in caplog.text
+    assert "abnormal = crack/, scratch/; not read: Masks/, ground_truth/" in caplog.text
 
 
 def test_named_abnormal_folders_are_all_read_and_names_are_case_blind(tmp_path: Path) -> None:

@@ -23,14 +23,15 @@ from .images import IMAGE_EXTENSIONS, list_image_files, load_image_files
 
 NORMAL_NAMES = ("normal", "0.normal", "good")
 ABNORMAL_NAMES = ("abnormal", "1.abnormal", "anomaly", "defect")
-NOT_TEST_NAMES = ("train", "ground_truth", "validation", "val")  # beside good/, never a defect type
+MASK_NAMES = ("ground_truth", "masks", "mask", "gt")  # folders of pixel masks: images, but not of parts
+NOT_TEST_NAMES = ("train", "validation", "val", *MASK_NAMES)  # beside good/, never a defect type
 
 log = logging.getLogger("skipganomaly")
 
 
 # Folders whose images are not normal training images, wherever they lie below a training folder: test sets,
 # MVTec AD's pixel masks, abnormal classes.
-NOT_TRAINING_NAMES = ("test", "ground_truth", *ABNORMAL_NAMES)
+NOT_TRAINING_NAMES = ("test", *MASK_NAMES, *ABNORMAL_NAMES)
 
 
 def _child(root: Path, name: str) -> Path | None:
@@ -100,7 +101,9 @@ def labelled_files(root: str | os.PathLike[str]) -> tuple[list[Path], list[int]]
         found = normal.name if normal is not None else ", ".join(p.name for p in abnormal)
         raise DataError(f"{base} has {found}/ but no {'abnormal' if normal is not None else 'normal'} folder: "
                         f"a test needs both normal and abnormal images")
-    log.info("test labels: normal = %s/; abnormal = %s", normal.name, ", ".join(f"{p.name}/" for p in abnormal))
+    left_out = [p.name for p in folders.values() if p != normal and p not in abnormal]
+    log.info("test labels: normal = %s/; abnormal = %s%s", normal.name, ", ".join(f"{p.name}/" for p in abnormal),
+             f"; not read: {', '.join(f'{name}/' for name in left_out)}" if left_out else "")
     paths: list[Path] = list_image_files(normal)
     labels: list[int] = [0] * len(paths)
     for folder in abnormal:
