@@ -249,6 +249,13 @@ def test_mvtec_masks_give_pixel_metrics(tmp_path: Path, caplog: pytest.LogCaptur
         truth = np.concatenate([np.zeros((6, 32, 32)), masks[:5, ..., 0] > 0])
         assert metrics["pixel_auroc"] == pytest.approx(roc_auc_score(truth.ravel(), maps.ravel()))
         assert metrics["pixel_auroc"] > 0.8  # the squares, where the maps are bright
+    for mask in (tmp_path / "bottle" / "ground_truth" / "spot").iterdir():  # masks that mark nothing: said so
+        Image.fromarray(np.zeros((32, 32), np.uint8)).save(mask)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="skipganomaly"):
+        assert main(["test", "--checkpoint", str(run), "--data", str(tmp_path / "bottle"), "--no-report",
+                     "--no-progress", "--device", "cpu"]) == 0
+    assert "no mask in" in caplog.text and "marks a defect pixel" in caplog.text
     shutil.rmtree(tmp_path / "bottle" / "ground_truth")
     assert main(["test", "--checkpoint", str(run), "--data", str(tmp_path / "bottle"), "--out", str(tmp_path / "m.json"),
                  "--no-report", "--no-progress", "--device", "cpu"]) == 0
@@ -695,6 +702,11 @@ def test_a_new_run_never_mixes_with_an_old_one(trained_run: tuple[Path, Path], t
     # --overwrite with data that are refused (a test folder as training data): the old run stays as it was
     assert main([*args[:2], str(root / "test"), *args[3:], "--out", str(run), "--overwrite"]) == 2
     assert "holds abnormal/ with images" in capsys.readouterr().err and (run / "model.pt").read_bytes() == before
+    from tests.conftest import smooth_images, write_images
+
+    write_images(tmp_path / "one", smooth_images(1))  # too few images: also refused before the old run is removed
+    assert main([*args[:2], str(tmp_path / "one"), *args[3:], "--out", str(run), "--overwrite"]) == 2
+    assert "too few" in capsys.readouterr().err and (run / "model.pt").read_bytes() == before
     assert main([*args, "--out", str(run), "--overwrite"]) == 0
     assert (run / "model.pt").read_bytes() != before and (run / "notes.txt").read_text() == "mine"
     assert not (run / "scores.csv").exists() and not (run / "evaluation.json").exists()

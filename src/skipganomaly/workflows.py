@@ -76,6 +76,9 @@ def _pixel_evaluation(det: Detector, truth: PixelTruth | None, images: torch.Ten
     images), at the model's image size; nothing without masks."""
     if truth is None:
         return {}
+    if not truth.masks.any():
+        log.warning("no mask in %s marks a defect pixel (all are empty at %dx%d): the pixel metrics are undefined "
+                    "(nan)", truth.folder, det.image_size, det.image_size)
     log.info("pixel metrics: the anomaly maps of %d test images against %d masks in %s, at %dx%d", len(truth.index),
              truth.n_masks, truth.folder, det.image_size, det.image_size)
     return pixel_metrics(det.anomaly_maps(images[truth.index]), truth.masks)
@@ -218,6 +221,7 @@ def train_run(settings: DetectorSettings, data: Path, test: Path | None, run: Ru
     if not is_main_process():
         det.fit(images, checkpoint_path=run.checkpoint, resume=resume, bit_depth=bit_depth)
         return det
+    det.holdout(len(images))  # too few images to hold some out: said now, before anything is removed
     if overwrite:  # only now: a refused training folder or a bad test folder leaves the old run as it was
         run.clear()
     run.root.mkdir(parents=True, exist_ok=True)

@@ -55,7 +55,7 @@ def test_a_training_folder_that_holds_labelled_images_is_refused(tmp_path: Path)
     assert training_files(tmp_path / "data" / "bottle")[0] == tmp_path / "data" / "bottle" / "train"
     with pytest.raises(DataError, match=r"holds bottle/ground_truth/ with images.*e\.g\. .*bottle/train\)"):
         training_files(tmp_path / "data")
-    with pytest.raises(DataError, match=r"labelled test folder \(good/ beside scratch/\).*e\.g\. .*test/good\)"):
+    with pytest.raises(DataError, match=r"labelled test folder \(good/ beside scratch/\).*e\.g\. .*bottle/train\)"):
         training_files(tmp_path / "data" / "bottle" / "test")
     write_images(tmp_path / "line" / "2024" / "Defect", noise_images(1))
     write_images(tmp_path / "line" / "2025", blob_images(2))

@@ -74,9 +74,12 @@ def training_files(root: str | os.PathLike[str]) -> tuple[Path, list[Path]]:
         others = sorted(n for n in names if n != normal and n.lower() not in NOT_TEST_NAMES)
         if normal is not None and others:
             where = folder.joinpath(*parent)
+            # a test set's normal images are for testing: the example is a training folder beside it, if any
+            train = _child(Path(os.path.abspath(where)).parent, "train")
             raise DataError(f"{where} is laid out as a labelled test folder ({normal}/ beside {', '.join(others[:3])}/"
                             f"{' ...' if len(others) > 3 else ''}): training reads every image below it, so those "
-                            f"would be learnt as normal; give the folder of normal images only (e.g. {where / normal})")
+                            "would be learnt as normal; give a folder of normal training images only"
+                            + (f" (e.g. {train})" if train is not None else ""))
     return folder, files
 
 
