@@ -18,7 +18,7 @@ import torch
 from .data.images import read_images
 from .errors import CheckpointError, ConfigError, DataError, not_fitted
 from .evaluation.metrics import min_calibration_images, quantile_threshold
-from .files import load_torch_checked, save_torch_atomic
+from .files import load_torch_checked, save_torch_atomic, writing
 from .models import create, get_model_class, list_models
 from .models.base import AnomalyModel, check_geometry, plain
 from .options import check_field_types, check_option_types
@@ -26,7 +26,7 @@ from .run_directory import CHECKPOINT, state_path
 from .training import EpochRecord, TrainConfig, batched_apply, resolve_device, to_device, train
 from .training.config import field_default, setting
 from .training.distributed import is_main_process
-from .training.inference import default_eval_batch
+from .training.inference import check_batch_size, default_eval_batch
 
 log = logging.getLogger("skipganomaly")
 
@@ -429,10 +429,7 @@ class Detector:
     def _apply(self, method: str, data: torch.Tensor, batch_size: int | None) -> torch.Tensor:
         """An eval-mode model method over uint8 images, in batches (default: default_eval_batch)."""
         model = self._fitted()
-        if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer))
-                                       or batch_size < 1):
-            raise ConfigError(f"batch_size must be a whole number of at least 1 (or None for the default), got "
-                              f"{batch_size!r}")
+        check_batch_size(batch_size, none_for_default=True)
         batch = batch_size or self.train_config.eval_batch_size or default_eval_batch(self.device, self.image_size)
         return batched_apply(getattr(model, method), model, data, batch, self.device, self.train_config.amp,
                              desc=method.replace("_", " ") if self.train_config.progress else None)
@@ -463,10 +460,8 @@ class Detector:
                     "val_scores": None if self.val_scores_ is None else [float(v) for v in self.val_scores_]},
             "history": self.history_,
         }
-        try:
+        with writing(Path(path)):
             save_torch_atomic(Path(path), payload)
-        except OSError as err:  # a read-only folder, a full disk: said of the file asked for, not the temporary one
-            raise CheckpointError(f"cannot write {path}: {err.strerror or err}") from None
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], device: str = "auto", expect_model: str | None = None,

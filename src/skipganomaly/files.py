@@ -10,7 +10,7 @@ import pickle
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator, Sequence
 
 import torch
 
@@ -44,6 +44,11 @@ def readable_name(name: str) -> str:
     return name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
+def few_names(paths: Sequence[str | os.PathLike[str]], shown: int = 3) -> str:
+    """The first few file names of a list, readably, for a log line ("a.png, b.png, c.png ...")."""
+    return ", ".join(readable_name(Path(p).name) for p in paths[:shown]) + (" ..." if len(paths) > shown else "")
+
+
 def json_text(data: Any, indent: int | None = None) -> str:
     """JSON that every parser reads: a value that is not a finite number (a closed-form model's validation
     loss, the AUROC of a test set with one label) is written as null, since NaN and Infinity are not JSON."""
@@ -57,6 +62,16 @@ def json_text(data: Any, indent: int | None = None) -> str:
         return value
 
     return json.dumps(finite(data), indent=indent, allow_nan=False)
+
+
+@contextlib.contextmanager
+def writing(path: Path) -> Iterator[None]:
+    """An OSError while `path` is written (a read-only folder, a full disk) as one CheckpointError naming that
+    file, not the temporary file it is written through."""
+    try:
+        yield
+    except OSError as err:
+        raise CheckpointError(f"cannot write {path}: {err.strerror or err}") from None
 
 
 def save_torch_atomic(path: Path, payload: Any) -> None:

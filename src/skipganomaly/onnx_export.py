@@ -20,7 +20,9 @@ from torch import Tensor, nn
 
 from .data.images import as_image_tensor, to_unit_range
 from .errors import CheckpointError, ConfigError
+from .files import writing
 from .models.base import AnomalyModel
+from .training.inference import check_batch_size
 
 
 class _Score(nn.Module):
@@ -70,11 +72,10 @@ def export_onnx(model: AnomalyModel, path: str | os.PathLike[str], threshold: fl
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")  # written whole, then renamed: no half-written file under the name
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        _export_to(model, tmp, threshold, bit_depth)
-        os.replace(tmp, path)
-    except OSError as err:  # a read-only folder, a full disk: said of the file asked for
-        raise CheckpointError(f"cannot write {path}: {err.strerror or err}") from None
+        with writing(path):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            _export_to(model, tmp, threshold, bit_depth)
+            os.replace(tmp, path)
     finally:
         with contextlib.suppress(OSError):  # nothing to remove where the folder could not be made
             tmp.unlink(missing_ok=True)
@@ -111,8 +112,7 @@ class OnnxScorer:
 
     def score(self, images: Any, batch_size: int = 256) -> np.ndarray:
         """Anomaly scores, higher = more anomalous (files wider than 8 bits read at the detector's bit depth)."""
-        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-            raise ConfigError(f"batch_size must be a whole number of at least 1, got {batch_size!r}")
+        check_batch_size(batch_size)
         data = as_image_tensor(images, self.image_size, self.in_channels, bit_depth=self.bit_depth_)
         out = []
         for start in range(0, len(data), batch_size):

@@ -26,7 +26,7 @@ from .evaluation.metrics import evaluate_scores, metrics_per_folder, pixel_metri
 from .evaluation.plots import save_overlays
 from .evaluation.report import build_run_report, write_evaluation, write_scores
 from .evaluation.tables import per_class_table
-from .files import readable_name, write_text_atomic
+from .files import few_names, readable_name, write_text_atomic
 from .run_directory import EpochLog, RunDirectory, SweepDirectory, write_json
 from .provenance import environment
 from .training.distributed import init_from_environment, is_main_process, world
@@ -267,9 +267,7 @@ def _warn_shared_images(train_images: torch.Tensor, test_images: torch.Tensor, l
         normal = int((labels[shared] == 0).sum())
         log.warning("%d of the %d test images (%d normal, %d abnormal) are also training images, the same pixels: the "
                     "test metrics are optimistic; keep the test images out of the training folder: %s", len(shared),
-                    len(test_images), normal, len(shared) - normal,
-                    ", ".join(readable_name(Path(names[i]).name) for i in shared[:3])
-                    + (" ..." if len(shared) > 3 else ""))
+                    len(test_images), normal, len(shared) - normal, few_names([names[i] for i in shared]))
 
 
 def _write_calibration(det: Detector, names: Sequence[str], run: RunDirectory) -> None:

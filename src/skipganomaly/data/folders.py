@@ -136,20 +136,22 @@ def mask_folder(root: str | os.PathLike[str]) -> Path | None:
 
 
 def mask_files(root: str | os.PathLike[str], paths: Sequence[str | os.PathLike[str]], labels: Sequence[int]
-               ) -> list[Path | None] | None:
-    """Each abnormal test image's pixel mask in MVTec AD's layout, `ground_truth/<defect>/<stem>_mask.<ext>` (or
-    `<stem>.<ext>`) for `test/<defect>/<stem>.<ext>`, None where it has none (a normal image: no defect
-    pixels); None for the whole set where `root` has no `ground_truth/` folder or no abnormal image a mask."""
+               ) -> tuple[Path, list[Path | None]] | None:
+    """The `ground_truth/` folder (`mask_folder`) and each abnormal test image's pixel mask in it, MVTec AD's
+    `ground_truth/<defect>/<stem>_mask.<ext>` (or `<stem>.<ext>`) for `test/<defect>/<stem>.<ext>`, None where it
+    has none (a normal image: no defect pixels); None for the whole set where `root` has no `ground_truth/`
+    folder or no abnormal image a mask."""
     masks = mask_folder(root)
     if masks is None:
         return None
+    folders = label_folders(root, paths)
     by_stem: dict[str, dict[str, Path]] = {}  # per defect folder: each mask by its stem
-    for folder in dict.fromkeys(label_folders(root, paths)):
+    for folder in dict.fromkeys(folders):
         where = _child(masks, folder.lower())
         by_stem[folder] = {} if where is None else {
             m.stem: m for m in sorted(where.iterdir(), reverse=True) if m.suffix.lower() in IMAGE_EXTENSIONS}
     found: list[Path | None] = []
-    for path, folder, label in zip(paths, label_folders(root, paths), labels, strict=True):
+    for path, folder, label in zip(paths, folders, labels, strict=True):
         stem = Path(path).stem
         found.append(by_stem[folder].get(f"{stem}_mask") or by_stem[folder].get(stem) if label else None)
     if not any(found):
@@ -159,7 +161,7 @@ def mask_files(root: str | os.PathLike[str], paths: Sequence[str | os.PathLike[s
     missing = sum(1 for m, label in zip(found, labels) if label and m is None)
     if missing:
         log.warning("%d abnormal test images have no mask in %s; the pixel metrics leave them out", missing, masks)
-    return found
+    return masks, found
 
 
 class PixelTruth(NamedTuple):
@@ -175,9 +177,10 @@ def load_masks(root: str | os.PathLike[str], paths: Sequence[str | os.PathLike[s
     """The masks of `mask_files` at `image_size`, read before any training so that a bad one costs seconds: a
     pixel is a defect pixel where any part of its area is one in the mask (`defect_pixels`), so a scratch thinner
     than a pixel at that size is not lost; an unreadable mask is left out like a missing one, with a warning."""
-    files = mask_files(root, paths, labels)
-    if files is None:
+    found = mask_files(root, paths, labels)
+    if found is None:
         return None
+    folder, files = found
     index, masks, unreadable = [], [], []
     for i, (path, label) in enumerate(zip(files, labels, strict=True)):
         if path is None:
@@ -199,8 +202,6 @@ def load_masks(root: str | os.PathLike[str], paths: Sequence[str | os.PathLike[s
     if unreadable:
         log.warning("%d masks cannot be read; the pixel metrics leave their images out: %s", len(unreadable),
                     ", ".join(map(str, unreadable[:3])) + (" ..." if len(unreadable) > 3 else ""))
-    folder = mask_folder(root)
-    assert folder is not None  # mask_files found masks there
     return PixelTruth(index, np.stack(masks) if masks else np.zeros((0, image_size, image_size), bool), folder,
                       sum(path is not None for path in files) - len(unreadable))
 

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import DataError
-from ..files import readable_name
+from ..files import few_names
 
 log = logging.getLogger("skipganomaly")
 
@@ -119,7 +119,7 @@ def common_bit_depth(needed: Sequence[int], bit_depth: int | None, names: Sequen
     above = [i for i, d in enumerate(needed) if d > bit_depth]
     if above:
         log.warning("%d images hold values above the %d-bit range the detector was trained at; they are clipped to "
-                    "it%s", len(above), bit_depth, f": {_some([names[i] for i in above])}" if names else "")
+                    "it%s", len(above), bit_depth, f": {few_names([names[i] for i in above])}" if names else "")
     return bit_depth
 
 
@@ -246,19 +246,14 @@ def _say_mixed_forms(paths: Sequence[str], forms: Sequence[FileForm | None], ima
         fewer, kind = (grey, "grayscale") if len(grey) <= len(colour) else (colour, "colour")
         log.info("%d of %d images are %s, the others %s; all are read as %s: %s", len(fewer), len(known), kind,
                  "colour" if kind == "grayscale" else "grayscale", "grayscale" if in_channels == 1 else "RGB",
-                 _some(fewer))
+                 few_names(fewer))
     sizes = Counter(form.size for _, form in known)
     if len(sizes) > 1:
         common = sizes.most_common(1)[0][0]
         other = [path for path, form in known if form.size != common]
         log.info("%d of %d images differ in size from the most common, %dx%d (%s); all are resized to %dx%d: %s",
                  len(other), len(known), *common, ", ".join(f"{w}x{h}" for (w, h), _ in sizes.most_common()[1:4])
-                 + (" ..." if len(sizes) > 4 else ""), image_size, image_size, _some(other))
-
-
-def _some(paths: Sequence[str], shown: int = 3) -> str:
-    """A few file names of a list, for a log line."""
-    return ", ".join(readable_name(Path(p).name) for p in paths[:shown]) + (" ..." if len(paths) > shown else "")
+                 + (" ..." if len(sizes) > 4 else ""), image_size, image_size, few_names(other))
 
 
 def _usable_cpus() -> int:

@@ -4,11 +4,23 @@ from __future__ import annotations
 
 from typing import Callable
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from ..errors import ConfigError
 from .device import autocast, prepare_batch
+
+
+def check_batch_size(batch_size: object, none_for_default: bool = False) -> None:
+    """A scoring batch size given in a call: a whole number of at least 1 (None too, where that means the
+    default); anything else is one ConfigError, not a TypeError or an empty range deep in the loop."""
+    if batch_size is None and none_for_default:
+        return
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ConfigError(f"batch_size must be a whole number of at least 1"
+                          f"{' (or None for the default)' if none_for_default else ''}, got {batch_size!r}")
 
 
 def default_eval_batch(device: torch.device, image_size: int = 32) -> int:
