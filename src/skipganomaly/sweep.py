@@ -287,7 +287,7 @@ def run_sweep(load: Callable[[], LabelledImages], config: SweepConfig, out: Path
     this run says would end after it, and a running cell stops at its next epoch's end once it has
     passed (not saved); those cells are listed in `unfinished`, and the same call later runs them.
     """
-    from tqdm.auto import tqdm
+    from .progress import progress_bar
 
     if workers < 1:
         raise ConfigError(f"workers must be at least 1, got {workers}")
@@ -301,7 +301,7 @@ def run_sweep(load: Callable[[], LabelledImages], config: SweepConfig, out: Path
     # The bar fills by expected work, not by cells: a raw-pixel baseline's cell takes seconds where a trained
     # model's takes minutes, so a bar counting cells would promise hours for a sweep that ends within one.
     work = {cell: cell_work(cell[0], config) for cell in plan}
-    bar = tqdm(total=sum(work.values()), initial=sum(work.values()) - sum(work[cell] for cell in todo),
+    bar = progress_bar(total=sum(work.values()), initial=sum(work.values()) - sum(work[cell] for cell in todo),
                desc="benchmark", bar_format="{l_bar}{bar}| [{elapsed}<{remaining}{postfix}]",
                disable=not config.settings.training.progress)
     cells_done = len(plan) - len(todo)

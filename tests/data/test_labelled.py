@@ -3,6 +3,7 @@ an image of the class it is named after."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -56,8 +57,8 @@ def test_npz_rgb_with_label_names(tmp_path: Path) -> None:
     (lambda a: a.update(train_labels=np.ones((12, 2), np.int64)), r"expected \(N,\) or \(N, 1\)"),
     (lambda a: a.update(train_images=np.zeros((12, 28), np.uint8)), "expected"),
     (lambda a: a.update(test_images=np.zeros((6, 20, 20), np.uint8)), "train images are"),
-    (lambda a: a.update(train_images=a["train_images"].astype(np.uint16) * 16),  # 12-bit data: how to scale it
-     r"up to 1984\); for 12-bit data, scale the train and test arrays alike, e\.g\. \(x / 4095 \* 255\)"),
+    (lambda a: a.update(test_images=a["test_images"].astype(np.uint16) * 16),  # wider than the 8-bit train images
+     r"up to 1984\); train_images are 8-bit \(up to 255\): scale the train and test arrays alike, e\.g\. x / 4095"),
     (lambda a: a.update(test_images=a["test_images"].astype(np.int16) - 100), r"outside \[0, 255\] \(dtype int16, up to"),
 ])
 def test_npz_errors_are_one_line(tmp_path: Path, change, message: str) -> None:  # type: ignore[no-untyped-def]
@@ -69,6 +70,30 @@ def test_npz_errors_are_one_line(tmp_path: Path, change, message: str) -> None: 
     with pytest.raises(DataError, match=message) as err:
         load_npz(path)
     assert "\n" not in str(err.value)
+
+
+def test_npz_of_12_bit_integers_is_read_at_the_training_images_depth(tmp_path: Path, caplog) -> None:  # type: ignore[no-untyped-def]
+    """12-bit scans stored as uint16 fill 0..255 (read at the narrowest depth holding the training maximum, as
+    for files), and the test images are read at that depth: a test image four times darker stays darker, and
+    values above the range clip with a warning."""
+    path = _npz(tmp_path / "w.npz")
+    with np.load(path) as archive:
+        arrays = {k: archive[k] for k in archive.files}
+    ramp = np.linspace(0, 4095, 28 * 28).round().astype(np.uint16).reshape(28, 28)
+    arrays["train_images"] = np.stack([ramp] * len(arrays["train_images"]))
+    test = np.stack([ramp] * len(arrays["test_images"]))
+    test[0] //= 4  # a failed lamp: four times darker
+    test[1] = np.minimum(ramp.astype(np.uint32) * 2, 65535).astype(np.uint16)  # beyond the 12-bit range
+    arrays["test_images"] = test
+    np.savez(path, **arrays)
+    with caplog.at_level(logging.INFO):
+        data = load_npz(path)
+    assert int(data.train_images.max()) == 255 and int(data.train_images.min()) == 0
+    assert torch.equal(data.test_images[2], data.train_images[0])
+    assert 62 <= int(data.test_images[0].max()) <= 64  # a quarter of the range, not brightened to 255
+    assert int(data.test_images[1].max()) == 255
+    assert "read as 12-bit data" in caplog.text
+    assert "1 images hold values above the 12-bit range of train_images; they are clipped" in caplog.text
 
 
 def test_npz_that_is_not_an_archive_of_plain_arrays(tmp_path: Path) -> None:

@@ -85,7 +85,7 @@ def verify(folder: Path) -> None:
 
 def download(root: Path, progress: bool = True) -> Path:
     """Fetch the official archive, check its MD5, and extract it without letting paths escape `root`."""
-    from tqdm.auto import tqdm
+    from ..progress import progress_bar
 
     root.mkdir(parents=True, exist_ok=True)
     archive = root / "cifar-10-python.tar.gz"
@@ -94,7 +94,7 @@ def download(root: Path, progress: bool = True) -> Path:
         try:
             with urllib.request.urlopen(URL, timeout=60) as response, partial.open("wb") as out:
                 total = int(response.headers.get("Content-Length", 0)) or None
-                with tqdm(total=total, unit="B", unit_scale=True, desc="CIFAR-10", disable=not progress) as bar:
+                with progress_bar(total=total, unit="B", unit_scale=True, desc="CIFAR-10", disable=not progress) as bar:
                     for block in iter(lambda: response.read(1 << 20), b""):
                         out.write(block)
                         bar.update(len(block))

@@ -181,7 +181,7 @@ def read_image_files(
     """
     from concurrent.futures import ThreadPoolExecutor
 
-    from tqdm.auto import tqdm
+    from ..progress import progress_bar
 
     out = np.empty((len(paths), in_channels, image_size, image_size), dtype=np.uint8)
     ok = np.zeros(len(paths), dtype=bool)
@@ -206,7 +206,7 @@ def read_image_files(
         chunks = [indices[start:start + 64] for start in range(0, len(indices), 64)]
         pool = ThreadPoolExecutor(max(1, min(threads or _usable_cpus(), 8, len(chunks))))
         try:
-            with _large_images_allowed(), tqdm(total=len(indices), desc=desc, unit="img", disable=not progress,
+            with _large_images_allowed(), progress_bar(total=len(indices), desc=desc, unit="img", disable=not progress,
                                                leave=False) as bar:
                 for done in pool.map(lambda chunk: read(chunk, depth, first), chunks):
                     bar.update(done)

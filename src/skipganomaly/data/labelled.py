@@ -14,6 +14,7 @@ A labelled set is CIFAR-10, a MedMNIST-style `.npz`, or a folder with one subfol
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import zipfile
 from dataclasses import dataclass
@@ -26,6 +27,8 @@ import torch
 from ..errors import DataError
 from ..files import load_torch_checked, save_torch_atomic
 from .images import list_image_files, narrowest_bit_depth, read_image_files, resize_uint8
+
+log = logging.getLogger(__name__)
 
 NPZ_KEYS = ("train_images", "train_labels", "test_images", "test_labels")
 FOLDER_TEST_SHARE = 0.2  # a folder per class without train/ and test/: this share of each class is test
@@ -167,7 +170,9 @@ def load_labelled(path: str | os.PathLike[str], image_size: int = 32, in_channel
 def load_npz(path: str | os.PathLike[str], image_size: int | None = None) -> LabelledImages:
     """A MedMNIST-style archive: `train_images`, `train_labels`, `test_images`, `test_labels` (`val_*`
     may be there and is not used: thresholds come from held-out training normals in every protocol).
-    Images uint8 (N, H, W) grayscale or (N, H, W, C) with C 1 or 3; labels (N,) or (N, 1) integers.
+    Images uint8 (N, H, W) grayscale or (N, H, W, C) with C 1 or 3, floats in [0, 1], or wider non-negative
+    integers (10- to 16-bit scans: read at the depth of the training images, see `_npz_bit_depth`); labels
+    (N,) or (N, 1) integers.
     Optional `label_names` (one string per label value) names the classes; otherwise they are the
     label values as text. With `image_size`, images are resized to it (square) as they are read."""
     path = Path(path)
@@ -190,8 +195,12 @@ def load_npz(path: str | os.PathLike[str], image_size: int | None = None) -> Lab
                             "object arrays are refused: save numbers and strings only)") from None
     images = {}
     labels = {}
+    depth = _npz_bit_depth(parts["train_images"])
+    if depth is not None:
+        log.info("%s: train_images are %s integers up to %d, read as %d-bit data (divided by %d; test_images alike)",
+                 path.name, parts["train_images"].dtype, int(parts["train_images"].max()), depth, 2 ** depth - 1)
     for part in ("train", "test"):
-        images[part] = _npz_images(parts[f"{part}_images"], f"{path.name}: {part}_images")
+        images[part] = _npz_images(parts[f"{part}_images"], f"{path.name}: {part}_images", depth)
         labels[part] = _npz_labels(parts[f"{part}_labels"], len(images[part]), f"{path.name}: {part}_labels")
     if image_size is not None:
         images = {part: t if t.shape[-1] == t.shape[-2] == image_size else resize_uint8(t, image_size)
@@ -211,7 +220,16 @@ def load_npz(path: str | os.PathLike[str], image_size: int | None = None) -> Lab
                           path.stem, f"{path.name}:{_sha256(path)}")
 
 
-def _npz_images(array: np.ndarray, what: str) -> torch.Tensor:
+def _npz_bit_depth(train: np.ndarray) -> int | None:
+    """The depth wide integer images are read at: the narrowest of `BIT_DEPTHS` that holds the training
+    images' largest value, as for image files (12-bit scans stored as uint16 fill 0..255), and the test images
+    are read at the same depth, so a darker test image stays darker. None: not integers above 255."""
+    if train.dtype.kind not in "ui" or not train.size or int(train.min()) < 0 or int(train.max()) <= 255:
+        return None
+    return narrowest_bit_depth(int(train.max()))
+
+
+def _npz_images(array: np.ndarray, what: str, bit_depth: int | None = None) -> torch.Tensor:
     if array.ndim == 3:
         array = array[..., None]
     if array.ndim != 4 or array.shape[-1] not in (1, 3) or len(array) == 0:
@@ -219,13 +237,18 @@ def _npz_images(array: np.ndarray, what: str) -> torch.Tensor:
     if array.dtype != np.uint8:
         if array.dtype.kind == "f" and array.size and 0.0 <= float(array.min()) and float(array.max()) <= 1.0:
             array = np.round(array * 255.0)
+        elif bit_depth is not None and array.dtype.kind in "ui" and array.size and int(array.min()) >= 0:
+            top = 2 ** bit_depth - 1
+            above = int((array.reshape(len(array), -1) > top).any(axis=1).sum())
+            if above:
+                log.warning("%s: %d images hold values above the %d-bit range of train_images; they are clipped to "
+                            "it", what, above, bit_depth)
+            array = np.round(np.minimum(array, top) / top * 255.0)
         if array.size and (float(array.min()) < 0 or float(array.max()) > 255):
             hint = ""
-            if array.dtype.kind in "ui" and float(array.min()) >= 0:  # 10- to 16-bit data (medical, inspection)
-                bits = narrowest_bit_depth(float(array.max()))
-                top = 2 ** bits - 1
-                hint = (f"; for {bits}-bit data, scale the train and test arrays alike, e.g. "
-                        f"(x / {top} * 255).round().astype(np.uint8), or x / {top} as floats in [0, 1]")
+            if array.dtype.kind in "ui" and float(array.min()) >= 0:  # wider than the training images
+                hint = (f"; train_images are 8-bit (up to 255): scale the train and test arrays alike, e.g. "
+                        f"x / {2 ** narrowest_bit_depth(float(array.max())) - 1} as floats in [0, 1]")
             raise DataError(f"{what} holds values outside [0, 255] (dtype {array.dtype}, up to "
                             f"{float(array.max()):g}){hint}")
         array = array.astype(np.uint8)

@@ -7,9 +7,9 @@ from typing import Callable
 import numpy as np
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from ..errors import ConfigError
+from ..progress import progress_bar
 from .device import autocast, prepare_batch
 
 
@@ -56,7 +56,7 @@ def batched_apply(
     outputs = []
     try:
         starts = range(0, len(images), batch_size)
-        with torch.no_grad(), tqdm(total=len(images), desc=desc, unit="img", leave=False,
+        with torch.no_grad(), progress_bar(total=len(images), desc=desc, unit="img", leave=False,
                                    disable=desc is None or len(starts) < 2) as bar:
             for start in starts:
                 batch = prepare_batch(images[start:start + batch_size], device)

@@ -18,11 +18,11 @@ from typing import Any, Callable
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from ..errors import ConfigError, SkipGanomalyError
 from ..files import load_torch_checked, save_torch_atomic
 from ..models.base import AnomalyModel, Phase
+from ..progress import progress_bar
 from .config import TrainConfig, differing
 from .distributed import average_gradients, average_tensor, broadcast_parameters, is_main_process, sync_buffers, world
 from .optim import Adam
@@ -177,7 +177,7 @@ def train(
     release_free_memory()  # what loading the data (and a state file) freed, before the activations come
     stopped = False
     last = config.epochs if optimizers else min(first_epoch, config.epochs)  # closed form: one pass
-    epochs = tqdm(range(first_epoch, last + 1), desc="epochs" if optimizers else "fitting", unit="epoch",
+    epochs = progress_bar(range(first_epoch, last + 1), desc="epochs" if optimizers else "fitting", unit="epoch",
                   initial=first_epoch - 1, total=last, disable=not config.progress or rank != 0)
     for epoch in epochs:
         model.train()
@@ -194,7 +194,7 @@ def train(
         else:
             order = index[torch.randperm(len(index), generator=shuffler)].to(device)
             log_names = [phase.log_name for phase in model.training_phases()]
-            bar = tqdm(range(steps), desc=f"epoch {epoch}", unit="batch", leave=False,
+            bar = progress_bar(range(steps), desc=f"epoch {epoch}", unit="batch", leave=False,
                        disable=not config.progress or rank != 0)
             for step in bar:
                 first = step * batch_size + rank * local
