@@ -177,7 +177,7 @@ def test_a_cell_saved_with_other_settings_is_rerun(change: dict[str, object], tm
     run_sweep(lambda: None, _config(protocols=["honest"]), tmp_path)
     run_sweep(lambda: None, _config(protocols=["honest"]), tmp_path)
     assert _fake_run_cell.calls == 1  # type: ignore[attr-defined]  # same settings: reused
-    with caplog.at_level("INFO", logger="skipganomaly.sweep"):
+    with caplog.at_level("INFO", logger="skipganomaly"):
         rerun = run_sweep(lambda: None, _config(protocols=["honest"], **change), tmp_path).results
     assert _fake_run_cell.calls == 2  # type: ignore[attr-defined]
     assert rerun[0]["settings"] == benchmark.cell_settings("skipganomaly++", "ship", 0, "honest",

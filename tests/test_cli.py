@@ -18,8 +18,10 @@ from PIL import Image
 
 from skipganomaly.cli import main
 from skipganomaly.detector import DEFAULT_MODEL
+from skipganomaly.errors import ConfigError
 from skipganomaly.evaluation.metrics import evaluate_scores
 from skipganomaly.models import list_models
+from skipganomaly.workflows import predict_files
 from tests.conftest import fast
 
 # The paper's model, small: its run directory holds the most (a loss per phase, reconstructions).
@@ -766,6 +768,8 @@ def test_predict_scores_each_file_once_and_keeps_its_maps_apart(trained_run: tup
         args = ["predict", "--checkpoint", str(run), str(normal), "--out", str(out), "--no-progress", *extra]
         assert main(args) == 2 and message in capsys.readouterr().err
     assert not (normal / "maps").exists()
+    with pytest.raises(ConfigError, match="is not empty"):  # the library call checks its maps folder as the CLI does
+        predict_files(run, [normal], out, tmp_path / "maps", progress=False)
     assert main(["test", "--checkpoint", str(run), "--data", str(root / "test"), "--report-dir", str(run)]) == 2
     assert "holds a training run" in capsys.readouterr().err
 

@@ -1,4 +1,5 @@
-"""Command line: train, test, predict, report, demo, benchmark, bench-speed. Errors end in one line, not a traceback."""
+"""Command line: argument parsing and thin handlers over workflows, sweep and throughput; errors end in one line,
+not a traceback."""
 
 from __future__ import annotations
 
@@ -14,8 +15,8 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from .data.cifar10 import NAME as CIFAR10_NAME, TITLE as CIFAR10_TITLE, Cifar10
 from .data.folders import train_folder
 from .detector import DEFAULT_MODEL, DetectorSettings, setting_defaults, setting_fields
-from .errors import PARTLY_FAILED_EXIT, ConfigError, SkipGanomalyError
-from .interrupts import Terminated, sigterm_as_interrupt
+from .errors import PACKAGE_LOGGER, PARTLY_FAILED_EXIT, ConfigError, SkipGanomalyError
+from .interrupts import INTERRUPTED_EXIT, Terminated, sigterm_as_interrupt
 from .evaluation.report import build_report
 from .evaluation.tables import HONEST, PAPER
 from .models import BASELINES, create, get_model_class, list_models
@@ -28,7 +29,7 @@ from .training.memory import reduce_heap_fragmentation
 from .training.device import native_bf16, resolve_device
 from .workflows import evaluate_folder, load_calibrated, predict_files, resumed_settings, run_demo, train_run
 
-log = logging.getLogger("skipganomaly")
+log = logging.getLogger(PACKAGE_LOGGER)
 
 DEFAULT_TRAIN_OUT = Path("runs/train")  # `train`'s run directory when --out is not given (or runs/train2, ...)
 DEFAULT_TEST_OUT = Path("runs/test")  # `test`'s report folder when --report-dir is not given (or runs/test2, ...)
@@ -49,18 +50,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return err.exit_code
     except OSError as err:  # a path that cannot be written or read, a full disk: the machine's, not a bug
         print(f"error: {err.strerror or err}" + (f": {err.filename}" if err.filename else ""), file=sys.stderr)
-        return 2
+        return SkipGanomalyError.exit_code
     except (MemoryError, RuntimeError) as err:  # torch.OutOfMemoryError is a RuntimeError
         if not _out_of_memory(err):
             raise
         detail = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
         print(f"error: out of memory ({detail}); {_memory_advice(args)}", file=sys.stderr)
-        return 2
+        return SkipGanomalyError.exit_code
     except KeyboardInterrupt as err:
         hint = _how_to_continue(args)
         terminated = isinstance(err, Terminated)
         print(("terminated" if terminated else "interrupted") + (f"; {hint}" if hint else ""), file=sys.stderr)
-        return Terminated.exit_code if terminated else 130
+        return Terminated.exit_code if terminated else INTERRUPTED_EXIT
 
 
 def _out_of_memory(err: BaseException) -> bool:
@@ -95,7 +96,8 @@ def _how_to_continue(args: argparse.Namespace) -> str | None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="skipganomaly", description=__doc__)
+    parser = argparse.ArgumentParser(prog="skipganomaly", description="Image anomaly detection: Skip-GANomaly++, its "
+                                     "baselines and detectors trained from normal images alone. Errors end in one line.")
     parser.add_argument("--low-memory", action="store_true",
                         help="return freed activations to the OS (glibc mmap for allocations >= 4 MiB): lower peak memory "
                              "in training, slower steps (README, Speed and memory)")
@@ -245,8 +247,8 @@ def _add_benchmark(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -
     p.add_argument("--time-limit", type=_positive_float, metavar="SECONDS",
                    help="stop cleanly before SECONDS from now: no cell starts that the longest cell so far says "
                         "would end later, and a running cell stops at an epoch's end once it is past; finished "
-                        "cells and the tables are written, and the same command continues (exit code 3 while "
-                        "cells are left)")
+                        f"cells and the tables are written, and the same command continues (exit code {DEADLINE_EXIT} "
+                        "while cells are left)")
     # --image-size and --channels: for --data (CIFAR-10 is 32x32 RGB); epochs and batch size: the preset's,
     # else the defaults; the seed comes from --seeds, val_fraction from the protocol where it fixes one.
     _add_settings_args(p, skip=("model", "seed"), unset=True)
@@ -412,14 +414,6 @@ def cmd_test(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     _check_output_dir(args.save_maps, "--save-maps")
     _check_out_file(args.out, "CSV")
-    if args.save_maps is not None:
-        if args.save_maps.is_dir() and any(args.save_maps.iterdir()):
-            raise ConfigError(f"--save-maps {args.save_maps} is not empty; give a new or empty folder (the maps of "
-                              "one call share one colour scale, and older ones would mix in)")
-        inside = [i for i in args.inputs if i.is_dir() and args.save_maps.resolve().is_relative_to(i.resolve())]
-        if inside:
-            raise ConfigError(f"--save-maps {args.save_maps} is inside the input folder {inside[0]}: the next call "
-                              "would score the maps; put them elsewhere")
     unread = predict_files(args.checkpoint, args.inputs, args.out, args.save_maps, device=args.device,
                            progress=args.progress)
     if unread:  # a script sees that not every part was scored; the CSV holds every other score

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from .data.images import read_images
-from .errors import CheckpointError, ConfigError, DataError, not_fitted
+from .errors import PACKAGE_LOGGER, CheckpointError, ConfigError, DataError, not_fitted
 from .evaluation.metrics import min_calibration_images, quantile_threshold
 from .files import load_torch_checked, save_torch_atomic, writing
 from .models import create, get_model_class, list_models
@@ -28,7 +28,7 @@ from .training.config import field_default, setting
 from .training.distributed import is_main_process
 from .training.inference import check_batch_size, default_eval_batch
 
-log = logging.getLogger("skipganomaly")
+log = logging.getLogger(PACKAGE_LOGGER)
 
 FORMAT = "skipganomaly-detector"
 FORMAT_VERSION = 2  # 1: training settings under "detector", model options only inside "model_config" (still read)

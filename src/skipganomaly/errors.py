@@ -6,6 +6,10 @@ import functools
 from typing import Any
 
 
+# The one logger every module writes to, so that what is set on it reaches every record: the sweep's
+# once-only warnings (a filter) and torchrun's quiet ranks (a level).
+PACKAGE_LOGGER = "skipganomaly"
+
 # Exit code of a command that wrote what it could while some of its work failed (benchmark cells, unreadable files
 # given to predict), each named; 2 is bad input (every error below), 3 a benchmark stopped by its time limit.
 PARTLY_FAILED_EXIT = 1

@@ -44,9 +44,11 @@ def readable_name(name: str) -> str:
     return name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
-def few_names(paths: Sequence[str | os.PathLike[str]], shown: int = 3) -> str:
-    """The first few file names of a list, readably, for a log line ("a.png, b.png, c.png ...")."""
-    return ", ".join(readable_name(Path(p).name) for p in paths[:shown]) + (" ..." if len(paths) > shown else "")
+def few_names(paths: Sequence[str | os.PathLike[str]], shown: int = 3, whole: bool = False) -> str:
+    """The first few file names of a list, readably, for a log line ("a.png, b.png, c.png ..."); `whole`: the
+    whole paths (where the folder says which file it is)."""
+    return (", ".join(readable_name(str(p) if whole else Path(p).name) for p in paths[:shown])
+            + (" ..." if len(paths) > shown else ""))
 
 
 def json_text(data: Any, indent: int | None = None) -> str:

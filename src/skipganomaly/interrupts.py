@@ -15,6 +15,9 @@ class Terminated(KeyboardInterrupt):
     exit_code = 128 + signal.SIGTERM  # what a process killed by SIGTERM exits with, by the shell's convention
 
 
+INTERRUPTED_EXIT = 128 + signal.SIGINT  # a command stopped by Ctrl-C, by the same convention
+
+
 @contextlib.contextmanager
 def sigterm_as_interrupt() -> Iterator[None]:
     """Within the block, SIGTERM raises `Terminated` in the main thread (elsewhere: no change)."""

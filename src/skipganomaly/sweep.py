@@ -45,7 +45,7 @@ from .data.cifar10 import NAME as CIFAR10, PAPER_ORDER, Cifar10, load_cifar10
 from .data.labelled import (JOIN, ClassSplit, LabelledImages, check_task, class_split, load_decoded, load_labelled,
                             pseudo_anomaly, save_decoded, validation_split)
 from .detector import Detector, DetectorSettings, setting_defaults
-from .errors import PARTLY_FAILED_EXIT, ConfigError, SkipGanomalyError
+from .errors import PACKAGE_LOGGER, PARTLY_FAILED_EXIT, ConfigError, SkipGanomalyError
 from .evaluation.metrics import evaluate_scores
 from .evaluation.tables import (PAPER, PROTOCOL_NOTES, STD_NOTE, VALIDATE, benchmark_table, commits_note,
                                 shows_paper_numbers, summarise)
@@ -60,7 +60,7 @@ from .training import EpochRecord, batched_apply
 from .training.inference import default_eval_batch
 from .training.loop import fit_statistics
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(PACKAGE_LOGGER)
 
 DEADLINE_EXIT = 3  # exit code of a cell process, and of the benchmark command, stopped by the time limit
 
@@ -108,7 +108,7 @@ class SweepConfig:
     def __post_init__(self) -> None:
         bad = [p for p in self.protocols if p not in PROTOCOLS]
         if bad:
-            raise ConfigError(f"unknown protocol {bad[0]!r}; use {', '.join(PROTOCOLS)} or both (honest and paper)")
+            raise ConfigError(f"unknown protocol {bad[0]!r}; use {', '.join(PROTOCOLS)}")
         for model in self.models:
             for protocol in self.protocols:  # unknown models and options fail here, before any training
                 detector_settings(model, self.seeds[0] if self.seeds else 0, protocol, self)
@@ -302,8 +302,8 @@ def run_sweep(load: Callable[[], LabelledImages], config: SweepConfig, out: Path
     # model's takes minutes, so a bar counting cells would promise hours for a sweep that ends within one.
     work = {cell: cell_work(cell[0], config) for cell in plan}
     bar = progress_bar(total=sum(work.values()), initial=sum(work.values()) - sum(work[cell] for cell in todo),
-               desc="benchmark", bar_format="{l_bar}{bar}| [{elapsed}<{remaining}{postfix}]",
-               disable=not config.settings.training.progress)
+                       desc="benchmark", bar_format="{l_bar}{bar}| [{elapsed}<{remaining}{postfix}]",
+                       disable=not config.settings.training.progress)
     cells_done = len(plan) - len(todo)
 
     def advance(cell: tuple[str, str, int, str]) -> None:
@@ -353,7 +353,7 @@ def _each_warning_once() -> Iterator[None]:
         seen.add(text)
         return new
 
-    package = logging.getLogger("skipganomaly")  # where the detector and the data loaders log
+    package = logging.getLogger(PACKAGE_LOGGER)  # where every module of the package logs
     package.addFilter(once)
     try:
         yield

@@ -21,7 +21,7 @@ from .data.digits import digits_leave_one_out
 from .data.folders import PixelTruth, label_folders, load_labelled_folder, load_masks, training_files
 from .data.images import list_image_files, load_image_files, read_image_files
 from .detector import Detector, DetectorSettings, setting_fields
-from .errors import CheckpointError, ConfigError, DataError
+from .errors import PACKAGE_LOGGER, CheckpointError, ConfigError, DataError
 from .evaluation.metrics import evaluate_scores, metrics_per_folder, pixel_metrics
 from .evaluation.plots import save_overlays
 from .evaluation.report import build_run_report, write_evaluation, write_scores
@@ -33,7 +33,7 @@ from .training.distributed import init_from_environment, is_main_process, world
 from .training import TrainConfig
 from .training.loop import data_fingerprint, load_train_state
 
-log = logging.getLogger("skipganomaly")
+log = logging.getLogger(PACKAGE_LOGGER)
 
 
 def format_metrics(metrics: dict[str, Any]) -> str:
@@ -108,6 +108,8 @@ def predict_files(checkpoint: Path, inputs: Sequence[Path], out: Path, save_maps
     folders) to the CSV `out`; with `save_maps`, one input | anomaly-map PNG per image there. A file that
     cannot be read keeps its row, with the score and label left empty (a part that disappears from an
     inspection log is worse than one marked unscored); those files are returned."""
+    if save_maps is not None:
+        _check_maps_folder(save_maps, inputs)
     det = load_calibrated(checkpoint, device, progress)
     paths: list[Path] = []
     for item in inputs:
@@ -174,6 +176,18 @@ def predict_files(checkpoint: Path, inputs: Sequence[Path], out: Path, save_maps
              else "")
           + (f"; {len(unread)} unreadable file{'s' if len(unread) > 1 else ''} with no score" if unread else ""))
     return unread
+
+
+def _check_maps_folder(save_maps: Path, inputs: Sequence[Path]) -> None:
+    """A maps folder must be new or empty (the maps of one call share one colour scale, and older ones would mix
+    in) and outside the inputs (the next call would score the maps)."""
+    if save_maps.is_dir() and any(save_maps.iterdir()):
+        raise ConfigError(f"--save-maps {save_maps} is not empty; give a new or empty folder (the maps of one call "
+                          "share one colour scale, and older ones would mix in)")
+    inside = [i for i in inputs if i.is_dir() and save_maps.resolve().is_relative_to(i.resolve())]
+    if inside:
+        raise ConfigError(f"--save-maps {save_maps} is inside the input folder {inside[0]}: the next call would "
+                          "score the maps; put them elsewhere")
 
 
 def resumed_settings(run: RunDirectory, given: dict[str, Any], model_options_given: bool = False

@@ -227,3 +227,16 @@ def test_batched_apply_shows_a_bar_only_when_named_and_over_several_batches(
         out = batched_apply(lambda x: x.mean((1, 2, 3)), model, images, batch, torch.device("cpu"), desc=desc)
         assert out.shape == (6,)
         assert ("scoring" in capsys.readouterr().err) == shown
+
+
+def test_a_model_whose_optimiser_groups_contradict_trained_by_gradient_is_refused() -> None:
+    """The loop takes `trained_by_gradient` as the one signal of a closed-form fit: a model whose optimiser
+    groups say otherwise is an error, not trained the other way."""
+    config = TrainConfig(**CPU)
+    closed = create("knn", image_size=32)
+    closed.trained_by_gradient = True  # says gradient, has no optimiser group
+    gradient = _model()
+    gradient.trained_by_gradient = False  # says closed form, has optimiser groups
+    for model in (closed, gradient):
+        with pytest.raises(ConfigError, match="trained_by_gradient is"):
+            make_optimizers(model, config)

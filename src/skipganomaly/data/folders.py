@@ -18,7 +18,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from ..errors import DataError
+from ..errors import PACKAGE_LOGGER, DataError
+from ..files import few_names
 from .images import IMAGE_EXTENSIONS, list_image_files, load_image_files
 
 NORMAL_NAMES = ("normal", "0.normal", "good")
@@ -26,7 +27,7 @@ ABNORMAL_NAMES = ("abnormal", "1.abnormal", "anomaly", "defect")
 MASK_NAMES = ("ground_truth", "masks", "mask", "gt")  # folders of pixel masks: images, but not of parts
 NOT_TEST_NAMES = ("train", "validation", "val", *MASK_NAMES)  # beside good/, never a defect type
 
-log = logging.getLogger("skipganomaly")
+log = logging.getLogger(PACKAGE_LOGGER)
 
 
 # Folders whose images are not normal training images, wherever they lie below a training folder: test sets,
@@ -201,7 +202,7 @@ def load_masks(root: str | os.PathLike[str], paths: Sequence[str | os.PathLike[s
         masks.append(np.asarray(coverage) > 0)
     if unreadable:
         log.warning("%d masks cannot be read; the pixel metrics leave their images out: %s", len(unreadable),
-                    ", ".join(map(str, unreadable[:3])) + (" ..." if len(unreadable) > 3 else ""))
+                    few_names(unreadable, whole=True))
     return PixelTruth(index, np.stack(masks) if masks else np.zeros((0, image_size, image_size), bool), folder,
                       sum(path is not None for path in files) - len(unreadable))
 

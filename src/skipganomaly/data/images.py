@@ -19,10 +19,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from ..errors import DataError
+from ..errors import PACKAGE_LOGGER, DataError
 from ..files import few_names
 
-log = logging.getLogger("skipganomaly")
+log = logging.getLogger(PACKAGE_LOGGER)
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".jfif", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".pgm", ".ppm",
                     ".pnm")
@@ -206,8 +206,8 @@ def read_image_files(
         chunks = [indices[start:start + 64] for start in range(0, len(indices), 64)]
         pool = ThreadPoolExecutor(max(1, min(threads or _usable_cpus(), 8, len(chunks))))
         try:
-            with _large_images_allowed(), progress_bar(total=len(indices), desc=desc, unit="img", disable=not progress,
-                                               leave=False) as bar:
+            with _large_images_allowed(), progress_bar(total=len(indices), desc=desc, unit="img",
+                                                       disable=not progress, leave=False) as bar:
                 for done in pool.map(lambda chunk: read(chunk, depth, first), chunks):
                     bar.update(done)
         finally:
@@ -221,7 +221,7 @@ def read_image_files(
         in_pool(again, depth, f"reading at {depth} bits")
     if several:
         log.warning("%d files hold several frames (multi-page TIFF, animated GIF); only the first of each is read: %s",
-                    len(several), ", ".join(several[:3]) + (" ..." if len(several) > 3 else ""))
+                    len(several), few_names(several, whole=True))
     kept = np.flatnonzero(ok)
     if len(kept) == 0:
         raise DataError(f"none of the {len(paths)} image files could be read")
@@ -424,7 +424,7 @@ def list_image_files(folder: str | os.PathLike[str]) -> list[Path]:
     files.sort()
     if broken:
         log.warning("skipping %d broken link%s in %s: %s", len(broken), "s" if len(broken) > 1 else "", root,
-                    ", ".join(map(str, broken[:5])) + (" ..." if len(broken) > 5 else ""))
+                    few_names(broken, 5, whole=True))
     if other and files:
         count = other.total()
         log.info("left out %d file%s in %s that are not images of a known type (%s)", count, "s" if count > 1 else "",

@@ -24,11 +24,11 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ..errors import DataError
+from ..errors import PACKAGE_LOGGER, DataError
 from ..files import load_torch_checked, save_torch_atomic
 from .images import list_image_files, narrowest_bit_depth, read_image_files, resize_uint8
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(PACKAGE_LOGGER)
 
 NPZ_KEYS = ("train_images", "train_labels", "test_images", "test_labels")
 FOLDER_TEST_SHARE = 0.2  # a folder per class without train/ and test/: this share of each class is test

@@ -12,6 +12,9 @@ from torch import Tensor, nn
 from ..errors import ConfigError
 
 T = TypeVar("T")
+SPREAD_FLOOR = 1e-3  # the least standard deviation a score term is divided by (a term almost constant on the
+# training normals must not turn rounding noise into large scores)
+BANK_CHUNK = 4096  # bank rows compared at a time, so memory stays bounded at any training-set size
 STATISTICS_CHUNK = 512  # training images per pass when fitting banks: activation memory bounded at any set size
 
 
@@ -67,7 +70,6 @@ class FeatureBank(nn.Module):
     after fitting: loading a state dict resizes them to the saved shape (tensors only, so checkpoints
     load with `weights_only=True`)."""
 
-    CHUNK = 4096  # bank rows compared at a time, so memory stays bounded at any training-set size
 
     METRICS = ("cosine", "euclidean")
 
@@ -84,7 +86,7 @@ class FeatureBank(nn.Module):
         self.rows = feats.to(torch.float16)
         own = self.distance(feats, leave_self_out=True)
         # A floor on the spread: normals that all look alike must not turn rounding noise into score.
-        self.stats = torch.stack([own.mean(), own.std().clamp_min(1e-3)]).to(self.stats)
+        self.stats = torch.stack([own.mean(), own.std().clamp_min(SPREAD_FLOOR)]).to(self.stats)
 
     def distance(self, feats: Tensor, leave_self_out: bool = False) -> Tensor:
         """Mean distance [B] (cosine, or Euclidean) to the k nearest rows (k + 1, dropping the nearest, for
@@ -102,7 +104,7 @@ class FeatureBank(nn.Module):
             return squared_distances(feats, rows, sq)  # the root after the top-k
 
         with torch.autocast(feats.device.type, enabled=False):  # distances near 0 need float32, not bf16
-            best, _ = smallest_k(block, len(self.rows), k, self.CHUNK)
+            best, _ = smallest_k(block, len(self.rows), k, BANK_CHUNK)
         best = best[:, int(leave_self_out):]
         # the Euclidean root of a floor above 0: a finite gradient (saliency maps) where a query sits on a row
         return (best.clamp_min(1e-12).sqrt() if self.metric == "euclidean" else best).mean(1)

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import ConfigError
-from .neighbours import in_chunks, squared_distances
+from .neighbours import SPREAD_FLOOR, in_chunks, squared_distances
 
 # Coates et al.'s constants, for pixels in [0, 255]: the variance added before the contrast normalisation
 # (so flat patches are not blown up into noise), and the eigenvalue floor of the ZCA whitening.
@@ -110,7 +110,7 @@ class PatchDictionary(nn.Module):
         raw = torch.cat(in_chunks(self, x, self._chunk(positions, self.atoms)))
         # a floor on the spread, so that a feature constant on the normals does not divide by zero: a test image
         # that activates it lies far away (a kind of patch the normals never show where it is)
-        self.feature_mean, self.feature_std = raw.mean(0), raw.std(0).clamp_min(1e-3)
+        self.feature_mean, self.feature_std = raw.mean(0), raw.std(0).clamp_min(SPREAD_FLOOR)
         return (raw - self.feature_mean) / self.feature_std
 
     def forward(self, x: Tensor) -> Tensor:

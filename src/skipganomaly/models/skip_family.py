@@ -11,8 +11,8 @@ from torch import Tensor, nn
 
 from .base import GanModel, LossStep, check_positive, frozen, init_weights, is_whole_number, real_fake_bce, saliency_map
 from ..errors import ConfigError
-from .neighbours import FeatureBank, in_chunks, pooled_map
-from .transforms import transform_all, transformation_cross_entropy
+from .neighbours import SPREAD_FLOOR, FeatureBank, in_chunks, pooled_map
+from .transforms import N_ROTATIONS, transform_all, transformation_cross_entropy
 
 SCORES = ("paper", "rotation", "map", "rotation+map")
 
@@ -161,7 +161,7 @@ class SkipFamilyModel(GanModel):
         self.noise_sigma = noise_sigma
         self.score_weight = score_weight
         self.generator = self.build_generator()
-        self.discriminator = BasicDiscriminator(in_channels, image_size, ndf, nz, 4 if rotation_weight else 0)
+        self.discriminator = BasicDiscriminator(in_channels, image_size, ndf, nz, N_ROTATIONS if rotation_weight else 0)
         init_weights(self)
         n_stages = self.discriminator.n_stages
         if not self.map_layers or len(set(self.map_layers)) != len(self.map_layers) \
@@ -237,12 +237,12 @@ class SkipFamilyModel(GanModel):
         # watches the real/fake loss alone: a rotation loss does not say whether D has won the game.
         reset_value = adv.detach() + self.w_lat * cache["lat"] if self.detach_latent else adv.detach()
         if self.rotation_weight:
-            adv = adv + self.rotation_weight * self.rotation_cross_entropy(x).mean() / 4
+            adv = adv + self.rotation_weight * self.rotation_cross_entropy(x).mean() / N_ROTATIONS
         return adv, reset_value
 
     def rotation_cross_entropy(self, x: Tensor) -> Tensor:
         """[B]: the summed cross-entropy of the 4 true rotations under D's rotation head."""
-        return transformation_cross_entropy(self.discriminator.rotation_logits(transform_all(x, False)), 4)
+        return transformation_cross_entropy(self.discriminator.rotation_logits(transform_all(x, False)), N_ROTATIONS)
 
     def _map_features(self, x: Tensor) -> list[Tensor]:
         return [pooled_map(m, self.map_grid) for m in self.discriminator.stage_maps(x, self.map_layers)]
@@ -259,7 +259,7 @@ class SkipFamilyModel(GanModel):
             bank.fit(torch.cat([c[j] for c in chunks]))
         if hasattr(self, "rotation_stats"):
             rot = torch.cat(in_chunks(self.rotation_cross_entropy, x))
-            self.rotation_stats = torch.stack([rot.mean(), rot.std().clamp_min(1e-3)]).to(self.rotation_stats)
+            self.rotation_stats = torch.stack([rot.mean(), rot.std().clamp_min(SPREAD_FLOOR)]).to(self.rotation_stats)
 
     def _map_score(self, x: Tensor) -> Tensor:
         if not len(self.map_banks):
@@ -286,7 +286,7 @@ class SkipFamilyModel(GanModel):
         return self.score_weight * rec + (1.0 - self.score_weight) * lat
 
     def anomaly_map(self, x: Tensor) -> Tensor:
-        """|x - G(x)| averaged over channels; under the rotation score, that score's saliency instead."""
+        """Under the `paper` score, |x - G(x)| averaged over channels; under any other score, its saliency."""
         if self.score_name != "paper":
             return saliency_map(self.score, x)
         return super().anomaly_map(x)

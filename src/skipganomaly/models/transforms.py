@@ -9,17 +9,19 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+N_ROTATIONS = 4  # by 0, 90, 180 and 270 degrees
+
 
 def rotate(x: Tensor, k: int) -> Tensor:
     """`torch.rot90(x, k, dims=(2, 3))` of square images, written with transpose and flip, which ONNX exports."""
-    return [x, x.transpose(2, 3).flip(2), x.flip(2).flip(3), x.transpose(2, 3).flip(3)][k % 4]
+    return [x, x.transpose(2, 3).flip(2), x.flip(2).flip(3), x.transpose(2, 3).flip(3)][k % N_ROTATIONS]
 
 
 def transform_all(x: Tensor, flips: bool) -> Tensor:
-    """Every transformation of every image, transformation-major: [T * B, C, H, W] with T = 4 or 8
-    (rotations by 0, 90, 180, 270 degrees, then the same of the mirrored image)."""
+    """Every transformation of every image, transformation-major: [T * B, C, H, W] with T = N_ROTATIONS, or
+    twice that with `flips` (the rotations by 0, 90, 180, 270 degrees, then the same of the mirrored image)."""
     sources = [x, x.flip(3)] if flips else [x]
-    return torch.cat([rotate(s, k) for s in sources for k in range(4)])
+    return torch.cat([rotate(s, k) for s in sources for k in range(N_ROTATIONS)])
 
 
 def translate(x: Tensor, ix: Tensor, iy: Tensor, shift: int) -> Tensor:

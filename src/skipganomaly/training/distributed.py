@@ -16,6 +16,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from ..errors import PACKAGE_LOGGER
+
 
 def init_from_environment() -> bool:
     """Join the process group that torchrun describes (WORLD_SIZE > 1); no-op otherwise.
@@ -31,7 +33,7 @@ def init_from_environment() -> bool:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group(backend="nccl" if use_cuda else "gloo")
     if not is_main_process():
-        logging.getLogger("skipganomaly").setLevel(logging.ERROR)
+        logging.getLogger(PACKAGE_LOGGER).setLevel(logging.ERROR)
     return True
 
 

@@ -57,7 +57,7 @@ def batched_apply(
     try:
         starts = range(0, len(images), batch_size)
         with torch.no_grad(), progress_bar(total=len(images), desc=desc, unit="img", leave=False,
-                                   disable=desc is None or len(starts) < 2) as bar:
+                                          disable=desc is None or len(starts) < 2) as bar:
             for start in starts:
                 batch = prepare_batch(images[start:start + batch_size], device)
                 with autocast(device, amp):

@@ -53,8 +53,12 @@ class EpochRecord:
 def make_optimizers(model: AnomalyModel, config: TrainConfig, adam: Callable[..., Any] = Adam) -> dict[str, Any]:
     """One Adam per optimiser group of the model, as every reference model does (fused: see `optim`;
     `adam=torch.optim.Adam` gives the reference's own optimiser, for the speed comparison)."""
+    groups = model.optimizer_groups()
+    if bool(groups) != model.trained_by_gradient:
+        raise ConfigError(f"model {model.name!r}: trained_by_gradient is {model.trained_by_gradient} but it has "
+                          f"{len(groups)} optimiser groups (a model fitted in closed form has none)")
     betas = (config.beta1, config.beta2)
-    return {name: adam(params, config.lr, betas=betas) for name, params in model.optimizer_groups().items()}
+    return {name: adam(params, config.lr, betas=betas) for name, params in groups.items()}
 
 
 def train_step(
@@ -176,9 +180,10 @@ def train(
 
     release_free_memory()  # what loading the data (and a state file) freed, before the activations come
     stopped = False
-    last = config.epochs if optimizers else min(first_epoch, config.epochs)  # closed form: one pass
-    epochs = progress_bar(range(first_epoch, last + 1), desc="epochs" if optimizers else "fitting", unit="epoch",
-                  initial=first_epoch - 1, total=last, disable=not config.progress or rank != 0)
+    by_gradient = model.trained_by_gradient
+    last = config.epochs if by_gradient else min(first_epoch, config.epochs)  # closed form: one pass
+    epochs = progress_bar(range(first_epoch, last + 1), desc="epochs" if by_gradient else "fitting", unit="epoch",
+                          initial=first_epoch - 1, total=last, disable=not config.progress or rank != 0)
     for epoch in epochs:
         model.train()
         for opt in optimizers.values():
@@ -186,7 +191,7 @@ def train(
         start = time.perf_counter()
         sums: dict[str, float] = {}
         resets = 0
-        if not optimizers:  # closed form: one pass over every training image, then done
+        if not by_gradient:  # closed form: one pass over every training image, then done
             with torch.no_grad():
                 model.fit_closed_form(_all_images(data, index, eval_batch, device))
             model_steps, images = 1, len(index)
@@ -195,7 +200,7 @@ def train(
             order = index[torch.randperm(len(index), generator=shuffler)].to(device)
             log_names = [phase.log_name for phase in model.training_phases()]
             bar = progress_bar(range(steps), desc=f"epoch {epoch}", unit="batch", leave=False,
-                       disable=not config.progress or rank != 0)
+                               disable=not config.progress or rank != 0)
             for step in bar:
                 first = step * batch_size + rank * local
                 x = prepare_batch(data[order[first:first + local]], device)

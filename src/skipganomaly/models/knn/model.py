@@ -8,7 +8,7 @@ from torch import Tensor
 
 from ...errors import ConfigError
 from ..base import ClosedFormModel
-from ..neighbours import smallest_k, squared_distances
+from ..neighbours import BANK_CHUNK, smallest_k, squared_distances
 from ..registry import register
 
 
@@ -20,7 +20,6 @@ class Knn(ClosedFormModel):
 
     fitted_buffers = ("bank",)
 
-    CHUNK = 4096  # bank rows compared at a time, so memory stays bounded at any training-set size
 
     def __init__(self, in_channels: int = 3, image_size: int = 32, k: int = 5) -> None:
         super().__init__(in_channels, image_size)
@@ -59,7 +58,7 @@ class Knn(ClosedFormModel):
             rows = self._bank_rows(start, stop)
             return squared_distances(query, rows, q_sq)
 
-        d_sq, idx = smallest_k(block, len(self.bank), self.k, self.CHUNK)
+        d_sq, idx = smallest_k(block, len(self.bank), self.k, BANK_CHUNK)
         return d_sq.sqrt(), idx
 
     def score(self, x: Tensor) -> Tensor:

@@ -20,10 +20,11 @@ from torch import Tensor, nn
 from ...errors import ConfigError
 from ..base import AnomalyModel, LossStep, Phase, is_whole_number, saliency_map
 from ..layers import PointwiseConv
-from ..neighbours import FeatureBank, in_chunks, pooled_map
+from ..neighbours import SPREAD_FLOOR, FeatureBank, in_chunks, pooled_map
 from ..patch_dictionary import PatchDictionary
 from ..registry import register
-from ..transforms import contrastive_loss, random_view, transform_all, transformation_cross_entropy, translate
+from ..transforms import (N_ROTATIONS, contrastive_loss, random_view, transform_all, transformation_cross_entropy,
+                          translate)
 
 
 class _Block(nn.Module):
@@ -109,7 +110,7 @@ class RotationNet(AnomalyModel):
             raise ConfigError(f"map_views must be one of {', '.join(MAP_VIEWS)}, got {map_views!r}")
         self.widths, self.flips, self.score_name, self.k = widths, flips, score, k
         self.map_layers, self.map_grid, self._map_blocks = [int(i) for i in map_layers], map_grid, blocks
-        self.n_transforms = 8 if flips else 4
+        self.n_transforms = 2 * N_ROTATIONS if flips else N_ROTATIONS
         self.map_views = map_views
         self._views = list(range(self.n_transforms)) if map_views == "all" else [0]
         self.stem = nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False)
@@ -214,7 +215,7 @@ class RotationNet(AnomalyModel):
         self.pooled_bank.fit(torch.cat([o[1] for o in outs]))
         for j, bank in enumerate(self.map_banks):
             bank.fit(torch.cat([o[2][j] for o in outs]))
-        self.ce_stats = torch.stack([ce.mean(), ce.std().clamp_min(1e-3)]).to(self.ce_stats)
+        self.ce_stats = torch.stack([ce.mean(), ce.std().clamp_min(SPREAD_FLOOR)]).to(self.ce_stats)
         if "patch" in score_terms(self.score_name):
             self.patch_bank.fit(self.patches.fit(x))
 
