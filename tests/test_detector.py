@@ -11,7 +11,7 @@ import torch
 
 from skipganomaly import detector as detector_module, files as files_module
 from skipganomaly.detector import FORMAT_VERSION, Detector
-from skipganomaly.errors import CheckpointError, ConfigError, DataError
+from skipganomaly.errors import CheckpointError, ConfigError, DataError, ModelError
 from tests.conftest import SMALL_WIDTHS, blob_images, noise_images, smooth_images, write_images
 
 
@@ -438,3 +438,25 @@ def test_a_fitted_detector_is_ready_for_a_service(tmp_path: Path, monkeypatch: p
     monkeypatch.setattr(det, "_apply", lambda *a, **k: (_ for _ in ()).throw(AssertionError("scored first")))
     with pytest.raises(CheckpointError, match="no threshold"):
         det.predict(blob_images(2))
+
+
+def test_scores_that_break_the_contract_are_one_line_errors(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A NaN score would set a NaN threshold (flagging nothing) or pass as normal, and a score that is not one
+    value per image would misalign with the images: each is a ModelError naming the model."""
+    from skipganomaly.models.knn.model import Knn
+
+    det = Detector("knn", k=2, progress=False).fit(smooth_images(30))
+    images = smooth_images(6)
+    real = Knn.score
+    for broken, message in ((lambda self, x: real(self, x).masked_fill(torch.arange(len(x)) % 2 == 0, float("nan")),
+                             "NaN or infinite"),
+                            (lambda self, x: real(self, x).mean(), r"returned shape \(\) for \d+ images"),
+                            (lambda self, x: x.flatten(), r"returned shape \(\d+,\) for \d+ images"),
+                            (lambda self, x: real(self, x)[:, None], r"score returned shape \(1,\) per image")):
+        monkeypatch.setattr(Knn, "score", broken)
+        with pytest.raises(ModelError, match=f"model 'knn': .*{message}"):
+            det.decision_function(images)
+        with pytest.raises(ModelError, match=message):
+            Detector("knn", k=2, progress=False).fit(smooth_images(30))
+    monkeypatch.setattr(Knn, "score", real)
+    assert np.isfinite(det.decision_function(images)).all()

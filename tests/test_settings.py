@@ -66,9 +66,18 @@ def test_every_constructor_argument_survives_save_and_load(name: str, tmp_path: 
     assert loaded.settings == det.settings.replace(progress=True)
 
 
-def test_model_options_and_settings_never_share_a_name() -> None:
-    for name in list_models():
-        assert not set(model_option_names(name)) & set(setting_names()), name
+@pytest.mark.parametrize("name", list_models())
+def test_model_options_and_settings_never_share_a_name(name: str) -> None:
+    assert not set(model_option_names(name)) & set(setting_names()), name
+
+
+def test_an_option_named_like_a_setting_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`seed=7` would set the training seed and leave a model's own `seed` option at its default, unseen."""
+    from skipganomaly.models.knn.model import Knn
+
+    monkeypatch.setattr(Knn, "param_defaults", classmethod(lambda cls: {"k": 5, "seed": 0}))
+    with pytest.raises(ConfigError, match=r"model 'knn' takes option\(s\) named like detector settings \(seed\)"):
+        Detector("knn", seed=7)
 
 
 def test_a_model_that_does_not_store_an_argument_cannot_save(monkeypatch: pytest.MonkeyPatch) -> None:

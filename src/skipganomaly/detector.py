@@ -26,7 +26,7 @@ from .run_directory import CHECKPOINT, state_path
 from .training import EpochRecord, TrainConfig, batched_apply, resolve_device, to_device, train
 from .training.config import field_default, setting
 from .training.distributed import is_main_process
-from .training.inference import check_batch_size, default_eval_batch
+from .training.inference import check_batch_size, checked_scores, default_eval_batch
 
 log = logging.getLogger(PACKAGE_LOGGER)
 
@@ -191,8 +191,14 @@ def setting_defaults() -> dict[str, Any]:
 
 
 def model_option_names(model: str) -> list[str]:
-    """The options a model takes besides its geometry (which the settings own)."""
-    return [k for k in get_model_class(model).param_defaults() if k not in GEOMETRY]
+    """The options a model takes besides its geometry (which the settings own). An option named like a
+    setting is an error: `Detector(seed=7)` or `--model-arg seed=7` would set the setting, never the option."""
+    names = [k for k in get_model_class(model).param_defaults() if k not in GEOMETRY]
+    taken = sorted(set(names) & set(setting_names()))
+    if taken:
+        raise ConfigError(f"model {model!r} takes option(s) named like detector settings ({', '.join(taken)}); "
+                          "values given under those names set the settings, so rename the option(s)")
+    return names
 
 
 class Detector:
@@ -424,7 +430,7 @@ class Detector:
         return read_images(images, self.image_size, self.in_channels, bit_depth=self.bit_depth_)[0]
 
     def _score_tensor(self, data: torch.Tensor, batch_size: int | None = None) -> np.ndarray:
-        return self._apply("score", data, batch_size).double().numpy()
+        return checked_scores(self._apply("score", data, batch_size), self._fitted()).double().numpy()
 
     def _apply(self, method: str, data: torch.Tensor, batch_size: int | None) -> torch.Tensor:
         """An eval-mode model method over uint8 images, in batches (default: default_eval_batch)."""

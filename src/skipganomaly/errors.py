@@ -33,6 +33,12 @@ class ConfigError(SkipGanomalyError):
     """An option value outside what a model or the training loop supports."""
 
 
+class ModelError(SkipGanomalyError):
+    """A model whose outputs break the `AnomalyModel` contract (one finite score per image, results batch by
+    batch): a defect of the model's code, named in one line rather than as a wrong threshold or an index error
+    further on."""
+
+
 def not_fitted(message: str) -> ConfigError:
     """A `NotFittedError`: a ConfigError that is also scikit-learn's NotFittedError, so that both the
     project's handlers and scikit-learn's helpers recognise it."""

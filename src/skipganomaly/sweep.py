@@ -57,7 +57,7 @@ from .provenance import environment, git_commit
 from .run_directory import SweepDirectory, write_json
 from .training.config import differing
 from .training import EpochRecord, batched_apply
-from .training.inference import default_eval_batch
+from .training.inference import checked_scores, default_eval_batch
 from .training.loop import fit_statistics
 
 log = logging.getLogger(PACKAGE_LOGGER)
@@ -225,8 +225,10 @@ def run_cell(load: Callable[[], LabelledImages], model: str, cls: str, seed: int
         if det.model_.fits_statistics:  # a feature bank of this epoch's features, as the last epoch gets
             fit_statistics(det.model_, split.train, det.holdout(len(split.train))[1],
                            default_eval_batch(det.device, det.image_size), det.device, det.train_config.amp)
-        epoch_scores = batched_apply(det.model_.score, det.model_, split.test, PAPER_TEST_BATCH, det.device,
-                                     det.train_config.amp, train_mode=settings["train_mode_scoring"]).double().numpy()
+        epoch_scores = checked_scores(batched_apply(det.model_.score, det.model_, split.test, PAPER_TEST_BATCH,
+                                                    det.device, det.train_config.amp,
+                                                    train_mode=settings["train_mode_scoring"]),
+                                      det.model_).double().numpy()
         auroc = evaluate_scores(epoch_scores, labels, 0.0)["auroc"]
         if not per_epoch or auroc > max(per_epoch):
             best_scores[:] = [epoch_scores]

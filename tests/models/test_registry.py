@@ -103,3 +103,92 @@ def test_options_a_network_cannot_be_built_with_are_config_errors(name: str, opt
     traceback: both are one-line ConfigErrors when the model is created."""
     with pytest.raises(ConfigError, match=message):
         create(name, **options)
+
+
+def _contract_error(cls: type, name: str) -> str:
+    from skipganomaly.models.registry import register
+
+    before = list_models()
+    with pytest.raises(TypeError) as err:
+        register(name)(cls)
+    assert list_models() == before  # a refused class is not registered
+    return str(err.value)
+
+
+def test_register_refuses_a_model_that_breaks_the_contract() -> None:
+    """Said at import, in one line naming what is missing: not a bare NotImplementedError after an epoch, not
+    options that go unchecked, not a name that --models would split."""
+    from skipganomaly.models.base import ClosedFormModel
+
+    class NoScore(AnomalyModel):
+        def optimizer_groups(self):  # type: ignore[no-untyped-def]
+            return {}
+
+        def training_phases(self):  # type: ignore[no-untyped-def]
+            return []
+
+        def validation_loss(self, x: torch.Tensor) -> torch.Tensor:
+            return x.mean((1, 2, 3))
+
+    class NoPhases(AnomalyModel):
+        def score(self, x: torch.Tensor) -> torch.Tensor:
+            return x.mean((1, 2, 3))
+
+        validation_loss = score
+
+    class NoFit(ClosedFormModel):
+        score = NoPhases.score
+
+    class Complete(NoPhases):
+        optimizer_groups, training_phases = NoScore.optimizer_groups, NoScore.training_phases
+
+    class Unhinted(Complete):
+        def __init__(self, in_channels: int = 3, image_size: int = 32, power=2) -> None:  # type: ignore[no-untyped-def]
+            super().__init__(in_channels, image_size)
+            self.power = power
+
+    class Unresolvable(Complete):
+        def __init__(self, in_channels: int = 3, image_size: int = 32, widths: "Undefined" = None) -> None:  # type: ignore[name-defined]  # noqa: F821
+            super().__init__(in_channels, image_size)
+            self.widths = widths
+
+    assert "does not define score" in _contract_error(NoScore, "noscore")
+    assert "does not define optimizer_groups, training_phases" in _contract_error(NoPhases, "nophases")
+    assert "fitted in closed form) does not define fit_closed_form" in _contract_error(NoFit, "nofit")
+    assert "power have no type hint" in _contract_error(Unhinted, "unhinted")
+    assert "cannot be resolved" in _contract_error(Unresolvable, "unresolvable")
+    for bad in ("conv,ae", "KNN", "a:b", ""):
+        assert "use lower-case letters" in _contract_error(NoPhases, bad)
+    assert "is taken by skipganomaly.models.knn.model.Knn" in _contract_error(Complete, "knn")
+
+
+def test_every_model_folder_registers_a_model() -> None:
+    """A model folder whose module `models/__init__.py` forgets to import registers nothing: caught here, not
+    by a `-k name` that silently selects no test."""
+    from pathlib import Path
+
+    import skipganomaly.models as package
+    from skipganomaly.models import get_model_class
+
+    folders = {p.parent.name for p in Path(package.__file__).parent.glob("*/__init__.py")}
+    registered = {get_model_class(name).__module__.split(".")[2] for name in list_models()}
+    assert folders <= registered, f"folders that register no model: {sorted(folders - registered)}"
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_outputs_have_the_documented_shapes(name: str) -> None:
+    """score and validation_loss [B], anomaly_map [B, H, W], reconstruct the shape of x (3 channels in, 3 out)."""
+    torch.manual_seed(0)
+    model = create(name, in_channels=3, image_size=32, **fast(name)).eval()
+    train = torch.from_numpy(blob_images(40)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    with torch.no_grad():
+        if not model.trained_by_gradient:
+            model.fit_closed_form(train)
+        if model.fits_statistics:
+            model.fit_statistics(train)
+    x = train[:5]
+    with torch.no_grad():
+        assert model.score(x).shape == (5,)
+        assert model.validation_loss(x).shape == (5,)
+        assert model.reconstruct(x).shape == x.shape
+    assert model.anomaly_map(x).shape == (5, 32, 32)

@@ -244,12 +244,9 @@ class AnomalyModel(nn.Module):
     def param_hints(cls) -> dict[str, Any]:
         """The constructor arguments' type annotations (the subclass's first), for checking given values."""
         hints: dict[str, Any] = {}
-        for init in cls._constructors():
-            try:
-                for name, hint in typing.get_type_hints(init).items():
-                    hints.setdefault(name, hint)
-            except (NameError, TypeError):  # an annotation that cannot be resolved is not checked
-                pass
+        for init in cls._constructors():  # resolvable for every registered model (checked by `register`)
+            for name, hint in typing.get_type_hints(init).items():
+                hints.setdefault(name, hint)
         hints.pop("return", None)
         hints.pop("kwargs", None)
         return hints

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..errors import ConfigError
+from ..errors import ConfigError, ModelError
 from ..progress import progress_bar
 from .device import autocast, prepare_batch
 
@@ -61,10 +61,31 @@ def batched_apply(
             for start in starts:
                 batch = prepare_batch(images[start:start + batch_size], device)
                 with autocast(device, amp):
-                    outputs.append(fn(batch).float().cpu())
+                    out = fn(batch)
+                if out.ndim == 0 or len(out) != len(batch):
+                    raise ModelError(f"model {getattr(model, 'name', '') or type(model).__name__!r}: "
+                                     f"{getattr(fn, '__name__', 'its method')} returned shape {tuple(out.shape)} for "
+                                     f"{len(batch)} images; it must return one result per image (first dimension "
+                                     f"{len(batch)})")
+                outputs.append(out.float().cpu())
                 bar.update(len(batch))
     finally:
         if train_mode:
             model.load_state_dict(saved, strict=False)
         model.train(was_training)
     return torch.cat(outputs)
+
+
+def checked_scores(scores: Tensor, model: nn.Module) -> Tensor:
+    """`scores` as the contract has them, one finite value per image, or a ModelError: a NaN would set a NaN
+    threshold (flagging nothing) or pass as normal, and a [B, 1] score would misalign with the images."""
+    name = getattr(model, "name", "") or type(model).__name__
+    if scores.ndim != 1:
+        raise ModelError(f"model {name!r}: score returned shape {tuple(scores.shape[1:])} per image; it must "
+                         "return one value per image (shape [B])")
+    bad = torch.nonzero(~torch.isfinite(scores)).flatten()
+    if len(bad):
+        raise ModelError(f"model {name!r}: the score is NaN or infinite for {len(bad)} of {len(scores)} images "
+                         f"(the first: image {int(bad[0])})")
+    return scores
+
