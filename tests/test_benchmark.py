@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import multiprocessing
 import re
 import os
@@ -19,7 +20,7 @@ import torch
 
 from skipganomaly import sweep as benchmark
 from skipganomaly import detector as detector_module
-from skipganomaly.detector import DetectorSettings
+from skipganomaly.detector import DetectorSettings, model_option_names
 from tests.conftest import find_real_cifar10
 from skipganomaly.sweep import SweepConfig, run_sweep
 from skipganomaly.data.cifar10 import Cifar10, leave_one_class_out
@@ -79,10 +80,15 @@ def test_sweep_writes_each_cell_and_resumes(tmp_path: Path, monkeypatch: pytest.
     # Honest: 5% of the 54 training normals held out for the threshold; paper: trained on all of them.
     assert (honest["train_images"], honest["val_images"]) == (51, 3)
     assert (paper["train_images"], paper["val_images"]) == (54, 0)
+    from skipganomaly.provenance import command_line, cpu_model
+    assert (honest["cpu"], honest["command"]) == (cpu_model(), command_line())  # each cell's own machine and call
     assert honest["test_images"] == 18 + 6 + 2 and honest["selected_epoch"] == 2
     assert len(paper["auroc_per_epoch"]) == 2
     assert paper["auroc"] == max(paper["auroc_per_epoch"])
-    assert paper["model_options"] == {"detach_latent": True, "widths": SMALL_WIDTHS}
+    # every option recorded, defaults included; the reference's detach_latent and the given widths among them
+    assert {k: paper["model_options"][k] for k in ("detach_latent", "widths")} == {"detach_latent": True,
+                                                                                   "widths": SMALL_WIDTHS}
+    assert set(paper["model_options"]) == set(model_option_names("skipganomaly++"))
 
     def must_not_run(*args: object, **kwargs: object) -> None:
         raise AssertionError("a finished cell was run again")
@@ -300,6 +306,11 @@ def test_table_shows_ours_and_the_paper() -> None:
     results = [{"model": "skipganomaly++", "class": "ship", "protocol": "honest", "auroc": a} for a in (0.4, 0.6)]
     table = benchmark_table(summarise(results), ["skipganomaly++"], ["ship", "bird"], "honest")
     assert "0.500±0.141 (0.998)" in table and "- (0.819)" in table  # sample std (ddof=1): sqrt(0.02)
+    # the mean column: the paper's over the same columns as ours (ship: bird has no number of ours), not all ten
+    assert table.rstrip().endswith("| 0.500 (0.998) |")
+    both = benchmark_table(summarise(results + [{**results[0], "class": "bird", "auroc": 0.7}]), ["skipganomaly++"],
+                           ["ship", "bird"], "honest")
+    assert both.rstrip().endswith("| 0.600 (0.908) |")
 
 
 def test_cli_benchmark_on_real_cifar(tmp_path: Path) -> None:
@@ -314,12 +325,13 @@ def test_cli_benchmark_on_real_cifar(tmp_path: Path) -> None:
                  "--out", str(out), "--no-progress", "--device", "cpu"]) == 0
     saved = json.loads((out / "results.json").read_text())
     assert {c["protocol"] for c in saved["cells"]} == {"honest", "paper"}
+    assert [c["model"] for c in saved["cells"]] == ["ganomaly"] * 2 + ["pca"] * 2 + ["knn"] * 2  # the baselines too
     assert saved["environment"]["torch"] == torch.__version__
     assert "ganomaly" in (out / "table.md").read_text()
     assert (out / "results.csv").read_text().startswith("model,class,seed,protocol,auroc")
     page = (out / "report.html").read_text()
     assert "0.616)" in page  # GANomaly's ship AUROC in the paper's Table 1, beside ours
-    assert page.count("data:image/png;base64,") == 2  # one ROC figure per protocol
+    assert page.count("data:image/png;base64,") == 6  # one ROC figure per model and protocol
 
 
 def _toy_or_crash() -> Cifar10:
@@ -511,23 +523,14 @@ def test_no_cell_starts_after_the_time_limit_and_a_rerun_continues(tmp_path: Pat
 def test_a_running_cell_stops_at_an_epoch_end_past_the_time_limit(tmp_path: Path,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     data = _toy_cifar()
-    config = _config(models=["skipganomaly++"], protocols=["paper"], epochs=3)
-    epochs_seen: list[int] = []
-    real_fit = detector_module.Detector.fit
-
-    def fit(self, images, **kw):  # type: ignore[no-untyped-def]
-        inner = kw["on_epoch_end"]
-
-        def spy(record):  # type: ignore[no-untyped-def]
-            epochs_seen.append(record.epoch)
-            inner(record)
-        return real_fit(self, images, **{**kw, "on_epoch_end": spy})
-
-    monkeypatch.setattr(detector_module.Detector, "fit", fit)
+    config = _config(models=["knn", "skipganomaly++"], protocols=["paper"], epochs=3)
+    epochs_seen = _spy_on_gan_epochs(monkeypatch)
     monkeypatch.setattr(benchmark, "_now", lambda: 100.0 if epochs_seen else 0.0)  # past it after epoch 1
     outcome = run_sweep(lambda: data, config, tmp_path, deadline=50.0)
+    # knn's cell, the first of the call, ends before the limit; the GAN's stops after epoch 1, unsaved
     assert epochs_seen == [1] and outcome.unfinished == ["skipganomalypp__ship__seed0__paper"]
-    assert not outcome.results and not list((tmp_path / "cells").iterdir())  # a stopped cell is not saved
+    assert [r["model"] for r in outcome.results] == ["knn"]
+    assert not list((tmp_path / "cells").glob("skipganomalypp*"))  # a stopped cell is not saved
     with pytest.raises(SystemExit) as stopped:  # in a worker process the same stop is exit code DEADLINE_EXIT
         benchmark._cell_process(lambda: data, ("skipganomaly++", "ship", 0, "paper"), config, tmp_path / "cells", 1,
                                 "cpu", 50.0)
@@ -536,6 +539,40 @@ def test_a_running_cell_stops_at_an_epoch_end_past_the_time_limit(tmp_path: Path
     last = run_sweep(lambda: data, _config(models=["skipganomaly++"], protocols=["paper"], epochs=1), tmp_path,
                      deadline=50.0)  # past the limit only at its last epoch: the cell ends and is saved
     assert epochs_seen == [1] and len(last.results) == 1 and not last.unfinished
+
+
+def _spy_on_gan_epochs(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The epochs the GAN cells of a sweep end, as they end."""
+    epochs_seen: list[int] = []
+    real_fit = detector_module.Detector.fit
+
+    def fit(self, images, **kw):  # type: ignore[no-untyped-def]
+        inner = kw["on_epoch_end"]
+
+        def spy(record):  # type: ignore[no-untyped-def]
+            if self.settings.model == "skipganomaly++":
+                epochs_seen.append(record.epoch)
+            inner(record)
+        return real_fit(self, images, **{**kw, "on_epoch_end": spy})
+
+    monkeypatch.setattr(detector_module.Detector, "fit", fit)
+    return epochs_seen
+
+
+def test_a_time_limit_shorter_than_one_cell_still_finishes_the_first_cell(tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch,
+                                                                           caplog: pytest.LogCaptureFixture) -> None:
+    """Each call makes progress: the first cell it starts runs to its end past the limit (saved, with a warning
+    saying so), where stopping it would lose it on every call of a `while exit code is 3` loop."""
+    data = _toy_cifar()
+    config = _config(models=["skipganomaly++"], classes=["ship", "cat"], protocols=["paper"], epochs=2)
+    epochs_seen = _spy_on_gan_epochs(monkeypatch)
+    monkeypatch.setattr(benchmark, "_now", lambda: 100.0 if epochs_seen else 0.0)  # past it after epoch 1
+    with caplog.at_level(logging.WARNING, logger="skipganomaly"):
+        outcome = run_sweep(lambda: data, config, tmp_path, deadline=50.0)
+    assert epochs_seen == [1, 2] and [r["class"] for r in outcome.results] == ["ship"]
+    assert outcome.unfinished == ["skipganomalypp__cat__seed0__paper"]  # not started: past the limit
+    assert "ran 50 s past the time limit: a call always finishes the first cell it starts" in caplog.text
 
 
 def test_worker_processes_start_no_cell_after_the_time_limit(tmp_path: Path) -> None:
@@ -609,14 +646,26 @@ def test_a_table_whose_cells_ran_at_several_versions_of_the_code_says_so(tmp_pat
                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     """Cells are reused across calls while the code changes: the header names each version behind the cells
     (and an uncommitted tree), not only the version of the last call."""
+    from skipganomaly import provenance
+
+    def at(commit: str) -> None:  # the code that runs the cells and writes the table
+        monkeypatch.setattr(benchmark, "git_commit", lambda: commit)
+        monkeypatch.setattr(provenance, "git_commit", lambda: commit)
+
     data = _toy_cifar()
-    monkeypatch.setattr(benchmark, "git_commit", lambda: "abc1234")
+    at("abc1234")
     benchmark.run_benchmark(lambda: data, _config(models=["knn"], protocols=["honest"]), tmp_path, "toy")
     assert "Cells ran at" not in (tmp_path / "table.md").read_text()  # one committed version: nothing to say
-    monkeypatch.setattr(benchmark, "git_commit", lambda: "def5678-dirty")
+    at("fff0000")  # every cell reused, the code changed since
+    benchmark.run_benchmark(lambda: data, _config(models=["knn"], protocols=["honest"]), tmp_path, "toy")
+    reused = ("Cells ran at one version: abc1234 (1 cell), reused from earlier calls (this table was written at "
+              "fff0000).")
+    assert reused in (tmp_path / "table.md").read_text() and reused in (tmp_path / "report.html").read_text()
+    at("def5678-dirty")
     benchmark.run_benchmark(lambda: data, _config(models=["knn", "pca"], protocols=["honest"]), tmp_path, "toy")
-    note = ("Cells ran at several versions of the code: abc1234 (1 cell), def5678-dirty (1 cell); -dirty: with "
-            "uncommitted changes to the package, which no commit reproduces.")
+    note = ("Cells ran at several versions of the code: abc1234 (1 cell), def5678-dirty (1 cell), reused from "
+            "earlier calls (this table was written at def5678-dirty); -dirty: with uncommitted changes to the "
+            "package, which no commit reproduces.")
     assert note in (tmp_path / "table.md").read_text() and note in (tmp_path / "report.html").read_text()
 
 
@@ -680,3 +729,52 @@ def test_the_paper_protocol_scores_feature_bank_models_after_every_epoch(tmp_pat
     [result] = outcome.results
     assert len(result["auroc_per_epoch"]) == 2 and result["auroc"] == max(result["auroc_per_epoch"])
     assert len(fitted_on) == 2 and fitted_on[0] != fitted_on[1]
+
+
+def test_a_saved_cell_of_a_class_named_with_glob_characters_is_found(tmp_path: Path) -> None:
+    """`zero[0]` in a file name is a pattern to glob: unescaped, the finished cell is never found again."""
+    cell = ("knn", "zero[0]*?", 0, "honest")
+    path = tmp_path / f"{benchmark.cell_key(*cell)}__abc.json"
+    path.write_text(json.dumps({"model": "knn"}))
+    assert benchmark._saved_cells(tmp_path, cell) == [(path, {"model": "knn"})]
+
+
+def test_an_interrupted_benchmark_writes_the_tables_of_what_finished(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C (or SIGTERM) in the second cell: the first's numbers are in table.md, results.json and the
+    report, the second is named as not run yet, and the interrupt still stops the command."""
+    data = _toy_cifar()
+    real_run = benchmark._run_and_write
+
+    def stop_at_pca(load, cell, *args, **kw):  # type: ignore[no-untyped-def]
+        if cell[0] == "pca":
+            raise KeyboardInterrupt
+        real_run(load, cell, *args, **kw)
+
+    monkeypatch.setattr(benchmark, "_run_and_write", stop_at_pca)
+    with pytest.raises(KeyboardInterrupt):
+        benchmark.run_benchmark(lambda: data, _config(models=["knn", "pca"], protocols=["honest"]), tmp_path, "toy")
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert [c["model"] for c in saved["cells"]] == ["knn"] and saved["complete"] is False
+    assert saved["unfinished"] == ["pca__ship__seed0__honest"]
+    table = (tmp_path / "table.md").read_text()
+    assert "`pca__ship__seed0__honest` not run yet (the same command runs it)" in table and "| knn |" in table
+    assert "pca__ship__seed0__honest not run yet" in (tmp_path / "report.html").read_text()
+
+
+def test_a_cell_run_before_a_model_default_changed_is_run_again(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """A cell records every option of its model, defaults included: when the code's default changes (knn's k
+    5 -> 7 here), the same command runs the cell again instead of showing the old number under the new code."""
+    from skipganomaly.models.knn.model import Knn
+
+    data = _toy_cifar()
+    config = _config(models=["knn"], protocols=["honest"])
+    first = run_sweep(lambda: data, config, tmp_path).results
+    assert first[0]["settings"]["model_options"] == {"k": 5}
+    assert run_sweep(lambda: data, config, tmp_path).results == first  # nothing changed: reused
+    real = Knn.param_defaults.__func__  # type: ignore[attr-defined]
+    monkeypatch.setattr(Knn, "param_defaults", classmethod(lambda cls: {**real(cls), "k": 7}))
+    again = run_sweep(lambda: data, config, tmp_path).results
+    assert again[0]["settings"]["model_options"] == {"k": 7}
+    assert len(list((tmp_path / "cells").glob("knn__*.json"))) == 2  # run again, the old cell kept beside it

@@ -609,11 +609,25 @@ def test_benchmark_on_your_own_npz(tmp_path: Path) -> None:
     assert table.startswith("# mine leave-one-class-out AUROC") and "(0." not in table  # no paper numbers
     # Leave-one-class-out over the classes, and the validate protocol: b left out, 'noise' is its pseudo-anomaly.
     out2 = tmp_path / "bench2"
-    assert main(["benchmark", "--data", str(data), "--models", "knn", "--classes", "b", "--protocol",
-                 "honest,validate", "--epochs", "1", "--no-progress", "--device", "cpu", "--out", str(out2)]) == 0
+    assert main(["benchmark", "--data", str(data), "--models", "knn", "--baselines", "none", "--classes", "b",
+                 "--protocol", "honest,validate", "--epochs", "1", "--no-progress", "--device", "cpu", "--out",
+                 str(out2)]) == 0
     cells = json.loads((out2 / "results.json").read_text())["cells"]
     assert [(c["protocol"], c.get("pseudo_anomaly")) for c in cells] == [("honest", None), ("validate", "noise")]
     assert cells[1]["auroc"] > 0.9
+
+
+def test_a_train_fraction_too_small_for_the_threshold_is_one_line_before_training(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """36 normals at --train-fraction 0.1 are 3 images: too few to hold out the threshold's and train on the
+    rest. Said once, naming the flag, with exit 2 (bad input), not by each cell after loading with exit 1."""
+    data = _own_npz(tmp_path / "mine.npz")
+    out = tmp_path / "bench"
+    assert main(["benchmark", "--data", str(data), "--models", "knn", "--normal-labels", "a,b,c", "--train-fraction",
+                 "0.1", "--no-progress", "--device", "cpu", "--out", str(out)]) == 2
+    assert ("task 'noise' (honest) has 3 training images at --train-fraction 0.1: 3 images are too few"
+            in capsys.readouterr().err)
+    assert not (out / "cells").exists()
 
 
 def test_benchmark_stopped_by_its_time_limit_exits_3_until_it_is_complete(tmp_path: Path,
@@ -636,7 +650,7 @@ def test_benchmark_stopped_by_its_time_limit_exits_3_until_it_is_complete(tmp_pa
     results = json.loads((tmp_path / "bench" / "results.json").read_text())
     assert len(results["cells"]) == 1 and results["unfinished"] == ["pca__noise__seed0__honest"]
     clock["now"] = 1e6  # long past any new limit before the first cell: none starts, none finished this time
-    assert main([*command, "--models", "pca", "--time-limit", "1"]) == 3
+    assert main([*command, "--models", "pca", "--baselines", "none", "--time-limit", "1"]) == 3
     assert "no benchmark cell finished" in capsys.readouterr().err
     assert main(command) == 0  # no limit: the rest runs, and the command says it is complete
     assert json.loads((tmp_path / "bench" / "results.json").read_text())["complete"] is True
@@ -782,10 +796,17 @@ def test_what_a_model_cannot_take_fails_before_any_data_is_read(tmp_path: Path,
     cases = {("--models", "ganomaly", "--image-size", "48"): "power of two",
              ("--models", "knn", "--train-fraction", "1.5"): "--train-fraction must be above 0 and at most 1",
              ("--models", "knn", "--protocol", "leaky"): "unknown protocol",
-             ("--models", "rotation", "--model-arg", "widths=[]"): "widths"}
+             ("--models", "rotation", "--model-arg", "widths=[]"): "widths",
+             ("--models", "knn", "--val-fraction", "0"): "the honest protocol takes its threshold from held-out",
+             ("--models", "knn", "--protocol", "paper", "--patience", "2"): "paper protocol trains on every training"}
     for extra, message in cases.items():
         assert main([*bench, *extra]) == 2 and message in capsys.readouterr().err
     assert not (tmp_path / "b").exists()
+    (tmp_path / "afile").write_text("")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "model.pt").write_bytes(b"")  # a training run's folder
+    for out, message in ((tmp_path / "afile", "is a file, not a folder"), (tmp_path / "run", "holds a training run")):
+        assert main([*bench[:-3], "--out", str(out), "--models", "knn"]) == 2 and message in capsys.readouterr().err
     assert main(["train", "--data", str(tmp_path / "nowhere"), "--model", "ganomaly", "--image-size", "48",
                  "--out", str(tmp_path / "t")]) == 2
     assert "power of two" in capsys.readouterr().err and not (tmp_path / "t").exists()
@@ -799,8 +820,8 @@ def test_repeated_seeds_classes_and_models_run_once(tmp_path: Path) -> None:
     np.savez(data, train_images=images, train_labels=np.arange(90) % 3, test_images=images,
              test_labels=np.arange(90) % 3)
     out = tmp_path / "b"
-    assert main(["benchmark", "--data", str(data), "--models", "knn,knn", "--classes", "0,0", "--seeds", "0,0",
-                 "--no-progress", "--out", str(out)]) == 0
+    assert main(["benchmark", "--data", str(data), "--models", "knn,knn", "--baselines", "knn", "--classes", "0,0",
+                 "--seeds", "0,0", "--no-progress", "--out", str(out)]) == 0
     results = json.loads((out / "results.json").read_text())
     assert len(results["cells"]) == 1 and results["config"]["seeds"] == [0]
 

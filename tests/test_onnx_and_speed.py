@@ -15,7 +15,7 @@ from skipganomaly.errors import ConfigError
 from skipganomaly.models import create, list_models
 from skipganomaly.onnx_export import OnnxScorer, export_onnx
 from skipganomaly.throughput import (_median_seconds, bench_model, count_flops, reference_optimizers,
-                                reference_style_score, reference_style_step)
+                                reference_style_score, reference_style_step, speed_line)
 from skipganomaly.training import TrainConfig, batched_apply, make_optimizers, prepare_batch, to_device, train_step
 from tests.conftest import SMALL_WIDTHS, blob_images, fast, noise_images
 
@@ -74,6 +74,9 @@ def test_bench_model_times_the_default_model_whose_score_needs_a_feature_bank() 
     row = bench_model("rotation", batch_size=4, steps=1, repeats=1, score_batch=8, onnx=True,
                       options={"widths": [8, 16, 32]})
     assert row["score_images_per_s"] > 0 and row["onnx_score_images_per_s"] > 0
+    assert row["score_bank_images"] == 8  # said beside the rate: a real run's bank holds every training image
+    assert "against a bank of 8 training images" in speed_line(row)
+    assert "the median of 1 timings after one warm-up (1 training steps each)" in row["method"]
 
 
 def test_bench_model_times_bf16_autocast_when_asked() -> None:

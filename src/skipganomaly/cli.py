@@ -23,8 +23,8 @@ from .models import BASELINES, create, get_model_class, list_models
 from .options import FORM, parse_model_args
 from .run_directory import RunDirectory, SweepDirectory, next_free_run
 from .provenance import program
-from .sweep import (DEADLINE_EXIT, PRESETS, PROTOCOLS, SweepConfig, benchmark_data, check_protocols, decode_once,
-                    resolve_classes, run_benchmark)
+from .sweep import (DEADLINE_EXIT, PRESETS, PROTOCOLS, SweepConfig, benchmark_data, check_protocol_settings,
+                    check_protocols, check_sizes, decode_once, resolve_classes, run_benchmark)
 from .training.memory import reduce_heap_fragmentation
 from .training.device import native_bf16, resolve_device
 from .workflows import evaluate_folder, load_calibrated, predict_files, resumed_settings, run_demo, train_run
@@ -225,8 +225,10 @@ def _add_benchmark(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -
                    help="these classes are normal and all others abnormal, in one task (default: leave each class "
                         "out in turn)")
     p.add_argument("--models", default=DEFAULT_MODEL,
-                   help=f"comma-separated model names (default {DEFAULT_MODEL}; e.g. skipganomaly++,{','.join(BASELINES)} "
-                        "for the paper's model beside the raw-pixel baselines)")
+                   help=f"comma-separated model names (default {DEFAULT_MODEL})")
+    p.add_argument("--baselines", default=",".join(BASELINES),
+                   help=f"raw-pixel baselines run beside the models, every table showing them (default "
+                        f"{','.join(BASELINES)}; 'none' for none)")
     p.add_argument("--classes", default="all", help="'all' or comma-separated abnormal classes")
     p.add_argument("--seeds", help="comma-separated seeds (preset's, else 0)")
     p.add_argument("--protocol", default=HONEST,
@@ -246,7 +248,8 @@ def _add_benchmark(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -
                         "per GPU, on one GPU all share it); a crash loses that cell only (default 1)")
     p.add_argument("--time-limit", type=_positive_float, metavar="SECONDS",
                    help="stop cleanly before SECONDS from now: no cell starts that the longest cell so far says "
-                        "would end later, and a running cell stops at an epoch's end once it is past; finished "
+                        "would end later, and a running cell stops at an epoch's end once it is past (the first "
+                        "cell of a call runs to its end, so that each call makes progress); finished "
                         f"cells and the tables are written, and the same command continues (exit code {DEADLINE_EXIT} "
                         "while cells are left)")
     # --image-size and --channels: for --data (CIFAR-10 is 32x32 RGB); epochs and batch size: the preset's,
@@ -435,8 +438,9 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def _baseline_names(text: str) -> list[str]:
-    names = [] if text.strip() == "none" else [n.strip() for n in text.split(",") if n.strip()]
+def _model_names(text: str) -> list[str]:
+    """A comma-separated list of registered model names, each once, in order ('none': no model)."""
+    names = [] if text.strip() == "none" else list(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
     for name in names:
         get_model_class(name)  # an unknown name is a one-line error listing the models
     return names
@@ -453,7 +457,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"bf16 autocast {'on' if args.amp else 'off'} ({why})")
     settings = _settings(args)
     _check_reports_threshold(settings.val_fraction)
-    ok = run_demo(settings, digits, args.out, _baseline_names(args.baselines), max_train=args.max_train)
+    ok = run_demo(settings, digits, args.out, _model_names(args.baselines), max_train=args.max_train)
     return 0 if ok else 1
 
 
@@ -474,17 +478,22 @@ def _protocols(text: str) -> list[str]:
 
 
 def cmd_benchmark(args: argparse.Namespace) -> int:
+    _check_output_dir(args.out, "--out")
+    if RunDirectory(args.out).holds_run:
+        raise ConfigError(f"--out {args.out} holds a training run, whose report a benchmark would replace; give "
+                          "another folder")
     preset = PRESETS.get(args.preset or "", {})
     given = _given(args)
     seeds = _int_list(args.seeds, "--seeds") if args.seeds else preset.get("seeds", [0])
-    models = list(dict.fromkeys(m.strip() for m in args.models.split(",") if m.strip()))
-    for name in models:
-        get_model_class(name)  # an unknown name is a one-line error listing the models
+    models = list(dict.fromkeys(_model_names(args.models) + _model_names(args.baselines)))
+    if not models:
+        raise ConfigError("--models and --baselines name no model")
     options = parse_model_args(args.model_arg, models)
     protocols = _protocols(args.protocol)
     train_fraction = _fraction(_pick(args.train_fraction, preset, "train_fraction", 1.0), "--train-fraction")
     test_fraction = _fraction(_pick(args.test_fraction, preset, "test_fraction", 1.0), "--test-fraction")
     sizes = {k: preset[k] for k in ("epochs", "batch_size") if k in preset}
+    check_protocol_settings(protocols, DetectorSettings.from_params(**{**sizes, **given}))
     # An image size or option a model cannot take fails here, before any image is read and not in every cell;
     # the channel count is the data's, known once it is read (the check builds with the given one or 3).
     for name in models:
@@ -499,6 +508,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
         train_fraction=train_fraction, test_fraction=test_fraction, dataset=data.fingerprint or data.name,
     )
     check_protocols(data, classes, config.protocols)
+    check_sizes(data, config)
     title = CIFAR10_TITLE if isinstance(data, Cifar10) else data.name
     decoded = SweepDirectory(args.out).decoded
     if args.data is not None and args.data.is_dir():
@@ -543,9 +553,7 @@ def cmd_bench_speed(args: argparse.Namespace) -> int:
     _check_out_file(args.out, "JSON")  # said now, not after the minutes of measuring
 
     models = ([m for m in list_models() if get_model_class(m).trained_by_gradient] if args.models == "all"
-              else [m.strip() for m in args.models.split(",")])
-    for name in models:
-        get_model_class(name)
+              else _model_names(args.models))
     resolve_device(args.device)  # a bad or absent device is one line here, not an error in each worker
     measure_models(models, args.threads, parse_model_args(args.model_arg, models), args.out,
                    batch_size=args.batch_size, steps=args.steps, repeats=args.repeats, score_batch=args.score_batch,

@@ -49,21 +49,25 @@ def command_line() -> str:
     return shlex.join([sys.executable, *sys.argv])
 
 
+def cpu_model() -> str:
+    """The CPU's model name (Linux), else what the platform says: two machines of one family can round alike
+    and differ from a third, so a number is recorded with the CPU it was computed on."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def environment() -> dict[str, Any]:
     """Command (as it was started, and the folder it ran in: its paths may be relative), commit, torch, threads,
     CPU model, GPU and Python of this process."""
     import torch
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     return {"command": command_line(), "cwd": os.getcwd(), "git_commit": git_commit(),
-            "torch": str(torch.__version__), "threads": torch.get_num_threads(), "cpu": cpu,
+            "torch": str(torch.__version__), "threads": torch.get_num_threads(), "cpu": cpu_model(),
             "cpu_count": os.cpu_count(),
             "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
             "python": platform.python_version()}

@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import functools
+import glob
 import hashlib
 import json
 import logging
@@ -44,16 +45,16 @@ import torch
 from .data.cifar10 import NAME as CIFAR10, PAPER_ORDER, Cifar10, load_cifar10
 from .data.labelled import (JOIN, ClassSplit, LabelledImages, check_task, class_split, load_decoded, load_labelled,
                             pseudo_anomaly, save_decoded, validation_split)
-from .detector import Detector, DetectorSettings, setting_defaults
-from .errors import PACKAGE_LOGGER, PARTLY_FAILED_EXIT, ConfigError, SkipGanomalyError
+from .detector import Detector, DetectorSettings, model_option_names, setting_defaults
+from .errors import PACKAGE_LOGGER, PARTLY_FAILED_EXIT, ConfigError, DataError, SkipGanomalyError
 from .evaluation.metrics import evaluate_scores
 from .evaluation.tables import (PAPER, PROTOCOL_NOTES, STD_NOTE, VALIDATE, benchmark_table, commits_note,
                                 shows_paper_numbers, summarise)
 from .files import TEXT_ENCODING, json_text, write_text_atomic
 from .interrupts import sigterm_as_interrupt
-from .models import get_model_class
-from .models.base import check_geometry
-from .provenance import environment, git_commit
+from .models import get_model_class, list_models
+from .models.base import check_geometry, plain
+from .provenance import command_line, cpu_model, environment, git_commit
 from .run_directory import SweepDirectory, write_json
 from .training.config import differing
 from .training import EpochRecord, batched_apply
@@ -129,10 +130,23 @@ class SweepConfig:
                 "model_options": self.model_options, **settings}
 
 
+def check_protocol_settings(protocols: Sequence[str], settings: DetectorSettings) -> None:
+    """Settings a protocol cannot run with, said before any data is read: `paper` holds no image out (so no
+    early stopping), the others take their threshold from held-out training normals."""
+    for protocol in protocols:
+        if protocol == PAPER and settings.training.patience is not None:
+            raise ConfigError("the paper protocol trains on every training image and holds none out, so early "
+                              "stopping (--patience) cannot run under it; drop --patience or the paper protocol")
+        if protocol != PAPER and not 0.0 < settings.val_fraction < 1.0:
+            raise ConfigError(f"the {protocol} protocol takes its threshold from held-out training normals: "
+                              f"--val-fraction must be above 0 and below 1, got {settings.val_fraction}")
+
+
 def detector_settings(model: str, seed: int, protocol: str, config: SweepConfig) -> DetectorSettings:
     """The settings of one cell's detector: under `paper`, the model's reference options and no
     validation split (the reference trains on every image and reports no threshold)."""
     options = dict(config.model_options.get(model, {}))
+    check_protocol_settings([protocol], config.settings)
     if protocol == PAPER:
         options.update(get_model_class(model).reference_options())
     val_fraction = 0.0 if protocol == PAPER else config.settings.val_fraction
@@ -160,11 +174,13 @@ def cell_work(model: str, config: SweepConfig) -> float:
 
 
 def cell_settings(model: str, cls: str, seed: int, protocol: str, config: SweepConfig) -> dict[str, Any]:
-    """Every setting that can change a cell's result: the cell is reused only when all are equal."""
+    """Every setting that can change a cell's result: the cell is reused only when all are equal. The model's
+    options are all of them, the defaults filled in, so a cell run before a default changed is not reused."""
     settings: dict[str, Any] = {
         **detector_settings(model, seed, protocol, config).result_settings(), "class": cls, "protocol": protocol,
         "train_fraction": config.train_fraction, "test_fraction": config.test_fraction, "dataset": config.dataset,
     }
+    settings["model_options"] = {**_option_defaults(model), **settings.get("model_options", {})}
     if protocol == PAPER:
         settings.update(test_batch=PAPER_TEST_BATCH,
                         train_mode_scoring=get_model_class(model).reference_scores_in_train_mode)
@@ -175,6 +191,22 @@ def cell_settings(model: str, cls: str, seed: int, protocol: str, config: SweepC
 def _key_defaults() -> dict[str, Any]:
     """What a setting missing from a saved cell was: its default (it did not exist when the cell ran)."""
     return json.loads(json.dumps({**setting_defaults(), "dataset": CIFAR10}, default=str))
+
+
+def _option_defaults(model: str) -> dict[str, Any]:
+    """The model's options (its geometry aside) at their defaults, as plain values."""
+    defaults = get_model_class(model).param_defaults()
+    return {name: plain(defaults[name]) for name in model_option_names(model)}
+
+
+def _as_saved_then(saved: dict[str, Any]) -> dict[str, Any]:
+    """A saved cell's settings with the model options it did not record filled in by their defaults: cells
+    saved before the options were all recorded named only those given."""
+    options = saved.get("model_options")
+    if not isinstance(options, dict) or saved.get("model") not in list_models():
+        return saved
+    return {**saved, "model_options": json.loads(json.dumps({**_option_defaults(saved["model"]), **options},
+                                                            default=str))}
 
 
 def cell_file(cells_dir: Path, settings: dict[str, Any]) -> Path:
@@ -247,7 +279,8 @@ def run_cell(load: Callable[[], LabelledImages], model: str, cls: str, seed: int
         "model": model, "class": cls, "seed": seed, "protocol": protocol, "epochs": config.epochs,
         "train_images": det.n_train_images_, "val_images": det.n_val_images_, "test_images": len(split.test),
         "test_abnormal": int(labels.sum()), "model_options": settings["model_options"], "train_seconds": seconds,
-        "git_commit": commit, "device": str(det.device), "threads": torch.get_num_threads(),
+        "git_commit": commit, "device": str(det.device), "threads": torch.get_num_threads(), "cpu": cpu_model(),
+        "command": command_line(),
     }
     if protocol == VALIDATE:
         result["pseudo_anomaly"] = split.abnormal_class
@@ -273,7 +306,7 @@ class SweepOutcome:
 
     results: list[dict[str, Any]]
     failures: list[tuple[str, str]]
-    unfinished: list[str] = field(default_factory=list)  # not run, or stopped, because of the time limit
+    unfinished: list[str] = field(default_factory=list)  # not run, or stopped, by the time limit or an interrupt
 
 
 def run_sweep(load: Callable[[], LabelledImages], config: SweepConfig, out: Path, workers: int = 1,
@@ -287,7 +320,9 @@ def run_sweep(load: Callable[[], LabelledImages], config: SweepConfig, out: Path
 
     With `deadline` (wall-clock seconds), no cell starts after it, nor one that the longest cell of
     this run says would end after it, and a running cell stops at its next epoch's end once it has
-    passed (not saved); those cells are listed in `unfinished`, and the same call later runs them.
+    passed (not saved); those cells are listed in `unfinished`, and the same call later runs them. The
+    first cell a call starts always runs to its end, so that every call makes progress however short
+    the limit (a limit shorter than one cell would otherwise stop it, unsaved, on every call).
     """
     from .progress import progress_bar
 
@@ -295,7 +330,7 @@ def run_sweep(load: Callable[[], LabelledImages], config: SweepConfig, out: Path
         raise ConfigError(f"workers must be at least 1, got {workers}")
     cells_dir = SweepDirectory(out).cells
     cells_dir.mkdir(parents=True, exist_ok=True)
-    plan = [(m, c, s, p) for m in config.models for p in config.protocols for c in config.classes for s in config.seeds]
+    plan = _plan(config)
     todo = [cell for cell in plan if _finished(cells_dir, cell, config) is None]
     for cell in todo:
         _say_if_saved_with_other_settings(cells_dir, cell, config)
@@ -325,19 +360,35 @@ def run_sweep(load: Callable[[], LabelledImages], config: SweepConfig, out: Path
                     continue
                 bar.set_postfix_str(f"{cells_done}/{len(plan)} cells; running {' '.join(map(str, cell))}")
                 start = _now()
+                first = cell == todo[0]
                 try:
-                    _run_and_write(load, cell, config, cells_dir, deadline)
+                    _run_and_write(load, cell, config, cells_dir, None if first else deadline)
                 except DeadlineReached:
                     unfinished.append(cell_key(*cell))
                 except SkipGanomalyError as err:
                     failures.append((cell_key(*cell), str(err)))
                 longest = max(longest, _now() - start)
+                if first:
+                    _say_if_past(deadline, longest)
                 advance(cell)
     else:
         failures, unfinished = _run_in_processes(load, todo, config, cells_dir, workers, advance, deadline)
     bar.close()
     results = [r for r in (_finished(cells_dir, cell, config) for cell in plan) if r is not None]
     return SweepOutcome(results, failures, unfinished)
+
+
+def _plan(config: SweepConfig) -> list[tuple[str, str, int, str]]:
+    """Every (model, class, seed, protocol) cell of the sweep, in the order they run."""
+    return [(m, c, s, p) for m in config.models for p in config.protocols for c in config.classes for s in config.seeds]
+
+
+def saved_outcome(config: SweepConfig, out: Path) -> SweepOutcome:
+    """The cells of the sweep saved in `out` so far, and the others as unfinished (after an interrupt)."""
+    cells_dir = SweepDirectory(out).cells
+    found = [(cell, _finished(cells_dir, cell, config)) for cell in _plan(config)]
+    return SweepOutcome([r for _, r in found if r is not None], [],
+                        [cell_key(*cell) for cell, r in found if r is None])
 
 
 @contextlib.contextmanager
@@ -366,7 +417,7 @@ def _each_warning_once() -> Iterator[None]:
 def _saved_cells(cells_dir: Path, cell: tuple[str, str, int, str]) -> list[tuple[Path, dict[str, Any]]]:
     """The saved results of this (model, class, seed, protocol), whatever their settings."""
     out = []
-    for path in sorted(cells_dir.glob(f"{cell_key(*cell)}__*.json")):
+    for path in sorted(cells_dir.glob(f"{glob.escape(cell_key(*cell))}__*.json")):
         try:
             out.append((path, json.loads(path.read_text())))
         except (OSError, ValueError):  # a foreign or damaged file: not a finished cell
@@ -378,7 +429,8 @@ def _finished(cells_dir: Path, cell: tuple[str, str, int, str], config: SweepCon
     """The cell's saved result if it was run with this sweep's settings."""
     settings, defaults = cell_settings(*cell, config), _key_defaults()
     for _, result in _saved_cells(cells_dir, cell):
-        if isinstance(result.get("settings"), dict) and not differing(result["settings"], settings, defaults):
+        if isinstance(result.get("settings"), dict) and not differing(_as_saved_then(result["settings"]), settings,
+                                                                      defaults):
             return result
     return None
 
@@ -387,7 +439,7 @@ def _say_if_saved_with_other_settings(cells_dir: Path, cell: tuple[str, str, int
     """Name the settings that differ when a cell is rerun because its saved runs used others."""
     settings, defaults = cell_settings(*cell, config), _key_defaults()
     for path, result in _saved_cells(cells_dir, cell):
-        differ = differing(result.get("settings") or {}, settings, defaults)
+        differ = differing(_as_saved_then(result.get("settings") or {}), settings, defaults)
         log.info("cell %s: %s was run with other settings (%s); running it with this sweep's", cell_key(*cell),
                  path.name, ", ".join(differ))
 
@@ -438,8 +490,9 @@ def _run_in_processes(load: Callable[[], LabelledImages], todo: list[tuple[str, 
                         break
                     slot = min(set(range(workers)) - {s for _, s, _ in running.values()})
                     cell = pending.pop(0)
+                    limit = None if cell == todo[0] else deadline  # the first cell runs to its end (run_sweep)
                     proc = ctx.Process(target=_cell_process, args=(load, cell, config, cells_dir, threads,
-                                                                   f"cuda:{slot % gpus}" if gpus else device, deadline),
+                                                                   f"cuda:{slot % gpus}" if gpus else device, limit),
                                        name=cell_key(*cell))
                     running[proc] = (cell, slot, _now())  # before it starts: an interrupt then still stops it
                     proc.start()
@@ -451,6 +504,8 @@ def _run_in_processes(load: Callable[[], LabelledImages], todo: list[tuple[str, 
                     cell, _, started = running.pop(proc)
                     if proc.exitcode == 0:
                         longest = max(longest, _now() - started)
+                        if cell == todo[0]:
+                            _say_if_past(deadline, _now() - started)
                     elif proc.exitcode == DEADLINE_EXIT:
                         unfinished.append(cell_key(*cell))
                     else:
@@ -459,6 +514,14 @@ def _run_in_processes(load: Callable[[], LabelledImages], todo: list[tuple[str, 
         finally:  # interrupted: the cells still running stop with the sweep (finished ones are on disk)
             _stop(list(running))
     return failures, unfinished
+
+
+def _say_if_past(deadline: float | None, took: float) -> None:
+    """After the first cell of a call: say so when it ran past the time limit (it always runs to its end)."""
+    if deadline is not None and _now() > deadline:
+        log.warning("the first cell took %.0f s and ran %.0f s past the time limit: a call always finishes the first "
+                    "cell it starts, so that each call makes progress; give --time-limit more than one cell's time",
+                    took, _now() - deadline)
 
 
 def _stop(procs: list[Any], grace: float = 10.0) -> None:
@@ -480,7 +543,7 @@ def cell_rows(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """Flat rows for results.csv."""
     keys = ["model", "class", "seed", "protocol", "auroc", "auprc", "f1", "precision", "recall", "threshold",
             "selected_epoch", "epochs", "train_images", "val_images", "test_images", "test_abnormal",
-            "train_seconds", "git_commit", "pseudo_anomaly"]
+            "train_seconds", "git_commit", "cpu", "pseudo_anomaly"]
     return [{k: r.get(k, "") for k in keys} for r in results]
 
 
@@ -517,6 +580,20 @@ def check_protocols(data: LabelledImages, classes: Sequence[str], protocols: Seq
             pseudo_anomaly(data, data.class_names(cls))
 
 
+def check_sizes(data: LabelledImages, config: SweepConfig) -> None:
+    """Fail before training where a task's training part, at the sweep's fractions, is too small to hold out
+    the threshold's images: said once, naming --train-fraction, rather than by every cell after loading."""
+    for protocol in [p for p in config.protocols if p != PAPER]:  # the paper protocol holds none out
+        for cls in config.classes:
+            n = len(load_split(lambda: data, cls, config.seeds[0], protocol, config).train)
+            for model in config.models:
+                try:
+                    Detector.from_settings(detector_settings(model, config.seeds[0], protocol, config)).holdout(n)
+                except DataError as err:
+                    raise ConfigError(f"task {cls!r} ({protocol}) has {n} training images at --train-fraction "
+                                      f"{config.train_fraction:g}: {err}; raise --train-fraction") from None
+
+
 def resolve_classes(data: LabelledImages, classes: str = "all", normal_labels: str | None = None) -> list[str]:
     """The abnormal class of each task: `classes` ('all', or 'a,b' with 'a+b' for several abnormal at once),
     or with `normal_labels` ('a,b') one task where every other class is abnormal. A class with no images,
@@ -543,14 +620,19 @@ def run_benchmark(load: Callable[[], LabelledImages], config: SweepConfig, out: 
     """Run the sweep into `out`, then write its summaries there: results.json (config, environment, every
     cell), results.csv (one row per cell), table.md (per protocol, next to the paper's Table 1 on
     CIFAR-10) and report.html. Prints the table. With `time_limit` (seconds from now), see `run_sweep`'s
-    deadline: what finished is written, and the same call later continues."""
-    from .evaluation.report import build_benchmark_report
-
-    folder = SweepDirectory(out)
+    deadline: what finished is written, and the same call later continues; so it is after an interrupt."""
     start = time.perf_counter()
     env = environment()  # before the sweep: the code that runs it (cells started later say so below)
     deadline = _now() + time_limit if time_limit is not None else None
-    outcome = run_sweep(load, config, out, workers=workers, deadline=deadline)
+    try:
+        outcome = run_sweep(load, config, out, workers=workers, deadline=deadline)
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the tables and report show what finished, before stopping
+        kept = saved_outcome(config, out)
+        if kept.results:
+            _write_summaries(out, config, title, env, start, kept)
+            print(f"{len(kept.results)} finished cells kept in {out} (table.md, report.html); "
+                  f"{len(kept.unfinished)} not run yet", file=sys.stderr)
+        raise
     for key, why in outcome.failures:
         log.error("cell %s failed: %s", key, why)
     left = len(outcome.unfinished)
@@ -561,6 +643,23 @@ def run_benchmark(load: Callable[[], LabelledImages], config: SweepConfig, out: 
         error = DeadlineReached if outcome.unfinished and not outcome.failures else CellsFailed
         raise error(f"no benchmark cell finished ({len(outcome.failures)} failed" + (f"; {later}" if later else "")
                     + ")")
+    text = _write_summaries(out, config, title, env, start, outcome)
+    print(text)
+    print(f"report {SweepDirectory(out).report}")
+    print(f"{len(outcome.results)} cells in {out} ({time.perf_counter() - start:.0f} s this run)"
+          + (f"; {len(outcome.failures)} failed (named with their errors in table.md and results.json; the same "
+             "command retries them, which helps where the cause has passed, e.g. memory)" if outcome.failures else "")
+          + (f"; {later}" if later else ""))
+    return outcome
+
+
+def _write_summaries(out: Path, config: SweepConfig, title: str, env: dict[str, Any], start: float,
+                     outcome: SweepOutcome) -> str:
+    """results.json, results.csv, table.md and report.html of the cells in `outcome`; returns the table."""
+    from .evaluation.report import build_benchmark_report
+
+    folder = SweepDirectory(out)
+    env = dict(env)
     end_commit = environment()["git_commit"]
     if end_commit != env["git_commit"]:  # the tree changed during the run; spawned workers may have run either
         env["git_commit"] = f"{env['git_commit']} (at start; {end_commit} at the end)"
@@ -577,13 +676,8 @@ def run_benchmark(load: Callable[[], LabelledImages], config: SweepConfig, out: 
         writer.writerows(rows)
     text = sweep_table(outcome.results, config, title, env, outcome.failures, outcome.unfinished)
     write_text_atomic(folder.table, text)
-    print(text)
-    print(f"report {build_benchmark_report(out)}")
-    print(f"{len(outcome.results)} cells in {out} ({time.perf_counter() - start:.0f} s this run)"
-          + (f"; {len(outcome.failures)} failed (named with their errors in table.md and results.json; the same "
-             "command retries them, which helps where the cause has passed, e.g. memory)" if outcome.failures else "")
-          + (f"; {later}" if later else ""))
-    return outcome
+    build_benchmark_report(out)
+    return text
 
 
 def sweep_table(results: Sequence[dict[str, Any]], config: SweepConfig, title: str, env: dict[str, Any],
@@ -599,15 +693,14 @@ def sweep_table(results: Sequence[dict[str, Any]], config: SweepConfig, title: s
     sections = [f"# {title} {tasks} AUROC: ours{paper_note}\n\n"
                 f"epochs {config.epochs}, batch {config.batch_size}, train fraction {config.train_fraction}, "
                 f"test fraction {config.test_fraction}, seeds {','.join(map(str, config.seeds))}. "
-                f"The mean column averages the classes shown"
-                + ("; the paper's mean is over all ten" if cifar else "")
+                f"The mean column averages the classes with our number" + (", ours and the paper's alike" if cifar else "")
                 + f". {STD_NOTE}\n\n"
                 f"Command: `{env['command']}`" + (f" (in {env['cwd']})" if env.get("cwd") else "")
                 + f"; git {env['git_commit']}; torch {env['torch']}, "
                 f"{env['threads']} threads, {env['cpu']}; {env['wall_seconds_this_run']} s this run."
-                + (f" **{versions}**" if (versions := commits_note(results)) else "") + "\n"]
+                + (f" **{versions}**" if (versions := commits_note(results, env["git_commit"])) else "") + "\n"]
     if failures or unfinished:
-        missing = [f"- `{key}` failed: {why}" for key, why in failures] + [f"- `{key}` not run yet (time limit)"
+        missing = [f"- `{key}` failed: {why}" for key, why in failures] + [f"- `{key}` not run yet (the same command runs it)"
                                                                           for key in unfinished]
         are = f"{len(missing)} cells are" if len(missing) > 1 else "1 cell is"
         sections.append(f"**Incomplete: {are} missing (`-` below); each mean is over the cells that finished.**\n\n"

@@ -254,7 +254,13 @@ def bench_model(name: str, batch_size: int = 64, steps: int = 3, repeats: int = 
         "peak_kernels_gflops": peak,
         "score_batch": score_batch, "score_images_per_s": score_batch / score_s[0],
         "score_gflop_per_image": score_flops / 1e9,
+        "steps": steps, "repeats": repeats,
+        "method": f"each rate: the median of {repeats} timings after one warm-up ({steps} training steps each); "
+                  "the training steps and the peak kernels timed in turns, and the scorers in turns"
+                  + ("" if not onnx else "; onnxruntime timed on its own"),
     }
+    if model.fits_statistics:  # its score searches a bank of the training normals: here only these images
+        result["score_bank_images"] = len(images)
     if onnx and model.exportable and dev.type == "cpu":  # onnxruntime is the CPU deployment backend
         from .onnx_export import OnnxScorer, export_onnx
 
@@ -309,6 +315,8 @@ def measure_models(models: list[str], threads: int, options: dict[str, dict[str,
     result: dict[str, Any] = {"environment": environment(), "models": []}
     for name in models:
         row = run([name], threads, options=options.get(name), **kwargs)["models"][0]
+        if not result["models"]:
+            print(f"({row['method']})", flush=True)
         result["models"].append(row)
         print(speed_line(row), flush=True)
     if out is not None:
@@ -323,6 +331,8 @@ def speed_line(row: dict[str, Any]) -> str:
             + f": train {row['train_images_per_s']:.1f} img/s ({row['train_gflop_per_image']:.2f} "
             f"GFLOP/img, {row['train_achieved_gflops']:.1f} GFLOP/s = {row['fraction_of_peak']:.0%} of peak "
             f"{peak['peak_gflops']:.1f}), score {row['score_images_per_s']:.1f} img/s"
+            + (f" against a bank of {row['score_bank_images']} training images (a real run's holds them all)"
+               if "score_bank_images" in row else "")
             + (f", onnxruntime {onnx:.1f} img/s" if onnx else "") + f", peak RSS {row['peak_rss_mb']:.0f} MB"
             + (f"; reference-style train {row['reference_style_train_images_per_s']:.1f} img/s "
                f"({row['train_speedup']:.2f}x), score {row['reference_style_score_images_per_s']:.1f} img/s "

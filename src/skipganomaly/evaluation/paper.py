@@ -14,4 +14,3 @@ _ROWS = {
 }
 
 TABLE_1: dict[str, dict[str, float]] = {m: dict(zip(PAPER_ORDER, v, strict=True)) for m, v in _ROWS.items()}
-TABLE_1_MEAN: dict[str, float] = {m: sum(v) / len(v) for m, v in _ROWS.items()}

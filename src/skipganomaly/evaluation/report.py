@@ -190,11 +190,11 @@ def build_benchmark_report(bench_dir: Path) -> Path:
                 f"{', '.join(map(str, config['seeds']))}.</p>"
                 "<p>Each cell: our AUROC (on CIFAR-10, the paper's Table 1 in brackets). "
                 f"{html.escape(STD_NOTE)}</p>"]
-    versions = commits_note(cells)
+    versions = commits_note(cells, env.get("git_commit"))
     if versions:
         sections.append(f"<p><b>{html.escape(versions)}</b></p>")
     missing = [f"{c['cell']} failed: {c['error']}" for c in saved.get("failed", [])] + \
-        [f"{key} not run yet (time limit)" for key in saved.get("unfinished", [])]
+        [f"{key} not run yet (the same command runs it)" for key in saved.get("unfinished", [])]
     if missing:
         sections.append(f"<p><b>Incomplete: {len(missing)} missing cell{'s' if len(missing) > 1 else ''} (- in the "
                         "tables); each mean is over the cells that finished.</b></p><ul>"
