@@ -325,10 +325,10 @@ def _given(args: argparse.Namespace) -> dict[str, Any]:
             if f.name != "model_options" and getattr(args, f.name, None) is not None}
 
 
-def _settings(args: argparse.Namespace, base: dict[str, Any] | None = None) -> DetectorSettings:
-    """The detector settings of a one-model command: `base` (defaults) overlaid with the flags given."""
-    params = {**(base or {}), **_given(args)}
-    if "val_fraction" in params:  # before the library's check, which also allows 0 (no threshold)
+def _settings(args: argparse.Namespace) -> DetectorSettings:
+    """The detector settings of a one-model command: the defaults overlaid with the flags given."""
+    params = _given(args)
+    if "val_fraction" in params:  # said in the CLI's words before the library's [0, 1) check can say otherwise
         _check_reports_threshold(params["val_fraction"])
     model = params.get("model", DEFAULT_MODEL)
     options = parse_model_args(args.model_arg, [model])[model]

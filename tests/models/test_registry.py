@@ -192,3 +192,15 @@ def test_outputs_have_the_documented_shapes(name: str) -> None:
         assert model.validation_loss(x).shape == (5,)
         assert model.reconstruct(x).shape == x.shape
     assert model.anomaly_map(x).shape == (5, 32, 32)
+
+
+def test_every_model_has_a_row_in_the_readme_models_table() -> None:
+    """The README's table of models is where a reader looks first: a registered model missing from it is a
+    model nobody finds."""
+    from pathlib import Path
+
+    readme = (Path(__file__).parents[2] / "README.md").read_text(encoding="utf-8")
+    table = readme.split("\n## Models\n", 1)[1].split("\n## ", 1)[0]
+    rows = {line.split("|")[1].strip().split()[0].strip("`") for line in table.splitlines()
+            if line.startswith("| `")}
+    assert set(list_models()) <= rows, f"models without a README row: {sorted(set(list_models()) - rows)}"

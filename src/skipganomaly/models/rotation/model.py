@@ -47,7 +47,7 @@ TERMS = ("ce", "knn", "map", "patch")
 MAP_VIEWS = ("first", "all")
 
 
-def score_terms(score: str) -> list[str]:
+def parse_score(score: str) -> list[str]:
     """The terms of a score name: one of TERMS, or several joined by '+' (each standardised, then summed)."""
     terms = score.split("+")
     if not all(t in TERMS for t in terms) or len(set(terms)) != len(terms):
@@ -90,7 +90,7 @@ class RotationNet(AnomalyModel):
             raise ConfigError(f"widths must be positive, got {widths}")
         if image_size % (2 ** (len(widths) - 1)):
             raise ConfigError(f"image size {image_size} does not halve {len(widths) - 1} times")
-        score_terms(score)
+        parse_score(score)
         if k < 1:
             raise ConfigError(f"k must be at least 1, got {k}")
         if not map_layers or not all(-len(widths) <= int(i) < len(widths) for i in map_layers):
@@ -216,7 +216,7 @@ class RotationNet(AnomalyModel):
         for j, bank in enumerate(self.map_banks):
             bank.fit(torch.cat([o[2][j] for o in outs]))
         self.ce_stats = torch.stack([ce.mean(), ce.std().clamp_min(SPREAD_FLOOR)]).to(self.ce_stats)
-        if "patch" in score_terms(self.score_name):
+        if "patch" in parse_score(self.score_name):
             self.patch_bank.fit(self.patches.fit(x))
 
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
@@ -262,7 +262,7 @@ class RotationNet(AnomalyModel):
         return self._standardised(TERMS, x, unfitted_nan=True)
 
     def score(self, x: Tensor) -> Tensor:
-        terms = score_terms(self.score_name)
+        terms = parse_score(self.score_name)
         if terms == ["ce"]:  # a single term unstandardised: needs no bank
             return self._outputs(x)[0]
         if terms == ["knn"]:
