@@ -460,3 +460,48 @@ def test_scores_that_break_the_contract_are_one_line_errors(monkeypatch: pytest.
             Detector("knn", k=2, progress=False).fit(smooth_images(30))
     monkeypatch.setattr(Knn, "score", real)
     assert np.isfinite(det.decision_function(images)).all()
+
+
+def test_scikit_learn_outlier_labels_are_named_as_inverting_its_scorers(caplog: pytest.LogCaptureFixture) -> None:
+    """roc_auc with +1 = normal, -1 = anomaly labels scores this detector 0 where it is perfect: fit says why,
+    for normal-only splits of such labels (all +1) as for mixed ones; 0/1 labels and names say nothing."""
+    import logging
+
+    x = blob_images(12)
+    with caplog.at_level(logging.WARNING, logger="skipganomaly"):
+        for y in (np.zeros(12), ["normal"] * 12, np.arange(12), None):
+            Detector("knn", image_size=32, progress=False, val_fraction=0.25).fit(x, y)
+    assert "outlier labels" not in caplog.text
+    for y in (np.ones(12, int), np.r_[np.ones(10), -np.ones(2)]):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="skipganomaly"):
+            Detector("knn", image_size=32, progress=False, val_fraction=0.25).fit(x, y)
+        assert "y holds scikit-learn's outlier labels (+1 normal, -1 anomaly)" in caplog.text
+        assert "(y == -1).astype(int)" in caplog.text
+
+
+def test_inputs_a_table_or_a_mask_gives(caplog: pytest.LogCaptureFixture, tmp_path: Path) -> None:
+    """Paths as a numpy array (a table's column) are paths; integer images that reach only 0..16 (a 0/1 mask,
+    digits) are said to be nearly black; a float array past [0, 1] names its range; a detector loads with its
+    saved progress setting unless told."""
+    import logging
+
+    det = Detector("knn", image_size=32, progress=False).fit(smooth_images(30))
+    paths = write_images(tmp_path / "imgs", smooth_images(3))
+    np.testing.assert_array_equal(det.decision_function(np.array([str(p) for p in paths])),
+                                  det.decision_function([str(p) for p in paths]))
+    np.testing.assert_array_equal(det.decision_function(np.array([str(p) for p in paths], dtype=object)),
+                                  det.decision_function(list(map(str, paths))))
+    mask = (smooth_images(4) > 128).astype(np.uint8)
+    with caplog.at_level(logging.WARNING, logger="skipganomaly"):
+        det.decision_function(mask * 255)
+        assert "nearly black" not in caplog.text
+        det.decision_function(mask)
+    assert "integer images are read as 0..255, and these reach only 1: nearly black" in caplog.text
+    overshoot = smooth_images(2) / 255.0
+    overshoot[0, 0, 0] = 1.001  # after a resize, say
+    with pytest.raises(DataError, match=r"got values from [\d.e-]+ to 1\.001"):
+        det.decision_function(overshoot)
+    det.save(tmp_path / "d.pt")
+    assert Detector.load(tmp_path / "d.pt").get_params()["progress"] is False
+    assert Detector.load(tmp_path / "d.pt", progress=True).get_params()["progress"] is True

@@ -191,12 +191,12 @@ def _add_demo(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> Non
                                    "for each chosen digit; prints a per-digit AUC table. No download.")
     p.add_argument("--digits", default="all", help="abnormal digits: 'all' or a list like 0,3,8")
     p.add_argument("--max-train", type=_positive_int, help="cap on training images per digit (size knob)")
-    p.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder (default runs/demo)")
+    p.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder (default %(default)s)")
     p.add_argument("--baselines", default=",".join(BASELINES),
-                   help=f"raw-pixel baselines run beside the model on the same split (default {','.join(BASELINES)}; "
-                        "'none' for none)")
-    # The digits' settings of the default model (10 epochs, batch 32, lr 1e-3), with which it was chosen on
-    # the validate protocol; ~1,300 training digits give 20 steps per epoch at the reference batch 64.
+                   help="raw-pixel baselines run beside the model on the same split (default %(default)s; 'none' "
+                        "for none)")
+    # The digits' settings of the default model (DEMO_DEFAULTS), with which it was chosen on the validate
+    # protocol: ~1,300 training digits give only 20 steps per epoch at the reference batch 64.
     # bf16 autocast unless told: on for the default model where the CPU computes bf16 natively (cmd_demo), the
     # setting it was validated with; other models train in float32 unless given --amp.
     _add_settings_args(p, skip=("in_channels",), defaults={**DEMO_DEFAULTS, "amp": None})
@@ -215,7 +215,7 @@ def _add_benchmark(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -
     p.add_argument("--dataset", default=CIFAR10_NAME, choices=[CIFAR10_NAME],
                    help="the built-in data set (give --data for your own labelled images)")
     p.add_argument("--data-dir", type=Path, default=Path("data"),
-                   help="folder holding cifar-10-batches-py (or that folder itself); default ./data")
+                   help="folder holding cifar-10-batches-py (or that folder itself); default %(default)s in the current folder")
     p.add_argument("--download", action="store_true", help="download CIFAR-10 into --data-dir if it is missing")
     p.add_argument("--data", type=Path, metavar="PATH",
                    help="your labelled images instead of CIFAR-10: an .npz (train_images, train_labels, test_images, "
@@ -225,15 +225,15 @@ def _add_benchmark(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -
                    help="these classes are normal and all others abnormal, in one task (default: leave each class "
                         "out in turn)")
     p.add_argument("--models", default=DEFAULT_MODEL,
-                   help=f"comma-separated model names (default {DEFAULT_MODEL})")
+                   help="comma-separated model names (default %(default)s)")
     p.add_argument("--baselines", default=",".join(BASELINES),
-                   help=f"raw-pixel baselines run beside the models, every table showing them (default "
-                        f"{','.join(BASELINES)}; 'none' for none)")
+                   help="raw-pixel baselines run beside the models, every table showing them (default "
+                        "%(default)s; 'none' for none)")
     p.add_argument("--classes", default="all", help="'all' or comma-separated abnormal classes")
     p.add_argument("--seeds", help="comma-separated seeds (preset's, else 0)")
     p.add_argument("--protocol", default=HONEST,
                    help=f"{', '.join(PROTOCOLS)}, a comma-separated list of them, or both (= honest,paper); "
-                        "default honest")
+                        "default %(default)s")
     p.add_argument("--preset", choices=sorted(PRESETS),
                    help="sizes: cpu-smoke (the smallest, a quick check), cpu-medium (larger subsets) or paper (full size); "
                         "run times in README, CIFAR-10")
@@ -242,10 +242,10 @@ def _add_benchmark(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -
     p.add_argument("--test-fraction", type=float,
                    help="stratified share of the test images, above 0 and at most 1 (default: the preset's, else 1)")
     p.add_argument("--out", type=Path, default=Path("runs/benchmark"),
-                   help="benchmark folder (default runs/benchmark); cells already finished there are reused")
+                   help="benchmark folder (default %(default)s); cells already finished there are reused")
     p.add_argument("--workers", type=_positive_int, default=1,
                    help="cells run at once, each in its own process (CPU threads shared out; on several GPUs one "
-                        "per GPU, on one GPU all share it); a crash loses that cell only (default 1)")
+                        "per GPU, on one GPU all share it); a crash loses that cell only (default %(default)s)")
     p.add_argument("--time-limit", type=_positive_float, metavar="SECONDS",
                    help="stop cleanly before SECONDS from now: no cell starts that the longest cell so far says "
                         "would end later, and a running cell stops at an epoch's end once it is past (the first "

@@ -164,6 +164,18 @@ def _anomalies_in(y: Any) -> int:
     return int(np.sum(labels == -1)) if values <= {-1, 1} else 0  # all 1: scikit-learn's inliers
 
 
+def _sklearn_outlier_labels(y: Any) -> bool:
+    """Whether `y` uses scikit-learn's outlier labels (+1 inliers, -1 outliers): numbers among -1 and +1 with
+    a -1, or only +1 (normal-only splits of such labels), which 0/1 labels never are for normal images."""
+    if y is None:
+        return False
+    labels = np.asarray(y)
+    if labels.dtype.kind not in "iuf" or not labels.size:
+        return False
+    values = set(np.unique(labels).tolist())
+    return values <= {-1, 1} and (-1 in values or values == {1})
+
+
 def _held_out(n_images: int, val_fraction: float) -> int:
     """How many of `n_images` `fit` holds out for the threshold."""
     return int(round(n_images * val_fraction))
@@ -317,6 +329,10 @@ class Detector:
         if (marked := _anomalies_in(y)):  # scikit-learn passes y along (GridSearchCV, pipelines)
             log.warning("fit ignores y and trains on every image given as normal, the %d labelled as anomalies among "
                         "them too; give it normal images only (in a grid search, CV splits of normal images)", marked)
+        if _sklearn_outlier_labels(y):
+            log.warning("y holds scikit-learn's outlier labels (+1 normal, -1 anomaly); this detector follows PyOD: "
+                        "decision_function is higher and predict is 1 for anomalies, so a scorer given these labels "
+                        "(roc_auc, f1, ...) is inverted; label anomalies 1 and normals 0, e.g. (y == -1).astype(int)")
         data, depth = read_images(images, self.image_size, self.in_channels, aligned=False)
         self.bit_depth_ = depth if depth is not None else bit_depth
         val_index, train_index = self.holdout(len(data))
@@ -398,7 +414,12 @@ class Detector:
         return -self.decision_function(images, batch_size)
 
     def fit_predict(self, images: Any, y: None = None, **fit_kwargs: Any) -> np.ndarray:
-        """`fit`, then `predict` on the same images (0/1 at `threshold_`); costs one scoring pass more."""
+        """`fit`, then `predict` on the same images (0/1 at `threshold_`); costs one scoring pass more.
+
+        Unlike PyOD's, this flags few of the images it was fitted on, whatever `contamination` says: the
+        threshold is calibrated on held-out normals, and images a model was trained on score lower than new
+        ones (a kNN finds each in its own bank). To find anomalies among unlabelled images, fit on one part
+        and predict the other."""
         return self.fit(images, **fit_kwargs).predict(images)
 
     def predict(self, images: Any, batch_size: int | None = None) -> np.ndarray:
@@ -471,10 +492,11 @@ class Detector:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], device: str = "auto", expect_model: str | None = None,
-             progress: bool = True) -> "Detector":
+             progress: bool | None = None) -> "Detector":
         """Load a saved detector (format 2, or 1). Only tensors and plain values are unpickled
         (`weights_only=True`). The model is rebuilt from its stored full configuration, so a default
-        changed since the file was written does not change the loaded model."""
+        changed since the file was written does not change the loaded model. `progress`: None keeps the saved
+        setting."""
         path = Path(path)
         if path.is_dir():  # a run directory: its checkpoint
             if not (path / CHECKPOINT).is_file():
@@ -489,7 +511,8 @@ class Detector:
         if expect_model is not None and name != expect_model:
             raise CheckpointError(f"{path} holds a {name!r} model, not {expect_model!r}")
         if name not in list_models():
-            raise CheckpointError(f"{path} holds an unknown model {name!r}")
+            raise CheckpointError(f"{path} holds an unknown model {name!r} (known: {', '.join(list_models())}; a model "
+                                  "of your own registers when its module is imported: import it before loading)")
         model_config = dict(payload["model_config"])
         if payload["format_version"] == 1:
             saved, fit = _settings_of_version_1(name, model_config, payload["detector"])
@@ -497,7 +520,7 @@ class Detector:
             saved, fit = payload["settings"], payload["fit"]
         try:
             settings = DetectorSettings.from_dict(saved, where=str(path))
-            settings = settings.replace(device=device, progress=progress)
+            settings = settings.replace(device=device, **({} if progress is None else {"progress": progress}))
             model = create(name, **model_config)
         except ConfigError as err:
             raise CheckpointError(f"{path}: {err}") from None

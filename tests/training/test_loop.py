@@ -218,9 +218,11 @@ def test_training_warns_when_bf16_would_be_emulated(monkeypatch: pytest.MonkeyPa
 
 
 def test_batched_apply_shows_a_bar_only_when_named_and_over_several_batches(
-        capsys: pytest.CaptureFixture[str]) -> None:
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    from skipganomaly import progress
     from skipganomaly.training.inference import batched_apply
 
+    monkeypatch.setattr(progress, "_terminal", lambda stream: True)  # in a terminal (a log file shows no such bar)
     model = torch.nn.Identity()
     images = as_image_tensor(blob_images(6), 32, 3)
     for desc, batch, shown in (("scoring", 2, True), ("scoring", 8, False), (None, 2, False)):

@@ -89,6 +89,9 @@ def _read_image(path: str | os.PathLike[str], image_size: int, in_channels: int,
         raise DataError(f"cannot read image {path}: {err}") from None
 
 
+# Integer arrays whose largest value is at most this are said to be nearly black: a 0/1 mask or 0..16 digits
+# given as integers, read as 0..255.
+NARROW_INTEGERS = 16
 WIDE_MODES = ("I;16", "I;16B", "I;16L", "I")  # Pillow's modes of integer images wider than 8 bits
 
 
@@ -236,17 +239,17 @@ def read_image_files(
 
 def _say_mixed_forms(paths: Sequence[str], forms: Sequence[FileForm | None], image_size: int,
                      in_channels: int) -> None:
-    """One line each when a set of files mixes grayscale and colour images, or sizes: all are converted to the
-    model's channels and size without complaint, which hides a stray image (a grayscale scan among RGB ones, a
-    thumbnail among full frames) that may then set the threshold or dominate a test."""
+    """One line each when a set of files mixes grayscale and colour images (a warning: a stray scan of another
+    kind) or sizes (information: photos often differ in size): all are converted to the model's channels and size
+    without complaint, which hides a stray image that may then set the threshold or dominate a test."""
     known = [(path, form) for path, form in zip(paths, forms) if form is not None]
     colour = [path for path, form in known if form.colour]
     if 0 < len(colour) < len(known):
         grey = [path for path, form in known if not form.colour]
         fewer, kind = (grey, "grayscale") if len(grey) <= len(colour) else (colour, "colour")
-        log.info("%d of %d images are %s, the others %s; all are read as %s: %s", len(fewer), len(known), kind,
-                 "colour" if kind == "grayscale" else "grayscale", "grayscale" if in_channels == 1 else "RGB",
-                 few_names(fewer))
+        log.warning("%d of %d images are %s, the others %s; all are read as %s: %s", len(fewer), len(known), kind,
+                    "colour" if kind == "grayscale" else "grayscale", "grayscale" if in_channels == 1 else "RGB",
+                    few_names(fewer))
     sizes = Counter(form.size for _, form in known)
     if len(sizes) > 1:
         common = sizes.most_common(1)[0][0]
@@ -291,6 +294,10 @@ def read_images(images: Any, image_size: int, in_channels: int, aligned: bool = 
         return loaded.images, loaded.bit_depth
     if isinstance(images, Image.Image):
         images = [images]
+    if isinstance(images, np.ndarray) and images.ndim == 1 and images.dtype.kind in "UO":
+        images = images.tolist()  # paths from a table column (df["path"].values): a list of them
+    elif type(images).__name__ == "Series" and hasattr(images, "tolist"):  # a pandas Series, of paths or arrays
+        images = images.tolist()
     if isinstance(images, (list, tuple)):
         if len(images) == 0:
             raise DataError("no images given (empty list)")
@@ -366,13 +373,18 @@ def _tensor_to_uint8(t: torch.Tensor, image_size: int, in_channels: int) -> torc
         if not torch.isfinite(t).all():
             raise DataError("images contain NaN or infinite values")
         if t.min() < 0 or t.max() > 1:
-            raise DataError("float images must lie in [0, 1] (or pass uint8 arrays in 0..255)")
+            raise DataError(f"float images must lie in [0, 1], got values from {float(t.min()):.4g} to "
+                            f"{float(t.max()):.4g} (clip them, or pass uint8 arrays in 0..255)")
         out = (t.float() * 255.0).round_().to(torch.uint8)
     else:
         wide = t.to(torch.int64)  # torch has no min/max for its unsigned 16- to 64-bit types
         if wide.min() < 0 or wide.max() > 255:
             raise DataError("integer images must lie in 0..255")
         out = wide.to(torch.uint8)
+    if t.dtype != torch.bool and not t.is_floating_point() and int(out.max()) <= NARROW_INTEGERS:
+        log.warning("integer images are read as 0..255, and these reach only %d: nearly black. If they are on another "
+                    "scale (0/1 masks, 0..16), give floats in [0, 1], booleans, or scale them to 0..255",
+                    int(out.max()))
     if out.shape[-2:] != (image_size, image_size):
         out = resize_uint8(out, image_size)
     return out.contiguous()
