@@ -477,6 +477,14 @@ def test_a_cell_saved_before_a_setting_existed_counts_it_at_its_default(tmp_path
     files = sorted((tmp_path / "cells").iterdir())
     again = run_sweep(lambda: data, config, tmp_path).results
     assert sorted((tmp_path / "cells").iterdir()) == files and again[0]["train_seconds"] == first[0]["train_seconds"]
+    for options in ({}, None):  # recorded as given only (none given), or not at all: the defaults, so reused
+        if options is None:
+            del saved["settings"]["model_options"]
+        else:
+            saved["settings"]["model_options"] = options
+        cell.write_text(json.dumps(saved))
+        assert run_sweep(lambda: data, config, tmp_path).results[0]["train_seconds"] == first[0]["train_seconds"]
+        assert sorted((tmp_path / "cells").iterdir()) == files
     other = run_sweep(lambda: data, _config(models=["knn"], protocols=["honest"], amp=True), tmp_path).results
     assert len(list((tmp_path / "cells").glob("*.json"))) == 2 and other[0]["settings"]["amp"] is True
 
@@ -575,10 +583,15 @@ def test_a_time_limit_shorter_than_one_cell_still_finishes_the_first_cell(tmp_pa
     assert "ran 50 s past the time limit: a call always finishes the first cell it starts" in caplog.text
 
 
-def test_worker_processes_start_no_cell_after_the_time_limit(tmp_path: Path) -> None:
+def test_worker_processes_start_no_cell_after_the_time_limit_but_the_first(tmp_path: Path) -> None:
+    """Long past the limit before any cell starts: the first cell of the call still runs (each call makes
+    progress), to its end and saved; no other starts."""
     outcome = run_sweep(_toy_cifar, _config(models=["knn", "pca"], protocols=["honest"], epochs=1), tmp_path,
-                        workers=2, deadline=1.0)  # long past: a cell started anyway would finish and be saved
-    assert outcome.unfinished == ["knn__ship__seed0__honest", "pca__ship__seed0__honest"] and not outcome.results
+                        workers=2, deadline=1.0)
+    assert outcome.unfinished == ["pca__ship__seed0__honest"] and [r["model"] for r in outcome.results] == ["knn"]
+    again = run_sweep(_toy_cifar, _config(models=["knn", "pca"], protocols=["honest"], epochs=1), tmp_path,
+                      deadline=1.0)  # sequential, as long past: the next call runs the next cell
+    assert not again.unfinished and [r["model"] for r in again.results] == ["knn", "pca"]
 
 
 @pytest.mark.skipif(not (find_real_cifar10() / "cifar-10-batches-py").is_dir() and os.environ.get("CI") != "true",
@@ -778,3 +791,41 @@ def test_a_cell_run_before_a_model_default_changed_is_run_again(tmp_path: Path,
     again = run_sweep(lambda: data, config, tmp_path).results
     assert again[0]["settings"]["model_options"] == {"k": 7}
     assert len(list((tmp_path / "cells").glob("knn__*.json"))) == 2  # run again, the old cell kept beside it
+
+
+def test_a_second_interrupt_does_not_cut_the_tables_of_the_first_in_half(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """While the tables of what finished are written after a Ctrl-C, another Ctrl-C (or SIGTERM) is held off."""
+    data = _toy_cifar()
+    real_run, real_write = benchmark._run_and_write, benchmark._write_summaries
+
+    def stop_at_pca(load, cell, *args, **kw):  # type: ignore[no-untyped-def]
+        if cell[0] == "pca":
+            raise KeyboardInterrupt
+        real_run(load, cell, *args, **kw)
+
+    def write_under_fire(*args, **kw):  # type: ignore[no-untyped-def]
+        os.kill(os.getpid(), signal.SIGINT)  # ignored while the tables are written
+        return real_write(*args, **kw)
+
+    monkeypatch.setattr(benchmark, "_run_and_write", stop_at_pca)
+    monkeypatch.setattr(benchmark, "_write_summaries", write_under_fire)
+    before = signal.getsignal(signal.SIGINT)
+    with pytest.raises(KeyboardInterrupt):
+        benchmark.run_benchmark(lambda: data, _config(models=["knn", "pca"], protocols=["honest"]), tmp_path, "toy")
+    assert (tmp_path / "report.html").is_file() and "| knn |" in (tmp_path / "table.md").read_text()
+    assert signal.getsignal(signal.SIGINT) is before  # restored after
+
+
+def test_a_commit_made_during_a_sweep_is_named_beside_the_one_it_started_at(tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    from skipganomaly import provenance
+
+    data = _toy_cifar()
+    commits = iter(["abc1234", "def5678"])  # the call's start, its end (the cell reads its own below)
+    monkeypatch.setattr(provenance, "git_commit", lambda: next(commits))
+    monkeypatch.setattr(benchmark, "git_commit", lambda: "abc1234")
+    benchmark.run_benchmark(lambda: data, _config(models=["knn"], protocols=["honest"]), tmp_path, "toy")
+    table = (tmp_path / "table.md").read_text()
+    assert "git abc1234 (at start; def5678 at the end)" in table and "Cells ran at" not in table
+    assert "abc1234 (at start; def5678 at the end)" in (tmp_path / "report.html").read_text()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import re
+import time
 from pathlib import Path
 
 import skipganomaly
@@ -17,7 +18,13 @@ class _Terminal(io.StringIO):
 
 def test_a_bar_written_to_a_file_redraws_rarely_and_one_in_a_terminal_live() -> None:
     with progress_bar(total=3, file=io.StringIO()) as log_bar:
-        assert log_bar.mininterval == LOG_INTERVAL_S
+        assert log_bar.mininterval == LOG_INTERVAL_S and log_bar.maxinterval == LOG_INTERVAL_S
+    log = io.StringIO()
+    with progress_bar(total=300, file=log) as busy:  # updates over most of a second: the first and last lines only
+        for _ in range(300):
+            time.sleep(0.003)
+            busy.update(1)
+    assert log.getvalue().count("\r") <= 3
     with progress_bar(total=3, file=_Terminal()) as live_bar:
         assert live_bar.mininterval < 1
     with progress_bar(total=3, file=io.StringIO(), mininterval=0.5) as chosen:

@@ -485,10 +485,11 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     preset = PRESETS.get(args.preset or "", {})
     given = _given(args)
     seeds = _int_list(args.seeds, "--seeds") if args.seeds else preset.get("seeds", [0])
-    models = list(dict.fromkeys(_model_names(args.models) + _model_names(args.baselines)))
+    chosen = _model_names(args.models)
+    models = list(dict.fromkeys(chosen + _model_names(args.baselines)))
     if not models:
         raise ConfigError("--models and --baselines name no model")
-    options = parse_model_args(args.model_arg, models)
+    options = parse_model_args(args.model_arg, models, unprefixed=chosen)
     protocols = _protocols(args.protocol)
     train_fraction = _fraction(_pick(args.train_fraction, preset, "train_fraction", 1.0), "--train-fraction")
     test_fraction = _fraction(_pick(args.test_fraction, preset, "test_fraction", 1.0), "--test-fraction")
@@ -554,6 +555,8 @@ def cmd_bench_speed(args: argparse.Namespace) -> int:
 
     models = ([m for m in list_models() if get_model_class(m).trained_by_gradient] if args.models == "all"
               else _model_names(args.models))
+    if not models:
+        raise ConfigError("--models names no model to measure")
     resolve_device(args.device)  # a bad or absent device is one line here, not an error in each worker
     measure_models(models, args.threads, parse_model_args(args.model_arg, models), args.out,
                    batch_size=args.batch_size, steps=args.steps, repeats=args.repeats, score_batch=args.score_batch,

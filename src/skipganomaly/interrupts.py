@@ -42,3 +42,19 @@ def sigterm_as_interrupt() -> Iterator[None]:
         # while the outer clean-up runs (it prints what is kept); the outermost block restores the original.
         if not (fired and getattr(previous, "stops_as_ctrl_c", False)):
             signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def interrupts_held() -> Iterator[None]:
+    """Within the block, Ctrl-C and SIGTERM are ignored (main thread only): a clean-up that writes what an
+    interrupt kept (a benchmark's tables) finishes whole, not cut in half by a second Ctrl-C."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+

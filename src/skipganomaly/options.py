@@ -19,8 +19,11 @@ from .errors import ConfigError
 FORM = "[MODEL:]KEY=VALUE"
 
 
-def parse_model_args(items: Iterable[str], models: Sequence[str]) -> dict[str, dict[str, Any]]:
-    """Options per model name, for the `models` a command runs (each gets a dict, maybe empty)."""
+def parse_model_args(items: Iterable[str], models: Sequence[str],
+                     unprefixed: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
+    """Options per model name, for the `models` a command runs (each gets a dict, maybe empty). An option
+    without `MODEL:` goes to the `unprefixed` models (default: all of them; a benchmark's baselines take
+    only options named for them)."""
     options: dict[str, dict[str, Any]] = {m: {} for m in models}
     for item in items:
         head, eq, value = item.partition("=")
@@ -35,7 +38,7 @@ def parse_model_args(items: Iterable[str], models: Sequence[str]) -> dict[str, d
             parsed = yaml.safe_load(value)
         except yaml.YAMLError:
             raise ConfigError(f"--model-arg {item!r}: {value!r} is not a value (YAML: 0.1, true, [8,16], text)") from None
-        for name in ([model] if colon else models):
+        for name in ([model] if colon else models if unprefixed is None else unprefixed):
             options[name][key] = parsed
     return options
 

@@ -10,13 +10,15 @@ LOG_INTERVAL_S = 30.0  # the least time between two redraws of a bar written to 
 
 def progress_bar(*args: Any, **kwargs: Any) -> Any:
     """A `tqdm.auto` bar. When its stream is not a terminal (`train ... > log 2>&1`, a batch job), it redraws at
-    most every `LOG_INTERVAL_S` seconds, so a long run's log gets a line per half minute, not ten a second, and a
+    most every `LOG_INTERVAL_S` seconds (and where a caller sets a new postfix: once per epoch), so a long run's log
+    gets a line per half minute, not ten a second, and a
     bar that is removed at its end (`leave=False`: an epoch's, a scoring pass's) is not drawn at all: in a file
     it would stay as a stale line. Notebook bars and an explicit `mininterval` are left alone."""
     from tqdm.auto import tqdm
 
     if "notebook" not in tqdm.__module__ and not _terminal(kwargs.get("file")):
         kwargs.setdefault("mininterval", LOG_INTERVAL_S)
+        kwargs.setdefault("maxinterval", LOG_INTERVAL_S)  # tqdm's monitor would otherwise redraw after 10 s
         if kwargs.get("leave") is False:
             kwargs["disable"] = True
     return tqdm(*args, **kwargs)

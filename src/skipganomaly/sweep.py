@@ -29,6 +29,7 @@ import csv
 import functools
 import glob
 import hashlib
+import io
 import json
 import logging
 import multiprocessing
@@ -44,14 +45,14 @@ import torch
 
 from .data.cifar10 import NAME as CIFAR10, PAPER_ORDER, Cifar10, load_cifar10
 from .data.labelled import (JOIN, ClassSplit, LabelledImages, check_task, class_split, load_decoded, load_labelled,
-                            pseudo_anomaly, save_decoded, validation_split)
+                            pseudo_anomaly, save_decoded, training_count, validation_split)
 from .detector import Detector, DetectorSettings, model_option_names, setting_defaults
 from .errors import PACKAGE_LOGGER, PARTLY_FAILED_EXIT, ConfigError, DataError, SkipGanomalyError
 from .evaluation.metrics import evaluate_scores
-from .evaluation.tables import (PAPER, PROTOCOL_NOTES, STD_NOTE, VALIDATE, benchmark_table, commits_note,
-                                shows_paper_numbers, summarise)
-from .files import TEXT_ENCODING, json_text, write_text_atomic
-from .interrupts import sigterm_as_interrupt
+from .evaluation.tables import (PAPER, PROTOCOL_NOTES, STD_NOTE, VALIDATE, benchmark_table, commit_text,
+                                commits_note, shows_paper_numbers, summarise)
+from .files import json_text, write_text_atomic
+from .interrupts import interrupts_held, sigterm_as_interrupt
 from .models import get_model_class, list_models
 from .models.base import check_geometry, plain
 from .provenance import command_line, cpu_model, environment, git_commit
@@ -202,7 +203,7 @@ def _option_defaults(model: str) -> dict[str, Any]:
 def _as_saved_then(saved: dict[str, Any]) -> dict[str, Any]:
     """A saved cell's settings with the model options it did not record filled in by their defaults: cells
     saved before the options were all recorded named only those given."""
-    options = saved.get("model_options")
+    options = saved.get("model_options", {})  # missing: written before options were recorded, so none was given
     if not isinstance(options, dict) or saved.get("model") not in list_models():
         return saved
     return {**saved, "model_options": json.loads(json.dumps({**_option_defaults(saved["model"]), **options},
@@ -321,8 +322,8 @@ def run_sweep(load: Callable[[], LabelledImages], config: SweepConfig, out: Path
     With `deadline` (wall-clock seconds), no cell starts after it, nor one that the longest cell of
     this run says would end after it, and a running cell stops at its next epoch's end once it has
     passed (not saved); those cells are listed in `unfinished`, and the same call later runs them. The
-    first cell a call starts always runs to its end, so that every call makes progress however short
-    the limit (a limit shorter than one cell would otherwise stop it, unsaved, on every call).
+    first cell of a call always starts and runs to its end, so that every call makes progress however
+    short the limit (a limit shorter than one cell would otherwise stop it, unsaved, on every call).
     """
     from .progress import progress_bar
 
@@ -355,7 +356,7 @@ def run_sweep(load: Callable[[], LabelledImages], config: SweepConfig, out: Path
         longest = 0.0
         with _each_warning_once():
             for cell in todo:
-                if deadline is not None and _now() + longest > deadline:
+                if deadline is not None and cell != todo[0] and _now() + longest > deadline:
                     unfinished.append(cell_key(*cell))
                     continue
                 bar.set_postfix_str(f"{cells_done}/{len(plan)} cells; running {' '.join(map(str, cell))}")
@@ -484,7 +485,7 @@ def _run_in_processes(load: Callable[[], LabelledImages], todo: list[tuple[str, 
         try:
             while pending or running:
                 while pending and len(running) < workers:
-                    if deadline is not None and _now() + longest > deadline:
+                    if deadline is not None and pending[0] != todo[0] and _now() + longest > deadline:
                         unfinished += [cell_key(*cell) for cell in pending]
                         pending.clear()
                         break
@@ -585,13 +586,17 @@ def check_sizes(data: LabelledImages, config: SweepConfig) -> None:
     the threshold's images: said once, naming --train-fraction, rather than by every cell after loading."""
     for protocol in [p for p in config.protocols if p != PAPER]:  # the paper protocol holds none out
         for cls in config.classes:
-            n = len(load_split(lambda: data, cls, config.seeds[0], protocol, config).train)
-            for model in config.models:
-                try:
-                    Detector.from_settings(detector_settings(model, config.seeds[0], protocol, config)).holdout(n)
-                except DataError as err:
-                    raise ConfigError(f"task {cls!r} ({protocol}) has {n} training images at --train-fraction "
-                                      f"{config.train_fraction:g}: {err}; raise --train-fraction") from None
+            for seed in config.seeds:  # under validate, the seed picks the pseudo-anomaly, so the training part
+                abnormal = data.class_names(cls)
+                if protocol == VALIDATE:
+                    abnormal = [*abnormal, pseudo_anomaly(data, abnormal, seed)]
+                n = training_count(data, abnormal, config.train_fraction)
+                for model in config.models:
+                    try:
+                        Detector.from_settings(detector_settings(model, seed, protocol, config)).holdout(n)
+                    except DataError as err:
+                        raise ConfigError(f"task {cls!r} ({protocol}) has {n} training images at --train-fraction "
+                                          f"{config.train_fraction:g}: {err}; raise --train-fraction") from None
 
 
 def resolve_classes(data: LabelledImages, classes: str = "all", normal_labels: str | None = None) -> list[str]:
@@ -629,7 +634,9 @@ def run_benchmark(load: Callable[[], LabelledImages], config: SweepConfig, out: 
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the tables and report show what finished, before stopping
         kept = saved_outcome(config, out)
         if kept.results:
-            _write_summaries(out, config, title, env, start, kept)
+            print(f"writing the tables of the {len(kept.results)} finished cells ...", file=sys.stderr, flush=True)
+            with interrupts_held():
+                _write_summaries(out, config, title, env, start, kept)
             print(f"{len(kept.results)} finished cells kept in {out} (table.md, report.html); "
                   f"{len(kept.unfinished)} not run yet", file=sys.stderr)
         raise
@@ -662,7 +669,7 @@ def _write_summaries(out: Path, config: SweepConfig, title: str, env: dict[str, 
     env = dict(env)
     end_commit = environment()["git_commit"]
     if end_commit != env["git_commit"]:  # the tree changed during the run; spawned workers may have run either
-        env["git_commit"] = f"{env['git_commit']} (at start; {end_commit} at the end)"
+        env["git_commit_at_end"] = end_commit
     env["wall_seconds_this_run"] = round(time.perf_counter() - start, 1)
     write_json(folder.results_json, {"config": config.as_dict(), "dataset_name": title, "environment": env,
                                      "complete": not outcome.unfinished and not outcome.failures,
@@ -670,10 +677,11 @@ def _write_summaries(out: Path, config: SweepConfig, title: str, env: dict[str, 
                                      "failed": [{"cell": key, "error": why} for key, why in outcome.failures],
                                      "cells": outcome.results})
     rows = cell_rows(outcome.results)
-    with folder.results_csv.open("w", newline="", **TEXT_ENCODING) as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    buffer = io.StringIO(newline="")
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text_atomic(folder.results_csv, buffer.getvalue())
     text = sweep_table(outcome.results, config, title, env, outcome.failures, outcome.unfinished)
     write_text_atomic(folder.table, text)
     build_benchmark_report(out)
@@ -696,7 +704,7 @@ def sweep_table(results: Sequence[dict[str, Any]], config: SweepConfig, title: s
                 f"The mean column averages the classes with our number" + (", ours and the paper's alike" if cifar else "")
                 + f". {STD_NOTE}\n\n"
                 f"Command: `{env['command']}`" + (f" (in {env['cwd']})" if env.get("cwd") else "")
-                + f"; git {env['git_commit']}; torch {env['torch']}, "
+                + f"; git {commit_text(env)}; torch {env['torch']}, "
                 f"{env['threads']} threads, {env['cpu']}; {env['wall_seconds_this_run']} s this run."
                 + (f" **{versions}**" if (versions := commits_note(results, env["git_commit"])) else "") + "\n"]
     if failures or unfinished:

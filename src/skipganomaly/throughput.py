@@ -257,7 +257,7 @@ def bench_model(name: str, batch_size: int = 64, steps: int = 3, repeats: int = 
         "steps": steps, "repeats": repeats,
         "method": f"each rate: the median of {repeats} timings after one warm-up ({steps} training steps each); "
                   "the training steps and the peak kernels timed in turns, and the scorers in turns"
-                  + ("" if not onnx else "; onnxruntime timed on its own"),
+                  + ("; onnxruntime timed on its own" if onnx and model.exportable and dev.type == "cpu" else ""),
     }
     if model.fits_statistics:  # its score searches a bank of the training normals: here only these images
         result["score_bank_images"] = len(images)

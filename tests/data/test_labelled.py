@@ -58,7 +58,8 @@ def test_npz_rgb_with_label_names(tmp_path: Path) -> None:
     (lambda a: a.update(train_images=np.zeros((12, 28), np.uint8)), "expected"),
     (lambda a: a.update(test_images=np.zeros((6, 20, 20), np.uint8)), "train images are"),
     (lambda a: a.update(test_images=a["test_images"].astype(np.uint16) * 16),  # wider than the 8-bit train images
-     r"up to 1984\); train_images are 8-bit \(up to 255\): scale the train and test arrays alike, e\.g\. x / 4095"),
+     r"up to 1984\); train_images are read as 8-bit data \(0\.\.255, or floats in \[0, 1\]\): scale the train and test "
+     r"arrays alike, e\.g\. x / 4095"),
     (lambda a: a.update(test_images=a["test_images"].astype(np.int16) - 100), r"outside \[0, 255\] \(dtype int16, up to"),
 ])
 def test_npz_errors_are_one_line(tmp_path: Path, change, message: str) -> None:  # type: ignore[no-untyped-def]
@@ -215,3 +216,18 @@ def test_pseudo_anomaly_is_the_next_class_and_rotates_with_the_seed() -> None:
     small = data.without(["c", "d", "e"])
     with pytest.raises(DataError, match=r"at least two normal classes.*e\.g\. --protocol honest"):
         pseudo_anomaly(small, ["a"])
+
+
+@pytest.mark.parametrize("fraction", [1.0, 0.5, 0.15, 0.05])
+def test_training_count_is_the_size_of_the_training_part(tmp_path: Path, fraction: float) -> None:
+    """The benchmark checks every task's training size from the label counts: they must be the sizes the
+    splits really have, for leave-one-class-out and for validate's pseudo-anomaly."""
+    from skipganomaly.data.labelled import training_count
+
+    data = load_npz(_npz(tmp_path / "c.npz", n_train=40, classes=4))
+    for abnormal in (["0"], ["1", "3"]):
+        assert training_count(data, abnormal, fraction) == len(class_split(data, abnormal, fraction).train)
+    for seed in (0, 1):
+        pseudo = pseudo_anomaly(data, ["2"], seed)
+        assert training_count(data, ["2", pseudo], fraction) == len(validation_split(data, ["2"], fraction,
+                                                                                     seed=seed).train)

@@ -141,13 +141,26 @@ def validation_split(data: LabelledImages, test_classes: Sequence[str], train_fr
     return class_split(kept, [pseudo_anomaly(data, test_classes, seed)], train_fraction, test_fraction, seed)
 
 
+def _share(count: int, fraction: float) -> int:
+    """How many of a class's `count` images a stratified `fraction` keeps (at least one)."""
+    return count if fraction >= 1.0 else max(1, int(round(count * fraction)))
+
+
+def training_count(data: LabelledImages, abnormal: Sequence[str], train_fraction: float = 1.0) -> int:
+    """How many training images `class_split` keeps with these classes abnormal, from the label counts alone
+    (no image is copied: a check of every task of a full-size sweep costs nothing)."""
+    bad = {data.class_index(n) for n in abnormal}
+    counts = torch.bincount(data.train_labels, minlength=len(data.classes)).tolist()
+    return sum(_share(c, train_fraction) for i, c in enumerate(counts) if c and i not in bad)
+
+
 def _stratified(labels: torch.Tensor, mask: torch.Tensor, fraction: float, rng: np.random.Generator) -> torch.Tensor:
     """Indices where `mask` holds; with fraction < 1, a random share of each class, in index order."""
     picked = [np.zeros(0, dtype=np.int64)]
     for cls in torch.unique(labels[mask]).tolist():
         idx = torch.nonzero(mask & (labels == cls)).flatten().numpy()
         if fraction < 1.0:
-            idx = np.sort(rng.choice(idx, max(1, int(round(len(idx) * fraction))), replace=False))
+            idx = np.sort(rng.choice(idx, _share(len(idx), fraction), replace=False))
         picked.append(idx)
     return torch.from_numpy(np.sort(np.concatenate(picked)))
 
@@ -247,8 +260,9 @@ def _npz_images(array: np.ndarray, what: str, bit_depth: int | None = None) -> t
         if array.size and (float(array.min()) < 0 or float(array.max()) > 255):
             hint = ""
             if array.dtype.kind in "ui" and float(array.min()) >= 0:  # wider than the training images
-                hint = (f"; train_images are 8-bit (up to 255): scale the train and test arrays alike, e.g. "
-                        f"x / {2 ** narrowest_bit_depth(float(array.max())) - 1} as floats in [0, 1]")
+                hint = (f"; train_images are read as 8-bit data (0..255, or floats in [0, 1]): scale the train and "
+                        f"test arrays alike, e.g. x / {2 ** narrowest_bit_depth(float(array.max())) - 1} as floats "
+                        "in [0, 1]")
             raise DataError(f"{what} holds values outside [0, 255] (dtype {array.dtype}, up to "
                             f"{float(array.max()):g}){hint}")
         array = array.astype(np.uint8)

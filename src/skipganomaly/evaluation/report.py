@@ -26,7 +26,8 @@ from ..provenance import environment
 from ..run_directory import EVALUATION, METRICS_LOG, RunDirectory, SweepDirectory, read_history
 from .plots import histogram_figure, image_grid_figure, pr_figure, roc_figure, training_curves_figure
 from ..data.cifar10 import NAME as CIFAR10, TITLE as CIFAR10_TITLE
-from .tables import PROTOCOL_NOTES, STD_NOTE, benchmark_rows, commits_note, shows_paper_numbers, summarise
+from .tables import (PROTOCOL_NOTES, STD_NOTE, benchmark_rows, commit_text, commits_note, shows_paper_numbers,
+                     summarise)
 
 EXAMPLE_GROUPS = {
     "most_anomalous": "Most anomalous (highest scores)",
@@ -183,7 +184,7 @@ def build_benchmark_report(bench_dir: Path) -> Path:
     summary = summarise(cells)
     env = saved.get("environment", {})
     sections = [f"<p>Command: <code>{html.escape(str(env.get('command', '?')))}</code>; git "
-                f"{html.escape(str(env.get('git_commit', '?')))}; torch {html.escape(str(env.get('torch', '?')))}, "
+                f"{html.escape(commit_text(env))}; torch {html.escape(str(env.get('torch', '?')))}, "
                 f"{env.get('threads', '?')} threads, {html.escape(str(env.get('cpu', '?')))}. "
                 f"Epochs {config['epochs']}, batch {config['batch_size']}, train fraction "
                 f"{config['train_fraction']}, test fraction {config['test_fraction']}, seeds "

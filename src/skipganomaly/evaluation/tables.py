@@ -66,6 +66,12 @@ STD_NOTE = ("Over several seeds a cell is mean±std, std the sample standard dev
             "validate each seed scores another pseudo-anomaly, so there it spreads over tasks, not only trainings.")
 
 
+def commit_text(env: Mapping[str, Any]) -> str:
+    """The commit a benchmark call ran at, and the one at its end where the tree changed during it."""
+    at_end = env.get("git_commit_at_end")
+    return f"{env.get('git_commit', '?')}" + (f" (at start; {at_end} at the end)" if at_end else "")
+
+
 def commits_note(cells: Sequence[Mapping[str, Any]], current: str | None = None) -> str:
     """A line for a table's header when its cells did not all run at the version of the code that wrote the
     table, `current` (cells are reused across calls, and the code may change between them), or not at one
