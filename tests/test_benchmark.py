@@ -671,14 +671,14 @@ def test_a_table_whose_cells_ran_at_several_versions_of_the_code_says_so(tmp_pat
     assert "Cells ran at" not in (tmp_path / "table.md").read_text()  # one committed version: nothing to say
     at("fff0000")  # every cell reused, the code changed since
     benchmark.run_benchmark(lambda: data, _config(models=["knn"], protocols=["honest"]), tmp_path, "toy")
-    reused = ("Cells ran at one version: abc1234 (1 cell), reused from earlier calls (this table was written at "
-              "fff0000).")
+    reused = ("Cells ran at one version: abc1234 (1 cell), reused from earlier calls (this table was written by a "
+              "call at fff0000).")
     assert reused in (tmp_path / "table.md").read_text() and reused in (tmp_path / "report.html").read_text()
     at("def5678-dirty")
     benchmark.run_benchmark(lambda: data, _config(models=["knn", "pca"], protocols=["honest"]), tmp_path, "toy")
     note = ("Cells ran at several versions of the code: abc1234 (1 cell), def5678-dirty (1 cell), reused from "
-            "earlier calls (this table was written at def5678-dirty); -dirty: with uncommitted changes to the "
-            "package, which no commit reproduces.")
+            "earlier calls (this table was written by a call at def5678-dirty); -dirty: with uncommitted changes to "
+            "the package, which no commit reproduces.")
     assert note in (tmp_path / "table.md").read_text() and note in (tmp_path / "report.html").read_text()
 
 
@@ -829,3 +829,8 @@ def test_a_commit_made_during_a_sweep_is_named_beside_the_one_it_started_at(tmp_
     table = (tmp_path / "table.md").read_text()
     assert "git abc1234 (at start; def5678 at the end)" in table and "Cells ran at" not in table
     assert "abc1234 (at start; def5678 at the end)" in (tmp_path / "report.html").read_text()
+    commits = iter(["abc1234", "def5678"])  # again, a cell of this call running at the end's commit
+    monkeypatch.setattr(benchmark, "git_commit", lambda: "def5678")
+    benchmark.run_benchmark(lambda: data, _config(models=["knn", "pca"], protocols=["honest"]), tmp_path, "toy")
+    table = (tmp_path / "table.md").read_text()
+    assert "abc1234 (1 cell), def5678 (1 cell)." in table and "reused from earlier calls" not in table

@@ -629,6 +629,7 @@ def test_an_option_without_model_goes_to_the_models_not_the_baselines(tmp_path: 
     cells = {c["model"]: c for c in json.loads((out / "results.json").read_text())["cells"]}
     assert cells["rotation"]["model_options"]["widths"] == [8, 16, 32]
     assert cells["pca"]["model_options"]["explained_variance"] == 0.9
+    assert main([*base, "--models", "none", "--baselines", "pca", "--model-arg", "explained_variance=0.8"]) == 2
 
 
 def test_a_train_fraction_too_small_for_the_threshold_is_one_line_before_training(
@@ -639,7 +640,7 @@ def test_a_train_fraction_too_small_for_the_threshold_is_one_line_before_trainin
     out = tmp_path / "bench"
     assert main(["benchmark", "--data", str(data), "--models", "knn", "--normal-labels", "a,b,c", "--train-fraction",
                  "0.1", "--no-progress", "--device", "cpu", "--out", str(out)]) == 2
-    assert ("task 'noise' (honest) has 3 training images at --train-fraction 0.1: 3 images are too few"
+    assert ("task 'noise' (honest, seed 0) has 3 training images at --train-fraction 0.1: 3 images are too few"
             in capsys.readouterr().err)
     assert not (out / "cells").exists()
 

@@ -30,11 +30,11 @@ def test_a_bar_written_to_a_file_redraws_rarely_and_one_in_a_terminal_live() -> 
     with progress_bar(total=3, file=io.StringIO(), mininterval=0.5) as chosen:
         assert chosen.mininterval == 0.5
     log = io.StringIO()
-    with progress_bar(total=3, file=log, leave=False) as transient:  # removed at its end: a stale line in a file
+    with progress_bar(total=3, file=log, leave=False) as transient:  # a short pass: no stale line in a file
         transient.update(3)
-    assert transient.disable and log.getvalue() == ""
+    assert transient.delay == LOG_INTERVAL_S and log.getvalue() == ""
     with progress_bar(total=3, file=_Terminal(), leave=False) as live_transient:
-        assert not live_transient.disable
+        assert not live_transient.disable and live_transient.delay == 0
 
 
 def test_every_bar_of_the_package_is_made_by_progress_bar() -> None:

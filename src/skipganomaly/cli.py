@@ -304,7 +304,8 @@ def _add_settings_args(p: argparse.ArgumentParser, skip: Sequence[str] = (), onl
         default = None if unset else values[name]
         if name == "model_options":
             p.add_argument(meta["flag"], dest="model_arg", action="append", default=[], metavar=FORM,
-                           help=f"{meta['help']}; without MODEL: for every model the command runs, e.g. "
+                           help=f"{meta['help']}; without MODEL: for every model the command runs (benchmark: those of "
+                                "--models, not the baselines), e.g. "
                                 "k=10 or anogan:search_steps=100 (repeatable)")
         elif f.type == "bool":
             action = "store_false" if meta["flag"].startswith("--no-") else "store_true"

@@ -330,9 +330,13 @@ class Detector:
             log.warning("fit ignores y and trains on every image given as normal, the %d labelled as anomalies among "
                         "them too; give it normal images only (in a grid search, CV splits of normal images)", marked)
         if _sklearn_outlier_labels(y):
-            log.warning("y holds scikit-learn's outlier labels (+1 normal, -1 anomaly); this detector follows PyOD: "
-                        "decision_function is higher and predict is 1 for anomalies, so a scorer given these labels "
-                        "(roc_auc, f1, ...) is inverted; label anomalies 1 and normals 0, e.g. (y == -1).astype(int)")
+            all_ones = bool(np.all(np.asarray(y) == 1))
+            log.warning("y %s; this detector follows PyOD: decision_function is higher and predict is 1 for anomalies, "
+                        "so a scorer given scikit-learn's labels (roc_auc, f1, ...) is inverted; label anomalies 1 and "
+                        "normals 0, e.g. (y == -1).astype(int)%s",
+                        "is all 1s: scikit-learn's label of normal images (+1), or, in 0/1 labels, every image an "
+                        "anomaly" if all_ones else "holds scikit-learn's outlier labels (+1 normal, -1 anomaly)",
+                        " (if 1 means anomaly here, fit trains on anomalies as normal)" if all_ones else "")
         data, depth = read_images(images, self.image_size, self.in_channels, aligned=False)
         self.bit_depth_ = depth if depth is not None else bit_depth
         val_index, train_index = self.holdout(len(data))

@@ -1,8 +1,8 @@
 """How a model option is written on a command line and in a format-1 config.yaml: one rule.
 
 `--model-arg [MODEL:]KEY=VALUE`, VALUE read as YAML (`0.1`, `true`, `[8,16,32]`, `paper`). Without
-`MODEL:` the option is for every model the command runs (`train` and `demo` run one); with it, for that
-model only. A model that has no option KEY is a one-line error naming the options it has.
+`MODEL:` the option is for every model the command runs (`train` and `demo` run one; `benchmark`: those of
+`--models`, not its `--baselines`); with it, for that model only. A model that has no option KEY is a one-line error naming the options it has.
 """
 
 from __future__ import annotations
@@ -38,7 +38,11 @@ def parse_model_args(items: Iterable[str], models: Sequence[str],
             parsed = yaml.safe_load(value)
         except yaml.YAMLError:
             raise ConfigError(f"--model-arg {item!r}: {value!r} is not a value (YAML: 0.1, true, [8,16], text)") from None
-        for name in ([model] if colon else models if unprefixed is None else unprefixed):
+        targets = [model] if colon else list(models if unprefixed is None else unprefixed)
+        if not targets:
+            raise ConfigError(f"--model-arg {item!r} names no model, and no model takes options without one here; "
+                              f"write MODEL:{key}=...")
+        for name in targets:
             options[name][key] = parsed
     return options
 

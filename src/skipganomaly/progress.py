@@ -10,17 +10,17 @@ LOG_INTERVAL_S = 30.0  # the least time between two redraws of a bar written to 
 
 def progress_bar(*args: Any, **kwargs: Any) -> Any:
     """A `tqdm.auto` bar. When its stream is not a terminal (`train ... > log 2>&1`, a batch job), it redraws at
-    most every `LOG_INTERVAL_S` seconds (and where a caller sets a new postfix: once per epoch), so a long run's log
-    gets a line per half minute, not ten a second, and a
-    bar that is removed at its end (`leave=False`: an epoch's, a scoring pass's) is not drawn at all: in a file
-    it would stay as a stale line. Notebook bars and an explicit `mininterval` are left alone."""
+    most every `LOG_INTERVAL_S` seconds unless told otherwise (and where a caller sets a new postfix: once per
+    epoch), so a long run's log gets a line per half minute, not ten a second; a bar that is removed at its end
+    (`leave=False`: an epoch's, a scoring pass's, a folder's decoding) appears only once it has run that long, so a
+    short pass leaves no stale line and a long epoch still shows its progress. Notebook bars are left alone."""
     from tqdm.auto import tqdm
 
     if "notebook" not in tqdm.__module__ and not _terminal(kwargs.get("file")):
         kwargs.setdefault("mininterval", LOG_INTERVAL_S)
         kwargs.setdefault("maxinterval", LOG_INTERVAL_S)  # tqdm's monitor would otherwise redraw after 10 s
         if kwargs.get("leave") is False:
-            kwargs["disable"] = True
+            kwargs.setdefault("delay", LOG_INTERVAL_S)
     return tqdm(*args, **kwargs)
 
 

@@ -586,7 +586,7 @@ def check_sizes(data: LabelledImages, config: SweepConfig) -> None:
     the threshold's images: said once, naming --train-fraction, rather than by every cell after loading."""
     for protocol in [p for p in config.protocols if p != PAPER]:  # the paper protocol holds none out
         for cls in config.classes:
-            for seed in config.seeds:  # under validate, the seed picks the pseudo-anomaly, so the training part
+            for seed in config.seeds:  # under validate the seed picks the pseudo-anomaly, and so the training part
                 abnormal = data.class_names(cls)
                 if protocol == VALIDATE:
                     abnormal = [*abnormal, pseudo_anomaly(data, abnormal, seed)]
@@ -595,8 +595,9 @@ def check_sizes(data: LabelledImages, config: SweepConfig) -> None:
                     try:
                         Detector.from_settings(detector_settings(model, seed, protocol, config)).holdout(n)
                     except DataError as err:
-                        raise ConfigError(f"task {cls!r} ({protocol}) has {n} training images at --train-fraction "
-                                          f"{config.train_fraction:g}: {err}; raise --train-fraction") from None
+                        raise ConfigError(f"task {cls!r} ({protocol}, seed {seed}) has {n} training images at "
+                                          f"--train-fraction {config.train_fraction:g}: {err}; raise --train-fraction"
+                                          ) from None
 
 
 def resolve_classes(data: LabelledImages, classes: str = "all", normal_labels: str | None = None) -> list[str]:
@@ -632,13 +633,14 @@ def run_benchmark(load: Callable[[], LabelledImages], config: SweepConfig, out: 
     try:
         outcome = run_sweep(load, config, out, workers=workers, deadline=deadline)
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the tables and report show what finished, before stopping
-        kept = saved_outcome(config, out)
-        if kept.results:
-            print(f"writing the tables of the {len(kept.results)} finished cells ...", file=sys.stderr, flush=True)
-            with interrupts_held():
+        with interrupts_held():  # a second Ctrl-C must not cut them in half
+            kept = saved_outcome(config, out)
+            if kept.results:
+                print(f"writing the tables of the {len(kept.results)} finished cells ...", file=sys.stderr,
+                      flush=True)
                 _write_summaries(out, config, title, env, start, kept)
-            print(f"{len(kept.results)} finished cells kept in {out} (table.md, report.html); "
-                  f"{len(kept.unfinished)} not run yet", file=sys.stderr)
+                print(f"{len(kept.results)} finished cells kept in {out} (table.md, report.html); "
+                      f"{len(kept.unfinished)} not run yet", file=sys.stderr)
         raise
     for key, why in outcome.failures:
         log.error("cell %s failed: %s", key, why)
@@ -706,7 +708,7 @@ def sweep_table(results: Sequence[dict[str, Any]], config: SweepConfig, title: s
                 f"Command: `{env['command']}`" + (f" (in {env['cwd']})" if env.get("cwd") else "")
                 + f"; git {commit_text(env)}; torch {env['torch']}, "
                 f"{env['threads']} threads, {env['cpu']}; {env['wall_seconds_this_run']} s this run."
-                + (f" **{versions}**" if (versions := commits_note(results, env["git_commit"])) else "") + "\n"]
+                + (f" **{versions}**" if (versions := commits_note(results, env)) else "") + "\n"]
     if failures or unfinished:
         missing = [f"- `{key}` failed: {why}" for key, why in failures] + [f"- `{key}` not run yet (the same command runs it)"
                                                                           for key in unfinished]

@@ -318,15 +318,38 @@ def read_images(images: Any, image_size: int, in_channels: int, aligned: bool = 
             return loaded.images, loaded.bit_depth
         arrays = [_plain_array(i.detach().cpu().numpy() if isinstance(i, torch.Tensor) else np.asarray(i))
                   for i in images]
+        _say_if_nearly_black(arrays)
         if len({(a.shape, a.dtype) for a in arrays}) > 1:  # sizes or types differ: each image read on its own
             return torch.cat([_tensor_to_uint8(torch.from_numpy(np.ascontiguousarray(a))[None], image_size, in_channels)
                               for a in arrays]), None
         images = np.stack(arrays)
     if isinstance(images, np.ndarray):
         images = torch.from_numpy(np.ascontiguousarray(_plain_array(images)))
+        _say_if_nearly_black([images])
+    elif isinstance(images, torch.Tensor):
+        _say_if_nearly_black([images])
     if not isinstance(images, torch.Tensor):
         raise DataError(f"unsupported image container {type(images).__name__}; use an array, tensor, paths or PIL images")
     return _tensor_to_uint8(images.detach().cpu(), image_size, in_channels), None
+
+
+def _say_if_nearly_black(arrays: Sequence[np.ndarray | torch.Tensor]) -> None:
+    """Integer images are read as 0..255: a set whose largest value is above 0 but at most NARROW_INTEGERS is
+    almost surely on another scale (a 0/1 mask, 0..16 digits), and would be scored as nearly black. Said once
+    per call, over the whole set (a single dark frame beside bright ones is not)."""
+    peaks = []
+    for a in arrays:
+        if isinstance(a, np.ndarray):
+            if a.dtype.kind not in "iu" or not a.size:
+                return
+            peaks.append(int(a.max()))
+        else:
+            if a.dtype == torch.bool or a.is_floating_point() or not a.numel():
+                return
+            peaks.append(int(a.to(torch.int64).max()))  # torch has no max for its unsigned 16- to 64-bit types
+    if peaks and 0 < max(peaks) <= NARROW_INTEGERS:
+        log.warning("integer images are read as 0..255, and these reach only %d: nearly black. If they are on another "
+                    "scale (0/1 masks, 0..16), give floats in [0, 1], booleans, or scale them to 0..255", max(peaks))
 
 
 def _plain_array(a: np.ndarray) -> np.ndarray:
@@ -381,10 +404,6 @@ def _tensor_to_uint8(t: torch.Tensor, image_size: int, in_channels: int) -> torc
         if wide.min() < 0 or wide.max() > 255:
             raise DataError("integer images must lie in 0..255")
         out = wide.to(torch.uint8)
-    if t.dtype != torch.bool and not t.is_floating_point() and int(out.max()) <= NARROW_INTEGERS:
-        log.warning("integer images are read as 0..255, and these reach only %d: nearly black. If they are on another "
-                    "scale (0/1 masks, 0..16), give floats in [0, 1], booleans, or scale them to 0..255",
-                    int(out.max()))
     if out.shape[-2:] != (image_size, image_size):
         out = resize_uint8(out, image_size)
     return out.contiguous()

@@ -191,7 +191,7 @@ def build_benchmark_report(bench_dir: Path) -> Path:
                 f"{', '.join(map(str, config['seeds']))}.</p>"
                 "<p>Each cell: our AUROC (on CIFAR-10, the paper's Table 1 in brackets). "
                 f"{html.escape(STD_NOTE)}</p>"]
-    versions = commits_note(cells, env.get("git_commit"))
+    versions = commits_note(cells, env)
     if versions:
         sections.append(f"<p><b>{html.escape(versions)}</b></p>")
     missing = [f"{c['cell']} failed: {c['error']}" for c in saved.get("failed", [])] + \

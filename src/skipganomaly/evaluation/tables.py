@@ -72,18 +72,21 @@ def commit_text(env: Mapping[str, Any]) -> str:
     return f"{env.get('git_commit', '?')}" + (f" (at start; {at_end} at the end)" if at_end else "")
 
 
-def commits_note(cells: Sequence[Mapping[str, Any]], current: str | None = None) -> str:
-    """A line for a table's header when its cells did not all run at the version of the code that wrote the
-    table, `current` (cells are reused across calls, and the code may change between them), or not at one
-    committed version: which versions, with how many cells each."""
+def commits_note(cells: Sequence[Mapping[str, Any]], env: Mapping[str, Any] | None = None) -> str:
+    """A line for a table's header when its cells did not all run at the version of the code of the call that
+    wrote the table (`env`: its commit, and the one at its end where a commit was made during it; cells are
+    reused across calls, and the code may change between them), or not at one committed version: which versions,
+    with how many cells each."""
     counts = Counter(str(cell.get("git_commit", "unknown")) for cell in cells)
     dirty = any(commit.endswith("-dirty") for commit in counts)
-    older = current is not None and any(commit != current for commit in counts)
+    current = None if env is None else commit_text(env)
+    ran = [] if env is None else [c for c in (env.get("git_commit"), env.get("git_commit_at_end")) if c]
+    older = bool(ran) and any(commit not in ran for commit in counts)
     if len(counts) < 2 and not dirty and not older:
         return ""
     versions = ", ".join(f"{commit} ({n} cell{'s' if n > 1 else ''})" for commit, n in counts.most_common())
     return (f"Cells ran at {'several versions of the code' if len(counts) > 1 else 'one version'}: {versions}"
-            + (f", reused from earlier calls (this table was written at {current})" if older else "")
+            + (f", reused from earlier calls (this table was written by a call at {current})" if older else "")
             + ("; -dirty: with uncommitted changes to the package, which no commit reproduces" if dirty else "") + ".")
 
 
