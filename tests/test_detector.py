@@ -472,14 +472,13 @@ def test_scikit_learn_outlier_labels_are_named_as_inverting_its_scorers(caplog: 
         for y in (np.zeros(12), ["normal"] * 12, np.arange(12), None):
             Detector("knn", image_size=32, progress=False, val_fraction=0.25).fit(x, y)
     assert "outlier labels" not in caplog.text
-    for y in (np.ones(12, int), np.r_[np.ones(10), -np.ones(2)]):
+    for y, said in ((np.ones(12, int), "y is all 1s: scikit-learn's label of normal images (+1), or, in 0/1 labels, "
+                                       "every image an anomaly"),
+                    (np.r_[np.ones(10), -np.ones(2)], "y holds scikit-learn's outlier labels (+1 normal, -1 anomaly)")):
         caplog.clear()
         with caplog.at_level(logging.WARNING, logger="skipganomaly"):
             Detector("knn", image_size=32, progress=False, val_fraction=0.25).fit(x, y)
-        assert ("y holds scikit-learn's outlier labels (+1 normal, -1 anomaly)" in caplog.text
-                or "y is all 1s: scikit-learn's label of normal images (+1), or, in 0/1 labels, every image an anomaly"
-                in caplog.text)
-        assert "(y == -1).astype(int)" in caplog.text
+        assert said in caplog.text and "(y == -1).astype(int)" in caplog.text
 
 
 def test_inputs_a_table_or_a_mask_gives(caplog: pytest.LogCaptureFixture, tmp_path: Path) -> None:
