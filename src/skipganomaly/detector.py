@@ -153,27 +153,31 @@ def _detector_fields() -> list[dataclasses.Field]:
 def _anomalies_in(y: Any) -> int:
     """How many labels of `y` mark anomalies: 1 among 0/1 labels (this package's and PyOD's convention), -1 among
     -1/+1 (scikit-learn's outlier detectors'); 0 for anything else, such as class names or all 1s."""
-    if y is None:
+    values = _label_values(y)
+    if not values:
         return 0
     labels = np.asarray(y)
-    if labels.dtype.kind not in "biuf" or not labels.size:
-        return 0
-    values = set(np.unique(labels).tolist())
     if values == {0, 1}:
         return int(np.sum(labels == 1))
     return int(np.sum(labels == -1)) if values <= {-1, 1} else 0  # all 1: scikit-learn's inliers
 
 
+def _label_values(y: Any, booleans: bool = True) -> set[Any]:
+    """The distinct values of numeric labels `y` (booleans among them unless told not), empty for anything else
+    (None, class names, no labels)."""
+    if y is None:
+        return set()
+    labels = np.asarray(y)
+    if labels.dtype.kind not in ("biuf" if booleans else "iuf") or not labels.size:
+        return set()
+    return set(np.unique(labels).tolist())
+
+
 def _sklearn_outlier_labels(y: Any) -> bool:
     """Whether `y` uses scikit-learn's outlier labels (+1 inliers, -1 outliers): numbers among -1 and +1 with
     a -1, or only +1 (normal-only splits of such labels), which 0/1 labels never are for normal images."""
-    if y is None:
-        return False
-    labels = np.asarray(y)
-    if labels.dtype.kind not in "iuf" or not labels.size:
-        return False
-    values = set(np.unique(labels).tolist())
-    return values <= {-1, 1} and (-1 in values or values == {1})
+    values = _label_values(y, booleans=False)
+    return bool(values) and values <= {-1, 1} and (-1 in values or values == {1})
 
 
 def _held_out(n_images: int, val_fraction: float) -> int:

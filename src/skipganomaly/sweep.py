@@ -375,8 +375,7 @@ def run_sweep(load: Callable[[], LabelledImages], config: SweepConfig, out: Path
     else:
         failures, unfinished = _run_in_processes(load, todo, config, cells_dir, workers, advance, deadline)
     bar.close()
-    results = [r for r in (_finished(cells_dir, cell, config) for cell in plan) if r is not None]
-    return SweepOutcome(results, failures, unfinished)
+    return SweepOutcome(saved_outcome(config, out).results, failures, unfinished)
 
 
 def _plan(config: SweepConfig) -> list[tuple[str, str, int, str]]:

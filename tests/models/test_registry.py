@@ -70,18 +70,24 @@ def _assert_all_have_gradients(params: list[torch.nn.Parameter], name: str, whic
     assert not missing, f"{name}: {len(missing)} {which} parameters got no gradient"
 
 
-@pytest.mark.parametrize("name", list_models())
-def test_score_is_independent_of_batch_size_and_order(name: str) -> None:
+def _fitted(name: str) -> tuple[AnomalyModel, torch.Tensor]:
+    """The model in eval mode, fitted (closed form, statistics) where its score needs it, and its training images:
+    images that differ in place and colour (on plain noise an untrained network gives every image nearly the same
+    features, and a score standardised by their spread only amplifies rounding)."""
     torch.manual_seed(0)
     model = create(name, in_channels=3, image_size=32, **fast(name)).eval()
-    # fitted on images that differ in place and colour (on plain noise an untrained network gives every
-    # image nearly the same features, and a score standardised by their spread only amplifies rounding)
     train = torch.from_numpy(blob_images(40)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
     with torch.no_grad():
         if not model.trained_by_gradient:
             model.fit_closed_form(train)
         if model.fits_statistics:
             model.fit_statistics(train)
+    return model, train
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_score_is_independent_of_batch_size_and_order(name: str) -> None:
+    model, _ = _fitted(name)
     x = torch.rand(6, 3, 32, 32) * 2 - 1
     with torch.no_grad():
         together = model.score(x)
@@ -178,14 +184,7 @@ def test_every_model_folder_registers_a_model() -> None:
 @pytest.mark.parametrize("name", list_models())
 def test_outputs_have_the_documented_shapes(name: str) -> None:
     """score and validation_loss [B], anomaly_map [B, H, W], reconstruct the shape of x (3 channels in, 3 out)."""
-    torch.manual_seed(0)
-    model = create(name, in_channels=3, image_size=32, **fast(name)).eval()
-    train = torch.from_numpy(blob_images(40)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
-    with torch.no_grad():
-        if not model.trained_by_gradient:
-            model.fit_closed_form(train)
-        if model.fits_statistics:
-            model.fit_statistics(train)
+    model, train = _fitted(name)
     x = train[:5]
     with torch.no_grad():
         assert model.score(x).shape == (5,)

@@ -20,7 +20,7 @@ from PIL import Image, ImageOps
 
 from ..errors import PACKAGE_LOGGER, DataError
 from ..files import few_names
-from .images import IMAGE_EXTENSIONS, list_image_files, load_image_files
+from .images import IMAGE_EXTENSIONS, list_image_files, load_image_files, on_black
 
 NORMAL_NAMES = ("normal", "0.normal", "good")
 ABNORMAL_NAMES = ("abnormal", "1.abnormal", "anomaly", "defect")
@@ -214,9 +214,7 @@ def defect_pixels(mask: Image.Image) -> np.ndarray:
     mask = ImageOps.exif_transpose(mask)
     if mask.mode in ("1", "L", "I", "I;16", "I;16B", "I;16L", "F"):
         return np.asarray(mask) != 0
-    if "A" in mask.mode or "a" in mask.mode or "transparency" in mask.info:
-        mask = Image.alpha_composite(Image.new("RGBA", mask.size, (0, 0, 0, 255)), mask.convert("RGBA"))
-    return np.asarray(mask.convert("RGB")).any(axis=-1)
+    return np.asarray(on_black(mask).convert("RGB")).any(axis=-1)
 
 
 def load_labelled_folder(

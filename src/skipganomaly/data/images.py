@@ -126,6 +126,14 @@ def common_bit_depth(needed: Sequence[int], bit_depth: int | None, names: Sequen
     return bit_depth
 
 
+def on_black(img: Image.Image) -> Image.Image:
+    """An image with transparency (RGBA, LA, PA, ...; a tRNS chunk) laid on black, as RGBA: what a viewer shows on a
+    dark background, not the colour stored under transparent pixels; any other image as it is."""
+    if "A" in img.mode or "a" in img.mode or "transparency" in img.info:
+        return Image.alpha_composite(Image.new("RGBA", img.size, (0, 0, 0, 255)), img.convert("RGBA"))
+    return img
+
+
 def pil_to_array(img: Image.Image, image_size: int, in_channels: int, bit_depth: int | None = None) -> np.ndarray:
     """Convert a PIL image to uint8 [C, H, W]; 16-bit, palette, alpha and CMYK modes are handled.
 
@@ -143,8 +151,7 @@ def pil_to_array(img: Image.Image, image_size: int, in_channels: int, bit_depth:
     elif img.mode == "F":
         arr = np.asarray(img, dtype=np.float64)
         img = Image.fromarray(np.clip(arr * (255.0 if arr.max() <= 1.0 else 1.0), 0, 255).astype(np.uint8))
-    if "A" in img.mode or "a" in img.mode or "transparency" in img.info:  # RGBA, LA, PA, ...; tRNS chunks
-        img = Image.alpha_composite(Image.new("RGBA", img.size, (0, 0, 0, 255)), img.convert("RGBA"))
+    img = on_black(img)
     img = img.convert("L" if in_channels == 1 else "RGB")
     if img.size != (image_size, image_size):
         img = img.resize((image_size, image_size), Image.Resampling.BILINEAR)

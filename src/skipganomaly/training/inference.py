@@ -63,7 +63,7 @@ def batched_apply(
                 with autocast(device, amp):
                     out = fn(batch)
                 if out.ndim == 0 or len(out) != len(batch):
-                    raise ModelError(f"model {getattr(model, 'name', '') or type(model).__name__!r}: "
+                    raise ModelError(f"model {_model_name(model)!r}: "
                                      f"{getattr(fn, '__name__', 'its method')} returned shape {tuple(out.shape)} for "
                                      f"{len(batch)} images; it must return one result per image (first dimension "
                                      f"{len(batch)})")
@@ -79,7 +79,7 @@ def batched_apply(
 def checked_scores(scores: Tensor, model: nn.Module) -> Tensor:
     """`scores` as the contract has them, one finite value per image, or a ModelError: a NaN would set a NaN
     threshold (flagging nothing) or pass as normal, and a [B, 1] score would misalign with the images."""
-    name = getattr(model, "name", "") or type(model).__name__
+    name = _model_name(model)
     if scores.ndim != 1:
         raise ModelError(f"model {name!r}: score returned shape {tuple(scores.shape[1:])} per image; it must "
                          "return one value per image (shape [B])")
@@ -88,4 +88,9 @@ def checked_scores(scores: Tensor, model: nn.Module) -> Tensor:
         raise ModelError(f"model {name!r}: the score is NaN or infinite for {len(bad)} of {len(scores)} images "
                          f"(the first: image {int(bad[0])})")
     return scores
+
+
+def _model_name(model: nn.Module) -> str:
+    """A registered model's name, else its class's (a plain module passed to `batched_apply`)."""
+    return getattr(model, "name", "") or type(model).__name__
 
