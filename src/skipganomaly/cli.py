@@ -14,7 +14,8 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from .data.cifar10 import NAME as CIFAR10_NAME, TITLE as CIFAR10_TITLE, Cifar10
 from .data.folders import train_folder
-from .detector import DEFAULT_MODEL, DetectorSettings, setting_defaults, setting_fields
+from .detector import (DEFAULT_MODEL, DetectorSettings, check_threshold_split, setting_defaults,
+                       setting_fields)
 from .errors import PACKAGE_LOGGER, PARTLY_FAILED_EXIT, ConfigError, SkipGanomalyError
 from .interrupts import INTERRUPTED_EXIT, Terminated, sigterm_as_interrupt
 from .evaluation.report import build_report
@@ -338,9 +339,7 @@ def _settings(args: argparse.Namespace) -> DetectorSettings:
 
 def _check_reports_threshold(val_fraction: float) -> None:
     """train, test and demo report at the threshold, so (unlike the library) they need held-out images."""
-    if not 0 < val_fraction < 1:
-        raise ConfigError(f"--val-fraction must be above 0 and below 1 (the threshold comes from those images), "
-                          f"got {val_fraction}")
+    check_threshold_split(val_fraction, "the threshold comes from held-out training images")
 
 
 def _resumed(args: argparse.Namespace) -> DetectorSettings:

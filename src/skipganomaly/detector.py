@@ -15,7 +15,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import torch
 
-from .data.images import read_images
+from .data.images import BYTE_DEPTH, read_images
 from .errors import PACKAGE_LOGGER, CheckpointError, ConfigError, DataError, not_fitted
 from .evaluation.metrics import min_calibration_images, quantile_threshold
 from .files import load_torch_checked, save_torch_atomic, writing
@@ -70,7 +70,7 @@ class DetectorSettings:
         if not 0.0 <= self.val_fraction < 1.0:
             raise ConfigError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
         if self.val_fraction == 0.0 and self.training.patience is not None:
-            raise ConfigError("early stopping (patience) needs validation images; give a val_fraction above 0")
+            raise ConfigError("early stopping (patience) needs held-out validation images (a val_fraction above 0)")
         if not 0.0 <= self.contamination < 1.0:
             raise ConfigError(f"contamination must be in [0, 1), got {self.contamination}")
         allowed = model_option_names(self.model)
@@ -178,6 +178,14 @@ def _sklearn_outlier_labels(y: Any) -> bool:
     a -1, or only +1 (normal-only splits of such labels), which 0/1 labels never are for normal images."""
     values = _label_values(y, booleans=False)
     return bool(values) and values <= {-1, 1} and (-1 in values or values == {1})
+
+
+def check_threshold_split(val_fraction: float, why: str) -> None:
+    """Where a threshold is reported, `val_fraction` must hold images out for it (the library alone also
+    takes 0: scores without a threshold). `why` says, in the caller's words, what needs the threshold."""
+    if not 0.0 < val_fraction < 1.0:
+        flag = next(f.metadata["flag"] for f in _detector_fields() if f.name == "val_fraction")
+        raise ConfigError(f"{why}: {flag} must be above 0 and below 1, got {val_fraction}")
 
 
 def _held_out(n_images: int, val_fraction: float) -> int:
@@ -342,7 +350,7 @@ class Detector:
                         "anomaly" if all_ones else "holds scikit-learn's outlier labels (+1 normal, -1 anomaly)",
                         " (if 1 means anomaly here, fit trains on anomalies as normal)" if all_ones else "")
         data, depth = read_images(images, self.image_size, self.in_channels, aligned=False)
-        self.bit_depth_ = depth if depth is not None else bit_depth
+        self.bit_depth_ = depth if depth is not None else bit_depth or BYTE_DEPTH
         val_index, train_index = self.holdout(len(data))
         n_val = len(val_index)
         val = data[val_index]
@@ -541,7 +549,7 @@ class Detector:
         det.threshold_ = payload["threshold"]
         det.history_ = payload["history"]
         det.n_train_images_, det.n_val_images_ = fit.get("n_train_images"), fit.get("n_val_images")
-        det.bit_depth_ = fit.get("bit_depth")
+        det.bit_depth_ = fit.get("bit_depth") or BYTE_DEPTH  # None: saved before 8-bit training was recorded as 8
         if fit.get("val_scores") is not None:
             det.val_scores_ = np.asarray(fit["val_scores"], dtype=np.float64)
         return det

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .data.images import as_image_tensor, to_unit_range
+from .data.images import BYTE_DEPTH, as_image_tensor, to_unit_range
 from .errors import CheckpointError, ConfigError
 from .files import writing
 from .models.base import AnomalyModel
@@ -108,7 +108,7 @@ class OnnxScorer:
         model, threshold, bit_depth = (meta.get(key, "") for key in METADATA)
         self.model_name: str | None = model or None
         self.threshold_: float | None = float(threshold) if threshold else None
-        self.bit_depth_: int | None = int(bit_depth) if bit_depth else None
+        self.bit_depth_ = int(bit_depth) if bit_depth else BYTE_DEPTH  # files are read at it, each on its own
 
     def score(self, images: Any, batch_size: int = 256) -> np.ndarray:
         """Anomaly scores, higher = more anomalous (files wider than 8 bits read at the detector's bit depth)."""

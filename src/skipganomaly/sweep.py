@@ -46,7 +46,8 @@ import torch
 from .data.cifar10 import NAME as CIFAR10, PAPER_ORDER, Cifar10, load_cifar10
 from .data.labelled import (JOIN, ClassSplit, LabelledImages, check_task, class_split, load_decoded, load_labelled,
                             pseudo_anomaly, save_decoded, training_count, validation_split)
-from .detector import Detector, DetectorSettings, model_option_names, setting_defaults
+from .detector import (Detector, DetectorSettings, check_threshold_split, model_option_names,
+                       setting_defaults)
 from .errors import PACKAGE_LOGGER, PARTLY_FAILED_EXIT, ConfigError, DataError, SkipGanomalyError
 from .evaluation.metrics import evaluate_scores
 from .evaluation.tables import (PAPER, PROTOCOL_NOTES, STD_NOTE, VALIDATE, benchmark_table, commit_text,
@@ -135,12 +136,15 @@ def check_protocol_settings(protocols: Sequence[str], settings: DetectorSettings
     """Settings a protocol cannot run with, said before any data is read: `paper` holds no image out (so no
     early stopping), the others take their threshold from held-out training normals."""
     for protocol in protocols:
-        if protocol == PAPER and settings.training.patience is not None:
-            raise ConfigError("the paper protocol trains on every training image and holds none out, so early "
-                              "stopping (--patience) cannot run under it; drop --patience or the paper protocol")
-        if protocol != PAPER and not 0.0 < settings.val_fraction < 1.0:
-            raise ConfigError(f"the {protocol} protocol takes its threshold from held-out training normals: "
-                              f"--val-fraction must be above 0 and below 1, got {settings.val_fraction}")
+        if protocol != PAPER:
+            check_threshold_split(settings.val_fraction,
+                                  f"the {protocol} protocol takes its threshold from held-out training normals")
+            continue
+        try:  # the settings a paper cell gets (detector_settings): what they cannot hold out is refused there
+            settings.replace(val_fraction=0.0)
+        except ConfigError as error:
+            raise ConfigError(f"the paper protocol trains on every training image and holds none out, but "
+                              f"{error}; drop that setting or the paper protocol") from None
 
 
 def detector_settings(model: str, seed: int, protocol: str, config: SweepConfig) -> DetectorSettings:

@@ -135,7 +135,70 @@ def test_a_darker_wide_image_stays_darker_in_a_set_and_for_a_detector(tmp_path: 
     assert loaded_det.predict([dark])[0] == 1 and loaded_det.predict([bright])[0] == 0  # each file alone
     assert np.array_equal(loaded_det.decision_function([dark]), det.decision_function([dark]))
     arrays = np.stack([np.asarray(Image.open(train / f"{i}.png")) // 16 for i in range(40)]).astype(np.uint8)
-    assert det.fit(arrays).bit_depth_ is None  # refitted on 8-bit arrays: no depth of earlier files lingers
+    assert det.fit(arrays).bit_depth_ == 8  # refitted on 8-bit arrays: no depth of earlier files lingers
+
+
+def test_no_files_score_depends_on_the_files_scored_beside_it(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A detector trained on 8-bit images reads wider files at 8 bits (clipped, with a warning), each on its own: a
+    12-bit scan scores the same alone and beside a 16-bit file with one bright pixel (read together at the widest
+    depth they needed, the scan was 16 times darker)."""
+    from skipganomaly import Detector
+    from skipganomaly.onnx_export import OnnxScorer
+
+    det = Detector("pca", in_channels=1, progress=False, val_fraction=0.5).fit(blob_images(40, channels=1))
+    scan = _twelve_bit(tmp_path / "scan.png")
+    marker = np.zeros((32, 32), dtype=np.uint16)
+    marker[0, 0] = 65535
+    Image.fromarray(marker).save(tmp_path / "marker.png")
+    alone = det.decision_function([scan])
+    with caplog.at_level(logging.WARNING, logger="skipganomaly"):
+        beside = det.decision_function([scan, tmp_path / "marker.png"])
+    assert beside[0] == alone[0]
+    assert "above the 8-bit range the detector was trained at" in caplog.text
+    pictures = [Image.open(scan), Image.open(tmp_path / "marker.png")]
+    assert det.decision_function(pictures)[0] == alone[0]
+    onnx = OnnxScorer(det.export_onnx(tmp_path / "m.onnx"))
+    assert onnx.score([scan, tmp_path / "marker.png"])[0] == pytest.approx(alone[0], rel=1e-4)
+    assert det.bit_depth_ == 8 and onnx.bit_depth_ == 8
+
+
+def test_a_training_set_read_at_the_depth_a_few_files_need_names_them(tmp_path: Path,
+                                                                      caplog: pytest.LogCaptureFixture) -> None:
+    """One stray 16-bit file (one bright pixel) among 12-bit scans sets the depth of the whole set, 16 times darker:
+    the warning names it; when most files need the widest depth, it is information only."""
+    from skipganomaly.data.images import read_image_files
+
+    scans = [_twelve_bit(tmp_path / f"{i}.png", seed=i) for i in range(5)]
+    marker = np.zeros((32, 32), dtype=np.uint16)
+    marker[0, 0] = 65535
+    Image.fromarray(marker).save(tmp_path / "stray.png")
+    with caplog.at_level(logging.INFO, logger="skipganomaly"):
+        assert read_image_files([*scans, tmp_path / "stray.png"], 32, 1).bit_depth == 16
+    warned = [r for r in caplog.records if r.levelno == logging.WARNING and "need 16 bits" in r.getMessage()]
+    assert len(warned) == 1 and "1 of 6" in warned[0].getMessage() and "stray.png" in warned[0].getMessage()
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="skipganomaly"):
+        read_image_files([scans[0], _twelve_bit(tmp_path / "dim.png", 0.2)], 32, 1)
+    said = [r for r in caplog.records if "need 12 bits" in r.getMessage()]
+    assert len(said) == 1 and said[0].levelno == logging.INFO
+
+
+@pytest.mark.parametrize("peak", [0.99, 1.01, 500.0])
+def test_floating_point_files_are_read_on_one_scale(tmp_path: Path, peak: float) -> None:
+    """A float TIFF is read as 0..1 like a float array, whatever its own maximum: one at 0.5 stays mid-grey beside a
+    0.99 pixel, and one past 1 (a stray 1.01, CT numbers) is refused with its range, not read as black or white."""
+    from skipganomaly.data.images import read_image_files
+
+    values = np.full((16, 16), 0.5, dtype=np.float32)
+    values[0, 0] = peak
+    Image.fromarray(values, mode="F").save(tmp_path / "f.tif")
+    if peak <= 1:
+        assert int(load_image(tmp_path / "f.tif", 16, 1)[0, 8, 8]) == 128
+    else:
+        with pytest.raises(DataError, match=f"must lie in \\[0, 1\\].*0.5 to {peak:.4g}"):
+            load_image(tmp_path / "f.tif", 16, 1)
+        Image.fromarray(np.full((16, 16), 0.25, dtype=np.float32), mode="F").save(tmp_path / "g.tif")
+        assert read_image_files([tmp_path / "f.tif", tmp_path / "g.tif"], 16, 1).kept == [str(tmp_path / "g.tif")]
 
 
 def test_mac_metadata_files_are_not_images(tmp_path: Path) -> None:

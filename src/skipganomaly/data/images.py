@@ -27,6 +27,7 @@ log = logging.getLogger(PACKAGE_LOGGER)
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".jfif", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".pgm", ".ppm",
                     ".pnm")
 BIT_DEPTHS = (8, 10, 12, 14, 16, 32)  # what integer image files hold, narrowest first
+BYTE_DEPTH = BIT_DEPTHS[0]  # the depth of 8-bit images and arrays: what a detector trained on them reads files at
 
 
 def to_unit_range(batch: torch.Tensor) -> torch.Tensor:
@@ -85,7 +86,8 @@ def _read_image(path: str | os.PathLike[str], image_size: int, in_channels: int,
             own = wide_bit_depth(img)
             image = pil_to_array(img, image_size, in_channels, bit_depth if bit_depth is not None else own)
             return image, own, several, form
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError,
+            DataError) as err:
         raise DataError(f"cannot read image {path}: {err}") from None
 
 
@@ -148,9 +150,13 @@ def pil_to_array(img: Image.Image, image_size: int, in_channels: int, bit_depth:
         depth = bit_depth if bit_depth is not None else wide_bit_depth(img)
         arr = np.asarray(img, dtype=np.float64)
         img = Image.fromarray(np.clip(arr / (2.0 ** depth - 1) * 255.0, 0, 255).astype(np.uint8), mode="L")
-    elif img.mode == "F":
+    elif img.mode == "F":  # floats on one scale for every image, as float arrays: 0..1 (no per-image guess)
         arr = np.asarray(img, dtype=np.float64)
-        img = Image.fromarray(np.clip(arr * (255.0 if arr.max() <= 1.0 else 1.0), 0, 255).astype(np.uint8))
+        if not np.isfinite(arr).all() or arr.min() < 0 or arr.max() > 1:
+            raise DataError(f"a floating-point image must lie in [0, 1] (as float arrays do), this one spans "
+                            f"{np.nanmin(arr):.4g} to {np.nanmax(arr):.4g}: scale it (e.g. a CT window) and save it "
+                            "so, or as 8- or 16-bit integers")
+        img = Image.fromarray(np.round(arr * 255.0).astype(np.uint8))
     img = on_black(img)
     img = img.convert("L" if in_channels == 1 else "RGB")
     if img.size != (image_size, image_size):
@@ -162,7 +168,7 @@ def pil_to_array(img: Image.Image, image_size: int, in_channels: int, bit_depth:
 class LoadedFiles(NamedTuple):
     images: torch.Tensor  # uint8 [N, C, H, W]
     kept: list[str]  # the paths read, in order (unreadable ones left out)
-    bit_depth: int | None  # the depth wide integer images were scaled by (None: there were none)
+    bit_depth: int  # the depth wide integer images were scaled by (BYTE_DEPTH where there were none)
 
 
 def load_image_files(
@@ -182,7 +188,9 @@ def read_image_files(
 
     Integer images wider than 8 bits are all scaled by one bit depth: `bit_depth` (a detector's, from its
     training images; brighter values clip, with a warning), or else the widest their values need (images whose
-    own maximum needs less are read again at it), so that their brightness stays comparable.
+    own maximum needs less are read again at it, with a warning naming the few that set it), so that their
+    brightness stays comparable. Scoring always passes a detector's depth (8 for one trained on 8-bit images),
+    so no image's score depends on the others read beside it.
 
     Files are decoded by `threads` threads (default: the usable CPUs, at most 8; Pillow releases the
     GIL while it decodes and resizes) straight into one preallocated uint8 array, so the peak memory is
@@ -228,6 +236,7 @@ def read_image_files(
     depth = common_bit_depth(depths[wide].tolist(), bit_depth, [str(paths[i]) for i in wide])
     again = np.flatnonzero(ok & (depths > 0) & (depths != depth)).tolist() if bit_depth is None else []
     if again:  # wide images whose own maximum needs less than the set's: read again at the set's
+        _say_common_depth([str(paths[i]) for i in wide if depths[i] == depth], len(wide), depth)
         in_pool(again, depth, f"reading at {depth} bits")
     if several:
         log.warning("%d files hold several frames (multi-page TIFF, animated GIF); only the first of each is read: %s",
@@ -241,7 +250,16 @@ def read_image_files(
         for dst, src in enumerate(kept):  # close the gaps in place, keeping the order
             out[dst] = out[src]
     return LoadedFiles(torch.from_numpy(out[:len(kept)]), [str(paths[i]) for i in kept],
-                       depth if depths[kept].any() else None)
+                       depth if depth is not None and depths[kept].any() else bit_depth or BYTE_DEPTH)
+
+
+def _say_common_depth(widest: Sequence[str], n_wide: int, depth: int) -> None:
+    """A set is read at the depth its brightest images need, which darkens the others: worth a warning when
+    those images are a minority (a stray file, or one bright pixel, then sets the scale of every image)."""
+    level = logging.WARNING if 2 * len(widest) < n_wide else logging.INFO
+    log.log(level, "%d of %d integer images wider than 8 bits need %d bits (%s); all are read at that depth, so the "
+            "other %d are darker than each alone%s", len(widest), n_wide, depth, few_names(widest), n_wide - len(widest),
+            ": if those few are strays, remove them" if level == logging.WARNING else "")
 
 
 def _say_mixed_forms(paths: Sequence[str], forms: Sequence[FileForm | None], image_size: int,
@@ -279,8 +297,8 @@ def as_image_tensor(images: Any, image_size: int, in_channels: int, aligned: boo
 def read_images(images: Any, image_size: int, in_channels: int, aligned: bool = True,
                 bit_depth: int | None = None) -> tuple[torch.Tensor, int | None]:
     """Accept a numpy array, a tensor, a list of paths or a list of PIL images; return uint8 [N, C, H, W], and
-    the bit depth that files or PIL images wider than 8 bits were scaled by (`bit_depth`, else the widest they
-    need; None where there were none).
+    the bit depth files or PIL images were read at (`bit_depth`, else the widest their values need, 8 where none
+    is wider; None for arrays and tensors, whose scale is the caller's).
 
     Arrays and tensors may be [N, H, W], [N, H, W, C] or [N, C, H, W]; uint8 is read as 0..255,
     floats as 0..1. Their channel count must match the model (files and PIL images are converted).
@@ -312,7 +330,7 @@ def read_images(images: Any, image_size: int, in_channels: int, aligned: bool = 
             needed = [d for d in map(wide_bit_depth, images) if d is not None]
             depth = common_bit_depth(needed, bit_depth)
             return (torch.from_numpy(np.stack([pil_to_array(i, image_size, in_channels, depth) for i in images])),
-                    depth if needed else None)
+                    depth if needed else bit_depth or BYTE_DEPTH)
         if all(isinstance(i, (str, os.PathLike)) for i in images):
             loaded = read_image_files(images, image_size, in_channels, bit_depth=bit_depth)
             if aligned and len(loaded.kept) < len(images):
