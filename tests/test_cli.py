@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
 import shutil
 import subprocess
@@ -58,6 +59,34 @@ def test_a_run_names_the_held_out_images_behind_its_threshold(trained_run: tuple
     assert all(Path(name).parent == root / "train" for name in names)
     assert np.allclose(det.decision_function(names), scores, rtol=1e-6)  # each name is the image of its score
     assert sorted(scores) == pytest.approx(sorted(det.val_scores_)) and det.threshold_ == pytest.approx(max(scores))
+
+
+def test_test_warns_of_training_files_and_its_report_lists_the_warnings(trained_run: tuple[Path, Path],
+                                                                         tmp_path: Path,
+                                                                         caplog: pytest.LogCaptureFixture) -> None:
+    """`test` of a run on a folder holding copies of its training files warns as `train --test` does, and the
+    report keeps what the command warned about and where the threshold came from (2 held-out images)."""
+    import shutil
+
+    from tests.conftest import noise_images, smooth_images, write_images
+
+    root, run = trained_run
+    leak = tmp_path / "leak"
+    (leak / "normal").mkdir(parents=True)
+    for path in sorted((root / "train").iterdir())[:3]:
+        shutil.copy(path, leak / "normal" / path.name)
+    write_images(leak / "normal", smooth_images(3, seed=9), prefix="new")
+    write_images(leak / "abnormal", noise_images(3))
+    with caplog.at_level(logging.WARNING, logger="skipganomaly"):
+        assert main(["test", "--checkpoint", str(run), "--data", str(leak), "--report-dir", str(tmp_path / "r"),
+                     "--no-progress"]) == 0
+    assert "3 of the 9 test images (3 normal, 0 abnormal) are files of the training folder" in caplog.text
+    evaluation = json.loads((tmp_path / "r" / "evaluation.json").read_text())
+    assert any("files of the training folder" in w for w in evaluation["warnings"])
+    assert evaluation["calibration"]["n_val_images"] == 2 and evaluation["environment"]["skipganomaly"]
+    page = (tmp_path / "r" / "report.html").read_text()
+    assert "Warnings while this ran" in page and "from the scores of 2 training normals" in page
+    assert any("held-out" in w for w in json.loads((run / "metrics.json").read_text())["warnings"])
 
 
 def test_train_writes_a_complete_run_directory(trained_run: tuple[Path, Path]) -> None:
@@ -964,3 +993,10 @@ def test_a_class_folder_named_in_latin_1_is_benchmarked_and_reported(tmp_path: P
     assert main(["benchmark", "--data", str(data), "--models", "knn", "--protocol", "honest", "--no-progress",
                  "--device", "cpu", "--out", str(out)]) == 0
     assert (out / "report.html").is_file() and b"caf\xe9" in (out / "results.csv").read_bytes()
+
+
+def test_printed_metrics_never_show_a_nonzero_value_as_zero() -> None:
+    from skipganomaly.workflows import format_metrics
+
+    line = format_metrics({"auroc": 0.96504, "threshold": 1.42585e-05, "precision": float("nan"), "n_normal": 30})
+    assert line == "auroc=0.9650 threshold=1.426e-05 precision=nan n_normal=30"

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from typing import Any
+import logging
+from typing import Any, Iterator
 
 
 # The one logger every module writes to, so that what is set on it reaches every record: the sweep's
@@ -13,6 +15,27 @@ PACKAGE_LOGGER = "skipganomaly"
 # Exit code of a command that wrote what it could while some of its work failed (benchmark cells, unreadable files
 # given to predict), each named; 2 is bad input (every error below), 3 a benchmark stopped by its time limit.
 PARTLY_FAILED_EXIT = 1
+
+
+@contextlib.contextmanager
+def warnings_said() -> Iterator[list[str]]:
+    """The package's warnings logged inside the block, their messages in order, each once: what a run's report
+    lists beside its numbers (a terminal's lines are gone once it closes)."""
+    said: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            message = record.getMessage()
+            if message not in said:
+                said.append(message)
+
+    handler = Keep(logging.WARNING)
+    logger = logging.getLogger(PACKAGE_LOGGER)
+    logger.addHandler(handler)
+    try:
+        yield said
+    finally:
+        logger.removeHandler(handler)
 
 
 class SkipGanomalyError(Exception):

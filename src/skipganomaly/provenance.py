@@ -66,7 +66,9 @@ def environment() -> dict[str, Any]:
     CPU model, GPU and Python of this process."""
     import torch
 
-    return {"command": command_line(), "cwd": os.getcwd(), "git_commit": git_commit(),
+    from . import __version__
+
+    return {"command": command_line(), "cwd": os.getcwd(), "skipganomaly": __version__, "git_commit": git_commit(),
             "torch": str(torch.__version__), "threads": torch.get_num_threads(), "cpu": cpu_model(),
             "cpu_count": os.cpu_count(),
             "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import itertools
 import logging
 import math
 import os
@@ -21,7 +22,7 @@ from .data.digits import digits_leave_one_out
 from .data.folders import PixelTruth, label_folders, load_labelled_folder, load_masks, training_files
 from .data.images import list_image_files, load_image_files, read_image_files
 from .detector import Detector, DetectorSettings, setting_fields
-from .errors import PACKAGE_LOGGER, CheckpointError, ConfigError, DataError
+from .errors import PACKAGE_LOGGER, CheckpointError, ConfigError, DataError, warnings_said
 from .evaluation.metrics import evaluate_scores, metrics_per_folder, pixel_metrics
 from .evaluation.plots import save_overlays
 from .evaluation.report import build_run_report, write_evaluation, write_scores
@@ -37,7 +38,12 @@ log = logging.getLogger(PACKAGE_LOGGER)
 
 
 def format_metrics(metrics: dict[str, Any]) -> str:
-    return " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items())
+    """One line, `name=value`: four decimals, or four significant digits for a value they would show as 0
+    (a threshold of 1.4e-05)."""
+    def number(v: float) -> str:
+        return f"{v:.4f}" if v == 0 or not math.isfinite(v) or abs(v) >= 5e-5 else f"{v:.4g}"
+
+    return " ".join(f"{k}={number(v)}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items())
 
 
 def load_calibrated(checkpoint: Path, device: str = "auto", progress: bool = True) -> Detector:
@@ -51,10 +57,17 @@ def load_calibrated(checkpoint: Path, device: str = "auto", progress: bool = Tru
 def evaluate_folder(checkpoint: Path, data: Path, out: Path | None = None, report_dir: Path | None = None,
                     device: str = "auto", progress: bool = True) -> dict[str, Any]:
     """Score a labelled folder (normal/ + abnormal/) with a saved detector; print the metrics, write them
-    to `out` (JSON) and, with `report_dir`, scores, figures and report.html there."""
+    to `out` (JSON) and, with `report_dir`, scores, figures and report.html there (with the warnings said)."""
+    with warnings_said() as said:
+        return _evaluate_folder(checkpoint, data, out, report_dir, device, progress, said)
+
+
+def _evaluate_folder(checkpoint: Path, data: Path, out: Path | None, report_dir: Path | None, device: str,
+                     progress: bool, said: Sequence[str]) -> dict[str, Any]:
     det = load_calibrated(checkpoint, device, progress)
     x, y, names = load_labelled_folder(data, det.image_size, det.in_channels, progress=progress,
                                        bit_depth=det.bit_depth_)
+    _warn_training_files_among(Path(checkpoint), names, y)
     truth = load_masks(data, names, y.tolist(), det.image_size)
     scores = det.decision_function(x)
     metrics = evaluate_scores(scores, y.numpy(), det.threshold_)
@@ -65,7 +78,7 @@ def evaluate_folder(checkpoint: Path, data: Path, out: Path | None = None, repor
     if report_dir is not None:
         report = write_evaluation(report_dir, f"{det.model_name} ({checkpoint}) on {data}", x, names, y.numpy(),
                                   scores, metrics, det.threshold_, det.reconstructions, det.anomaly_maps,
-                                  per_folder=per_folder)
+                                  per_folder=per_folder, calibration=calibration(det), warnings=said)
         print(f"report {report}")
     return metrics
 
@@ -218,7 +231,13 @@ def train_run(settings: DetectorSettings, data: Path, test: Path | None, run: Ru
     """Train on the normal images of `data` into `run` (config.yaml, model.pt after every epoch,
     metrics.jsonl, metrics.json, report); with `test` (normal/ + abnormal/), evaluate after training.
     `resume` continues from run/model.state.pt; `overwrite` removes the run's earlier files once the data are
-    read. Under torchrun, rank 0 alone writes the run directory."""
+    read. Under torchrun, rank 0 alone writes the run directory. The warnings said go into the report."""
+    with warnings_said() as said:
+        return _train_run(settings, data, test, run, resume, tensorboard, overwrite, said)
+
+
+def _train_run(settings: DetectorSettings, data: Path, test: Path | None, run: RunDirectory, resume: bool,
+               tensorboard: bool, overwrite: bool, said: Sequence[str]) -> Detector:
     init_from_environment()  # a no-op unless started by torchrun with several processes
     progress = settings.training.progress
     det = Detector.from_settings(settings)
@@ -258,14 +277,53 @@ def train_run(settings: DetectorSettings, data: Path, test: Path | None, run: Ru
         metrics["test"] = evaluate_scores(scores, y.numpy(), det.threshold_)
         metrics["test"].update(_pixel_evaluation(det, truth, x))
         per_folder = _print_evaluation(metrics["test"], scores, y.numpy(), label_folders(test, names), det.threshold_)
+    run.write_metrics({**metrics, "warnings": list(said)})  # before the report, which reads them
+    if test_data is not None:
         report = write_evaluation(run.root, f"{settings.model} on {test}", x, names, y.numpy(), scores,
                                   metrics["test"], det.threshold_, det.reconstructions, det.anomaly_maps,
-                                  per_folder=per_folder)
+                                  per_folder=per_folder, calibration=calibration(det), warnings=said)
     else:
         report = build_run_report(run.root)
-    run.write_metrics(metrics)
     print(f"saved {run.checkpoint} (threshold {det.threshold_:.6g}); report {report}")
     return det
+
+
+def calibration(det: Detector) -> dict[str, Any]:
+    """What a fitted detector's threshold rests on, for the report's words about it (`threshold_note`)."""
+    return {"n_val_images": det.n_val_images_, "val_fraction": det.settings.val_fraction,
+            "contamination": det.settings.contamination}
+
+
+def _warn_training_files_among(checkpoint: Path, names: Sequence[str], labels: torch.Tensor) -> None:
+    """`test` of a training run's checkpoint: warn when test files are files of the run's training folder (the
+    same bytes; found by size first, so only files of a size in common are read), as `train --test` warns."""
+    run = RunDirectory(checkpoint if checkpoint.is_dir() else checkpoint.parent)
+    try:
+        folder = Path(run.read_config()[1].get("data") or "")
+        if not folder.is_dir() or not run.checkpoint.samefile(checkpoint if not checkpoint.is_dir() else
+                                                              run.checkpoint):
+            return
+        files = training_files(folder)[1]
+    except (ConfigError, DataError, OSError):
+        return  # a detector saved by the API, or its training folder gone or changed: nothing to compare with
+    test_sizes: dict[int, list[int]] = {}
+    for i, name in enumerate(names):
+        test_sizes.setdefault(os.path.getsize(name), []).append(i)
+    training = {_file_digest(p) for p in files if os.path.getsize(p) in test_sizes}
+    shared = [i for i in itertools.chain(*test_sizes.values()) if _file_digest(names[i]) in training]
+    if shared:
+        normal = int((labels[shared] == 0).sum())
+        log.warning("%d of the %d test images (%d normal, %d abnormal) are files of the training folder %s: the test "
+                    "metrics are optimistic; keep the test images out of the training folder: %s", len(shared),
+                    len(names), normal, len(shared) - normal, folder, few_names([names[i] for i in sorted(shared)]))
+
+
+def _file_digest(path: str | os.PathLike[str]) -> bytes:
+    digest = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.digest()
 
 
 def _warn_shared_images(train_images: torch.Tensor, test_images: torch.Tensor, labels: torch.Tensor,
@@ -320,7 +378,8 @@ def run_demo(settings: DetectorSettings, digits: Sequence[int], out: Path, basel
         results[key] = evaluate_scores(scores, labels, det.threshold_)
         names = [f"test{i:04d}" for i in range(len(labels))]
         write_evaluation(run.root, f"{settings.model}, digit {digit} abnormal", split.test, names, labels, scores,
-                         results[key], det.threshold_, det.reconstructions, det.anomaly_maps)
+                         results[key], det.threshold_, det.reconstructions, det.anomaly_maps,
+                         calibration=calibration(det))
         for name in baselines:  # seconds each
             base = Detector.from_settings(settings.replace(model=name, model_options={}, progress=False))
             base.fit(split.train)

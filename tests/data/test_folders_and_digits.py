@@ -88,6 +88,18 @@ def test_unlabelled_test_folder_is_a_clear_error(tmp_path: Path) -> None:
         labelled_files(tmp_path / "nope")
 
 
+def test_a_test_folder_whose_abnormal_files_are_all_unreadable_is_an_error(tmp_path: Path) -> None:
+    """The labels are checked again once the files are read: metrics over normal images alone are not a test."""
+    write_images(tmp_path / "normal", blob_images(3))
+    (tmp_path / "abnormal").mkdir()
+    for i in range(2):
+        (tmp_path / "abnormal" / f"bad{i}.png").write_bytes(b"not a png")
+    with pytest.raises(DataError, match="none of the 2 abnormal images .* could be read"):
+        load_labelled_folder(tmp_path, 32, 3)
+    write_images(tmp_path / "abnormal", noise_images(1))
+    assert load_labelled_folder(tmp_path, 32, 3)[1].tolist() == [0, 0, 0, 1]
+
+
 def test_mvtec_layout_takes_every_defect_folder_as_abnormal(tmp_path: Path,
                                                             caplog: pytest.LogCaptureFixture) -> None:
     """MVTec AD: test/good beside one folder per defect type; ground_truth/ (masks) is not a defect."""

@@ -41,7 +41,19 @@ def test_evaluate_scores_known_values() -> None:
     assert m["auroc"] == pytest.approx(5 / 6)
     # flagged: 0.6 (normal) and 0.9 (abnormal) -> precision 1/2, recall 1/2
     assert m["precision"] == 0.5 and m["recall"] == 0.5 and m["f1"] == 0.5
-    assert m["n_normal"] == 3 and m["n_abnormal"] == 2
+    assert m["false_alarm_rate"] == pytest.approx(1 / 3)
+    assert m["n_normal"] == 3 and m["n_abnormal"] == 2 and m["n_flagged"] == 2
+
+
+def test_undefined_threshold_metrics_are_nan_not_zero() -> None:
+    """Nothing flagged: precision is undefined (NaN), F1 and recall 0; no abnormal image: recall undefined, no
+    normal one: the false-alarm rate. A report must not print 0 for what was never measured."""
+    quiet = evaluate_scores([0.1, 0.2, 0.3], [0, 0, 1], threshold=0.9)
+    assert math.isnan(quiet["precision"]) and quiet["recall"] == 0 and quiet["f1"] == 0
+    assert quiet["false_alarm_rate"] == 0 and quiet["n_flagged"] == 0
+    assert math.isnan(evaluate_scores([0.1, 0.2], [0, 0], threshold=0.15)["recall"])
+    assert math.isnan(evaluate_scores([0.1, 0.2], [1, 1], threshold=0.15)["false_alarm_rate"])
+    assert math.isnan(evaluate_scores([0.1, 0.2], [0, 0], threshold=0.9)["f1"])
 
 
 def test_perfect_and_single_class() -> None:

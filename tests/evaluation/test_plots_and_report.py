@@ -200,3 +200,71 @@ def test_the_training_table_has_a_d_resets_column_only_where_d_was_reset(tmp_pat
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     page = build_run_report(tmp_path).read_text()
     assert ("D resets" in page) == bool(resets)
+
+
+def test_a_damaged_scores_or_evaluation_file_is_one_data_error(tmp_path: Path) -> None:
+    """A scores file cut short, with a missing column, a non-finite score or a label other than 0/1, and an
+    evaluation.json that is not an object: each a DataError naming the file, never a traceback or a report whose
+    curves contradict its metrics table."""
+    run = tmp_path / "run"
+    write_evaluation(run, "toy", torch.zeros((50, 3, 32, 32), dtype=torch.uint8), [f"img{i}.png" for i in range(50)],
+                     LABELS, SCORES, {"auroc": 0.8, "n_normal": 30, "n_abnormal": 20}, 0.7,
+                     reconstruct=lambda x: x.permute(0, 2, 3, 1).numpy() / 255.0,
+                     anomaly_maps=lambda x: x.float().mean(1).numpy())
+    scores = run / "scores.csv"
+    whole = scores.read_text().splitlines()
+    damaged = {"cut short": whole[:40], "no score column": [line.rsplit(",", 1)[0] for line in whole],
+               "nan score": [*whole[:5], "x.png,0,nan", *whole[6:]], "label 2": [*whole[:5], "x.png,2,0.5", *whole[6:]],
+               "cut in a row": [*whole[:5], "x.png", *whole[6:]]}
+    for what, lines in damaged.items():
+        scores.write_text("\n".join(lines) + "\n")
+        with pytest.raises(DataError, match="scores.csv") as raised:
+            build_report(run)
+        assert "\n" not in str(raised.value), what
+    scores.write_text("\n".join(whole) + "\n")
+    build_report(run)
+    (run / "evaluation.json").write_text("[1, 2]")
+    with pytest.raises(DataError, match="not an evaluation"):
+        build_report(run)
+
+
+def test_the_report_says_where_the_threshold_came_from_and_what_was_warned(tmp_path: Path) -> None:
+    """A reader of the report alone learns what the threshold rests on and sees the command's warnings."""
+    run = tmp_path / "run"
+    page = write_evaluation(run, "toy", torch.zeros((50, 3, 32, 32), dtype=torch.uint8),
+                            [f"scratch/img{i}.png" for i in range(50)], LABELS, SCORES, {"auroc": 0.8}, 0.7,
+                            reconstruct=lambda x: x.permute(0, 2, 3, 1).numpy() / 255.0,
+                            anomaly_maps=lambda x: x.float().mean(1).numpy(),
+                            calibration={"n_val_images": 4, "val_fraction": 0.05, "contamination": 0.05},
+                            warnings=["3 of the 50 test images are also training images"]).read_text()
+    assert "from the scores of 4 training normals held out" in page and "1/5 (20.0%)" in page
+    assert "Warnings while this ran" in page and "3 of the 50 test images are also training images" in page
+    assert "Warnings while" not in _evaluation(tmp_path / "quiet").read_text()
+
+
+def test_the_report_of_an_unfinished_run_says_how_to_resume_it(tmp_path: Path) -> None:
+    from skipganomaly.run_directory import RunDirectory
+
+    run = RunDirectory(tmp_path / "run")
+    run.root.mkdir()
+    run.write_config({"model": "pca", "epochs": 20}, command="train")
+    record = {"epoch": 1, "losses": {"g": 1.0}, "val_loss": 0.5, "d_resets": 0, "seconds": 1.0, "images_per_second": 9}
+    run.metrics_log.write_text(json.dumps(record) + "\n" + json.dumps({"epoch": 2}) + "\n")  # an edited record: left out
+    page = build_report(run.root).read_text()
+    assert "Unfinished run: 1 of 20 epochs trained" in page and "skipganomaly train --resume" in page
+    run.write_metrics({"threshold": 1.0})
+    assert "Unfinished" not in build_report(run.root).read_text()
+
+
+def test_report_on_a_demo_folder_or_a_benchmark_without_scores_says_what_it_is(tmp_path: Path) -> None:
+    demo = tmp_path / "demo"
+    _evaluation(demo / "digit3")
+    (demo / "results.json").write_text(json.dumps({"digit 3": {"auroc": 0.9}}))
+    with pytest.raises(DataError, match="a demo's output folder .* skipganomaly report .*digit3"):
+        build_report(demo)
+    bench = _benchmark_folder(tmp_path / "bench")
+    next((bench / "cells").glob("*ship*honest*")).write_bytes(b"cut")
+    page = build_report(bench).read_text()
+    assert "no readable saved test scores for ship" in page
+    shutil.rmtree(bench / "cells")
+    assert "no readable saved test scores for ship, bird, so no ROC curve" in build_report(bench).read_text()

@@ -226,4 +226,9 @@ def load_labelled_folder(
     paths, labels = labelled_files(root)
     label_of = {str(p): y for p, y in zip(paths, labels, strict=True)}
     images, kept = load_image_files(paths, image_size, in_channels, progress=progress, bit_depth=bit_depth)
-    return images, torch.tensor([label_of[p] for p in kept]), kept
+    labels_kept = [label_of[p] for p in kept]
+    for label, kind in ((0, "normal"), (1, "abnormal")):
+        if label not in labels_kept:  # every file of one kind unreadable: the metrics would be undefined or one-sided
+            raise DataError(f"none of the {labels.count(label)} {kind} images in {root} could be read (the warnings "
+                            "above say why): a test needs both normal and abnormal images")
+    return images, torch.tensor(labels_kept), kept

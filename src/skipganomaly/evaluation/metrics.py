@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -30,10 +30,26 @@ def min_calibration_images(contamination: float) -> int:
     return math.ceil(round(1.0 / contamination - 1.0, 9)) if contamination > 0 else 0
 
 
-def evaluate_scores(scores: Sequence[float], labels: Sequence[int], threshold: float) -> dict[str, float]:
-    """AUROC, AUPRC, and precision/recall/F1 when flagging scores strictly above `threshold`.
+def threshold_note(threshold: float, calibration: Mapping[str, Any]) -> str:
+    """Where a threshold came from, in words, from a detector's `calibration` (n_val_images, val_fraction,
+    contamination): what a report states beside the metrics computed at it."""
+    n, c = int(calibration["n_val_images"]), float(calibration["contamination"])
+    held = (f"Threshold {threshold:.6g}: from the scores of {n} training normals held out of training "
+            f"(val_fraction {calibration['val_fraction']}), no test label used; ")
+    if n < min_calibration_images(c):
+        return held + (f"their largest score, as {n} are fewer than the {min_calibration_images(c)} that the "
+                       f"contamination {c} needs, so a new normal image exceeds it with probability 1/{n + 1} "
+                       f"({1 / (n + 1):.1%}).")
+    return held + (f"the k-th smallest, k = ceil((n + 1)(1 - {c})), so a new normal image exceeds it with "
+                   f"probability at most {c:.1%} (the contamination setting).")
 
-    AUROC and AUPRC are NaN when the labels hold a single class.
+
+def evaluate_scores(scores: Sequence[float], labels: Sequence[int], threshold: float) -> dict[str, float]:
+    """AUROC, AUPRC, and precision/recall/F1 and the false-alarm rate when flagging scores strictly above
+    `threshold`, with the counts behind them.
+
+    Undefined values are NaN, not 0: AUROC and AUPRC when the labels hold a single class, precision when
+    nothing is flagged, recall without abnormal images, the false-alarm rate without normal ones.
     """
     # Imported here, not with the package: scikit-learn is heavy to import (it brings scipy), and a
     # training run needs it only at the end.
@@ -48,18 +64,19 @@ def evaluate_scores(scores: Sequence[float], labels: Sequence[int], threshold: f
     tp = int(np.sum(pred & (y == 1)))
     fp = int(np.sum(pred & (y == 0)))
     fn = int(np.sum(~pred & (y == 1)))
-    precision = tp / (tp + fp) if tp + fp else 0.0
-    recall = tp / (tp + fn) if tp + fn else 0.0
-    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    n_normal = int(np.sum(y == 0))
+    nan = float("nan")
     return {
-        "auroc": float(roc_auc_score(y, s)) if both else float("nan"),
-        "auprc": min(1.0, float(average_precision_score(y, s))) if both else float("nan"),  # sums may round above 1
-        "f1": f1,
-        "precision": precision,
-        "recall": recall,
+        "auroc": float(roc_auc_score(y, s)) if both else nan,
+        "auprc": min(1.0, float(average_precision_score(y, s))) if both else nan,  # sums may round above 1
+        "f1": 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else nan,
+        "precision": tp / (tp + fp) if tp + fp else nan,
+        "recall": tp / (tp + fn) if tp + fn else nan,
+        "false_alarm_rate": fp / n_normal if n_normal else nan,
         "threshold": float(threshold),
-        "n_normal": int(np.sum(y == 0)),
+        "n_normal": n_normal,
         "n_abnormal": int(np.sum(y == 1)),
+        "n_flagged": tp + fp,
     }
 
 

@@ -15,6 +15,7 @@ import io
 import json
 import math
 import shlex
+import zipfile
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -24,10 +25,14 @@ from ..errors import DataError
 from ..files import TEXT_ENCODING, json_text, readable_name, write_text_atomic
 from ..provenance import environment
 from ..run_directory import EVALUATION, METRICS_LOG, RunDirectory, SweepDirectory, read_history
+from .metrics import threshold_note
 from .plots import histogram_figure, image_grid_figure, pr_figure, roc_figure, training_curves_figure
 from ..data.cifar10 import NAME as CIFAR10, TITLE as CIFAR10_TITLE
 from .tables import (PROTOCOL_NOTES, STD_NOTE, benchmark_rows, commit_text, commits_note, shows_paper_numbers,
                      summarise)
+
+# The fields of a metrics.jsonl record the report shows; a record without them (edited, or cut) is left out.
+SHOWN_EPOCH_FIELDS = frozenset({"epoch", "losses", "val_loss", "images_per_second"})
 
 EXAMPLE_GROUPS = {
     "most_anomalous": "Most anomalous (highest scores)",
@@ -58,13 +63,34 @@ def write_scores(path: Path, names: Sequence[str], labels: np.ndarray, scores: n
 
 
 def read_scores(path: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """The names, labels (0 normal, 1 abnormal) and finite scores of a scores file; anything else, a file cut
+    short or edited, is a DataError naming the file and the first bad row."""
+    if not path.is_file():
+        raise DataError(f"{path} is missing: the test's scores are needed to draw the report (rerun the test)")
     with path.open(newline="", **TEXT_ENCODING) as fh:
         rows = list(csv.DictReader(fh))
-    try:
-        return ([r["name"] for r in rows], np.array([int(r["label"]) for r in rows], dtype=np.int64),
-                np.array([float(r["score"]) for r in rows], dtype=np.float64))
-    except (KeyError, ValueError) as err:
-        raise DataError(f"{path} is not a scores file written by skipganomaly ({err})") from None
+    names, labels, scores = [], [], []
+    for line, row in enumerate(rows, start=2):
+        try:
+            label, score = int(row["label"]), float(row["score"])
+            if label not in (0, 1) or not math.isfinite(score) or row["name"] is None:
+                raise ValueError(f"label {row['label']}, score {row['score']}")
+        except (KeyError, ValueError, TypeError) as err:
+            raise DataError(f"{path} is not a scores file written by skipganomaly (line {line}: {err})") from None
+        names.append(row["name"])
+        labels.append(label)
+        scores.append(score)
+    return names, np.array(labels, dtype=np.int64), np.array(scores, dtype=np.float64)
+
+
+def _check_counts(path: Path, labels: np.ndarray, metrics: Mapping[str, Any]) -> None:
+    """The scores file must hold the images the saved metrics were computed on: a file cut short would
+    otherwise draw curves that contradict the metrics table above them."""
+    expected = (metrics.get("n_normal"), metrics.get("n_abnormal"))
+    found = (int(np.sum(labels == 0)), int(np.sum(labels == 1)))
+    if None not in expected and tuple(expected) != found:
+        raise DataError(f"{path} holds {found[0]} normal and {found[1]} abnormal scores, but the metrics were computed "
+                        f"on {expected[0]} and {expected[1]}: it was cut short or edited; rerun the test")
 
 
 def write_evaluation(
@@ -80,26 +106,38 @@ def write_evaluation(
     anomaly_maps: Callable[[Any], np.ndarray],
     k: int = 8,
     per_folder: Mapping[str, Mapping[str, float]] | None = None,
+    calibration: Mapping[str, Any] | None = None,
+    warnings: Sequence[str] = (),
 ) -> Path:
     """Write scores, evaluation.json, the example grids and the report; return the report's path.
 
     `images` are uint8 [N, C, H, W] at the model's size; `reconstruct` and `anomaly_maps` are the
-    detector's methods (called on the few selected images only); `per_folder`: `metrics_per_folder`'s.
+    detector's methods (called on the few selected images only); `per_folder`: `metrics_per_folder`'s;
+    `calibration`: what the threshold rests on (`threshold_note`); `warnings`: what the command warned about.
     """
     run = RunDirectory(Path(run_dir))
     figures = run.figures
     write_scores(run.scores, names, labels, scores)
     evaluation = {"title": title, "metrics": dict(metrics), "threshold": threshold,
-                  **({"per_folder": dict(per_folder)} if per_folder else {}), "environment": environment()}
+                  **({"per_folder": dict(per_folder)} if per_folder else {}),
+                  **({"calibration": dict(calibration)} if calibration else {}), "warnings": list(warnings),
+                  "environment": environment()}
     write_text_atomic(run.evaluation, json_text(evaluation, indent=2) + "\n")
     for group, index in select_examples(labels, scores, threshold, k).items():
         subset = images[index]
         shown = subset.permute(0, 2, 3, 1).numpy() / 255.0 if len(index) else np.zeros((0, 1, 1, 1))
         recon = reconstruct(subset) if len(index) else shown
         maps = anomaly_maps(subset) if len(index) else shown[..., 0]
-        captions = [f"{'abn' if labels[i] else 'norm'} {scores[i]:.3g}\n{_short(names[i])}" for i in index]
+        captions = [f"{'abn' if labels[i] else 'norm'} {scores[i]:.3g}\n{_in_folder(names[i])}{_short(names[i])}"
+                    for i in index]
         image_grid_figure(shown, recon, maps, captions, figures / f"examples_{group}.png", EXAMPLE_GROUPS[group])
     return build_run_report(run_dir)
+
+
+def _in_folder(name: str) -> str:
+    """The folder line of a caption (MVTec AD's defect type: the same file name recurs in each), if any."""
+    folder = Path(name).parent.name
+    return f"{_short(folder)}/\n" if folder else ""
 
 
 def _short(name: str, width: int = 18) -> str:
@@ -119,7 +157,9 @@ def build_run_report(run_dir: Path) -> Path:
     figures = run.figures
     sections: list[str] = []
     evaluation = _read_json(run.evaluation)
-    history = read_history(run.metrics_log)
+    if evaluation is not None and not isinstance(evaluation, dict):
+        raise DataError(f"{run.evaluation} is not an evaluation written by skipganomaly (a JSON object)")
+    history = [r for r in read_history(run.metrics_log) if isinstance(r, dict) and SHOWN_EPOCH_FIELDS <= r.keys()]
     config: dict[str, Any] = {}
     made_by: dict[str, Any] = {}  # the command, code version and machine behind the files
     if run.config.exists():
@@ -131,11 +171,25 @@ def build_run_report(run_dir: Path) -> Path:
         raise DataError(f"{run_dir} holds neither {EVALUATION} nor {METRICS_LOG}: nothing to report "
                         "(is it a run directory of `train` or `test`?)")
     title = (evaluation or {}).get("title") or f"training run {run_dir.name}"
+    finished = evaluation is not None or run.metrics.exists() or not run.config.exists()
+    if not finished:
+        sections.append(f"<p><b>Unfinished run: {len(history)} of {config.get('epochs', '?')} epochs trained, no "
+                        f"threshold and no test yet. <code>skipganomaly train --resume "
+                        f"{html.escape(shlex.quote(str(run_dir)))}</code> continues it.</b></p>")
+    said = (evaluation or _read_json(run.metrics) or {}).get("warnings") if finished else None
+    if said:
+        sections.append("<h2>Warnings while this ran</h2><p>What the command warned about; each can change what the "
+                        "numbers below mean.</p><ul>" + "".join(f"<li>{html.escape(str(w))}</li>" for w in said)
+                        + "</ul>")
     if evaluation is not None:
         names, labels, scores = read_scores(run.scores)
         threshold = evaluation.get("threshold")
         metrics = evaluation.get("metrics", {})
+        _check_counts(run.scores, labels, metrics)
         sections.append("<h2>Metrics</h2>" + html_table(["metric", "value"], [[k, v] for k, v in metrics.items()]))
+        calibration = evaluation.get("calibration")
+        if calibration and threshold is not None:
+            sections.append(f"<p>{html.escape(threshold_note(threshold, calibration))}</p>")
         per_folder = evaluation.get("per_folder") or {}
         if per_folder:
             sections.append("<h2>Per folder</h2><p>Each defect folder's images against all normal ones (AUROC), and "
@@ -208,20 +262,23 @@ def build_benchmark_report(bench_dir: Path) -> Path:
         sections.append(f"<h2>Protocol: {html.escape(protocol)}</h2><p>{html.escape(PROTOCOL_NOTES[protocol])}</p>"
                         + html_table(header, rows))
         for model in config["models"]:
-            curves = {}
+            curves, lacking = {}, []
             for cell in cells:
-                path = folder.cells / cell.get("scores_file", "-")
-                if (cell["model"], cell["protocol"], cell["seed"]) == (model, protocol, config["seeds"][0]) \
-                        and path.is_file():
-                    with np.load(path) as data:
+                if (cell["model"], cell["protocol"], cell["seed"]) != (model, protocol, config["seeds"][0]):
+                    continue
+                try:
+                    with np.load(folder.cells / cell.get("scores_file", "-")) as data:
                         curves[cell["class"]] = (data["labels"], data["scores"])
+                except (OSError, ValueError, KeyError, zipfile.BadZipFile):  # missing, cut short or not ours
+                    lacking.append(str(cell["class"]))
             if curves:
                 name = f"roc_{model.replace('+', 'p')}_{protocol}.png"
                 sections.append(_img(roc_figure(curves, figures / name,
                                                 f"{model}, {protocol} protocol, seed {config['seeds'][0]}")))
-            else:
-                sections.append(f"<p>{html.escape(model)}: no saved test scores for ROC curves (rerun "
-                                "its cells to draw the curves).</p>")
+            if lacking or not curves:
+                sections.append(f"<p>{html.escape(model)}: no readable saved test scores for "
+                                f"{html.escape(', '.join(lacking)) if lacking else 'any class'}, so no ROC curve "
+                                f"for {'them' if lacking else 'it'} (rerun those cells to draw them).</p>")
     title = str(saved.get("dataset_name", CIFAR10_TITLE if dataset == CIFAR10 else dataset))
     return write_page(folder.report, f"{title} leave-one-class-out benchmark", sections)
 
@@ -235,8 +292,13 @@ def build_report(directory: Path) -> Path:
     if not directory.is_dir():
         raise DataError(f"no such directory: {directory}")
     folder = SweepDirectory(directory)
-    if folder.results_json.exists() and folder.cells.is_dir():
+    saved = _read_json(folder.results_json)
+    if isinstance(saved, dict) and "cells" in saved:
         return build_benchmark_report(directory)
+    runs = sorted(p.name for p in directory.iterdir() if RunDirectory(p).evaluation.is_file())
+    if saved is not None and runs and not RunDirectory(directory).evaluation.exists():
+        raise DataError(f"{directory} is a demo's output folder (one run per digit, each with its report): report "
+                        f"takes one of them, e.g. skipganomaly report {shlex.quote(str(directory / runs[0]))}")
     return build_run_report(directory)
 
 
