@@ -197,3 +197,81 @@ def test_export_command_writes_a_file_that_predicts_alone(tmp_path: Path, capsys
     bare = OnnxScorer(export_onnx(det.model_, tmp_path / "bare.onnx"))  # a model alone has no threshold
     with pytest.raises(ConfigError, match="no threshold"):
         bare.predict(images)
+
+
+def test_an_onnx_file_says_how_to_prepare_its_input_and_refuses_what_is_not_one(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A service with only the .onnx file learns the input scale, channels, resizing and score direction from its
+    metadata and doc string; plain onnxruntime fed as described gives OnnxScorer's scores. Files that are not a
+    skipganomaly export (another graph, damaged metadata, a checkpoint) and bad arguments are one clear error."""
+    import logging
+
+    import onnx
+    import onnxruntime as ort
+    from PIL import Image
+
+    from skipganomaly import Detector
+    from skipganomaly.errors import CheckpointError
+
+    det = Detector("pca", val_fraction=0.5, progress=False).fit(blob_images(40))
+    path = det.export_onnx(tmp_path / "m.onnx")
+    graph = onnx.load(str(path))
+    meta = {p.key: p.value for p in graph.metadata_props}
+    assert "pixel / 127.5 - 1" in meta["skipganomaly.input"] and "RGB" in meta["skipganomaly.input"]
+    assert "higher = more anomalous" in meta["skipganomaly.score"] and meta["skipganomaly.version"]
+    assert "stretched" in graph.doc_string
+    picture = tmp_path / "p.png"
+    Image.fromarray(noise_images(1)[0]).resize((48, 40)).save(picture)
+    as_described = np.asarray(Image.open(picture).convert("RGB").resize((32, 32), Image.Resampling.BILINEAR))
+    plain = ort.InferenceSession(str(path)).run(["scores"], {"images": (as_described.transpose(2, 0, 1)[None]
+                                                                        .astype(np.float32) / 127.5 - 1)})[0]
+    assert plain[0] == pytest.approx(OnnxScorer(path).score([picture])[0], rel=1e-5)
+
+    for key, value in (("skipganomaly.threshold", "nan"), ("skipganomaly.bit_depth", "x")):
+        damaged = onnx.load(str(path))
+        next(p for p in damaged.metadata_props if p.key == key).value = value
+        onnx.save(damaged, str(tmp_path / "damaged.onnx"))
+        with pytest.raises(CheckpointError, match="damaged metadata"):
+            OnnxScorer(tmp_path / "damaged.onnx")
+    foreign = onnx.load(str(path))
+    foreign.graph.input[0].name = "input"
+    for node in foreign.graph.node:
+        node.input[:] = ["input" if name == "images" else name for name in node.input]
+    onnx.save(foreign, str(tmp_path / "foreign.onnx"))
+    with pytest.raises(CheckpointError, match="not a skipganomaly export"):
+        OnnxScorer(tmp_path / "foreign.onnx")
+    det.save(tmp_path / "model.pt")
+    with pytest.raises(CheckpointError, match="is a detector checkpoint .*Detector.load"):
+        OnnxScorer(tmp_path / "model.pt")
+    with pytest.raises(CheckpointError, match="is an ONNX export, not a detector checkpoint"):
+        Detector.load(path)
+    for threads in (1.5, "2", 0, -1, True):
+        with pytest.raises(ConfigError, match="threads must be a whole number"):
+            OnnxScorer(path, threads=threads)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="finite"):
+        export_onnx(det.model_, tmp_path / "nan.onnx", threshold=float("nan"))
+    with pytest.raises(ConfigError, match="names a folder"):
+        det.export_onnx(f"{tmp_path / 'newdir'}/")
+    assert not (tmp_path / "newdir").exists()
+    with pytest.raises(Exception, match="grayscale \\+ alpha"):
+        OnnxScorer(path).score(np.zeros((2, 32, 32, 2), np.uint8))
+    det.threshold_ = None  # as an unfinished run's detector
+    with caplog.at_level(logging.WARNING, logger="skipganomaly"):
+        det.export_onnx(tmp_path / "unfinished.onnx")
+    assert "exporting without a threshold" in caplog.text
+    with pytest.raises(ConfigError, match="unfinished training run"):
+        OnnxScorer(tmp_path / "unfinished.onnx").predict(blob_images(2))
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no private export folder left
+
+
+def test_onnx_scoring_batches_keep_pixels_per_batch_constant(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """At 128 px the default batch is 4 images (the detector's on a CPU), not 256: memory stays flat."""
+    model = create("pca", image_size=128).eval()
+    train = prepare_batch(torch.from_numpy(blob_images(10, size=128, seed=3)).permute(0, 3, 1, 2), torch.device("cpu"))
+    model.fit_closed_form(train)
+    scorer = OnnxScorer(export_onnx(model, tmp_path / "m.onnx"))
+    seen: list[int] = []
+    real = scorer.session.run
+    monkeypatch.setattr(scorer.session, "run", lambda out, feed: seen.append(len(feed["images"])) or real(out, feed))
+    scorer.score(blob_images(9, size=128))
+    assert seen == [4, 4, 1]

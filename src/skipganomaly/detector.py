@@ -460,7 +460,11 @@ class Detector:
         training files' bit depth as metadata, so `OnnxScorer` can score and predict alone; see `onnx_export`."""
         from .onnx_export import export_onnx
 
-        return export_onnx(self._fitted(), path, self.threshold_, self.bit_depth_)
+        model = self._fitted()
+        if self.threshold_ is None:
+            log.warning("exporting without a threshold (an unfinished training run, or val_fraction=0): the ONNX file "
+                        "scores but cannot predict")
+        return export_onnx(model, path, self.threshold_, self.bit_depth_)
 
     def _as_tensor(self, images: Any) -> torch.Tensor:
         self._fitted()
@@ -521,6 +525,9 @@ class Detector:
             path = path / CHECKPOINT
         if not path.is_file():
             raise CheckpointError(f"checkpoint not found: {path}")
+        if path.suffix.lower() == ".onnx":
+            raise CheckpointError(f"{path} is an ONNX export, not a detector checkpoint: score it with "
+                                  "skipganomaly.onnx_export.OnnxScorer, or give the run's model.pt")
         payload = load_torch_checked(path, FORMAT, (1, FORMAT_VERSION), readable_as="skipganomaly checkpoint",
                                      kind="skipganomaly detector file")
         name = payload["model_name"]

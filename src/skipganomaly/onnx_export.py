@@ -1,16 +1,20 @@
 """Export a model's score to ONNX (dynamic batch axis) and score with onnxruntime on CPUs.
 
 The exported graph takes images already scaled to [-1, 1] ([N, C, H, W] float32) and returns one
-score per image, computed in eval mode exactly as `AnomalyModel.score`. A detector's export also carries,
-as the file's metadata (`METADATA`), what labelling and reading images need: its threshold, the bit depth of
-its training files, and the model's name, so that `OnnxScorer` alone can `predict`.
+score per image, computed in eval mode as `AnomalyModel.score` (to float32 rounding: `SCORE_TOLERANCE`). A
+detector's export also carries, as the file's metadata (`METADATA`), what labelling and reading images need: its
+threshold, the bit depth of its training files, and the model's name, so that `OnnxScorer` alone can `predict`;
+and, for a service that reads the file without this package (`DESCRIPTION`), how images are prepared and what
+the score means, also as the file's doc string.
 """
 
 from __future__ import annotations
 
-import contextlib
+import math
 import os
+import tempfile
 import warnings
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +22,11 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .data.images import BYTE_DEPTH, as_image_tensor, to_unit_range
+from .data.images import BIT_DEPTHS, BYTE_DEPTH, as_image_tensor, to_unit_range
 from .errors import CheckpointError, ConfigError
 from .files import writing
 from .models.base import AnomalyModel
-from .training.inference import check_batch_size
+from .training.inference import check_batch_size, default_eval_batch
 
 
 class _Score(nn.Module):
@@ -35,6 +39,32 @@ class _Score(nn.Module):
 
 
 METADATA = ("skipganomaly.model", "skipganomaly.threshold", "skipganomaly.bit_depth")  # values as text ("" = none)
+INPUT, OUTPUT = "images", "scores"  # the graph's input and output names
+
+# The largest relative difference measured between onnxruntime's scores and the detector's on the same images
+# (rotation's kNN terms; pca and the GANs agree to 1e-6): an image scored exactly at the threshold by one may be
+# just above it for the other.
+SCORE_TOLERANCE = 5e-3
+
+
+def description(model: AnomalyModel, bit_depth: int | None) -> dict[str, str]:
+    """What a service needs to prepare images and read scores without this package (`skipganomaly.input`,
+    `skipganomaly.score`, `skipganomaly.version`): written into every export beside `METADATA`."""
+    from . import __version__
+
+    colour = "RGB" if model.in_channels == 3 else "grayscale (Pillow's L: ITU-R 601-2 luma)"
+    depth = (f"integer files wider than 8 bits scaled by 2**{bit_depth} - 1 first (skipganomaly.bit_depth); "
+             if bit_depth and bit_depth > 8 else "")
+    return {
+        "skipganomaly.input": f"{INPUT}: float32 [N, {model.in_channels}, {model.image_size}, {model.image_size}], "
+                              f"{colour}, uint8 pixel / 127.5 - 1 (so in [-1, 1]); {depth}each image turned upright "
+                              f"by its EXIF orientation, transparent pixels laid on black, then stretched (not "
+                              f"cropped) to {model.image_size}x{model.image_size}, bilinear with antialiasing",
+        "skipganomaly.score": f"{OUTPUT}: float32 [N], higher = more anomalous (may be negative); label 1 (anomaly) "
+                              f"where score > skipganomaly.threshold; matches the detector's scores to a relative "
+                              f"{SCORE_TOLERANCE:g}",
+        "skipganomaly.version": __version__,
+    }
 
 
 def _export_to(model: AnomalyModel, path: Path, threshold: float | None, bit_depth: int | None) -> None:
@@ -45,12 +75,15 @@ def _export_to(model: AnomalyModel, path: Path, threshold: float | None, bit_dep
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            torch.onnx.export(_Score(model), (dummy,), str(path), input_names=["images"], output_names=["scores"],
-                              dynamic_axes={"images": {0: "batch"}, "scores": {0: "batch"}}, dynamo=False,
+            torch.onnx.export(_Score(model), (dummy,), str(path), input_names=[INPUT], output_names=[OUTPUT],
+                              dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}}, dynamo=False,
                               opset_version=17)
     except Exception as err:
         if "onnx" in str(err).lower() and "not installed" in str(err).lower():
             raise ConfigError("ONNX export needs the onnx package: pip install 'skipganomaly[onnx]'") from None
+        if type(err).__name__ == "EncodeError" or "2GiB" in str(err).replace(" ", ""):
+            raise ConfigError(f"the {model.name!r} graph is larger than ONNX's 2 GiB limit for one file (a kNN bank "
+                              f"of many images at {model.image_size} px?): export a smaller bank or image size") from None
         raise
     finally:
         model.train(was_training)
@@ -59,8 +92,10 @@ def _export_to(model: AnomalyModel, path: Path, threshold: float | None, bit_dep
     graph = onnx.load(str(path))
     values = (model.name, "" if threshold is None else repr(float(threshold)),
               "" if bit_depth is None else str(bit_depth))
-    for key, value in zip(METADATA, values, strict=True):
+    described = description(model, bit_depth)
+    for key, value in [*zip(METADATA, values, strict=True), *described.items()]:
         graph.metadata_props.add(key=key, value=value)
+    graph.doc_string = " ".join(described.values())
     onnx.save(graph, str(path))
 
 
@@ -69,60 +104,96 @@ def export_onnx(model: AnomalyModel, path: str | os.PathLike[str], threshold: fl
     """Write `model.score` as an ONNX graph with a dynamic batch axis, with `METADATA`; returns the path."""
     if not model.exportable:
         raise ConfigError(f"model {model.name!r} cannot be exported to ONNX (its score is an optimisation loop)")
+    if threshold is not None and not math.isfinite(threshold):
+        raise ConfigError(f"the threshold must be a finite number, got {threshold}")
+    if str(path).endswith(("/", os.sep)) or Path(path).is_dir():
+        raise ConfigError(f"{path} names a folder; give the ONNX file to write (e.g. {Path(path) / 'model.onnx'})")
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")  # written whole, then renamed: no half-written file under the name
-    try:
-        with writing(path):
-            path.parent.mkdir(parents=True, exist_ok=True)
+    above = next((p for p in path.parents if p.exists()), None)
+    if above is not None and not above.is_dir():
+        raise CheckpointError(f"cannot write {path}: {above} is a file, not a folder")
+    with writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # written whole in a private folder, then renamed: no half-written file under the name, and whatever
+        # the exporter writes beside it (external data of a graph past 2 GiB) is removed with the folder
+        with tempfile.TemporaryDirectory(prefix=f".{path.name}.", dir=path.parent) as folder:
+            tmp = Path(folder) / path.name
             _export_to(model, tmp, threshold, bit_depth)
             os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(OSError):  # nothing to remove where the folder could not be made
-            tmp.unlink(missing_ok=True)
     return path
 
 
 class OnnxScorer:
     """Score images with onnxruntime (CPU), in batches: whatever `Detector.decision_function` takes
     (uint8 or [0, 1] float arrays and tensors, lists of paths or PIL images), converted to the graph's
-    channels and size (read from its input)."""
+    channels and size (read from its input). Its scores match the detector's to a relative `SCORE_TOLERANCE`.
+    `threads`: onnxruntime's threads per call (default: every core; give 1 or 2 where several scorers share a
+    machine)."""
 
     def __init__(self, path: str | os.PathLike[str], threads: int | None = None) -> None:
         try:
             import onnxruntime as ort
         except ImportError:
             raise ConfigError("onnxruntime is not installed: pip install 'skipganomaly[onnx]'") from None
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, (int, np.integer))
+                                    or not 1 <= threads <= 4096):
+            raise ConfigError(f"threads must be a whole number from 1 (or None: every core), got {threads!r}")
         options = ort.SessionOptions()
         if threads:
-            options.intra_op_num_threads = threads
+            options.intra_op_num_threads = int(threads)
         if not Path(path).is_file():
             raise CheckpointError(f"ONNX file not found: {path}")
+        if zipfile.is_zipfile(path):
+            raise CheckpointError(f"{path} is a detector checkpoint (a PyTorch file), not an ONNX export: load it with "
+                                  "skipganomaly.Detector.load, or export it with `skipganomaly export`")
         try:
             self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as err:  # onnxruntime's own types (InvalidProtobuf, Fail, ...): one project error
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise CheckpointError(f"{path} is not a readable ONNX file ({first})") from None
-        _, channels, size, _ = self.session.get_inputs()[0].shape
-        self.in_channels, self.image_size = int(channels), int(size)
+        self.in_channels, self.image_size = _checked_graph(self.session, path)
         meta = self.session.get_modelmeta().custom_metadata_map
         model, threshold, bit_depth = (meta.get(key, "") for key in METADATA)
-        self.model_name: str | None = model or None
-        self.threshold_: float | None = float(threshold) if threshold else None
-        self.bit_depth_ = int(bit_depth) if bit_depth else BYTE_DEPTH  # files are read at it, each on its own
+        if not model:
+            raise CheckpointError(f"{path} is not a skipganomaly export (no {METADATA[0]} in its metadata)")
+        self.model_name: str = model
+        try:
+            self.threshold_: float | None = float(threshold) if threshold else None
+            self.bit_depth_ = int(bit_depth) if bit_depth else BYTE_DEPTH  # files are read at it, each on its own
+        except ValueError:
+            raise CheckpointError(f"{path}: damaged metadata (threshold {threshold!r}, bit depth {bit_depth!r})") from None
+        if (self.threshold_ is not None and not math.isfinite(self.threshold_)) or self.bit_depth_ not in BIT_DEPTHS:
+            raise CheckpointError(f"{path}: damaged metadata (threshold {threshold!r}, bit depth {bit_depth!r})")
 
-    def score(self, images: Any, batch_size: int = 256) -> np.ndarray:
-        """Anomaly scores, higher = more anomalous (files wider than 8 bits read at the detector's bit depth)."""
+    def score(self, images: Any, batch_size: int | None = None) -> np.ndarray:
+        """Anomaly scores, higher = more anomalous (files wider than 8 bits read at the detector's bit depth).
+        `batch_size`: by default as many pixels per batch as the detector scores with on a CPU (64 images of
+        32x32, 4 of 128x128), so memory does not grow with the square of the image size."""
+        batch_size = default_eval_batch(torch.device("cpu"), self.image_size) if batch_size is None else batch_size
         check_batch_size(batch_size)
         data = as_image_tensor(images, self.image_size, self.in_channels, bit_depth=self.bit_depth_)
         out = []
         for start in range(0, len(data), batch_size):
             batch = to_unit_range(data[start:start + batch_size]).numpy()
-            out.append(self.session.run(["scores"], {"images": batch})[0])
+            out.append(self.session.run([OUTPUT], {INPUT: batch})[0])
         return np.concatenate(out).astype(np.float64)
 
-    def predict(self, images: Any, batch_size: int = 256) -> np.ndarray:
+    def predict(self, images: Any, batch_size: int | None = None) -> np.ndarray:
         """1 where the score is above the detector's threshold (as `Detector.predict`), else 0."""
         if self.threshold_ is None:
-            raise ConfigError("this ONNX file holds no threshold (exported from a bare model, or from a detector "
-                              "fitted without held-out images); compare `score` with your own")
+            raise ConfigError("this ONNX file holds no threshold (exported from an unfinished training run, a bare "
+                              "model, or a detector fitted without held-out images); compare `score` with your own")
         return (self.score(images, batch_size) > self.threshold_).astype(np.int64)
+
+
+def _checked_graph(session: Any, path: str | os.PathLike[str]) -> tuple[int, int]:
+    """The channels and size of an export's one input, [batch, C, S, S] named INPUT, scored as OUTPUT: another
+    graph (another tool's, or a dynamic size) is refused here, not at its first call."""
+    inputs, outputs = session.get_inputs(), session.get_outputs()
+    shape = inputs[0].shape if len(inputs) == 1 else []
+    if (len(inputs) != 1 or inputs[0].name != INPUT or [o.name for o in outputs] != [OUTPUT] or len(shape) != 4
+            or not all(isinstance(d, int) for d in shape[1:]) or shape[2] != shape[3]):
+        found = ", ".join(f"{i.name} {i.shape}" for i in inputs)
+        raise CheckpointError(f"{path} is not a skipganomaly export (inputs: {found}; expected one input {INPUT!r} "
+                              f"[batch, C, S, S] and one output {OUTPUT!r})")
+    return int(shape[1]), int(shape[2])

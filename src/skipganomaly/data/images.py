@@ -309,7 +309,8 @@ def read_images(images: Any, image_size: int, in_channels: int, aligned: bool = 
     if isinstance(images, (str, os.PathLike)):
         if aligned:
             raise DataError(f"give a list of image paths, not one path ({images}): the scores line up with the list "
-                            "(for a folder, `skipganomaly predict FOLDER` writes each file's path and score)")
+                            "(for a folder, the list skipganomaly.data.list_image_files(folder) gives; or "
+                            "`skipganomaly predict FOLDER` with a checkpoint, which writes each file's path and score)")
         if not Path(images).is_dir():
             raise DataError(f"folder not found: {images}" if not Path(images).exists()
                             else f"give a folder or a list of image paths, not one file ({images})")
@@ -406,9 +407,11 @@ def _tensor_to_uint8(t: torch.Tensor, image_size: int, in_channels: int) -> torc
         raise DataError(f"expected images of shape [N, H, W], [N, H, W, C] or [N, C, H, W], got {tuple(t.shape)}")
     if t.shape[1] not in (1, 3) and t.shape[-1] in (1, 3):
         t = t.permute(0, 3, 1, 2)
-    if 4 in (t.shape[1], t.shape[-1]) and t.shape[1] not in (1, 3):
-        raise DataError("images have 4 channels (RGBA?): drop the alpha channel (x[..., :3]) or give PIL images or "
-                        f"files, which are laid on black; the model expects in_channels={in_channels}")
+    alpha = next((c for c in (t.shape[1], t.shape[-1]) if c in (2, 4)), None)
+    if alpha is not None and t.shape[1] not in (1, 3):
+        kind, keep = ("grayscale + alpha", "x[..., :1]") if alpha == 2 else ("RGBA", "x[..., :3]")
+        raise DataError(f"images have {alpha} channels ({kind}?): drop the alpha channel ({keep}) or give PIL images "
+                        f"or files, which are laid on black; the model expects in_channels={in_channels}")
     if t.shape[1] != in_channels:
         raise DataError(
             f"images have {t.shape[1]} channels but the model expects in_channels={in_channels}"
