@@ -77,12 +77,18 @@ def test_test_warns_of_training_files_and_its_report_lists_the_warnings(trained_
         shutil.copy(path, leak / "normal" / path.name)
     write_images(leak / "normal", smooth_images(3, seed=9), prefix="new")
     write_images(leak / "abnormal", noise_images(3))
-    with caplog.at_level(logging.WARNING, logger="skipganomaly"):
-        assert main(["test", "--checkpoint", str(run), "--data", str(leak), "--report-dir", str(tmp_path / "r"),
-                     "--no-progress"]) == 0
+    broken = root / "train" / "zz-broken.png"
+    broken.symlink_to(tmp_path / "gone.png")  # the training folder's own listing lines are not this test's
+    try:
+        with caplog.at_level(logging.WARNING, logger="skipganomaly"):
+            assert main(["test", "--checkpoint", str(run), "--data", str(leak), "--report-dir", str(tmp_path / "r"),
+                         "--no-progress"]) == 0
+    finally:
+        broken.unlink()
     assert "3 of the 9 test images (3 normal, 0 abnormal) are files of the training folder" in caplog.text
     evaluation = json.loads((tmp_path / "r" / "evaluation.json").read_text())
     assert any("files of the training folder" in w for w in evaluation["warnings"])
+    assert not any("broken link" in w for w in evaluation["warnings"]) and "broken link" not in caplog.text
     assert evaluation["calibration"]["n_val_images"] == 2 and evaluation["environment"]["skipganomaly"]
     page = (tmp_path / "r" / "report.html").read_text()
     assert "Warnings while this ran" in page and "from the scores of 2 training normals" in page
@@ -1000,3 +1006,15 @@ def test_printed_metrics_never_show_a_nonzero_value_as_zero() -> None:
 
     line = format_metrics({"auroc": 0.96504, "threshold": 1.42585e-05, "precision": float("nan"), "n_normal": 30})
     assert line == "auroc=0.9650 threshold=1.426e-05 precision=nan n_normal=30"
+
+
+def test_a_checkpoint_without_its_held_out_count_still_tests_and_reports(tmp_path: Path) -> None:
+    """Early checkpoints did not record n_val_images: the report then says nothing about the threshold's origin
+    rather than failing."""
+    from skipganomaly import Detector
+    from skipganomaly.workflows import calibration
+
+    det = Detector.load(Path(__file__).parent / "fixtures" / "run-v1", device="cpu")
+    assert calibration(det) == {"n_val_images": 5, "val_fraction": 0.2, "contamination": 0.05}
+    det.n_val_images_ = None
+    assert calibration(det) is None

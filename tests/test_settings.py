@@ -40,12 +40,12 @@ def _other(name: str, default: Any, model: str = "") -> Any:
         return 64
     if name == "mask_grid":  # 0 = off; 1 is not a grid
         return 4
-    if isinstance(default, int):
-        return default + 1
+    if isinstance(default, int):  # counts and widths: smaller where large, so the fit below stays quick
+        return default // 4 + 1 if default >= 16 else default + 1
     if isinstance(default, float):
         return round(default * 0.5 + 0.01, 6)
     if isinstance(default, (list, tuple)):
-        return [int(v) + 1 for v in default]
+        return [int(v) // 4 + 1 if int(v) >= 16 else int(v) + 1 for v in default]
     if isinstance(default, str):
         return OTHER_TEXT_OF_MODEL.get((model, default), OTHER_TEXT[default])
     raise AssertionError(f"no alternative value for option {name!r} = {default!r}; add one to this test")

@@ -70,7 +70,8 @@ class DetectorSettings:
         if not 0.0 <= self.val_fraction < 1.0:
             raise ConfigError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
         if self.val_fraction == 0.0 and self.training.patience is not None:
-            raise ConfigError("early stopping (patience) needs held-out validation images (a val_fraction above 0)")
+            raise ConfigError("early stopping (patience, --patience) needs held-out validation images, and "
+                              "val_fraction 0 holds none out")
         if not 0.0 <= self.contamination < 1.0:
             raise ConfigError(f"contamination must be in [0, 1), got {self.contamination}")
         allowed = model_option_names(self.model)
@@ -556,7 +557,9 @@ class Detector:
         det.threshold_ = payload["threshold"]
         det.history_ = payload["history"]
         det.n_train_images_, det.n_val_images_ = fit.get("n_train_images"), fit.get("n_val_images")
-        det.bit_depth_ = fit.get("bit_depth") or BYTE_DEPTH  # None: saved before 8-bit training was recorded as 8
+        # None: not recorded (8-bit training saved by earlier versions, or arrays fitted without bit_depth=):
+        # files are read as 8-bit, wider ones clipped with a warning that says how to record a depth
+        det.bit_depth_ = fit.get("bit_depth") or BYTE_DEPTH
         if fit.get("val_scores") is not None:
             det.val_scores_ = np.asarray(fit["val_scores"], dtype=np.float64)
         return det

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
 import os
@@ -49,6 +50,15 @@ def few_names(paths: Sequence[str | os.PathLike[str]], shown: int = 3, whole: bo
     whole paths (where the folder says which file it is)."""
     return (", ".join(readable_name(str(p) if whole else Path(p).name) for p in paths[:shown])
             + (" ..." if len(paths) > shown else ""))
+
+
+def file_digest(path: str | os.PathLike[str], algorithm: str) -> Any:
+    """A hashlib digest of a file's bytes, read in 1 MiB blocks (data sets and image files alike)."""
+    digest = hashlib.new(algorithm)
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest
 
 
 def json_text(data: Any, indent: int | None = None) -> str:

@@ -143,8 +143,8 @@ def check_protocol_settings(protocols: Sequence[str], settings: DetectorSettings
         try:  # the settings a paper cell gets (detector_settings): what they cannot hold out is refused there
             settings.replace(val_fraction=0.0)
         except ConfigError as error:
-            raise ConfigError(f"the paper protocol trains on every training image and holds none out, but "
-                              f"{error}; drop that setting or the paper protocol") from None
+            raise ConfigError(f"the paper protocol trains on every training image and holds none out: {error}; drop "
+                              "that setting or the paper protocol") from None
 
 
 def detector_settings(model: str, seed: int, protocol: str, config: SweepConfig) -> DetectorSettings:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
-import itertools
 import logging
 import math
 import os
@@ -27,7 +26,7 @@ from .evaluation.metrics import evaluate_scores, metrics_per_folder, pixel_metri
 from .evaluation.plots import save_overlays
 from .evaluation.report import build_run_report, write_evaluation, write_scores
 from .evaluation.tables import per_class_table
-from .files import few_names, readable_name, write_text_atomic
+from .files import few_names, file_digest, readable_name, write_text_atomic
 from .run_directory import EpochLog, RunDirectory, SweepDirectory, write_json
 from .provenance import environment
 from .training.distributed import init_from_environment, is_main_process, world
@@ -288,8 +287,11 @@ def _train_run(settings: DetectorSettings, data: Path, test: Path | None, run: R
     return det
 
 
-def calibration(det: Detector) -> dict[str, Any]:
-    """What a fitted detector's threshold rests on, for the report's words about it (`threshold_note`)."""
+def calibration(det: Detector) -> dict[str, Any] | None:
+    """What a fitted detector's threshold rests on, for the report's words about it (`threshold_note`); None
+    where the checkpoint does not record how many images were held out (saved by early versions)."""
+    if not isinstance(det.n_val_images_, int):
+        return None
     return {"n_val_images": det.n_val_images_, "val_fraction": det.settings.val_fraction,
             "contamination": det.settings.contamination}
 
@@ -298,32 +300,38 @@ def _warn_training_files_among(checkpoint: Path, names: Sequence[str], labels: t
     """`test` of a training run's checkpoint: warn when test files are files of the run's training folder (the
     same bytes; found by size first, so only files of a size in common are read), as `train --test` warns."""
     run = RunDirectory(checkpoint if checkpoint.is_dir() else checkpoint.parent)
+    logger = logging.getLogger(PACKAGE_LOGGER)
+    quiet = logger.disabled
     try:
-        folder = Path(run.read_config()[1].get("data") or "")
-        if not folder.is_dir() or not run.checkpoint.samefile(checkpoint if not checkpoint.is_dir() else
-                                                              run.checkpoint):
+        data = run.read_config()[1].get("data")
+        if not data or not Path(data).is_dir() or not run.checkpoint.samefile(
+                run.checkpoint if checkpoint.is_dir() else checkpoint):
             return
-        files = training_files(folder)[1]
+        folder = Path(data)
+        logger.disabled = True  # its listing's lines (files left out, links) were said when it trained
+        sizes: dict[int, list[Path]] = {}
+        for path in training_files(folder)[1]:
+            sizes.setdefault(os.path.getsize(path), []).append(path)
+        logger.disabled = quiet
+        test_sizes: dict[int, list[int]] = {}
+        for i, name in enumerate(names):
+            test_sizes.setdefault(os.path.getsize(name), []).append(i)
+        common = [size for size in test_sizes if size in sizes]
+        training = {_bytes_digest(p) for size in common for p in sizes[size]}
+        shared = sorted(i for size in common for i in test_sizes[size] if _bytes_digest(names[i]) in training)
     except (ConfigError, DataError, OSError):
         return  # a detector saved by the API, or its training folder gone or changed: nothing to compare with
-    test_sizes: dict[int, list[int]] = {}
-    for i, name in enumerate(names):
-        test_sizes.setdefault(os.path.getsize(name), []).append(i)
-    training = {_file_digest(p) for p in files if os.path.getsize(p) in test_sizes}
-    shared = [i for i in itertools.chain(*test_sizes.values()) if _file_digest(names[i]) in training]
+    finally:
+        logger.disabled = quiet
     if shared:
         normal = int((labels[shared] == 0).sum())
         log.warning("%d of the %d test images (%d normal, %d abnormal) are files of the training folder %s: the test "
                     "metrics are optimistic; keep the test images out of the training folder: %s", len(shared),
-                    len(names), normal, len(shared) - normal, folder, few_names([names[i] for i in sorted(shared)]))
+                    len(names), normal, len(shared) - normal, folder, few_names([names[i] for i in shared]))
 
 
-def _file_digest(path: str | os.PathLike[str]) -> bytes:
-    digest = hashlib.blake2b(digest_size=16)
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.digest()
+def _bytes_digest(path: str | os.PathLike[str]) -> bytes:
+    return file_digest(path, "blake2b").digest()
 
 
 def _warn_shared_images(train_images: torch.Tensor, test_images: torch.Tensor, labels: torch.Tensor,
@@ -371,15 +379,16 @@ def run_demo(settings: DetectorSettings, digits: Sequence[int], out: Path, basel
         print(f"digit {digit} abnormal: {len(split.train)} training normals, {len(split.test)} test images")
         run = RunDirectory(out / f"digit{digit}")
         log_epoch = EpochLog(run)
-        det = Detector.from_settings(settings).fit(split.train, checkpoint_path=run.checkpoint,
-                                                   on_epoch_end=log_epoch)
+        with warnings_said() as said:
+            det = Detector.from_settings(settings).fit(split.train, checkpoint_path=run.checkpoint,
+                                                       on_epoch_end=log_epoch)
         scores, labels = det.decision_function(split.test), split.test_labels.numpy()
         key = f"digit {digit}"
         results[key] = evaluate_scores(scores, labels, det.threshold_)
         names = [f"test{i:04d}" for i in range(len(labels))]
         write_evaluation(run.root, f"{settings.model}, digit {digit} abnormal", split.test, names, labels, scores,
                          results[key], det.threshold_, det.reconstructions, det.anomaly_maps,
-                         calibration=calibration(det))
+                         calibration=calibration(det), warnings=said)
         for name in baselines:  # seconds each
             base = Detector.from_settings(settings.replace(model=name, model_options={}, progress=False))
             base.fit(split.train)

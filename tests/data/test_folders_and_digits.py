@@ -100,6 +100,16 @@ def test_a_test_folder_whose_abnormal_files_are_all_unreadable_is_an_error(tmp_p
     assert load_labelled_folder(tmp_path, 32, 3)[1].tolist() == [0, 0, 0, 1]
 
 
+def test_images_beside_the_labelled_folders_are_named_as_not_read(tmp_path: Path,
+                                                                  caplog: pytest.LogCaptureFixture) -> None:
+    write_images(tmp_path / "normal", blob_images(2))
+    write_images(tmp_path / "abnormal", noise_images(1))
+    write_images(tmp_path, blob_images(2), prefix="loose")
+    with caplog.at_level("WARNING", logger="skipganomaly"):
+        assert len(labelled_files(tmp_path)[0]) == 3
+    assert "2 image files lie directly in" in caplog.text and "loose_000.png" in caplog.text
+
+
 def test_mvtec_layout_takes_every_defect_folder_as_abnormal(tmp_path: Path,
                                                             caplog: pytest.LogCaptureFixture) -> None:
     """MVTec AD: test/good beside one folder per defect type; ground_truth/ (masks) is not a defect."""

@@ -154,7 +154,7 @@ def test_no_files_score_depends_on_the_files_scored_beside_it(tmp_path: Path, ca
     with caplog.at_level(logging.WARNING, logger="skipganomaly"):
         beside = det.decision_function([scan, tmp_path / "marker.png"])
     assert beside[0] == alone[0]
-    assert "above the 8-bit range the detector was trained at" in caplog.text
+    assert "above the 8-bit range the detector reads files at" in caplog.text
     pictures = [Image.open(scan), Image.open(tmp_path / "marker.png")]
     assert det.decision_function(pictures)[0] == alone[0]
     onnx = OnnxScorer(det.export_onnx(tmp_path / "m.onnx"))

@@ -45,6 +45,19 @@ def test_evaluate_scores_known_values() -> None:
     assert m["n_normal"] == 3 and m["n_abnormal"] == 2 and m["n_flagged"] == 2
 
 
+def test_the_threshold_note_says_the_rule_quantile_threshold_applies() -> None:
+    """Where the rank is past the held-out scores (too few of them, or contamination 0) the note says the largest
+    score and 1/(n + 1), as quantile_threshold takes it; otherwise the promised rate."""
+    from skipganomaly.evaluation.metrics import threshold_note
+
+    scores = np.arange(1.0, 21.0)
+    for n, c, says in ((20, 0.05, "at most 5.0%"), (4, 0.05, "1/5 (20.0%)"), (20, 0.0, "1/21 (4.8%)")):
+        note = threshold_note(quantile_threshold(scores[:n], c), {"n_val_images": n, "val_fraction": 0.1,
+                                                                 "contamination": c})
+        assert says in note, note
+        assert ("largest score" in note) == (n < 19 or c == 0)
+
+
 def test_undefined_threshold_metrics_are_nan_not_zero() -> None:
     """Nothing flagged: precision is undefined (NaN), F1 and recall 0; no abnormal image: recall undefined, no
     normal one: the false-alarm rate. A report must not print 0 for what was never measured."""
@@ -52,6 +65,7 @@ def test_undefined_threshold_metrics_are_nan_not_zero() -> None:
     assert math.isnan(quiet["precision"]) and quiet["recall"] == 0 and quiet["f1"] == 0
     assert quiet["false_alarm_rate"] == 0 and quiet["n_flagged"] == 0
     assert math.isnan(evaluate_scores([0.1, 0.2], [0, 0], threshold=0.15)["recall"])
+    assert math.isnan(evaluate_scores([0.1, 0.2], [0, 0], threshold=0.15)["f1"])  # flagged, but no abnormal image
     assert math.isnan(evaluate_scores([0.1, 0.2], [1, 1], threshold=0.15)["false_alarm_rate"])
     assert math.isnan(evaluate_scores([0.1, 0.2], [0, 0], threshold=0.9)["f1"])
 

@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 from skipganomaly.errors import DataError
+from skipganomaly.evaluation.metrics import evaluate_scores
 from skipganomaly.evaluation.plots import (
     histogram_figure,
     image_grid_figure,
@@ -240,6 +241,11 @@ def test_the_report_says_where_the_threshold_came_from_and_what_was_warned(tmp_p
     assert "from the scores of 4 training normals held out" in page and "1/5 (20.0%)" in page
     assert "Warnings while this ran" in page and "3 of the 50 test images are also training images" in page
     assert "Warnings while" not in _evaluation(tmp_path / "quiet").read_text()
+    undefined = write_evaluation(tmp_path / "one", "toy", torch.zeros((2, 3, 32, 32), dtype=torch.uint8), ["a", "b"],
+                                 np.array([0, 0]), np.array([0.1, 0.2]), evaluate_scores([0.1, 0.2], [0, 0], 0.7), 0.7,
+                                 reconstruct=lambda x: x.permute(0, 2, 3, 1).numpy() / 255.0,
+                                 anomaly_maps=lambda x: x.float().mean(1).numpy()).read_text()
+    assert "<td>auroc</td><td>undefined</td>" in undefined and "<td>recall</td><td>undefined</td>" in undefined
 
 
 def test_the_report_of_an_unfinished_run_says_how_to_resume_it(tmp_path: Path) -> None:
@@ -254,6 +260,8 @@ def test_the_report_of_an_unfinished_run_says_how_to_resume_it(tmp_path: Path) -
     assert "Unfinished run: 1 of 20 epochs trained" in page and "skipganomaly train --resume" in page
     run.write_metrics({"threshold": 1.0})
     assert "Unfinished" not in build_report(run.root).read_text()
+    run.metrics.write_text("[1]")  # not ours: no warnings section, no traceback
+    assert "Warnings while" not in build_report(run.root).read_text()
 
 
 def test_report_on_a_demo_folder_or_a_benchmark_without_scores_says_what_it_is(tmp_path: Path) -> None:
@@ -264,7 +272,22 @@ def test_report_on_a_demo_folder_or_a_benchmark_without_scores_says_what_it_is(t
         build_report(demo)
     bench = _benchmark_folder(tmp_path / "bench")
     next((bench / "cells").glob("*ship*honest*")).write_bytes(b"cut")
+    next((bench / "cells").glob("*bird*honest*")).write_bytes(b"")  # a full disk's empty file
     page = build_report(bench).read_text()
-    assert "no readable saved test scores for ship" in page
+    assert "no readable saved test scores for ship, bird" in page
     shutil.rmtree(bench / "cells")
     assert "no readable saved test scores for ship, bird, so no ROC curve" in build_report(bench).read_text()
+
+
+def test_the_roc_figure_marks_the_operating_point_at_the_threshold(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The reader sees where the detector works on its curve: the false-alarm rate and recall at the threshold."""
+    from skipganomaly.evaluation import plots
+
+    drawn = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: drawn.append(fig) or path)
+    labels, scores = np.array([0, 0, 0, 0, 1, 1]), np.array([0.1, 0.2, 0.3, 0.9, 0.5, 0.8])
+    plots.roc_figure({"test": (labels, scores)}, tmp_path / "roc.png", threshold=0.4)
+    points = [line for line in drawn[0].axes[0].get_lines() if line.get_marker() == "o"]
+    assert len(points) == 1 and (points[0].get_xdata()[0], points[0].get_ydata()[0]) == (0.25, 1.0)
+    assert "25.0% false alarms, 100.0% recall" in points[0].get_label()

@@ -80,7 +80,7 @@ def test_detector_scores_large_images_in_small_batches(monkeypatch: pytest.Monke
 
     monkeypatch.setattr(detector_module, "batched_apply", recording)
     det = Detector(model="ganomaly", image_size=128, in_channels=1, epochs=1, batch_size=4, device="cpu",
-                   progress=False)
+                   progress=False, ngf=8, ndf=8)  # narrow: the batch sizes are the point, not the network
     det.fit(torch.randint(0, 256, (40, 1, 128, 128), dtype=torch.uint8))
     scores = det.decision_function(torch.randint(0, 256, (10, 1, 128, 128), dtype=torch.uint8))
     assert len(scores) == 10 and seen and set(seen) == {4}

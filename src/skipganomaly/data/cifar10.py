@@ -6,7 +6,6 @@ opt-in and goes through the same checks, so a machine without internet works wit
 
 from __future__ import annotations
 
-import hashlib
 import os
 import pickle
 import tarfile
@@ -17,6 +16,7 @@ from pathlib import Path
 import torch
 
 from ..errors import DataError
+from ..files import file_digest
 from .labelled import ClassSplit, LabelledImages, class_split
 
 NAME, TITLE = "cifar10", "CIFAR-10"  # the data set's key (in cell settings, --dataset) and its name in titles
@@ -59,12 +59,8 @@ def class_index(name: str) -> int:
     return CLASSES.index(key)
 
 
-def md5sum(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.md5()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(chunk), b""):
-            digest.update(block)
-    return digest.hexdigest()
+def md5sum(path: Path) -> str:
+    return file_digest(path, "md5").hexdigest()
 
 
 def find_folder(root: str | os.PathLike[str]) -> Path:

@@ -20,7 +20,7 @@ from PIL import Image, ImageOps
 
 from ..errors import PACKAGE_LOGGER, DataError
 from ..files import few_names
-from .images import IMAGE_EXTENSIONS, list_image_files, load_image_files, on_black
+from .images import IMAGE_EXTENSIONS, is_image_name, list_image_files, load_image_files, on_black
 
 NORMAL_NAMES = ("normal", "0.normal", "good")
 ABNORMAL_NAMES = ("abnormal", "1.abnormal", "anomaly", "defect")
@@ -108,6 +108,10 @@ def labelled_files(root: str | os.PathLike[str]) -> tuple[list[Path], list[int]]
     left_out = [p.name for p in folders.values() if p != normal and p not in abnormal]
     log.info("test labels: normal = %s/; abnormal = %s%s", normal.name, ", ".join(f"{p.name}/" for p in abnormal),
              f"; not read: {', '.join(f'{name}/' for name in left_out)}" if left_out else "")
+    loose = [p.name for p in sorted(base.iterdir()) if p.is_file() and is_image_name(p.name)]
+    if loose:  # a label comes from a folder: these have none
+        log.warning("%d image files lie directly in %s, outside its labelled folders, and are not read: %s",
+                    len(loose), base, few_names(loose))
     paths: list[Path] = list_image_files(normal)
     labels: list[int] = [0] * len(paths)
     for folder in abnormal:

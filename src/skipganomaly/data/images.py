@@ -123,8 +123,10 @@ def common_bit_depth(needed: Sequence[int], bit_depth: int | None, names: Sequen
         return int(max(needed))
     above = [i for i, d in enumerate(needed) if d > bit_depth]
     if above:
-        log.warning("%d images hold values above the %d-bit range the detector was trained at; they are clipped to "
-                    "it%s", len(above), bit_depth, f": {few_names([names[i] for i in above])}" if names else "")
+        log.warning("%d images hold values above the %d-bit range the detector reads files at (its training images'; "
+                    "8 for 8-bit images or arrays, and for arrays from wider files fitted without fit(..., bit_depth=)); "
+                    "they are clipped to it%s", len(above), bit_depth,
+                    f": {few_names([names[i] for i in above])}" if names else "")
     return bit_depth
 
 
@@ -168,7 +170,7 @@ def pil_to_array(img: Image.Image, image_size: int, in_channels: int, bit_depth:
 class LoadedFiles(NamedTuple):
     images: torch.Tensor  # uint8 [N, C, H, W]
     kept: list[str]  # the paths read, in order (unreadable ones left out)
-    bit_depth: int  # the depth wide integer images were scaled by (BYTE_DEPTH where there were none)
+    bit_depth: int  # the depth wide integer images were, or would be, read at (the one given, else BYTE_DEPTH)
 
 
 def load_image_files(
@@ -409,9 +411,10 @@ def _tensor_to_uint8(t: torch.Tensor, image_size: int, in_channels: int) -> torc
         t = t.permute(0, 3, 1, 2)
     alpha = next((c for c in (t.shape[1], t.shape[-1]) if c in (2, 4)), None)
     if alpha is not None and t.shape[1] not in (1, 3):
-        kind, keep = ("grayscale + alpha", "x[..., :1]") if alpha == 2 else ("RGBA", "x[..., :3]")
-        raise DataError(f"images have {alpha} channels ({kind}?): drop the alpha channel ({keep}) or give PIL images "
-                        f"or files, which are laid on black; the model expects in_channels={in_channels}")
+        kind, keep = ("grayscale + alpha", ":1") if alpha == 2 else ("RGBA", ":3")
+        raise DataError(f"images have {alpha} channels ({kind}?): give PIL images or files, which are laid on black and "
+                        f"converted, or drop the alpha channel (x[..., {keep}] for [N, H, W, C], x[:, {keep}] for "
+                        f"[N, C, H, W]); the model expects in_channels={in_channels}")
     if t.shape[1] != in_channels:
         raise DataError(
             f"images have {t.shape[1]} channels but the model expects in_channels={in_channels}"
@@ -448,6 +451,11 @@ def resize_uint8(images: torch.Tensor, image_size: int, chunk: int = 64) -> torc
     return out
 
 
+def is_image_name(name: str) -> bool:
+    """Whether a file of this name is read as an image: a known extension, not hidden (`._*` metadata)."""
+    return not name.startswith(".") and Path(name).suffix.lower() in IMAGE_EXTENSIONS
+
+
 def list_image_files(folder: str | os.PathLike[str]) -> list[Path]:
     """All image files below a folder, in its subfolders too (linked ones included, each folder once),
     sorted; clear errors for missing or empty ones. Hidden files and folders (names starting with a dot:
@@ -476,7 +484,7 @@ def list_image_files(folder: str | os.PathLike[str]) -> list[Path]:
                 continue
             if not path.exists():
                 broken.append(path)
-            elif path.suffix.lower() in IMAGE_EXTENSIONS:
+            elif is_image_name(name):
                 files.append(path)
             else:
                 other[path.suffix.lower() or "(no extension)"] += 1

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from ..errors import PACKAGE_LOGGER, DataError
-from ..files import load_torch_checked, save_torch_atomic
+from ..files import file_digest, load_torch_checked, save_torch_atomic
 from .images import list_image_files, narrowest_bit_depth, read_image_files, resize_uint8
 
 log = logging.getLogger(PACKAGE_LOGGER)
@@ -377,8 +377,4 @@ def _check_names(names: Sequence[str], where: str) -> None:
 
 
 def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:12]
+    return file_digest(path, "sha256").hexdigest()[:12]

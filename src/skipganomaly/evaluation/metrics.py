@@ -21,8 +21,13 @@ def quantile_threshold(normal_scores: np.ndarray, contamination: float = 0.05) -
     scores = np.sort(np.asarray(normal_scores, dtype=np.float64))
     if scores.size == 0:
         raise ConfigError("no validation scores to calibrate a threshold on")
-    k = math.ceil(round((scores.size + 1) * (1.0 - contamination), 9))  # rounded: 0.95 * 20 is 19.000000000000004
-    return float(scores[min(k, scores.size) - 1])
+    return float(scores[min(threshold_rank(scores.size, contamination), scores.size) - 1])
+
+
+def threshold_rank(n: int, contamination: float) -> int:
+    """k = ceil((n + 1)(1 - contamination)): the rank among n held-out scores that `quantile_threshold` takes
+    (past n: the largest is taken, which a new normal exceeds with probability 1 / (n + 1))."""
+    return math.ceil(round((n + 1) * (1.0 - contamination), 9))  # rounded: 0.95 * 20 is 19.000000000000004
 
 
 def min_calibration_images(contamination: float) -> int:
@@ -36,10 +41,9 @@ def threshold_note(threshold: float, calibration: Mapping[str, Any]) -> str:
     n, c = int(calibration["n_val_images"]), float(calibration["contamination"])
     held = (f"Threshold {threshold:.6g}: from the scores of {n} training normals held out of training "
             f"(val_fraction {calibration['val_fraction']}), no test label used; ")
-    if n < min_calibration_images(c):
-        return held + (f"their largest score, as {n} are fewer than the {min_calibration_images(c)} that the "
-                       f"contamination {c} needs, so a new normal image exceeds it with probability 1/{n + 1} "
-                       f"({1 / (n + 1):.1%}).")
+    if threshold_rank(n, c) > n:
+        return held + (f"their largest score ({n} held-out images, contamination {c}), so a new normal image exceeds it "
+                       f"with probability 1/{n + 1} ({1 / (n + 1):.1%}).")
     return held + (f"the k-th smallest, k = ceil((n + 1)(1 - {c})), so a new normal image exceeds it with "
                    f"probability at most {c:.1%} (the contamination setting).")
 
@@ -69,7 +73,7 @@ def evaluate_scores(scores: Sequence[float], labels: Sequence[int], threshold: f
     return {
         "auroc": float(roc_auc_score(y, s)) if both else nan,
         "auprc": min(1.0, float(average_precision_score(y, s))) if both else nan,  # sums may round above 1
-        "f1": 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else nan,
+        "f1": 2 * tp / (2 * tp + fp + fn) if tp + fn else nan,  # no abnormal image: recall, and so F1, undefined
         "precision": tp / (tp + fp) if tp + fp else nan,
         "recall": tp / (tp + fn) if tp + fn else nan,
         "false_alarm_rate": fp / n_normal if n_normal else nan,

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 import numpy as np
 
 from ..files import readable_name
+from .metrics import evaluate_scores
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -51,8 +52,9 @@ def _legend_or_note(ax: Any, loc: str) -> None:
         ax.text(0.5, 0.5, "needs normal and abnormal images", ha="center", va="center", transform=ax.transAxes)
 
 
-def roc_figure(curves: Curves, path: Path, title: str = "ROC") -> Path:
-    """One ROC curve per entry, with its AUROC in the legend; the diagonal is chance."""
+def roc_figure(curves: Curves, path: Path, title: str = "ROC", threshold: float | None = None) -> Path:
+    """One ROC curve per entry, with its AUROC in the legend; the diagonal is chance. With `threshold`, each
+    curve's operating point there (scores above it flagged) is marked."""
     from sklearn.metrics import auc, roc_curve
 
     fig = _figure((5, 5))
@@ -61,7 +63,12 @@ def roc_figure(curves: Curves, path: Path, title: str = "ROC") -> Path:
         if not _two_classes(labels):
             continue
         fpr, tpr, _ = roc_curve(labels, scores)
-        ax.plot(fpr, tpr, label=f"{name} (AUROC {auc(fpr, tpr):.3f})")
+        line, = ax.plot(fpr, tpr, label=f"{name} (AUROC {auc(fpr, tpr):.3f})")
+        if threshold is not None and np.isfinite(threshold):
+            metrics = evaluate_scores(scores, labels, threshold)
+            at = (metrics["false_alarm_rate"], metrics["recall"])
+            ax.plot(*at, "o", color=line.get_color(),
+                    label=f"at the threshold: {at[0]:.1%} false alarms, {at[1]:.1%} recall")
     ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
     ax.set(xlabel="false positive rate", ylabel="true positive rate", title=title, xlim=(0, 1), ylim=(0, 1.01))
     _legend_or_note(ax, "lower right")
@@ -82,7 +89,8 @@ def pr_figure(curves: Curves, path: Path, title: str = "Precision-recall") -> Pa
         precision, recall, _ = precision_recall_curve(labels, scores)
         ap = average_precision_score(labels, scores)
         ax.plot(recall, precision, drawstyle="steps-post", label=f"{name} (AUPRC {ap:.3f})")
-        ax.axhline(float(np.mean(labels)), color="grey", linestyle=":", linewidth=1)
+        ax.axhline(float(np.mean(labels)), color="grey", linestyle=":", linewidth=1,
+                   label=f"chance: the abnormal share, {float(np.mean(labels)):.3f}")
     ax.set(xlabel="recall", ylabel="precision", title=title, xlim=(0, 1), ylim=(0, 1.01))
     _legend_or_note(ax, "lower left")
     return _save(fig, path)
@@ -102,6 +110,7 @@ def histogram_figure(labels: np.ndarray, scores: np.ndarray, threshold: float | 
     if threshold is not None and np.isfinite(threshold):
         ax.axvline(threshold, color="black", linestyle="--", label=f"threshold {threshold:.4g}")
     ax.set(xlabel="anomaly score (higher = more anomalous)", ylabel="images", title=title)
+    ax.yaxis.get_major_locator().set_params(integer=True)  # counts of images: no 2.5 ticks
     ax.legend(fontsize="small")
     return _save(fig, path)
 

@@ -16,6 +16,7 @@ import json
 import math
 import shlex
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -107,20 +108,22 @@ def write_evaluation(
     k: int = 8,
     per_folder: Mapping[str, Mapping[str, float]] | None = None,
     calibration: Mapping[str, Any] | None = None,
-    warnings: Sequence[str] = (),
+    warnings: Sequence[str] | None = None,
 ) -> Path:
     """Write scores, evaluation.json, the example grids and the report; return the report's path.
 
     `images` are uint8 [N, C, H, W] at the model's size; `reconstruct` and `anomaly_maps` are the
     detector's methods (called on the few selected images only); `per_folder`: `metrics_per_folder`'s;
-    `calibration`: what the threshold rests on (`threshold_note`); `warnings`: what the command warned about.
+    `calibration`: what the threshold rests on (`threshold_note`); `warnings`: what the command warned about
+    (`errors.warnings_said`; None: not collected, so the report says nothing either way).
     """
     run = RunDirectory(Path(run_dir))
     figures = run.figures
     write_scores(run.scores, names, labels, scores)
     evaluation = {"title": title, "metrics": dict(metrics), "threshold": threshold,
                   **({"per_folder": dict(per_folder)} if per_folder else {}),
-                  **({"calibration": dict(calibration)} if calibration else {}), "warnings": list(warnings),
+                  **({"calibration": dict(calibration)} if calibration else {}),
+                  **({"warnings": list(warnings)} if warnings is not None else {}),
                   "environment": environment()}
     write_text_atomic(run.evaluation, json_text(evaluation, indent=2) + "\n")
     for group, index in select_examples(labels, scores, threshold, k).items():
@@ -176,7 +179,8 @@ def build_run_report(run_dir: Path) -> Path:
         sections.append(f"<p><b>Unfinished run: {len(history)} of {config.get('epochs', '?')} epochs trained, no "
                         f"threshold and no test yet. <code>skipganomaly train --resume "
                         f"{html.escape(shlex.quote(str(run_dir)))}</code> continues it.</b></p>")
-    said = (evaluation or _read_json(run.metrics) or {}).get("warnings") if finished else None
+    result = evaluation if evaluation is not None else _read_json(run.metrics)
+    said = result.get("warnings") if finished and isinstance(result, dict) else None
     if said:
         sections.append("<h2>Warnings while this ran</h2><p>What the command warned about; each can change what the "
                         "numbers below mean.</p><ul>" + "".join(f"<li>{html.escape(str(w))}</li>" for w in said)
@@ -186,7 +190,8 @@ def build_run_report(run_dir: Path) -> Path:
         threshold = evaluation.get("threshold")
         metrics = evaluation.get("metrics", {})
         _check_counts(run.scores, labels, metrics)
-        sections.append("<h2>Metrics</h2>" + html_table(["metric", "value"], [[k, v] for k, v in metrics.items()]))
+        sections.append("<h2>Metrics</h2>" + html_table(["metric", "value"],  # null in JSON: not defined on this set
+                                                        [[k, "undefined" if v is None else v] for k, v in metrics.items()]))
         calibration = evaluation.get("calibration")
         if calibration and threshold is not None:
             sections.append(f"<p>{html.escape(threshold_note(threshold, calibration))}</p>")
@@ -200,7 +205,7 @@ def build_run_report(run_dir: Path) -> Path:
                                            row["n"], row["flagged"], row.get("auroc", "")]
                                           for name, row in per_folder.items()]))
         curves = {"test": (labels, scores)}
-        figs = [roc_figure(curves, figures / "roc.png"), pr_figure(curves, figures / "pr.png"),
+        figs = [roc_figure(curves, figures / "roc.png", threshold=threshold), pr_figure(curves, figures / "pr.png"),
                 histogram_figure(labels, scores, threshold, figures / "histogram.png")]
         sections.append("<h2>Curves and score distributions</h2>" + "".join(_img(f) for f in figs))
         grids = [figures / f"examples_{g}.png" for g in EXAMPLE_GROUPS if (figures / f"examples_{g}.png").exists()]
@@ -269,7 +274,7 @@ def build_benchmark_report(bench_dir: Path) -> Path:
                 try:
                     with np.load(folder.cells / cell.get("scores_file", "-")) as data:
                         curves[cell["class"]] = (data["labels"], data["scores"])
-                except (OSError, ValueError, KeyError, zipfile.BadZipFile):  # missing, cut short or not ours
+                except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error):  # missing, cut, not ours
                     lacking.append(str(cell["class"]))
             if curves:
                 name = f"roc_{model.replace('+', 'p')}_{protocol}.png"
