@@ -6,7 +6,7 @@
     model.state.pt   what `train --resume` needs to continue (optimisers, RNG states, epoch)
     metrics.jsonl    one JSON object per finished epoch (losses, validation loss, images/s)
     metrics.json     the run's result: threshold, training images, test metrics
-    scores.csv       name, label, score per test image
+    scores.csv       name, label, score (and flagged, with a threshold) per test image
     calibration.csv  the held-out training normals behind the threshold, and their scores
     evaluation.json  test metrics, threshold and title, from which the report is redrawn
     figures/         the report's figures (PNG)

@@ -103,6 +103,9 @@ def test_scores_file_round_trip_with_awkward_names(tmp_path: Path) -> None:
     got_names, labels, scores = read_scores(tmp_path / "s.csv")
     assert got_names == names and list(labels) == [0, 1, 0]
     np.testing.assert_allclose(scores, [0.5, 1e-9, 3.0])
+    write_scores(tmp_path / "t.csv", names, np.array([0, 1, 0]), np.array([0.5, 1e-9, 3.0]), threshold=0.5)
+    assert [row.split(",")[-1] for row in (tmp_path / "t.csv").read_text().splitlines()[1:]] == ["0", "0", "1"]
+    assert read_scores(tmp_path / "t.csv")[0] == names  # the flag column is extra to the reader
 
 
 def test_history_ignores_a_half_written_last_line(tmp_path: Path) -> None:
@@ -125,6 +128,7 @@ def test_run_report_is_self_contained_and_rebuilds(tmp_path: Path) -> None:
     report = _evaluation(run)
     page = report.read_text()
     assert "<table>" in page and "auroc" in page
+    assert "Beside this page: <code>scores.csv</code>, each test image's label, score and flag" in page
     assert page.count("data:image/png;base64,") == 7
     assert "http://" not in page and "https://" not in page  # nothing to fetch
     (run / "figures" / "histogram.png").unlink()
@@ -214,7 +218,7 @@ def test_a_damaged_scores_or_evaluation_file_is_one_data_error(tmp_path: Path) -
                      anomaly_maps=lambda x: x.float().mean(1).numpy())
     scores = run / "scores.csv"
     whole = scores.read_text().splitlines()
-    damaged = {"cut short": whole[:40], "no score column": [line.rsplit(",", 1)[0] for line in whole],
+    damaged = {"cut short": whole[:40], "no score column": [",".join(line.split(",")[:2] + line.split(",")[3:]) for line in whole],
                "nan score": [*whole[:5], "x.png,0,nan", *whole[6:]], "label 2": [*whole[:5], "x.png,2,0.5", *whole[6:]],
                "cut in a row": [*whole[:5], "x.png", *whole[6:]]}
     for what, lines in damaged.items():
@@ -291,3 +295,17 @@ def test_the_roc_figure_marks_the_operating_point_at_the_threshold(tmp_path: Pat
     points = [line for line in drawn[0].axes[0].get_lines() if line.get_marker() == "o"]
     assert len(points) == 1 and (points[0].get_xdata()[0], points[0].get_ydata()[0]) == (0.25, 1.0)
     assert "25.0% false alarms, 100.0% recall" in points[0].get_label()
+
+
+def test_every_example_grid_of_a_report_shares_one_colour_scale(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """The least anomalous images' maps are drawn on the most anomalous ones' scale, so they look as calm as they are."""
+    from skipganomaly.evaluation import report
+
+    scales = []
+    monkeypatch.setattr(report, "image_grid_figure", lambda *a, vmax=None, **k: scales.append(vmax) or a[4])
+    images = torch.arange(50, dtype=torch.uint8)[:, None, None, None].expand(50, 3, 32, 32).contiguous()
+    write_evaluation(tmp_path / "run", "toy", images, [f"i{i}.png" for i in range(50)], LABELS, np.arange(50.0),
+                     {"auroc": 0.5}, 25.0, reconstruct=lambda x: x.permute(0, 2, 3, 1).numpy(),
+                     anomaly_maps=lambda x: x.float().mean(1).numpy())  # image i's map is i everywhere
+    assert scales == [49.0] * 4  # the most anomalous image's, also for the grid of the least anomalous (0..7)

@@ -129,17 +129,18 @@ def overlay(image: np.ndarray, amap: np.ndarray, alpha: float = 0.5, vmax: float
 
 
 def image_grid_figure(inputs: np.ndarray, reconstructions: np.ndarray, maps: np.ndarray,
-                      captions: Sequence[str], path: Path, title: str) -> Path:
+                      captions: Sequence[str], path: Path, title: str, vmax: float | None = None) -> Path:
     """Columns = images; rows = input, reconstruction, anomaly-map overlay. Images [N, H, W, C] in [0, 1].
 
-    The overlays share one colour scale, so a brighter map is a larger residual.
+    The overlays share one colour scale (`vmax`, default the largest of these maps; a report gives all its grids
+    one), drawn as a colour bar, so a brighter map is a larger residual.
     """
     n = len(inputs)
     fig = _figure((max(1.4 * n, 3.0), 4.6))
     if n == 0:
         fig.text(0.5, 0.5, f"{title}: no images", ha="center", va="center")
         return _save(fig, path)
-    vmax = float(maps.max()) or 1.0
+    vmax = vmax if vmax is not None else float(maps.max()) or 1.0
     axes = fig.subplots(3, n, squeeze=False)
     rows = (("input", inputs), ("reconstruction", np.clip(reconstructions, 0, 1)),
             ("anomaly map", np.stack([overlay(i, m, vmax=vmax) for i, m in zip(inputs, maps, strict=True)])))
@@ -154,6 +155,13 @@ def image_grid_figure(inputs: np.ndarray, reconstructions: np.ndarray, maps: np.
                 ax.set_ylabel(name, fontsize="small")
             if r == 0:
                 ax.set_title(captions[c], fontsize="x-small")
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
+    fig.subplots_adjust(right=0.9, top=0.8)  # room for the captions (up to three lines) and the colour bar
+    row = axes[2][-1].get_position()
+    fig.colorbar(ScalarMappable(Normalize(0.0, vmax), "inferno"), cax=fig.add_axes((0.915, row.y0, 0.012, row.height)),
+                 label="map")
     fig.suptitle(title)
     return _save(fig, path)
 

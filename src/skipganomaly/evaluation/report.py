@@ -55,11 +55,16 @@ def select_examples(labels: np.ndarray, scores: np.ndarray, threshold: float | N
     return {name: np.array(index, dtype=np.int64) for name, index in groups.items()}  # dense copies
 
 
-def write_scores(path: Path, names: Sequence[str], labels: np.ndarray, scores: np.ndarray) -> None:
+def write_scores(path: Path, names: Sequence[str], labels: np.ndarray, scores: np.ndarray,
+                 threshold: float | None = None) -> None:
+    """name, label, score per image; with a threshold also `flagged` (1 where the score is above it), as `predict`
+    writes it, so a spreadsheet user can count the mistakes without recomputing them."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["name", "label", "score"])
-    writer.writerows([n, int(y), f"{s:.9g}"] for n, y, s in zip(names, labels, scores, strict=True))
+    flags = [] if threshold is None else [["flagged"], *([int(s > threshold)] for s in scores)]
+    writer.writerow(["name", "label", "score", *(flags[0] if flags else [])])
+    writer.writerows([n, int(y), f"{s:.9g}", *(flags[i + 1] if flags else [])]
+                     for i, (n, y, s) in enumerate(zip(names, labels, scores, strict=True)))
     write_text_atomic(path, buffer.getvalue())
 
 
@@ -119,21 +124,27 @@ def write_evaluation(
     """
     run = RunDirectory(Path(run_dir))
     figures = run.figures
-    write_scores(run.scores, names, labels, scores)
+    write_scores(run.scores, names, labels, scores, threshold)
     evaluation = {"title": title, "metrics": dict(metrics), "threshold": threshold,
                   **({"per_folder": dict(per_folder)} if per_folder else {}),
                   **({"calibration": dict(calibration)} if calibration else {}),
                   **({"warnings": list(warnings)} if warnings is not None else {}),
                   "environment": environment()}
     write_text_atomic(run.evaluation, json_text(evaluation, indent=2) + "\n")
+    groups = {}
     for group, index in select_examples(labels, scores, threshold, k).items():
         subset = images[index]
         shown = subset.permute(0, 2, 3, 1).numpy() / 255.0 if len(index) else np.zeros((0, 1, 1, 1))
         recon = reconstruct(subset) if len(index) else shown
         maps = anomaly_maps(subset) if len(index) else shown[..., 0]
+        groups[group] = (index, shown, recon, maps)
+    # one colour scale for every grid, so the least anomalous images' maps look as calm as they are
+    top = max((float(maps.max()) for *_, maps in groups.values() if maps.size), default=0.0) or 1.0
+    for group, (index, shown, recon, maps) in groups.items():
         captions = [f"{'abn' if labels[i] else 'norm'} {scores[i]:.3g}\n{_in_folder(names[i])}{_short(names[i])}"
                     for i in index]
-        image_grid_figure(shown, recon, maps, captions, figures / f"examples_{group}.png", EXAMPLE_GROUPS[group])
+        image_grid_figure(shown, recon, maps, captions, figures / f"examples_{group}.png", EXAMPLE_GROUPS[group],
+                          vmax=top)
     return build_run_report(run_dir)
 
 
@@ -190,6 +201,10 @@ def build_run_report(run_dir: Path) -> Path:
         threshold = evaluation.get("threshold")
         metrics = evaluation.get("metrics", {})
         _check_counts(run.scores, labels, metrics)
+        beside = {run.scores: "each test image's label, score and flag", run.evaluation: "these metrics as JSON",
+                  run.calibration: "the held-out training images behind the threshold, with their scores"}
+        sections.append("<p>Beside this page: " + "; ".join(f"<code>{path.name}</code>, {what}"
+                                                          for path, what in beside.items() if path.exists()) + ".</p>")
         sections.append("<h2>Metrics</h2>" + html_table(["metric", "value"],  # null in JSON: not defined on this set
                                                         [[k, "undefined" if v is None else v] for k, v in metrics.items()]))
         calibration = evaluation.get("calibration")
@@ -214,7 +229,7 @@ def build_run_report(run_dir: Path) -> Path:
                             "<p>Each column is one image: its label and score above; below, what the model rebuilt "
                             "(a model that rebuilds nothing, such as <code>rotation</code>, shows the input again) and "
                             "its anomaly map (the residual of a reconstruction, otherwise the score's smoothed "
-                            "gradient; one colour scale per grid).</p>"
+                            "gradient; one colour scale for every grid, shown beside each).</p>"
                             + "".join(_img(g) for g in grids))
     resets = any(r.get("d_resets") for r in history)  # a column only where a discriminator was re-initialised
     if history:
@@ -245,7 +260,8 @@ def build_benchmark_report(bench_dir: Path) -> Path:
     sections = [f"<p>Command: <code>{html.escape(str(env.get('command', '?')))}</code>; git "
                 f"{html.escape(commit_text(env))}; torch {html.escape(str(env.get('torch', '?')))}, "
                 f"{env.get('threads', '?')} threads, {html.escape(str(env.get('cpu', '?')))}. "
-                f"Epochs {config['epochs']}, batch {config['batch_size']}, train fraction "
+                f"Epochs {config['epochs']} (the closed-form models, pca and knn, fit in one pass whatever this says), "
+                f"batch {config['batch_size']}, train fraction "
                 f"{config['train_fraction']}, test fraction {config['test_fraction']}, seeds "
                 f"{', '.join(map(str, config['seeds']))}.</p>"
                 "<p>Each cell: our AUROC (on CIFAR-10, the paper's Table 1 in brackets). "
