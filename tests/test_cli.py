@@ -92,6 +92,8 @@ def test_test_warns_of_training_files_and_its_report_lists_the_warnings(trained_
     assert evaluation["calibration"]["n_val_images"] == 2 and evaluation["environment"]["skipganomaly"]
     page = (tmp_path / "r" / "report.html").read_text()
     assert "Warnings while this ran" in page and "from the scores of 2 training normals" in page
+    assert "<td>model</td><td>skipganomaly++</td>" in page and "<td>epochs</td><td>2</td>" in page  # its settings
+    assert "auroc, 95% bootstrap interval" in page
     assert any("held-out" in w for w in json.loads((run / "metrics.json").read_text())["warnings"])
 
 

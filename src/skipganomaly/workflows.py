@@ -77,7 +77,8 @@ def _evaluate_folder(checkpoint: Path, data: Path, out: Path | None, report_dir:
     if report_dir is not None:
         report = write_evaluation(report_dir, f"{det.model_name} ({checkpoint}) on {data}", x, names, y.numpy(),
                                   scores, metrics, det.threshold_, det.reconstructions, det.anomaly_maps,
-                                  per_folder=per_folder, calibration=calibration(det), warnings=said)
+                                  per_folder=per_folder, calibration=calibration(det), warnings=said,
+                                  settings=det.settings.as_dict())
         print(f"report {report}")
     return metrics
 

@@ -78,3 +78,20 @@ def test_perfect_and_single_class() -> None:
 def test_per_class_table_has_mean_row() -> None:
     table = per_class_table({"a": {"auroc": 0.5}, "b": {"auroc": 1.0}}, ["auroc"])
     assert "| mean | 0.750 |" in table
+
+
+def test_the_auroc_interval_holds_the_auroc_and_narrows_with_more_images() -> None:
+    """A seeded stratified bootstrap: the same interval twice, around the AUROC, narrower on ten times the images,
+    undefined without both labels."""
+    from skipganomaly.evaluation.metrics import auroc_interval
+
+    rng = np.random.default_rng(1)
+    def sample(n: int) -> tuple[np.ndarray, np.ndarray]:
+        return np.r_[rng.normal(0, 1, n), rng.normal(1, 1, n)], np.r_[np.zeros(n, int), np.ones(n, int)]
+
+    small, large = sample(30), sample(300)
+    low, high = auroc_interval(*small)
+    assert (low, high) == auroc_interval(*small) and low < evaluate_scores(*small, 0.0)["auroc"] < high
+    big_low, big_high = auroc_interval(*large)
+    assert big_high - big_low < (high - low) / 2
+    assert all(math.isnan(v) for v in auroc_interval([0.1, 0.2], [0, 0]))
