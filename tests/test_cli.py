@@ -438,7 +438,23 @@ def test_demo_minimal_gives_aucs_in_unit_interval(tmp_path: Path) -> None:
     # Raw-pixel kNN is above chance even from 64 training images (0.67 measured for digit 3; 0.87 from 200).
     assert results["baselines"]["knn"]["digit 3"] > 0.6
     assert 0.0 <= results["baselines"]["pca"]["digit 3"] <= 1.0
+    assert results["environment"]["command"] and results["settings"]["epochs"] == 1 and results["max_train"] == 64
     assert (out / "digit3" / "report.html").read_text().count("data:image/png;base64,") == 8
+
+
+def test_a_second_demo_into_the_same_folder_replaces_the_first_with_a_word(tmp_path: Path,
+                                                                           caplog: pytest.LogCaptureFixture) -> None:
+    out = tmp_path / "demo"
+    fast_demo = ["demo", "--epochs", "1", "--max-train", "40", "--out", str(out), "--model", "pca", "--baselines",
+                 "none", "--no-progress", "--device", "cpu"]
+    assert main([*fast_demo, "--digits", "0,3"]) == 0 and (out / "digit3" / "model.pt").exists()
+    (out / "digit3" / "notes.txt").write_text("mine")  # a file of the user's is kept, with its folder
+    with caplog.at_level(logging.WARNING, logger="skipganomaly"):
+        assert main([*fast_demo, "--digits", "0"]) == 0
+    assert "holds an earlier demo (digit0, digit3): replaced by this one" in caplog.text
+    assert not (out / "digit3" / "model.pt").exists() and (out / "digit3" / "notes.txt").exists()
+    assert list(json.loads((out / "results.json").read_text()))[0] == "digit 0"
+    assert "digit 3" not in (out / "table.md").read_text()
 
 
 # GANomaly's score compares two latent codes, not pixels: after one epoch on 40 images it does not yet

@@ -560,10 +560,10 @@ def benchmark_data(data: Path | None, data_dir: Path, download: bool = False, im
     if data is not None:
         if download:
             raise ConfigError("--download is for CIFAR-10; --data reads your own files")
-        size, channels = image_size or 32, in_channels or 3
-        check_geometry(channels, size)
-        load: Callable[[], LabelledImages] = functools.partial(load_labelled, data, size, channels)
-        return load, load_labelled(data, size, channels, progress=progress)
+        size = image_size or 32
+        check_geometry(in_channels or 3, size)
+        load: Callable[[], LabelledImages] = functools.partial(load_labelled, data, size, in_channels)
+        return load, load_labelled(data, size, in_channels, progress=progress)
     if (image_size or 32) != 32 or (in_channels or 3) != 3:
         raise ConfigError("--image-size and --channels are for --data; CIFAR-10 cells are 32x32 RGB")
     return (functools.partial(load_cifar10, data_dir),

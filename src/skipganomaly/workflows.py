@@ -3,6 +3,7 @@ directory, evaluate, write the report. The CLI parses arguments and calls these.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import io
@@ -365,6 +366,21 @@ def _write_calibration(det: Detector, names: Sequence[str], run: RunDirectory) -
           f"rank {int((det.val_scores_ <= det.threshold_).sum())} of {len(held_out)} (all in {run.calibration})")
 
 
+def _replace_earlier_demo(out: Path) -> None:
+    """A demo writes its table over an earlier one's in `out`: the earlier digits' runs go too, with a word, so
+    no folder of the first call's is left beside a table that no longer lists it."""
+    if not SweepDirectory(out).results_json.exists():
+        return
+    earlier = sorted(p for p in out.glob("digit*") if p.is_dir() and RunDirectory(p).holds_run)
+    log.warning("%s holds an earlier demo (%s): replaced by this one", out, ", ".join(p.name for p in earlier) or "table")
+    for folder in earlier:
+        RunDirectory(folder).clear()
+        with contextlib.suppress(OSError):
+            folder.rmdir()  # empty unless the user put files there
+    for path in (SweepDirectory(out).results_json, SweepDirectory(out).table):
+        path.unlink(missing_ok=True)
+
+
 def run_demo(settings: DetectorSettings, digits: Sequence[int], out: Path, baselines: Sequence[str] = (),
              max_train: int | None = None) -> bool:
     """Leave-one-digit-out on scikit-learn's digits: for each digit, train on the other nine (a run
@@ -375,6 +391,8 @@ def run_demo(settings: DetectorSettings, digits: Sequence[int], out: Path, basel
     results: dict[str, dict[str, float]] = {}
     baseline_auroc: dict[str, dict[str, float]] = {b: {} for b in baselines}
     seed, start = settings.training.seed, time.perf_counter()
+    _replace_earlier_demo(out)
+    made_by = {"environment": environment(), "settings": settings.as_dict(), "max_train": max_train}
     for digit in digits:
         split = digits_leave_one_out(digit, settings.image_size, seed=seed, max_train=max_train)
         print(f"digit {digit} abnormal: {len(split.train)} training normals, {len(split.test)} test images")
@@ -395,7 +413,7 @@ def run_demo(settings: DetectorSettings, digits: Sequence[int], out: Path, basel
             base.fit(split.train)
             baseline_auroc[name][key] = evaluate_scores(base.decision_function(split.test), labels,
                                                         base.threshold_)["auroc"]
-        write_json(SweepDirectory(out).results_json, {**results, "baselines": baseline_auroc})
+        write_json(SweepDirectory(out).results_json, {**results, "baselines": baseline_auroc, **made_by})
     columns = [f"{settings.model} auroc", "auprc", "f1", *(f"{b} auroc" for b in baselines)]
     rows = {k: dict(zip(columns, [r["auroc"], r["auprc"], r["f1"], *(baseline_auroc[b][k] for b in baselines)]))
             for k, r in results.items()}

@@ -61,6 +61,11 @@ def test_npz_rgb_with_label_names(tmp_path: Path) -> None:
      r"up to 1984\); train_images are read as 8-bit data \(0\.\.255, or floats in \[0, 1\]\): scale the train and test "
      r"arrays alike, e\.g\. x / 4095"),
     (lambda a: a.update(test_images=a["test_images"].astype(np.int16) - 100), r"outside \[0, 255\] \(dtype int16, up to"),
+    # floats on one scale, 0..1, in both parts: a stray 1.02 or one NaN was read as a black image
+    (lambda a: a.update(train_images=a["train_images"] / 120.0), r"train_images: float images must lie in \[0, 1\]"),
+    (lambda a: a.update(train_images=np.where(np.arange(28) == 3, np.nan, a["train_images"] / 255.0)),
+     "and NaN or infinite values"),
+    (lambda a: a.update(test_labels=np.r_[a["test_labels"][:-1, 0], 7]), "label 7 is in test_labels only"),
 ])
 def test_npz_errors_are_one_line(tmp_path: Path, change, message: str) -> None:  # type: ignore[no-untyped-def]
     path = _npz(tmp_path / "d.npz")
@@ -107,6 +112,29 @@ def test_npz_that_is_not_an_archive_of_plain_arrays(tmp_path: Path) -> None:
         with pytest.raises(DataError, match=message) as err:
             load_npz(tmp_path / name)
         assert "\n" not in str(err.value)
+
+
+def test_npz_takes_the_channels_asked_for_as_image_files_do(tmp_path: Path) -> None:
+    """--channels reaches an .npz: RGB read as Pillow's luma, grayscale repeated; without it, the data's own."""
+    from PIL import Image
+
+    rgb = _npz(tmp_path / "c.npz", rgb=True)
+    grey = load_npz(rgb, in_channels=1)
+    with np.load(rgb) as archive:
+        expected = np.asarray(Image.fromarray(archive["train_images"][2]).convert("L"))
+    assert grey.train_images.shape == (12, 1, 28, 28) and np.array_equal(grey.train_images[2, 0].numpy(), expected)
+    assert load_npz(rgb).train_images.shape[1] == 3
+    again = load_npz(_npz(tmp_path / "g.npz"), in_channels=3)
+    assert again.test_images.shape == (6, 3, 28, 28) and bool((again.test_images[:, 0] == again.test_images[:, 2]).all())
+
+
+def test_split_folders_are_not_taken_for_classes(tmp_path: Path) -> None:
+    """train/ + val/ (no test/) is two parts of a data set, not two classes named train and val."""
+    for part in ("train", "val"):
+        for cls in ("a", "b"):
+            write_images(tmp_path / part / cls, np.full((2, 8, 8, 3), 9, np.uint8))
+    with pytest.raises(DataError, match="train/, val/, which name parts of a data set, not classes"):
+        load_class_folders(tmp_path)
 
 
 def test_npz_is_resized_when_asked(tmp_path: Path) -> None:

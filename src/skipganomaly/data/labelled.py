@@ -167,27 +167,30 @@ def _stratified(labels: torch.Tensor, mask: torch.Tensor, fraction: float, rng: 
 
 # --- loading a user's labelled data -----------------------------------------------------------
 
-def load_labelled(path: str | os.PathLike[str], image_size: int = 32, in_channels: int = 3,
+def load_labelled(path: str | os.PathLike[str], image_size: int = 32, in_channels: int | None = None,
                   progress: bool = False) -> LabelledImages:
-    """An `.npz` (see `load_npz`) or a folder with a subfolder per class (see `load_class_folders`)."""
+    """An `.npz` (see `load_npz`) or a folder with a subfolder per class (see `load_class_folders`), at
+    `in_channels` (None: an .npz's own, a folder's images as RGB)."""
     path = Path(path)
     if path.is_file() and path.suffix == ".npz":
-        return load_npz(path, image_size)
+        return load_npz(path, image_size, in_channels)
     if path.is_dir():
-        return load_class_folders(path, image_size, in_channels, progress)
+        return load_class_folders(path, image_size, in_channels or 3, progress)
     if not path.exists():
         raise DataError(f"not found: {path}")
     raise DataError(f"{path}: expected an .npz file or a folder with one subfolder per class")
 
 
-def load_npz(path: str | os.PathLike[str], image_size: int | None = None) -> LabelledImages:
+def load_npz(path: str | os.PathLike[str], image_size: int | None = None,
+             in_channels: int | None = None) -> LabelledImages:
     """A MedMNIST-style archive: `train_images`, `train_labels`, `test_images`, `test_labels` (`val_*`
     may be there and is not used: thresholds come from held-out training normals in every protocol).
     Images uint8 (N, H, W) grayscale or (N, H, W, C) with C 1 or 3, floats in [0, 1], or wider non-negative
     integers (10- to 16-bit scans: read at the depth of the training images, see `_npz_bit_depth`); labels
     (N,) or (N, 1) integers.
     Optional `label_names` (one string per label value) names the classes; otherwise they are the
-    label values as text. With `image_size`, images are resized to it (square) as they are read."""
+    label values as text. With `image_size`, images are resized to it (square) as they are read; with
+    `in_channels`, converted to it as image files are (RGB to Pillow's L luma, grayscale repeated)."""
     path = Path(path)
     try:
         archive = np.load(path, allow_pickle=False)
@@ -215,9 +218,15 @@ def load_npz(path: str | os.PathLike[str], image_size: int | None = None) -> Lab
     for part in ("train", "test"):
         images[part] = _npz_images(parts[f"{part}_images"], f"{path.name}: {part}_images", depth)
         labels[part] = _npz_labels(parts[f"{part}_labels"], len(images[part]), f"{path.name}: {part}_labels")
+    unseen = sorted(set(labels["test"].tolist()) - set(labels["train"].tolist()))
+    if unseen:
+        raise DataError(f"{path.name}: label {unseen[0]} is in test_labels only (no training image): a class seen only "
+                        "at test time cannot be left out of training, and would be scored as normal")
     if image_size is not None:
         images = {part: t if t.shape[-1] == t.shape[-2] == image_size else resize_uint8(t, image_size)
                   for part, t in images.items()}
+    if in_channels is not None:
+        images = {part: _as_channels(t, in_channels) for part, t in images.items()}
     if images["train"].shape[1:] != images["test"].shape[1:]:
         raise DataError(f"{path.name}: train images are {tuple(images['train'].shape[1:])} but test images "
                         f"{tuple(images['test'].shape[1:])} (C, H, W)")
@@ -248,7 +257,12 @@ def _npz_images(array: np.ndarray, what: str, bit_depth: int | None = None) -> t
     if array.ndim != 4 or array.shape[-1] not in (1, 3) or len(array) == 0:
         raise DataError(f"{what} has shape {array.shape}; expected (N, H, W) or (N, H, W, C) with C 1 or 3, N > 0")
     if array.dtype != np.uint8:
-        if array.dtype.kind == "f" and array.size and 0.0 <= float(array.min()) and float(array.max()) <= 1.0:
+        if array.dtype.kind == "f":  # one scale for every image, as float arrays are read: 0..1
+            if not np.isfinite(array).all() or float(array.min()) < 0.0 or float(array.max()) > 1.0:
+                raise DataError(f"{what}: float images must lie in [0, 1] (as float arrays do), got "
+                                f"{float(np.nanmin(array)):g} to {float(np.nanmax(array)):g}"
+                                f"{' and NaN or infinite values' if not np.isfinite(array).all() else ''}; clip "
+                                "them, or divide 0..255 data by 255")
             array = np.round(array * 255.0)
         elif bit_depth is not None and array.dtype.kind in "ui" and array.size and int(array.min()) >= 0:
             top = 2 ** bit_depth - 1
@@ -269,6 +283,16 @@ def _npz_images(array: np.ndarray, what: str, bit_depth: int | None = None) -> t
     return torch.from_numpy(np.ascontiguousarray(array.transpose(0, 3, 1, 2)))
 
 
+def _as_channels(images: torch.Tensor, channels: int) -> torch.Tensor:
+    """uint8 [N, C, H, W] at `channels`: RGB to luma by Pillow's L weights (ITU-R 601-2), or grayscale repeated."""
+    if images.shape[1] == channels:
+        return images
+    if channels == 3:
+        return images.expand(-1, 3, -1, -1).contiguous()
+    weights = torch.tensor([299, 587, 114], dtype=torch.int32).view(1, 3, 1, 1)
+    return ((images.to(torch.int32) * weights).sum(1, keepdim=True).add(500) // 1000).to(torch.uint8)
+
+
 def _npz_labels(array: np.ndarray, n: int, what: str) -> torch.Tensor:
     if array.ndim == 2 and array.shape[1] == 1:
         array = array[:, 0]
@@ -279,6 +303,9 @@ def _npz_labels(array: np.ndarray, n: int, what: str) -> torch.Tensor:
     if array.dtype.kind not in "iu" or (len(array) and array.min() < 0):
         raise DataError(f"{what} must hold non-negative integers, got dtype {array.dtype}")
     return torch.from_numpy(array.astype(np.int64))
+
+
+SPLIT_NAMES = ("train", "test", "val", "valid", "validation")  # folder names of a data set's parts, never classes
 
 
 def load_class_folders(root: str | os.PathLike[str], image_size: int = 32, in_channels: int = 3,
@@ -297,6 +324,11 @@ def load_class_folders(root: str | os.PathLike[str], image_size: int = 32, in_ch
     names = sorted({n for found in classes.values() for n in found})
     if not names:
         raise DataError(f"{root} has no class subfolders (expected {root}/<class>/ or {root}/train/<class>/)")
+    parts_named = [n for n in names if n.lower() in SPLIT_NAMES and not split_given]
+    if parts_named:  # train/ + val/, or train/ alone: parts of a data set, not classes
+        raise DataError(f"{root} has {', '.join(f'{n}/' for n in parts_named)}, which name parts of a data set, not "
+                        f"classes: give {root}/train/<class>/ with {root}/test/<class>/ (another part, such as val/, "
+                        "is not read: thresholds come from held-out training images), or one folder per class")
     if split_given:
         test_only = [n for n in classes["test"] if n not in classes["train"]]
         if test_only:
