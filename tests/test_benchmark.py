@@ -313,6 +313,20 @@ def test_table_shows_ours_and_the_paper() -> None:
     assert both.rstrip().endswith("| 0.600 (0.908) |")
 
 
+def test_a_cell_resting_on_few_test_images_is_marked_and_the_note_says_why() -> None:
+    """One abnormal image behind an AUROC (a class of two images) is not a number to read to three decimals."""
+    from skipganomaly.evaluation.tables import FEW_MARK, table_notes
+
+    cells = [{"model": "pca", "class": "lonely", "protocol": "honest", "auroc": 0.261, "n_normal": 40, "n_abnormal": 1},
+             {"model": "pca", "class": "line", "protocol": "honest", "auroc": 0.9, "n_normal": 40, "n_abnormal": 30},
+             {"model": "knn", "class": "line", "protocol": "honest", "auroc": 0.8}]  # saved before counts were kept
+    summary = summarise(cells)
+    table = benchmark_table(summary, ["pca", "knn"], ["lonely", "line"], "honest", paper=False)
+    assert f"| 0.261{FEW_MARK} | 0.900 |" in table and f"0.800{FEW_MARK}" not in table
+    assert "fewer than 10 normal or abnormal images" in table_notes(summary)
+    assert "fewer than" not in table_notes(summarise(cells[1:]))
+
+
 def test_cli_benchmark_on_real_cifar(tmp_path: Path) -> None:
     from skipganomaly.cli import main
     from tests.data.test_cifar10 import REAL

@@ -50,7 +50,7 @@ from .detector import (Detector, DetectorSettings, check_threshold_split, model_
                        setting_defaults)
 from .errors import PACKAGE_LOGGER, PARTLY_FAILED_EXIT, ConfigError, DataError, SkipGanomalyError
 from .evaluation.metrics import evaluate_scores
-from .evaluation.tables import (PAPER, PROTOCOL_NOTES, STD_NOTE, VALIDATE, benchmark_table, commit_text,
+from .evaluation.tables import (PAPER, PROTOCOL_NOTES, VALIDATE, benchmark_table, commit_text, table_notes,
                                 commits_note, shows_paper_numbers, summarise)
 from .files import json_text, write_text_atomic
 from .interrupts import interrupts_held, sigterm_as_interrupt
@@ -707,7 +707,7 @@ def sweep_table(results: Sequence[dict[str, Any]], config: SweepConfig, title: s
                 f"epochs {config.epochs}, batch {config.batch_size}, train fraction {config.train_fraction}, "
                 f"test fraction {config.test_fraction}, seeds {','.join(map(str, config.seeds))}. "
                 f"The mean column averages the classes with our number" + (", ours and the paper's alike" if cifar else "")
-                + f". {STD_NOTE}\n\n"
+                + f". {table_notes(summary)}\n\n"
                 f"Command: `{env['command']}`" + (f" (in {env['cwd']})" if env.get("cwd") else "")
                 + f"; git {commit_text(env)}; torch {env['torch']}, "
                 f"{env['threads']} threads, {env['cpu']}; {env['wall_seconds_this_run']} s this run."

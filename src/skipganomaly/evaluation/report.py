@@ -29,7 +29,7 @@ from ..run_directory import EVALUATION, METRICS_LOG, RunDirectory, SweepDirector
 from .metrics import auroc_interval, threshold_note
 from .plots import histogram_figure, image_grid_figure, pr_figure, roc_figure, training_curves_figure
 from ..data.cifar10 import NAME as CIFAR10, TITLE as CIFAR10_TITLE
-from .tables import (PROTOCOL_NOTES, STD_NOTE, benchmark_rows, commit_text, commits_note, shows_paper_numbers,
+from .tables import (PROTOCOL_NOTES, benchmark_rows, commit_text, commits_note, shows_paper_numbers, table_notes,
                      summarise)
 
 # The fields of a metrics.jsonl record the report shows; a record without them (edited, or cut) is left out.
@@ -280,7 +280,7 @@ def build_benchmark_report(bench_dir: Path) -> Path:
                 f"{config['train_fraction']}, test fraction {config['test_fraction']}, seeds "
                 f"{', '.join(map(str, config['seeds']))}.</p>"
                 "<p>Each cell: our AUROC (on CIFAR-10, the paper's Table 1 in brackets). "
-                f"{html.escape(STD_NOTE)}</p>"]
+                f"{html.escape(table_notes(summary))}</p>"]
     versions = commits_note(cells, env)
     if versions:
         sections.append(f"<p><b>{html.escape(versions)}</b></p>")

@@ -35,12 +35,17 @@ def per_class_table(results: Mapping[str, Mapping[str, float]], metrics: Sequenc
 
 def summarise(results: Sequence[Mapping[str, Any]]) -> dict[tuple[str, str, str], dict[str, float]]:
     """Benchmark cells -> {(model, protocol, class): mean and sample standard deviation (ddof=1) of AUROC
-    over seeds, and the seed count (std is NaN for one seed)."""
+    over seeds, the seed count (std is NaN for one seed), and the fewest normal or abnormal test images of any
+    of its cells (`fewest`, None where cells do not record them)."""
     groups: dict[tuple[str, str, str], list[float]] = {}
+    counts: dict[tuple[str, str, str], list[int]] = {}
     for r in results:
-        groups.setdefault((r["model"], r["protocol"], r["class"]), []).append(r["auroc"])
+        key = (r["model"], r["protocol"], r["class"])
+        groups.setdefault(key, []).append(r["auroc"])
+        if r.get("n_normal") is not None and r.get("n_abnormal") is not None:
+            counts.setdefault(key, []).append(min(int(r["n_normal"]), int(r["n_abnormal"])))
     return {k: {"mean": float(np.mean(v)), "std": float(np.std(v, ddof=1)) if len(v) > 1 else math.nan,
-                "n": len(v)} for k, v in groups.items()}
+                "n": len(v), "fewest": min(counts[k]) if k in counts else None} for k, v in groups.items()}
 
 
 # What a table of each benchmark protocol shows (table.md and the benchmark report say it under its heading).
@@ -64,6 +69,20 @@ def shows_paper_numbers(dataset: str, protocol: str) -> bool:
 
 STD_NOTE = ("Over several seeds a cell is mean±std, std the sample standard deviation (ddof=1) over seeds; under "
             "validate each seed scores another pseudo-anomaly, so there it spreads over tasks, not only trainings.")
+FEW_TEST_IMAGES = 10  # a cell scored on fewer normal or abnormal test images than this is marked FEW_MARK
+FEW_MARK = "†"
+FEW_NOTE = (f"{FEW_MARK} marks a cell whose test set holds fewer than {FEW_TEST_IMAGES} normal or abnormal images: "
+            "its AUROC can move by tenths with a few images more or less.")
+
+
+def few(entry: Mapping[str, Any]) -> bool:
+    """Whether a summarised cell rests on too few test images to read its AUROC to two decimals."""
+    return entry.get("fewest") is not None and entry["fewest"] < FEW_TEST_IMAGES
+
+
+def table_notes(summary: Mapping[tuple[str, str, str], Mapping[str, Any]]) -> str:
+    """What the marks in a benchmark's tables mean: STD_NOTE, and FEW_NOTE where a cell carries FEW_MARK."""
+    return STD_NOTE + (f" {FEW_NOTE}" if any(few(entry) for entry in summary.values()) else "")
 
 
 def commit_text(env: Mapping[str, Any]) -> str:
@@ -113,7 +132,7 @@ def benchmark_rows(
             means.append(s["mean"])
             ran.append(cls)
             ours = f"{s['mean']:.3f}±{s['std']:.3f}" if s["n"] > 1 else f"{s['mean']:.3f}"
-            cells.append(ours + ref)
+            cells.append(ours + (FEW_MARK if few(s) else "") + ref)
         reported = [table_1.get(model, {}).get(cls) for cls in ran or classes]
         paper_mean = sum(reported) / len(reported) if paper and reported and None not in reported else None
         ours_mean = f"{sum(means) / len(means):.3f}" if means else "-"
