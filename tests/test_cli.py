@@ -496,10 +496,9 @@ def _assert_strict_json(folder: Path) -> None:
 def test_train_with_amp_from_the_cli(image_root: Path) -> None:
     """--amp reaches the detector (bf16 autocast on the CPU), is recorded in config.yaml, and the run
     still produces finite test metrics."""
-    options = [arg for key, value in fast("skipganomaly++").items() for arg in ("--model-arg", f"{key}={value}")]
-    run = image_root / "run-amp"
+    run = image_root / "run-amp"  # narrow: bf16 is emulated, and slow, on CPUs without bf16 arithmetic
     assert main(["train", "--data", str(image_root), "--test", str(image_root / "test"), "--out", str(run),
-                 "--epochs", "1", "--batch-size", "8", "--no-progress", "--device", "cpu", "--amp", *options]) == 0
+                 "--epochs", "1", "--batch-size", "8", "--amp", *SMALL]) == 0
     assert yaml.safe_load((run / "config.yaml").read_text())["settings"]["amp"] is True
     assert json.loads((run / "metrics.json").read_text())["test"]["auroc"] > 0.9
 

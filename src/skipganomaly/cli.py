@@ -191,7 +191,8 @@ def _add_demo(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> Non
                        description="Train on nine digits, test on held-out normals plus the tenth digit, "
                                    "for each chosen digit; prints a per-digit AUC table. No download.")
     p.add_argument("--digits", default="all", help="abnormal digits: 'all' or a list like 0,3,8")
-    p.add_argument("--max-train", type=_positive_int, help="cap on training images per digit (size knob)")
+    p.add_argument("--max-train", type=_positive_int,
+                   help="cap on the training images of each left-out-digit run (size knob; default all, about 1,300)")
     p.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder (default %(default)s)")
     p.add_argument("--baselines", default=",".join(BASELINES),
                    help="raw-pixel baselines run beside the model on the same split (default %(default)s; 'none' "
