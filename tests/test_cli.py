@@ -455,6 +455,11 @@ def test_a_second_demo_into_the_same_folder_replaces_the_first_with_a_word(tmp_p
     assert not (out / "digit3" / "model.pt").exists() and (out / "digit3" / "notes.txt").exists()
     assert list(json.loads((out / "results.json").read_text()))[0] == "digit 0"
     assert "digit 3" not in (out / "table.md").read_text()
+    bench = tmp_path / "bench"
+    bench.mkdir()
+    (bench / "results.json").write_text(json.dumps({"cells": [], "config": {}}))  # a benchmark's: never removed
+    assert main([*(arg if arg != str(out) else str(bench) for arg in fast_demo), "--digits", "0"]) == 2
+    assert (bench / "results.json").exists()
 
 
 # GANomaly's score compares two latent codes, not pixels: after one epoch on 40 images it does not yet

@@ -7,6 +7,7 @@ import contextlib
 import csv
 import hashlib
 import io
+import json
 import logging
 import math
 import os
@@ -371,6 +372,13 @@ def _replace_earlier_demo(out: Path) -> None:
     no folder of the first call's is left beside a table that no longer lists it."""
     if not SweepDirectory(out).results_json.exists():
         return
+    try:
+        saved = json.loads(SweepDirectory(out).results_json.read_text())
+    except (OSError, ValueError):
+        saved = None
+    if not isinstance(saved, dict) or "cells" in saved or not any(str(k).startswith("digit ") for k in saved):
+        raise ConfigError(f"{out} holds a results.json that is not a demo's (a benchmark's?): give the demo another "
+                          "--out")
     earlier = sorted(p for p in out.glob("digit*") if p.is_dir() and RunDirectory(p).holds_run)
     log.warning("%s holds an earlier demo (%s): replaced by this one", out, ", ".join(p.name for p in earlier) or "table")
     for folder in earlier:
