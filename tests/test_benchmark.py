@@ -317,14 +317,16 @@ def test_a_cell_resting_on_few_test_images_is_marked_and_the_note_says_why() -> 
     """One abnormal image behind an AUROC (a class of two images) is not a number to read to three decimals."""
     from skipganomaly.evaluation.tables import FEW_MARK, table_notes
 
-    cells = [{"model": "pca", "class": "lonely", "protocol": "honest", "auroc": 0.261, "n_normal": 40, "n_abnormal": 1},
-             {"model": "pca", "class": "line", "protocol": "honest", "auroc": 0.9, "n_normal": 40, "n_abnormal": 30},
-             {"model": "knn", "class": "line", "protocol": "honest", "auroc": 0.8}]  # saved before counts were kept
+    cells = [{"model": "pca", "class": "lonely", "protocol": p, "auroc": 0.261, "test_images": 41, "test_abnormal": 1}
+             for p in ("honest", "paper")]  # a paper cell records no n_normal/n_abnormal, but these counts
+    cells += [{"model": "pca", "class": "line", "protocol": "honest", "auroc": 0.9, "test_images": 70,
+               "test_abnormal": 30}, {"model": "knn", "class": "line", "protocol": "honest", "auroc": 0.8}]
     summary = summarise(cells)
     table = benchmark_table(summary, ["pca", "knn"], ["lonely", "line"], "honest", paper=False)
     assert f"| 0.261{FEW_MARK} | 0.900 |" in table and f"0.800{FEW_MARK}" not in table
+    assert f"0.261{FEW_MARK}" in benchmark_table(summary, ["pca"], ["lonely"], "paper", paper=False)
     assert "fewer than 10 normal or abnormal images" in table_notes(summary)
-    assert "fewer than" not in table_notes(summarise(cells[1:]))
+    assert "fewer than" not in table_notes(summarise(cells[2:]))
 
 
 def test_cli_benchmark_on_real_cifar(tmp_path: Path) -> None:

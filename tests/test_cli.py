@@ -449,6 +449,8 @@ def test_a_second_demo_into_the_same_folder_replaces_the_first_with_a_word(tmp_p
                  "none", "--no-progress", "--device", "cpu"]
     assert main([*fast_demo, "--digits", "0,3"]) == 0 and (out / "digit3" / "model.pt").exists()
     (out / "digit3" / "notes.txt").write_text("mine")  # a file of the user's is kept, with its folder
+    (out / "digits-mine").mkdir()
+    (out / "digits-mine" / "model.pt").write_bytes(b"a run of the user's: not a demo digit's")
     with caplog.at_level(logging.WARNING, logger="skipganomaly"):
         assert main([*fast_demo, "--digits", "0"]) == 0
     assert "holds an earlier demo (digit0, digit3): replaced by this one" in caplog.text
@@ -459,7 +461,8 @@ def test_a_second_demo_into_the_same_folder_replaces_the_first_with_a_word(tmp_p
     bench.mkdir()
     (bench / "results.json").write_text(json.dumps({"cells": [], "config": {}}))  # a benchmark's: never removed
     assert main([*(arg if arg != str(out) else str(bench) for arg in fast_demo), "--digits", "0"]) == 2
-    assert (bench / "results.json").exists()
+    assert json.loads((bench / "results.json").read_text()) == {"cells": [], "config": {}}
+    assert (out / "digits-mine" / "model.pt").exists()
 
 
 # GANomaly's score compares two latent codes, not pixels: after one epoch on 40 images it does not yet

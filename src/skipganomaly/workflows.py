@@ -379,7 +379,7 @@ def _replace_earlier_demo(out: Path) -> None:
     if not isinstance(saved, dict) or "cells" in saved or not any(str(k).startswith("digit ") for k in saved):
         raise ConfigError(f"{out} holds a results.json that is not a demo's (a benchmark's?): give the demo another "
                           "--out")
-    earlier = sorted(p for p in out.glob("digit*") if p.is_dir() and RunDirectory(p).holds_run)
+    earlier = sorted(p for p in out.glob("digit?") if p.is_dir() and p.name[-1].isdigit() and RunDirectory(p).holds_run)
     log.warning("%s holds an earlier demo (%s): replaced by this one", out, ", ".join(p.name for p in earlier) or "table")
     for folder in earlier:
         RunDirectory(folder).clear()
@@ -415,7 +415,7 @@ def run_demo(settings: DetectorSettings, digits: Sequence[int], out: Path, basel
         names = [f"test{i:04d}" for i in range(len(labels))]
         write_evaluation(run.root, f"{settings.model}, digit {digit} abnormal", split.test, names, labels, scores,
                          results[key], det.threshold_, det.reconstructions, det.anomaly_maps,
-                         calibration=calibration(det), warnings=said)
+                         calibration=calibration(det), warnings=said, settings=settings.as_dict())
         for name in baselines:  # seconds each
             base = Detector.from_settings(settings.replace(model=name, model_options={}, progress=False))
             base.fit(split.train)

@@ -128,7 +128,7 @@ def test_run_report_is_self_contained_and_rebuilds(tmp_path: Path) -> None:
     report = _evaluation(run)
     page = report.read_text()
     assert "<table>" in page and "auroc" in page
-    assert "Beside this page: <code>scores.csv</code>, each test image's label, score and flag" in page
+    assert "Beside this page: <code>scores.csv</code>, each test image's label and score (and flag" in page
     assert page.count("data:image/png;base64,") == 7
     assert "http://" not in page and "https://" not in page  # nothing to fetch
     (run / "figures" / "histogram.png").unlink()
@@ -250,6 +250,11 @@ def test_the_report_says_where_the_threshold_came_from_and_what_was_warned(tmp_p
                                  reconstruct=lambda x: x.permute(0, 2, 3, 1).numpy() / 255.0,
                                  anomaly_maps=lambda x: x.float().mean(1).numpy()).read_text()
     assert "<td>auroc</td><td>undefined</td>" in undefined and "<td>recall</td><td>undefined</td>" in undefined
+    small = write_evaluation(tmp_path / "small", "toy", torch.zeros((7, 3, 32, 32), dtype=torch.uint8), list("abcdefg"),
+                             np.array([0, 0, 0, 0, 0, 1, 1]), np.arange(7.0), {"auroc": 1.0}, 4.5,
+                             reconstruct=lambda x: x.permute(0, 2, 3, 1).numpy() / 255.0,
+                             anomaly_maps=lambda x: x.float().mean(1).numpy()).read_text()
+    assert "not estimated: 2 abnormal test images, too few to resample" in small  # not "1.0000 to 1.0000"
 
 
 def test_the_report_of_an_unfinished_run_says_how_to_resume_it(tmp_path: Path) -> None:

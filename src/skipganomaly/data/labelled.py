@@ -95,6 +95,12 @@ def check_task(data: LabelledImages, abnormal: Sequence[str]) -> None:
             raise DataError(f"class {n!r} of {data.name} has no images")
     if not bool((~torch.isin(data.train_labels, bad)).any()):
         raise DataError(f"no normal training images in {data.name} when {JOIN.join(abnormal)} is abnormal")
+    trained = set(data.train_labels.tolist())
+    unseen = [data.classes[c] for c in sorted(set(data.test_labels.tolist()) - trained - set(bad.tolist()))]
+    if unseen:  # normal in this task, never learnt: its test images would be scored as normal
+        raise DataError(f"class {unseen[0]!r} of {data.name} has test images but no training image, so it cannot be "
+                        f"normal when {JOIN.join(abnormal)} is abnormal: make it abnormal too (--normal-labels) or give "
+                        "it training images")
 
 
 def class_split(data: LabelledImages, abnormal: Sequence[str], train_fraction: float = 1.0,
@@ -217,16 +223,13 @@ def load_npz(path: str | os.PathLike[str], image_size: int | None = None,
                  path.name, parts["train_images"].dtype, int(parts["train_images"].max()), depth, 2 ** depth - 1)
     for part in ("train", "test"):
         images[part] = _npz_images(parts[f"{part}_images"], f"{path.name}: {part}_images", depth)
+        if in_channels is not None:  # converted, then resized, as image files are
+            images[part] = _as_channels(images[part], in_channels)
         labels[part] = _npz_labels(parts[f"{part}_labels"], len(images[part]), f"{path.name}: {part}_labels")
-    unseen = sorted(set(labels["test"].tolist()) - set(labels["train"].tolist()))
-    if unseen:
-        raise DataError(f"{path.name}: label {unseen[0]} is in test_labels only (no training image): a class seen only "
-                        "at test time cannot be left out of training, and would be scored as normal")
     if image_size is not None:
         images = {part: t if t.shape[-1] == t.shape[-2] == image_size else resize_uint8(t, image_size)
                   for part, t in images.items()}
-    if in_channels is not None:
-        images = {part: _as_channels(t, in_channels) for part, t in images.items()}
+
     if images["train"].shape[1:] != images["test"].shape[1:]:
         raise DataError(f"{path.name}: train images are {tuple(images['train'].shape[1:])} but test images "
                         f"{tuple(images['test'].shape[1:])} (C, H, W)")
@@ -289,8 +292,8 @@ def _as_channels(images: torch.Tensor, channels: int) -> torch.Tensor:
         return images
     if channels == 3:
         return images.expand(-1, 3, -1, -1).contiguous()
-    weights = torch.tensor([299, 587, 114], dtype=torch.int32).view(1, 3, 1, 1)
-    return ((images.to(torch.int32) * weights).sum(1, keepdim=True).add(500) // 1000).to(torch.uint8)
+    weights = torch.tensor([19595, 38470, 7471], dtype=torch.int64).view(1, 3, 1, 1)  # Pillow's own, in 1/65536
+    return ((images.to(torch.int64) * weights).sum(1, keepdim=True).add(0x8000) >> 16).to(torch.uint8)
 
 
 def _npz_labels(array: np.ndarray, n: int, what: str) -> torch.Tensor:
@@ -316,7 +319,7 @@ def load_class_folders(root: str | os.PathLike[str], image_size: int = 32, in_ch
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"not found: {root}")
-    split = {d.name.lower(): d for d in root.iterdir() if d.is_dir() and d.name.lower() in ("train", "test")}
+    split = {d.name.lower(): d for d in root.iterdir() if d.is_dir() and d.name.lower() in SPLIT_NAMES[:2]}
     split_given = len(split) == 2
     bases = {"train": split["train"], "test": split["test"]} if split_given else {"all": root}  # train read first
     classes = {part: sorted(d.name for d in base.iterdir() if d.is_dir() and not d.name.startswith("."))
@@ -324,7 +327,8 @@ def load_class_folders(root: str | os.PathLike[str], image_size: int = 32, in_ch
     names = sorted({n for found in classes.values() for n in found})
     if not names:
         raise DataError(f"{root} has no class subfolders (expected {root}/<class>/ or {root}/train/<class>/)")
-    parts_named = [n for n in names if n.lower() in SPLIT_NAMES and not split_given]
+    parts_named = [n for n in names if n.lower() in SPLIT_NAMES and not split_given  # a part holds class folders
+                   and any(d.is_dir() and not d.name.startswith(".") for d in (root / n).iterdir())]
     if parts_named:  # train/ + val/, or train/ alone: parts of a data set, not classes
         raise DataError(f"{root} has {', '.join(f'{n}/' for n in parts_named)}, which name parts of a data set, not "
                         f"classes: give {root}/train/<class>/ with {root}/test/<class>/ (another part, such as val/, "

@@ -26,7 +26,11 @@ from ..errors import DataError
 from ..files import TEXT_ENCODING, json_text, readable_name, write_text_atomic
 from ..provenance import environment
 from ..run_directory import EVALUATION, METRICS_LOG, RunDirectory, SweepDirectory, read_history
+from ..models import get_model_class, list_models
 from .metrics import auroc_interval, threshold_note
+from .tables import FEW_TEST_IMAGES
+
+INTERVAL_RESAMPLES = 1000  # the AUROC interval's bootstrap resamples, stated beside it
 from .plots import histogram_figure, image_grid_figure, pr_figure, roc_figure, training_curves_figure
 from ..data.cifar10 import NAME as CIFAR10, TITLE as CIFAR10_TITLE
 from .tables import (PROTOCOL_NOTES, benchmark_rows, commit_text, commits_note, shows_paper_numbers, table_notes,
@@ -57,8 +61,9 @@ def select_examples(labels: np.ndarray, scores: np.ndarray, threshold: float | N
 
 def write_scores(path: Path, names: Sequence[str], labels: np.ndarray, scores: np.ndarray,
                  threshold: float | None = None) -> None:
-    """name, label, score per image; with a threshold also `flagged` (1 where the score is above it), as `predict`
-    writes it, so a spreadsheet user can count the mistakes without recomputing them."""
+    """name, label (the truth: 0 normal, 1 abnormal), score per image; with a threshold also `flagged` (1 where
+    the score is above it; `predict`'s CSV calls that column `label`, having no truth), so a spreadsheet user can
+    count the mistakes without recomputing them."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     flags = [] if threshold is None else [["flagged"], *([int(s > threshold)] for s in scores)]
@@ -205,16 +210,23 @@ def build_run_report(run_dir: Path) -> Path:
         threshold = evaluation.get("threshold")
         metrics = evaluation.get("metrics", {})
         _check_counts(run.scores, labels, metrics)
-        beside = {run.scores: "each test image's label, score and flag", run.evaluation: "these metrics as JSON",
+        beside = {run.scores: "each test image's label and score (and flag at the threshold)",
+                  run.evaluation: "these metrics as JSON",
                   run.calibration: "the held-out training images behind the threshold, with their scores"}
         sections.append("<p>Beside this page: " + "; ".join(f"<code>{path.name}</code>, {what}"
                                                           for path, what in beside.items() if path.exists()) + ".</p>")
-        low, high = auroc_interval(scores, labels)
-        interval = ([["auroc, 95% bootstrap interval", f"{low:.4f} to {high:.4f}"]] if math.isfinite(low) else [])
+        fewest = min(int(np.sum(labels == 0)), int(np.sum(labels == 1)))
+        low, high = auroc_interval(scores, labels, resamples=INTERVAL_RESAMPLES, seed=0)
+        interval = ([] if not math.isfinite(low) else
+                    [["auroc, 95% bootstrap interval",
+                      f"not estimated: {fewest} {'normal' if np.sum(labels == 0) == fewest else 'abnormal'} test "
+                      f"image{'s' if fewest != 1 else ''}, too few to resample" if fewest < FEW_TEST_IMAGES else
+                      f"{low:.4f} to {high:.4f}"]])
         rows = [[k, "undefined" if v is None else v] for k, v in metrics.items()]  # null in JSON: undefined here
         sections.append("<h2>Metrics</h2>" + html_table(["metric", "value"], rows + interval)
-                        + ("<p>The interval resamples the normal and the abnormal test images separately (1,000 "
-                           "times, seed 0): how far the AUROC could move on another test set of the same sizes.</p>"
+                        + (f"<p>The interval resamples the normal and the abnormal test images separately "
+                           f"({INTERVAL_RESAMPLES:,} times, seed 0): how far the AUROC could move on another test set "
+                           "of the same sizes (a perfect separation resamples to a width of 0).</p>"
                            if interval else ""))
         calibration = evaluation.get("calibration")
         if calibration and threshold is not None:
@@ -271,12 +283,14 @@ def build_benchmark_report(bench_dir: Path) -> Path:
         raise DataError(f"{bench_dir} has no {folder.results_json.name}: not a benchmark output folder")
     cells, config = saved["cells"], saved["config"]
     summary = summarise(cells)
+    closed = [m for m in config["models"] if m in list_models() and not get_model_class(m).trained_by_gradient]
     env = saved.get("environment", {})
     sections = [f"<p>Command: <code>{html.escape(str(env.get('command', '?')))}</code>; git "
                 f"{html.escape(commit_text(env))}; torch {html.escape(str(env.get('torch', '?')))}, "
                 f"{env.get('threads', '?')} threads, {html.escape(str(env.get('cpu', '?')))}. "
-                f"Epochs {config['epochs']} (the closed-form models, pca and knn, fit in one pass whatever this says), "
-                f"batch {config['batch_size']}, train fraction "
+                f"Epochs {config['epochs']}"
+                + (f" ({', '.join(closed)} fit in one pass, whatever this says)" if closed else "")
+                + f", batch {config['batch_size']}, train fraction "
                 f"{config['train_fraction']}, test fraction {config['test_fraction']}, seeds "
                 f"{', '.join(map(str, config['seeds']))}.</p>"
                 "<p>Each cell: our AUROC (on CIFAR-10, the paper's Table 1 in brackets). "

@@ -33,7 +33,7 @@ def per_class_table(results: Mapping[str, Mapping[str, float]], metrics: Sequenc
     return markdown_table(["class", *metrics], rows)
 
 
-def summarise(results: Sequence[Mapping[str, Any]]) -> dict[tuple[str, str, str], dict[str, float]]:
+def summarise(results: Sequence[Mapping[str, Any]]) -> dict[tuple[str, str, str], dict[str, Any]]:
     """Benchmark cells -> {(model, protocol, class): mean and sample standard deviation (ddof=1) of AUROC
     over seeds, the seed count (std is NaN for one seed), and the fewest normal or abnormal test images of any
     of its cells (`fewest`, None where cells do not record them)."""
@@ -42,8 +42,8 @@ def summarise(results: Sequence[Mapping[str, Any]]) -> dict[tuple[str, str, str]
     for r in results:
         key = (r["model"], r["protocol"], r["class"])
         groups.setdefault(key, []).append(r["auroc"])
-        if r.get("n_normal") is not None and r.get("n_abnormal") is not None:
-            counts.setdefault(key, []).append(min(int(r["n_normal"]), int(r["n_abnormal"])))
+        if r.get("test_images") is not None and r.get("test_abnormal") is not None:  # every protocol records them
+            counts.setdefault(key, []).append(min(int(r["test_abnormal"]), int(r["test_images"]) - int(r["test_abnormal"])))
     return {k: {"mean": float(np.mean(v)), "std": float(np.std(v, ddof=1)) if len(v) > 1 else math.nan,
                 "n": len(v), "fewest": min(counts[k]) if k in counts else None} for k, v in groups.items()}
 
