@@ -315,7 +315,6 @@ def _warn_training_files_among(checkpoint: Path, names: Sequence[str], labels: t
         sizes: dict[int, list[Path]] = {}
         for path in training_files(folder)[1]:
             sizes.setdefault(os.path.getsize(path), []).append(path)
-        logger.disabled = quiet
         test_sizes: dict[int, list[int]] = {}
         for i, name in enumerate(names):
             test_sizes.setdefault(os.path.getsize(name), []).append(i)

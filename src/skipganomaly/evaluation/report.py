@@ -215,13 +215,7 @@ def build_run_report(run_dir: Path) -> Path:
                   run.calibration: "the held-out training images behind the threshold, with their scores"}
         sections.append("<p>Beside this page: " + "; ".join(f"<code>{path.name}</code>, {what}"
                                                           for path, what in beside.items() if path.exists()) + ".</p>")
-        fewest = min(int(np.sum(labels == 0)), int(np.sum(labels == 1)))
-        low, high = auroc_interval(scores, labels, resamples=INTERVAL_RESAMPLES, seed=0)
-        interval = ([] if not math.isfinite(low) else
-                    [["auroc, 95% bootstrap interval",
-                      f"not estimated: {fewest} {'normal' if np.sum(labels == 0) == fewest else 'abnormal'} test "
-                      f"image{'s' if fewest != 1 else ''}, too few to resample" if fewest < FEW_TEST_IMAGES else
-                      f"{low:.4f} to {high:.4f}"]])
+        interval = _interval_rows(labels, scores)
         rows = [[k, "undefined" if v is None else v] for k, v in metrics.items()]  # null in JSON: undefined here
         sections.append("<h2>Metrics</h2>" + html_table(["metric", "value"], rows + interval)
                         + (f"<p>The interval resamples the normal and the abnormal test images separately "
@@ -266,6 +260,21 @@ def build_run_report(run_dir: Path) -> Path:
     if made_by:
         sections.append("<h2>Made by</h2>" + html_table(["", "value"], [[k, v] for k, v in made_by.items()]))
     return write_page(run.report, title, sections)
+
+
+def _interval_rows(labels: np.ndarray, scores: np.ndarray) -> list[list[str]]:
+    """The metrics table's AUROC-interval row: none without both labels; "not estimated" below FEW_TEST_IMAGES
+    of either (no resampling done), else the bootstrap interval."""
+    counts = {"normal": int(np.sum(labels == 0)), "abnormal": int(np.sum(labels == 1))}
+    kind, fewest = min(counts.items(), key=lambda item: item[1])
+    if fewest == 0:
+        return []
+    if fewest < FEW_TEST_IMAGES:
+        value = f"not estimated: {fewest} {kind} test image{'s' if fewest != 1 else ''}, too few to resample"
+    else:
+        low, high = auroc_interval(scores, labels, resamples=INTERVAL_RESAMPLES, seed=0)
+        value = f"{low:.4f} to {high:.4f}"
+    return [["auroc, 95% bootstrap interval", value]]
 
 
 def _flat_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
