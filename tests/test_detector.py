@@ -503,7 +503,7 @@ def test_inputs_a_table_or_a_mask_gives(caplog: pytest.LogCaptureFixture, tmp_pa
     assert caplog.text.count("integer images are read as 0..255, and these reach only 1: nearly black") == 1
     overshoot = smooth_images(2) / 255.0
     overshoot[0, 0, 0] = 1.001  # after a resize, say
-    with pytest.raises(DataError, match=r"got values from [\d.e-]+ to 1\.001"):
+    with pytest.raises(DataError, match=r"float images must lie in \[0, 1\].*got [\d.e-]+ to 1\.001"):
         det.decision_function(overshoot)
     det.save(tmp_path / "d.pt")
     assert Detector.load(tmp_path / "d.pt").get_params()["progress"] is False

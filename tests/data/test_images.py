@@ -470,3 +470,26 @@ def test_a_large_array_is_resized_a_chunk_at_a_time(monkeypatch: pytest.MonkeyPa
 
     monkeypatch.setattr(images_module.F, "interpolate", counting)
     assert torch.equal(images_module.as_image_tensor(x.numpy(), 32, 3), whole) and max(seen) <= 64
+
+
+@pytest.mark.parametrize("as_tensor", [False, True])
+def test_float_range_check_names_the_range_of_the_finite_values(as_tensor: bool) -> None:
+    """One rule for float files, arrays and .npz: [0, 1] passes; past it, or with a NaN, the error names the range of
+    the finite values (a NaN must not hide it) and says NaN is there; float16 tensors are checked as well."""
+    import torch
+
+    from skipganomaly.data.images import check_unit_floats
+
+    def values(*v: float) -> object:
+        a = np.array(v, dtype=np.float32)
+        return torch.from_numpy(a).half() if as_tensor else a
+
+    check_unit_floats(values(0.0, 0.5, 1.0), "x", "fix")
+    with pytest.raises(DataError, match=r"^x must lie in \[0, 1\].*got 0\.25 to 1\.5; fix$"):
+        check_unit_floats(values(0.25, 1.5), "x", "fix")
+    with pytest.raises(DataError, match=r"got -0\.5 to 0\.75 and NaN or infinite values; fix$"):
+        check_unit_floats(values(-0.5, float("nan"), 0.75), "x", "fix")
+    with pytest.raises(DataError, match=r"got 0\.5 to 0\.5 and NaN or infinite values"):
+        check_unit_floats(values(0.5, float("inf")), "x", "fix")
+    with pytest.raises(DataError, match=r"got nan to nan and NaN"):
+        check_unit_floats(values(float("nan")), "x", "fix")

@@ -7,6 +7,7 @@ pixel and no per-sample Python work happens in the training loop.
 from __future__ import annotations
 
 import contextlib
+import math
 import logging
 import os
 import warnings
@@ -138,6 +139,28 @@ def on_black(img: Image.Image) -> Image.Image:
     return img
 
 
+def check_unit_floats(values: np.ndarray | torch.Tensor, what: str, fix: str) -> None:
+    """Refuse floating-point pixels outside [0, 1], naming their range.
+
+    Floats are read on one scale, 0..1, for every image (float files, arrays and .npz alike), never by each image's
+    own maximum, so an image's brightness does not depend on the others; a stray 1.01 or one NaN is an error, not an
+    image read as black or white. `what` names the values, `fix` says what to do."""
+    if isinstance(values, torch.Tensor):
+        finite = torch.isfinite(values)
+        all_finite = bool(finite.all())
+        kept = values if all_finite else values[finite]
+        lo, hi = (float(kept.min()), float(kept.max())) if kept.numel() else (math.nan, math.nan)
+    else:
+        finite = np.isfinite(values)
+        all_finite = bool(finite.all())
+        kept = values if all_finite else values[finite]
+        lo, hi = (float(kept.min()), float(kept.max())) if kept.size else (math.nan, math.nan)
+    if all_finite and not lo < 0 and not hi > 1:
+        return
+    raise DataError(f"{what} must lie in [0, 1] (floats are read as 0..1 for every image), got {lo:.4g} to {hi:.4g}"
+                    f"{'' if all_finite else ' and NaN or infinite values'}; {fix}")
+
+
 def pil_to_array(img: Image.Image, image_size: int, in_channels: int, bit_depth: int | None = None) -> np.ndarray:
     """Convert a PIL image to uint8 [C, H, W]; 16-bit, palette, alpha and CMYK modes are handled.
 
@@ -154,10 +177,8 @@ def pil_to_array(img: Image.Image, image_size: int, in_channels: int, bit_depth:
         img = Image.fromarray(np.clip(arr / (2.0 ** depth - 1) * 255.0, 0, 255).astype(np.uint8), mode="L")
     elif img.mode == "F":  # floats on one scale for every image, as float arrays: 0..1 (no per-image guess)
         arr = np.asarray(img, dtype=np.float64)
-        if not np.isfinite(arr).all() or arr.min() < 0 or arr.max() > 1:
-            raise DataError(f"a floating-point image must lie in [0, 1] (as float arrays do), this one spans "
-                            f"{np.nanmin(arr):.4g} to {np.nanmax(arr):.4g}: scale it (e.g. a CT window) and save it "
-                            "so, or as 8- or 16-bit integers")
+        check_unit_floats(arr, "a floating-point image", "scale it (e.g. a CT window) and save it so, or as 8- or "
+                          "16-bit integers")
         img = Image.fromarray(np.round(arr * 255.0).astype(np.uint8))
     img = on_black(img)
     img = img.convert("L" if in_channels == 1 else "RGB")
@@ -424,11 +445,7 @@ def _tensor_to_uint8(t: torch.Tensor, image_size: int, in_channels: int) -> torc
     elif t.dtype == torch.bool:  # a mask: True is white, as Pillow reads a 1-bit image
         out = t.to(torch.uint8) * 255
     elif t.is_floating_point():
-        if not torch.isfinite(t).all():
-            raise DataError("images contain NaN or infinite values")
-        if t.min() < 0 or t.max() > 1:
-            raise DataError(f"float images must lie in [0, 1], got values from {float(t.min()):.4g} to "
-                            f"{float(t.max()):.4g} (clip them, or pass uint8 arrays in 0..255)")
+        check_unit_floats(t, "float images", "clip them, or pass uint8 arrays in 0..255")
         out = (t.float() * 255.0).round_().to(torch.uint8)
     else:
         wide = t.to(torch.int64)  # torch has no min/max for its unsigned 16- to 64-bit types

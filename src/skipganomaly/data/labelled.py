@@ -26,7 +26,7 @@ import torch
 
 from ..errors import PACKAGE_LOGGER, DataError
 from ..files import file_digest, load_torch_checked, save_torch_atomic
-from .images import list_image_files, narrowest_bit_depth, read_image_files, resize_uint8
+from .images import check_unit_floats, list_image_files, narrowest_bit_depth, read_image_files, resize_uint8
 
 log = logging.getLogger(PACKAGE_LOGGER)
 
@@ -261,11 +261,7 @@ def _npz_images(array: np.ndarray, what: str, bit_depth: int | None = None) -> t
         raise DataError(f"{what} has shape {array.shape}; expected (N, H, W) or (N, H, W, C) with C 1 or 3, N > 0")
     if array.dtype != np.uint8:
         if array.dtype.kind == "f":  # one scale for every image, as float arrays are read: 0..1
-            if not np.isfinite(array).all() or float(array.min()) < 0.0 or float(array.max()) > 1.0:
-                raise DataError(f"{what}: float images must lie in [0, 1] (as float arrays do), got "
-                                f"{float(np.nanmin(array)):g} to {float(np.nanmax(array)):g}"
-                                f"{' and NaN or infinite values' if not np.isfinite(array).all() else ''}; clip "
-                                "them, or divide 0..255 data by 255")
+            check_unit_floats(array, f"{what}: float images", "clip them, or divide 0..255 data by 255")
             array = np.round(array * 255.0)
         elif bit_depth is not None and array.dtype.kind in "ui" and array.size and int(array.min()) >= 0:
             top = 2 ** bit_depth - 1
