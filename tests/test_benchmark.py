@@ -415,6 +415,9 @@ def test_parallel_workers_match_sequential_and_a_crash_loses_one_cell(tmp_path: 
     assert sorted(key for key, _ in outcome.failures) == ["egbad__cat__seed0__honest", "egbad__ship__seed0__honest"]
     assert all("exit code -9" in why for _, why in outcome.failures)
     assert [(r["class"], r["auroc"]) for r in outcome.results] == [(r["class"], r["auroc"]) for r in sequential]
+    # each cell records its own warnings, in a worker process or not, however often the console was spared them
+    assert [r["warnings"] for r in outcome.results] == [r["warnings"] for r in sequential]
+    assert all(any("threshold_ rests on" in w for w in r["warnings"]) for r in sequential)
     assert sorted(p.name.rsplit("__", 1)[0] for p in (tmp_path / "par" / "cells").glob("*.json")) == [
         "ganomaly__cat__seed0__honest", "ganomaly__ship__seed0__honest"]
 
@@ -720,6 +723,14 @@ def test_a_warning_every_cell_repeats_is_printed_once(tmp_path: Path, caplog: py
         assert caplog.text.count("threshold_ rests on 3 held-out normal images") == 1
         detector_module.Detector("knn", image_size=32, progress=False).fit(smooth_images(60))
         assert caplog.text.count("threshold_ rests on 3 held-out normal images") == 2
+    # printed once, but kept with every cell that said it, and listed beside the tables
+    warned = json.loads((tmp_path / "results.json").read_text())["warnings"]
+    threshold = [w for w in warned if "threshold_ rests on 3 held-out normal images" in w["warning"]]
+    assert len(threshold) == 1 and sorted(threshold[0]["cells"]) == [
+        f"{m}__{c}__seed0__honest" for m in ("knn", "pca") for c in ("cat", "ship")]
+    assert "4 cells (`knn__ship__seed0__honest`, `knn__cat__seed0__honest`, `pca__ship__seed0__honest`, ...): " \
+        "threshold_ rests on 3" in (tmp_path / "table.md").read_text()
+    assert "4 cells (<code>knn__ship__seed0__honest</code>" in (tmp_path / "report.html").read_text()
 
 
 def test_failed_cells_are_named_in_table_and_results(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

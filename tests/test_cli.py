@@ -677,6 +677,25 @@ def test_benchmark_on_your_own_npz(tmp_path: Path) -> None:
     assert cells[1]["auroc"] > 0.9
 
 
+def test_what_reading_the_data_warned_about_is_listed_beside_the_tables(tmp_path: Path) -> None:
+    """A copy of a training image among the test images inflates a benchmark's number: said when the data are read,
+    and kept in table.md, results.json and report.html (a terminal's lines are gone once it closes)."""
+    data = _own_npz(tmp_path / "mine.npz")
+    with np.load(data) as saved:
+        arrays = dict(saved)
+    arrays["test_images"][1] = arrays["train_images"][0]
+    np.savez(data, **arrays)
+    out = tmp_path / "bench"
+    assert main(["benchmark", "--data", str(data), "--models", "knn", "--baselines", "none", "--normal-labels",
+                 "a,b,c", "--no-progress", "--device", "cpu", "--out", str(out)]) == 0
+    said = "mine.npz: 1 image is an exact copy of another (the same pixels as read; e.g. test_images[1] = train_images[0])"
+    assert f"- reading the data: {said}" in (out / "table.md").read_text()
+    warned = json.loads((out / "results.json").read_text())["warnings"]
+    assert [w for w in warned if w["data"]] == [{"warning": next(w["warning"] for w in warned if said in w["warning"]),
+                                               "data": True, "cells": []}]
+    assert f"<li>reading the data: {said}" in (out / "report.html").read_text()
+
+
 def test_an_option_without_model_goes_to_the_models_not_the_baselines(tmp_path: Path) -> None:
     """`--models knn --model-arg k=3`: the knn of --models takes k=3; pca, a baseline here, has no k and takes
     nothing (it would be a 'no option' error); a baseline takes an option named for it."""

@@ -16,7 +16,7 @@ from .data.cifar10 import NAME as CIFAR10_NAME, TITLE as CIFAR10_TITLE, Cifar10
 from .data.folders import train_folder
 from .detector import (DEFAULT_MODEL, DetectorSettings, check_threshold_split, setting_defaults,
                        setting_fields)
-from .errors import PACKAGE_LOGGER, PARTLY_FAILED_EXIT, ConfigError, SkipGanomalyError
+from .errors import PACKAGE_LOGGER, PARTLY_FAILED_EXIT, ConfigError, SkipGanomalyError, warnings_said
 from .interrupts import INTERRUPTED_EXIT, Terminated, sigterm_as_interrupt
 from .evaluation.report import build_report
 from .evaluation.tables import HONEST, PAPER
@@ -501,8 +501,9 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     for name in models:
         _check_model_builds(DetectorSettings.from_params(**{**sizes, **given, "model": name},
                                                          model_options=options[name]))
-    load, data = benchmark_data(args.data, args.data_dir, args.download, given.get("image_size"),
-                                given.get("in_channels"), progress=given.get("progress", True))
+    with warnings_said() as data_warnings:  # unreadable files, copies, ...: listed beside the tables too
+        load, data = benchmark_data(args.data, args.data_dir, args.download, given.get("image_size"),
+                                    given.get("in_channels"), progress=given.get("progress", True))
     classes = resolve_classes(data, args.classes, args.normal_labels)
     settings = DetectorSettings.from_params(**{**sizes, **given, "in_channels": int(data.train_images.shape[1])})
     config = SweepConfig(
@@ -517,7 +518,8 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
         load = decode_once(data, decoded)
     del data
     try:
-        outcome = run_benchmark(load, config, args.out, title, workers=args.workers, time_limit=args.time_limit)
+        outcome = run_benchmark(load, config, args.out, title, workers=args.workers, time_limit=args.time_limit,
+                                data_warnings=data_warnings)
     finally:
         decoded.unlink(missing_ok=True)
     if outcome.failures:

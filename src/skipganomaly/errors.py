@@ -8,8 +8,8 @@ import logging
 from typing import Any, Iterator
 
 
-# The one logger every module writes to, so that what is set on it reaches every record: the sweep's
-# once-only warnings (a filter) and torchrun's quiet ranks (a level).
+# The one logger every module writes to, so that what is set on it reaches every record: the warnings a report
+# lists (a filter) and torchrun's quiet ranks (a level).
 PACKAGE_LOGGER = "skipganomaly"
 
 # Exit code of a command that wrote what it could while some of its work failed (benchmark cells, unreadable files
@@ -19,23 +19,23 @@ PARTLY_FAILED_EXIT = 1
 
 @contextlib.contextmanager
 def warnings_said() -> Iterator[list[str]]:
-    """The package's warnings logged inside the block, their messages in order, each once: what a run's report
-    lists beside its numbers (a terminal's lines are gone once it closes)."""
+    """The package's warnings (and errors) logged inside the block, their messages in order, each once: what a run's
+    report lists beside its numbers (a terminal's lines are gone once it closes). A filter, not a handler, reads
+    them: where no handler is set up (a library user, a benchmark's worker process) Python's last-resort handler
+    still prints them."""
     said: list[str] = []
 
-    class Keep(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            message = record.getMessage()
-            if message not in said:
-                said.append(message)
+    def keep(record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.WARNING and (message := record.getMessage()) not in said:
+            said.append(message)
+        return True
 
-    handler = Keep(logging.WARNING)
     logger = logging.getLogger(PACKAGE_LOGGER)
-    logger.addHandler(handler)
+    logger.addFilter(keep)
     try:
         yield said
     finally:
-        logger.removeHandler(handler)
+        logger.removeFilter(keep)
 
 
 class SkipGanomalyError(Exception):

@@ -48,10 +48,11 @@ from .data.labelled import (JOIN, ClassSplit, LabelledImages, check_task, class_
                             pseudo_anomaly, save_decoded, training_count, validation_split)
 from .detector import (Detector, DetectorSettings, check_threshold_split, model_option_names,
                        setting_defaults)
-from .errors import PACKAGE_LOGGER, PARTLY_FAILED_EXIT, ConfigError, DataError, SkipGanomalyError
+from .errors import (PACKAGE_LOGGER, PARTLY_FAILED_EXIT, ConfigError, DataError, SkipGanomalyError,
+                     warnings_said)
 from .evaluation.metrics import evaluate_scores
-from .evaluation.tables import (PAPER, PROTOCOL_NOTES, VALIDATE, benchmark_table, commit_text, table_notes,
-                                commits_note, shows_paper_numbers, summarise)
+from .evaluation.tables import (PAPER, PROTOCOL_NOTES, VALIDATE, WARNINGS_NOTE, benchmark_table, commit_text,
+                                commits_note, shows_paper_numbers, summarise, table_notes, warning_source)
 from .files import json_text, write_text_atomic
 from .interrupts import interrupts_held, sigterm_as_interrupt
 from .models import get_model_class, list_models
@@ -398,24 +399,32 @@ def saved_outcome(config: SweepConfig, out: Path) -> SweepOutcome:
 @contextlib.contextmanager
 def _each_warning_once() -> Iterator[None]:
     """While cells run in this process, a warning that every cell would repeat word for word (the threshold of a
-    small held-out set, say) is printed for the first only: twelve cells do not print it twelve times. (With
+    small held-out set, say) is printed for the first only: twelve cells do not print it twelve times. The printing
+    handlers filter, not the logger, so each cell still records all of its warnings (`_run_and_write`). (With
     `--workers`, each cell's own process prints its warnings.)"""
-    seen: set[str] = set()
+    def once() -> Callable[[logging.LogRecord], bool]:
+        seen: set[str] = set()  # each handler its own: a record reaches every handler
 
-    def once(record: logging.LogRecord) -> bool:
-        if record.levelno < logging.WARNING or record.levelno >= logging.ERROR:
-            return True
-        text = record.getMessage()
-        new = text not in seen
-        seen.add(text)
-        return new
+        def first_time(record: logging.LogRecord) -> bool:
+            if record.levelno < logging.WARNING or record.levelno >= logging.ERROR:
+                return True
+            text = record.getMessage()
+            new = text not in seen
+            seen.add(text)
+            return new
+        return first_time
 
-    package = logging.getLogger(PACKAGE_LOGGER)  # where every module of the package logs
-    package.addFilter(once)
+    printing = [*logging.getLogger().handlers, *logging.getLogger(PACKAGE_LOGGER).handlers]
+    if logging.lastResort is not None:  # what prints where no handler is set up
+        printing.append(logging.lastResort)
+    filters = [(handler, once()) for handler in dict.fromkeys(printing)]
+    for handler, only_once in filters:
+        handler.addFilter(only_once)
     try:
         yield
     finally:
-        package.removeFilter(once)
+        for handler, only_once in filters:
+            handler.removeFilter(only_once)
 
 
 def _saved_cells(cells_dir: Path, cell: tuple[str, str, int, str]) -> list[tuple[Path, dict[str, Any]]]:
@@ -450,7 +459,9 @@ def _say_if_saved_with_other_settings(cells_dir: Path, cell: tuple[str, str, int
 
 def _run_and_write(load: Callable[[], LabelledImages], cell: tuple[str, str, int, str], config: SweepConfig,
                    cells_dir: Path, deadline: float | None = None) -> None:
-    result, labels, scores = run_cell(load, *cell, config, deadline=deadline)
+    with warnings_said() as said:
+        result, labels, scores = run_cell(load, *cell, config, deadline=deadline)
+    result["warnings"] = said  # what a reader of the table should know, e.g. a threshold on 3 held-out images
     path = cell_file(cells_dir, result["settings"])
     scores_file = path.with_suffix(".scores.npz")
     with scores_file.open("wb") as fh:  # before the cell file: a cell on disk always has its scores
@@ -543,6 +554,18 @@ def _stop(procs: list[Any], grace: float = 10.0) -> None:
             proc.join()
 
 
+def benchmark_warnings(data_warnings: Sequence[str], results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each warning once with who said it: reading the data (`data_warnings`), or the cells (by key) whose saved
+    results hold it: a warning a cell's process printed is otherwise lost once the terminal closes."""
+    said = [{"warning": text, "data": True, "cells": []} for text in dict.fromkeys(data_warnings)]
+    by_text: dict[str, list[str]] = {}
+    for result in results:
+        for text in result.get("warnings") or ():
+            by_text.setdefault(str(text), []).append(cell_key(result["model"], result["class"], result["seed"],
+                                                              result["protocol"]))
+    return said + [{"warning": text, "data": False, "cells": keys} for text, keys in by_text.items()]
+
+
 def cell_rows(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """Flat rows for results.csv."""
     keys = ["model", "class", "seed", "protocol", "auroc", "auprc", "f1", "precision", "recall", "threshold",
@@ -625,11 +648,13 @@ def resolve_classes(data: LabelledImages, classes: str = "all", normal_labels: s
 
 
 def run_benchmark(load: Callable[[], LabelledImages], config: SweepConfig, out: Path, title: str,
-                  workers: int = 1, time_limit: float | None = None) -> SweepOutcome:
+                  workers: int = 1, time_limit: float | None = None, data_warnings: Sequence[str] = ()
+                  ) -> SweepOutcome:
     """Run the sweep into `out`, then write its summaries there: results.json (config, environment, every
     cell), results.csv (one row per cell), table.md (per protocol, next to the paper's Table 1 on
     CIFAR-10) and report.html. Prints the table. With `time_limit` (seconds from now), see `run_sweep`'s
-    deadline: what finished is written, and the same call later continues; so it is after an interrupt."""
+    deadline: what finished is written, and the same call later continues; so it is after an interrupt.
+    `data_warnings`: what reading the data warned about, listed in the summaries with the cells' own warnings."""
     start = time.perf_counter()
     env = environment()  # before the sweep: the code that runs it (cells started later say so below)
     deadline = _now() + time_limit if time_limit is not None else None
@@ -641,7 +666,7 @@ def run_benchmark(load: Callable[[], LabelledImages], config: SweepConfig, out: 
             if kept.results:
                 print(f"writing the tables of the {len(kept.results)} finished cells ...", file=sys.stderr,
                       flush=True)
-                _write_summaries(out, config, title, env, start, kept)
+                _write_summaries(out, config, title, env, start, kept, data_warnings)
                 print(f"{len(kept.results)} finished cells kept in {out} (table.md, report.html); "
                       f"{len(kept.unfinished)} not run yet", file=sys.stderr)
         raise
@@ -655,7 +680,7 @@ def run_benchmark(load: Callable[[], LabelledImages], config: SweepConfig, out: 
         error = DeadlineReached if outcome.unfinished and not outcome.failures else CellsFailed
         raise error(f"no benchmark cell finished ({len(outcome.failures)} failed" + (f"; {later}" if later else "")
                     + ")")
-    text = _write_summaries(out, config, title, env, start, outcome)
+    text = _write_summaries(out, config, title, env, start, outcome, data_warnings)
     print(text)
     print(f"report {SweepDirectory(out).report}")
     print(f"{len(outcome.results)} cells in {out} ({time.perf_counter() - start:.0f} s this run)"
@@ -666,11 +691,12 @@ def run_benchmark(load: Callable[[], LabelledImages], config: SweepConfig, out: 
 
 
 def _write_summaries(out: Path, config: SweepConfig, title: str, env: dict[str, Any], start: float,
-                     outcome: SweepOutcome) -> str:
+                     outcome: SweepOutcome, data_warnings: Sequence[str] = ()) -> str:
     """results.json, results.csv, table.md and report.html of the cells in `outcome`; returns the table."""
     from .evaluation.report import build_benchmark_report
 
     folder = SweepDirectory(out)
+    said = benchmark_warnings(data_warnings, outcome.results)
     env = dict(env)
     end_commit = environment()["git_commit"]
     if end_commit != env["git_commit"]:  # the tree changed during the run; spawned workers may have run either
@@ -680,23 +706,25 @@ def _write_summaries(out: Path, config: SweepConfig, title: str, env: dict[str, 
                                      "complete": not outcome.unfinished and not outcome.failures,
                                      "unfinished": outcome.unfinished,
                                      "failed": [{"cell": key, "error": why} for key, why in outcome.failures],
-                                     "cells": outcome.results})
+                                     "warnings": said, "cells": outcome.results})
     rows = cell_rows(outcome.results)
     buffer = io.StringIO(newline="")
     writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
     writer.writeheader()
     writer.writerows(rows)
     write_text_atomic(folder.results_csv, buffer.getvalue())
-    text = sweep_table(outcome.results, config, title, env, outcome.failures, outcome.unfinished)
+    text = sweep_table(outcome.results, config, title, env, outcome.failures, outcome.unfinished, said)
     write_text_atomic(folder.table, text)
     build_benchmark_report(out)
     return text
 
 
 def sweep_table(results: Sequence[dict[str, Any]], config: SweepConfig, title: str, env: dict[str, Any],
-                failures: Sequence[tuple[str, str]] = (), unfinished: Sequence[str] = ()) -> str:
+                failures: Sequence[tuple[str, str]] = (), unfinished: Sequence[str] = (),
+                warnings: Sequence[dict[str, Any]] = ()) -> str:
     """table.md: the sizes, the command and machine, then one AUROC table per protocol; cells that failed
-    or were left for the time limit are named above the tables (their means leave them out)."""
+    or were left for the time limit are named above the tables (their means leave them out), and so are the
+    warnings (`benchmark_warnings`)."""
     summary = summarise(results)
     cifar = config.dataset == CIFAR10
     paper_note = " (paper's Table 1)" if cifar else ""
@@ -718,6 +746,9 @@ def sweep_table(results: Sequence[dict[str, Any]], config: SweepConfig, title: s
         are = f"{len(missing)} cells are" if len(missing) > 1 else "1 cell is"
         sections.append(f"**Incomplete: {are} missing (`-` below); each mean is over the cells that finished.**\n\n"
                         + "\n".join(missing) + "\n")
+    if warnings:
+        sections.append(f"**Warnings** ({WARNINGS_NOTE}):\n\n"
+                        + "\n".join(f"- {warning_source(w)}: {w['warning']}" for w in warnings) + "\n")
     for protocol in config.protocols:
         sections.append(f"## protocol: {protocol}\n\n{PROTOCOL_NOTES[protocol]}\n\n"
                         + benchmark_table(summary, config.models, config.classes, protocol,

@@ -4,6 +4,7 @@ an image of the class it is named after."""
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -197,6 +198,24 @@ def test_class_folders_split_each_class_and_train_test_layout(tmp_path: Path) ->
     write_images(tmp_path / "empty" / "x", rng.integers(0, 255, (3, 32, 32, 3), dtype=np.uint8))
     with pytest.raises(DataError, match="folder is empty: .*empty/y"):
         load_class_folders(tmp_path / "empty")
+
+
+def test_copies_and_loose_files_in_class_folders_are_said(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A file copied into a second class (or twice into one) is named with its copy; an image next to the class
+    folders is not silently ignored. Distinct images say nothing."""
+    rng = np.random.default_rng(0)
+    for name in ("cat", "dog"):
+        write_images(tmp_path / "flat" / name, rng.integers(0, 255, (5, 16, 16, 3), dtype=np.uint8))
+    with caplog.at_level(logging.WARNING, logger="skipganomaly"):
+        load_class_folders(tmp_path / "flat", image_size=16)
+    assert caplog.text == ""
+    shutil.copy(sorted((tmp_path / "flat" / "cat").iterdir())[0], tmp_path / "flat" / "dog" / "z.png")
+    shutil.copy(sorted((tmp_path / "flat" / "cat").iterdir())[0], tmp_path / "flat" / "stray.png")
+    with caplog.at_level(logging.WARNING, logger="skipganomaly"):
+        load_class_folders(tmp_path / "flat", image_size=16)
+    first = sorted((tmp_path / "flat" / "cat").iterdir())[0].name
+    assert f"1 image is an exact copy of another (the same pixels as read; e.g. dog/z.png = cat/{first})" in caplog.text
+    assert "1 image file directly in the folder (stray.png) is not read" in caplog.text
 
 
 def test_class_folder_split_must_name_the_same_classes_and_reads_train_test_in_any_case(tmp_path: Path) -> None:

@@ -25,8 +25,8 @@ import numpy as np
 import torch
 
 from ..errors import PACKAGE_LOGGER, DataError
-from ..files import file_digest, load_torch_checked, save_torch_atomic
-from .images import check_unit_floats, list_image_files, narrowest_bit_depth, read_image_files, resize_uint8
+from ..files import few_names, file_digest, load_torch_checked, save_torch_atomic
+from .images import check_unit_floats, is_image_name, list_image_files, narrowest_bit_depth, read_image_files, resize_uint8
 
 log = logging.getLogger(PACKAGE_LOGGER)
 
@@ -171,6 +171,29 @@ def _stratified(labels: torch.Tensor, mask: torch.Tensor, fraction: float, rng: 
     return torch.from_numpy(np.sort(np.concatenate(picked)))
 
 
+def warn_copies(images: torch.Tensor, names: Sequence[str], what: str) -> int:
+    """Warn when images are exact copies of one another (the same pixels as read); return how many copies there are.
+
+    A benchmark splits each class at random, so one copy can train and another be tested, where a detector finds it
+    by memory (a nearest-neighbour distance of 0), not by detection: the number is inflated. Copies under two labels
+    are label noise. Hashing costs under a second for 60,000 small images."""
+    first: dict[bytes, str] = {}
+    copies: list[str] = []
+    for image, name in zip(images.contiguous().numpy(), names, strict=True):
+        key = hashlib.blake2b(image.tobytes(), digest_size=16).digest()
+        if key in first:
+            copies.append(f"{name} = {first[key]}")
+        else:
+            first[key] = name
+    if copies:
+        many = len(copies) > 1
+        log.warning("%s: %d image%s %s exact cop%s of another (the same pixels as read; e.g. %s): a split can train on "
+                    "one copy and test the other, which a detector then finds by memory, not by detection; remove the "
+                    "copies for an honest number", what, len(copies), "s" if many else "", "are" if many else "is an",
+                    "ies" if many else "y", "; ".join(copies[:3]) + (" ..." if len(copies) > 3 else ""))
+    return len(copies)
+
+
 # --- loading a user's labelled data -----------------------------------------------------------
 
 def load_labelled(path: str | os.PathLike[str], image_size: int = 32, in_channels: int | None = None,
@@ -233,6 +256,8 @@ def load_npz(path: str | os.PathLike[str], image_size: int | None = None,
     if images["train"].shape[1:] != images["test"].shape[1:]:
         raise DataError(f"{path.name}: train images are {tuple(images['train'].shape[1:])} but test images "
                         f"{tuple(images['test'].shape[1:])} (C, H, W)")
+    warn_copies(torch.cat([images["train"], images["test"]]),
+                [f"{part}_images[{i}]" for part in ("train", "test") for i in range(len(images[part]))], path.name)
     values = sorted(set(labels["train"].tolist()) | set(labels["test"].tolist()))
     if names is not None:
         names = [str(n) for n in np.asarray(names).reshape(-1)]
@@ -336,6 +361,12 @@ def load_class_folders(root: str | os.PathLike[str], image_size: int = 32, in_ch
                             f"(it has {', '.join(classes['train']) or 'none'}; names must match exactly): a class "
                             "seen only at test time cannot be left out of training")
     _check_names(names, str(root))
+    for base in {root, *bases.values()}:
+        loose = sorted(p for p in base.iterdir() if is_image_name(p.name) and p.is_file())
+        if loose:  # e.g. images copied next to the class folders instead of into one
+            log.warning("%s: %d image file%s directly in the folder (%s) %s not read: only the class subfolders "
+                        "are (%s/<class>/)", base, len(loose), "s" if len(loose) > 1 else "",
+                        few_names([p.name for p in loose]), "are" if len(loose) > 1 else "is", base)
     parts: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     listing = []
     depth = None  # images wider than 8 bits: the test part is read at the training part's depth
@@ -353,6 +384,7 @@ def load_class_folders(root: str | os.PathLike[str], image_size: int = 32, in_ch
         label_of = {str(p): y for p, y in zip(files, labels, strict=True)}
         parts[part] = (images, torch.tensor([label_of[p] for p in kept], dtype=torch.int64))
         listing += [os.path.relpath(p, root) for p in kept]
+    warn_copies(torch.cat([images for images, _ in parts.values()]), listing, str(root))
     if not split_given:
         images, labels = parts.pop("all")
         rng = np.random.default_rng(0)

@@ -22,19 +22,18 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from ..data.cifar10 import NAME as CIFAR10, TITLE as CIFAR10_TITLE
 from ..errors import DataError
 from ..files import TEXT_ENCODING, json_text, readable_name, write_text_atomic
+from ..models import get_model_class, list_models
 from ..provenance import environment
 from ..run_directory import EVALUATION, METRICS_LOG, RunDirectory, SweepDirectory, read_history
-from ..models import get_model_class, list_models
 from .metrics import auroc_interval, threshold_note
-from .tables import FEW_TEST_IMAGES
+from .plots import histogram_figure, image_grid_figure, pr_figure, roc_figure, training_curves_figure
+from .tables import (FEW_TEST_IMAGES, PROTOCOL_NOTES, WARNINGS_NOTE, benchmark_rows, commit_text, commits_note,
+                     shows_paper_numbers, summarise, table_notes, warning_source)
 
 INTERVAL_RESAMPLES = 1000  # the AUROC interval's bootstrap resamples, stated beside it
-from .plots import histogram_figure, image_grid_figure, pr_figure, roc_figure, training_curves_figure
-from ..data.cifar10 import NAME as CIFAR10, TITLE as CIFAR10_TITLE
-from .tables import (PROTOCOL_NOTES, benchmark_rows, commit_text, commits_note, shows_paper_numbers, table_notes,
-                     summarise)
 
 # The fields of a metrics.jsonl record the report shows; a record without them (edited, or cut) is left out.
 SHOWN_EPOCH_FIELDS = frozenset({"epoch", "losses", "val_loss", "images_per_second"})
@@ -313,6 +312,11 @@ def build_benchmark_report(bench_dir: Path) -> Path:
         sections.append(f"<p><b>Incomplete: {len(missing)} missing cell{'s' if len(missing) > 1 else ''} (- in the "
                         "tables); each mean is over the cells that finished.</b></p><ul>"
                         + "".join(f"<li><code>{html.escape(m)}</code></li>" for m in missing) + "</ul>")
+    warned = saved.get("warnings") or []
+    if warned:
+        sections.append(f"<p><b>Warnings</b> ({html.escape(WARNINGS_NOTE)}):</p><ul>"
+                        + "".join(f"<li>{warning_source(w, lambda key: f'<code>{html.escape(key)}</code>')}: "
+                                  f"{html.escape(str(w.get('warning')))}</li>" for w in warned) + "</ul>")
     figures = folder.figures
     dataset = config.get("dataset", CIFAR10)
     for protocol in config["protocols"]:

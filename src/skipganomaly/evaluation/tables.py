@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -147,3 +147,16 @@ def benchmark_table(
 ) -> str:
     """`benchmark_rows` as markdown."""
     return markdown_table(*benchmark_rows(summary, models, classes, protocol, paper))
+
+
+WARNINGS_NOTE = "what the run warned about, each once; each can change what a number means"
+
+
+def warning_source(warning: Mapping[str, Any], quote: Callable[[str], str] = lambda key: f"`{key}`") -> str:
+    """Who said a warning of `benchmark_warnings`: 'reading the data', 'cell a' or '12 cells (a, b, c, ...)', each
+    cell key passed through `quote` (markdown code by default)."""
+    if warning.get("data"):
+        return "reading the data"
+    keys = [str(k) for k in warning.get("cells") or []]
+    shown = ", ".join(map(quote, keys[:3])) + (", ..." if len(keys) > 3 else "")
+    return f"cell {shown}" if len(keys) == 1 else f"{len(keys)} cells ({shown})"
