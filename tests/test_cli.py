@@ -358,6 +358,7 @@ def test_errors_are_one_line(tmp_path: Path, trained_run: tuple[Path, Path], cap
         ["train", "--data", str(run), "--device", "mps" if not torch.backends.mps.is_available() else "tpu", *out],
         ["train", "--data", str(run), "--val-fraction", "0", "--no-progress", *out],
         ["train", "--data", str(run), "--val-fraction", "1.5", "--no-progress", *out],
+        ["benchmark", "--data", str(tmp_path / "empty"), "--data-dir", str(tmp_path), *out],  # which one?
     ]
     for args in cases:
         code = main(list(args))
@@ -368,6 +369,8 @@ def test_errors_are_one_line(tmp_path: Path, trained_run: tuple[Path, Path], cap
         assert len(lines) == 1, (args, err)
         if "--val-fraction" in args:  # one message for both sides, not the library's [0, 1) and then "above 0"
             assert "must be above 0 and below 1" in err, err
+        if "--data-dir" in args:
+            assert "give one (--data-dir is where CIFAR-10 is" in err, err
 
 
 @pytest.mark.parametrize("args", [["bench-speed", "--threads", "0"], ["bench-speed", "--repeats", "x"],

@@ -12,7 +12,7 @@ from typing import Any, Sequence
 
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from .data.cifar10 import NAME as CIFAR10_NAME, TITLE as CIFAR10_TITLE, Cifar10
+from .data.cifar10 import DEFAULT_ROOT as CIFAR10_DIR, NAME as CIFAR10_NAME, TITLE as CIFAR10_TITLE, Cifar10
 from .data.folders import train_folder
 from .detector import (DEFAULT_MODEL, DetectorSettings, check_threshold_split, setting_defaults,
                        setting_fields)
@@ -216,8 +216,9 @@ def _add_benchmark(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -
                                    "results.csv, results.json, table.md and report.html.")
     p.add_argument("--dataset", default=CIFAR10_NAME, choices=[CIFAR10_NAME],
                    help="the built-in data set (give --data for your own labelled images)")
-    p.add_argument("--data-dir", type=Path, default=Path("data"),
-                   help="folder holding cifar-10-batches-py (or that folder itself); default %(default)s in the current folder")
+    p.add_argument("--data-dir", type=Path, default=None,
+                   help=f"folder holding cifar-10-batches-py (or that folder itself); default {CIFAR10_DIR} in the "
+                        "current folder")
     p.add_argument("--download", action="store_true", help="download CIFAR-10 into --data-dir if it is missing")
     p.add_argument("--data", type=Path, metavar="PATH",
                    help="your labelled images instead of CIFAR-10: an .npz (train_images, train_labels, test_images, "
@@ -501,9 +502,13 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     for name in models:
         _check_model_builds(DetectorSettings.from_params(**{**sizes, **given, "model": name},
                                                          model_options=options[name]))
+    if args.data is not None and args.data_dir is not None:
+        raise ConfigError(f"--data {args.data} and --data-dir {args.data_dir}: give one (--data-dir is where CIFAR-10 "
+                          "is, --data your own labelled images)")
     with warnings_said() as data_warnings:  # unreadable files, copies, ...: listed beside the tables too
-        load, data = benchmark_data(args.data, args.data_dir, args.download, given.get("image_size"),
-                                    given.get("in_channels"), progress=given.get("progress", True))
+        load, data = benchmark_data(args.data, args.data_dir or Path(CIFAR10_DIR), args.download,
+                                    given.get("image_size"), given.get("in_channels"),
+                                    progress=given.get("progress", True))
     classes = resolve_classes(data, args.classes, args.normal_labels)
     settings = DetectorSettings.from_params(**{**sizes, **given, "in_channels": int(data.train_images.shape[1])})
     config = SweepConfig(

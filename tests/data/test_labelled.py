@@ -161,6 +161,19 @@ def test_split_folders_are_not_taken_for_classes(tmp_path: Path) -> None:
     assert load_class_folders(flat).classes == ("ship", "train")
 
 
+def test_boolean_npz_images_are_black_and_white(tmp_path: Path) -> None:
+    """Masks stored as booleans read as 0 and 255 (as a bool array given to a detector, or a 1-bit file), not as
+    0 and 1, which is black."""
+    path = _npz(tmp_path / "d.npz")
+    with np.load(path) as saved:
+        arrays = dict(saved)
+    masks = {part: arrays[f"{part}_images"] > 100 for part in ("train", "test")}
+    np.savez(path, **{**arrays, **{f"{part}_images": m for part, m in masks.items()}})
+    data = load_npz(path)
+    assert set(data.train_images.unique().tolist()) == {0, 255}
+    assert torch.equal(data.test_images[:, 0].bool(), torch.from_numpy(masks["test"]))
+
+
 def test_npz_is_resized_when_asked(tmp_path: Path) -> None:
     data = load_npz(_npz(tmp_path / "r.npz"), image_size=32)
     assert data.train_images.shape == (12, 1, 32, 32) and data.test_images.shape == (6, 1, 32, 32)

@@ -28,6 +28,7 @@ ALIASES = {"car": "automobile", "plane": "airplane"}
 URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 ARCHIVE_MD5 = "c58f30108f718f92721af3b95e74349a"
 FOLDER = "cifar-10-batches-py"
+DEFAULT_ROOT = "data"  # where the CLI looks for FOLDER (or downloads it) unless told, relative to the current folder
 MD5 = {
     "data_batch_1": "c99cafc152244af753f735de768cd75f",
     "data_batch_2": "d4bba439e000b95fd0a9bffe97cbabec",

@@ -284,6 +284,8 @@ def _npz_images(array: np.ndarray, what: str, bit_depth: int | None = None) -> t
         array = array[..., None]
     if array.ndim != 4 or array.shape[-1] not in (1, 3) or len(array) == 0:
         raise DataError(f"{what} has shape {array.shape}; expected (N, H, W) or (N, H, W, C) with C 1 or 3, N > 0")
+    if array.dtype == np.bool_:  # masks: True is white, as Pillow reads a 1-bit image and the detector a bool array
+        array = array.astype(np.uint8) * 255
     if array.dtype != np.uint8:
         if array.dtype.kind == "f":  # one scale for every image, as float arrays are read: 0..1
             check_unit_floats(array, f"{what}: float images", "clip them, or divide 0..255 data by 255")
