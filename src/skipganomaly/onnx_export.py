@@ -78,9 +78,11 @@ def _export_to(model: AnomalyModel, path: Path, threshold: float | None, bit_dep
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
+            # No constant folding: it would store casts of the model's tensors (a uint8 kNN bank as float32, twice)
+            # in the file; onnxruntime folds them when it loads the graph.
             torch.onnx.export(_Score(model), (dummy,), str(path), input_names=[INPUT], output_names=[OUTPUT],
                               dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}}, dynamo=False,
-                              opset_version=17)
+                              opset_version=17, do_constant_folding=False)
     except Exception as err:
         if "onnx" in str(err).lower() and "not installed" in str(err).lower():
             raise ConfigError("ONNX export needs the onnx package: pip install 'skipganomaly[onnx]'") from None
