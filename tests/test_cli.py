@@ -162,7 +162,7 @@ def test_predict_command_writes_csv(trained_run: tuple[Path, Path], capsys: pyte
                      "--save-maps", str(root / "maps")]) == 1
     finally:
         broken.unlink()
-    assert "1 of the files could not be read" in capsys.readouterr().err
+    assert "1 of the inputs could not be scored" in capsys.readouterr().err
     rows = list(csv.DictReader(out.open()))
     assert len(rows) == 18 and rows[-1]["path"] == str(root / "train" / "img_000.png")
     [unread] = [r for r in rows if r["path"] == str(broken)]
@@ -192,6 +192,39 @@ def test_predict_command_writes_csv(trained_run: tuple[Path, Path], capsys: pyte
         assert saved["paths"].tolist() == [r["path"] for r in rows]
         expected = Detector.load(run, device="cpu").anomaly_maps([r["path"] for r in rows])
         assert saved["maps"].dtype == np.float32 and np.allclose(saved["maps"], expected, atol=1e-6)
+
+
+def test_predict_keeps_a_row_for_what_it_could_not_reach(trained_run: tuple[Path, Path], tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch,
+                                                        caplog: pytest.LogCaptureFixture) -> None:
+    """A subfolder that cannot be opened (permissions) is named and gets a row, not skipped in silence; a path
+    that does not exist among others gets its row; an empty folder among others is a warning: the other scores
+    are written, and the exit code says that not everything was scored."""
+    import os
+
+    root, run = trained_run
+    line = tmp_path / "line"
+    shutil.copytree(root / "test", line)
+    closed = line / "abnormal"
+    (tmp_path / "empty").mkdir()
+    real_scandir = os.scandir
+
+    def scandir(path):  # type: ignore[no-untyped-def]
+        if Path(path) == closed:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    out = tmp_path / "p.csv"
+    with caplog.at_level(logging.WARNING, logger="skipganomaly"):
+        assert main(["predict", "--checkpoint", str(run), str(line), str(tmp_path / "gone.png"), str(tmp_path / "empty"),
+                     "--out", str(out), "--no-progress"]) == 1
+    assert f"could not open 1 folder in {line}, so its images are not read: {closed} (Permission denied)" in caplog.text
+    assert f"1 input does not exist, it is kept as a row with no score: {tmp_path / 'gone.png'}" in caplog.text
+    assert f"folder is empty: {tmp_path / 'empty'}; the other inputs are scored" in caplog.text
+    rows = list(csv.DictReader(out.open()))
+    assert [r["path"] for r in rows if not r["score"]] == [str(tmp_path / "gone.png"), str(closed)]
+    assert len(rows) == 10 and all(Path(r["path"]).parent == line / "normal" for r in rows[:8])
 
 
 def test_several_defect_folders_get_a_line_each(trained_run: tuple[Path, Path], tmp_path: Path,

@@ -422,8 +422,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     unread = predict_files(args.checkpoint, args.inputs, args.out, args.save_maps, device=args.device,
                            progress=args.progress)
     if unread:  # a script sees that not every part was scored; the CSV holds every other score
-        print(f"error: {len(unread)} of the files could not be read (named above); their rows in {args.out} have no "
-              "score", file=sys.stderr)
+        print(f"error: {len(unread)} of the inputs could not be scored (named above: unreadable, missing, or a folder "
+              f"that could not be opened); their rows in {args.out} have no score", file=sys.stderr)
         return PARTLY_FAILED_EXIT
     return 0
 

@@ -122,29 +122,15 @@ def predict_files(checkpoint: Path, inputs: Sequence[Path], out: Path, save_maps
     """Write path, score and label (1 = above the stored threshold) per image of `inputs` (files and
     folders) to the CSV `out`; with `save_maps`, one input | anomaly-map PNG per image there. A file that
     cannot be read keeps its row, with the score and label left empty (a part that disappears from an
-    inspection log is worse than one marked unscored); those files are returned."""
+    inspection log is worse than one marked unscored), and so does an input that does not exist or a subfolder
+    that cannot be opened (one row for the folder); those paths are returned. Only inputs none of which exist,
+    or hold no image, are an error."""
     if save_maps is not None:
         _check_maps_folder(save_maps, inputs)
     det = load_calibrated(checkpoint, device, progress)
-    paths: list[Path] = []
-    for item in inputs:
-        if item.is_dir():
-            paths += list_image_files(item)
-        elif item.is_file():
-            paths.append(item)
-        else:
-            raise DataError(f"no such file or folder: {item}")
-    seen: set[Path] = set()
-    unique = []
-    for path in paths:  # each file once, where it was first given
-        if path.resolve() not in seen:
-            seen.add(path.resolve())
-            unique.append(path)
-    if len(unique) < len(paths):
-        log.info("%d files were given more than once; each is scored once", len(paths) - len(unique))
-    paths = unique
+    paths, unlisted = _input_files(inputs)
     try:
-        images, kept = load_image_files(paths, det.image_size, det.in_channels, progress=progress,
+        images, kept = load_image_files([p for p in paths if p.exists()], det.image_size, det.in_channels, progress=progress,
                                         bit_depth=det.bit_depth_)
     except DataError:  # not one file could be read: each still gets its row, unscored (and the exit code says so)
         images, kept = torch.zeros((0, det.in_channels, det.image_size, det.image_size), dtype=torch.uint8), []
@@ -169,7 +155,7 @@ def predict_files(checkpoint: Path, inputs: Sequence[Path], out: Path, save_maps
         with_maps = save_maps is not None  # the map column whenever maps were asked for, so a script finds it
         writer.writerow(["path", "score", "label"] + (["map"] if with_maps else []))
         row_of = {path: i for i, path in enumerate(kept)}
-        for path in map(str, paths):  # in the order given, unreadable files in their place
+        for path in [*map(str, paths), *map(str, unlisted)]:  # in the order given, unreadable files in their place
             i = row_of.get(path)
             if i is None:
                 writer.writerow([path, "", ""] + ([""] if with_maps else []))
@@ -185,12 +171,52 @@ def predict_files(checkpoint: Path, inputs: Sequence[Path], out: Path, save_maps
         if partial is not None:
             shutil.rmtree(partial, ignore_errors=True)
         csv_tmp.unlink(missing_ok=True)
-    unread = [path for path in map(str, paths) if path not in row_of]
-    print(f"wrote {len(kept)} scores to {out} ({int(labels.sum())} flagged)"
+    unread = [path for path in map(str, paths) if path not in row_of] + list(map(str, unlisted))
+    print(f"wrote {len(kept)} score{'s' if len(kept) != 1 else ''} to {out} ({int(labels.sum())} flagged)"
           + (f"; anomaly-map overlays in {save_maps}" if maps else "; no maps: no file could be read" if save_maps
              else "")
-          + (f"; {len(unread)} unreadable file{'s' if len(unread) > 1 else ''} with no score" if unread else ""))
+          + (f"; {len(unread)} row{'s' if len(unread) > 1 else ''} with no score (unreadable, missing, or a folder "
+             "that could not be opened)" if unread else ""))
     return unread
+
+
+def _input_files(inputs: Sequence[Path]) -> tuple[list[Path], list[Path]]:
+    """The files to score, each once, in the order given (a folder's files sorted; a path that does not exist in its
+    place, to get its row), and the subfolders that could not be opened. One missing path or empty folder among
+    several is a warning, so the others' scores are not lost; when nothing is left to score, it is the error."""
+    paths: list[Path] = []
+    unlisted: list[Path] = []
+    missing: list[Path] = []
+    empty: list[str] = []
+    for item in inputs:
+        if item.is_dir():
+            try:
+                paths += list_image_files(item, unlisted)
+            except DataError as err:  # empty, or no image in it
+                empty.append(str(err))
+        elif item.is_file():
+            paths.append(item)
+        else:
+            missing.append(item)
+            paths.append(item)
+    if len(missing) == len(paths) and not unlisted:  # nothing to score: a mistyped name, say
+        raise DataError(empty[0] if empty else f"no such file or folder: {missing[0]}")
+    for why in empty:
+        log.warning("%s; the other inputs are scored", why)
+    if missing:
+        many = len(missing) > 1
+        log.warning("%d input%s not exist, %s kept as a row with no score: %s", len(missing),
+                    "s do" if many else " does", "each" if many else "it is", few_names(missing, whole=True))
+    seen: set[Path] = set()
+    unique = []
+    for path in paths:  # each file once, where it was first given
+        if path.resolve() not in seen:
+            seen.add(path.resolve())
+            unique.append(path)
+    if len(unique) < len(paths):
+        dropped = len(paths) - len(unique)
+        log.info("%d file%s given more than once; each is scored once", dropped, "s were" if dropped > 1 else " was")
+    return unique, unlisted
 
 
 def _check_maps_folder(save_maps: Path, inputs: Sequence[Path]) -> None:

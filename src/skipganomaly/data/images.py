@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import PACKAGE_LOGGER, DataError
-from ..files import few_names
+from ..files import few_names, readable_name
 
 log = logging.getLogger(PACKAGE_LOGGER)
 
@@ -473,22 +473,32 @@ def is_image_name(name: str) -> bool:
     return not name.startswith(".") and Path(name).suffix.lower() in IMAGE_EXTENSIONS
 
 
-def list_image_files(folder: str | os.PathLike[str]) -> list[Path]:
+def list_image_files(folder: str | os.PathLike[str], unlisted: list[Path] | None = None) -> list[Path]:
     """All image files below a folder, in its subfolders too (linked ones included, each folder once),
     sorted; clear errors for missing or empty ones. Hidden files and folders (names starting with a dot:
     thumbnails caches, trash, macOS's `._*` metadata) are not read. Files of other types and broken links
     are left out and said so in one line each kind, so a folder of, say, DICOM files does not look empty
-    for no reason."""
+    for no reason. A subfolder that cannot be opened (permissions) is warned about, never skipped in silence,
+    and appended to `unlisted` when given (so `predict` can mark it in its output)."""
     root = Path(folder)
     if not root.exists():
         raise DataError(f"folder not found: {root}")
     if not root.is_dir():
         raise DataError(f"not a folder: {root}")
+    try:
+        os.scandir(root).close()
+    except OSError as err:
+        raise DataError(f"cannot open the folder {root}: {err.strerror or err}") from None
     files: list[Path] = []
     other: Counter[str] = Counter()
     broken: list[Path] = []
+    closed: list[tuple[Path, str]] = []
     visited: set[str] = set()
-    for here, dirs, names in os.walk(root, followlinks=True):
+
+    def cannot_open(err: OSError) -> None:
+        closed.append((Path(err.filename), err.strerror or str(err)))
+
+    for here, dirs, names in os.walk(root, followlinks=True, onerror=cannot_open):
         real = os.path.realpath(here)
         if real in visited:  # a link back up the tree, or a second link to the same folder
             dirs[:] = []
@@ -506,6 +516,13 @@ def list_image_files(folder: str | os.PathLike[str]) -> list[Path]:
             else:
                 other[path.suffix.lower() or "(no extension)"] += 1
     files.sort()
+    if closed:
+        log.warning("could not open %d folder%s in %s, so %s images are not read: %s", len(closed),
+                    "s" if len(closed) > 1 else "", root, "their" if len(closed) > 1 else "its",
+                    "; ".join(f"{readable_name(str(path))} ({why})" for path, why in closed[:3])
+                    + (" ..." if len(closed) > 3 else ""))
+        if unlisted is not None:
+            unlisted += [path for path, _ in closed]
     if broken:
         log.warning("skipping %d broken link%s in %s: %s", len(broken), "s" if len(broken) > 1 else "", root,
                     few_names(broken, 5, whole=True))
