@@ -55,7 +55,8 @@ def description(model: AnomalyModel, bit_depth: int | None) -> dict[str, str]:
     from . import __version__
 
     colour = "RGB" if model.in_channels == 3 else "grayscale (Pillow's L: ITU-R 601-2 luma)"
-    depth = (f"integer files wider than 8 bits scaled by 2**{bit_depth} - 1 first (skipganomaly.bit_depth); "
+    depth = (f"integer pixels wider than 8 bits (16-bit files, uint16 frames) scaled by 2**{bit_depth} - 1 first "
+             "(skipganomaly.bit_depth); "
              if bit_depth and bit_depth > BYTE_DEPTH else "")
     return {
         "skipganomaly.input": f"{INPUT}: float32 [N, {model.in_channels}, {model.image_size}, {model.image_size}], "

@@ -134,8 +134,18 @@ def test_a_darker_wide_image_stays_darker_in_a_set_and_for_a_detector(tmp_path: 
     assert loaded_det.bit_depth_ == 12
     assert loaded_det.predict([dark])[0] == 1 and loaded_det.predict([bright])[0] == 0  # each file alone
     assert np.array_equal(loaded_det.decision_function([dark]), det.decision_function([dark]))
+    # a camera's uint16 frames given as arrays are read as the same frames saved as files: a dark one stays dark
+    # (all its values under 256 once were read as 8-bit data, 16x brighter, and scored normal)
+    frames = np.stack([np.asarray(Image.open(p)) for p in (dark, bright)])
+    assert frames.dtype == np.uint16 and frames[0].max() <= 1023
+    expected = det.decision_function([dark, bright])
+    np.testing.assert_array_equal(det.decision_function(frames), expected)
+    np.testing.assert_array_equal(det.decision_function(torch.from_numpy(frames.astype(np.int32))), expected)
+    np.testing.assert_array_equal(det.decision_function(list(frames)), expected)
     arrays = np.stack([np.asarray(Image.open(train / f"{i}.png")) // 16 for i in range(40)]).astype(np.uint8)
     assert det.fit(arrays).bit_depth_ == 8  # refitted on 8-bit arrays: no depth of earlier files lingers
+    with pytest.raises(DataError, match="integer images must lie in 0..255"):  # 8-bit detectors: as before
+        det.decision_function(frames)
 
 
 def test_no_files_score_depends_on_the_files_scored_beside_it(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

@@ -161,6 +161,12 @@ def check_unit_floats(values: np.ndarray | torch.Tensor, what: str, fix: str) ->
                     f"{'' if all_finite else ' and NaN or infinite values'}; {fix}")
 
 
+def wide_to_bytes(values: np.ndarray, depth: int) -> np.ndarray:
+    """Integers of a `depth`-bit image as uint8: divided by the depth's top value, scaled to 0..255 (values above the
+    top clip). One rule for 16-bit files and wide integer arrays, so a frame scores the same either way."""
+    return np.clip(values.astype(np.float64) / (2.0 ** depth - 1) * 255.0, 0, 255).astype(np.uint8)
+
+
 def pil_to_array(img: Image.Image, image_size: int, in_channels: int, bit_depth: int | None = None) -> np.ndarray:
     """Convert a PIL image to uint8 [C, H, W]; 16-bit, palette, alpha and CMYK modes are handled.
 
@@ -173,8 +179,7 @@ def pil_to_array(img: Image.Image, image_size: int, in_channels: int, bit_depth:
     transparent pixels (which viewers do not show and editors fill with anything)."""
     if _is_wide(img):
         depth = bit_depth if bit_depth is not None else wide_bit_depth(img)
-        arr = np.asarray(img, dtype=np.float64)
-        img = Image.fromarray(np.clip(arr / (2.0 ** depth - 1) * 255.0, 0, 255).astype(np.uint8), mode="L")
+        img = Image.fromarray(wide_to_bytes(np.asarray(img), depth), mode="L")
     elif img.mode == "F":  # floats on one scale for every image, as float arrays: 0..1 (no per-image guess)
         arr = np.asarray(img, dtype=np.float64)
         check_unit_floats(arr, "a floating-point image", "scale it (e.g. a CT window) and save it so, or as 8- or "
@@ -365,16 +370,21 @@ def read_images(images: Any, image_size: int, in_channels: int, aligned: bool = 
                     f"{len(bad)} of {len(images)} image files could not be read ({listed}); scores would not line "
                     "up with the paths: remove those files from the list (the warnings above say why each failed)")
             return loaded.images, loaded.bit_depth
-        arrays = [_plain_array(i.detach().cpu().numpy() if isinstance(i, torch.Tensor) else np.asarray(i))
-                  for i in images]
-        _say_if_nearly_black(arrays)
+        given = [i.detach().cpu().numpy() if isinstance(i, torch.Tensor) else np.asarray(i) for i in images]
+        arrays = [_plain_array(a, bit_depth) for a in given]
+        if not any(_read_at_depth(a, bit_depth) for a in given):  # a dark frame read at its depth is dark, not a scale
+            _say_if_nearly_black(arrays)
         if len({(a.shape, a.dtype) for a in arrays}) > 1:  # sizes or types differ: each image read on its own
             return torch.cat([_tensor_to_uint8(torch.from_numpy(np.ascontiguousarray(a))[None], image_size, in_channels)
                               for a in arrays]), None
         images = np.stack(arrays)
+    if isinstance(images, torch.Tensor) and _wide_integers(images) and (bit_depth or BYTE_DEPTH) > BYTE_DEPTH:
+        images = images.detach().cpu().numpy()  # read at the detector's depth below, as a wide file would be
     if isinstance(images, np.ndarray):
-        images = torch.from_numpy(np.ascontiguousarray(_plain_array(images)))
-        _say_if_nearly_black([images])
+        at_depth = _read_at_depth(images, bit_depth)
+        images = torch.from_numpy(np.ascontiguousarray(_plain_array(images, bit_depth)))
+        if not at_depth:
+            _say_if_nearly_black([images])
     elif isinstance(images, torch.Tensor):
         _say_if_nearly_black([images])
     if not isinstance(images, torch.Tensor):
@@ -401,14 +411,32 @@ def _say_if_nearly_black(arrays: Sequence[np.ndarray | torch.Tensor]) -> None:
                     "scale (0/1 masks, 0..16), give floats in [0, 1], booleans, or scale them to 0..255", max(peaks))
 
 
-def _plain_array(a: np.ndarray) -> np.ndarray:
-    """An array torch can take: native byte order, and integers wider than 8 bits unsigned brought to a type
-    torch computes with (they must hold 0..255 like any integer images; 16-bit data is for files, scaled
-    there by its bit depth)."""
+def _wide_integers(t: torch.Tensor) -> bool:
+    return not t.is_floating_point() and not t.is_complex() and t.dtype not in (torch.uint8, torch.bool)
+
+
+def _read_at_depth(a: np.ndarray, bit_depth: int | None) -> bool:
+    """Whether `_plain_array` reads this array at `bit_depth` (integers wider than 8 bits, a depth above 8)."""
+    return a.dtype.kind in "ui" and a.dtype.itemsize > 1 and (bit_depth or BYTE_DEPTH) > BYTE_DEPTH
+
+
+def _plain_array(a: np.ndarray, bit_depth: int | None = None) -> np.ndarray:
+    """An array torch can take: native byte order, and integers wider than 8 bits brought to uint8: read at
+    `bit_depth` where it is wider than 8 (a detector trained on 12- or 16-bit files reads a uint16 frame as it reads
+    a 16-bit file, so a dark frame stays dark), else they must hold 0..255 like any integer images."""
     if a.dtype.kind not in "biuf":
         raise DataError(f"images must be numbers, got an array of {a.dtype}")
     if not a.dtype.isnative:
         a = a.astype(a.dtype.newbyteorder("="))
+    if _read_at_depth(a, bit_depth):
+        assert bit_depth is not None
+        if a.size and a.min() < 0:
+            raise DataError(f"integer images must not be negative, got {a.dtype} values down to {a.min()}")
+        top = 2 ** bit_depth - 1
+        if a.size and a.max() > top:
+            log.warning("integer images hold values up to %d, above the %d-bit range this detector was trained at; "
+                        "they are clipped to it", int(a.max()), bit_depth)
+        return wide_to_bytes(a, bit_depth)
     if a.dtype.kind == "u" and a.dtype.itemsize > 1:
         if a.size and a.max() > 255:
             raise DataError(f"integer images must lie in 0..255, got {a.dtype} values up to {a.max()} (scale them to "
