@@ -289,6 +289,22 @@ def test_weights_that_do_not_fit_are_refused(fitted: tuple[Detector, Path], tmp_
         Detector.load(tmp_path / "mismatch.pt")
 
 
+@pytest.mark.parametrize("edit, message", [
+    (lambda p: p.pop("fit"), r"a field of this checkpoint is missing or of the wrong type \(KeyError: 'fit'\)"),
+    (lambda p: p.update(threshold="0.5"), "its threshold is '0.5', not a finite number"),
+    (lambda p: p.update(threshold=float("nan")), "its threshold is nan, not a finite number"),
+])
+def test_an_edited_checkpoint_is_one_line(fitted: tuple[Detector, Path], tmp_path: Path, edit, message: str) -> None:  # type: ignore[no-untyped-def]
+    """A checkpoint edited by hand is a CheckpointError naming what is wrong, not a traceback, and a NaN threshold
+    (which would flag nothing, silently) is refused."""
+    _, path = fitted
+    payload = torch.load(path, weights_only=True)
+    edit(payload)
+    torch.save(payload, tmp_path / "edited.pt")
+    with pytest.raises(CheckpointError, match=message):
+        Detector.load(tmp_path / "edited.pt")
+
+
 class _Exploit:
     def __reduce__(self):  # type: ignore[no-untyped-def]
         return (os.system, (f"touch {_Exploit.marker}",))

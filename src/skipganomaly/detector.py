@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import logging
+import math
 import os
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -531,6 +532,16 @@ class Detector:
                                   "skipganomaly.onnx_export.OnnxScorer, or give the run's model.pt")
         payload = load_torch_checked(path, FORMAT, (1, FORMAT_VERSION), readable_as="skipganomaly checkpoint",
                                      kind="skipganomaly detector file")
+        try:
+            return cls._from_payload(payload, path, device, progress, expect_model)
+        except (KeyError, TypeError, ValueError, AttributeError) as err:  # a file edited by hand, or damaged
+            raise CheckpointError(f"{path}: a field of this checkpoint is missing or of the wrong type "
+                                  f"({type(err).__name__}: {err}); save it again from the detector, or retrain"
+                                  ) from None
+
+    @classmethod
+    def _from_payload(cls, payload: dict[str, Any], path: Path, device: str | None, progress: bool | None,
+                      expect_model: str | None) -> "Detector":
         name = payload["model_name"]
         if expect_model is not None and name != expect_model:
             raise CheckpointError(f"{path} holds a {name!r} model, not {expect_model!r}")
@@ -554,7 +565,11 @@ class Detector:
             raise CheckpointError(f"{path}: weights do not fit the {name!r} model ({str(err).splitlines()[0]})") from None
         det = cls.from_settings(settings)
         det.model_ = to_device(model, det.device).eval()
-        det.threshold_ = payload["threshold"]
+        threshold = payload["threshold"]
+        if threshold is not None and not (isinstance(threshold, (int, float)) and math.isfinite(threshold)):
+            raise CheckpointError(f"{path}: its threshold is {threshold!r}, not a finite number (a NaN would flag "
+                                  "nothing); save it again from the detector, or retrain")
+        det.threshold_ = None if threshold is None else float(threshold)
         det.history_ = payload["history"]
         det.n_train_images_, det.n_val_images_ = fit.get("n_train_images"), fit.get("n_val_images")
         # None: not recorded (8-bit training saved by earlier versions, or arrays fitted without bit_depth=):
