@@ -227,6 +227,34 @@ def test_predict_keeps_a_row_for_what_it_could_not_reach(trained_run: tuple[Path
     assert len(rows) == 10 and all(Path(r["path"]).parent == line / "normal" for r in rows[:8])
 
 
+def test_predict_takes_a_threshold_and_refuses_to_write_over_an_image(trained_run: tuple[Path, Path], tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """--threshold sets the label's cut (the scores stay); --out naming an image, or an input, is refused before any
+    work; a file name as long as the system allows still gets its map (the map's name is cut, not the call)."""
+    root, run = trained_run
+    files = sorted((root / "test" / "normal").glob("*.png"))[:3]
+    out = tmp_path / "p.csv"
+    long_name = tmp_path / ("x" * 250 + ".png")  # 254 characters: legal; its map's name, numbered, would not be
+    shutil.copy(files[0], long_name)
+    assert main(["predict", "--checkpoint", str(run), *map(str, files), str(long_name), "--out", str(out),
+                 "--no-progress", "--save-maps", str(tmp_path / "maps")]) == 0
+    stored = list(csv.DictReader(out.open()))
+    assert Path(stored[-1]["map"]).is_file() and stored[-1]["score"] == stored[0]["score"]
+    scores = [float(r["score"]) for r in stored]
+    for cut, labels in ((min(scores) - 1, {"1"}), (max(scores) + 1, {"0"})):
+        assert main(["predict", "--checkpoint", str(run), *map(str, files), "--out", str(out), "--no-progress",
+                     "--threshold", repr(cut)]) == 0
+        rows = list(csv.DictReader(out.open()))
+        assert {r["label"] for r in rows} == labels and [float(r["score"]) for r in rows] == scores[:3]
+    assert f"flagged above the given threshold {max(scores) + 1:g}" in capsys.readouterr().out
+    for bad in (str(files[1]), str(tmp_path / "new.png")):
+        before = files[1].read_bytes()
+        assert main(["predict", "--checkpoint", str(run), *map(str, files), "--out", bad, "--no-progress"]) == 2
+        assert files[1].read_bytes() == before and not (tmp_path / "new.png").exists()
+    err = capsys.readouterr().err
+    assert "is one of the inputs" in err and "has an image file extension" in err
+
+
 def test_several_defect_folders_get_a_line_each(trained_run: tuple[Path, Path], tmp_path: Path,
                                                 capsys: pytest.CaptureFixture[str]) -> None:
     """MVTec AD's test/good beside several defect folders: beside the pooled metrics, each folder's recall (the

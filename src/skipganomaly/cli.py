@@ -14,6 +14,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from .data.cifar10 import DEFAULT_ROOT as CIFAR10_DIR, NAME as CIFAR10_NAME, TITLE as CIFAR10_TITLE, Cifar10
 from .data.folders import train_folder
+from .data.images import is_image_name
 from .detector import (DEFAULT_MODEL, DetectorSettings, check_threshold_split, setting_defaults,
                        setting_fields)
 from .errors import PACKAGE_LOGGER, PARTLY_FAILED_EXIT, ConfigError, SkipGanomalyError, warnings_said
@@ -160,6 +161,9 @@ def _add_predict(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> 
     _add_checkpoint_arg(p)
     p.add_argument("inputs", nargs="+", type=Path, help="image files and/or folders")
     p.add_argument("--out", type=Path, default=Path("predictions.csv"), help="CSV file (default: predictions.csv)")
+    p.add_argument("--threshold", type=float, metavar="SCORE",
+                   help="label 1 above this score instead of the stored threshold (e.g. one read off the held-out "
+                        "scores in the run's calibration.csv); an unfinished run, which has none, then scores too")
     p.add_argument("--save-maps", type=Path, metavar="DIR",
                    help="also write one PNG per image: input | anomaly-map overlay (path in the CSV's map column), and "
                         "maps.npz: the maps as float32 numbers with their paths")
@@ -419,8 +423,12 @@ def cmd_test(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     _check_output_dir(args.save_maps, "--save-maps")
     _check_out_file(args.out, "CSV")
+    an_input = any(p.is_file() and p.resolve() == args.out.resolve() for p in args.inputs)
+    if an_input or is_image_name(args.out.name):  # a slip that would overwrite an image with the CSV
+        raise ConfigError(f"--out {args.out} {'is one of the inputs' if an_input else 'has an image file extension'}: "
+                          "give the CSV file to write (e.g. predictions.csv)")
     unread = predict_files(args.checkpoint, args.inputs, args.out, args.save_maps, device=args.device,
-                           progress=args.progress)
+                           progress=args.progress, threshold=args.threshold)
     if unread:  # a script sees that not every part was scored; the CSV holds every other score
         print(f"error: {len(unread)} of the inputs could not be scored (named above: unreadable, missing, or a folder "
               f"that could not be opened); their rows in {args.out} have no score", file=sys.stderr)

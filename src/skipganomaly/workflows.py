@@ -51,7 +51,8 @@ def load_calibrated(checkpoint: Path, device: str = "auto", progress: bool = Tru
     """A saved detector that has its threshold (a finished training run)."""
     det = Detector.load(checkpoint, device=device, progress=progress)
     if det.threshold_ is None:
-        raise CheckpointError(f"{checkpoint} comes from an unfinished training run and has no threshold")
+        raise CheckpointError(f"{checkpoint} comes from an unfinished training run and has no threshold (`skipganomaly "
+                              "train --resume` on its run finishes it; predict also takes a --threshold of your own)")
     return det
 
 
@@ -118,16 +119,22 @@ RAW_MAPS = "maps.npz"  # in predict's --save-maps folder: `maps` [N, H, W] float
 
 
 def predict_files(checkpoint: Path, inputs: Sequence[Path], out: Path, save_maps: Path | None = None,
-                  device: str = "auto", progress: bool = True) -> list[str]:
+                  device: str = "auto", progress: bool = True, threshold: float | None = None) -> list[str]:
     """Write path, score and label (1 = above the stored threshold) per image of `inputs` (files and
     folders) to the CSV `out`; with `save_maps`, one input | anomaly-map PNG per image there. A file that
     cannot be read keeps its row, with the score and label left empty (a part that disappears from an
     inspection log is worse than one marked unscored), and so does an input that does not exist or a subfolder
     that cannot be opened (one row for the folder); those paths are returned. Only inputs none of which exist,
-    or hold no image, are an error."""
+    or hold no image, are an error. `threshold`: the label's cut instead of the stored threshold (then an
+    unfinished run, which has none, scores too)."""
     if save_maps is not None:
         _check_maps_folder(save_maps, inputs)
-    det = load_calibrated(checkpoint, device, progress)
+    if threshold is not None and not math.isfinite(threshold):
+        raise ConfigError(f"the threshold must be a finite number, got {threshold}")
+    det = load_calibrated(checkpoint, device, progress) if threshold is None else \
+        Detector.load(checkpoint, device=device, progress=progress)
+    cut = det.threshold_ if threshold is None else threshold
+    assert cut is not None
     paths, unlisted = _input_files(inputs)
     try:
         images, kept = load_image_files([p for p in paths if p.exists()], det.image_size, det.in_channels, progress=progress,
@@ -135,7 +142,7 @@ def predict_files(checkpoint: Path, inputs: Sequence[Path], out: Path, save_maps
     except DataError:  # not one file could be read: each still gets its row, unscored (and the exit code says so)
         images, kept = torch.zeros((0, det.in_channels, det.image_size, det.image_size), dtype=torch.uint8), []
     scores = det.decision_function(images) if kept else np.zeros(0)
-    labels = scores > det.threshold_
+    labels = scores > cut
     # Whole or not at all: the maps go to a hidden folder and the CSV to a temporary file, and both are moved
     # into place at the end, so an interrupted call leaves nothing (a half-filled maps folder would make the same
     # command refuse it as not empty).
@@ -172,7 +179,8 @@ def predict_files(checkpoint: Path, inputs: Sequence[Path], out: Path, save_maps
             shutil.rmtree(partial, ignore_errors=True)
         csv_tmp.unlink(missing_ok=True)
     unread = [path for path in map(str, paths) if path not in row_of] + list(map(str, unlisted))
-    print(f"wrote {len(kept)} score{'s' if len(kept) != 1 else ''} to {out} ({int(labels.sum())} flagged)"
+    given = "" if threshold is None else f" above the given threshold {threshold:g}"
+    print(f"wrote {len(kept)} score{'s' if len(kept) != 1 else ''} to {out} ({int(labels.sum())} flagged{given})"
           + (f"; anomaly-map overlays in {save_maps}" if maps else "; no maps: no file could be read" if save_maps
              else "")
           + (f"; {len(unread)} row{'s' if len(unread) > 1 else ''} with no score (unreadable, missing, or a folder "

@@ -194,6 +194,9 @@ def training_curves_figure(history: Sequence[Mapping[str, Any]], path: Path) -> 
     return _save(fig, path)
 
 
+MAP_NAME_CHARS = 100  # of an image's name in its map's file name: a legal 250-character name plus the number is not
+
+
 def save_overlays(out_dir: Path, images: Any, names: Sequence[str], maps: np.ndarray, min_size: int = 128) -> list[str]:
     """One PNG per image, input beside its anomaly-map overlay, enlarged to at least `min_size` pixels.
 
@@ -213,7 +216,7 @@ def save_overlays(out_dir: Path, images: Any, names: Sequence[str], maps: np.nda
         pair = np.concatenate([rgb3, overlay(rgb, amap, vmax=vmax)], axis=1)
         picture = Image.fromarray((pair * 255).round().astype(np.uint8))
         picture = picture.resize((picture.width * scale, picture.height * scale), Image.NEAREST)
-        path = out_dir / f"{i + 1:04d}_{Path(name).stem}.png"
+        path = out_dir / f"{i + 1:04d}_{Path(name).stem[:MAP_NAME_CHARS]}.png"
         picture.save(path)
         written.append(str(path))
     return written
