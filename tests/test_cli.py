@@ -255,6 +255,26 @@ def test_predict_takes_a_threshold_and_refuses_to_write_over_an_image(trained_ru
     assert "is one of the inputs" in err and "has an image file extension" in err
 
 
+def test_a_map_is_drawn_alike_whatever_is_scored_beside_it(trained_run: tuple[Path, Path], tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """The overlays' colour scale comes from the run's held-out normal images, not from the call: a good part
+    scored alone is drawn as it is beside a defect (a per-call scale drew it in full colour alone). A copied
+    checkpoint, without its run, falls back to the call's scale and says so."""
+    root, run = trained_run
+    good, defect = sorted((root / "test" / "normal").glob("*.png"))[0], sorted((root / "test" / "abnormal").glob("*.png"))[0]
+    drawn = []
+    for name, inputs in (("alone", [good]), ("beside", [good, defect])):
+        assert main(["predict", "--checkpoint", str(run), *map(str, inputs), "--out", str(tmp_path / "p.csv"),
+                     "--no-progress", "--save-maps", str(tmp_path / name)]) == 0
+        drawn.append(np.asarray(Image.open(sorted((tmp_path / name).glob("0001_*.png"))[0])))
+    assert "full colour: map values above" in capsys.readouterr().out
+    np.testing.assert_array_equal(drawn[0], drawn[1])
+    shutil.copy(run / "model.pt", tmp_path / "copy.pt")
+    assert main(["predict", "--checkpoint", str(tmp_path / "copy.pt"), str(good), "--out", str(tmp_path / "p.csv"),
+                 "--no-progress", "--save-maps", str(tmp_path / "copied")]) == 0
+    assert "colour scale: this call's largest map value" in capsys.readouterr().out
+
+
 def test_several_defect_folders_get_a_line_each(trained_run: tuple[Path, Path], tmp_path: Path,
                                                 capsys: pytest.CaptureFixture[str]) -> None:
     """MVTec AD's test/good beside several defect folders: beside the pooled metrics, each folder's recall (the

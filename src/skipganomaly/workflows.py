@@ -24,9 +24,9 @@ from .data.folders import PixelTruth, label_folders, load_labelled_folder, load_
 from .data.images import list_image_files, load_image_files, read_image_files
 from .detector import Detector, DetectorSettings, setting_fields
 from .errors import PACKAGE_LOGGER, CheckpointError, ConfigError, DataError, warnings_said
-from .evaluation.metrics import evaluate_scores, metrics_per_folder, pixel_metrics
+from .evaluation.metrics import evaluate_scores, metrics_per_folder, pixel_metrics, quantile_threshold
 from .evaluation.plots import save_overlays
-from .evaluation.report import build_run_report, write_evaluation, write_scores
+from .evaluation.report import build_run_report, read_scores, write_evaluation, write_scores
 from .evaluation.tables import per_class_table
 from .files import few_names, file_digest, readable_name, write_text_atomic
 from .run_directory import EpochLog, RunDirectory, SweepDirectory, write_json
@@ -153,7 +153,8 @@ def predict_files(checkpoint: Path, inputs: Sequence[Path], out: Path, save_maps
         if save_maps is not None and partial is not None and kept:
             shutil.rmtree(partial, ignore_errors=True)  # an earlier call's, killed before it could clean up
             raw = det.anomaly_maps(images)
-            written = save_overlays(partial, images, kept, raw)
+            scale = held_out_map_scale(det, checkpoint)
+            written = save_overlays(partial, images, kept, raw, vmax=scale)
             maps = [str(save_maps / Path(p).name) for p in written]
             # the maps as numbers too (the PNGs are for looking at: one colour scale, 8 bits)
             np.savez_compressed(partial / RAW_MAPS, maps=raw.astype(np.float32), paths=np.array(kept))
@@ -180,12 +181,33 @@ def predict_files(checkpoint: Path, inputs: Sequence[Path], out: Path, save_maps
         csv_tmp.unlink(missing_ok=True)
     unread = [path for path in map(str, paths) if path not in row_of] + list(map(str, unlisted))
     given = "" if threshold is None else f" above the given threshold {threshold:g}"
+    colours = "" if not maps else f" (full colour: map values above {scale:.4g}, the peak {1 - det.settings.contamination:.0%} " \
+        "of the run's held-out normal images stay under)" if scale is not None else " (colour scale: this call's " \
+        "largest map value; the run's held-out images, which fix it across calls, were not found)"
     print(f"wrote {len(kept)} score{'s' if len(kept) != 1 else ''} to {out} ({int(labels.sum())} flagged{given})"
-          + (f"; anomaly-map overlays in {save_maps}" if maps else "; no maps: no file could be read" if save_maps
-             else "")
+          + (f"; anomaly-map overlays in {save_maps}{colours}" if maps else
+             "; no maps: no file could be read" if save_maps else "")
           + (f"; {len(unread)} row{'s' if len(unread) > 1 else ''} with no score (unreadable, missing, or a folder "
              "that could not be opened)" if unread else ""))
     return unread
+
+
+def held_out_map_scale(det: Detector, checkpoint: Path) -> float | None:
+    """The overlays' colour scale for a training run's checkpoint: the map peak that 1 - contamination of the run's
+    held-out normal images (its calibration.csv) stay under, so full colour means "hotter than normal parts get" in
+    every call, and a good part scored alone is not drawn as hot as a defect. None where those images are not at
+    hand (a detector saved by the API, a copied checkpoint, files moved): the caller's own scale then."""
+    run = RunDirectory(checkpoint if checkpoint.is_dir() else checkpoint.parent)
+    try:
+        if not run.calibration.is_file() or not run.checkpoint.samefile(checkpoint if checkpoint.is_file()
+                                                                          else run.checkpoint):
+            return None
+        names = read_scores(run.calibration)[0]
+        maps = det.anomaly_maps(names)
+    except (DataError, OSError):
+        return None
+    peaks = maps.reshape(len(maps), -1).max(axis=1)
+    return float(quantile_threshold(peaks, det.settings.contamination)) or None
 
 
 def _input_files(inputs: Sequence[Path]) -> tuple[list[Path], list[Path]]:

@@ -197,17 +197,19 @@ def training_curves_figure(history: Sequence[Mapping[str, Any]], path: Path) -> 
 MAP_NAME_CHARS = 100  # of an image's name in its map's file name: a legal 250-character name plus the number is not
 
 
-def save_overlays(out_dir: Path, images: Any, names: Sequence[str], maps: np.ndarray, min_size: int = 128) -> list[str]:
+def save_overlays(out_dir: Path, images: Any, names: Sequence[str], maps: np.ndarray, min_size: int = 128,
+                  vmax: float | None = None) -> list[str]:
     """One PNG per image, input beside its anomaly-map overlay, enlarged to at least `min_size` pixels.
 
     Images are uint8 [N, C, H, W]. Files are numbered (0001_name.png) so equal names from different
     folders do not overwrite each other; returns the written paths. The colour scale is shared by all
-    images of the call, so equal colours mean equal residuals.
+    images of the call, so equal colours mean equal residuals: 0 to `vmax` (values above it in full colour),
+    by default the largest value of these maps.
     """
     from PIL import Image
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    vmax = float(maps.max()) or 1.0
+    vmax = vmax if vmax is not None and vmax > 0 else float(maps.max()) or 1.0
     scale = max(1, -(-min_size // images.shape[-1]))
     written = []
     for i, (image, amap, name) in enumerate(zip(images, maps, names, strict=True)):
