@@ -370,10 +370,16 @@ class Detector:
 
             main = is_main_process()
             state = state_path(Path(checkpoint_path)) if checkpoint_path is not None else None
+            # Training a finished (calibrated) detector on, e.g. for more epochs: it stays as it is, usable, until the
+            # new one is calibrated; each epoch is in the state file, from which --resume continues.
+            keep = resume and checkpoint_path is not None and _calibrated_file(Path(checkpoint_path))
+            if keep and main:
+                log.info("%s keeps its calibrated detector until this training ends (the epochs are saved in %s)",
+                         checkpoint_path, state)
 
             def epoch_done(record: EpochRecord) -> None:
                 self.history_.append(record.as_dict())
-                if checkpoint_path is not None and main:
+                if checkpoint_path is not None and main and not keep:
                     # Weights only: calibrating costs a scoring pass (AnoGAN: a latent search), done once at the end.
                     self.save(checkpoint_path)
                 if on_epoch_end is not None:
@@ -578,6 +584,14 @@ class Detector:
         if fit.get("val_scores") is not None:
             det.val_scores_ = np.asarray(fit["val_scores"], dtype=np.float64)
         return det
+
+
+def _calibrated_file(path: Path) -> bool:
+    """Whether `path` holds a detector with a threshold (a finished training run)."""
+    try:
+        return path.is_file() and Detector.load(path, device="cpu", progress=False).threshold_ is not None
+    except SkipGanomalyError:
+        return False
 
 
 def _settings_of_version_1(name: str, model_config: dict[str, Any], d: dict[str, Any]

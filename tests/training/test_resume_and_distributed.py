@@ -105,6 +105,31 @@ def test_resume_refuses_other_training_images(tmp_path: Path) -> None:
     assert len(train(_model(), images[:20], images[20:], more, state_path=state, resume=True)) == 2
 
 
+def test_training_a_finished_detector_on_keeps_it_usable_until_the_end(tmp_path: Path) -> None:
+    """A deployed run trained on for more epochs: its checkpoint keeps the calibrated detector (weights and threshold)
+    until the new one is calibrated, so `predict` on it works throughout, and an interruption loses nothing (the
+    epochs are in the state file, from which training continues)."""
+    x = blob_images(40, channels=1)
+    settings = dict(in_channels=1, widths=[8, 16, 32], batch_size=8, device="cpu", progress=False)
+    first = Detector("rotation", epochs=1, **settings).fit(x, checkpoint_path=tmp_path / "m.pt")
+    scores = first.decision_function(x[:4])
+
+    def stop_after_epoch_2(record) -> None:  # type: ignore[no-untyped-def]
+        kept = Detector.load(tmp_path / "m.pt")
+        assert kept.threshold_ == first.threshold_
+        np.testing.assert_array_equal(kept.decision_function(x[:4]), scores)
+        if record.epoch == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        Detector("rotation", epochs=3, **settings).fit(x, checkpoint_path=tmp_path / "m.pt", resume=True,
+                                                      on_epoch_end=stop_after_epoch_2)
+    assert Detector.load(tmp_path / "m.pt").threshold_ == first.threshold_
+    done = Detector("rotation", epochs=3, **settings).fit(x, checkpoint_path=tmp_path / "m.pt", resume=True)
+    assert [r["epoch"] for r in done.history_] == [1, 2, 3]
+    assert Detector.load(tmp_path / "m.pt").history_ == done.history_ and done.threshold_ is not None
+
+
 def test_resume_refuses_another_model_or_other_options_in_one_line(tmp_path: Path) -> None:
     """The API path (the CLI keeps options in config.yaml): weights of another network are a ConfigError
     naming what differs, not load_state_dict's dump of missing keys."""
