@@ -563,8 +563,8 @@ class Detector:
             settings = DetectorSettings.from_dict(saved, where=str(path))
             settings = settings.replace(device=device, **({} if progress is None else {"progress": progress}))
             model = create(name, **model_config)
-        except ConfigError as err:
-            raise CheckpointError(f"{path}: {err}") from None
+        except ConfigError as err:  # named once: the settings' own message may name the file already
+            raise CheckpointError(str(err) if str(err).startswith(str(path)) else f"{path}: {err}") from None
         try:
             model.load_state_dict(payload["state_dict"])
         except RuntimeError as err:

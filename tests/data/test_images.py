@@ -503,3 +503,26 @@ def test_float_range_check_names_the_range_of_the_finite_values(as_tensor: bool)
         check_unit_floats(values(0.5, float("inf")), "x", "fix")
     with pytest.raises(DataError, match=r"got nan to nan and NaN"):
         check_unit_floats(values(float("nan")), "x", "fix")
+
+
+def test_a_grey_palette_gif_is_grayscale_among_grayscale_files(tmp_path: Path,
+                                                              caplog: pytest.LogCaptureFixture) -> None:
+    """A GIF stores greys in a palette: it is a grayscale image, not a colour one that a mixed-set warning names; a
+    palette with a colour in it is colour."""
+    import logging
+
+    from skipganomaly.data.images import read_image_files
+
+    write_images(tmp_path, blob_images(3, channels=1))
+    grey = Image.fromarray(blob_images(1, channels=1)[0, ..., 0]).convert("P")
+    grey.putpalette([v for i in range(256) for v in (i, i, i)])
+    grey.save(tmp_path / "grey.gif")
+    files = sorted(tmp_path.glob("*.*"))
+    with caplog.at_level(logging.WARNING, logger="skipganomaly"):
+        read_image_files(files, 32, 1)
+    assert "colour" not in caplog.text
+    grey.putpalette([v for i in range(256) for v in ((i, i, i) if i else (255, 0, 0))])
+    grey.save(tmp_path / "grey.gif")
+    with caplog.at_level(logging.WARNING, logger="skipganomaly"):
+        read_image_files(files, 32, 1)
+    assert "1 of 4 images are colour" in caplog.text and "grey.gif" in caplog.text

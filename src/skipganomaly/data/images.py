@@ -59,6 +59,8 @@ def _large_images_allowed() -> Iterator[None]:
     (it swaps the process's warning filters), so it is entered once around a pool of readers."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        # a camera's damaged EXIF block: the pixels read, unrotated (its orientation is what is lost)
+        warnings.filterwarnings("ignore", message="(Possibly )?[Cc]orrupt EXIF data", category=UserWarning)
         yield
 
 
@@ -71,6 +73,14 @@ class FileForm(NamedTuple):
 GREY_MODES = ("1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "F")
 
 
+def _grey_palette(img: Image.Image) -> bool:
+    """A palette image whose colours are all greys (a grayscale GIF): grayscale, not colour."""
+    if img.mode not in ("P", "PA"):
+        return False
+    palette = img.getpalette() or []
+    return all(palette[i] == palette[i + 1] == palette[i + 2] for i in range(0, len(palette) - 2, 3))
+
+
 def _read_image(path: str | os.PathLike[str], image_size: int, in_channels: int,
                 bit_depth: int | None = None) -> tuple[np.ndarray, int | None, bool, FileForm]:
     """The image (wide integer images scaled by `bit_depth`, else by their own), the depth its own values
@@ -81,7 +91,7 @@ def _read_image(path: str | os.PathLike[str], image_size: int, in_channels: int,
             # a multi-page TIFF or an animated GIF: one image per file (a camera's MPO JPEG holds a preview
             # as its second picture: the first is the photo)
             several = getattr(img, "n_frames", 1) > 1 and img.format != "MPO"
-            form = FileForm(img.mode not in GREY_MODES, img.size)
+            form = FileForm(img.mode not in GREY_MODES and not _grey_palette(img), img.size)
             img.draft("L" if in_channels == 1 else "RGB", (image_size, image_size))
             img = ImageOps.exif_transpose(img)
             own = wide_bit_depth(img)
