@@ -16,7 +16,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import torch
 
-from .data.images import BYTE_DEPTH, read_images
+from .data.images import BYTE_DEPTH, FileForm, read_images
 from .errors import PACKAGE_LOGGER, CheckpointError, ConfigError, DataError, not_fitted
 from .evaluation.metrics import min_calibration_images, quantile_threshold
 from .files import load_torch_checked, save_torch_atomic, writing
@@ -250,6 +250,8 @@ class Detector:
         self.n_val_images_: int | None = None  # held-out normals behind threshold_
         # the bit depth the training files wider than 8 bits were scaled by; scoring files reads them at it
         self.bit_depth_: int | None = None
+        # how most training files were stored (colour, width x height); files unlike it are warned about when scored
+        self.file_form_: FileForm | None = None
         self.history_: list[dict[str, Any]] = []
 
     @classmethod
@@ -330,6 +332,7 @@ class Detector:
         on_epoch_end: Callable[[EpochRecord], None] | None = None,
         resume: bool = False,
         bit_depth: int | None = None,
+        file_form: FileForm | None = None,
     ) -> "Detector":
         """Train on normal images (an array, tensor, list of paths or PIL images, or a folder: every image
         below it, or below its `train/`, as `skipganomaly train` reads it, a folder that holds labelled images
@@ -339,7 +342,9 @@ class Detector:
         what `resume=True` needs to continue an interrupted run exactly where its last epoch ended.
         Under torchrun only rank 0 writes files. `bit_depth`: for images given as an array that were read from
         files wider than 8 bits, the depth they were scaled by (`read_image_files`), which scoring files reuses;
-        files and PIL images given here set it themselves."""
+        files and PIL images given here set it themselves. `file_form`: for such arrays, how most of those files were
+        stored (`LoadedFiles.form`), so that scoring can warn about files of another shape or colour; files given
+        here set it themselves."""
         if (marked := _anomalies_in(y)):  # scikit-learn passes y along (GridSearchCV, pipelines)
             log.warning("fit ignores y and trains on every image given as normal, the %d labelled as anomalies among "
                         "them too; give it normal images only (in a grid search, CV splits of normal images)", marked)
@@ -351,8 +356,9 @@ class Detector:
                         "is all 1s: scikit-learn's label of normal images (+1), or, in 0/1 labels, every image an "
                         "anomaly" if all_ones else "holds scikit-learn's outlier labels (+1 normal, -1 anomaly)",
                         " (if 1 means anomaly here, fit trains on anomalies as normal)" if all_ones else "")
-        data, depth = read_images(images, self.image_size, self.in_channels, aligned=False)
+        data, depth, form = read_images(images, self.image_size, self.in_channels, aligned=False)
         self.bit_depth_ = depth if depth is not None else bit_depth or BYTE_DEPTH
+        self.file_form_ = form or file_form
         val_index, train_index = self.holdout(len(data))
         n_val = len(val_index)
         val = data[val_index]
@@ -476,7 +482,8 @@ class Detector:
 
     def _as_tensor(self, images: Any) -> torch.Tensor:
         self._fitted()
-        return read_images(images, self.image_size, self.in_channels, bit_depth=self.bit_depth_)[0]
+        return read_images(images, self.image_size, self.in_channels, bit_depth=self.bit_depth_,
+                           trained_on=self.file_form_).images
 
     def _score_tensor(self, data: torch.Tensor, batch_size: int | None = None) -> np.ndarray:
         return checked_scores(self._apply("score", data, batch_size), self._fitted()).double().numpy()
@@ -512,6 +519,7 @@ class Detector:
             "threshold": self.threshold_,
             "fit": {"n_train_images": self.n_train_images_, "n_val_images": self.n_val_images_,
                     "bit_depth": self.bit_depth_,
+                    "file_form": None if self.file_form_ is None else self.file_form_.as_dict(),
                     "val_scores": None if self.val_scores_ is None else [float(v) for v in self.val_scores_]},
             "history": self.history_,
         }
@@ -581,6 +589,7 @@ class Detector:
         # None: not recorded (8-bit training saved by earlier versions, or arrays fitted without bit_depth=):
         # files are read as 8-bit, wider ones clipped with a warning that says how to record a depth
         det.bit_depth_ = fit.get("bit_depth") or BYTE_DEPTH
+        det.file_form_ = FileForm.from_dict(fit.get("file_form"))  # None: arrays, or saved before it was recorded
         if fit.get("val_scores") is not None:
             det.val_scores_ = np.asarray(fit["val_scores"], dtype=np.float64)
         return det

@@ -68,7 +68,7 @@ def _evaluate_folder(checkpoint: Path, data: Path, out: Path | None, report_dir:
                      progress: bool, said: Sequence[str]) -> dict[str, Any]:
     det = load_calibrated(checkpoint, device, progress)
     x, y, names = load_labelled_folder(data, det.image_size, det.in_channels, progress=progress,
-                                       bit_depth=det.bit_depth_)
+                                       bit_depth=det.bit_depth_, trained_on=det.file_form_)
     _warn_training_files_among(Path(checkpoint), names, y)
     truth = load_masks(data, names, y.tolist(), det.image_size)
     scores = det.decision_function(x)
@@ -137,8 +137,8 @@ def predict_files(checkpoint: Path, inputs: Sequence[Path], out: Path, save_maps
     assert cut is not None
     paths, unlisted = _input_files(inputs)
     try:
-        images, kept = load_image_files([p for p in paths if p.exists()], det.image_size, det.in_channels, progress=progress,
-                                        bit_depth=det.bit_depth_)
+        images, kept = load_image_files([p for p in paths if p.exists()], det.image_size, det.in_channels,
+                                        progress=progress, bit_depth=det.bit_depth_, trained_on=det.file_form_)
     except DataError:  # not one file could be read: each still gets its row, unscored (and the exit code says so)
         images, kept = torch.zeros((0, det.in_channels, det.image_size, det.image_size), dtype=torch.uint8), []
     scores = det.decision_function(images) if kept else np.zeros(0)
@@ -300,17 +300,19 @@ def _train_run(settings: DetectorSettings, data: Path, test: Path | None, run: R
     progress = settings.training.progress
     det = Detector.from_settings(settings)
     folder, files = training_files(data)
-    images, kept, bit_depth = read_image_files(files, settings.image_size, settings.in_channels, progress=progress)
+    images, kept, bit_depth, form = read_image_files(files, settings.image_size, settings.in_channels,
+                                                     progress=progress)
     test_data, truth = None, None
     if test is not None:  # load before training, so a bad test folder fails in seconds, not hours
-        test_data = load_labelled_folder(test, settings.image_size, settings.in_channels, bit_depth=bit_depth)
+        test_data = load_labelled_folder(test, settings.image_size, settings.in_channels, bit_depth=bit_depth,
+                                         trained_on=form)
         truth = load_masks(test, test_data[2], test_data[1].tolist(), settings.image_size)
         _warn_shared_images(images, *test_data)
     # checked before anything in the run directory is rewritten: the same settings and the same images
     done = (load_train_state(run.state, settings.training, data_fingerprint(images))["history"]
             if resume and run.state.exists() else [])
     if not is_main_process():
-        det.fit(images, checkpoint_path=run.checkpoint, resume=resume, bit_depth=bit_depth)
+        det.fit(images, checkpoint_path=run.checkpoint, resume=resume, bit_depth=bit_depth, file_form=form)
         return det
     det.holdout(len(images))  # too few images to hold some out: said now, before anything is removed
     if overwrite:  # only now: a refused training folder or a bad test folder leaves the old run as it was
@@ -324,7 +326,8 @@ def _train_run(settings: DetectorSettings, data: Path, test: Path | None, run: R
     print(f"training {settings.model} on {len(kept)} images from {folder}; run directory {run.root}"
           + (f"; resuming after epoch {len(done)}" if done else ""))
     try:
-        det.fit(images, checkpoint_path=run.checkpoint, on_epoch_end=log_epoch, resume=resume, bit_depth=bit_depth)
+        det.fit(images, checkpoint_path=run.checkpoint, on_epoch_end=log_epoch, resume=resume, bit_depth=bit_depth,
+                file_form=form)
     finally:
         log_epoch.close()
     metrics: dict[str, Any] = {"threshold": det.threshold_, "train_images": len(kept)}

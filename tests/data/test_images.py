@@ -526,3 +526,40 @@ def test_a_grey_palette_gif_is_grayscale_among_grayscale_files(tmp_path: Path,
     with caplog.at_level(logging.WARNING, logger="skipganomaly"):
         read_image_files(files, 32, 1)
     assert "1 of 4 images are colour" in caplog.text and "grey.gif" in caplog.text
+
+
+def test_files_stored_unlike_the_training_files_are_warned_about(tmp_path: Path,
+                                                                caplog: pytest.LogCaptureFixture) -> None:
+    """A detector remembers how its training files were stored (shape, colour), also through save and load: a strip
+    stretched to a square may score high for its shape alone, and a colour frame where grayscale ones were trained
+    is another camera mode; each is said when scored. Same-shape files of another size, and a detector trained on
+    arrays, say nothing."""
+    import logging
+
+    from skipganomaly import Detector
+
+    train = write_images(tmp_path / "train", blob_images(12, channels=1, size=40))
+    det = Detector("knn", in_channels=1, progress=False, val_fraction=0.25).fit([str(p) for p in train])
+    assert det.file_form_ is not None and (det.file_form_.colour, det.file_form_.size) == (False, (40, 40))
+    det.save(tmp_path / "d.pt")
+    loaded = Detector.load(tmp_path / "d.pt")
+    assert loaded.file_form_ == det.file_form_
+    rng = np.random.default_rng(0)
+    odd = tmp_path / "odd"
+    odd.mkdir()
+    Image.fromarray(rng.integers(0, 255, (20, 80), dtype=np.uint8)).save(odd / "strip.png")
+    Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(odd / "rgb.png")
+    Image.fromarray(rng.integers(0, 255, (64, 64), dtype=np.uint8)).save(odd / "bigger.png")
+    caplog.clear()  # the fit's own (a threshold on 3 held-out images)
+    with caplog.at_level(logging.WARNING, logger="skipganomaly"):
+        loaded.decision_function([str(odd / "bigger.png")])
+        assert caplog.text == ""
+        loaded.decision_function([str(odd / n) for n in ("strip.png", "rgb.png", "bigger.png")])
+    assert "1 of 3 images are shaped unlike the training images (40x40): 80x20; each is stretched to 32x32" in caplog.text
+    assert "1 of 3 images are colour where the training images were grayscale (another camera mode?): rgb.png" \
+        in caplog.text
+    from_arrays = Detector("knn", in_channels=1, progress=False).fit(blob_images(12, channels=1))
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="skipganomaly"):
+        from_arrays.decision_function([str(odd / "strip.png")])
+    assert from_arrays.file_form_ is None and "shaped unlike" not in caplog.text

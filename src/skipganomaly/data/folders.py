@@ -20,7 +20,7 @@ from PIL import Image, ImageOps
 
 from ..errors import PACKAGE_LOGGER, DataError
 from ..files import few_names
-from .images import IMAGE_EXTENSIONS, is_image_name, list_image_files, load_image_files, on_black
+from .images import IMAGE_EXTENSIONS, FileForm, is_image_name, list_image_files, load_image_files, on_black
 
 NORMAL_NAMES = ("normal", "0.normal", "good")
 ABNORMAL_NAMES = ("abnormal", "1.abnormal", "anomaly", "defect")
@@ -223,13 +223,14 @@ def defect_pixels(mask: Image.Image) -> np.ndarray:
 
 def load_labelled_folder(
     root: str | os.PathLike[str], image_size: int, in_channels: int, progress: bool = False,
-    bit_depth: int | None = None,
+    bit_depth: int | None = None, trained_on: FileForm | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """Load a labelled folder: images uint8 [N, C, H, W], labels [N], and the kept paths (images wider than
     8 bits scaled by `bit_depth`, a detector's: see `read_image_files`)."""
     paths, labels = labelled_files(root)
     label_of = {str(p): y for p, y in zip(paths, labels, strict=True)}
-    images, kept = load_image_files(paths, image_size, in_channels, progress=progress, bit_depth=bit_depth)
+    images, kept = load_image_files(paths, image_size, in_channels, progress=progress, bit_depth=bit_depth,
+                                    trained_on=trained_on)
     labels_kept = [label_of[p] for p in kept]
     for label, kind in ((0, "normal"), (1, "abnormal")):
         if label not in labels_kept:  # every file of one kind unreadable: the metrics would be undefined or one-sided

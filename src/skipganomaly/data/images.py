@@ -69,6 +69,30 @@ class FileForm(NamedTuple):
     colour: bool  # False: grayscale (one channel, 8 bits or wider)
     size: tuple[int, int]  # width, height
 
+    def as_dict(self) -> dict[str, Any]:
+        return {"colour": self.colour, "size": list(self.size)}
+
+    @classmethod
+    def from_dict(cls, saved: Any) -> "FileForm | None":
+        """The form `as_dict` wrote; None for anything else (a checkpoint from before it was recorded)."""
+        try:
+            w, h = (int(v) for v in saved["size"])
+            return cls(bool(saved["colour"]), (w, h)) if w > 0 and h > 0 else None
+        except (TypeError, KeyError, ValueError):
+            return None
+
+
+def common_form(forms: Sequence[FileForm | None]) -> FileForm | None:
+    """How most of a set's files are stored: the majority's colour and the most common size (None: no file)."""
+    known = [f for f in forms if f is not None]
+    if not known:
+        return None
+    colour = 2 * sum(f.colour for f in known) > len(known)
+    return FileForm(colour, Counter(f.size for f in known).most_common(1)[0][0])
+
+
+ASPECT_TOLERANCE = 0.05  # relative difference of width/height beyond which an image is said to be stretched otherwise
+
 
 GREY_MODES = ("1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "F")
 
@@ -207,22 +231,24 @@ class LoadedFiles(NamedTuple):
     images: torch.Tensor  # uint8 [N, C, H, W]
     kept: list[str]  # the paths read, in order (unreadable ones left out)
     bit_depth: int  # the depth wide integer images were, or would be, read at (the one given, else BYTE_DEPTH)
+    form: FileForm | None = None  # how most of them are stored (`common_form`)
 
 
 def load_image_files(
     paths: Sequence[str | os.PathLike[str]], image_size: int, in_channels: int, progress: bool = False,
-    threads: int | None = None, bit_depth: int | None = None,
+    threads: int | None = None, bit_depth: int | None = None, trained_on: FileForm | None = None,
 ) -> tuple[torch.Tensor, list[str]]:
     """The images and the paths kept of `read_image_files`."""
-    loaded = read_image_files(paths, image_size, in_channels, progress, threads, bit_depth)
+    loaded = read_image_files(paths, image_size, in_channels, progress, threads, bit_depth, trained_on)
     return loaded.images, loaded.kept
 
 
 def read_image_files(
     paths: Sequence[str | os.PathLike[str]], image_size: int, in_channels: int, progress: bool = False,
-    threads: int | None = None, bit_depth: int | None = None,
+    threads: int | None = None, bit_depth: int | None = None, trained_on: FileForm | None = None,
 ) -> LoadedFiles:
-    """Load many files; unreadable ones are skipped with a warning naming each file.
+    """Load many files; unreadable ones are skipped with a warning naming each file. With `trained_on` (how a
+    detector's training files were stored), files of another shape or colour are warned about (`_say_unlike`).
 
     Integer images wider than 8 bits are all scaled by one bit depth: `bit_depth` (a detector's, from its
     training images; brighter values clip, with a warning), or else the widest their values need (images whose
@@ -282,13 +308,37 @@ def read_image_files(
     kept = np.flatnonzero(ok)
     if len(kept) == 0:
         raise DataError(f"none of the {len(paths)} image files could be read")
-    _say_mixed_forms([str(paths[i]) for i in kept], [forms[i] for i in kept], image_size, in_channels)
+    kept_forms = [forms[i] for i in kept]
+    _say_mixed_forms([str(paths[i]) for i in kept], kept_forms, image_size, in_channels)
+    if trained_on is not None:
+        _say_unlike([str(paths[i]) for i in kept], kept_forms, trained_on, image_size)
     if len(kept) < len(paths):
         log.warning("skipped %d of %d image files that could not be read", len(paths) - len(kept), len(paths))
         for dst, src in enumerate(kept):  # close the gaps in place, keeping the order
             out[dst] = out[src]
     return LoadedFiles(torch.from_numpy(out[:len(kept)]), [str(paths[i]) for i in kept],
-                       depth if depth is not None and depths[kept].any() else bit_depth or BYTE_DEPTH)
+                       depth if depth is not None and depths[kept].any() else bit_depth or BYTE_DEPTH,
+                       common_form(kept_forms))
+
+
+def _say_unlike(paths: Sequence[str], forms: Sequence[FileForm | None], trained_on: FileForm, image_size: int) -> None:
+    """A warning for files stored unlike a detector's training files: stretched by another aspect ratio (a strip
+    where squares were trained: it may score high for its shape alone), or colour where the training files were
+    grayscale and the other way round (another camera mode). Sizes of the same shape say nothing: all are resized."""
+    w0, h0 = trained_on.size
+    other_shape = [(p, f) for p, f in zip(paths, forms)
+                   if f is not None and abs((f.size[0] / f.size[1]) / (w0 / h0) - 1) > ASPECT_TOLERANCE]
+    if other_shape:
+        shapes = Counter(f.size for _, f in other_shape).most_common(3)
+        log.warning("%d of %d images are shaped unlike the training images (%dx%d): %s; each is stretched to %dx%d, so "
+                    "it may score high for its shape alone: %s", len(other_shape), len(paths), w0, h0,
+                    ", ".join(f"{w}x{h}" for (w, h), _ in shapes) + (" ..." if len(shapes) > 3 else ""), image_size,
+                    image_size, few_names([p for p, _ in other_shape]))
+    other_colour = [p for p, f in zip(paths, forms) if f is not None and f.colour != trained_on.colour]
+    if other_colour:
+        kinds = ("colour", "grayscale") if trained_on.colour else ("grayscale", "colour")
+        log.warning("%d of %d images are %s where the training images were %s (another camera mode?): %s",
+                    len(other_colour), len(paths), kinds[1], kinds[0], few_names(other_colour))
 
 
 def _say_common_depth(widest: Sequence[str], n_wide: int, depth: int) -> None:
@@ -329,14 +379,21 @@ def _usable_cpus() -> int:
 def as_image_tensor(images: Any, image_size: int, in_channels: int, aligned: bool = True,
                     bit_depth: int | None = None) -> torch.Tensor:
     """The images of `read_images`."""
-    return read_images(images, image_size, in_channels, aligned, bit_depth)[0]
+    return read_images(images, image_size, in_channels, aligned, bit_depth).images
+
+
+class ReadImages(NamedTuple):
+    images: torch.Tensor  # uint8 [N, C, H, W]
+    bit_depth: int | None  # files' and PIL images' depth; None for arrays and tensors, whose scale is the caller's
+    form: FileForm | None  # how most files were stored; None for anything but files
 
 
 def read_images(images: Any, image_size: int, in_channels: int, aligned: bool = True,
-                bit_depth: int | None = None) -> tuple[torch.Tensor, int | None]:
-    """Accept a numpy array, a tensor, a list of paths or a list of PIL images; return uint8 [N, C, H, W], and
-    the bit depth files or PIL images were read at (`bit_depth`, else the widest their values need, 8 where none
-    is wider; None for arrays and tensors, whose scale is the caller's).
+                bit_depth: int | None = None, trained_on: FileForm | None = None) -> ReadImages:
+    """Accept a numpy array, a tensor, a list of paths or a list of PIL images; return uint8 [N, C, H, W], the
+    bit depth files or PIL images were read at (`bit_depth`, else the widest their values need, 8 where none
+    is wider; None for arrays and tensors, whose scale is the caller's), and how most files were stored (files
+    unlike `trained_on` are warned about).
 
     Arrays and tensors may be [N, H, W], [N, H, W, C] or [N, C, H, W]; uint8 is read as 0..255,
     floats as 0..1. Their channel count must match the model (files and PIL images are converted).
@@ -354,8 +411,9 @@ def read_images(images: Any, image_size: int, in_channels: int, aligned: bool = 
                             else f"give a folder or a list of image paths, not one file ({images})")
         from .folders import training_files  # folders builds on this module
 
-        loaded = read_image_files(training_files(images)[1], image_size, in_channels, bit_depth=bit_depth)
-        return loaded.images, loaded.bit_depth
+        loaded = read_image_files(training_files(images)[1], image_size, in_channels, bit_depth=bit_depth,
+                                  trained_on=trained_on)
+        return ReadImages(loaded.images, loaded.bit_depth, loaded.form)
     if isinstance(images, Image.Image):
         images = [images]
     if isinstance(images, np.ndarray) and images.ndim == 1 and images.dtype.kind in "UO":
@@ -368,10 +426,11 @@ def read_images(images: Any, image_size: int, in_channels: int, aligned: bool = 
         if all(isinstance(i, Image.Image) for i in images):
             needed = [d for d in map(wide_bit_depth, images) if d is not None]
             depth = common_bit_depth(needed, bit_depth)
-            return (torch.from_numpy(np.stack([pil_to_array(i, image_size, in_channels, depth) for i in images])),
-                    depth if needed else bit_depth or BYTE_DEPTH)
+            return ReadImages(torch.from_numpy(np.stack([pil_to_array(i, image_size, in_channels, depth)
+                                                         for i in images])),
+                              depth if needed else bit_depth or BYTE_DEPTH, None)
         if all(isinstance(i, (str, os.PathLike)) for i in images):
-            loaded = read_image_files(images, image_size, in_channels, bit_depth=bit_depth)
+            loaded = read_image_files(images, image_size, in_channels, bit_depth=bit_depth, trained_on=trained_on)
             if aligned and len(loaded.kept) < len(images):
                 readable = set(loaded.kept)
                 bad = [str(p) for p in images if str(p) not in readable]
@@ -379,14 +438,14 @@ def read_images(images: Any, image_size: int, in_channels: int, aligned: bool = 
                 raise DataError(
                     f"{len(bad)} of {len(images)} image files could not be read ({listed}); scores would not line "
                     "up with the paths: remove those files from the list (the warnings above say why each failed)")
-            return loaded.images, loaded.bit_depth
+            return ReadImages(loaded.images, loaded.bit_depth, loaded.form)
         given = [i.detach().cpu().numpy() if isinstance(i, torch.Tensor) else np.asarray(i) for i in images]
         arrays = [_plain_array(a, bit_depth) for a in given]
         if not any(_read_at_depth(a, bit_depth) for a in given):  # a dark frame read at its depth is dark, not a scale
             _say_if_nearly_black(arrays)
         if len({(a.shape, a.dtype) for a in arrays}) > 1:  # sizes or types differ: each image read on its own
-            return torch.cat([_tensor_to_uint8(torch.from_numpy(np.ascontiguousarray(a))[None], image_size, in_channels)
-                              for a in arrays]), None
+            return ReadImages(torch.cat([_tensor_to_uint8(torch.from_numpy(np.ascontiguousarray(a))[None], image_size,
+                                                          in_channels) for a in arrays]), None, None)
         images = np.stack(arrays)
     if isinstance(images, torch.Tensor) and _wide_integers(images) and (bit_depth or BYTE_DEPTH) > BYTE_DEPTH:
         images = images.detach().cpu().numpy()  # read at the detector's depth below, as a wide file would be
@@ -399,7 +458,7 @@ def read_images(images: Any, image_size: int, in_channels: int, aligned: bool = 
         _say_if_nearly_black([images])
     if not isinstance(images, torch.Tensor):
         raise DataError(f"unsupported image container {type(images).__name__}; use an array, tensor, paths or PIL images")
-    return _tensor_to_uint8(images.detach().cpu(), image_size, in_channels), None
+    return ReadImages(_tensor_to_uint8(images.detach().cpu(), image_size, in_channels), None, None)
 
 
 def _say_if_nearly_black(arrays: Sequence[np.ndarray | torch.Tensor]) -> None:
