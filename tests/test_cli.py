@@ -706,6 +706,28 @@ def test_other_runtime_errors_still_raise(monkeypatch: pytest.MonkeyPatch, tmp_p
         main(["train", "--data", str(tmp_path)])
 
 
+def test_a_bug_exits_apart_from_a_partial_failure(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """The command prints a bug's traceback and exits 70, not Python's 1, which means "some files unscored" to a
+    script driving predict; what `main` returns is the command's exit code."""
+    import skipganomaly.cli as cli
+
+    def fail(args: object) -> int:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(cli, "cmd_predict", fail)
+    monkeypatch.setattr(sys, "argv", ["skipganomaly", "predict", "--checkpoint", str(tmp_path), str(tmp_path)])
+    with pytest.raises(SystemExit) as exited:
+        cli.run()
+    assert exited.value.code == 70
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "RuntimeError: a bug" in err and "error: an unexpected failure, a bug in" in err
+    monkeypatch.setattr(cli, "main", lambda: 3)
+    with pytest.raises(SystemExit) as exited:
+        cli.run()
+    assert exited.value.code == 3
+
+
 def test_unwritable_output_is_one_line(tmp_path: Path, trained_run: tuple[Path, Path]) -> None:
     """An output path under a file (or a full disk) is the machine's problem: one line naming the path."""
     _, run = trained_run

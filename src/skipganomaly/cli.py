@@ -7,6 +7,7 @@ import argparse
 import logging
 import shlex
 import sys
+import traceback
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -17,13 +18,14 @@ from .data.folders import train_folder
 from .data.images import is_image_name
 from .detector import (DEFAULT_MODEL, DetectorSettings, check_threshold_split, setting_defaults,
                        setting_fields)
-from .errors import PACKAGE_LOGGER, PARTLY_FAILED_EXIT, ConfigError, SkipGanomalyError, warnings_said
+from .errors import BUG_EXIT, PACKAGE_LOGGER, PARTLY_FAILED_EXIT, ConfigError, SkipGanomalyError, warnings_said
 from .interrupts import INTERRUPTED_EXIT, Terminated, sigterm_as_interrupt
 from .evaluation.report import build_report
 from .evaluation.tables import HONEST, PAPER
 from .models import BASELINES, create, get_model_class, list_models
 from .options import FORM, parse_model_args
 from .run_directory import RunDirectory, SweepDirectory, next_free_run
+from . import __version__
 from .provenance import program
 from .sweep import (DEADLINE_EXIT, PRESETS, PROTOCOLS, SweepConfig, benchmark_data, check_protocol_settings,
                     check_protocols, check_sizes, decode_once, resolve_classes, run_benchmark)
@@ -35,6 +37,19 @@ log = logging.getLogger(PACKAGE_LOGGER)
 
 DEFAULT_TRAIN_OUT = Path("runs/train")  # `train`'s run directory when --out is not given (or runs/train2, ...)
 DEFAULT_TEST_OUT = Path("runs/test")  # `test`'s report folder when --report-dir is not given (or runs/test2, ...)
+
+
+def run() -> None:
+    """The `skipganomaly` command: `main`, exiting with its code; an unexpected exception (a bug) prints its traceback
+    and exits with BUG_EXIT, so a script can tell a crash from a run that scored only some files (exit 1)."""
+    try:
+        code = main()
+    except Exception:  # noqa: BLE001 - everything the commands do not turn into a message
+        traceback.print_exc()
+        print(f"error: an unexpected failure, a bug in skipganomaly {__version__} (the traceback above says where); "
+              f"exit code {BUG_EXIT}", file=sys.stderr)
+        code = BUG_EXIT
+    sys.exit(code)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

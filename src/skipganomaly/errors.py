@@ -13,8 +13,10 @@ from typing import Any, Iterator
 PACKAGE_LOGGER = "skipganomaly"
 
 # Exit code of a command that wrote what it could while some of its work failed (benchmark cells, unreadable files
-# given to predict), each named; 2 is bad input (every error below), 3 a benchmark stopped by its time limit.
+# given to predict), each named; 2 is bad input (every error below), 3 a benchmark stopped by its time limit,
+# 130/143 Ctrl-C/SIGTERM, BUG_EXIT an unexpected exception (Python's own 1 would read as "partly failed").
 PARTLY_FAILED_EXIT = 1
+BUG_EXIT = 70  # EX_SOFTWARE of sysexits.h: an internal error
 
 
 @contextlib.contextmanager
