@@ -1079,8 +1079,8 @@ def test_an_interrupted_predict_leaves_nothing_that_blocks_the_same_command(imag
                  "--device", "cpu"]) == 0
     real = workflows.save_overlays
 
-    def interrupted(folder, images, names, maps):  # type: ignore[no-untyped-def]
-        real(folder, images[:3], names[:3], maps[:3])  # some maps are on disk when the user presses Ctrl-C
+    def interrupted(folder, images, names, maps, **kw):  # type: ignore[no-untyped-def]
+        real(folder, images[:3], names[:3], maps[:3], **kw)  # some maps are on disk when the user presses Ctrl-C
         raise KeyboardInterrupt
 
     monkeypatch.setattr(workflows, "save_overlays", interrupted)
