@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The paper's Table 1 at full size on a lent GPU: $MODELS (default skipganomaly++), all ten CIFAR-10 classes,
+# The paper's Table 1 at full size on a lent GPU: $MODELS (default skipganomaly++; the raw-pixel pca and knn
+# baselines run beside them, as in every benchmark call), all ten CIFAR-10 classes,
 # both protocols, seeds $SEEDS (default 0), the `paper` preset (45,000 training images, 15 epochs, the full
 # 15,000-image test set), $WORKERS cells at once on the one GPU (`benchmark --workers`).
 #

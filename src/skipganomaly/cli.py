@@ -289,7 +289,8 @@ def _add_bench_speed(sub: "argparse._SubParsersAction[argparse.ArgumentParser]")
     p.add_argument("--threads", type=_positive_int, default=torch_threads(),
                    help="torch threads (default: this machine's)")
     _add_settings_args(p, only=("batch_size", "model_options", "compile", "device"))
-    p.add_argument("--score-batch", type=_positive_int, default=256)
+    p.add_argument("--score-batch", type=_positive_int, default=256,
+                   help="images per scoring pass timed (default %(default)s)")
     p.add_argument("--steps", type=_positive_int, default=3, help="training steps per timing")
     p.add_argument("--repeats", type=_positive_int, default=3, help="timings per measurement (the median is kept)")
     p.add_argument("--no-onnx", action="store_true", help="skip the onnxruntime measurement")

@@ -54,7 +54,8 @@ class DetectorSettings:
     val_fraction: float = setting(0.05, flag="--val-fraction",
                                   help="share of the normal training images held out for the threshold")
     contamination: float = setting(0.05, flag="--contamination",
-                                   help="share of held-out normals above the threshold")
+                                   help="the share of new normal images the threshold may flag (at most; it is a "
+                                        "rank among the held-out normal scores)")
     training: TrainConfig = dataclasses.field(default_factory=TrainConfig)
 
     def __post_init__(self) -> None:
