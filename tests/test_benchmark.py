@@ -451,8 +451,8 @@ def test_validate_never_shows_the_test_class_to_the_model(monkeypatch: pytest.Mo
     seen: list[torch.Tensor] = []
     real = detector_module.read_images
 
-    def record(images, image_size, in_channels, aligned=True, bit_depth=None):  # type: ignore[no-untyped-def]
-        out = real(images, image_size, in_channels, aligned, bit_depth)
+    def record(images, image_size, in_channels, aligned=True, bit_depth=None, **kw):  # type: ignore[no-untyped-def]
+        out = real(images, image_size, in_channels, aligned, bit_depth, **kw)
         seen.append(out[0])
         return out
 

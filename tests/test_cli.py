@@ -180,14 +180,16 @@ def test_predict_command_writes_csv(trained_run: tuple[Path, Path], capsys: pyte
     broken.write_text("garbage")
     try:
         assert main(["predict", "--checkpoint", str(run), str(broken), "--out", str(out), "--no-progress"]) == 1
-        assert list(csv.DictReader(out.open())) == [{"path": str(broken), "score": "", "label": ""}]
+        from skipganomaly import Detector
+
+        cut = f"{Detector.load(run).threshold_:.8g}"  # the cut the labels were made at, on every row
+        assert list(csv.DictReader(out.open())) == [{"path": str(broken), "score": "", "label": "", "threshold": cut}]
         assert main(["predict", "--checkpoint", str(run), str(broken), "--out", str(out), "--no-progress",
                      "--save-maps", str(root / "no-maps")]) == 1  # the map column stays, empty
-        assert list(csv.DictReader(out.open())) == [{"path": str(broken), "score": "", "label": "", "map": ""}]
+        assert list(csv.DictReader(out.open())) == [{"path": str(broken), "score": "", "label": "", "threshold": cut,
+                                                     "map": ""}]
     finally:
         broken.unlink()
-    from skipganomaly import Detector
-
     with np.load(root / "maps" / "maps.npz") as saved:  # the maps as numbers, rows as the CSV's scored rows
         assert saved["paths"].tolist() == [r["path"] for r in rows]
         expected = Detector.load(run, device="cpu").anomaly_maps([r["path"] for r in rows])
@@ -246,6 +248,7 @@ def test_predict_takes_a_threshold_and_refuses_to_write_over_an_image(trained_ru
                      "--threshold", repr(cut)]) == 0
         rows = list(csv.DictReader(out.open()))
         assert {r["label"] for r in rows} == labels and [float(r["score"]) for r in rows] == scores[:3]
+        assert {r["threshold"] for r in rows} == {f"{cut:.8g}"}
     assert f"flagged above the given threshold {max(scores) + 1:g}" in capsys.readouterr().out
     for bad in (str(files[1]), str(tmp_path / "new.png")):
         before = files[1].read_bytes()

@@ -172,7 +172,8 @@ def _add_test(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> Non
 
 def _add_predict(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
     p = sub.add_parser("predict", help="score images or folders and write a CSV",
-                       description="Write path, score and label (1 = above the stored threshold) per image.")
+                       description="Write path, score, label (1 = above the stored threshold, or --threshold) and the "
+                                   "threshold per image.")
     _add_checkpoint_arg(p)
     p.add_argument("inputs", nargs="+", type=Path, help="image files and/or folders")
     p.add_argument("--out", type=Path, default=Path("predictions.csv"), help="CSV file (default: predictions.csv)")

@@ -120,7 +120,7 @@ RAW_MAPS = "maps.npz"  # in predict's --save-maps folder: `maps` [N, H, W] float
 
 def predict_files(checkpoint: Path, inputs: Sequence[Path], out: Path, save_maps: Path | None = None,
                   device: str = "auto", progress: bool = True, threshold: float | None = None) -> list[str]:
-    """Write path, score and label (1 = above the stored threshold) per image of `inputs` (files and
+    """Write path, score, label (1 = above the stored threshold) and that threshold per image of `inputs` (files and
     folders) to the CSV `out`; with `save_maps`, one input | anomaly-map PNG per image there. A file that
     cannot be read keeps its row, with the score and label left empty (a part that disappears from an
     inspection log is worse than one marked unscored), and so does an input that does not exist or a subfolder
@@ -161,14 +161,16 @@ def predict_files(checkpoint: Path, inputs: Sequence[Path], out: Path, save_maps
         buffer = io.StringIO()
         writer = csv.writer(buffer)
         with_maps = save_maps is not None  # the map column whenever maps were asked for, so a script finds it
-        writer.writerow(["path", "score", "label"] + (["map"] if with_maps else []))
+        # the cut each label was made at, on every row: a log of labels says what they meant (--threshold or stored)
+        writer.writerow(["path", "score", "label", "threshold"] + (["map"] if with_maps else []))
+        cut_text = f"{cut:.8g}"
         row_of = {path: i for i, path in enumerate(kept)}
         for path in [*map(str, paths), *map(str, unlisted)]:  # in the order given, unreadable files in their place
             i = row_of.get(path)
             if i is None:
-                writer.writerow([path, "", ""] + ([""] if with_maps else []))
+                writer.writerow([path, "", "", cut_text] + ([""] if with_maps else []))
             else:
-                writer.writerow([path, f"{scores[i]:.8g}", int(labels[i])] + ([maps[i]] if maps else []))
+                writer.writerow([path, f"{scores[i]:.8g}", int(labels[i]), cut_text] + ([maps[i]] if maps else []))
         write_text_atomic(csv_tmp, buffer.getvalue())
         if maps is not None and save_maps is not None and partial is not None:
             if save_maps.is_dir():

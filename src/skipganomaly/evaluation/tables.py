@@ -67,7 +67,8 @@ def shows_paper_numbers(dataset: str, protocol: str) -> bool:
     return dataset == CIFAR10 and protocol != VALIDATE
 
 
-STD_NOTE = ("Over several seeds a cell is mean±std, std the sample standard deviation (ddof=1) over seeds; under "
+STD_NOTE = ("Cells are AUROC (each cell's AUPRC, F1, precision, recall and threshold are in results.csv). Over "
+            "several seeds a cell is mean±std, std the sample standard deviation (ddof=1) over seeds; under "
             "validate each seed scores another pseudo-anomaly, so there it spreads over tasks, not only trainings.")
 FEW_TEST_IMAGES = 10  # a cell scored on fewer normal or abnormal test images than this is marked FEW_MARK
 FEW_MARK = "†"
