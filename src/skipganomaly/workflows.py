@@ -302,8 +302,8 @@ def _train_run(settings: DetectorSettings, data: Path, test: Path | None, run: R
     progress = settings.training.progress
     det = Detector.from_settings(settings)
     folder, files = training_files(data)
-    images, kept, bit_depth, form = read_image_files(files, settings.image_size, settings.in_channels,
-                                                     progress=progress)
+    loaded = read_image_files(files, settings.image_size, settings.in_channels, progress=progress)
+    images, kept, bit_depth, form = loaded.images, loaded.kept, loaded.bit_depth, loaded.form
     test_data, truth = None, None
     if test is not None:  # load before training, so a bad test folder fails in seconds, not hours
         test_data = load_labelled_folder(test, settings.image_size, settings.in_channels, bit_depth=bit_depth,

@@ -429,7 +429,11 @@ def test_images_brighter_than_the_detectors_depth_are_clipped_with_a_warning(tmp
         loaded = read_image_files([tmp_path / f"{name}.png" for name in values], 8, 1, bit_depth=12)
         return loaded.images, loaded.bit_depth
 
-    for read in (lambda: read_images(pictures, 8, 1, bit_depth=12), from_file):
+    def from_pictures() -> tuple[torch.Tensor, int | None]:
+        read = read_images(pictures, 8, 1, bit_depth=12)
+        return read.images, read.bit_depth
+
+    for read in (from_pictures, from_file):
         caplog.clear()
         with caplog.at_level(logging.WARNING, logger="skipganomaly"):
             images, depth = read()

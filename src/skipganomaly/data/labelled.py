@@ -381,7 +381,8 @@ def load_class_folders(root: str | os.PathLike[str], image_size: int = 32, in_ch
             labels += [i] * len(found)
         if not files:
             raise DataError(f"{base} holds no images in its class subfolders")
-        images, kept, read_depth = read_image_files(files, image_size, in_channels, progress=progress, bit_depth=depth)
+        loaded = read_image_files(files, image_size, in_channels, progress=progress, bit_depth=depth)
+        images, kept, read_depth = loaded.images, loaded.kept, loaded.bit_depth
         depth = depth or read_depth
         label_of = {str(p): y for p, y in zip(files, labels, strict=True)}
         parts[part] = (images, torch.tensor([label_of[p] for p in kept], dtype=torch.int64))
