@@ -236,12 +236,13 @@ def test_predict_takes_a_threshold_and_refuses_to_write_over_an_image(trained_ru
     root, run = trained_run
     files = sorted((root / "test" / "normal").glob("*.png"))[:3]
     out = tmp_path / "p.csv"
-    long_name = tmp_path / ("x" * 250 + ".png")  # 254 characters: legal; its map's name, numbered, would not be
-    shutil.copy(files[0], long_name)
-    assert main(["predict", "--checkpoint", str(run), *map(str, files), str(long_name), "--out", str(out),
+    long_names = [tmp_path / ("x" * 250 + ".png"), tmp_path / ("検" * 83 + ".png")]  # 254 and 253 bytes: legal; their
+    for long_name in long_names:  # maps' names, numbered, would not be
+        shutil.copy(files[0], long_name)
+    assert main(["predict", "--checkpoint", str(run), *map(str, files), *map(str, long_names), "--out", str(out),
                  "--no-progress", "--save-maps", str(tmp_path / "maps")]) == 0
     stored = list(csv.DictReader(out.open()))
-    assert Path(stored[-1]["map"]).is_file() and stored[-1]["score"] == stored[0]["score"]
+    assert all(Path(r["map"]).is_file() and r["score"] == stored[0]["score"] for r in stored[-2:])
     scores = [float(r["score"]) for r in stored]
     for cut, labels in ((min(scores) - 1, {"1"}), (max(scores) + 1, {"0"})):
         assert main(["predict", "--checkpoint", str(run), *map(str, files), "--out", str(out), "--no-progress",
@@ -799,6 +800,7 @@ def test_what_reading_the_data_warned_about_is_listed_beside_the_tables(tmp_path
                  "a,b,c", "--no-progress", "--device", "cpu", "--out", str(out)]) == 0
     said = "mine.npz: 1 image is an exact copy of another (the same pixels as read; e.g. test_images[1] = train_images[0])"
     assert f"- reading the data: {said}" in (out / "table.md").read_text()
+    assert (out / "table.md").read_text().count("is an exact copy") == 1  # not again as each cell's, reading it again
     warned = json.loads((out / "results.json").read_text())["warnings"]
     assert [w for w in warned if w["data"]] == [{"warning": next(w["warning"] for w in warned if said in w["warning"]),
                                                "data": True, "cells": []}]

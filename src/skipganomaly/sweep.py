@@ -561,6 +561,8 @@ def benchmark_warnings(data_warnings: Sequence[str], results: Sequence[dict[str,
     by_text: dict[str, list[str]] = {}
     for result in results:
         for text in result.get("warnings") or ():
+            if text in data_warnings:  # a cell reading the same data again says it again: listed once, as the data's
+                continue
             by_text.setdefault(str(text), []).append(cell_key(result["model"], result["class"], result["seed"],
                                                               result["protocol"]))
     return said + [{"warning": text, "data": False, "cells": keys} for text, keys in by_text.items()]

@@ -194,7 +194,7 @@ def training_curves_figure(history: Sequence[Mapping[str, Any]], path: Path) -> 
     return _save(fig, path)
 
 
-MAP_NAME_CHARS = 100  # of an image's name in its map's file name: a legal 250-character name plus the number is not
+MAP_NAME_BYTES = 150  # of an image's name (UTF-8) in its map's file name: a legal 250-byte name plus the number is not
 
 
 def save_overlays(out_dir: Path, images: Any, names: Sequence[str], maps: np.ndarray, min_size: int = 128,
@@ -218,7 +218,10 @@ def save_overlays(out_dir: Path, images: Any, names: Sequence[str], maps: np.nda
         pair = np.concatenate([rgb3, overlay(rgb, amap, vmax=vmax)], axis=1)
         picture = Image.fromarray((pair * 255).round().astype(np.uint8))
         picture = picture.resize((picture.width * scale, picture.height * scale), Image.NEAREST)
-        path = out_dir / f"{i + 1:04d}_{Path(name).stem[:MAP_NAME_CHARS]}.png"
+        stem = Path(name).stem
+        while len(stem.encode("utf-8", "surrogateescape")) > MAP_NAME_BYTES:  # whole characters, counted in bytes
+            stem = stem[:-1]
+        path = out_dir / f"{i + 1:04d}_{stem}.png"
         picture.save(path)
         written.append(str(path))
     return written
