@@ -212,7 +212,7 @@ def test_predict_keeps_a_row_for_what_it_could_not_reach(trained_run: tuple[Path
     real_scandir = os.scandir
 
     def scandir(path):  # type: ignore[no-untyped-def]
-        if Path(path) == closed:
+        if Path(path) in (closed, tmp_path / "locked"):
             raise PermissionError(13, "Permission denied", str(path))
         return real_scandir(path)
 
@@ -227,6 +227,10 @@ def test_predict_keeps_a_row_for_what_it_could_not_reach(trained_run: tuple[Path
     rows = list(csv.DictReader(out.open()))
     assert [r["path"] for r in rows if not r["score"]] == [str(tmp_path / "gone.png"), str(closed)]
     assert len(rows) == 10 and all(Path(r["path"]).parent == line / "normal" for r in rows[:8])
+    (tmp_path / "locked").mkdir()  # an input folder that cannot be opened: its row, and exit 1, as a subfolder's
+    assert main(["predict", "--checkpoint", str(run), str(line / "normal"), str(tmp_path / "locked"), "--out", str(out),
+                 "--no-progress"]) == 1
+    assert [r["path"] for r in csv.DictReader(out.open()) if not r["score"]] == [str(tmp_path / "locked")]
 
 
 def test_predict_takes_a_threshold_and_refuses_to_write_over_an_image(trained_run: tuple[Path, Path], tmp_path: Path,
@@ -277,6 +281,26 @@ def test_a_map_is_drawn_alike_whatever_is_scored_beside_it(trained_run: tuple[Pa
     assert main(["predict", "--checkpoint", str(tmp_path / "copy.pt"), str(good), "--out", str(tmp_path / "p.csv"),
                  "--no-progress", "--save-maps", str(tmp_path / "copied")]) == 0
     assert "colour scale: this call's largest map value" in capsys.readouterr().out
+
+
+def test_the_maps_colour_scale_is_found_from_any_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """A run trained with a relative --data keeps its held-out images' absolute paths in calibration.csv, so predict
+    finds the colour scale they fix from another current folder too, without a warning per image."""
+    from skipganomaly.evaluation.report import read_scores
+    from tests.conftest import smooth_images, write_images
+
+    write_images(tmp_path / "train", smooth_images(30, seed=0))
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--model", "knn", "--data", "train", "--out", "run", "--no-progress", "--device", "cpu"]) == 0
+    assert all(Path(name).is_absolute() for name in read_scores(tmp_path / "run" / "calibration.csv")[0])
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    capsys.readouterr()
+    assert main(["predict", "--checkpoint", str(tmp_path / "run"), str(tmp_path / "train" / "img_000.png"), "--out",
+                 "p.csv", "--no-progress", "--save-maps", "maps"]) == 0
+    out, err = capsys.readouterr()
+    assert "full colour: map values above" in out and "skipping" not in err
 
 
 def test_several_defect_folders_get_a_line_each(trained_run: tuple[Path, Path], tmp_path: Path,

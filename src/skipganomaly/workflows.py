@@ -165,7 +165,8 @@ def predict_files(checkpoint: Path, inputs: Sequence[Path], out: Path, save_maps
         writer.writerow(["path", "score", "label", "threshold"] + (["map"] if with_maps else []))
         cut_text = f"{cut:.8g}"
         row_of = {path: i for i, path in enumerate(kept)}
-        for path in [*map(str, paths), *map(str, unlisted)]:  # in the order given, unreadable files in their place
+        # in the order given, unreadable files in their place; folders that could not be opened last
+        for path in [*map(str, paths), *map(str, unlisted)]:
             i = row_of.get(path)
             if i is None:
                 writer.writerow([path, "", "", cut_text] + ([""] if with_maps else []))
@@ -205,6 +206,8 @@ def held_out_map_scale(det: Detector, checkpoint: Path) -> float | None:
                                                                           else run.checkpoint):
             return None
         names = read_scores(run.calibration)[0]
+        if not names or not all(Path(name).is_file() for name in names):  # moved, or relative to another folder
+            return None
         maps = det.anomaly_maps(names)
     except (DataError, OSError):
         return None
@@ -418,7 +421,8 @@ def _write_calibration(det: Detector, names: Sequence[str], run: RunDirectory) -
     is, so that an odd image among them (a grayscale scan in an RGB set) can be found and removed."""
     if det.val_scores_ is None or det.threshold_ is None:
         return
-    held_out = [names[i] for i in det.holdout(len(names))[0].tolist()]
+    # absolute, as config.yaml's folders: `predict --save-maps` reads these images from any current folder
+    held_out = [os.path.abspath(names[i]) for i in det.holdout(len(names))[0].tolist()]
     order = np.argsort(-det.val_scores_, kind="stable")
     write_scores(run.calibration, [held_out[i] for i in order], np.zeros(len(order), dtype=np.int64),
                  det.val_scores_[order])

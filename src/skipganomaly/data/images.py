@@ -585,7 +585,11 @@ def list_image_files(folder: str | os.PathLike[str], unlisted: list[Path] | None
     try:
         os.scandir(root).close()
     except OSError as err:
-        raise DataError(f"cannot open the folder {root}: {err.strerror or err}") from None
+        if unlisted is None:
+            raise DataError(f"cannot open the folder {root}: {err.strerror or err}") from None
+        log.warning("could not open the folder %s (%s), so its images are not read", root, err.strerror or err)
+        unlisted.append(root)
+        return []
     files: list[Path] = []
     other: Counter[str] = Counter()
     broken: list[Path] = []
