@@ -293,6 +293,7 @@ def test_weights_that_do_not_fit_are_refused(fitted: tuple[Detector, Path], tmp_
     (lambda p: p.pop("fit"), r"a field of this checkpoint is missing or of the wrong type \(KeyError: 'fit'\)"),
     (lambda p: p.update(threshold="0.5"), "its threshold is '0.5', not a finite number"),
     (lambda p: p.update(threshold=float("nan")), "its threshold is nan, not a finite number"),
+    (lambda p: p["fit"].update(bit_depth="12"), "its bit depth is '12', not one of 8, 10, 12"),
 ])
 def test_an_edited_checkpoint_is_one_line(fitted: tuple[Detector, Path], tmp_path: Path, edit, message: str) -> None:  # type: ignore[no-untyped-def]
     """A checkpoint edited by hand is a CheckpointError naming what is wrong, not a traceback, and a NaN threshold

@@ -16,8 +16,8 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import torch
 
-from .data.images import BYTE_DEPTH, FileForm, read_images
-from .errors import PACKAGE_LOGGER, CheckpointError, ConfigError, DataError, not_fitted
+from .data.images import BIT_DEPTHS, BYTE_DEPTH, FileForm, read_images
+from .errors import PACKAGE_LOGGER, CheckpointError, ConfigError, DataError, SkipGanomalyError, not_fitted
 from .evaluation.metrics import min_calibration_images, quantile_threshold
 from .files import load_torch_checked, save_torch_atomic, writing
 from .models import create, get_model_class, list_models
@@ -341,9 +341,10 @@ class Detector:
         saved after every epoch, so an interrupted run keeps its last complete epoch (it scores, but has
         no threshold until the run completes), and the calibrated detector at the end. Beside it, `<name>.state.pt` holds
         what `resume=True` needs to continue an interrupted run exactly where its last epoch ended.
-        Under torchrun only rank 0 writes files. `bit_depth`: for images given as an array that were read from
-        files wider than 8 bits, the depth they were scaled by (`read_image_files`), which scoring files reuses;
-        files and PIL images given here set it themselves. `file_form`: for such arrays, how most of those files were
+        Under torchrun only rank 0 writes files. `bit_depth`: the depth of wide integer images, which scoring reuses:
+        uint16 frames given here are read at it (12: divided by 4095), and for 8-bit arrays read from files wider
+        than 8 bits, it is the depth they were scaled by (`read_image_files`); files and PIL images given without it
+        set it themselves. `file_form`: for such arrays, how most of those files were
         stored (`LoadedFiles.form`), so that scoring can warn about files of another shape or colour; files given
         here set it themselves."""
         if (marked := _anomalies_in(y)):  # scikit-learn passes y along (GridSearchCV, pipelines)
@@ -357,7 +358,7 @@ class Detector:
                         "is all 1s: scikit-learn's label of normal images (+1), or, in 0/1 labels, every image an "
                         "anomaly" if all_ones else "holds scikit-learn's outlier labels (+1 normal, -1 anomaly)",
                         " (if 1 means anomaly here, fit trains on anomalies as normal)" if all_ones else "")
-        data, depth, form = read_images(images, self.image_size, self.in_channels, aligned=False)
+        data, depth, form = read_images(images, self.image_size, self.in_channels, aligned=False, bit_depth=bit_depth)
         self.bit_depth_ = depth if depth is not None else bit_depth or BYTE_DEPTH
         self.file_form_ = form or file_form
         val_index, train_index = self.holdout(len(data))
@@ -545,8 +546,7 @@ class Detector:
         if path.suffix.lower() == ".onnx":
             raise CheckpointError(f"{path} is an ONNX export, not a detector checkpoint: score it with "
                                   "skipganomaly.onnx_export.OnnxScorer, or give the run's model.pt")
-        payload = load_torch_checked(path, FORMAT, (1, FORMAT_VERSION), readable_as="skipganomaly checkpoint",
-                                     kind="skipganomaly detector file")
+        payload = _read_payload(path)
         try:
             return cls._from_payload(payload, path, device, progress, expect_model)
         except (KeyError, TypeError, ValueError, AttributeError) as err:  # a file edited by hand, or damaged
@@ -589,7 +589,11 @@ class Detector:
         det.n_train_images_, det.n_val_images_ = fit.get("n_train_images"), fit.get("n_val_images")
         # None: not recorded (8-bit training saved by earlier versions, or arrays fitted without bit_depth=):
         # files are read as 8-bit, wider ones clipped with a warning that says how to record a depth
-        det.bit_depth_ = fit.get("bit_depth") or BYTE_DEPTH
+        depth = fit.get("bit_depth")
+        if depth is not None and depth not in BIT_DEPTHS:
+            raise CheckpointError(f"{path}: its bit depth is {depth!r}, not one of {', '.join(map(str, BIT_DEPTHS))}; "
+                                  "save it again from the detector, or retrain")
+        det.bit_depth_ = depth or BYTE_DEPTH
         det.file_form_ = FileForm.from_dict(fit.get("file_form"))  # None: arrays, or saved before it was recorded
         if fit.get("val_scores") is not None:
             det.val_scores_ = np.asarray(fit["val_scores"], dtype=np.float64)
@@ -597,11 +601,17 @@ class Detector:
 
 
 def _calibrated_file(path: Path) -> bool:
-    """Whether `path` holds a detector with a threshold (a finished training run)."""
+    """Whether `path` holds a detector with a threshold (a finished training run); the weights are not rebuilt."""
     try:
-        return path.is_file() and Detector.load(path, device="cpu", progress=False).threshold_ is not None
+        return path.is_file() and _read_payload(path).get("threshold") is not None
     except SkipGanomalyError:
         return False
+
+
+def _read_payload(path: Path) -> dict[str, Any]:
+    """A checkpoint's contents, tensors and plain values only, of a format version this code reads."""
+    return load_torch_checked(path, FORMAT, (1, FORMAT_VERSION), readable_as="skipganomaly checkpoint",
+                              kind="skipganomaly detector file")
 
 
 def _settings_of_version_1(name: str, model_config: dict[str, Any], d: dict[str, Any]

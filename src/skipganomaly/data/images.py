@@ -7,9 +7,10 @@ pixel and no per-sample Python work happens in the training loop.
 from __future__ import annotations
 
 import contextlib
-import math
 import logging
+import math
 import os
+import struct
 import warnings
 from collections import Counter
 from pathlib import Path
@@ -59,8 +60,9 @@ def _large_images_allowed() -> Iterator[None]:
     (it swaps the process's warning filters), so it is entered once around a pool of readers."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        # a camera's damaged EXIF block: the pixels read, unrotated (its orientation is what is lost)
-        warnings.filterwarnings("ignore", message="(Possibly )?[Cc]orrupt EXIF data", category=UserWarning)
+        # Pillow's notes on a file's damaged metadata (a camera's EXIF block: "Tag data larger than file", ...): the
+        # pixels read, and a reader's warning would repeat for every such file
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
         yield
 
 
@@ -94,7 +96,17 @@ def common_form(forms: Sequence[FileForm | None]) -> FileForm | None:
 ASPECT_TOLERANCE = 0.05  # relative difference of width/height beyond which an image is said to be stretched otherwise
 
 
+EXIF_ORIENTATION = 0x0112  # the tag whose values 5 to 8 turn an image a quarter (`ImageOps.exif_transpose`)
 GREY_MODES = ("1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "F")
+
+
+def _orientation(img: Image.Image) -> int:
+    """The EXIF orientation (1: upright as stored); 1 where the EXIF block cannot be read, so a damaged one costs the
+    turn, not the image."""
+    try:
+        return int(img.getexif().get(EXIF_ORIENTATION, 1))
+    except (OSError, ValueError, TypeError, SyntaxError, struct.error):
+        return 1
 
 
 def _grey_palette(img: Image.Image) -> bool:
@@ -115,9 +127,11 @@ def _read_image(path: str | os.PathLike[str], image_size: int, in_channels: int,
             # a multi-page TIFF or an animated GIF: one image per file (a camera's MPO JPEG holds a preview
             # as its second picture: the first is the photo)
             several = getattr(img, "n_frames", 1) > 1 and img.format != "MPO"
-            form = FileForm(img.mode not in GREY_MODES and not _grey_palette(img), img.size)
+            upright = img.size[::-1] if _orientation(img) in (5, 6, 7, 8) else img.size
+            form = FileForm(img.mode not in GREY_MODES and not _grey_palette(img), upright)  # before draft shrinks it
             img.draft("L" if in_channels == 1 else "RGB", (image_size, image_size))
-            img = ImageOps.exif_transpose(img)
+            if _orientation(img) != 1:
+                img = ImageOps.exif_transpose(img)
             own = wide_bit_depth(img)
             image = pil_to_array(img, image_size, in_channels, bit_depth if bit_depth is not None else own)
             return image, own, several, form
@@ -191,8 +205,9 @@ def check_unit_floats(values: np.ndarray | torch.Tensor, what: str, fix: str) ->
         lo, hi = (float(kept.min()), float(kept.max())) if kept.size else (math.nan, math.nan)
     if all_finite and not lo < 0 and not hi > 1:
         return
-    raise DataError(f"{what} must lie in [0, 1] (floats are read as 0..1 for every image), got {lo:.4g} to {hi:.4g}"
-                    f"{'' if all_finite else ' and NaN or infinite values'}; {fix}")
+    found = (f"got {lo:.4g} to {hi:.4g}{'' if all_finite else ' and NaN or infinite values'}" if not math.isnan(lo)
+             else "got only NaN or infinite values")
+    raise DataError(f"{what} must lie in [0, 1] (floats are read as 0..1 for every image), {found}; {fix}")
 
 
 def wide_to_bytes(values: np.ndarray, depth: int) -> np.ndarray:
@@ -329,10 +344,11 @@ def _say_unlike(paths: Sequence[str], forms: Sequence[FileForm | None], trained_
     other_shape = [(p, f) for p, f in zip(paths, forms)
                    if f is not None and abs((f.size[0] / f.size[1]) / (w0 / h0) - 1) > ASPECT_TOLERANCE]
     if other_shape:
-        shapes = Counter(f.size for _, f in other_shape).most_common(3)
+        shapes = Counter(f.size for _, f in other_shape)
         log.warning("%d of %d images are shaped unlike the training images (%dx%d): %s; each is stretched to %dx%d, so "
                     "it may score high for its shape alone: %s", len(other_shape), len(paths), w0, h0,
-                    ", ".join(f"{w}x{h}" for (w, h), _ in shapes) + (" ..." if len(shapes) > 3 else ""), image_size,
+                    ", ".join(f"{w}x{h}" for (w, h), _ in shapes.most_common(3)) + (" ..." if len(shapes) > 3 else ""),
+                    image_size,
                     image_size, few_names([p for p, _ in other_shape]))
     other_colour = [p for p, f in zip(paths, forms) if f is not None and f.colour != trained_on.colour]
     if other_colour:
