@@ -251,7 +251,7 @@ def _input_files(inputs: Sequence[Path]) -> tuple[list[Path], list[Path]]:
     if len(unique) < len(paths):
         dropped = len(paths) - len(unique)
         log.info("%d file%s given more than once; each is scored once", dropped, "s were" if dropped > 1 else " was")
-    return unique, unlisted
+    return unique, list(dict.fromkeys(unlisted))  # a folder given twice is one row
 
 
 def _check_maps_folder(save_maps: Path, inputs: Sequence[Path]) -> None:
