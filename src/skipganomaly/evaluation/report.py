@@ -312,7 +312,7 @@ def build_benchmark_report(bench_dir: Path) -> Path:
         sections.append(f"<p><b>Incomplete: {len(missing)} missing cell{'s' if len(missing) > 1 else ''} (- in the "
                         "tables); each mean is over the cells that finished.</b></p><ul>"
                         + "".join(f"<li><code>{html.escape(m)}</code></li>" for m in missing) + "</ul>")
-    warned = saved.get("warnings") or []
+    warned = [w for w in saved.get("warnings") or [] if isinstance(w, dict)]  # results.json of older versions: none
     if warned:
         sections.append(f"<p><b>Warnings</b> ({html.escape(WARNINGS_NOTE)}):</p><ul>"
                         + "".join(f"<li>{warning_source(w, lambda key: f'<code>{html.escape(key)}</code>')}: "
