@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import math
@@ -93,7 +94,11 @@ def save_torch_atomic(path: Path, payload: Any) -> None:
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
-            torch.save(payload, fh)
+            try:
+                torch.save(payload, fh)
+            except RuntimeError as err:  # torch's zip writer reports a failed write (a full disk) as this
+                raise OSError(errno.EIO, f"could not write it ({str(err).splitlines()[0][:120]}; is the disk "
+                                         "full?)", str(path)) from None
             fh.flush()
             os.fsync(fh.fileno())
         with contextlib.suppress(OSError):  # some mounts (vfat, SMB) refuse chmod; the file is still good

@@ -29,7 +29,7 @@ from .evaluation.plots import save_overlays
 from .evaluation.report import build_run_report, read_scores, write_evaluation, write_scores
 from .evaluation.tables import per_class_table
 from .files import few_names, file_digest, readable_name, write_text_atomic
-from .run_directory import EpochLog, RunDirectory, SweepDirectory, write_json
+from .run_directory import EpochLog, RunDirectory, SweepDirectory, read_history, write_json
 from .provenance import environment
 from .training.distributed import init_from_environment, is_main_process, world
 from .training import TrainConfig
@@ -279,6 +279,11 @@ def resumed_settings(run: RunDirectory, given: dict[str, Any], model_options_giv
         raise ConfigError(f"cannot resume {run.root}: {err}") from None
     may_change = set(TrainConfig.names(on_resume="free")) | set(TrainConfig.names(on_resume="grow"))
     current = settings.params()
+    if settings.training.lr_schedule == "cosine" and given.get("epochs", settings.training.epochs) != \
+            settings.training.epochs:  # the schedule spans the run's epochs: more would change the ones trained
+        raise ConfigError(f"cannot resume {run.root} with --epochs {given['epochs']}: its cosine learning-rate "
+                          f"schedule is laid out over {settings.training.epochs} epochs, so the result would not "
+                          f"be a {given['epochs']}-epoch run's; start a new run with --epochs {given['epochs']}")
     fixed = sorted(k for k, v in given.items() if k not in may_change and current.get(k) != v)
     if fixed or model_options_given:
         flags = {f.name: f.metadata["flag"] for f in setting_fields()}
@@ -316,6 +321,12 @@ def _train_run(settings: DetectorSettings, data: Path, test: Path | None, run: R
     # checked before anything in the run directory is rewritten: the same settings and the same images
     done = (load_train_state(run.state, settings.training, data_fingerprint(images))["history"]
             if resume and run.state.exists() else [])
+    if resume and not run.state.exists() and (run.checkpoint.exists() or read_history(run.metrics_log)):
+        raise ConfigError(f"cannot resume {run.root}: its training state {run.state.name} is missing (deleted?), "
+                          "so it would train again from epoch 1; start a new run (or --overwrite this one)")
+    if len(done) > settings.training.epochs:
+        raise ConfigError(f"cannot resume {run.root} with --epochs {settings.training.epochs}: it has trained "
+                          f"{len(done)} epochs already; give at least that many")
     if not is_main_process():
         det.fit(images, checkpoint_path=run.checkpoint, resume=resume, bit_depth=bit_depth, file_form=form)
         return det

@@ -165,6 +165,46 @@ def test_cli_resume_from_another_folder_reads_the_saved_data_and_refuses_other_d
     assert len(Detector.load(tmp_path / "run" / "model.pt").history_) == 2
 
 
+def test_a_resume_that_would_not_continue_the_run_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Three resumes whose result would silently not be the run's: fewer --epochs than it trained (nothing trained,
+    the record saying 1 epoch of a 2-epoch model), a state file deleted (training again from epoch 1 over the run),
+    and more epochs of a cosine schedule (laid out over the first --epochs: the epochs trained would differ). Each
+    is one line, and the run is left as it was."""
+    from skipganomaly.cli import main
+
+    write_images(tmp_path / "train", blob_images(24))
+    small = ["--model", "rotation", "--model-arg", "widths=[8,16,32]", "--batch-size", "8", "--no-progress",
+             "--device", "cpu"]
+    for name, schedule in (("run", "constant"), ("cosine", "cosine")):
+        assert main(["train", "--data", str(tmp_path / "train"), "--out", str(tmp_path / name), "--epochs", "2",
+                     "--lr-schedule", schedule, *small]) == 0
+    capsys.readouterr()
+    before = (tmp_path / "run" / "model.pt").read_bytes()
+    assert main(["train", "--resume", str(tmp_path / "run"), "--epochs", "1", "--no-progress"]) == 2
+    assert "it has trained 2 epochs already; give at least that many" in capsys.readouterr().err
+    assert main(["train", "--resume", str(tmp_path / "cosine"), "--epochs", "3", "--no-progress"]) == 2
+    assert "its cosine learning-rate schedule is laid out over 2 epochs" in capsys.readouterr().err
+    (tmp_path / "run" / "model.state.pt").unlink()
+    assert main(["train", "--resume", str(tmp_path / "run"), "--epochs", "3", "--no-progress"]) == 2
+    assert "its training state model.state.pt is missing (deleted?)" in capsys.readouterr().err
+    assert (tmp_path / "run" / "model.pt").read_bytes() == before
+
+
+def test_a_full_disk_while_saving_is_an_os_error_naming_the_file(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """torch's zip writer reports a failed write as a RuntimeError (a traceback and exit 70 for a full disk): it
+    reaches the command as the OSError it is (one line naming the file), and no temporary file is left."""
+    from skipganomaly.files import save_torch_atomic
+
+    def full(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64 vs 0")
+
+    monkeypatch.setattr(torch, "save", full)
+    with pytest.raises(OSError, match="could not write it .*is the disk full") as raised:
+        save_torch_atomic(tmp_path / "model.pt", {"x": 1})
+    assert raised.value.filename == str(tmp_path / "model.pt") and list(tmp_path.iterdir()) == []
+
+
 def test_truncated_or_foreign_state_is_a_one_line_error(tmp_path: Path) -> None:
     images = torch.from_numpy(blob_images(24, channels=1)).permute(0, 3, 1, 2).contiguous()
     state = tmp_path / "s.pt"
