@@ -541,10 +541,17 @@ def test_no_cell_starts_after_the_time_limit_and_a_rerun_continues(tmp_path: Pat
     assert started == ["knn__ship__seed0__honest"] and [r["model"] for r in outcome.results] == ["knn"]
     assert outcome.unfinished == ["knn__cat__seed0__honest", "pca__ship__seed0__honest", "pca__cat__seed0__honest"]
     assert not outcome.failures
+    # the next call knows from the saved cell how long a cell takes (say 40 s): after its first cell (30 s of its 65),
+    # no other starts, where 30 s of this call alone would start one it can only stop unsaved
+    [saved] = (tmp_path / "cells").glob("knn__ship__*.json")
+    saved.write_text(json.dumps({**json.loads(saved.read_text()), "train_seconds": 40.0}))
+    clock["now"], started[:] = 0.0, []
+    run_sweep(lambda: data, config, tmp_path, deadline=65.0)
+    assert started == ["knn__cat__seed0__honest"]
     monkeypatch.setattr(benchmark, "_run_and_write", real_run)
     again = run_sweep(lambda: data, config, tmp_path, deadline=1e9)  # the same call, later: the rest runs
     assert len(again.results) == 4 and not again.unfinished
-    assert again.results[0]["train_seconds"] == outcome.results[0]["train_seconds"]  # knn/ship reused, not rerun
+    assert again.results[0]["train_seconds"] == 40.0  # knn/ship reused, not rerun
 
 
 def test_a_running_cell_stops_at_an_epoch_end_past_the_time_limit(tmp_path: Path,

@@ -179,7 +179,9 @@ def test_resume_refuses_a_changed_setting_that_must_stay(tmp_path: Path, capsys:
     assert "with other --lr:" in err and "only --compile, --device, --epochs, --no-progress may be given anew" in err
     assert main(["train", "--resume", str(run), "--model-arg", "nz=4"]) == 2
     assert "with other --model-arg:" in capsys.readouterr().err
-    assert main(["train", "--resume", str(run), "--lr", "0.0002", "--device", "cpu", "--epochs", "2"]) == 0  # same lr
+    # the same values as saved, as the original command plus --resume gives them: no change, so no refusal
+    assert main(["train", "--resume", str(run), "--lr", "0.0002", "--model-arg", "nz=8", "--device", "cpu",
+                 "--epochs", "2"]) == 0
 
 
 def _flags(command: str) -> dict[str, str]:

@@ -66,7 +66,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return err.exit_code
     except OSError as err:  # a path that cannot be written or read, a full disk: the machine's, not a bug
-        print(f"error: {err.strerror or err}" + (f": {err.filename}" if err.filename else ""), file=sys.stderr)
+        hint = _how_to_continue(args)  # what a long command kept, and how to continue once space is freed
+        print(f"error: {err.strerror or err}" + (f": {err.filename}" if err.filename else "")
+              + (f"; {hint}" if hint else ""), file=sys.stderr)
         return SkipGanomalyError.exit_code
     except (MemoryError, RuntimeError) as err:  # torch.OutOfMemoryError is a RuntimeError
         if not _out_of_memory(err):
@@ -367,7 +369,7 @@ def _check_reports_threshold(val_fraction: float) -> None:
 
 def _resumed(args: argparse.Namespace) -> DetectorSettings:
     """The interrupted run's settings, and its --data, --test and --tensorboard unless given anew."""
-    settings, fields_ = resumed_settings(RunDirectory(args.resume), _given(args), bool(args.model_arg))
+    settings, fields_ = resumed_settings(RunDirectory(args.resume), _given(args), args.model_arg or ())
     for key in ("data", "test"):
         if getattr(args, key) is None and fields_.get(key) is not None:
             saved = Path(fields_[key])

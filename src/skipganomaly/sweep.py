@@ -357,8 +357,12 @@ def run_sweep(load: Callable[[], LabelledImages], config: SweepConfig, out: Path
 
     bar.set_postfix_str(f"{cells_done}/{len(plan)} cells")
     unfinished: list[str] = []
+    # how long a cell takes, before one of this call has finished: the longest training of the saved cells, so a
+    # call with a time limit does not start cells it can only stop unsaved (with --workers, in every slot at once)
+    known = max((float(r.get("train_seconds") or 0.0) for cell in plan
+                 if (r := _finished(cells_dir, cell, config)) is not None), default=0.0)
     if workers == 1:
-        longest = 0.0
+        longest = known
         with _each_warning_once():
             for cell in todo:
                 if deadline is not None and cell != todo[0] and _now() + longest > deadline:
@@ -373,12 +377,13 @@ def run_sweep(load: Callable[[], LabelledImages], config: SweepConfig, out: Path
                     unfinished.append(cell_key(*cell))
                 except SkipGanomalyError as err:
                     failures.append((cell_key(*cell), str(err)))
-                longest = max(longest, _now() - start)
+                took = _now() - start
+                longest = max(longest, took)
                 if first:
-                    _say_if_past(deadline, longest)
+                    _say_if_past(deadline, took)
                 advance(cell)
     else:
-        failures, unfinished = _run_in_processes(load, todo, config, cells_dir, workers, advance, deadline)
+        failures, unfinished = _run_in_processes(load, todo, config, cells_dir, workers, advance, deadline, known)
     bar.close()
     return SweepOutcome(saved_outcome(config, out).results, failures, unfinished)
 
@@ -482,7 +487,7 @@ def _cell_process(load: Callable[[], LabelledImages], cell: tuple[str, str, int,
 
 def _run_in_processes(load: Callable[[], LabelledImages], todo: list[tuple[str, str, int, str]], config: SweepConfig,
                       cells_dir: Path, workers: int, done: Callable[[tuple[str, str, int, str]], object],
-                      deadline: float | None = None
+                      deadline: float | None = None, known: float = 0.0
                       ) -> tuple[list[tuple[str, str]], list[str]]:
     """One spawned process per cell, `workers` at a time; the CPU threads are shared out between them.
     Returns the failures and the cells left for the time limit (see `run_sweep`)."""
@@ -494,7 +499,7 @@ def _run_in_processes(load: Callable[[], LabelledImages], todo: list[tuple[str, 
     running: dict[Any, tuple[tuple[str, str, int, str], int, float]] = {}
     failures: list[tuple[str, str]] = []
     unfinished: list[str] = []
-    longest = 0.0
+    longest = known  # the longest cell so far: of the saved ones, then of this call's
     with sigterm_as_interrupt():
         try:
             while pending or running:

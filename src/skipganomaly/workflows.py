@@ -29,6 +29,7 @@ from .evaluation.plots import save_overlays
 from .evaluation.report import build_run_report, read_scores, write_evaluation, write_scores
 from .evaluation.tables import per_class_table
 from .files import few_names, file_digest, readable_name, write_text_atomic
+from .options import parse_model_args
 from .run_directory import EpochLog, RunDirectory, SweepDirectory, read_history, write_json
 from .provenance import environment
 from .training.distributed import init_from_environment, is_main_process, world
@@ -266,12 +267,15 @@ def _check_maps_folder(save_maps: Path, inputs: Sequence[Path]) -> None:
                           "score the maps; put them elsewhere")
 
 
-def resumed_settings(run: RunDirectory, given: dict[str, Any], model_options_given: bool = False
+_UNSET = object()  # an option the saved settings do not name
+
+
+def resumed_settings(run: RunDirectory, given: dict[str, Any], model_args: Sequence[str] = ()
                      ) -> tuple[DetectorSettings, dict[str, Any]]:
     """The settings to continue an interrupted run with: those in its config.yaml, with the `given` ones
     that only say where and how fast it runs (device, progress, compile) or how long (epochs); any other
-    given setting must repeat the saved value (a one-line ConfigError otherwise). Also the run's own fields
-    (data, test, tensorboard)."""
+    given setting, and any `--model-arg` (`model_args`), must repeat the saved value (a one-line ConfigError
+    otherwise). Also the run's own fields (data, test, tensorboard)."""
     try:
         saved, fields_ = run.read_config()
         settings = DetectorSettings.from_dict(saved, where=str(run.config))
@@ -285,7 +289,8 @@ def resumed_settings(run: RunDirectory, given: dict[str, Any], model_options_giv
                           f"schedule is laid out over {settings.training.epochs} epochs, so the result would not "
                           f"be a {given['epochs']}-epoch run's; start a new run with --epochs {given['epochs']}")
     fixed = sorted(k for k, v in given.items() if k not in may_change and current.get(k) != v)
-    if fixed or model_options_given:
+    options = parse_model_args(model_args, [settings.model])[settings.model]
+    if fixed or any(settings.model_options.get(k, _UNSET) != v for k, v in options.items()):
         flags = {f.name: f.metadata["flag"] for f in setting_fields()}
         changeable = sorted(flags[k] for k in may_change if flags.get(k))  # as the user types them
         named = ", ".join(flags.get(k) or k for k in fixed) or "--model-arg"
