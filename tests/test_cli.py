@@ -468,6 +468,8 @@ def test_errors_are_one_line(tmp_path: Path, trained_run: tuple[Path, Path], cap
         ["train", "--data", str(run), "--val-fraction", "0", "--no-progress", *out],
         ["train", "--data", str(run), "--val-fraction", "1.5", "--no-progress", *out],
         ["benchmark", "--data", str(tmp_path / "empty"), "--data-dir", str(tmp_path), *out],  # which one?
+        ["train", "--resume", str(run), *out],  # continued elsewhere? no: said, not ignored
+        ["train", "--resume", str(run), "--overwrite"],
     ]
     for args in cases:
         code = main(list(args))
@@ -480,6 +482,8 @@ def test_errors_are_one_line(tmp_path: Path, trained_run: tuple[Path, Path], cap
             assert "must be above 0 and below 1" in err, err
         if "--data-dir" in args:
             assert "give one (--data-dir is where CIFAR-10 is" in err, err
+        if "--resume" in args:
+            assert "continues that run in its own folder" in err or "give one of them" in err, err
 
 
 @pytest.mark.parametrize("args", [["bench-speed", "--threads", "0"], ["bench-speed", "--repeats", "x"],

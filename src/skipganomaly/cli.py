@@ -106,7 +106,7 @@ def _how_to_continue(args: argparse.Namespace) -> str | None:
         run = args.resume or args.out
         if RunDirectory(run).state.exists():
             return f"the last complete epoch is kept; continue with: {program()} train --resume {shlex.quote(str(run))}"
-        return "no epoch was complete, so there is nothing to resume"
+        return "no epoch was complete, so there is nothing to resume: run the same command again"
     if args.command == "benchmark":
         return f"finished cells are kept in {args.out}; the same command runs only the missing ones"
     if args.command == "predict":
@@ -384,6 +384,11 @@ def _resumed(args: argparse.Namespace) -> DetectorSettings:
 
 def cmd_train(args: argparse.Namespace) -> int:
     if args.resume is not None:
+        if args.out is not None and Path(args.out).resolve() != Path(args.resume).resolve():
+            raise ConfigError(f"--resume {args.resume} continues that run in its own folder; --out {args.out} is "
+                              "another (copy the run there first to continue it there)")
+        if args.overwrite:
+            raise ConfigError("--overwrite starts a run afresh, --resume continues one: give one of them")
         settings = _resumed(args)
         args.out = args.resume
     elif args.data is None:

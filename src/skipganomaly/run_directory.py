@@ -116,7 +116,9 @@ class RunDirectory:
         try:
             saved = yaml.safe_load(self.config.read_text())
         except yaml.YAMLError as err:
-            raise ConfigError(f"{self.config} is not valid YAML ({err})") from None
+            where = getattr(err, "problem_mark", None)  # PyYAML's message spans lines: the problem and its place
+            raise ConfigError(f"{self.config} is not valid YAML ({getattr(err, 'problem', None) or 'unreadable'}"
+                              + (f", line {where.line + 1}" if where is not None else "") + ")") from None
         if not isinstance(saved, dict):
             raise ConfigError(f"{self.config} is not a run configuration")
         if saved.get("format") == CONFIG_FORMAT:
