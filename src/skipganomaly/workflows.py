@@ -149,6 +149,7 @@ def predict_files(checkpoint: Path, inputs: Sequence[Path], out: Path, save_maps
     # command refuse it as not empty).
     partial = None if save_maps is None else save_maps.parent / f".{save_maps.name}.partial"
     csv_tmp = out.parent / f".{out.name}.tmp"
+    scale: float | None = None
     try:
         maps = None
         if save_maps is not None and partial is not None and kept:
@@ -185,9 +186,12 @@ def predict_files(checkpoint: Path, inputs: Sequence[Path], out: Path, save_maps
         csv_tmp.unlink(missing_ok=True)
     unread = [path for path in map(str, paths) if path not in row_of] + list(map(str, unlisted))
     given = "" if threshold is None else f" above the given threshold {threshold:g}"
-    colours = "" if not maps else f" (full colour: map values above {scale:.4g}, the peak {1 - det.settings.contamination:.0%} " \
-        "of the run's held-out normal images stay under)" if scale is not None else " (colour scale: this call's " \
-        "largest map value; the run's held-out images, which fix it across calls, were not found)"
+    share = f"{1 - det.settings.contamination:.0%}"
+    colours = "" if not maps else (
+        f" (full colour: map values above {scale:.4g}, the peak {share} of the run's held-out normal images stay "
+        "under)" if scale is not None else
+        " (colour scale: this call's largest map value; the run's held-out images, which fix it across calls, were "
+        "not found)")
     print(f"wrote {len(kept)} score{'s' if len(kept) != 1 else ''} to {out} ({int(labels.sum())} flagged{given})"
           + (f"; anomaly-map overlays in {save_maps}{colours}" if maps else
              "; no maps: no file could be read" if save_maps else "")
