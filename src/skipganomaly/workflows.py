@@ -303,6 +303,29 @@ def resumed_settings(run: RunDirectory, given: dict[str, Any], model_args: Seque
     return settings.replace(**{k: v for k, v in given.items() if k in may_change}), fields_
 
 
+def _earlier_environments(run: RunDirectory) -> list[dict[str, Any]]:
+    """The environments of the calls that trained a run before this resume (command, commit, threads, machine):
+    a resumed run's provenance keeps every call, not only the last one."""
+    try:
+        fields_ = run.read_config()[1]
+    except ConfigError:
+        return []
+    earlier = [e for e in fields_.get("earlier_environments") or [] if isinstance(e, dict)]
+    last = fields_.get("environment")
+    return earlier + ([last] if isinstance(last, dict) else [])
+
+
+def _say_if_resumed_otherwise(before: dict[str, Any], now: dict[str, Any]) -> None:
+    """A resume on other threads, another commit or another machine continues, but its floating-point rounding
+    differs from an uninterrupted run's (a GAN amplifies it): said, so the record is not read as bit-identical."""
+    differ = [f"{key} {before.get(key)} then, {now.get(key)} now" for key in ("git_commit", "threads", "cpu", "gpu",
+                                                                               "torch")
+              if before.get(key) != now.get(key)]
+    if differ:
+        log.warning("resuming with %s: the epochs from here round differently than an uninterrupted run's would "
+                    "(config.yaml keeps every call's environment)", "; ".join(differ))
+
+
 def train_run(settings: DetectorSettings, data: Path, test: Path | None, run: RunDirectory, resume: bool = False,
               tensorboard: bool = False, overwrite: bool = False) -> Detector:
     """Train on the normal images of `data` into `run` (config.yaml, model.pt after every epoch,
@@ -343,10 +366,14 @@ def _train_run(settings: DetectorSettings, data: Path, test: Path | None, run: R
     if overwrite:  # only now: a refused training folder or a bad test folder leaves the old run as it was
         run.clear()
     run.root.mkdir(parents=True, exist_ok=True)
+    env, earlier = environment(), _earlier_environments(run) if done else []
     run.write_config(settings.as_dict(), command="train", data=data.resolve(),
                      test=None if test is None else test.resolve(), tensorboard=tensorboard,
                      train_images=len(kept), processes=world()[1],
-                     environment=environment())  # of this call (a resumed run's: of the resuming call)
+                     environment=env,  # of this call; a resumed run's earlier calls' are kept below
+                     **({"earlier_environments": earlier} if earlier else {}))
+    if earlier:
+        _say_if_resumed_otherwise(earlier[-1], env)
     log_epoch = EpochLog(run, tensorboard=tensorboard, done=done)
     print(f"training {settings.model} on {len(kept)} images from {folder}; run directory {run.root}"
           + (f"; resuming after epoch {len(done)}" if done else ""))

@@ -165,7 +165,8 @@ def test_cli_resume_from_another_folder_reads_the_saved_data_and_refuses_other_d
     assert len(Detector.load(tmp_path / "run" / "model.pt").history_) == 2
 
 
-def test_a_resume_that_would_not_continue_the_run_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_resume_that_would_not_continue_the_run_is_refused(tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
     """Three resumes whose result would silently not be the run's: fewer --epochs than it trained (nothing trained,
     the record saying 1 epoch of a 2-epoch model), a state file deleted (training again from epoch 1 over the run),
     and more epochs of a cosine schedule (laid out over the first --epochs: the epochs trained would differ). Each
@@ -188,6 +189,33 @@ def test_a_resume_that_would_not_continue_the_run_is_refused(tmp_path: Path, cap
     assert main(["train", "--resume", str(tmp_path / "run"), "--epochs", "3", "--no-progress"]) == 2
     assert "its training state model.state.pt is missing (deleted?)" in capsys.readouterr().err
     assert (tmp_path / "run" / "model.pt").read_bytes() == before
+
+
+def test_a_resumed_run_keeps_every_calls_environment(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """config.yaml keeps the first call's environment (command, commit, threads) beside the resuming call's, and a
+    resume on other threads says its rounding differs from an uninterrupted run's."""
+    import logging
+
+    import yaml
+
+    from skipganomaly.cli import main
+
+    write_images(tmp_path / "train", blob_images(24))
+    small = ["--model", "rotation", "--model-arg", "widths=[8,16,32]", "--batch-size", "8", "--no-progress",
+             "--device", "cpu"]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(threads + 1)
+    try:
+        assert main(["train", "--data", str(tmp_path / "train"), "--out", str(tmp_path / "run"), "--epochs", "1",
+                     *small]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    with caplog.at_level(logging.WARNING, logger="skipganomaly"):
+        assert main(["train", "--resume", str(tmp_path / "run"), "--epochs", "2", "--no-progress"]) == 0
+    assert f"resuming with threads {threads + 1} then, {threads} now" in caplog.text
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    [first] = saved["earlier_environments"]
+    assert first["threads"] == threads + 1 and saved["environment"]["threads"] == threads
 
 
 def test_a_full_disk_while_saving_is_an_os_error_naming_the_file(tmp_path: Path,
