@@ -26,7 +26,8 @@ import torch
 
 from ..errors import PACKAGE_LOGGER, DataError
 from ..files import few_names, file_digest, load_torch_checked, save_torch_atomic
-from .images import check_unit_floats, is_image_name, list_image_files, narrowest_bit_depth, read_image_files, resize_uint8
+from .images import (check_unit_floats, is_image_name, list_image_files, narrowest_bit_depth, read_image_files,
+                     resize_uint8)
 
 log = logging.getLogger(PACKAGE_LOGGER)
 
@@ -363,7 +364,7 @@ def load_class_folders(root: str | os.PathLike[str], image_size: int = 32, in_ch
                             f"(it has {', '.join(classes['train']) or 'none'}; names must match exactly): a class "
                             "seen only at test time cannot be left out of training")
     _check_names(names, str(root))
-    for base in {root, *bases.values()}:
+    for base in dict.fromkeys([root, *bases.values()]):  # each folder once, in a fixed order
         loose = sorted(p for p in base.iterdir() if is_image_name(p.name) and p.is_file())
         if loose:  # e.g. images copied next to the class folders instead of into one
             log.warning("%s: %d image file%s directly in the folder (%s) %s not read: only the class subfolders "
