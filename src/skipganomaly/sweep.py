@@ -337,7 +337,8 @@ def run_sweep(load: Callable[[], LabelledImages], config: SweepConfig, out: Path
     cells_dir = SweepDirectory(out).cells
     cells_dir.mkdir(parents=True, exist_ok=True)
     plan = _plan(config)
-    todo = [cell for cell in plan if _finished(cells_dir, cell, config) is None]
+    saved = {cell: _finished(cells_dir, cell, config) for cell in plan}  # each cell file read once
+    todo = [cell for cell in plan if saved[cell] is None]
     for cell in todo:
         _say_if_saved_with_other_settings(cells_dir, cell, config)
     failures: list[tuple[str, str]] = []
@@ -359,8 +360,7 @@ def run_sweep(load: Callable[[], LabelledImages], config: SweepConfig, out: Path
     unfinished: list[str] = []
     # how long a cell takes, before one of this call has finished: the longest training of the saved cells, so a
     # call with a time limit does not start cells it can only stop unsaved (with --workers, in every slot at once)
-    known = max((float(r.get("train_seconds") or 0.0) for cell in plan
-                 if (r := _finished(cells_dir, cell, config)) is not None), default=0.0)
+    known = max((float(r.get("train_seconds") or 0.0) for r in saved.values() if r is not None), default=0.0)
     if workers == 1:
         longest = known
         with _each_warning_once():

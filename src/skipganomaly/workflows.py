@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import hashlib
 import io
 import json
 import logging
@@ -21,7 +20,7 @@ import torch
 
 from .data.digits import digits_leave_one_out
 from .data.folders import PixelTruth, label_folders, load_labelled_folder, load_masks, training_files
-from .data.images import list_image_files, load_image_files, read_image_files
+from .data.images import list_image_files, load_image_files, pixel_digest, read_image_files
 from .detector import Detector, DetectorSettings, setting_fields
 from .errors import PACKAGE_LOGGER, CheckpointError, ConfigError, DataError, warnings_said
 from .evaluation.metrics import evaluate_scores, metrics_per_folder, pixel_metrics, quantile_threshold
@@ -451,11 +450,8 @@ def _warn_shared_images(train_images: torch.Tensor, test_images: torch.Tensor, l
                         names: Sequence[str]) -> None:
     """Warn when test images are training images too (the same pixels at the model's size: the same files, or
     copies): their scores are those of images the model has learnt, so the test's metrics are optimistic."""
-    def digest(image: torch.Tensor) -> bytes:
-        return hashlib.blake2b(image.numpy().tobytes(), digest_size=16).digest()
-
-    seen = {digest(image) for image in train_images}
-    shared = [i for i, image in enumerate(test_images) if digest(image) in seen]
+    seen = {pixel_digest(image) for image in train_images}
+    shared = [i for i, image in enumerate(test_images) if pixel_digest(image) in seen]
     if shared:
         normal = int((labels[shared] == 0).sum())
         log.warning("%d of the %d test images (%d normal, %d abnormal) are also training images, the same pixels: the "

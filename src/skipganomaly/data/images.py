@@ -7,6 +7,7 @@ pixel and no per-sample Python work happens in the training loop.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import math
 import os
@@ -208,6 +209,12 @@ def check_unit_floats(values: np.ndarray | torch.Tensor, what: str, fix: str) ->
     found = (f"got {lo:.4g} to {hi:.4g}{'' if all_finite else ' and NaN or infinite values'}" if not math.isnan(lo)
              else "got only NaN or infinite values")
     raise DataError(f"{what} must lie in [0, 1] (floats are read as 0..1 for every image), {found}; {fix}")
+
+
+def pixel_digest(image: torch.Tensor | np.ndarray) -> bytes:
+    """A 16-byte hash of an image's pixels as read: what tells a copy of an image (another file, the same pixels)."""
+    data = image.numpy() if isinstance(image, torch.Tensor) else image
+    return hashlib.blake2b(np.ascontiguousarray(data).tobytes(), digest_size=16).digest()
 
 
 def wide_to_bytes(values: np.ndarray, depth: int) -> np.ndarray:

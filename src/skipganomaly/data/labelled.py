@@ -26,8 +26,8 @@ import torch
 
 from ..errors import PACKAGE_LOGGER, DataError
 from ..files import few_names, file_digest, load_torch_checked, save_torch_atomic
-from .images import (check_unit_floats, is_image_name, list_image_files, narrowest_bit_depth, read_image_files,
-                     resize_uint8)
+from .images import (check_unit_floats, is_image_name, list_image_files, narrowest_bit_depth, pixel_digest,
+                     read_image_files, resize_uint8)
 
 log = logging.getLogger(PACKAGE_LOGGER)
 
@@ -180,8 +180,8 @@ def warn_copies(images: torch.Tensor, names: Sequence[str], what: str) -> int:
     are label noise. Hashing costs under a second for 60,000 small images."""
     first: dict[bytes, str] = {}
     copies: list[str] = []
-    for image, name in zip(images.contiguous().numpy(), names, strict=True):
-        key = hashlib.blake2b(image.tobytes(), digest_size=16).digest()
+    for image, name in zip(images, names, strict=True):
+        key = pixel_digest(image)
         if key in first:
             copies.append(f"{name} = {first[key]}")
         else:
