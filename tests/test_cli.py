@@ -581,6 +581,54 @@ def test_a_second_demo_into_the_same_folder_replaces_the_first_with_a_word(tmp_p
     assert (out / "digits-mine" / "model.pt").exists()
 
 
+def test_an_interrupted_demo_continues_where_it_stopped_and_ends_as_an_uninterrupted_one(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+        caplog: pytest.LogCaptureFixture) -> None:
+    from skipganomaly.interrupts import INTERRUPTED_EXIT
+    from skipganomaly.run_directory import EpochLog
+    demo = ["demo", "--digits", "0,3", "--epochs", "2", "--max-train", "60", *SMALL_DEFAULT]
+    assert main([*demo, "--out", str(tmp_path / "whole")]) == 0
+    whole = json.loads((tmp_path / "whole" / "results.json").read_text())
+
+    out = tmp_path / "demo"
+    calls = []
+    log_epoch = EpochLog.__call__
+
+    def stop_in_digit_3(self: EpochLog, record: object) -> None:  # Ctrl-C after digit 3's first epoch
+        log_epoch(self, record)
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(EpochLog, "__call__", stop_in_digit_3)
+    assert main([*demo, "--out", str(out)]) == INTERRUPTED_EXIT
+    assert "the same command continues from there" in capsys.readouterr().err
+    monkeypatch.setattr(EpochLog, "__call__", log_epoch)
+    digit0 = (out / "digit0" / "model.pt").stat().st_mtime_ns
+
+    assert main([*demo, "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "digit 0 finished and kept" in printed and f"continuing {out / 'digit3'} after epoch 1" in printed
+    assert "over 2 calls" in (out / "table.md").read_text()
+    assert (out / "digit0" / "model.pt").stat().st_mtime_ns == digit0  # not trained again
+    assert [r["epoch"] for r in map(json.loads, (out / "digit3" / "metrics.jsonl").read_text().splitlines())] == [1, 2]
+    continued = json.loads((out / "results.json").read_text())
+    for key in ("digit 0", "digit 3", "baselines"):  # the resumed digit trained on exactly as without the stop
+        assert continued[key] == whole[key]
+    assert len(continued["earlier_environments"]) == 1
+
+    # other settings: the unfinished demo is not continued but replaced, with a word
+    monkeypatch.setattr(EpochLog, "__call__", stop_in_digit_3)
+    calls.clear()
+    assert main([*demo, "--out", str(out), "--seed", "1"]) == INTERRUPTED_EXIT
+    monkeypatch.setattr(EpochLog, "__call__", log_epoch)
+    with caplog.at_level(logging.WARNING, logger="skipganomaly"):
+        assert main([*demo, "--out", str(out)]) == 0
+    assert "holds an earlier demo, unfinished, of other settings, digits or code (digit0, digit3)" in caplog.text
+    assert "continuing" not in capsys.readouterr().out
+    assert json.loads((out / "results.json").read_text())["digit 3"] == whole["digit 3"]
+
+
 # GANomaly's score compares two latent codes, not pixels: after one epoch on 40 images it does not yet
 # rank noise above the smooth normals (AUROC 0.19-0.5 measured), so for it only finiteness is checked.
 # The rotation models' default scores compare feature maps with the training normals' (`map`), which

@@ -109,6 +109,9 @@ def _how_to_continue(args: argparse.Namespace) -> str | None:
         return "no epoch was complete, so there is nothing to resume: run the same command again"
     if args.command == "benchmark":
         return f"finished cells are kept in {args.out}; the same command runs only the missing ones"
+    if args.command == "demo":
+        return (f"finished digits are kept in {args.out}, and the interrupted digit's last complete epoch; the same "
+                "command continues from there")
     if args.command == "predict":
         return f"nothing was written ({args.out} and the maps are written whole at the end); run the same command again"
     return None

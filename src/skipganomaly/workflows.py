@@ -474,26 +474,72 @@ def _write_calibration(det: Detector, names: Sequence[str], run: RunDirectory) -
           f"rank {int((det.val_scores_ <= det.threshold_).sum())} of {len(held_out)} (all in {run.calibration})")
 
 
-def _replace_earlier_demo(out: Path) -> None:
-    """A demo writes its table over an earlier one's in `out`: the earlier digits' runs go too, with a word, so
-    no folder of the first call's is left beside a table that no longer lists it."""
-    if not SweepDirectory(out).results_json.exists():
-        return
+DEMO_VERSION_FIELDS = ("git_commit", "skipganomaly", "torch")  # an unfinished demo continues only on the same code
+
+
+def _demo_identity(settings: dict[str, Any], digits: Any, baselines: Any, max_train: Any,
+                   env: dict[str, Any]) -> dict[str, Any]:
+    """What a demo's numbers depend on: its settings (not how it runs: device, progress bars), digits, baselines,
+    size cap and code. An interrupted demo continues only under the same identity, so one table never mixes two."""
+    free = set(TrainConfig.names(on_resume="free"))
+    return {"settings": {k: v for k, v in settings.items() if k not in free}, "digits": digits,
+            "baselines": list(baselines), "max_train": max_train, **{k: env.get(k) for k in DEMO_VERSION_FIELDS}}
+
+
+def _saved_identity(saved: dict[str, Any]) -> dict[str, Any]:
+    env, settings = saved.get("environment"), saved.get("settings")
+    return _demo_identity(settings if isinstance(settings, dict) else {}, saved.get("digits"),
+                          saved.get("baselines") or {}, saved.get("max_train"), env if isinstance(env, dict) else {})
+
+
+def _earlier_demo(out: Path, identity: dict[str, Any]) -> dict[str, Any] | None:
+    """An interrupted demo in `out` of the same identity: its results.json, whose finished digits are kept (the
+    same command continues it). Any other demo there is replaced, with a word: its digits' runs go too, so no
+    folder of the first call's is left beside a table that no longer lists it. Not a demo's: refused."""
+    folder = SweepDirectory(out)
+    if not folder.results_json.exists():
+        return None
     try:
-        saved = json.loads(SweepDirectory(out).results_json.read_text())
+        saved = json.loads(folder.results_json.read_text())
     except (OSError, ValueError):
         saved = None
-    if not isinstance(saved, dict) or "cells" in saved or not any(str(k).startswith("digit ") for k in saved):
+    if not isinstance(saved, dict) or "cells" in saved or not ("digits" in saved or any(str(k).startswith("digit ")
+                                                                                        for k in saved)):
         raise ConfigError(f"{out} holds a results.json that is not a demo's (a benchmark's?): give the demo another "
                           "--out")
+    if not folder.table.exists() and _saved_identity(saved) == identity:
+        return saved
+    finished = "" if folder.table.exists() else ", unfinished, of other settings, digits or code"
     earlier = sorted(p for p in out.glob("digit?") if p.is_dir() and p.name[-1].isdigit() and RunDirectory(p).holds_run)
-    log.warning("%s holds an earlier demo (%s): replaced by this one", out, ", ".join(p.name for p in earlier) or "table")
-    for folder in earlier:
-        RunDirectory(folder).clear()
+    log.warning("%s holds an earlier demo%s (%s): replaced by this one", out, finished,
+                ", ".join(p.name for p in earlier) or "table")
+    for run_folder in earlier:
+        RunDirectory(run_folder).clear()
         with contextlib.suppress(OSError):
-            folder.rmdir()  # empty unless the user put files there
-    for path in (SweepDirectory(out).results_json, SweepDirectory(out).table):
+            run_folder.rmdir()  # empty unless the user put files there
+    for path in (folder.results_json, folder.table):
         path.unlink(missing_ok=True)
+    return None
+
+
+def _fit_demo_digit(settings: DetectorSettings, images: torch.Tensor, run: RunDirectory,
+                    may_continue: bool) -> Detector:
+    """Train one digit's detector into `run`, from the start, or (`may_continue`: the demo continues an interrupted
+    one of the same identity) from the last complete epoch of the training state it left there (same training
+    settings and images: checked again)."""
+    done: list[dict[str, Any]] = []
+    if may_continue and run.state.exists():
+        try:
+            done = load_train_state(run.state, settings.training, data_fingerprint(images))["history"]
+        except (ConfigError, CheckpointError) as err:
+            log.warning("%s cannot be continued (%s): this digit trains again from the start", run.root, err)
+    if not done:
+        run.clear()
+    elif len(done) < settings.training.epochs:
+        print(f"continuing {run.root} after epoch {len(done)}")
+    log_epoch = EpochLog(run, done=done)
+    return Detector.from_settings(settings).fit(images, checkpoint_path=run.checkpoint, on_epoch_end=log_epoch,
+                                                resume=bool(done))
 
 
 def run_demo(settings: DetectorSettings, digits: Sequence[int], out: Path, baselines: Sequence[str] = (),
@@ -501,23 +547,41 @@ def run_demo(settings: DetectorSettings, digits: Sequence[int], out: Path, basel
     """Leave-one-digit-out on scikit-learn's digits: for each digit, train on the other nine (a run
     directory per digit), test on held-out normals plus that digit; beside the model, the `baselines`
     on the same split, seed and validation share. Prints and writes the per-digit table (table.md,
-    results.json); returns False when an AUROC could not be computed."""
+    results.json); returns False when an AUROC could not be computed. Run again after an interruption, with the
+    same settings, it keeps the finished digits and continues the interrupted one from its last complete epoch."""
     baselines = [b for b in baselines if b != settings.model]
-    results: dict[str, dict[str, float]] = {}
-    baseline_auroc: dict[str, dict[str, float]] = {b: {} for b in baselines}
+    env = environment()
+    earlier = _earlier_demo(out, _demo_identity(settings.as_dict(), list(digits), baselines, max_train, env))
+    kept = [d for d in digits if earlier is not None and f"digit {d}" in earlier]
+    results: dict[str, dict[str, float]] = {f"digit {d}": earlier[f"digit {d}"] for d in kept} if earlier else {}
+    baseline_auroc: dict[str, dict[str, float]] = {
+        b: {f"digit {d}": earlier["baselines"][b][f"digit {d}"] for d in kept} if earlier else {} for b in baselines}
     seed, start = settings.training.seed, time.perf_counter()
-    _replace_earlier_demo(out)
-    made_by = {"environment": environment(), "settings": settings.as_dict(), "max_train": max_train}
+    calls = ([*(earlier.get("earlier_environments") or []), earlier.get("environment")] if earlier else [])
+    made_by = {"environment": env, **({"earlier_environments": calls} if calls else {}),
+               "settings": settings.as_dict(), "digits": list(digits), "max_train": max_train}
+    if earlier is not None:
+        print(f"continuing the interrupted demo in {out}: "
+              + (f"digit{'s' if len(kept) > 1 else ''} {', '.join(map(str, kept))} finished and kept" if kept else
+                 "no digit had finished"))
+    seconds_before = float(earlier.get("seconds") or 0.0) if earlier else 0.0
+
+    def save() -> None:  # after every digit, and first of all: the identity an interrupted demo continues under
+        write_json(SweepDirectory(out).results_json, {**results, "baselines": baseline_auroc, **made_by,
+                                                      "seconds": seconds_before + time.perf_counter() - start})
+
+    out.mkdir(parents=True, exist_ok=True)
+    save()
     for digit in digits:
+        key = f"digit {digit}"
+        if key in results:
+            continue
         split = digits_leave_one_out(digit, settings.image_size, seed=seed, max_train=max_train)
         print(f"digit {digit} abnormal: {len(split.train)} training normals, {len(split.test)} test images")
         run = RunDirectory(out / f"digit{digit}")
-        log_epoch = EpochLog(run)
         with warnings_said() as said:
-            det = Detector.from_settings(settings).fit(split.train, checkpoint_path=run.checkpoint,
-                                                       on_epoch_end=log_epoch)
+            det = _fit_demo_digit(settings, split.train, run, may_continue=earlier is not None)
         scores, labels = det.decision_function(split.test), split.test_labels.numpy()
-        key = f"digit {digit}"
         results[key] = evaluate_scores(scores, labels, det.threshold_)
         names = [f"test{i:04d}" for i in range(len(labels))]
         write_evaluation(run.root, f"{settings.model}, digit {digit} abnormal", split.test, names, labels, scores,
@@ -528,14 +592,16 @@ def run_demo(settings: DetectorSettings, digits: Sequence[int], out: Path, basel
             base.fit(split.train)
             baseline_auroc[name][key] = evaluate_scores(base.decision_function(split.test), labels,
                                                         base.threshold_)["auroc"]
-        write_json(SweepDirectory(out).results_json, {**results, "baselines": baseline_auroc, **made_by})
+        save()
+    results = {f"digit {d}": results[f"digit {d}"] for d in digits}  # the table in the order asked
     columns = [f"{settings.model} auroc", "auprc", "f1", *(f"{b} auroc" for b in baselines)]
     rows = {k: dict(zip(columns, [r["auroc"], r["auprc"], r["f1"], *(baseline_auroc[b][k] for b in baselines)]))
             for k, r in results.items()}
     table = per_class_table(rows, columns)
-    seconds = time.perf_counter() - start
+    seconds = seconds_before + time.perf_counter() - start
     summary = (f"{settings.model}, leave-one-digit-out on scikit-learn digits, {settings.training.epochs} epochs, "
                f"seed {seed}, {'bf16 autocast' if settings.training.amp else 'float32'}, {seconds:.0f} s"
+               + (f" over {len(calls) + 1} calls (continued after an interruption)" if calls else "")
                + (f"; beside it, raw-pixel baselines on the same splits: {', '.join(baselines)}" if baselines else "")
                + f"\n\n{table}\n")
     write_text_atomic(SweepDirectory(out).table, summary)
