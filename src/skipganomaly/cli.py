@@ -19,6 +19,7 @@ from .data.images import is_image_name
 from .detector import (DEFAULT_MODEL, DetectorSettings, check_threshold_split, setting_defaults,
                        setting_fields)
 from .errors import BUG_EXIT, PACKAGE_LOGGER, PARTLY_FAILED_EXIT, ConfigError, SkipGanomalyError, warnings_said
+from .folder_lock import claim_folder
 from .interrupts import INTERRUPTED_EXIT, Terminated, sigterm_as_interrupt
 from .evaluation.report import build_report
 from .evaluation.tables import HONEST, PAPER
@@ -554,14 +555,15 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     check_sizes(data, config)
     title = CIFAR10_TITLE if isinstance(data, Cifar10) else data.name
     decoded = SweepDirectory(args.out).decoded
-    if args.data is not None and args.data.is_dir():
-        load = decode_once(data, decoded)
-    del data
-    try:
-        outcome = run_benchmark(load, config, args.out, title, workers=args.workers, time_limit=args.time_limit,
-                                data_warnings=data_warnings)
-    finally:
-        decoded.unlink(missing_ok=True)
+    with claim_folder(args.out):  # one benchmark at a time writes its cells and tables
+        if args.data is not None and args.data.is_dir():
+            load = decode_once(data, decoded)
+        del data
+        try:
+            outcome = run_benchmark(load, config, args.out, title, workers=args.workers, time_limit=args.time_limit,
+                                    data_warnings=data_warnings)
+        finally:
+            decoded.unlink(missing_ok=True)
     if outcome.failures:
         return PARTLY_FAILED_EXIT
     return DEADLINE_EXIT if outcome.unfinished else 0  # a script can tell "run again to continue" from "done"

@@ -54,9 +54,13 @@ def state_path(checkpoint: Path) -> Path:
 
 def next_free_run(base: Path, evaluations: bool = False) -> Path:
     """`base`, or the first of base2, base3, ... that holds no run (with `evaluations`: nor a `test`
-    command's evaluation): a default that never mixes or replaces earlier results."""
+    command's evaluation) and that no running command holds: a default that never mixes or replaces earlier
+    results, nor collides with a run that has not finished its first epoch yet."""
+    from .folder_lock import in_use
+
     candidate, n = base, 1
-    while RunDirectory(candidate).holds_run or (evaluations and RunDirectory(candidate).evaluation.exists()):
+    while RunDirectory(candidate).holds_run or (evaluations and RunDirectory(candidate).evaluation.exists()) \
+            or in_use(candidate):
         n += 1
         candidate = base.with_name(f"{base.name}{n}")
     return candidate

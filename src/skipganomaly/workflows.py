@@ -27,6 +27,7 @@ from .evaluation.metrics import evaluate_scores, metrics_per_folder, pixel_metri
 from .evaluation.plots import save_overlays
 from .evaluation.report import build_run_report, read_scores, write_evaluation, write_scores
 from .evaluation.tables import per_class_table
+from .folder_lock import claim_folder
 from .files import few_names, file_digest, readable_name, write_text_atomic
 from .options import parse_model_args
 from .run_directory import EpochLog, RunDirectory, SweepDirectory, read_history, write_json
@@ -60,7 +61,8 @@ def evaluate_folder(checkpoint: Path, data: Path, out: Path | None = None, repor
                     device: str = "auto", progress: bool = True) -> dict[str, Any]:
     """Score a labelled folder (normal/ + abnormal/) with a saved detector; print the metrics, write them
     to `out` (JSON) and, with `report_dir`, scores, figures and report.html there (with the warnings said)."""
-    with warnings_said() as said:
+    claim = claim_folder(report_dir) if report_dir is not None else contextlib.nullcontext()
+    with claim, warnings_said() as said:
         return _evaluate_folder(checkpoint, data, out, report_dir, device, progress, said)
 
 
@@ -330,14 +332,15 @@ def train_run(settings: DetectorSettings, data: Path, test: Path | None, run: Ru
     """Train on the normal images of `data` into `run` (config.yaml, model.pt after every epoch,
     metrics.jsonl, metrics.json, report); with `test` (normal/ + abnormal/), evaluate after training.
     `resume` continues from run/model.state.pt; `overwrite` removes the run's earlier files once the data are
-    read. Under torchrun, rank 0 alone writes the run directory. The warnings said go into the report."""
-    with warnings_said() as said:
+    read. Under torchrun, rank 0 alone writes the run directory, holding it for the run (`claim_folder`). The
+    warnings said go into the report."""
+    init_from_environment()  # a no-op unless started by torchrun with several processes
+    with claim_folder(run.root, enabled=is_main_process()), warnings_said() as said:
         return _train_run(settings, data, test, run, resume, tensorboard, overwrite, said)
 
 
 def _train_run(settings: DetectorSettings, data: Path, test: Path | None, run: RunDirectory, resume: bool,
                tensorboard: bool, overwrite: bool, said: Sequence[str]) -> Detector:
-    init_from_environment()  # a no-op unless started by torchrun with several processes
     progress = settings.training.progress
     det = Detector.from_settings(settings)
     folder, files = training_files(data)
@@ -548,7 +551,14 @@ def run_demo(settings: DetectorSettings, digits: Sequence[int], out: Path, basel
     directory per digit), test on held-out normals plus that digit; beside the model, the `baselines`
     on the same split, seed and validation share. Prints and writes the per-digit table (table.md,
     results.json); returns False when an AUROC could not be computed. Run again after an interruption, with the
-    same settings, it keeps the finished digits and continues the interrupted one from its last complete epoch."""
+    same settings, it keeps the finished digits and continues the interrupted one from its last complete epoch.
+    `out` is held for the demo (`claim_folder`)."""
+    with claim_folder(out):
+        return _run_demo(settings, digits, out, baselines, max_train)
+
+
+def _run_demo(settings: DetectorSettings, digits: Sequence[int], out: Path, baselines: Sequence[str],
+              max_train: int | None) -> bool:
     baselines = [b for b in baselines if b != settings.model]
     env = environment()
     earlier = _earlier_demo(out, _demo_identity(settings.as_dict(), list(digits), baselines, max_train, env))
