@@ -525,3 +525,105 @@ def test_inputs_a_table_or_a_mask_gives(caplog: pytest.LogCaptureFixture, tmp_pa
     det.save(tmp_path / "d.pt")
     assert Detector.load(tmp_path / "d.pt").get_params()["progress"] is False
     assert Detector.load(tmp_path / "d.pt", progress=True).get_params()["progress"] is True
+
+
+# --- a demanding notebook user's calls (an audit of the API) ----------------------------------------------------------
+ROTATION_SMALL: dict[str, object] = {"widths": [8, 16, 32], "epochs": 1, "batch_size": 8, "device": "cpu",
+                                     "progress": False}
+
+
+def test_a_fit_that_fails_before_its_first_epoch_leaves_the_detector_as_it_was() -> None:
+    from sklearn.exceptions import NotFittedError
+
+    images = smooth_images(40)
+    det = Detector(**ROTATION_SMALL).fit(images)
+    before, threshold = det.decision_function(images[:4]), det.threshold_
+    with pytest.raises(DataError, match="too few"):
+        det.fit(images[:3])  # refused before training: the fitted detector is kept, not a fresh untrained one
+    assert det.threshold_ == threshold and np.array_equal(det.decision_function(images[:4]), before)
+    fresh = Detector(**ROTATION_SMALL, compile="no-such-backend")
+    with pytest.raises(ConfigError, match="unknown torch.compile backend 'no-such-backend'"):
+        fresh.fit(images)
+    with pytest.raises(NotFittedError):  # not an untrained network that scores
+        fresh.decision_function(images[:2])
+
+
+def test_set_params_keeps_the_fitted_model_where_nothing_that_scores_changes(tmp_path: Path,
+                                                                             caplog: pytest.LogCaptureFixture) -> None:
+    images = smooth_images(40)
+    det = Detector(**{**ROTATION_SMALL, "widths": (8, 16, 32)}).fit(images)
+    det.save(tmp_path / "m.pt")
+    loaded = Detector.load(tmp_path / "m.pt")  # its widths read back as a list
+    knn = Detector("knn", progress=False).fit(images)
+    scoreless = Detector("knn", progress=False, val_fraction=0.0).fit(images)
+    with caplog.at_level("WARNING", logger="skipganomaly"):
+        loaded.set_params(widths=(8, 16, 32))
+        knn.set_params(k=5, epochs=3)  # its default k, and an epoch count it is not trained by
+        scoreless.set_params(contamination=0.2)  # no threshold to move
+    assert loaded.model_ is not None and knn.model_ is not None and scoreless.model_ is not None
+    assert "dropped" not in caplog.text
+    knn.set_params(k=3)
+    assert knn.model_ is None and "set_params changed k: the fitted model is dropped" in caplog.text
+
+
+def test_fit_into_a_folder_keeps_the_training_state_in_it_and_resume_needs_that_folder(tmp_path: Path) -> None:
+    folder = tmp_path / "run"
+    folder.mkdir()
+    images = smooth_images(40)
+    Detector(**ROTATION_SMALL).fit(images, checkpoint_path=folder)
+    assert sorted(os.listdir(folder)) == ["model.pt", "model.state.pt"] and os.listdir(tmp_path) == ["run"]
+    more = Detector(**{**ROTATION_SMALL, "epochs": 2}).fit(images, checkpoint_path=folder, resume=True)
+    assert [r["epoch"] for r in more.history_] == [1, 2]
+    with pytest.raises(ConfigError, match="resume=True continues from the training state saved beside checkpoint_path"):
+        Detector(**ROTATION_SMALL).fit(images, resume=True)
+
+
+def test_fit_and_maps_work_whatever_the_callers_torch_state() -> None:
+    images = smooth_images(40)
+    reference = Detector(**ROTATION_SMALL).fit(images).decision_function(images[:3])
+    with torch.no_grad():
+        assert np.allclose(Detector(**ROTATION_SMALL).fit(images).decision_function(images[:3]), reference)
+    with torch.inference_mode():
+        det = Detector(**ROTATION_SMALL).fit(torch.from_numpy(images))
+        assert det.anomaly_maps(images[:2]).shape == (2, 32, 32)  # a saliency map needs gradients
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        assert np.allclose(Detector(**ROTATION_SMALL).fit(images).decision_function(images[:3]), reference)
+        assert torch.get_default_dtype() == torch.float64  # the caller's setting is left as it was
+    finally:
+        torch.set_default_dtype(previous)
+
+
+def test_fit_says_what_its_arguments_cannot_mean(caplog: pytest.LogCaptureFixture) -> None:
+    images = smooth_images(40)
+    with pytest.raises(DataError, match="y has 3 labels for 40 images"):
+        Detector("pca", progress=False).fit(images, y=np.zeros(3))
+    with pytest.raises(DataError, match="^1 image is too few to train on: that needs at least 2$"):
+        Detector("pca", progress=False, val_fraction=0.0).fit(images[:1])
+    with caplog.at_level("WARNING", logger="skipganomaly"):
+        det = Detector("pca", progress=False, contamination=0.0).fit(images)
+    assert det.threshold_ == det.val_scores_.max()
+    assert "contamination 0: threshold_ is the largest of the 2 held-out normal scores, which about 33.3% of new " \
+           "normal images exceed (1 in 3)" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="skipganomaly"):  # fit_predict passes y on to fit's label check
+        Detector("pca", progress=False).fit_predict(images, np.ones(40))
+    assert "scikit-learn's label of normal images" in caplog.text
+    assert Detector(widths=np.array([8, 16, 32])).get_params()["widths"] == [8, 16, 32]
+    assert Detector(widths=[np.int64(8), 16, 32]).get_params()["widths"] == [8, 16, 32]
+    with pytest.raises(DataError, match="file names among arrays"):
+        Detector("pca", progress=False).fit(images).decision_function([images[0], "a.png"])
+
+
+def test_an_unfinished_run_of_a_model_with_a_feature_bank_says_to_finish_it(tmp_path: Path) -> None:
+    from skipganomaly.errors import StatisticsMissing
+
+    def stop(record: object) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        Detector(**{**ROTATION_SMALL, "epochs": 2}).fit(smooth_images(40), checkpoint_path=tmp_path, on_epoch_end=stop)
+    with pytest.raises(StatisticsMissing, match=r"training did not finish \(1 of 2 epochs\): its rotation score "
+                                                r".*skipganomaly train --resume RUN_DIR"):
+        Detector.load(tmp_path).decision_function(smooth_images(2))

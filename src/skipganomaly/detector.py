@@ -4,6 +4,7 @@ the resume check and the benchmark's cell key are all derived."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import logging
@@ -11,13 +12,14 @@ import math
 import os
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 import torch
 
 from .data.images import BIT_DEPTHS, BYTE_DEPTH, FileForm, read_images
-from .errors import PACKAGE_LOGGER, CheckpointError, ConfigError, DataError, SkipGanomalyError, not_fitted
+from .errors import (PACKAGE_LOGGER, CheckpointError, ConfigError, DataError, SkipGanomalyError,
+                     StatisticsMissing, not_fitted)
 from .evaluation.metrics import min_calibration_images, quantile_threshold
 from .files import load_torch_checked, save_torch_atomic, writing
 from .models import create, get_model_class, list_models
@@ -64,8 +66,7 @@ class DetectorSettings:
         check_field_types(self)
         # numpy scalars (a grid search's np.arange) as the Python numbers they stand for; the values are kept as
         # given otherwise (scikit-learn's clone checks that get_params returns the very objects it passed)
-        object.__setattr__(self, "model_options", {k: v.item() if isinstance(v, np.generic) else v
-                                                   for k, v in self.model_options.items()})
+        object.__setattr__(self, "model_options", {k: _python_value(v) for k, v in self.model_options.items()})
         if self.model not in list_models():
             raise ConfigError(f"unknown model {self.model!r}; available: {', '.join(list_models())}")
         check_geometry(self.in_channels, self.image_size)
@@ -148,9 +149,52 @@ class DetectorSettings:
         return {k: v for k, v in self.as_dict().items() if k in result}
 
 
+def _python_value(value: Any) -> Any:
+    """Numpy scalars and arrays (a grid search's np.arange, widths=np.array([...])) as the Python numbers and lists
+    they stand for; any other value as given (the same object, which scikit-learn's clone checks for)."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, (list, tuple)) and any(isinstance(v, (np.generic, np.ndarray)) for v in value):
+        return type(value)(_python_value(v) for v in value)
+    return value
+
+
 def _detector_fields() -> list[dataclasses.Field]:
     """DetectorSettings' own fields (its `training` part aside)."""
     return [f for f in fields(DetectorSettings) if f.name != "training"]
+
+
+_FITTED = ("model_", "threshold_", "val_scores_", "history_", "n_train_images_", "n_val_images_", "bit_depth_",
+           "file_form_")  # what `fit` sets: kept as it was when a fit fails before its first epoch
+_UNFITTED: dict[str, Any] = {name: [] if name == "history_" else None for name in _FITTED}
+_MISSING = object()
+
+
+def _effective_settings(settings: DetectorSettings) -> dict[str, Any]:
+    """The settings a fitted model's scores depend on, as values: the model's option defaults filled in, tuples
+    as lists (a loaded detector's), and for a model fitted in closed form, no setting that acts on gradient
+    training alone. Where these are equal, `set_params` keeps the fitted model."""
+    cls = get_model_class(settings.model)
+    options = {k: v for k, v in cls.param_defaults().items() if k not in GEOMETRY}
+    keep = set(settings.result_settings()) | {"model_options"}
+    flat = {k: v for k, v in settings.as_dict().items() if k in keep}
+    return {**{k: plain(v) for k, v in options.items()}, **flat.pop("model_options"), **flat}
+
+
+@contextlib.contextmanager
+def _float32_autograd(grad: bool) -> Iterator[None]:
+    """Training and scoring as the models are written for, whatever the caller's torch state: float32 as the
+    default dtype (not a `torch.set_default_dtype(torch.float64)` of the notebook's), outside inference mode, and
+    with `grad`, gradients on (a fit called under `torch.no_grad()`)."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float32)
+    try:
+        with torch.inference_mode(False), (torch.enable_grad() if grad else contextlib.nullcontext()):
+            yield
+    finally:
+        torch.set_default_dtype(previous)
 
 
 def _anomalies_in(y: Any) -> int:
@@ -270,23 +314,29 @@ class Detector:
         `threshold_` (taken again from the held-out scores, `val_scores_`); any other change drops the fitted
         model (with a warning), since its weights no longer match the settings that `save` and `get_params`
         would report."""
-        before = self.settings.params()
+        before = _effective_settings(self.settings)
         settings = self.settings.replace(**params)
         device = resolve_device(settings.training.device)  # an unusable device fails here, before anything changes
         self.settings, self.device = settings, device
-        free = set(TrainConfig.names(on_resume="free"))
-        changed = sorted(k for k, v in self.settings.params().items() if k not in free and before.get(k) != v)
-        # a new contamination needs only a new threshold from the held-out scores, not new weights
-        recalibrate = changed == ["contamination"] and self.val_scores_ is not None
+        after = _effective_settings(settings)
+        changed = sorted(k for k in after.keys() | before.keys() if after.get(k, _MISSING) != before.get(k, _MISSING))
+        # a new contamination needs only a new threshold from the held-out scores (none without them), not new weights
+        recalibrate = changed == ["contamination"]
         if self.model_ is not None and changed and not recalibrate:
             log.warning("set_params changed %s: the fitted model is dropped; call fit() again", ", ".join(changed))
-            self.model_, self.threshold_, self.val_scores_, self.history_ = None, None, None, []
-            self.n_train_images_ = self.n_val_images_ = None
+            self._restore(_UNFITTED)
         elif self.model_ is not None:
             to_device(self.model_, self.device)
-            if recalibrate:
+            if recalibrate and self.val_scores_ is not None:
                 self._set_threshold()
         return self
+
+    def _fitted_state(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in _FITTED}
+
+    def _restore(self, state: Mapping[str, Any]) -> None:
+        for name in _FITTED:
+            setattr(self, name, state[name])
 
     def __repr__(self) -> str:
         """Like scikit-learn's: the model and every parameter that differs from its default."""
@@ -347,6 +397,23 @@ class Detector:
         set it themselves. `file_form`: for such arrays, how most of those files were
         stored (`LoadedFiles.form`), so that scoring can warn about files of another shape or colour; files given
         here set it themselves."""
+        if resume and checkpoint_path is None:
+            raise ConfigError("resume=True continues from the training state saved beside checkpoint_path: give the "
+                              "checkpoint_path of the interrupted fit")
+        if checkpoint_path is not None:
+            checkpoint_path = _checkpoint_file(checkpoint_path)
+        before = self._fitted_state()
+        try:
+            with _float32_autograd(grad=True):
+                return self._fit(images, y, checkpoint_path, on_epoch_end, resume, bit_depth, file_form)
+        except BaseException:
+            if not self.history_:  # no epoch finished: the detector stays as it was (fitted or not), not half-made
+                self._restore(before)
+            raise
+
+    def _fit(self, images: Any, y: Any, checkpoint_path: Path | None,
+             on_epoch_end: Callable[[EpochRecord], None] | None, resume: bool, bit_depth: int | None,
+             file_form: FileForm | None) -> "Detector":
         if (marked := _anomalies_in(y)):  # scikit-learn passes y along (GridSearchCV, pipelines)
             log.warning("fit ignores y and trains on every image given as normal, the %d labelled as anomalies among "
                         "them too; give it normal images only (in a grid search, CV splits of normal images)", marked)
@@ -359,6 +426,8 @@ class Detector:
                         "anomaly" if all_ones else "holds scikit-learn's outlier labels (+1 normal, -1 anomaly)",
                         " (if 1 means anomaly here, fit trains on anomalies as normal)" if all_ones else "")
         data, depth, form = read_images(images, self.image_size, self.in_channels, aligned=False, bit_depth=bit_depth)
+        if y is not None and np.ndim(y) == 1 and len(y) != len(data):
+            raise DataError(f"y has {len(y)} labels for {len(data)} images")
         self.bit_depth_ = depth if depth is not None else bit_depth or BYTE_DEPTH
         self.file_form_ = form or file_form
         val_index, train_index = self.holdout(len(data))
@@ -377,10 +446,10 @@ class Detector:
             self.n_train_images_, self.n_val_images_ = len(data) - n_val, n_val
 
             main = is_main_process()
-            state = state_path(Path(checkpoint_path)) if checkpoint_path is not None else None
+            state = state_path(checkpoint_path) if checkpoint_path is not None else None
             # Training a finished (calibrated) detector on, e.g. for more epochs: it stays as it is, usable, until the
             # new one is calibrated; each epoch is in the state file, from which --resume continues.
-            keep = resume and checkpoint_path is not None and _calibrated_file(Path(checkpoint_path))
+            keep = resume and checkpoint_path is not None and _calibrated_file(checkpoint_path)
             if keep and main:
                 log.info("%s keeps its calibrated detector until this training ends (the epochs are saved in %s)",
                          checkpoint_path, state)
@@ -409,7 +478,10 @@ class Detector:
         of `n_images` images: a permutation by the seed, the first `val_fraction` of it held out."""
         val_fraction = self.settings.val_fraction
         if not _splits(n_images, val_fraction):
-            least = next(n for n in itertools.count(3) if _splits(n, val_fraction))
+            least = next(n for n in itertools.count(2) if _splits(n, val_fraction))
+            if val_fraction == 0:
+                raise DataError(f"{n_images} image{'s are' if n_images != 1 else ' is'} too few to train on: that "
+                                f"needs at least {least}")
             raise DataError(f"{n_images} images are too few to hold out {val_fraction:.0%} of them for the threshold "
                             f"and train on the rest: that needs at least {least} images (at least 1 held out, 2 to "
                             "train on)")
@@ -426,7 +498,11 @@ class Detector:
         assert self.val_scores_ is not None
         n, contamination = len(self.val_scores_), self.settings.contamination
         self.threshold_ = quantile_threshold(self.val_scores_, contamination)
-        if contamination > 0 and n < min_calibration_images(contamination):
+        if contamination == 0 and n:
+            log.warning("contamination 0: threshold_ is the largest of the %d held-out normal scores, which about "
+                        "%.1f%% of new normal images exceed (1 in %d); no threshold learnt from normal images "
+                        "flags none of them", n, 100 / (n + 1), n + 1)
+        elif contamination > 0 and n < min_calibration_images(contamination):
             log.warning("threshold_ rests on %d held-out normal images, too few for a %.0f%% quantile: it is their "
                         "largest score, which about %.1f%% of normal images exceed (more than the %.0f%% asked); %d or "
                         "more held-out images (more images or a larger val_fraction) make it the quantile", n,
@@ -452,7 +528,7 @@ class Detector:
         threshold is calibrated on held-out normals, and images a model was trained on score lower than new
         ones (a kNN finds each in its own bank). To find anomalies among unlabelled images, fit on one part
         and predict the other."""
-        return self.fit(images, **fit_kwargs).predict(images)
+        return self.fit(images, y, **fit_kwargs).predict(images)
 
     def predict(self, images: Any, batch_size: int | None = None) -> np.ndarray:
         """1 for images scored above `threshold_`, else 0."""
@@ -495,8 +571,19 @@ class Detector:
         model = self._fitted()
         check_batch_size(batch_size, none_for_default=True)
         batch = batch_size or self.train_config.eval_batch_size or default_eval_batch(self.device, self.image_size)
-        return batched_apply(getattr(model, method), model, data, batch, self.device, self.train_config.amp,
-                             desc=method.replace("_", " ") if self.train_config.progress else None)
+        try:
+            with _float32_autograd(grad=False):  # the maps' saliency turns gradients on itself
+                return batched_apply(getattr(model, method), model, data, batch, self.device, self.train_config.amp,
+                                     desc=method.replace("_", " ") if self.train_config.progress else None)
+        except StatisticsMissing as err:
+            done, epochs = len(self.history_), self.train_config.epochs
+            if self.threshold_ is not None or not done or done >= epochs:
+                raise
+            raise StatisticsMissing(
+                f"this detector's training did not finish ({done} of {epochs} epochs): its {self.model_name} score "
+                "compares images with features of the training normals, fitted after the last epoch, so it cannot "
+                "score yet; finish the run (skipganomaly train --resume RUN_DIR, or fit(images, checkpoint_path=..., "
+                "resume=True))") from None
 
     def _fitted(self) -> AnomalyModel:
         if self.model_ is None:
@@ -509,8 +596,7 @@ class Detector:
         (one that exists, or a new one named with a trailing slash: "models/") gets them as its model.pt, the
         file `load` reads from a folder."""
         model = self._fitted()
-        if Path(path).is_dir() or str(path).endswith(("/", os.sep)):
-            path = Path(path) / CHECKPOINT
+        path = _checkpoint_file(path)
         payload = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
@@ -598,6 +684,14 @@ class Detector:
         if fit.get("val_scores") is not None:
             det.val_scores_ = np.asarray(fit["val_scores"], dtype=np.float64)
         return det
+
+
+def _checkpoint_file(path: str | os.PathLike[str]) -> Path:
+    """The file a detector is saved in: `path`, or its model.pt where `path` is a folder (one that exists, or a new
+    one named with a trailing slash), so `fit`'s training state goes into that folder beside it too."""
+    if Path(path).is_dir() or str(path).endswith(("/", os.sep)):
+        return Path(path) / CHECKPOINT
+    return Path(path)
 
 
 def _calibrated_file(path: Path) -> bool:

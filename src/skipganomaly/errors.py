@@ -58,6 +58,11 @@ class ConfigError(SkipGanomalyError):
     """An option value outside what a model or the training loop supports."""
 
 
+class StatisticsMissing(ConfigError):
+    """A score that compares with statistics of the training normals (a feature bank), asked before they were
+    fitted: they are fitted after the last epoch, so a checkpoint of an unfinished run has none."""
+
+
 class ModelError(SkipGanomalyError):
     """A model whose outputs break the `AnomalyModel` contract (one finite score per image, results batch by
     batch): a defect of the model's code, named in one line rather than as a wrong threshold or an index error

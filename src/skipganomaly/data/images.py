@@ -517,7 +517,8 @@ def _plain_array(a: np.ndarray, bit_depth: int | None = None) -> np.ndarray:
     `bit_depth` where it is wider than 8 (a detector trained on 12- or 16-bit files reads a uint16 frame as it reads
     a 16-bit file, so a dark frame stays dark), else they must hold 0..255 like any integer images."""
     if a.dtype.kind not in "biuf":
-        raise DataError(f"images must be numbers, got an array of {a.dtype}")
+        mixed = " (file names among arrays? give one kind: all paths, or all arrays)" if a.dtype.kind in "UO" else ""
+        raise DataError(f"images must be numbers, got an array of {a.dtype}{mixed}")
     if not a.dtype.isnative:
         a = a.astype(a.dtype.newbyteorder("="))
     if _read_at_depth(a, bit_depth):
@@ -558,7 +559,8 @@ def _tensor_to_uint8(t: torch.Tensor, image_size: int, in_channels: int) -> torc
                         f"[N, C, H, W]); the model expects in_channels={in_channels}")
     if t.shape[1] != in_channels:
         raise DataError(
-            f"images have {t.shape[1]} channels but the model expects in_channels={in_channels}"
+            f"images have {t.shape[1]} channel{'s' if t.shape[1] != 1 else ''} but the model expects "
+            f"in_channels={in_channels}"
         )
     if t.dtype == torch.uint8:
         out = t

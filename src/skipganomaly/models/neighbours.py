@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..errors import ConfigError
+from ..errors import ConfigError, StatisticsMissing
 
 T = TypeVar("T")
 SPREAD_FLOOR = 1e-3  # the least standard deviation a score term is divided by (a term almost constant on the
@@ -92,7 +92,7 @@ class FeatureBank(nn.Module):
         """Mean distance [B] (cosine, or Euclidean) to the k nearest rows (k + 1, dropping the nearest, for
         rows of the bank itself)."""
         if len(self.rows) == 0:
-            raise ConfigError("this model has no feature bank yet; train it first")
+            raise StatisticsMissing("this model has no feature bank yet; train it first")
         k = self.k + int(leave_self_out)
         feats = feats.float()
         sq = feats.pow(2).sum(1, keepdim=True)

@@ -90,6 +90,11 @@ def compile_blocks(model: nn.Module, backend: str = "inductor", mode: str | None
     Off by default: compiling takes minutes before the first step, which only long runs repay (README,
     Speed and memory).
     """
+    import torch._dynamo
+
+    known = torch._dynamo.list_backends(exclude_tags=())
+    if backend not in known:  # said before training, not as torch's error at the first step
+        raise ConfigError(f"compile: unknown torch.compile backend {backend!r}; this torch has {', '.join(known)}")
     for part in model.children():
         part.compile(backend=backend, mode=mode)
         for block in part.children():

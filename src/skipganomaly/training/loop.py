@@ -305,7 +305,8 @@ def load_train_state(path: Path, config: TrainConfig | None = None, fingerprint:
         state["optimizers"] = {"generator": state.pop("opt_g"), "discriminator": state.pop("opt_d")}
     changed = differing(state["settings"], _resume_settings(config), TrainConfig.defaults()) if config else []
     if changed:
-        raise ConfigError(f"cannot resume {path}: {', '.join(changed)} differ from the interrupted run")
+        raise ConfigError(f"cannot resume {path}: {', '.join(changed)} differ{'s' if len(changed) == 1 else ''} from "
+                          "the interrupted run")
     saved_model = state.get("model_identity")
     if model is not None and saved_model is not None and saved_model != model:
         changed = sorted(k for k in {*saved_model, *model} if saved_model.get(k) != model.get(k))
