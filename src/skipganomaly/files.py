@@ -33,12 +33,24 @@ def _read_umask() -> int:
 _UMASK = _read_umask()
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write to a temporary file beside `path`, then rename it over `path`."""
+@contextlib.contextmanager
+def replacing(path: Path) -> Iterator[Path]:
+    """A temporary path beside `path` to write, renamed over `path` when the block ends and removed when it fails
+    (a full disk, an interrupt): `path` is then the old file or the whole new one, and no part-written file is left."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text, **TEXT_ENCODING)
-    os.replace(tmp, path)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write to a temporary file beside `path`, then rename it over `path`."""
+    with replacing(path) as tmp:
+        tmp.write_text(text, **TEXT_ENCODING)
 
 
 def readable_name(name: str) -> str:

@@ -53,7 +53,7 @@ from .errors import (PACKAGE_LOGGER, PARTLY_FAILED_EXIT, ConfigError, DataError,
 from .evaluation.metrics import evaluate_scores
 from .evaluation.tables import (PAPER, PROTOCOL_NOTES, VALIDATE, WARNINGS_NOTE, benchmark_table, commit_text,
                                 commits_note, shows_paper_numbers, summarise, table_notes, warning_source)
-from .files import json_text, write_text_atomic
+from .files import json_text, replacing, write_text_atomic
 from .interrupts import interrupts_held, sigterm_as_interrupt
 from .models import get_model_class, list_models
 from .models.base import check_geometry, plain
@@ -469,7 +469,7 @@ def _run_and_write(load: Callable[[], LabelledImages], cell: tuple[str, str, int
     result["warnings"] = said  # what a reader of the table should know, e.g. a threshold on 3 held-out images
     path = cell_file(cells_dir, result["settings"])
     scores_file = path.with_suffix(".scores.npz")
-    with scores_file.open("wb") as fh:  # before the cell file: a cell on disk always has its scores
+    with replacing(scores_file) as tmp, tmp.open("wb") as fh:  # before the cell file: a cell on disk has its scores
         np.savez_compressed(fh, labels=labels.astype(np.int8), scores=scores.astype(np.float32))
     write_text_atomic(path, json_text({**result, "scores_file": scores_file.name}, indent=1))
 

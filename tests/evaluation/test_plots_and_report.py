@@ -314,3 +314,19 @@ def test_every_example_grid_of_a_report_shares_one_colour_scale(tmp_path: Path,
                      {"auroc": 0.5}, 25.0, reconstruct=lambda x: x.permute(0, 2, 3, 1).numpy(),
                      anomaly_maps=lambda x: x.float().mean(1).numpy())  # image i's map is i everywhere
     assert scales == [49.0] * 4  # the most anomalous image's, also for the grid of the least anomalous (0..7)
+
+
+def test_a_file_written_in_place_is_the_old_one_or_the_whole_new_one_never_a_part(tmp_path: Path) -> None:
+    """A write that fails half-way (a full disk, an interrupt) leaves the earlier file as it was and no temporary
+    file beside it."""
+    from skipganomaly.files import replacing, write_text_atomic
+
+    path = tmp_path / "results.json"
+    write_text_atomic(path, "old")
+    with pytest.raises(OSError):
+        with replacing(path) as tmp:
+            tmp.write_text("half of the ne")
+            raise OSError(28, "No space left on device")
+    assert path.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["results.json"]
+    write_text_atomic(path, "new")
+    assert path.read_text() == "new" and sorted(p.name for p in tmp_path.iterdir()) == ["results.json"]
