@@ -719,7 +719,7 @@ def test_an_interrupt_says_what_is_kept_and_how_to_continue(tmp_path: Path) -> N
     assert f"{program()} train --resume '{run}'" in _how_to_continue(train)
     resumed = argparse.Namespace(command="train", resume=run, out=Path("runs/train"))
     assert f"--resume '{run}'" in _how_to_continue(resumed)
-    assert "finished cells are kept" in _how_to_continue(argparse.Namespace(command="benchmark", out=tmp_path))
+    assert "no cell had finished" in _how_to_continue(argparse.Namespace(command="benchmark", out=tmp_path))
     assert "run the same command again" in _how_to_continue(argparse.Namespace(command="predict", out=tmp_path))
     assert _how_to_continue(argparse.Namespace(command="report")) is None
 
@@ -906,9 +906,14 @@ def test_a_train_fraction_too_small_for_the_threshold_is_one_line_before_trainin
     out = tmp_path / "bench"
     assert main(["benchmark", "--data", str(data), "--models", "knn", "--normal-labels", "a,b,c", "--train-fraction",
                  "0.1", "--no-progress", "--device", "cpu", "--out", str(out)]) == 2
-    assert ("task 'noise' (honest, seed 0) has 3 training images at --train-fraction 0.1: 3 images are too few"
-            in capsys.readouterr().err)
+    assert ("task 'noise' (honest, seed 0) trains on a, b, c: 3 training images at --train-fraction 0.1: 3 images are "
+            "too few" in capsys.readouterr().err)
     assert not (out / "cells").exists()
+    # at the whole training part, the advice is another: the protocol that leaves two classes out, or more images
+    assert main(["benchmark", "--data", str(data), "--models", "knn", "--classes", "a", "--protocol", "validate",
+                 "--no-progress", "--device", "cpu", "--out", str(out), "--val-fraction", "0.9"]) == 2
+    err = capsys.readouterr().err
+    assert "(validate, seed 0) trains on" in err and "give those classes more images, or leave validate out" in err
 
 
 def test_benchmark_stopped_by_its_time_limit_exits_3_until_it_is_complete(tmp_path: Path,
@@ -1249,3 +1254,18 @@ def test_a_checkpoint_without_its_held_out_count_still_tests_and_reports(tmp_pat
     assert calibration(det) == {"n_val_images": 5, "val_fraction": 0.2, "contamination": 0.05}
     det.n_val_images_ = None
     assert calibration(det) is None
+
+
+def test_protocol_lists_take_both_anywhere_and_an_interrupted_benchmark_says_what_was_kept(tmp_path: Path) -> None:
+    import argparse
+
+    from skipganomaly.cli import _how_to_continue, _protocols
+    assert _protocols("both,validate") == ["honest", "paper", "validate"]
+    assert _protocols("validate, both, honest") == ["validate", "honest", "paper"]
+    with pytest.raises(ConfigError, match="unknown protocol 'bogus'"):
+        _protocols("both,bogus")
+    args = argparse.Namespace(command="benchmark", out=tmp_path / "bench")
+    assert _how_to_continue(args) == "no cell had finished; the same command starts again"
+    (tmp_path / "bench" / "cells").mkdir(parents=True)
+    (tmp_path / "bench" / "cells" / "knn__a__seed0__honest.json").write_text("{}")
+    assert _how_to_continue(args).startswith(f"finished cells are kept in {tmp_path / 'bench'}")

@@ -109,6 +109,9 @@ def _how_to_continue(args: argparse.Namespace) -> str | None:
             return f"the last complete epoch is kept; continue with: {program()} train --resume {shlex.quote(str(run))}"
         return "no epoch was complete, so there is nothing to resume: run the same command again"
     if args.command == "benchmark":
+        cells = SweepDirectory(args.out).cells
+        if not (cells.is_dir() and any(cells.glob("*.json"))):
+            return "no cell had finished; the same command starts again"
         return f"finished cells are kept in {args.out}; the same command runs only the missing ones"
     if args.command == "demo":
         return (f"finished digits are kept in {args.out}, and the interrupted digit's last complete epoch; the same "
@@ -274,7 +277,8 @@ def _add_benchmark(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -
                    help="benchmark folder (default %(default)s); cells already finished there are reused")
     p.add_argument("--workers", type=_positive_int, default=1,
                    help="cells run at once, each in its own process (CPU threads shared out; on several GPUs one "
-                        "per GPU, on one GPU all share it); a crash loses that cell only (default %(default)s)")
+                        "per GPU, on one GPU all share it); a crash loses that cell only. A process costs seconds to "
+                        "start: it pays for cells that train, not for pca/knn alone (default %(default)s)")
     p.add_argument("--time-limit", type=_positive_float, metavar="SECONDS",
                    help="stop cleanly before SECONDS from now: no cell starts that the longest cell so far says "
                         "would end later, and a running cell stops at an epoch's end once it is past (the first "
@@ -507,11 +511,12 @@ def _parse_digits(text: str) -> list[int]:
 
 
 def _protocols(text: str) -> list[str]:
-    names = [HONEST, PAPER] if text == "both" else [t.strip() for t in text.split(",") if t.strip()]
+    given = [t.strip() for t in text.split(",") if t.strip()]
+    names = [n for t in given for n in ([HONEST, PAPER] if t == "both" else [t])]  # both: honest and paper
     bad = [n for n in names if n not in PROTOCOLS]
     if bad or not names:
         raise ConfigError(f"--protocol: unknown protocol {bad[0] if bad else text!r}; use {', '.join(PROTOCOLS)}, "
-                          "a comma-separated list of them, or both")
+                          "a comma-separated list of them; both = honest,paper")
     return list(dict.fromkeys(names))
 
 

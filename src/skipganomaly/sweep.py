@@ -51,11 +51,11 @@ from .detector import (Detector, DetectorSettings, check_threshold_split, model_
 from .errors import (PACKAGE_LOGGER, PARTLY_FAILED_EXIT, ConfigError, DataError, SkipGanomalyError,
                      warnings_said)
 from .evaluation.metrics import evaluate_scores
-from .evaluation.tables import (PAPER, PROTOCOL_NOTES, VALIDATE, WARNINGS_NOTE, benchmark_table, commit_text,
+from .evaluation.tables import (HONEST, PAPER, one_pass_note, PROTOCOL_NOTES, VALIDATE, WARNINGS_NOTE, benchmark_table, commit_text,
                                 commits_note, shows_paper_numbers, summarise, table_notes, warning_source)
 from .files import json_text, replacing, write_text_atomic
 from .interrupts import interrupts_held, sigterm_as_interrupt
-from .models import get_model_class, list_models
+from .models import create, get_model_class, list_models
 from .models.base import check_geometry, plain
 from .provenance import command_line, cpu_model, environment, git_commit
 from .run_directory import SweepDirectory, write_json
@@ -617,6 +617,11 @@ def check_protocols(data: LabelledImages, classes: Sequence[str], protocols: Seq
 def check_sizes(data: LabelledImages, config: SweepConfig) -> None:
     """Fail before training where a task's training part, at the sweep's fractions, is too small to hold out
     the threshold's images: said once, naming --train-fraction, rather than by every cell after loading."""
+    least = {}  # what each model needs to train on (a kNN score: more than k images), from options alone
+    for model in config.models:
+        settings = detector_settings(model, 0, HONEST, config)
+        least[model] = create(model, in_channels=data.train_images.shape[1], image_size=settings.image_size,
+                              **settings.model_options).min_training_images()
     for protocol in [p for p in config.protocols if p != PAPER]:  # the paper protocol holds none out
         for cls in config.classes:
             for seed in config.seeds:  # under validate the seed picks the pseudo-anomaly, and so the training part
@@ -626,11 +631,19 @@ def check_sizes(data: LabelledImages, config: SweepConfig) -> None:
                 n = training_count(data, abnormal, config.train_fraction)
                 for model in config.models:
                     try:
-                        Detector.from_settings(detector_settings(model, seed, protocol, config)).holdout(n)
+                        kept = len(Detector.from_settings(detector_settings(model, seed, protocol, config)
+                                                          ).holdout(n)[1])
+                        if kept < least[model]:
+                            raise DataError(f"{model} with these options needs at least {least[model]} to train on, "
+                                            f"and {n - kept} of {n} are held out for the threshold")
                     except DataError as err:
-                        raise ConfigError(f"task {cls!r} ({protocol}, seed {seed}) has {n} training images at "
-                                          f"--train-fraction {config.train_fraction:g}: {err}; raise --train-fraction"
-                                          ) from None
+                        trained = [c for c in data.present() if c not in abnormal]
+                        advice = ("raise --train-fraction" if config.train_fraction < 1 else
+                                  "give those classes more images" + (", or leave validate out of --protocol"
+                                                                      if protocol == VALIDATE else ""))
+                        raise ConfigError(f"task {cls!r} ({protocol}, seed {seed}) trains on {', '.join(trained)}: "
+                                          f"{n} training image{'s' if n != 1 else ''} at --train-fraction "
+                                          f"{config.train_fraction:g}: {err}; {advice}") from None
 
 
 def resolve_classes(data: LabelledImages, classes: str = "all", normal_labels: str | None = None) -> list[str]:
@@ -739,7 +752,7 @@ def sweep_table(results: Sequence[dict[str, Any]], config: SweepConfig, title: s
     tasks = "leave-one-class-out" if not any(JOIN in c for c in config.classes) else \
         "abnormal classes (each column's) against the others"
     sections = [f"# {title} {tasks} AUROC: ours{paper_note}\n\n"
-                f"epochs {config.epochs}, batch {config.batch_size}, train fraction {config.train_fraction}, "
+                f"epochs {config.epochs}{one_pass_note(config.models)}, batch {config.batch_size}, train fraction {config.train_fraction}, "
                 f"test fraction {config.test_fraction}, seeds {','.join(map(str, config.seeds))}. "
                 f"The mean column averages the classes with our number" + (", ours and the paper's alike" if cifar else "")
                 + f". {table_notes(summary)}\n\n"

@@ -220,6 +220,10 @@ def bench_model(name: str, batch_size: int = 64, steps: int = 3, repeats: int = 
         compiled["compiled_train_images_per_s"] = batch_size * steps / compiled_s
         del net, opts
     if model.fits_statistics:  # a score with a feature bank: fitted on these images, so its kNN search is timed
+        if len(images) < model.min_training_images():
+            raise ConfigError(f"{model.name}'s score searches a bank of the timed images, here the larger of "
+                              f"--batch-size and --score-batch ({len(images)}): it needs at least "
+                              f"{model.min_training_images()}; raise --score-batch")
         fit_statistics(model, images, torch.arange(len(images)), score_batch, dev)  # against a bank of that size
     to_score = images[:score_batch]
     trainers: list[Callable[[], object]] = [lambda: run_steps(model, opts)]

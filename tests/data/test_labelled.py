@@ -238,8 +238,40 @@ def test_class_folder_split_must_name_the_same_classes_and_reads_train_test_in_a
     assert load_class_folders(tmp_path / "ok").classes == ("a", "b")  # not two classes "Test" and "Train"
     for part, name in (("train", "a"), ("train", "b"), ("test", "a"), ("test", "B")):
         write_images(tmp_path / "bad" / part / name, rng.integers(0, 255, (2, 32, 32, 3), dtype=np.uint8))
-    with pytest.raises(DataError, match=r"test/B has no class folder of that name in .*train \(it has a, b"):
+    with pytest.raises(DataError, match=r"test/B has no class folder of that name in .*train \(it has a, b; names "
+                                        "must match exactly"):
         load_class_folders(tmp_path / "bad")
+
+
+def test_a_defect_class_in_the_test_folder_only_is_read_and_can_be_the_anomaly(tmp_path: Path) -> None:
+    """MVTec AD's layout: good parts in train/ and test/, defects only in test/. Read; abnormal with
+    --normal-labels; a task that would count the defects as normal is refused by check_task."""
+    from skipganomaly.data.labelled import check_task
+    from skipganomaly.sweep import resolve_classes
+
+    rng = np.random.default_rng(2)
+    for part, name in (("train", "good"), ("train", "other"), ("test", "good"), ("test", "other"), ("test", "crack")):
+        write_images(tmp_path / part / name, rng.integers(0, 255, (3, 32, 32, 3), dtype=np.uint8))
+    data = load_class_folders(tmp_path)
+    assert data.classes == ("crack", "good", "other") and data.present() == ["good", "other"]
+    assert resolve_classes(data, normal_labels="good,other") == ["crack"]
+    with pytest.raises(DataError, match="class 'crack' .* has test images but no training image"):
+        resolve_classes(data)
+    check_task(data, ["crack", "other"])
+
+
+def test_a_class_folder_that_groups_subfolders_is_one_class_with_a_word(tmp_path: Path,
+                                                                         caplog: pytest.LogCaptureFixture) -> None:
+    rng = np.random.default_rng(3)
+    for name in ("shapes/circle", "shapes/square", "blobs", "dated/2026-01", "dated/x.png"):
+        if not name.endswith(".png"):
+            write_images(tmp_path / name, rng.integers(0, 255, (3, 32, 32, 3), dtype=np.uint8))
+    write_images(tmp_path / "dated", rng.integers(0, 255, (1, 32, 32, 3), dtype=np.uint8))  # images of its own too
+    with caplog.at_level("WARNING", logger="skipganomaly"):
+        data = load_class_folders(tmp_path)
+    assert data.classes == ("blobs", "dated", "shapes")
+    assert "class 'shapes' is read from its 2 subfolders (circle, square) as one class" in caplog.text
+    assert "'dated'" not in caplog.text and "'blobs'" not in caplog.text
 
 
 def test_a_class_folder_fingerprint_changes_with_the_pixels_under_the_same_names(tmp_path: Path) -> None:

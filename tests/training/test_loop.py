@@ -242,3 +242,29 @@ def test_a_model_whose_optimiser_groups_contradict_trained_by_gradient_is_refuse
     for model in (closed, gradient):
         with pytest.raises(ConfigError, match="trained_by_gradient is"):
             make_optimizers(model, config)
+
+
+def test_a_loss_that_is_not_finite_is_named_once_and_the_advice_fits_what_was_kept(
+        monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A NaN loss stops training, naming it ("loss", not "loss loss"); only a run with a checkpoint of an earlier
+    epoch is told that one is kept."""
+    import skipganomaly.training.loop as loop
+
+    model = create("rotation", in_channels=3, image_size=32, widths=[8, 16, 32])
+    images = as_image_tensor(blob_images(20), 32, 3)
+    real_step, calls, nan_from = loop.train_step, [], [1]
+
+    def step(*args, **kwargs):  # type: ignore[no-untyped-def]
+        values = real_step(*args, **kwargs)
+        calls.append(1)
+        return {**values, "loss": math.nan} if len(calls) >= nan_from[0] else values
+
+    monkeypatch.setattr(loop, "train_step", step)
+    with pytest.raises(TrainingError, match=r"^loss is not finite at epoch 1, step 1; try a lower --lr"):
+        train(model, images, images[:4], TrainConfig(epochs=1, batch_size=8, progress=False), None)
+    calls.clear()
+    nan_from[0] = 3  # 20 images at batch 8: two steps an epoch, so the first step of epoch 2
+    with pytest.raises(TrainingError, match=r"^loss is not finite at epoch 2, step 1; the checkpoint of the last "
+                                            "complete epoch is kept"):
+        train(model, images, images[:4], TrainConfig(epochs=2, batch_size=8, progress=False), None,
+              state_path=tmp_path / "m.state.pt")

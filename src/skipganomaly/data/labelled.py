@@ -357,12 +357,15 @@ def load_class_folders(root: str | os.PathLike[str], image_size: int = 32, in_ch
         raise DataError(f"{root} has {', '.join(f'{n}/' for n in parts_named)}, which name parts of a data set, not "
                         f"classes: give {root}/train/<class>/ with {root}/test/<class>/ (another part, such as val/, "
                         "is not read: thresholds come from held-out training images), or one folder per class")
-    if split_given:
-        test_only = [n for n in classes["test"] if n not in classes["train"]]
+    if split_given:  # a defect class seen only at test time (MVTec AD's layout) is one: abnormal in every task
+        test_only = [n for n in classes["test"] if n not in classes["train"]]  # (check_task)
+        typo = next((n for n in test_only if n.lower() in {t.lower() for t in classes["train"]}), None)
+        if typo is not None:
+            raise DataError(f"{bases['test']}/{typo} has no class folder of that name in {bases['train']} "
+                            f"(it has {', '.join(classes['train'])}; names must match exactly)")
         if test_only:
-            raise DataError(f"{bases['test']}/{test_only[0]} has no class folder of that name in {bases['train']} "
-                            f"(it has {', '.join(classes['train']) or 'none'}; names must match exactly): a class "
-                            "seen only at test time cannot be left out of training")
+            log.info("%s: class%s %s only in %s (not in %s)", root, "es" if len(test_only) > 1 else "",
+                     ", ".join(test_only), bases["test"].name, bases["train"].name)
     _check_names(names, str(root))
     for base in dict.fromkeys([root, *bases.values()]):  # each folder once, in a fixed order
         loose = sorted(p for p in base.iterdir() if is_image_name(p.name) and p.is_file())
@@ -378,6 +381,7 @@ def load_class_folders(root: str | os.PathLike[str], image_size: int = 32, in_ch
         labels: list[int] = []
         for i, name in enumerate(names):
             found = list_image_files(base / name) if (base / name).is_dir() else []
+            _say_if_grouping(base / name, found)
             files += found
             labels += [i] * len(found)
         if not files:
@@ -408,6 +412,15 @@ def load_class_folders(root: str | os.PathLike[str], image_size: int = 32, in_ch
     digest = hasher.hexdigest()[:12]
     return LabelledImages(*parts["train"], *parts["test"], tuple(names), root.name,
                           f"{root.name}:{len(listing)} files:{digest}:{image_size}px:{in_channels}ch")
+
+
+def _say_if_grouping(folder: Path, files: Sequence[Path]) -> None:
+    """A class folder whose images all lie in several subfolders (shapes/circle/, shapes/square/) may group classes
+    that were meant apart: they are read as one class, said once."""
+    below = sorted({f.relative_to(folder).parts[0] for f in files if len(f.relative_to(folder).parts) > 1})
+    if len(below) > 1 and all(len(f.relative_to(folder).parts) > 1 for f in files):
+        log.warning("class %r is read from its %d subfolders (%s) as one class; if they are classes, give each its own "
+                    "folder beside the others", folder.name, len(below), few_names(below))
 
 
 DECODED_FORMAT = "skipganomaly-decoded-images"

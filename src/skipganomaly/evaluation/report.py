@@ -25,12 +25,11 @@ import numpy as np
 from ..data.cifar10 import NAME as CIFAR10, TITLE as CIFAR10_TITLE
 from ..errors import DataError
 from ..files import TEXT_ENCODING, json_text, readable_name, write_text_atomic
-from ..models import get_model_class, list_models
 from ..provenance import environment
 from ..run_directory import EVALUATION, METRICS_LOG, RunDirectory, SweepDirectory, read_history
 from .metrics import auroc_interval, threshold_note
 from .plots import histogram_figure, image_grid_figure, pr_figure, roc_figure, training_curves_figure
-from .tables import (FEW_TEST_IMAGES, PROTOCOL_NOTES, WARNINGS_NOTE, benchmark_rows, commit_text, commits_note,
+from .tables import (FEW_TEST_IMAGES, one_pass_note, PROTOCOL_NOTES, WARNINGS_NOTE, benchmark_rows, commit_text, commits_note,
                      shows_paper_numbers, summarise, table_notes, warning_source)
 
 INTERVAL_RESAMPLES = 1000  # the AUROC interval's bootstrap resamples, stated beside it
@@ -291,17 +290,15 @@ def build_benchmark_report(bench_dir: Path) -> Path:
         raise DataError(f"{bench_dir} has no {folder.results_json.name}: not a benchmark output folder")
     cells, config = saved["cells"], saved["config"]
     summary = summarise(cells)
-    closed = [m for m in config["models"] if m in list_models() and not get_model_class(m).trained_by_gradient]
     env = saved.get("environment", {})
     sections = [f"<p>Command: <code>{html.escape(str(env.get('command', '?')))}</code>; git "
                 f"{html.escape(commit_text(env))}; torch {html.escape(str(env.get('torch', '?')))}, "
                 f"{env.get('threads', '?')} threads, {html.escape(str(env.get('cpu', '?')))}. "
-                f"Epochs {config['epochs']}"
-                + (f" ({', '.join(closed)} fit in one pass, whatever this says)" if closed else "")
-                + f", batch {config['batch_size']}, train fraction "
+                f"Epochs {config['epochs']}{one_pass_note(config['models'])}, batch {config['batch_size']}, train fraction "
                 f"{config['train_fraction']}, test fraction {config['test_fraction']}, seeds "
                 f"{', '.join(map(str, config['seeds']))}.</p>"
-                "<p>Each cell: our AUROC (on CIFAR-10, the paper's Table 1 in brackets). "
+                "<p>Each cell: our AUROC"
+                + (" (the paper's Table 1 in brackets)" if config.get("dataset", CIFAR10) == CIFAR10 else "") + ". "
                 f"{html.escape(table_notes(summary))}</p>"]
     versions = commits_note(cells, env)
     if versions:

@@ -69,7 +69,25 @@ def shows_paper_numbers(dataset: str, protocol: str) -> bool:
 
 STD_NOTE = ("Cells are AUROC (each cell's AUPRC, F1, precision, recall and threshold are in results.csv). Over "
             "several seeds a cell is mean±std, std the sample standard deviation (ddof=1) over seeds; under "
-            "validate each seed scores another pseudo-anomaly, so there it spreads over tasks, not only trainings.")
+            "validate each seed scores another pseudo-anomaly, so there it spreads over tasks, not only trainings. "
+            "Elsewhere a seed retrains (weights, batch order, held-out normals) and scores the same test images (a "
+            "test fraction below 1 is drawn again per seed; a folder of classes is split into training and test "
+            "once): the std leaves out how far another draw of the test images would move the cell, which on a small "
+            "test set can be several times larger.")
+def one_pass_note(models: Sequence[str]) -> str:
+    """After a table's epoch count: which of its models ignore it (fitted in one pass), and which are the raw-pixel
+    baselines, so their rows are not read as trained models'."""
+    from ..models import BASELINES, get_model_class, list_models
+
+    closed = [m for m in models if m in list_models() and not get_model_class(m).trained_by_gradient]
+    baselines = [m for m in closed if m in BASELINES]
+    if not closed:
+        return ""
+    return (f" ({', '.join(closed)}: fitted in one pass, whatever the epochs"
+            + (f"; {', '.join(baselines)}: the raw-pixel baselines (PCA reconstruction error, mean distance to the k "
+               "nearest training normals), yardsticks for the learned models" if baselines else "") + ")")
+
+
 FEW_TEST_IMAGES = 10  # a cell scored on fewer normal or abnormal test images than this is marked FEW_MARK
 FEW_MARK = "†"
 FEW_NOTE = (f"{FEW_MARK} marks a cell whose test set holds fewer than {FEW_TEST_IMAGES} normal or abnormal images: "

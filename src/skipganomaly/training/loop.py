@@ -208,11 +208,12 @@ def train(
                 resets += int(values.pop("d_reset"))
                 bad = [k for k, v in values.items() if not math.isfinite(v)]
                 if bad:
-                    raise TrainingError(
-                        f"loss {', '.join(bad)} is not finite at epoch {epoch}, step {step + 1}; "
-                        "the checkpoint of the last complete epoch is kept (resume with a lower --lr, or check "
-                        "the input images)"
-                    )
+                    names = ", ".join(k if "loss" in k else f"loss {k}" for k in bad)
+                    kept = ("the checkpoint of the last complete epoch is kept (resume with a lower --lr, or check "
+                            "the input images)" if state_path is not None and epoch > 1 else
+                            "try a lower --lr, or check the input images")
+                    raise TrainingError(f"{names} {'is' if len(bad) == 1 else 'are'} not finite at epoch {epoch}, "
+                                        f"step {step + 1}; {kept}")
                 for k, v in values.items():
                     sums[k] = sums.get(k, 0.0) + v
                 if step % 10 == 0:
