@@ -71,7 +71,8 @@ def test_sweep_writes_each_cell_and_resumes(tmp_path: Path, monkeypatch: pytest.
     for result in results:  # the saved scores are the ones behind each cell's AUROC (paper: the chosen epoch's)
         with np.load(tmp_path / "cells" / result["scores_file"]) as saved:
             assert len(saved["scores"]) == result["test_images"]
-            assert evaluate_scores(saved["scores"], saved["labels"], 0.0)["auroc"] == pytest.approx(result["auroc"])
+            metrics = evaluate_scores(saved["scores"], saved["labels"], 0.0)
+            assert (metrics["auroc"], metrics["auprc"]) == pytest.approx((result["auroc"], result["auprc"]))
         assert result["git_commit"] == git_commit()
     honest, paper = results
     # Noise against smooth images: the direction is known, so a flipped score sign, swapped labels or a

@@ -292,8 +292,10 @@ def run_cell(load: Callable[[], LabelledImages], model: str, cls: str, seed: int
         result["pseudo_anomaly"] = split.abnormal_class
     if protocol == PAPER:
         best = int(np.argmax(per_epoch))  # the first of tied epochs, as the scores kept above
-        result.update({"auroc": per_epoch[best], "selected_epoch": best + 1, "auroc_per_epoch": per_epoch})
         scores = best_scores[0]
+        # no threshold (nothing is held out): the metrics that need none, of the epoch the protocol selects
+        result.update({"auroc": per_epoch[best], "auprc": evaluate_scores(scores, labels, 0.0)["auprc"],
+                       "selected_epoch": best + 1, "auroc_per_epoch": per_epoch})
     else:
         order = torch.from_numpy(np.random.default_rng(seed).permutation(len(split.test)))
         shuffled = det.decision_function(split.test[order])
