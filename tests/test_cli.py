@@ -602,7 +602,10 @@ def test_an_interrupted_demo_continues_where_it_stopped_and_ends_as_an_uninterru
 
     monkeypatch.setattr(EpochLog, "__call__", stop_in_digit_3)
     assert main([*demo, "--out", str(out)]) == INTERRUPTED_EXIT
-    assert "the same command continues from there" in capsys.readouterr().err
+    assert (f"interrupted; kept in {out} (finished: 0; the last complete epoch of digit3); the same command continues "
+            "from there") in capsys.readouterr().err
+    from skipganomaly.workflows import demo_kept
+    assert demo_kept(tmp_path / "nothing") == "no digit had finished an epoch; run the same command again"
     monkeypatch.setattr(EpochLog, "__call__", log_epoch)
     digit0 = (out / "digit0" / "model.pt").stat().st_mtime_ns
 
@@ -1254,6 +1257,22 @@ def test_a_checkpoint_without_its_held_out_count_still_tests_and_reports(tmp_pat
     assert calibration(det) == {"n_val_images": 5, "val_fraction": 0.2, "contamination": 0.05}
     det.n_val_images_ = None
     assert calibration(det) is None
+
+
+def test_a_paper_only_benchmark_needs_no_held_out_images(tmp_path: Path) -> None:
+    """The paper protocol trains on every image: --val-fraction 0 is its setting, not an error of the honest one's."""
+    data = _own_npz(tmp_path / "mine.npz")
+    assert main(["benchmark", "--data", str(data), "--models", "pca", "--classes", "a", "--protocol", "paper",
+                 "--val-fraction", "0", "--no-progress", "--device", "cpu", "--out", str(tmp_path / "b")]) == 0
+
+
+def test_tables_say_which_models_fit_in_one_pass_and_which_are_the_raw_pixel_baselines() -> None:
+    from skipganomaly.evaluation.tables import one_pass_note
+    assert one_pass_note(["skipganomaly", "knn"]) == (
+        " (knn: fitted in one pass, whatever the epochs; raw-pixel baseline, yardsticks for the learned models: knn "
+        "(mean distance to the k nearest training normals))")
+    assert "pca (PCA reconstruction error), knn" in one_pass_note(["rotation", "pca", "knn"])
+    assert one_pass_note(["rotation"]) == ""
 
 
 def test_protocol_lists_take_both_anywhere_and_an_interrupted_benchmark_says_what_was_kept(tmp_path: Path) -> None:

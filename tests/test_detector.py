@@ -541,6 +541,16 @@ def test_a_fit_that_fails_before_its_first_epoch_leaves_the_detector_as_it_was()
     with pytest.raises(DataError, match="too few"):
         det.fit(images[:3])  # refused before training: the fitted detector is kept, not a fresh untrained one
     assert det.threshold_ == threshold and np.array_equal(det.decision_function(images[:4]), before)
+    det.set_params(compile="no-such-backend")  # refused inside train(), after this fit began its own record
+    with pytest.raises(ConfigError, match="unknown torch.compile backend"):
+        det.fit(images)
+    assert det.threshold_ == threshold and np.array_equal(det.decision_function(images[:4]), before)
+    frames = (images[..., 0].astype(np.uint16) * 16)  # 12-bit frames: the depth is part of what fit sets
+    deep = Detector("pca", in_channels=1, progress=False).fit(frames, bit_depth=12)
+    deep_scores = deep.decision_function(frames[:3])
+    with pytest.raises(DataError, match="too few"):
+        deep.fit(images[:1, ..., 0])  # 8-bit, and too few: refused after reading them
+    assert deep.bit_depth_ == 12 and np.array_equal(deep.decision_function(frames[:3]), deep_scores)
     fresh = Detector(**ROTATION_SMALL, compile="no-such-backend")
     with pytest.raises(ConfigError, match="unknown torch.compile backend 'no-such-backend'"):
         fresh.fit(images)

@@ -80,6 +80,7 @@ def test_train_into_a_folder_in_use_is_refused_and_the_default_folder_skips_it(
         assert "is in use" in capsys.readouterr().err and os.listdir(run) == [LOCK_FILE]
         monkeypatch.chdir(tmp_path)  # the default --out is runs/train, then runs/train2, ...
         assert next_free_run(Path("runs/train")) == Path("runs/train2")
+        assert next_free_run(Path("runs/train"), evaluations=True) == Path("runs/train2")  # `test`'s default too
     finally:
         proc.kill()
         proc.wait()

@@ -32,7 +32,7 @@ from .sweep import (DEADLINE_EXIT, PRESETS, PROTOCOLS, SweepConfig, benchmark_da
                     check_protocols, check_sizes, decode_once, resolve_classes, run_benchmark)
 from .training.memory import reduce_heap_fragmentation
 from .training.device import native_bf16, resolve_device
-from .workflows import evaluate_folder, load_calibrated, predict_files, resumed_settings, run_demo, train_run
+from .workflows import demo_kept, evaluate_folder, load_calibrated, predict_files, resumed_settings, run_demo, train_run
 
 log = logging.getLogger(PACKAGE_LOGGER)
 
@@ -114,8 +114,7 @@ def _how_to_continue(args: argparse.Namespace) -> str | None:
             return "no cell had finished; the same command starts again"
         return f"finished cells are kept in {args.out}; the same command runs only the missing ones"
     if args.command == "demo":
-        return (f"finished digits are kept in {args.out}, and the interrupted digit's last complete epoch; the same "
-                "command continues from there")
+        return demo_kept(args.out)
     if args.command == "predict":
         return f"nothing was written ({args.out} and the maps are written whole at the end); run the same command again"
     return None

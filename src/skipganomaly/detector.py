@@ -168,7 +168,6 @@ def _detector_fields() -> list[dataclasses.Field]:
 
 _FITTED = ("model_", "threshold_", "val_scores_", "history_", "n_train_images_", "n_val_images_", "bit_depth_",
            "file_form_")  # what `fit` sets: kept as it was when a fit fails before its first epoch
-_UNFITTED: dict[str, Any] = {name: [] if name == "history_" else None for name in _FITTED}
 _MISSING = object()
 
 
@@ -189,12 +188,14 @@ def _float32_autograd(grad: bool) -> Iterator[None]:
     default dtype (not a `torch.set_default_dtype(torch.float64)` of the notebook's), outside inference mode, and
     with `grad`, gradients on (a fit called under `torch.no_grad()`)."""
     previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float32)
+    if previous != torch.float32:  # a process-wide setting: touched only where the caller changed it
+        torch.set_default_dtype(torch.float32)
     try:
         with torch.inference_mode(False), (torch.enable_grad() if grad else contextlib.nullcontext()):
             yield
     finally:
-        torch.set_default_dtype(previous)
+        if previous != torch.float32:
+            torch.set_default_dtype(previous)
 
 
 def _anomalies_in(y: Any) -> int:
@@ -324,7 +325,7 @@ class Detector:
         recalibrate = changed == ["contamination"]
         if self.model_ is not None and changed and not recalibrate:
             log.warning("set_params changed %s: the fitted model is dropped; call fit() again", ", ".join(changed))
-            self._restore(_UNFITTED)
+            self._restore({name: [] if name == "history_" else None for name in _FITTED})
         elif self.model_ is not None:
             to_device(self.model_, self.device)
             if recalibrate and self.val_scores_ is not None:
@@ -407,7 +408,9 @@ class Detector:
             with _float32_autograd(grad=True):
                 return self._fit(images, y, checkpoint_path, on_epoch_end, resume, bit_depth, file_form)
         except BaseException:
-            if not self.history_:  # no epoch finished: the detector stays as it was (fitted or not), not half-made
+            # no epoch finished in this call (its history is still the earlier one, or empty): the detector stays as
+            # it was, fitted or not, not half-made
+            if self.history_ is before["history_"] or not self.history_:
                 self._restore(before)
             raise
 

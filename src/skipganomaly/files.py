@@ -35,12 +35,19 @@ _UMASK = _read_umask()
 
 @contextlib.contextmanager
 def replacing(path: Path) -> Iterator[Path]:
-    """A temporary path beside `path` to write, renamed over `path` when the block ends and removed when it fails
-    (a full disk, an interrupt): `path` is then the old file or the whole new one, and no part-written file is left."""
+    """A temporary file beside `path` to write (its own name, so two writers never share one), flushed to disk and
+    renamed over `path` when the block ends, removed when it fails (a full disk, an interrupt): `path` is then the old
+    file or the whole new one, never a part-written one, even after a crash of the machine."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
+    fd, name = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
     try:
         yield tmp
+        with tmp.open("rb+") as fh:
+            os.fsync(fh.fileno())
+        with contextlib.suppress(OSError):  # some mounts (vfat, SMB) refuse chmod; the file is still good
+            os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes it private (0600); results are shared like any file
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -100,25 +107,14 @@ def writing(path: Path) -> Iterator[None]:
 
 
 def save_torch_atomic(path: Path, payload: Any) -> None:
-    """torch.save to a unique temporary file, fsync, then rename over `path`: a crash at any moment
-    leaves either the old file or the new one, never a truncated one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            try:
-                torch.save(payload, fh)
-            except RuntimeError as err:  # torch's zip writer reports a failed write (a full disk) as this
-                raise OSError(errno.EIO, f"could not write it ({str(err).splitlines()[0][:120]}; is the disk "
-                                         "full?)", str(path)) from None
-            fh.flush()
-            os.fsync(fh.fileno())
-        with contextlib.suppress(OSError):  # some mounts (vfat, SMB) refuse chmod; the file is still good
-            os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes it private (0600); a checkpoint is shared like any file
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """torch.save through `replacing`: a crash at any moment leaves either the old file or the new one, never a
+    truncated one."""
+    with replacing(path) as tmp, tmp.open("wb") as fh:
+        try:
+            torch.save(payload, fh)
+        except RuntimeError as err:  # torch's zip writer reports a failed write (a full disk) as this
+            raise OSError(errno.EIO, f"could not write it ({str(err).splitlines()[0][:120]}; is the disk "
+                                     "full?)", str(path)) from None
 
 
 def load_torch_checked(path: Path, fmt: str, version: int | tuple[int, ...], readable_as: str,

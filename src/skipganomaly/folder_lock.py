@@ -56,7 +56,11 @@ def _take(path: Path) -> int | None:
     this process waited to open it is let go, and the new one taken."""
     assert fcntl is not None
     while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except PermissionError:  # a read-only folder, or a lock file another user's killed command left
+            raise ConfigError(f"cannot write {path}, which holds the folder for one command at a time (permission "
+                              "denied): give an output folder you can write to") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -65,6 +69,8 @@ def _take(path: Path) -> int | None:
                               "for it to end, or give another output folder") from None
         except OSError as err:  # e.g. ENOLCK on a network file system
             os.close(fd)
+            with contextlib.suppress(OSError):
+                path.unlink()
             log.debug("no lock on %s (%s): written unclaimed", path, err)
             return None
         try:

@@ -51,8 +51,8 @@ from .detector import (Detector, DetectorSettings, check_threshold_split, model_
 from .errors import (PACKAGE_LOGGER, PARTLY_FAILED_EXIT, ConfigError, DataError, SkipGanomalyError,
                      warnings_said)
 from .evaluation.metrics import evaluate_scores
-from .evaluation.tables import (HONEST, PAPER, one_pass_note, PROTOCOL_NOTES, VALIDATE, WARNINGS_NOTE, benchmark_table, commit_text,
-                                commits_note, shows_paper_numbers, summarise, table_notes, warning_source)
+from .evaluation.tables import (PAPER, PROTOCOL_NOTES, VALIDATE, WARNINGS_NOTE, benchmark_table, commit_text,
+                                commits_note, one_pass_note, shows_paper_numbers, summarise, table_notes, warning_source)
 from .files import json_text, replacing, write_text_atomic
 from .interrupts import interrupts_held, sigterm_as_interrupt
 from .models import create, get_model_class, list_models
@@ -619,12 +619,8 @@ def check_protocols(data: LabelledImages, classes: Sequence[str], protocols: Seq
 def check_sizes(data: LabelledImages, config: SweepConfig) -> None:
     """Fail before training where a task's training part, at the sweep's fractions, is too small to hold out
     the threshold's images: said once, naming --train-fraction, rather than by every cell after loading."""
-    least = {}  # what each model needs to train on (a kNN score: more than k images), from options alone
-    for model in config.models:
-        settings = detector_settings(model, 0, HONEST, config)
-        least[model] = create(model, in_channels=data.train_images.shape[1], image_size=settings.image_size,
-                              **settings.model_options).min_training_images()
-    for protocol in [p for p in config.protocols if p != PAPER]:  # the paper protocol holds none out
+    least: dict[str, int] = {}  # what a model with these options needs to train on (a kNN score: more than k)
+    for protocol in config.protocols:
         for cls in config.classes:
             for seed in config.seeds:  # under validate the seed picks the pseudo-anomaly, and so the training part
                 abnormal = data.class_names(cls)
@@ -632,12 +628,18 @@ def check_sizes(data: LabelledImages, config: SweepConfig) -> None:
                     abnormal = [*abnormal, pseudo_anomaly(data, abnormal, seed)]
                 n = training_count(data, abnormal, config.train_fraction)
                 for model in config.models:
-                    try:
-                        kept = len(Detector.from_settings(detector_settings(model, seed, protocol, config)
-                                                          ).holdout(n)[1])
-                        if kept < least[model]:
-                            raise DataError(f"{model} with these options needs at least {least[model]} to train on, "
-                                            f"and {n - kept} of {n} are held out for the threshold")
+                    settings = detector_settings(model, seed, protocol, config)
+                    key = json.dumps([model, settings.as_dict()["model_options"]], sort_keys=True)
+                    if key not in least:
+                        least[key] = create(model, in_channels=data.train_images.shape[1],
+                                            image_size=settings.image_size,
+                                            **settings.model_options).min_training_images()
+                    try:  # the paper protocol holds none out
+                        kept = len(Detector.from_settings(settings).holdout(n)[1])
+                        if kept < least[key]:
+                            held = f", and {n - kept} of {n} are held out for the threshold" if n > kept else ""
+                            raise DataError(f"{model} with these options needs at least {least[key]} training "
+                                            f"images{held}")
                     except DataError as err:
                         trained = [c for c in data.present() if c not in abnormal]
                         advice = ("raise --train-fraction" if config.train_fraction < 1 else

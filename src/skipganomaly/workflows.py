@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import io
 import json
 import logging
@@ -34,7 +35,7 @@ from .run_directory import EpochLog, RunDirectory, SweepDirectory, read_history,
 from .provenance import environment
 from .training.distributed import init_from_environment, is_main_process, world
 from .training import TrainConfig
-from .training.loop import data_fingerprint, load_train_state
+from .training.loop import check_resume_length, data_fingerprint, load_train_state
 
 log = logging.getLogger(PACKAGE_LOGGER)
 
@@ -288,11 +289,10 @@ def resumed_settings(run: RunDirectory, given: dict[str, Any], model_args: Seque
         raise ConfigError(f"cannot resume {run.root}: {err}") from None
     may_change = set(TrainConfig.names(on_resume="free")) | set(TrainConfig.names(on_resume="grow"))
     current = settings.params()
-    if settings.training.lr_schedule == "cosine" and given.get("epochs", settings.training.epochs) != \
-            settings.training.epochs:  # the schedule spans the run's epochs: more would change the ones trained
-        raise ConfigError(f"cannot resume {run.root} with --epochs {given['epochs']}: its cosine learning-rate "
-                          f"schedule is laid out over {settings.training.epochs} epochs, so the result would not "
-                          f"be a {given['epochs']}-epoch run's; start a new run with --epochs {given['epochs']}")
+    # said before any image is read (config.yaml has the planned epochs; the state file checks again, with the rest)
+    check_resume_length(run.root, dataclasses.replace(settings.training, epochs=given.get("epochs",
+                                                                                          settings.training.epochs)),
+                        trained=0, planned=settings.training.epochs)
     fixed = sorted(k for k, v in given.items() if k not in may_change and current.get(k) != v)
     options = parse_model_args(model_args, [settings.model])[settings.model]
     if fixed or any(settings.model_options.get(k, _UNSET) != v for k, v in options.items()):
@@ -358,9 +358,6 @@ def _train_run(settings: DetectorSettings, data: Path, test: Path | None, run: R
     if resume and not run.state.exists() and (run.checkpoint.exists() or read_history(run.metrics_log)):
         raise ConfigError(f"cannot resume {run.root}: its training state {run.state.name} is missing (deleted?), "
                           "so it would train again from epoch 1; start a new run (or --overwrite this one)")
-    if len(done) > settings.training.epochs:
-        raise ConfigError(f"cannot resume {run.root} with --epochs {settings.training.epochs}: it has trained "
-                          f"{len(done)} epochs already; give at least that many")
     if not is_main_process():
         det.fit(images, checkpoint_path=run.checkpoint, resume=resume, bit_depth=bit_depth, file_form=form)
         return det
@@ -523,6 +520,22 @@ def _earlier_demo(out: Path, identity: dict[str, Any]) -> dict[str, Any] | None:
     for path in (folder.results_json, folder.table):
         path.unlink(missing_ok=True)
     return None
+
+
+def demo_kept(out: Path) -> str:
+    """What an interrupted demo left in `out` for the same command to continue from, in words."""
+    try:
+        saved = json.loads(SweepDirectory(out).results_json.read_text())
+    except (OSError, ValueError):
+        saved = {}
+    finished = sorted(k for k in saved if str(k).startswith("digit ")) if isinstance(saved, dict) else []
+    started = sorted(p.parent.name for p in out.glob(f"digit?/{RunDirectory(out).state.name}")
+                     if f"digit {p.parent.name[-1]}" not in finished) if out.is_dir() else []
+    if not finished and not started:
+        return "no digit had finished an epoch; run the same command again"
+    kept = ([f"finished: {', '.join(k.split()[1] for k in finished)}"] if finished else []) + \
+        ([f"the last complete epoch of {', '.join(started)}"] if started else [])
+    return f"kept in {out} ({'; '.join(kept)}); the same command continues from there"
 
 
 def _fit_demo_digit(settings: DetectorSettings, images: torch.Tensor, run: RunDirectory,

@@ -272,6 +272,13 @@ def test_a_class_folder_that_groups_subfolders_is_one_class_with_a_word(tmp_path
     assert data.classes == ("blobs", "dated", "shapes")
     assert "class 'shapes' is read from its 2 subfolders (circle, square) as one class" in caplog.text
     assert "'dated'" not in caplog.text and "'blobs'" not in caplog.text
+    caplog.clear()
+    for part in ("train", "test"):  # the same grouping in both parts: said once
+        for name in ("shapes/circle", "shapes/square", "blobs"):
+            write_images(tmp_path / "split" / part / name, rng.integers(0, 255, (3, 32, 32, 3), dtype=np.uint8))
+    with caplog.at_level("WARNING", logger="skipganomaly"):
+        load_class_folders(tmp_path / "split")
+    assert caplog.text.count("is read from its 2 subfolders") == 1
 
 
 def test_a_class_folder_fingerprint_changes_with_the_pixels_under_the_same_names(tmp_path: Path) -> None:

@@ -376,12 +376,14 @@ def load_class_folders(root: str | os.PathLike[str], image_size: int = 32, in_ch
     parts: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     listing = []
     depth = None  # images wider than 8 bits: the test part is read at the training part's depth
+    grouping_said: set[str] = set()  # class folders said to group subfolders (in train/ or test/: once)
     for part, base in bases.items():
         files: list[Path] = []
         labels: list[int] = []
         for i, name in enumerate(names):
             found = list_image_files(base / name) if (base / name).is_dir() else []
-            _say_if_grouping(base / name, found)
+            if name not in grouping_said:
+                grouping_said.update([name] if _say_if_grouping(base / name, found) else [])
             files += found
             labels += [i] * len(found)
         if not files:
@@ -414,13 +416,15 @@ def load_class_folders(root: str | os.PathLike[str], image_size: int = 32, in_ch
                           f"{root.name}:{len(listing)} files:{digest}:{image_size}px:{in_channels}ch")
 
 
-def _say_if_grouping(folder: Path, files: Sequence[Path]) -> None:
+def _say_if_grouping(folder: Path, files: Sequence[Path]) -> bool:
     """A class folder whose images all lie in several subfolders (shapes/circle/, shapes/square/) may group classes
-    that were meant apart: they are read as one class, said once."""
+    that were meant apart: they are read as one class, with a warning (returns whether it was said)."""
     below = sorted({f.relative_to(folder).parts[0] for f in files if len(f.relative_to(folder).parts) > 1})
-    if len(below) > 1 and all(len(f.relative_to(folder).parts) > 1 for f in files):
+    grouping = len(below) > 1 and all(len(f.relative_to(folder).parts) > 1 for f in files)
+    if grouping:
         log.warning("class %r is read from its %d subfolders (%s) as one class; if they are classes, give each its own "
                     "folder beside the others", folder.name, len(below), few_names(below))
+    return grouping
 
 
 DECODED_FORMAT = "skipganomaly-decoded-images"

@@ -80,12 +80,15 @@ def one_pass_note(models: Sequence[str]) -> str:
     from ..models import BASELINES, get_model_class, list_models
 
     closed = [m for m in models if m in list_models() and not get_model_class(m).trained_by_gradient]
-    baselines = [m for m in closed if m in BASELINES]
+    baselines = [f"{m} ({BASELINE_SCORES[m]})" for m in closed if m in BASELINES]
     if not closed:
         return ""
     return (f" ({', '.join(closed)}: fitted in one pass, whatever the epochs"
-            + (f"; {', '.join(baselines)}: the raw-pixel baselines (PCA reconstruction error, mean distance to the k "
-               "nearest training normals), yardsticks for the learned models" if baselines else "") + ")")
+            + (f"; raw-pixel baseline{'s' if len(baselines) > 1 else ''}, yardsticks for the learned models: "
+               f"{', '.join(baselines)}" if baselines else "") + ")")
+
+
+BASELINE_SCORES = {"pca": "PCA reconstruction error", "knn": "mean distance to the k nearest training normals"}
 
 
 FEW_TEST_IMAGES = 10  # a cell scored on fewer normal or abnormal test images than this is marked FEW_MARK

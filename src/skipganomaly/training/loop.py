@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import logging
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -19,7 +20,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
-from ..errors import ConfigError, SkipGanomalyError
+from ..errors import PACKAGE_LOGGER, ConfigError, SkipGanomalyError
 from ..files import load_torch_checked, save_torch_atomic
 from ..models.base import AnomalyModel, Phase
 from ..progress import progress_bar
@@ -29,6 +30,8 @@ from .optim import Adam
 from .device import autocast, compile_blocks, prepare_batch, resolve_device, to_device, warn_emulated_bf16
 from .inference import batched_apply, default_eval_batch
 from .memory import release_free_memory
+
+log = logging.getLogger(PACKAGE_LOGGER)
 
 
 class TrainingError(SkipGanomalyError):
@@ -176,6 +179,10 @@ def train(
         since_best = state["since_best"]
         first_epoch = state["epoch"] + 1
         if state["stopped"]:
+            if config.epochs > state["epoch"] and model.trained_by_gradient and config.patience is not None:
+                log.warning("%s stopped early at epoch %d (no better validation loss for %d epochs): resuming trains "
+                            "no further epoch; start a new run (with a larger patience) to train longer", state_path,
+                            state["epoch"], config.patience)
             first_epoch = config.epochs + 1
 
     release_free_memory()  # what loading the data (and a state file) freed, before the activations come
@@ -236,6 +243,7 @@ def train(
         if state_path is not None and is_main_process():
             save_torch_atomic(state_path, {
                 "format": STATE_FORMAT, "format_version": STATE_VERSION, "epoch": epoch, "stopped": stopped,
+                "epochs": config.epochs,  # the run's planned length, which a cosine schedule is laid out over
                 "settings": _resume_settings(config), "data": fingerprint, "model_identity": model_identity(model),
                 "model": _cpu(model.state_dict()),
                 "optimizers": {name: opt.state_dict() for name, opt in optimizers.items()},
@@ -295,6 +303,18 @@ def _resume_settings(config: TrainConfig) -> dict[str, Any]:
     return config.values(TrainConfig.names(on_resume="fixed"))
 
 
+def check_resume_length(where: Path, config: TrainConfig, trained: int, planned: int | None) -> None:
+    """A resumed run's result must be a `config.epochs`-epoch run's: not fewer epochs than it has `trained`, and for a
+    cosine schedule, laid out over the `planned` epochs it started with (None: not known), no other number."""
+    if trained > config.epochs:
+        raise ConfigError(f"cannot resume {where} for {config.epochs} epochs: it has trained {trained} epochs already; "
+                          "give at least that many")
+    if config.lr_schedule == "cosine" and planned is not None and planned != config.epochs:
+        raise ConfigError(f"cannot resume {where} for {config.epochs} epochs: its cosine learning-rate schedule is "
+                          f"laid out over {planned} epochs, so the result would not be a {config.epochs}-epoch run's; "
+                          f"start a new run of {config.epochs} epochs")
+
+
 def load_train_state(path: Path, config: TrainConfig | None = None, fingerprint: str | None = None,
                      model: dict[str, Any] | None = None) -> dict[str, Any]:
     """Read a training-state file (tensors and plain values only) and check it fits `config`, and, where
@@ -308,6 +328,8 @@ def load_train_state(path: Path, config: TrainConfig | None = None, fingerprint:
     if changed:
         raise ConfigError(f"cannot resume {path}: {', '.join(changed)} differ{'s' if len(changed) == 1 else ''} from "
                           "the interrupted run")
+    if config is not None:
+        check_resume_length(path, config, trained=state["epoch"], planned=state.get("epochs"))
     saved_model = state.get("model_identity")
     if model is not None and saved_model is not None and saved_model != model:
         changed = sorted(k for k in {*saved_model, *model} if saved_model.get(k) != model.get(k))
