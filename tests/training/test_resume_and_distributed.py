@@ -185,10 +185,39 @@ def test_a_resume_that_would_not_continue_the_run_is_refused(tmp_path: Path,
     assert "it has trained 2 epochs already; give at least that many" in capsys.readouterr().err
     assert main(["train", "--resume", str(tmp_path / "cosine"), "--epochs", "3", "--no-progress"]) == 2
     assert "its cosine learning-rate schedule is laid out over 2 epochs" in capsys.readouterr().err
+    # the same rules where the library resumes (fit(..., resume=True)), with the cosine run's own settings
+    rotation = {"widths": [8, 16, 32], "batch_size": 8, "progress": False, "device": "cpu"}
+    images = str(tmp_path / "train")
+    with pytest.raises(ConfigError, match="for 1 epochs: it has trained 2 epochs already"):
+        Detector(**rotation, epochs=1).fit(images, checkpoint_path=tmp_path / "run", resume=True)
+    with pytest.raises(ConfigError, match="for 3 epochs: its cosine learning-rate schedule is laid out over 2"):
+        Detector(**rotation, epochs=3, lr_schedule="cosine").fit(images, checkpoint_path=tmp_path / "cosine",
+                                                                 resume=True)
     (tmp_path / "run" / "model.state.pt").unlink()
     assert main(["train", "--resume", str(tmp_path / "run"), "--epochs", "3", "--no-progress"]) == 2
     assert "its training state model.state.pt is missing (deleted?)" in capsys.readouterr().err
     assert (tmp_path / "run" / "model.pt").read_bytes() == before
+
+
+def test_a_run_that_stopped_early_says_a_resume_trains_no_further(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                  caplog: pytest.LogCaptureFixture) -> None:
+    """Early stopping ends a run for good: resumed with more epochs it trains none, and says so."""
+    from skipganomaly.models import get_model_class
+
+    settings = {"widths": [8, 16, 32], "batch_size": 8, "progress": False, "device": "cpu", "patience": 1}
+    calls = []
+
+    def worse_each_epoch(self: object, x: torch.Tensor) -> torch.Tensor:  # 2 held-out images: one batch an epoch
+        calls.append(1)
+        return torch.full((len(x),), float(len(calls)))
+
+    with monkeypatch.context() as patch:
+        patch.setattr(get_model_class("rotation"), "validation_loss", worse_each_epoch)
+        det = Detector(**settings, epochs=4).fit(blob_images(40), checkpoint_path=tmp_path)
+    assert len(det.history_) == 2  # no better loss after epoch 1: stopped after epoch 2 at patience 1
+    with caplog.at_level("WARNING", logger="skipganomaly"):
+        again = Detector(**settings, epochs=6).fit(blob_images(40), checkpoint_path=tmp_path, resume=True)
+    assert len(again.history_) == 2 and "stopped early at epoch 2" in caplog.text
 
 
 def test_a_resumed_run_keeps_every_calls_environment(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
