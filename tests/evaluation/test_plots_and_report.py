@@ -330,3 +330,23 @@ def test_a_file_written_in_place_is_the_old_one_or_the_whole_new_one_never_a_par
     assert path.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["results.json"]
     write_text_atomic(path, "new")
     assert path.read_text() == "new" and sorted(p.name for p in tmp_path.iterdir()) == ["results.json"]
+
+
+def test_a_validate_curve_is_named_by_the_class_it_scored(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under validate the column's class is removed and the next one scored: the ROC legend names both."""
+    import skipganomaly.evaluation.report as report_module
+
+    root = _benchmark_folder(tmp_path / "bench")
+    saved = json.loads((root / "results.json").read_text())
+    for cell in saved["cells"]:
+        if cell["protocol"] == "paper":
+            cell.update(protocol="validate", pseudo_anomaly="bird" if cell["class"] == "ship" else "cat")
+    saved["config"]["protocols"] = ["honest", "validate"]
+    (root / "results.json").write_text(json.dumps(saved))
+    drawn: dict[str, list[str]] = {}
+    real = report_module.roc_figure
+    monkeypatch.setattr(report_module, "roc_figure", lambda curves, path, *a, **k: (
+        drawn.setdefault(path.name, list(curves)), real(curves, path, *a, **k))[1])
+    build_report(root)
+    assert drawn["roc_skipganomalypp_validate.png"] == ["ship removed, bird scored", "bird removed, cat scored"]
+    assert drawn["roc_skipganomalypp_honest.png"] == ["ship", "bird"]

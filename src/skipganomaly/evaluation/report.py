@@ -328,7 +328,10 @@ def build_benchmark_report(bench_dir: Path) -> Path:
                     continue
                 try:
                     with np.load(folder.cells / cell.get("scores_file", "-")) as data:
-                        curves[cell["class"]] = (data["labels"], data["scores"])
+                        # under validate the curve is of the pseudo-anomaly scored while the class was removed
+                        label = (f"{cell['class']} removed, {cell['pseudo_anomaly']} scored" if
+                                 cell.get("pseudo_anomaly") else str(cell["class"]))
+                        curves[label] = (data["labels"], data["scores"])
                 except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error):  # missing, cut, not ours
                     lacking.append(str(cell["class"]))
             if curves:
