@@ -637,3 +637,6 @@ def test_an_unfinished_run_of_a_model_with_a_feature_bank_says_to_finish_it(tmp_
     with pytest.raises(StatisticsMissing, match=r"training did not finish \(1 of 2 epochs\): its rotation score "
                                                 r".*skipganomaly train --resume RUN_DIR"):
         Detector.load(tmp_path).decision_function(smooth_images(2))
+    pytest.importorskip("onnx")
+    with pytest.raises(StatisticsMissing, match=r"training did not finish \(1 of 2 epochs\)"):  # nor be exported
+        Detector.load(tmp_path).export_onnx(tmp_path / "m.onnx")

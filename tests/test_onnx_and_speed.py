@@ -199,8 +199,17 @@ def test_export_command_writes_a_file_that_predicts_alone(tmp_path: Path, capsys
         det.export_onnx(tmp_path / "junk.onnx" / "m.onnx")
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
     bare = OnnxScorer(export_onnx(det.model_, tmp_path / "bare.onnx"))  # a model alone has no threshold
-    with pytest.raises(ConfigError, match="no threshold"):
+    with pytest.raises(CheckpointError, match="no threshold"):  # as Detector.predict without one
         bare.predict(images)
+    before = (run / "model.pt").read_bytes()
+    assert main(["export", "--checkpoint", str(run), "--out", str(run / "model.pt")]) == 2  # the detector stays
+    assert "is a zip file (a detector checkpoint" in capsys.readouterr().err and (run / "model.pt").read_bytes() == before
+    with pytest.raises(CheckpointError, match="is a folder; give the ONNX file"):
+        OnnxScorer(tmp_path)
+    unthresholded = Detector("pca", progress=False, val_fraction=0.0).fit(blob_images(20))
+    unthresholded.save(tmp_path / "vf0.pt")  # the CLI exports it as the API does: scores only, said
+    assert main(["export", "--checkpoint", str(tmp_path / "vf0.pt"), "--out", str(tmp_path / "vf0.onnx")]) == 0
+    assert "(pca, no threshold: scores only)" in capsys.readouterr().out
 
 
 def test_an_onnx_file_says_how_to_prepare_its_input_and_refuses_what_is_not_one(
@@ -264,8 +273,8 @@ def test_an_onnx_file_says_how_to_prepare_its_input_and_refuses_what_is_not_one(
     det.threshold_ = None  # as an unfinished run's detector
     with caplog.at_level(logging.WARNING, logger="skipganomaly"):
         det.export_onnx(tmp_path / "unfinished.onnx")
-    assert "exporting without a threshold" in caplog.text
-    with pytest.raises(ConfigError, match="unfinished training run"):
+    assert "exported without a threshold (an unfinished training run)" in caplog.text
+    with pytest.raises(CheckpointError, match="unfinished training run"):
         OnnxScorer(tmp_path / "unfinished.onnx").predict(blob_images(2))
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no private export folder left
 

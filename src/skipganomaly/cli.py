@@ -16,7 +16,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from .data.cifar10 import DEFAULT_ROOT as CIFAR10_DIR, NAME as CIFAR10_NAME, TITLE as CIFAR10_TITLE, Cifar10
 from .data.folders import train_folder
 from .data.images import is_image_name
-from .detector import (DEFAULT_MODEL, DetectorSettings, check_threshold_split, setting_defaults,
+from .detector import (DEFAULT_MODEL, Detector, DetectorSettings, check_threshold_split, setting_defaults,
                        setting_fields)
 from .errors import BUG_EXIT, PACKAGE_LOGGER, PARTLY_FAILED_EXIT, ConfigError, SkipGanomalyError, warnings_said
 from .folder_lock import claim_folder
@@ -32,7 +32,7 @@ from .sweep import (DEADLINE_EXIT, PRESETS, PROTOCOLS, SweepConfig, benchmark_da
                     check_protocols, check_sizes, decode_once, resolve_classes, run_benchmark)
 from .training.memory import reduce_heap_fragmentation
 from .training.device import native_bf16, resolve_device
-from .workflows import demo_kept, evaluate_folder, load_calibrated, predict_files, resumed_settings, run_demo, train_run
+from .workflows import demo_kept, evaluate_folder, predict_files, resumed_settings, run_demo, train_run
 
 log = logging.getLogger(PACKAGE_LOGGER)
 
@@ -469,8 +469,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     _check_out_file(args.out, "ONNX")
-    det = load_calibrated(args.checkpoint, device="cpu", progress=False)
-    print(f"wrote {det.export_onnx(args.out)} ({det.model_name}, threshold {det.threshold_:.6g})")
+    det = Detector.load(args.checkpoint, device="cpu", progress=False)  # without a threshold: said, as by the API
+    cut = "no threshold: scores only" if det.threshold_ is None else f"threshold {det.threshold_:.6g}"
+    print(f"wrote {det.export_onnx(args.out)} ({det.model_name}, {cut})")
     return 0
 
 

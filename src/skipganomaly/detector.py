@@ -556,10 +556,14 @@ class Detector:
         from .onnx_export import export_onnx
 
         model = self._fitted()
+        try:
+            written = export_onnx(model, path, self.threshold_, self.bit_depth_)
+        except StatisticsMissing as err:
+            raise self._unfinished(err) from None
         if self.threshold_ is None:
-            log.warning("exporting without a threshold (an unfinished training run, or val_fraction=0): the ONNX file "
-                        "scores but cannot predict")
-        return export_onnx(model, path, self.threshold_, self.bit_depth_)
+            log.warning("exported without a threshold (%s): the ONNX file scores but cannot predict",
+                        "val_fraction=0" if self.settings.val_fraction == 0 else "an unfinished training run")
+        return written
 
     def _as_tensor(self, images: Any) -> torch.Tensor:
         self._fitted()
@@ -579,14 +583,19 @@ class Detector:
                 return batched_apply(getattr(model, method), model, data, batch, self.device, self.train_config.amp,
                                      desc=method.replace("_", " ") if self.train_config.progress else None)
         except StatisticsMissing as err:
-            done, epochs = len(self.history_), self.train_config.epochs
-            if self.threshold_ is not None or not done or done >= epochs:
-                raise
-            raise StatisticsMissing(
-                f"this detector's training did not finish ({done} of {epochs} epochs): its {self.model_name} score "
-                "compares images with features of the training normals, fitted after the last epoch, so it cannot "
-                "score yet; finish the run (skipganomaly train --resume RUN_DIR, or fit(images, checkpoint_path=..., "
-                "resume=True))") from None
+            raise self._unfinished(err) from None
+
+    def _unfinished(self, err: StatisticsMissing) -> StatisticsMissing:
+        """The error of a score that needs statistics of the training normals, in words for this detector: an
+        unfinished training run is told how to finish."""
+        done, epochs = len(self.history_), self.train_config.epochs
+        if self.threshold_ is not None or not done or done >= epochs:
+            return err
+        return StatisticsMissing(
+            f"this detector's training did not finish ({done} of {epochs} epochs): its {self.model_name} score "
+            "compares images with features of the training normals, fitted after the last epoch, so it cannot "
+            "score yet; finish the run (skipganomaly train --resume RUN_DIR, or fit(images, checkpoint_path=..., "
+            "resume=True))")
 
     def _fitted(self) -> AnomalyModel:
         if self.model_ is None:

@@ -122,6 +122,9 @@ def export_onnx(model: AnomalyModel, path: str | os.PathLike[str], threshold: fl
         raise CheckpointError(f"cannot write {path}{os.sep if as_folder else ''}: {above} is a file, not a folder")
     if as_folder or path.is_dir():
         raise ConfigError(f"{path} is a folder; give the ONNX file to write (e.g. {path / 'model.onnx'})")
+    if path.is_file() and zipfile.is_zipfile(path):  # an earlier export is replaced; a trained detector is not
+        raise ConfigError(f"{path} is a zip file (a detector checkpoint, model.pt?), which the export would replace; "
+                          "give the ONNX file to write (e.g. model.onnx)")
     with writing(path):
         path.parent.mkdir(parents=True, exist_ok=True)
         # written whole in a private folder, then renamed: no half-written file under the name, and whatever
@@ -136,7 +139,9 @@ def export_onnx(model: AnomalyModel, path: str | os.PathLike[str], threshold: fl
 class OnnxScorer:
     """Score images with onnxruntime (CPU), in batches: whatever `Detector.decision_function` takes
     (uint8 or [0, 1] float arrays and tensors, lists of paths or PIL images), converted to the graph's
-    channels and size (read from its input). Its scores match the detector's to `SCORE_AGREEMENT`.
+    channels and size (read from its input). Its scores match the detector's to `SCORE_AGREEMENT`. Scores only:
+    anomaly maps need the detector (`Detector.load(...).anomaly_maps`). One scorer may serve several threads at
+    once; it cannot be pickled (onnxruntime's session): give each process its own, from the file.
     `threads`: onnxruntime's threads per call (default: every core; give 1 or 2 where several scorers share a
     machine)."""
 
@@ -151,6 +156,8 @@ class OnnxScorer:
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = int(threads)
+        if Path(path).is_dir():
+            raise CheckpointError(f"{path} is a folder; give the ONNX file (e.g. {Path(path) / 'model.onnx'})")
         if not Path(path).is_file():
             raise CheckpointError(f"ONNX file not found: {path}")
         if zipfile.is_zipfile(path):
@@ -190,8 +197,8 @@ class OnnxScorer:
 
     def predict(self, images: Any, batch_size: int | None = None) -> np.ndarray:
         """1 where the score is above the detector's threshold (as `Detector.predict`), else 0."""
-        if self.threshold_ is None:
-            raise ConfigError("this ONNX file holds no threshold (exported from an unfinished training run, a bare "
+        if self.threshold_ is None:  # the same error type as Detector.predict's without a threshold
+            raise CheckpointError("this ONNX file holds no threshold (exported from an unfinished training run, a bare "
                               "model, or a detector fitted without held-out images); compare `score` with your own")
         return (self.score(images, batch_size) > self.threshold_).astype(np.int64)
 

@@ -592,3 +592,16 @@ def test_files_stored_unlike_the_training_files_are_warned_about(tmp_path: Path,
     with caplog.at_level(logging.WARNING, logger="skipganomaly"):
         from_arrays.decision_function([str(odd / "strip.png")])
     assert from_arrays.file_form_ is None and "shaped unlike" not in caplog.text
+
+
+@pytest.mark.parametrize("channels", [3, 1])
+def test_a_jpeg_a_few_times_the_model_size_reads_as_its_full_decode(tmp_path: Path, channels: int) -> None:
+    """A JPEG is decoded at a reduced scale only far above the model's size: one 4 times as large scores as the
+    same pixels saved losslessly (the README's serving recipe decodes in full), in colour and in grey."""
+    rng = np.random.default_rng(0)
+    smooth = Image.fromarray((rng.random((8, 8, 3)) * 255).astype(np.uint8)).resize((128, 128), Image.Resampling.BICUBIC)
+    noisy = (np.asarray(smooth).astype(float) + rng.normal(0, 12, (128, 128, 3))).clip(0, 255).astype(np.uint8)
+    Image.fromarray(noisy).save(tmp_path / "photo.jpg", quality=95)
+    Image.open(tmp_path / "photo.jpg").convert("RGB").save(tmp_path / "decoded.png")
+    assert np.array_equal(load_image(tmp_path / "photo.jpg", 32, channels), load_image(tmp_path / "decoded.png", 32,
+                                                                                       channels))

@@ -42,8 +42,9 @@ def load_image(path: str | os.PathLike[str], image_size: int, in_channels: int,
                bit_depth: int | None = None) -> np.ndarray:
     """Read one image file as uint8 [C, H, W], converted to the model's channels and size.
 
-    JPEGs are decoded at a reduced scale when they are much larger than the model's size (`draft`),
-    so a 10000x10000 photo costs a few MB, not 300. Pillow's decompression-bomb guard stays on: images
+    JPEGs at least 8 times the model's size are decoded at a reduced scale (`draft`, to no less than
+    DRAFT_MARGIN times the size, from which the resize gives what a full decode would, up to rounding: a mean 0.2
+    grey levels measured from 512 px), so a 10000x10000 photo costs a few MB, not 300. Pillow's decompression-bomb guard stays on: images
     above twice its pixel limit (about 179 million pixels) are refused, which `load_image_files` turns
     into a skip with a warning; between one and two times the limit, they are read (a large scan or
     photo is a legitimate input).
@@ -118,6 +119,9 @@ def _grey_palette(img: Image.Image) -> bool:
     return all(palette[i] == palette[i + 1] == palette[i + 2] for i in range(0, len(palette) - 2, 3))
 
 
+DRAFT_MARGIN = 4  # a JPEG is decoded at a reduced scale only down to this many times the model's size
+
+
 def _read_image(path: str | os.PathLike[str], image_size: int, in_channels: int,
                 bit_depth: int | None = None) -> tuple[np.ndarray, int | None, bool, FileForm]:
     """The image (wide integer images scaled by `bit_depth`, else by their own), the depth its own values
@@ -130,7 +134,9 @@ def _read_image(path: str | os.PathLike[str], image_size: int, in_channels: int,
             several = getattr(img, "n_frames", 1) > 1 and img.format != "MPO"
             upright = img.size[::-1] if _orientation(img) in (5, 6, 7, 8) else img.size
             form = FileForm(img.mode not in GREY_MODES and not _grey_palette(img), upright)  # before draft shrinks it
-            img.draft("L" if in_channels == 1 else "RGB", (image_size, image_size))
+            # in the file's own colours (converted below, as any file), at no less than DRAFT_MARGIN times the model's
+            # size: the resize then gives what a full decode would, up to rounding
+            img.draft(None, (DRAFT_MARGIN * image_size, DRAFT_MARGIN * image_size))
             if _orientation(img) != 1:
                 img = ImageOps.exif_transpose(img)
             own = wide_bit_depth(img)
