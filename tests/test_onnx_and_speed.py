@@ -290,3 +290,25 @@ def test_onnx_scoring_batches_keep_pixels_per_batch_constant(tmp_path: Path, mon
     monkeypatch.setattr(scorer.session, "run", lambda out, feed: seen.append(len(feed["images"])) or real(out, feed))
     scorer.score(blob_images(9, size=128))
     assert seen == [4, 4, 1]
+
+
+def test_onnx_scorer_warns_of_files_unlike_the_training_files_as_the_detector_does(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    from PIL import Image
+
+    from skipganomaly import Detector
+    from tests.conftest import write_images
+
+    pytest.importorskip("onnxruntime")
+    write_images(tmp_path / "train", blob_images(30))
+    det = Detector("pca", progress=False).fit(tmp_path / "train")
+    scorer = OnnxScorer(det.export_onnx(tmp_path / "m.onnx"))
+    strip = tmp_path / "strip.png"
+    Image.fromarray(np.zeros((32, 96, 3), np.uint8)).save(strip)
+    for score in (det.decision_function, scorer.score):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="skipganomaly"):
+            score([str(strip)])
+        assert "shaped unlike the training images (32x32)" in caplog.text

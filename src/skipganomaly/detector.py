@@ -557,7 +557,7 @@ class Detector:
 
         model = self._fitted()
         try:
-            written = export_onnx(model, path, self.threshold_, self.bit_depth_)
+            written = export_onnx(model, path, self.threshold_, self.bit_depth_, self.file_form_)
         except StatisticsMissing as err:
             raise self._unfinished(err) from None
         if self.threshold_ is None:

@@ -3,13 +3,15 @@
 The exported graph takes images already scaled to [-1, 1] ([N, C, H, W] float32) and returns one
 score per image, computed in eval mode as `AnomalyModel.score` (to float32 rounding: `SCORE_AGREEMENT`). A
 detector's export also carries, as the file's metadata (`METADATA`), what labelling and reading images need: its
-threshold, the bit depth of its training files, and the model's name, so that `OnnxScorer` alone can `predict`;
+threshold, the bit depth of its training files, how those files were stored (for the detector's warnings about
+files of another shape or colour) and the model's name, so that `OnnxScorer` alone can `predict` and warn as it does;
 and, for a service that reads the file without this package (`DESCRIPTION`), how images are prepared and what
 the score means, also as the file's doc string.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import tempfile
@@ -22,7 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .data.images import BIT_DEPTHS, BYTE_DEPTH, as_image_tensor, to_unit_range
+from .data.images import BIT_DEPTHS, BYTE_DEPTH, FileForm, read_images, to_unit_range
 from .errors import CheckpointError, ConfigError
 from .files import writing
 from .models.base import AnomalyModel
@@ -38,7 +40,8 @@ class _Score(nn.Module):
         return self.model.score(x)
 
 
-METADATA = ("skipganomaly.model", "skipganomaly.threshold", "skipganomaly.bit_depth")  # values as text ("" = none)
+METADATA = ("skipganomaly.model", "skipganomaly.threshold", "skipganomaly.bit_depth",  # values as text ("" = none)
+            "skipganomaly.file_form")  # how the training files were stored (JSON), for the detector's warnings
 INPUT, OUTPUT = "images", "scores"  # the graph's input and output names
 
 # How closely onnxruntime's scores follow the detector's, as the tests check it for every model: a relative SCORE_RTOL,
@@ -70,7 +73,8 @@ def description(model: AnomalyModel, bit_depth: int | None) -> dict[str, str]:
     }
 
 
-def _export_to(model: AnomalyModel, path: Path, threshold: float | None, bit_depth: int | None) -> None:
+def _export_to(model: AnomalyModel, path: Path, threshold: float | None, bit_depth: int | None,
+               file_form: FileForm | None) -> None:
     was_training = model.training
     model.eval()
     dummy = torch.zeros(2, model.in_channels, model.image_size, model.image_size,
@@ -100,7 +104,7 @@ def _export_to(model: AnomalyModel, path: Path, threshold: float | None, bit_dep
 
     graph = onnx.load(str(path))
     values = (model.name, "" if threshold is None else repr(float(threshold)),
-              "" if bit_depth is None else str(bit_depth))
+              "" if bit_depth is None else str(bit_depth), "" if file_form is None else json.dumps(file_form.as_dict()))
     described = description(model, bit_depth)
     for key, value in [*zip(METADATA, values, strict=True), *described.items()]:
         graph.metadata_props.add(key=key, value=value)
@@ -109,7 +113,7 @@ def _export_to(model: AnomalyModel, path: Path, threshold: float | None, bit_dep
 
 
 def export_onnx(model: AnomalyModel, path: str | os.PathLike[str], threshold: float | None = None,
-                bit_depth: int | None = None) -> Path:
+                bit_depth: int | None = None, file_form: FileForm | None = None) -> Path:
     """Write `model.score` as an ONNX graph with a dynamic batch axis, with `METADATA`; returns the path."""
     if not model.exportable:
         raise ConfigError(f"model {model.name!r} cannot be exported to ONNX (its score is an optimisation loop)")
@@ -131,7 +135,7 @@ def export_onnx(model: AnomalyModel, path: str | os.PathLike[str], threshold: fl
         # the exporter writes beside it (external data of a graph past 2 GiB) is removed with the folder
         with tempfile.TemporaryDirectory(prefix=f".{path.name}.", dir=path.parent) as folder:
             tmp = Path(folder) / path.name
-            _export_to(model, tmp, threshold, bit_depth)
+            _export_to(model, tmp, threshold, bit_depth, file_form)
             os.replace(tmp, path)
     return path
 
@@ -170,7 +174,7 @@ class OnnxScorer:
             raise CheckpointError(f"{path} is not a readable ONNX file ({first})") from None
         self.in_channels, self.image_size = _checked_graph(self.session, path)
         meta = self.session.get_modelmeta().custom_metadata_map
-        model, threshold, bit_depth = (meta.get(key, "") for key in METADATA)
+        model, threshold, bit_depth, form = (meta.get(key, "") for key in METADATA)
         if not model:
             raise CheckpointError(f"{path} is not a skipganomaly export (no {METADATA[0]} in its metadata)")
         self.model_name: str = model
@@ -179,6 +183,10 @@ class OnnxScorer:
             self.bit_depth_ = int(bit_depth) if bit_depth else BYTE_DEPTH  # files are read at it, each on its own
         except ValueError:
             raise CheckpointError(f"{path}: damaged metadata (threshold {threshold!r}, bit depth {bit_depth!r})") from None
+        try:  # None for exports written before it was kept: no shape or colour warnings then
+            self.file_form_ = FileForm.from_dict(json.loads(form)) if form else None
+        except ValueError:
+            self.file_form_ = None
         if (self.threshold_ is not None and not math.isfinite(self.threshold_)) or self.bit_depth_ not in BIT_DEPTHS:
             raise CheckpointError(f"{path}: damaged metadata (threshold {threshold!r}, bit depth {bit_depth!r})")
 
@@ -188,7 +196,8 @@ class OnnxScorer:
         32x32, 4 of 128x128), so memory does not grow with the square of the image size."""
         batch_size = default_eval_batch(torch.device("cpu"), self.image_size) if batch_size is None else batch_size
         check_batch_size(batch_size)
-        data = as_image_tensor(images, self.image_size, self.in_channels, bit_depth=self.bit_depth_)
+        data = read_images(images, self.image_size, self.in_channels, bit_depth=self.bit_depth_,
+                           trained_on=self.file_form_).images  # files unlike the training files: said, as by the detector
         out = []
         for start in range(0, len(data), batch_size):
             batch = to_unit_range(data[start:start + batch_size]).numpy()
