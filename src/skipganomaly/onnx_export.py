@@ -196,8 +196,9 @@ class OnnxScorer:
         32x32, 4 of 128x128), so memory does not grow with the square of the image size."""
         batch_size = default_eval_batch(torch.device("cpu"), self.image_size) if batch_size is None else batch_size
         check_batch_size(batch_size)
+        # files unlike the training files are said, as by the detector
         data = read_images(images, self.image_size, self.in_channels, bit_depth=self.bit_depth_,
-                           trained_on=self.file_form_).images  # files unlike the training files: said, as by the detector
+                           trained_on=self.file_form_).images
         out = []
         for start in range(0, len(data), batch_size):
             batch = to_unit_range(data[start:start + batch_size]).numpy()

@@ -52,7 +52,8 @@ from .errors import (PACKAGE_LOGGER, PARTLY_FAILED_EXIT, ConfigError, DataError,
                      warnings_said)
 from .evaluation.metrics import evaluate_scores
 from .evaluation.tables import (PAPER, PROTOCOL_NOTES, VALIDATE, WARNINGS_NOTE, benchmark_table, commit_text,
-                                commits_note, one_pass_note, shows_paper_numbers, summarise, table_notes, warning_source)
+                                commits_note, one_pass_note, shows_paper_numbers, summarise, table_notes,
+                                warning_source)
 from .files import json_text, replacing, write_text_atomic
 from .interrupts import interrupts_held, sigterm_as_interrupt
 from .models import create, get_model_class, list_models
@@ -756,7 +757,8 @@ def sweep_table(results: Sequence[dict[str, Any]], config: SweepConfig, title: s
     tasks = "leave-one-class-out" if not any(JOIN in c for c in config.classes) else \
         "abnormal classes (each column's) against the others"
     sections = [f"# {title} {tasks} AUROC: ours{paper_note}\n\n"
-                f"epochs {config.epochs}{one_pass_note(config.models)}, batch {config.batch_size}, train fraction {config.train_fraction}, "
+                f"epochs {config.epochs}{one_pass_note(config.models)}, batch {config.batch_size}, "
+                f"train fraction {config.train_fraction}, "
                 f"test fraction {config.test_fraction}, seeds {','.join(map(str, config.seeds))}. "
                 f"The mean column averages the classes with our number" + (", ours and the paper's alike" if cifar else "")
                 + f". {table_notes(summary)}\n\n"

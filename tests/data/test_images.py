@@ -599,7 +599,8 @@ def test_a_jpeg_a_few_times_the_model_size_reads_as_its_full_decode(tmp_path: Pa
     """A JPEG is decoded at a reduced scale only far above the model's size: one 4 times as large scores as the
     same pixels saved losslessly (the README's serving recipe decodes in full), in colour and in grey."""
     rng = np.random.default_rng(0)
-    smooth = Image.fromarray((rng.random((8, 8, 3)) * 255).astype(np.uint8)).resize((128, 128), Image.Resampling.BICUBIC)
+    smooth = Image.fromarray((rng.random((8, 8, 3)) * 255).astype(np.uint8)).resize((128, 128),
+                                                                                   Image.Resampling.BICUBIC)
     noisy = (np.asarray(smooth).astype(float) + rng.normal(0, 12, (128, 128, 3))).clip(0, 255).astype(np.uint8)
     Image.fromarray(noisy).save(tmp_path / "photo.jpg", quality=95)
     Image.open(tmp_path / "photo.jpg").convert("RGB").save(tmp_path / "decoded.png")

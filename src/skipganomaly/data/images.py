@@ -44,10 +44,10 @@ def load_image(path: str | os.PathLike[str], image_size: int, in_channels: int,
 
     JPEGs at least 8 times the model's size are decoded at a reduced scale (`draft`, to no less than
     DRAFT_MARGIN times the size, from which the resize gives what a full decode would, up to rounding: a mean 0.2
-    grey levels measured from 512 px), so a 10000x10000 photo costs a few MB, not 300. Pillow's decompression-bomb guard stays on: images
-    above twice its pixel limit (about 179 million pixels) are refused, which `load_image_files` turns
-    into a skip with a warning; between one and two times the limit, they are read (a large scan or
-    photo is a legitimate input).
+    grey levels measured from 512 px), so a 10000x10000 photo costs a few MB, not 300. Pillow's decompression-bomb
+    guard stays on: images above twice its pixel limit (about 179 million pixels) are refused, which
+    `load_image_files` turns into a skip with a warning; between one and two times the limit, they are read (a
+    large scan or photo is a legitimate input).
     """
     with _large_images_allowed():
         image, _, several, _ = _read_image(path, image_size, in_channels, bit_depth)

@@ -29,8 +29,8 @@ from ..provenance import environment
 from ..run_directory import EVALUATION, METRICS_LOG, RunDirectory, SweepDirectory, read_history
 from .metrics import auroc_interval, threshold_note
 from .plots import histogram_figure, image_grid_figure, pr_figure, roc_figure, training_curves_figure
-from .tables import (FEW_TEST_IMAGES, one_pass_note, PROTOCOL_NOTES, WARNINGS_NOTE, benchmark_rows, commit_text, commits_note,
-                     shows_paper_numbers, summarise, table_notes, warning_source)
+from .tables import (FEW_TEST_IMAGES, PROTOCOL_NOTES, WARNINGS_NOTE, benchmark_rows, commit_text, commits_note,
+                     one_pass_note, shows_paper_numbers, summarise, table_notes, warning_source)
 
 INTERVAL_RESAMPLES = 1000  # the AUROC interval's bootstrap resamples, stated beside it
 
@@ -294,7 +294,8 @@ def build_benchmark_report(bench_dir: Path) -> Path:
     sections = [f"<p>Command: <code>{html.escape(str(env.get('command', '?')))}</code>; git "
                 f"{html.escape(commit_text(env))}; torch {html.escape(str(env.get('torch', '?')))}, "
                 f"{env.get('threads', '?')} threads, {html.escape(str(env.get('cpu', '?')))}. "
-                f"Epochs {config['epochs']}{one_pass_note(config['models'])}, batch {config['batch_size']}, train fraction "
+                f"Epochs {config['epochs']}{one_pass_note(config['models'])}, batch {config['batch_size']}, "
+                "train fraction "
                 f"{config['train_fraction']}, test fraction {config['test_fraction']}, seeds "
                 f"{', '.join(map(str, config['seeds']))}.</p>"
                 "<p>Each cell: our AUROC"
