@@ -1288,3 +1288,31 @@ def test_protocol_lists_take_both_anywhere_and_an_interrupted_benchmark_says_wha
     (tmp_path / "bench" / "cells").mkdir(parents=True)
     (tmp_path / "bench" / "cells" / "knn__a__seed0__honest.json").write_text("{}")
     assert _how_to_continue(args).startswith(f"finished cells are kept in {tmp_path / 'bench'}")
+
+
+def test_predict_reads_a_large_folder_in_parts_with_the_same_rows_and_each_warning_once(
+        trained_run: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Without maps, predict reads and scores the images a part at a time (memory bounded whatever the folder's
+    size): the CSV is the one a single pass writes, and the warnings about the set are said once for all of it."""
+    import skipganomaly.workflows as workflows
+    from tests.conftest import noise_images, smooth_images, write_images
+
+    _, run = trained_run
+    folder = tmp_path / "parts"
+    write_images(folder, np.concatenate([smooth_images(5, seed=3), noise_images(4)]))
+    (folder / "img_002.png").write_bytes(b"not an image")  # unreadable, in the first part
+    Image.fromarray(np.zeros((32, 96, 3), np.uint8)).save(folder / "strip.png")  # shaped unlike the training files
+    whole, parts = tmp_path / "whole.csv", tmp_path / "parts.csv"
+    assert main(["predict", "--checkpoint", str(run), str(folder), "--out", str(whole), "--no-progress"]) == 1
+    monkeypatch.setattr(workflows, "PREDICT_PART_BYTES", 3 * 3 * 32 * 32)  # 3 images a part: 4 parts
+    read, parts_read = workflows.read_image_files, []
+    monkeypatch.setattr(workflows, "read_image_files", lambda paths, *a, **k: (parts_read.append(len(paths)),
+                                                                               read(paths, *a, **k))[1])
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="skipganomaly"):
+        assert main(["predict", "--checkpoint", str(run), str(folder), "--out", str(parts), "--no-progress"]) == 1
+    assert parts_read == [3, 3, 3, 1]
+    assert parts.read_text() == whole.read_text() and len(parts.read_text().splitlines()) == 1 + 10
+    assert caplog.text.count("shaped unlike the training images") == 1
+    assert caplog.text.count("skipped 1 of 10 image files that could not be read") == 1

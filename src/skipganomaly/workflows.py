@@ -21,7 +21,7 @@ import torch
 
 from .data.digits import digits_leave_one_out
 from .data.folders import PixelTruth, label_folders, load_labelled_folder, load_masks, training_files
-from .data.images import list_image_files, load_image_files, pixel_digest, read_image_files
+from .data.images import list_image_files, pixel_digest, read_image_files, say_read_files
 from .detector import Detector, DetectorSettings, setting_fields
 from .errors import PACKAGE_LOGGER, CheckpointError, ConfigError, DataError, warnings_said
 from .evaluation.metrics import evaluate_scores, metrics_per_folder, pixel_metrics, quantile_threshold
@@ -118,6 +118,7 @@ def _print_evaluation(metrics: dict[str, Any], scores: np.ndarray, labels: np.nd
     return per_folder
 
 
+PREDICT_PART_BYTES = 512 * 2 ** 20  # predict without maps reads and scores this many bytes of images at a time
 RAW_MAPS = "maps.npz"  # in predict's --save-maps folder: `maps` [N, H, W] float32 and `paths`, in the CSV's order
 
 
@@ -139,12 +140,30 @@ def predict_files(checkpoint: Path, inputs: Sequence[Path], out: Path, save_maps
     cut = det.threshold_ if threshold is None else threshold
     assert cut is not None
     paths, unlisted = _input_files(inputs)
-    try:
-        images, kept = load_image_files([p for p in paths if p.exists()], det.image_size, det.in_channels,
-                                        progress=progress, bit_depth=det.bit_depth_, trained_on=det.file_form_)
-    except DataError:  # not one file could be read: each still gets its row, unscored (and the exit code says so)
-        images, kept = torch.zeros((0, det.in_channels, det.image_size, det.image_size), dtype=torch.uint8), []
-    scores = det.decision_function(images) if kept else np.zeros(0)
+    existing = [p for p in paths if p.exists()]
+    # Without maps, the images are read and scored in parts of PREDICT_PART_BYTES, so a folder of any size fits in
+    # memory; the maps of one call share one colour scale and one maps.npz, so they are made from all at once.
+    per_image = det.in_channels * det.image_size ** 2
+    part = len(existing) if save_maps is not None else max(1, PREDICT_PART_BYTES // per_image)
+    images = torch.zeros((0, det.in_channels, det.image_size, det.image_size), dtype=torch.uint8)
+    kept: list[str] = []
+    forms: list[Any] = []
+    several: list[str] = []
+    scored: list[np.ndarray] = []
+    for start in range(0, len(existing), part or 1):
+        try:
+            loaded = read_image_files(existing[start:start + part], det.image_size, det.in_channels,
+                                      progress=progress, bit_depth=det.bit_depth_, trained_on=det.file_form_,
+                                      say=False)
+        except DataError:  # not one file of the part could be read: each still gets its row, unscored
+            continue
+        images = loaded.images if save_maps is not None else images
+        kept += loaded.kept
+        forms += loaded.forms
+        several += loaded.several
+        scored.append(det.decision_function(loaded.images))
+    say_read_files(len(existing), kept, forms, several, det.image_size, det.in_channels, det.file_form_)
+    scores = np.concatenate(scored) if scored else np.zeros(0)
     labels = scores > cut
     # Whole or not at all: the maps go to a hidden folder and the CSV to a temporary file, and both are moved
     # into place at the end, so an interrupted call leaves nothing (a half-filled maps folder would make the same

@@ -260,6 +260,8 @@ class LoadedFiles(NamedTuple):
     kept: list[str]  # the paths read, in order (unreadable ones left out)
     bit_depth: int  # the depth wide integer images were, or would be, read at (the one given, else BYTE_DEPTH)
     form: FileForm | None = None  # how most of them are stored (`common_form`)
+    forms: tuple[FileForm | None, ...] = ()  # how each kept file is stored
+    several: tuple[str, ...] = ()  # the files of several frames, of which the first was read
 
 
 def load_image_files(
@@ -274,9 +276,12 @@ def load_image_files(
 def read_image_files(
     paths: Sequence[str | os.PathLike[str]], image_size: int, in_channels: int, progress: bool = False,
     threads: int | None = None, bit_depth: int | None = None, trained_on: FileForm | None = None,
+    say: bool = True,
 ) -> LoadedFiles:
     """Load many files; unreadable ones are skipped with a warning naming each file. With `trained_on` (how a
     detector's training files were stored), files of another shape or colour are warned about (`_say_unlike`).
+    `say=False` leaves the warnings about the set as a whole (`say_read_files`) to a caller that reads a set in
+    parts, so that each is said once for the whole set.
 
     Integer images wider than 8 bits are all scaled by one bit depth: `bit_depth` (a detector's, from its
     training images; brighter values clip, with a warning), or else the widest their values need (images whose
@@ -330,23 +335,38 @@ def read_image_files(
     if again:  # wide images whose own maximum needs less than the set's: read again at the set's
         _say_common_depth([str(paths[i]) for i in wide if depths[i] == depth], len(wide), depth)
         in_pool(again, depth, f"reading at {depth} bits")
+    kept = np.flatnonzero(ok)
+    if len(kept) == 0:
+        if say and several:
+            say_read_files(len(paths), [], [], several, image_size, in_channels, trained_on)
+        raise DataError(f"none of the {len(paths)} image files could be read")
+    kept_forms = [forms[i] for i in kept]
+    kept_paths = [str(paths[i]) for i in kept]
+    if say:
+        say_read_files(len(paths), kept_paths, kept_forms, several, image_size, in_channels, trained_on)
+    if len(kept) < len(paths):
+        for dst, src in enumerate(kept):  # close the gaps in place, keeping the order
+            out[dst] = out[src]
+    return LoadedFiles(torch.from_numpy(out[:len(kept)]), kept_paths,
+                       depth if depth is not None and depths[kept].any() else bit_depth or BYTE_DEPTH,
+                       common_form(kept_forms), tuple(kept_forms), tuple(several))
+
+
+def say_read_files(given: int, kept: Sequence[str], forms: Sequence[FileForm | None], several: Sequence[str],
+                   image_size: int, in_channels: int, trained_on: FileForm | None) -> None:
+    """The warnings about a set of `given` files as a whole, of which `kept` (stored as `forms`) were read: files of
+    several frames, a mix of grey and colour (or sizes), files unlike the training files, and how many were
+    skipped."""
     if several:
         log.warning("%d files hold several frames (multi-page TIFF, animated GIF); only the first of each is read: %s",
                     len(several), few_names(several, whole=True))
-    kept = np.flatnonzero(ok)
-    if len(kept) == 0:
-        raise DataError(f"none of the {len(paths)} image files could be read")
-    kept_forms = [forms[i] for i in kept]
-    _say_mixed_forms([str(paths[i]) for i in kept], kept_forms, image_size, in_channels)
+    if not kept:
+        return
+    _say_mixed_forms(kept, forms, image_size, in_channels)
     if trained_on is not None:
-        _say_unlike([str(paths[i]) for i in kept], kept_forms, trained_on, image_size)
-    if len(kept) < len(paths):
-        log.warning("skipped %d of %d image files that could not be read", len(paths) - len(kept), len(paths))
-        for dst, src in enumerate(kept):  # close the gaps in place, keeping the order
-            out[dst] = out[src]
-    return LoadedFiles(torch.from_numpy(out[:len(kept)]), [str(paths[i]) for i in kept],
-                       depth if depth is not None and depths[kept].any() else bit_depth or BYTE_DEPTH,
-                       common_form(kept_forms))
+        _say_unlike(kept, forms, trained_on, image_size)
+    if len(kept) < given:
+        log.warning("skipped %d of %d image files that could not be read", given - len(kept), given)
 
 
 def _say_unlike(paths: Sequence[str], forms: Sequence[FileForm | None], trained_on: FileForm, image_size: int) -> None:
