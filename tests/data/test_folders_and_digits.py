@@ -198,6 +198,40 @@ def test_masks_keep_thin_defects_read_0_1_masks_and_skip_unreadable_ones(tmp_pat
     assert load_masks(".", paths, labels, 32) is not None
 
 
+def test_masks_that_contradict_their_images_or_match_none_are_named(tmp_path: Path,
+                                                                     caplog: pytest.LogCaptureFixture) -> None:
+    """A defect image whose mask marks nothing (a broken mask), a good image whose mask marks a defect, a defect
+    image without a mask, and masks no image claims (a shifted number, a defect folder with no test folder): each
+    kind is one warning naming the files; the metrics keep their rules (empty masks count, good images are normal)."""
+    import logging
+
+    import numpy as np
+    from PIL import Image
+
+    from skipganomaly.data.folders import load_masks
+
+    good = write_images(tmp_path / "test" / "good", blob_images(2))
+    defects = write_images(tmp_path / "test" / "scratch", noise_images(4))
+    marked = np.zeros((32, 32), np.uint8)
+    marked[4:8, 4:8] = 255
+    for folder, name, pixels in (("scratch", f"{defects[0].stem}_mask", marked), ("scratch", f"{defects[1].stem}_mask",
+                                 np.zeros_like(marked)), ("good", f"{good[0].stem}_mask", marked),
+                                 ("scratch", "099_mask", marked), ("crack", "000_mask", marked)):
+        (tmp_path / "ground_truth" / folder).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(pixels).save(tmp_path / "ground_truth" / folder / f"{name}.png")
+    paths, labels = labelled_files(tmp_path)
+    with caplog.at_level(logging.WARNING, logger="skipganomaly"):
+        truth = load_masks(tmp_path, paths, labels, 32)
+    assert truth is not None and truth.index == [0, 1, 2, 3] and truth.n_masks == 2
+    assert not truth.masks[:2].any() and truth.masks[2].sum() == 16 and not truth.masks[3].any()
+    assert f"1 abnormal test images have a mask that marks no defect pixel (a broken mask?); the pixel metrics count " \
+           f"all their pixels as normal: {defects[1]}" in caplog.text
+    assert f"1 normal test images have a mask in {tmp_path / 'ground_truth'} that marks defect pixels" in caplog.text
+    assert f"2 abnormal test images have no mask in {tmp_path / 'ground_truth'}; the pixel metrics leave them out: " \
+           f"{defects[2]}, {defects[3]}" in caplog.text
+    assert "2 masks in" in caplog.text and "crack/000_mask.png, scratch/099_mask.png" in caplog.text
+
+
 def test_mask_images_of_every_kind_mark_their_defects(tmp_path: Path) -> None:
     """Any non-zero value in any channel is a defect, transparent parts are laid on black (their hidden colour is
     not a defect), a palette's colours count, and a 1-px speck in a 1024-px mask survives at 32 px; a linked test/

@@ -155,17 +155,27 @@ def mask_files(root: str | os.PathLike[str], paths: Sequence[str | os.PathLike[s
         where = _child(masks, folder.lower())
         by_stem[folder] = {} if where is None else {
             m.stem: m for m in sorted(where.iterdir(), reverse=True) if m.suffix.lower() in IMAGE_EXTENSIONS}
-    found: list[Path | None] = []
-    for path, folder, label in zip(paths, folders, labels, strict=True):
+    found: list[Path | None] = []  # a normal image's mask too, where it has one (load_masks checks it marks nothing)
+    for path, folder in zip(paths, folders, strict=True):
         stem = Path(path).stem
-        found.append(by_stem[folder].get(f"{stem}_mask") or by_stem[folder].get(stem) if label else None)
-    if not any(found):
+        found.append(by_stem[folder].get(f"{stem}_mask") or by_stem[folder].get(stem))
+    if not any(m for m, label in zip(found, labels) if label):
         log.info("no mask in %s matches a test image's name (test/<defect>/NAME.png: ground_truth/<defect>/"
                  "NAME_mask.png or NAME.png); no pixel metrics", masks)
         return None
-    missing = sum(1 for m, label in zip(found, labels) if label and m is None)
+    missing = [str(path) for path, m, label in zip(paths, found, labels) if label and m is None]
     if missing:
-        log.warning("%d abnormal test images have no mask in %s; the pixel metrics leave them out", missing, masks)
+        log.warning("%d abnormal test images have no mask in %s; the pixel metrics leave them out: %s", len(missing),
+                    masks, few_names(missing, whole=True))
+    # masks no test image claims: a name that does not match (a shifted number, another extension), or a defect
+    # folder with no test folder
+    used = {m for m in found if m is not None}
+    extra = [m for where in sorted(d for d in masks.iterdir() if d.is_dir() and not d.name.startswith("."))
+             for m in sorted(where.iterdir()) if m.suffix.lower() in IMAGE_EXTENSIONS and m not in used]
+    if extra:
+        log.warning("%d masks in %s match no test image's name (test/<defect>/NAME.png: ground_truth/<defect>/"
+                    "NAME_mask.png), so they are not used: %s", len(extra), masks,
+                    few_names([str(m.relative_to(masks)) for m in extra], whole=True))
     return masks, found
 
 
@@ -186,12 +196,15 @@ def load_masks(root: str | os.PathLike[str], paths: Sequence[str | os.PathLike[s
     if found is None:
         return None
     folder, files = found
-    index, masks, unreadable = [], [], []
-    for i, (path, label) in enumerate(zip(files, labels, strict=True)):
+    index, masks, unreadable, blank, contradicting = [], [], [], [], []
+    for i, (path, label, image) in enumerate(zip(files, labels, paths, strict=True)):
+        if not label:  # a normal image: no defect pixel, whatever a mask of it says (said where it marks some)
+            if path is not None and _marks_defects(path):
+                contradicting.append(str(image))
+            index.append(i)
+            masks.append(np.zeros((image_size, image_size), dtype=bool))
+            continue
         if path is None:
-            if not label:
-                index.append(i)
-                masks.append(np.zeros((image_size, image_size), dtype=bool))
             continue
         try:
             with Image.open(path) as img:
@@ -199,6 +212,8 @@ def load_masks(root: str | os.PathLike[str], paths: Sequence[str | os.PathLike[s
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
             unreadable.append(path)
             continue
+        if not defect.any():
+            blank.append(str(image))
         # the share of each output pixel's area that is defect, in floats (8 bits would round a speck to 0)
         coverage = Image.fromarray(defect.astype(np.float32), mode="F").resize((image_size, image_size),
                                                                                Image.Resampling.BOX)
@@ -207,8 +222,24 @@ def load_masks(root: str | os.PathLike[str], paths: Sequence[str | os.PathLike[s
     if unreadable:
         log.warning("%d masks cannot be read; the pixel metrics leave their images out: %s", len(unreadable),
                     few_names(unreadable, whole=True))
+    if blank and len(blank) < sum(1 for p, label in zip(files, labels) if label and p is not None) - len(unreadable):
+        log.warning("%d abnormal test images have a mask that marks no defect pixel (a broken mask?); the pixel "
+                    "metrics count all their pixels as normal: %s", len(blank), few_names(blank, whole=True))
+    if contradicting:
+        log.warning("%d normal test images have a mask in %s that marks defect pixels; they are scored as normal, "
+                    "every pixel normal (is the image in the wrong folder?): %s", len(contradicting), folder,
+                    few_names(contradicting, whole=True))
     return PixelTruth(index, np.stack(masks) if masks else np.zeros((0, image_size, image_size), bool), folder,
-                      sum(path is not None for path in files) - len(unreadable))
+                      sum(path is not None for path, label in zip(files, labels) if label) - len(unreadable))
+
+
+def _marks_defects(path: Path) -> bool:
+    """Whether a mask file marks any defect pixel (an unreadable one: no)."""
+    try:
+        with Image.open(path) as img:
+            return bool(defect_pixels(img).any())
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+        return False
 
 
 def defect_pixels(mask: Image.Image) -> np.ndarray:
