@@ -199,17 +199,15 @@ def load_masks(root: str | os.PathLike[str], paths: Sequence[str | os.PathLike[s
     index, masks, unreadable, blank, contradicting = [], [], [], [], []
     for i, (path, label, image) in enumerate(zip(files, labels, paths, strict=True)):
         if not label:  # a normal image: no defect pixel, whatever a mask of it says (said where it marks some)
-            if path is not None and _marks_defects(path):
+            if path is not None and (marked := _read_defects(path)) is not None and marked.any():
                 contradicting.append(str(image))
             index.append(i)
             masks.append(np.zeros((image_size, image_size), dtype=bool))
             continue
         if path is None:
             continue
-        try:
-            with Image.open(path) as img:
-                defect = defect_pixels(img)
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+        defect = _read_defects(path)
+        if defect is None:
             unreadable.append(path)
             continue
         if not defect.any():
@@ -233,13 +231,13 @@ def load_masks(root: str | os.PathLike[str], paths: Sequence[str | os.PathLike[s
                       sum(path is not None for path, label in zip(files, labels) if label) - len(unreadable))
 
 
-def _marks_defects(path: Path) -> bool:
-    """Whether a mask file marks any defect pixel (an unreadable one: no)."""
+def _read_defects(path: Path) -> np.ndarray | None:
+    """A mask file's defect pixels (`defect_pixels`); None where it cannot be read."""
     try:
         with Image.open(path) as img:
-            return bool(defect_pixels(img).any())
+            return defect_pixels(img)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
-        return False
+        return None
 
 
 def defect_pixels(mask: Image.Image) -> np.ndarray:
