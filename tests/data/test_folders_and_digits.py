@@ -211,19 +211,24 @@ def test_masks_that_contradict_their_images_or_match_none_are_named(tmp_path: Pa
     from skipganomaly.data.folders import load_masks
 
     good = write_images(tmp_path / "test" / "good", blob_images(2))
-    defects = write_images(tmp_path / "test" / "scratch", noise_images(4))
+    defects = write_images(tmp_path / "test" / "scratch", noise_images(6))
     marked = np.zeros((32, 32), np.uint8)
     marked[4:8, 4:8] = 255
     for folder, name, pixels in (("scratch", f"{defects[0].stem}_mask", marked), ("scratch", f"{defects[1].stem}_mask",
                                  np.zeros_like(marked)), ("good", f"{good[0].stem}_mask", marked),
-                                 ("scratch", "099_mask", marked), ("crack", "000_mask", marked)):
+                                 ("scratch", "099_mask", marked), ("crack", "000_mask", marked),
+                                 ("scratch", f"{defects[4].stem}_mask", np.zeros((32, 64), np.uint8)),
+                                 ("scratch", f"{defects[5].stem}_mask", np.kron(marked, np.ones((2, 2), np.uint8)))):
         (tmp_path / "ground_truth" / folder).mkdir(parents=True, exist_ok=True)
         Image.fromarray(pixels).save(tmp_path / "ground_truth" / folder / f"{name}.png")
     paths, labels = labelled_files(tmp_path)
     with caplog.at_level(logging.WARNING, logger="skipganomaly"):
         truth = load_masks(tmp_path, paths, labels, 32)
-    assert truth is not None and truth.index == [0, 1, 2, 3] and truth.n_masks == 2
+    assert truth is not None and truth.index == [0, 1, 2, 3, 7] and truth.n_masks == 3
     assert not truth.masks[:2].any() and truth.masks[2].sum() == 16 and not truth.masks[3].any()
+    assert truth.masks[4].sum() == 16  # a mask at twice the size, the same shape: used
+    assert f"1 masks are not the shape of their image (turned, cropped or of another image?), so their defects would " \
+           f"land elsewhere; the pixel metrics leave those images out: {defects[4]} (32x32, its mask 64x32)" in caplog.text
     assert f"1 abnormal test images have a mask that marks no defect pixel (a broken mask?); the pixel metrics count " \
            f"all their pixels as normal: {defects[1]}" in caplog.text
     assert f"1 normal test images have a mask in {tmp_path / 'ground_truth'} that marks defect pixels" in caplog.text

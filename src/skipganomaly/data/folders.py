@@ -20,7 +20,8 @@ from PIL import Image, ImageOps
 
 from ..errors import PACKAGE_LOGGER, DataError
 from ..files import few_names
-from .images import IMAGE_EXTENSIONS, FileForm, is_image_name, list_image_files, load_image_files, on_black
+from .images import (IMAGE_EXTENSIONS, FileForm, is_image_name, list_image_files, load_image_files, on_black,
+                     upright_size)
 
 NORMAL_NAMES = ("normal", "0.normal", "good")
 ABNORMAL_NAMES = ("abnormal", "1.abnormal", "anomaly", "defect")
@@ -196,7 +197,7 @@ def load_masks(root: str | os.PathLike[str], paths: Sequence[str | os.PathLike[s
     if found is None:
         return None
     folder, files = found
-    index, masks, unreadable, blank, contradicting = [], [], [], [], []
+    index, masks, unreadable, blank, contradicting, misshapen = [], [], [], [], [], []
     for i, (path, label, image) in enumerate(zip(files, labels, paths, strict=True)):
         if not label:  # a normal image: no defect pixel, whatever a mask of it says (said where it marks some)
             if path is not None and (marked := _read_defects(path)) is not None and marked.any():
@@ -210,6 +211,10 @@ def load_masks(root: str | os.PathLike[str], paths: Sequence[str | os.PathLike[s
         if defect is None:
             unreadable.append(path)
             continue
+        shown = upright_size(image)
+        if not _same_shape(defect.shape[::-1], shown):
+            misshapen.append(f"{image} ({_size_text(shown)}, its mask {_size_text(defect.shape[::-1])})")
+            continue
         if not defect.any():
             blank.append(str(image))
         # the share of each output pixel's area that is defect, in floats (8 bits would round a speck to 0)
@@ -220,7 +225,12 @@ def load_masks(root: str | os.PathLike[str], paths: Sequence[str | os.PathLike[s
     if unreadable:
         log.warning("%d masks cannot be read; the pixel metrics leave their images out: %s", len(unreadable),
                     few_names(unreadable, whole=True))
-    if blank and len(blank) < sum(1 for p, label in zip(files, labels) if label and p is not None) - len(unreadable):
+    if misshapen:
+        log.warning("%d masks are not the shape of their image (turned, cropped or of another image?), so their defects "
+                    "would land elsewhere; the pixel metrics leave those images out: %s", len(misshapen),
+                    few_names(misshapen, whole=True))
+    unused = len(unreadable) + len(misshapen)
+    if blank and len(blank) < sum(1 for p, label in zip(files, labels) if label and p is not None) - unused:
         log.warning("%d abnormal test images have a mask that marks no defect pixel (a broken mask?); the pixel "
                     "metrics count all their pixels as normal: %s", len(blank), few_names(blank, whole=True))
     if contradicting:
@@ -228,7 +238,24 @@ def load_masks(root: str | os.PathLike[str], paths: Sequence[str | os.PathLike[s
                     "every pixel normal (is the image in the wrong folder?): %s", len(contradicting), folder,
                     few_names(contradicting, whole=True))
     return PixelTruth(index, np.stack(masks) if masks else np.zeros((0, image_size, image_size), bool), folder,
-                      sum(path is not None for path, label in zip(files, labels) if label) - len(unreadable))
+                      sum(path is not None for path, label in zip(files, labels) if label) - unused)
+
+
+ASPECT_TOLERANCE = 0.02  # masks saved at another resolution round their sides: a relative difference of the
+# width-to-height ratios up to this is the same shape
+
+
+def _same_shape(mask: tuple[int, int], image: tuple[int, int] | None) -> bool:
+    """Whether a mask of (width, height) `mask` lies on an image of `image` once both are resized to the model's
+    square (a mask at another resolution of the same shape does; a turned or cropped one does not). An image whose
+    size cannot be read is given the benefit of the doubt: its reading fails, and says so, elsewhere."""
+    if image is None:
+        return True
+    return abs(mask[0] * image[1] - mask[1] * image[0]) <= ASPECT_TOLERANCE * mask[1] * image[0]
+
+
+def _size_text(size: tuple[int, int]) -> str:
+    return f"{size[0]}x{size[1]}"
 
 
 def _read_defects(path: Path) -> np.ndarray | None:

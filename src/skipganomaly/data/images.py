@@ -119,6 +119,16 @@ def _grey_palette(img: Image.Image) -> bool:
     return all(palette[i] == palette[i + 1] == palette[i + 2] for i in range(0, len(palette) - 2, 3))
 
 
+def upright_size(path: str | os.PathLike[str]) -> tuple[int, int] | None:
+    """A file's (width, height) as shown, turned by its EXIF orientation, from its header alone; None where it cannot
+    be read."""
+    try:
+        with Image.open(path) as img:
+            return img.size[::-1] if _orientation(img) in (5, 6, 7, 8) else img.size
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError):
+        return None
+
+
 DRAFT_MARGIN = 4  # a JPEG is decoded at a reduced scale only down to this many times the model's size
 
 
