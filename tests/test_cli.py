@@ -397,6 +397,7 @@ def test_mvtec_masks_give_pixel_metrics(tmp_path: Path, caplog: pytest.LogCaptur
         truth = np.concatenate([np.zeros((6, 32, 32)), masks[:5, ..., 0] > 0])
         assert metrics["pixel_auroc"] == pytest.approx(roc_auc_score(truth.ravel(), maps.ravel()))
         assert metrics["pixel_auroc"] > 0.8  # the squares, where the maps are bright
+        assert (metrics["pixel_images"], metrics["pixel_masks"], metrics["n_abnormal"]) == (11, 5, 6)  # what they cover
     for mask in (tmp_path / "bottle" / "ground_truth" / "spot").iterdir():  # masks that mark nothing: said so
         Image.fromarray(np.zeros((32, 32), np.uint8)).save(mask)
     caplog.clear()

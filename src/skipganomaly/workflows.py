@@ -89,10 +89,11 @@ def _evaluate_folder(checkpoint: Path, data: Path, out: Path | None, report_dir:
     return metrics
 
 
-def _pixel_evaluation(det: Detector, truth: PixelTruth | None, images: torch.Tensor) -> dict[str, float]:
+def _pixel_evaluation(det: Detector, truth: PixelTruth | None, images: torch.Tensor) -> dict[str, float | int]:
     """Pixel AUROC and AUPRC where the test folder has MVTec AD's `ground_truth/` masks (`load_masks`): the anomaly
     maps of the normal test images and of the abnormal ones with a mask, against those masks (all zero for normal
-    images), at the model's image size; nothing without masks."""
+    images), at the model's image size, and what they cover (`pixel_images` compared, of which `pixel_masks` have a
+    defect mask: the rest of the abnormal images were left out, with a warning); nothing without masks."""
     if truth is None:
         return {}
     if not truth.masks.any():
@@ -100,7 +101,8 @@ def _pixel_evaluation(det: Detector, truth: PixelTruth | None, images: torch.Ten
                     "(nan)", truth.folder, det.image_size, det.image_size)
     log.info("pixel metrics: the anomaly maps of %d test images against %d masks in %s, at %dx%d", len(truth.index),
              truth.n_masks, truth.folder, det.image_size, det.image_size)
-    return pixel_metrics(det.anomaly_maps(images[truth.index]), truth.masks)
+    return {**pixel_metrics(det.anomaly_maps(images[truth.index]), truth.masks), "pixel_images": len(truth.index),
+            "pixel_masks": truth.n_masks}
 
 
 def _print_evaluation(metrics: dict[str, Any], scores: np.ndarray, labels: np.ndarray, folders: Sequence[str],
