@@ -1318,3 +1318,47 @@ def test_predict_reads_a_large_folder_in_parts_with_the_same_rows_and_each_warni
     assert parts.read_text() == whole.read_text() and len(parts.read_text().splitlines()) == 1 + 10
     assert caplog.text.count("shaped unlike the training images") == 1
     assert caplog.text.count("skipped 1 of 10 image files that could not be read") == 1
+
+
+def test_an_interrupted_predict_keeps_its_finished_parts_and_the_same_command_continues(
+        trained_run: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Ctrl-C during predict keeps the parts scored so far (and says so); the same command reads only the rest and
+    writes the CSV an uninterrupted call writes, then removes what it kept; another threshold (or other files, or
+    another checkpoint) scores everything again."""
+    import skipganomaly.workflows as workflows
+    from skipganomaly.interrupts import INTERRUPTED_EXIT
+    from skipganomaly.scored_parts import partial_file
+    from tests.conftest import noise_images, smooth_images, write_images
+
+    _, run = trained_run
+    folder = tmp_path / "many"
+    write_images(folder, np.concatenate([smooth_images(5, seed=3), noise_images(5)]))
+    whole, out = tmp_path / "whole.csv", tmp_path / "out.csv"
+    assert main(["predict", "--checkpoint", str(run), str(folder), "--out", str(whole), "--no-progress"]) == 0
+    monkeypatch.setattr(workflows, "PREDICT_PART_IMAGES", 3)  # 4 parts
+    read, parts_read = workflows.read_image_files, []
+
+    def reading(paths: list[Path], *args: object, **kwargs: object) -> object:
+        if stop_at is not None and len(parts_read) == stop_at:
+            raise KeyboardInterrupt
+        parts_read.append(len(paths))
+        return read(paths, *args, **kwargs)
+
+    monkeypatch.setattr(workflows, "read_image_files", reading)
+    command = ["predict", "--checkpoint", str(run), str(folder), "--out", str(out), "--no-progress"]
+    stop_at: int | None = 2
+    capsys.readouterr()
+    assert main(command) == INTERRUPTED_EXIT
+    assert f"interrupted; 2 finished parts (6 images read) kept in {partial_file(out)}; the same command continues" \
+           in capsys.readouterr().err
+    assert not out.exists() and partial_file(out).exists()
+    stop_at, parts_read[:] = None, []
+    assert main(command) == 0
+    assert parts_read == [3, 1]  # only the parts the interrupted call had not finished
+    assert out.read_text() == whole.read_text() and not partial_file(out).exists()
+    stop_at, parts_read[:] = 1, []
+    assert main(command) == INTERRUPTED_EXIT
+    stop_at = None
+    assert main([*command, "--threshold", "0.5"]) == 0  # another call: its parts are not this one's
+    assert parts_read == [3, 3, 3, 3, 1] and not partial_file(out).exists()

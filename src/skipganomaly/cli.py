@@ -26,6 +26,7 @@ from .evaluation.tables import HONEST, PAPER
 from .models import BASELINES, create, get_model_class, list_models
 from .options import FORM, parse_model_args
 from .run_directory import RunDirectory, SweepDirectory, next_free_run
+from .scored_parts import kept_note
 from . import __version__
 from .provenance import program
 from .sweep import (DEADLINE_EXIT, PRESETS, PROTOCOLS, SweepConfig, benchmark_data, check_protocol_settings,
@@ -116,6 +117,9 @@ def _how_to_continue(args: argparse.Namespace) -> str | None:
     if args.command == "demo":
         return demo_kept(args.out)
     if args.command == "predict":
+        kept = None if args.save_maps is not None else kept_note(args.out)
+        if kept:
+            return f"{kept}; the same command continues from there ({args.out} is written whole at the end)"
         return f"nothing was written ({args.out} and the maps are written whole at the end); run the same command again"
     return None
 

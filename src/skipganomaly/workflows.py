@@ -31,7 +31,9 @@ from .evaluation.tables import per_class_table
 from .folder_lock import claim_folder
 from .files import few_names, file_digest, readable_name, write_text_atomic
 from .options import parse_model_args
-from .run_directory import EpochLog, RunDirectory, SweepDirectory, read_history, write_json
+from .progress import progress_bar
+from .run_directory import CHECKPOINT, EpochLog, RunDirectory, SweepDirectory, read_history, write_json
+from .scored_parts import PartLog, ScoredPart, call_identity, partial_file
 from .provenance import environment
 from .training.distributed import init_from_environment, is_main_process, world
 from .training import TrainConfig
@@ -120,7 +122,8 @@ def _print_evaluation(metrics: dict[str, Any], scores: np.ndarray, labels: np.nd
     return per_folder
 
 
-PREDICT_PART_BYTES = 512 * 2 ** 20  # predict without maps reads and scores this many bytes of images at a time
+PREDICT_PART_BYTES = 512 * 2 ** 20  # predict without maps reads and scores at most this many bytes of images
+PREDICT_PART_IMAGES = 8192  # and this many images at a time: an interrupted call loses at most one part's work
 RAW_MAPS = "maps.npz"  # in predict's --save-maps folder: `maps` [N, H, W] float32 and `paths`, in the CSV's order
 
 
@@ -143,33 +146,50 @@ def predict_files(checkpoint: Path, inputs: Sequence[Path], out: Path, save_maps
     assert cut is not None
     paths, unlisted = _input_files(inputs)
     existing = [p for p in paths if p.exists()]
-    # Without maps, the images are read and scored in parts of PREDICT_PART_BYTES, so a folder of any size fits in
-    # memory; the maps of one call share one colour scale and one maps.npz, so they are made from all at once.
+    # Without maps, the images are read and scored in parts (at most PREDICT_PART_BYTES of images and
+    # PREDICT_PART_IMAGES images), so a folder of any size fits in memory and an interrupted call keeps its finished
+    # parts (`PartLog`: the same command continues); the maps of one call share one colour scale and one maps.npz,
+    # so they are made from all images at once.
     per_image = det.in_channels * det.image_size ** 2
-    part = len(existing) if save_maps is not None else max(1, PREDICT_PART_BYTES // per_image)
+    part_log = None
+    if save_maps is not None:
+        part = max(1, len(existing))
+    else:
+        part = max(1, min(PREDICT_PART_IMAGES, PREDICT_PART_BYTES // per_image))
+        source = checkpoint / CHECKPOINT if checkpoint.is_dir() else checkpoint
+        part_log = PartLog.open(out, call_identity(source, existing, cut, part))
+    results: list[ScoredPart] = list(part_log.done) if part_log is not None else []
+    starts = range(0, len(existing), part)
+    in_parts = len(starts) > 1  # one bar for the call, not one per part
+    if in_parts:
+        det.set_params(progress=False)
     images = torch.zeros((0, det.in_channels, det.image_size, det.image_size), dtype=torch.uint8)
-    kept: list[str] = []
-    forms: list[Any] = []
-    several: list[str] = []
-    scored: list[np.ndarray] = []
-    for start in range(0, len(existing), part or 1):
-        try:
-            loaded = read_image_files(existing[start:start + part], det.image_size, det.in_channels,
-                                      progress=progress, bit_depth=det.bit_depth_, trained_on=det.file_form_,
-                                      say=False)
-        except DataError:  # not one file of the part could be read: each still gets its row, unscored
-            continue
-        images = loaded.images if save_maps is not None else images
-        kept += loaded.kept
-        forms += loaded.forms
-        several += loaded.several
-        scored.append(det.decision_function(loaded.images))
+    with progress_bar(total=len(existing), initial=min(len(results) * part, len(existing)), desc="scoring",
+                      unit="img", disable=not (progress and in_parts)) as bar:
+        for start in starts[len(results):]:
+            files = existing[start:start + part]
+            try:
+                loaded = read_image_files(files, det.image_size, det.in_channels, progress=progress and not in_parts,
+                                          bit_depth=det.bit_depth_, trained_on=det.file_form_, say=False)
+                result = ScoredPart(loaded.kept, list(loaded.forms), list(loaded.several),
+                                    det.decision_function(loaded.images))
+                images = loaded.images if save_maps is not None else images
+            except DataError:  # not one file of the part could be read: each still gets its row, unscored
+                result = ScoredPart([], [], [], np.zeros(0))
+            if part_log is not None:
+                part_log.add(result)
+            results.append(result)
+            bar.update(len(files))
+    kept = [path for r in results for path in r.kept]
+    forms = [form for r in results for form in r.forms]
+    several = [path for r in results for path in r.several]
+    scored = [r.scores for r in results]
     say_read_files(len(existing), kept, forms, several, det.image_size, det.in_channels, det.file_form_)
     scores = np.concatenate(scored) if scored else np.zeros(0)
     labels = scores > cut
-    # Whole or not at all: the maps go to a hidden folder and the CSV to a temporary file, and both are moved
-    # into place at the end, so an interrupted call leaves nothing (a half-filled maps folder would make the same
-    # command refuse it as not empty).
+    # The CSV and the maps are written whole or not at all: the maps go to a hidden folder and the CSV to a temporary
+    # file, and both are moved into place at the end, so an interrupted call leaves neither (a half-filled maps
+    # folder would make the same command refuse it as not empty), only its finished parts' scores.
     partial = None if save_maps is None else save_maps.parent / f".{save_maps.name}.partial"
     csv_tmp = out.parent / f".{out.name}.tmp"
     scale: float | None = None
@@ -203,6 +223,7 @@ def predict_files(checkpoint: Path, inputs: Sequence[Path], out: Path, save_maps
                 save_maps.rmdir()  # checked empty before the call
             partial.rename(save_maps)
         os.replace(csv_tmp, out)
+        partial_file(out).unlink(missing_ok=True)  # this call's parts, or an earlier call's of other inputs
     finally:
         if partial is not None:
             shutil.rmtree(partial, ignore_errors=True)
