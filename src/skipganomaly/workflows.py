@@ -35,7 +35,7 @@ from .progress import progress_bar
 from .run_directory import CHECKPOINT, EpochLog, RunDirectory, SweepDirectory, read_history, write_json
 from .scored_parts import PartLog, ScoredPart, call_identity, partial_file
 from .provenance import environment
-from .training.distributed import init_from_environment, is_main_process, world
+from .training.distributed import init_from_environment, is_main_process, rank_zeros, world
 from .training import TrainConfig
 from .training.loop import check_resume_length, data_fingerprint, load_train_state
 
@@ -377,6 +377,7 @@ def train_run(settings: DetectorSettings, data: Path, test: Path | None, run: Ru
     read. Under torchrun, rank 0 alone writes the run directory, holding it for the run (`claim_folder`). The
     warnings said go into the report."""
     init_from_environment()  # a no-op unless started by torchrun with several processes
+    run = RunDirectory(rank_zeros(run.root))  # a default folder each rank picked for itself: rank 0's
     with claim_folder(run.root, enabled=is_main_process()), warnings_said() as said:
         return _train_run(settings, data, test, run, resume, tensorboard, overwrite, said)
 

@@ -332,8 +332,12 @@ def test_torchrun_two_cpu_processes(data: Path, tmp_path: Path) -> None:
 
 
 def _sharded_steps(rank: int, rendezvous: str, out: str) -> None:
+    from skipganomaly.training.distributed import rank_zeros
+
     torch.distributed.init_process_group("gloo", init_method=rendezvous, rank=rank, world_size=2)
     try:
+        # each rank picks the default run folder itself (one rank 0 holds is skipped by the others): rank 0's is taken
+        Path(f"{out}.folder{rank}").write_text(str(rank_zeros(Path(f"runs/train{rank + 1}"))))
         model, x, opts, config = _exact_setup()
         for _ in range(2):
             train_step(model, x[rank * 4:(rank + 1) * 4], opts, config, torch.device("cpu"))
@@ -353,8 +357,11 @@ def _exact_setup() -> tuple[torch.nn.Module, torch.Tensor, tuple, TrainConfig]:
 
 
 def test_gradients_averaged_over_processes_equal_the_full_batch_gradient(tmp_path: Path) -> None:
+    """Two processes (gloo): averaged half-batch gradients give the full batch's step, and both ranks take rank 0's
+    run folder (`rank_zeros`, as `train_run` does)."""
     out = tmp_path / "rank0.pt"
     torch.multiprocessing.spawn(_sharded_steps, args=(f"file://{tmp_path / 'rdv'}", str(out)), nprocs=2)
+    assert [Path(f"{out}.folder{rank}").read_text() for rank in (0, 1)] == ["runs/train1", "runs/train1"]
     model, x, opts, config = _exact_setup()
     for _ in range(2):
         train_step(model, x, opts, config, torch.device("cpu"))

@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import logging
 import os
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
 from ..errors import PACKAGE_LOGGER
+
+T = TypeVar("T")
 
 
 def init_from_environment() -> bool:
@@ -94,3 +97,13 @@ def broadcast_parameters(model: nn.Module) -> None:
         dense = tensor.data.contiguous()  # channels-last weights: collectives want dense memory
         dist.broadcast(dense, src=0)
         tensor.data.copy_(dense)
+
+
+def rank_zeros(value: T) -> T:
+    """Rank 0's `value` on every rank (a choice each rank could make differently, such as the first free run
+    folder once rank 0 holds one); `value` itself outside a process group."""
+    if world()[1] == 1:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
