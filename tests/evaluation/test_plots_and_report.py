@@ -86,6 +86,18 @@ def test_image_grid_and_overlay_files(tmp_path: Path) -> None:
     assert [Path(p).name for p in paths] == ["0001_a.png", "0002_a.png", "0003_b.png"]
 
 
+def test_names_with_dollar_signs_are_drawn_as_they_are(tmp_path: Path) -> None:
+    """`$` is legal in file and class names: it is drawn, not read as a formula (an unmatched one crashed the
+    report); the log axis of the training curves keeps its mathtext powers."""
+    inputs = RNG.uniform(0, 1, (2, 16, 16, 1))
+    _is_picture(image_grid_figure(inputs, inputs, inputs[..., 0], ["x$\\q$.png", "cost $5 to $10.png"],
+                                  tmp_path / "g.png", "grid of $"))
+    _is_picture(roc_figure({"x$^^$": (LABELS, SCORES)}, tmp_path / "roc.png", title="a$b"))
+    _is_picture(histogram_figure(LABELS, SCORES, 0.7, tmp_path / "h.png", title="$x"))
+    history = [{"epoch": e, "losses": {"l$": 10.0 ** -e}, "val_loss": 0.2 / e} for e in (1, 2, 3)]
+    _is_picture(training_curves_figure(history, tmp_path / "t.png"))
+
+
 def test_select_examples_picks_the_right_images() -> None:
     labels = np.array([0, 0, 0, 1, 1, 1])
     scores = np.array([0.1, 0.9, 0.5, 0.2, 0.8, 0.4])

@@ -32,8 +32,15 @@ def _figure(figsize: tuple[float, float]) -> Figure:
 def _save(fig: Figure, path: Path) -> Path:
     from matplotlib.text import Text
 
-    for text in fig.findobj(Text):  # names from the file system (class folders, files) may not be UTF-8
-        text.set_text(readable_name(text.get_text()))
+    # tick labels are the formatter's (a log axis writes its powers in mathtext); every other text may hold names
+    # from the file system (class folders, files), drawn as they are: not necessarily UTF-8, and a `$` is a
+    # character, not the start of a formula
+    ticks = {id(label) for ax in fig.axes for axis in (ax.xaxis, ax.yaxis)
+             for tick in (*axis.get_major_ticks(), *axis.get_minor_ticks()) for label in (tick.label1, tick.label2)}
+    for text in fig.findobj(Text):
+        if id(text) not in ticks:
+            text.set_text(readable_name(text.get_text()))
+            text.set_parse_math(False)
     path.parent.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings():  # a character the font lacks (CJK file names) is drawn as a box: said in no log
         warnings.filterwarnings("ignore", message="Glyph .* missing from")
@@ -191,6 +198,15 @@ def training_curves_figure(history: Sequence[Mapping[str, Any]], path: Path) -> 
     # None: a value that was not a number when written (a closed-form model has no validation loss)
     right.plot(epochs, np.array([r["val_loss"] for r in history], dtype=float), marker="o", color="black")
     right.set(xlabel="epoch", ylabel="mean over held-out normals", title="validation loss (the model's own)")
+    from matplotlib.ticker import MaxNLocator
+
+    for ax in (left, right):  # epochs are whole: a few are each a tick, many get whole-number ticks
+        if len(epochs) <= 12:
+            ax.set_xticks(sorted(set(epochs)))
+            ax.set_xlim(min(epochs, default=1) - 0.5, max(epochs, default=1) + 0.5)
+        else:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    fig.subplots_adjust(wspace=0.3)  # the right panel's label clear of the left panel
     return _save(fig, path)
 
 
