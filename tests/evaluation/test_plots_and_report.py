@@ -36,6 +36,7 @@ from skipganomaly.evaluation.report import (
 RNG = np.random.default_rng(0)
 LABELS = np.array([0] * 30 + [1] * 20)
 SCORES = np.concatenate([RNG.normal(0, 1, 30), RNG.normal(1.5, 1, 20)])
+METRICS = evaluate_scores(SCORES, LABELS, 0.7)  # what a test run at threshold 0.7 saves with these scores
 
 
 def _is_picture(path: Path) -> None:
@@ -129,7 +130,7 @@ def test_history_ignores_a_half_written_last_line(tmp_path: Path) -> None:
 def _evaluation(run: Path) -> Path:
     images = torch.from_numpy((RNG.uniform(0, 255, (50, 3, 32, 32))).astype(np.uint8))
     return write_evaluation(
-        run, "toy", images, [f"img{i}.png" for i in range(50)], LABELS, SCORES, {"auroc": 0.8}, 0.7,
+        run, "toy", images, [f"img{i}.png" for i in range(50)], LABELS, SCORES, METRICS, 0.7,
         reconstruct=lambda x: x.permute(0, 2, 3, 1).numpy() / 255.0,
         anomaly_maps=lambda x: x.float().mean(1).numpy() / 255.0,
     )
@@ -225,14 +226,16 @@ def test_a_damaged_scores_or_evaluation_file_is_one_data_error(tmp_path: Path) -
     curves contradict its metrics table."""
     run = tmp_path / "run"
     write_evaluation(run, "toy", torch.zeros((50, 3, 32, 32), dtype=torch.uint8), [f"img{i}.png" for i in range(50)],
-                     LABELS, SCORES, {"auroc": 0.8, "n_normal": 30, "n_abnormal": 20}, 0.7,
+                     LABELS, SCORES, METRICS, 0.7,
                      reconstruct=lambda x: x.permute(0, 2, 3, 1).numpy() / 255.0,
                      anomaly_maps=lambda x: x.float().mean(1).numpy())
     scores = run / "scores.csv"
     whole = scores.read_text().splitlines()
     damaged = {"cut short": whole[:40], "no score column": [",".join(line.split(",")[:2] + line.split(",")[3:]) for line in whole],
                "nan score": [*whole[:5], "x.png,0,nan", *whole[6:]], "label 2": [*whole[:5], "x.png,2,0.5", *whole[6:]],
-               "cut in a row": [*whole[:5], "x.png", *whole[6:]]}
+               "cut in a row": [*whole[:5], "x.png", *whole[6:]],
+               "a score edited": [*whole[:3], "img2.png,0,99", *whole[4:]],  # AUROC and the number flagged change
+               "a score moved past the threshold": [*whole[:1], f"img0.png,0,{SCORES[0] + 5:.9g}", *whole[2:]]}
     for what, lines in damaged.items():
         scores.write_text("\n".join(lines) + "\n")
         with pytest.raises(DataError, match="scores.csv") as raised:
@@ -249,7 +252,7 @@ def test_the_report_says_where_the_threshold_came_from_and_what_was_warned(tmp_p
     """A reader of the report alone learns what the threshold rests on and sees the command's warnings."""
     run = tmp_path / "run"
     page = write_evaluation(run, "toy", torch.zeros((50, 3, 32, 32), dtype=torch.uint8),
-                            [f"scratch/img{i}.png" for i in range(50)], LABELS, SCORES, {"auroc": 0.8}, 0.7,
+                            [f"scratch/img{i}.png" for i in range(50)], LABELS, SCORES, METRICS, 0.7,
                             reconstruct=lambda x: x.permute(0, 2, 3, 1).numpy() / 255.0,
                             anomaly_maps=lambda x: x.float().mean(1).numpy(),
                             calibration={"n_val_images": 4, "val_fraction": 0.05, "contamination": 0.05},
@@ -323,7 +326,7 @@ def test_every_example_grid_of_a_report_shares_one_colour_scale(tmp_path: Path,
     monkeypatch.setattr(report, "image_grid_figure", lambda *a, vmax=None, **k: scales.append(vmax) or a[4])
     images = torch.arange(50, dtype=torch.uint8)[:, None, None, None].expand(50, 3, 32, 32).contiguous()
     write_evaluation(tmp_path / "run", "toy", images, [f"i{i}.png" for i in range(50)], LABELS, np.arange(50.0),
-                     {"auroc": 0.5}, 25.0, reconstruct=lambda x: x.permute(0, 2, 3, 1).numpy(),
+                     evaluate_scores(np.arange(50.0), LABELS, 25.0), 25.0, reconstruct=lambda x: x.permute(0, 2, 3, 1).numpy(),
                      anomaly_maps=lambda x: x.float().mean(1).numpy())  # image i's map is i everywhere
     assert scales == [49.0] * 4  # the most anomalous image's, also for the grid of the least anomalous (0..7)
 

@@ -92,14 +92,32 @@ def read_scores(path: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
     return names, np.array(labels, dtype=np.int64), np.array(scores, dtype=np.float64)
 
 
-def _check_counts(path: Path, labels: np.ndarray, metrics: Mapping[str, Any]) -> None:
-    """The scores file must hold the images the saved metrics were computed on: a file cut short would
-    otherwise draw curves that contradict the metrics table above them."""
+def _check_scores(path: Path, labels: np.ndarray, scores: np.ndarray, metrics: Mapping[str, Any],
+                  threshold: float | None) -> None:
+    """The scores file must hold the scores the saved metrics were computed on: a file cut short or edited would
+    otherwise draw curves that contradict the metrics table above them. Counts, AUROC and the number flagged are
+    recomputed (the file's 9 significant digits may tie two scores, moving the AUROC by half a pair, or put a score
+    that equals the threshold on its other side)."""
     expected = (metrics.get("n_normal"), metrics.get("n_abnormal"))
-    found = (int(np.sum(labels == 0)), int(np.sum(labels == 1)))
-    if None not in expected and tuple(expected) != found:
-        raise DataError(f"{path} holds {found[0]} normal and {found[1]} abnormal scores, but the metrics were computed "
-                        f"on {expected[0]} and {expected[1]}: it was cut short or edited; rerun the test")
+    n_normal, n_abnormal = int(np.sum(labels == 0)), int(np.sum(labels == 1))
+    if None not in expected and tuple(expected) != (n_normal, n_abnormal):
+        raise DataError(f"{path} holds {n_normal} normal and {n_abnormal} abnormal scores, but the metrics were "
+                        f"computed on {expected[0]} and {expected[1]}: it was cut short or edited; rerun the test")
+    saved = metrics.get("auroc")
+    if isinstance(saved, (int, float)) and math.isfinite(saved) and n_normal and n_abnormal:
+        from sklearn.metrics import roc_auc_score
+
+        found = float(roc_auc_score(labels, scores))
+        if abs(found - saved) > 1.0 / (n_normal * n_abnormal) + 1e-9:
+            raise DataError(f"{path}'s scores give AUROC {found:.6f}, but the saved metrics say {saved:.6f}: the file "
+                            "was edited; rerun the test")
+    flagged = metrics.get("n_flagged")
+    if threshold is not None and isinstance(flagged, int):
+        found_flags = int(np.sum(scores > threshold))
+        at_threshold = int(np.sum(np.isclose(scores, threshold, rtol=1e-8, atol=0.0)))
+        if abs(found_flags - flagged) > at_threshold:
+            raise DataError(f"{path} has {found_flags} scores above the threshold {threshold:.9g}, but the saved "
+                            f"metrics flagged {flagged}: the file was edited; rerun the test")
 
 
 def write_evaluation(
@@ -207,7 +225,7 @@ def build_run_report(run_dir: Path) -> Path:
         names, labels, scores = read_scores(run.scores)
         threshold = evaluation.get("threshold")
         metrics = evaluation.get("metrics", {})
-        _check_counts(run.scores, labels, metrics)
+        _check_scores(run.scores, labels, scores, metrics, threshold)
         beside = {run.scores: "each test image's label and score (and flag at the threshold)",
                   run.evaluation: "these metrics as JSON",
                   run.calibration: "the held-out training images behind the threshold, with their scores"}
