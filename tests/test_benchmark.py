@@ -869,3 +869,15 @@ def test_a_commit_made_during_a_sweep_is_named_beside_the_one_it_started_at(tmp_
     benchmark.run_benchmark(lambda: data, _config(models=["knn", "pca"], protocols=["honest"]), tmp_path, "toy")
     table = (tmp_path / "table.md").read_text()
     assert "abc1234 (1 cell), def5678 (1 cell)." in table and "reused from earlier calls" not in table
+
+
+def test_markdown_tables_show_names_as_they_are() -> None:
+    """A class named `a|b` stays one column and `<b>` is not markup: the header and every row have as many cells as
+    the separator."""
+    from skipganomaly.evaluation.tables import markdown_table
+
+    table = markdown_table(["model", "a|b", "c<d>", "mean"], [["knn", 0.5, 0.25, 0.375], ["x*y`z\\", 1.0, 0.0, 0.5]])
+    rows = table.splitlines()
+    cells = [len([c for c in row.replace("\\|", "").split("|")]) for row in rows]
+    assert len(set(cells)) == 1, table
+    assert "a\\|b" in rows[0] and "c\\<d\\>" in rows[0] and "x\\*y\\`z\\\\" in rows[3]

@@ -12,15 +12,24 @@ from ..data.cifar10 import NAME as CIFAR10
 from .paper import TABLE_1
 
 
+MARKDOWN_SPECIAL = "\\|<>*`"  # in a class or file name: a column break, HTML, emphasis, code
+
+
+def markdown_text(text: object) -> str:
+    """Text shown as it is in a markdown table cell: the characters that would split the row or turn into markup
+    backslash-escaped (a class named `a|b` stays one column, `<b>` is not bold)."""
+    return "".join(f"\\{c}" if c in MARKDOWN_SPECIAL else c for c in str(text))
+
+
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    """A GitHub-flavoured markdown table; floats get three decimals."""
+    """A GitHub-flavoured markdown table; floats get three decimals, text is shown as it is (`markdown_text`)."""
 
     def cell(v: object) -> str:
         if isinstance(v, float):
             return "nan" if math.isnan(v) else f"{v:.3f}"
-        return str(v)
+        return markdown_text(v)
 
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines = ["| " + " | ".join(map(markdown_text, header)) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
     return "\n".join(lines)
 
