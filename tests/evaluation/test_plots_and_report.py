@@ -365,3 +365,11 @@ def test_a_validate_curve_is_named_by_the_class_it_scored(tmp_path: Path, monkey
     build_report(root)
     assert drawn["roc_skipganomalypp_validate.png"] == ["ship removed, bird scored", "bird removed, cat scored"]
     assert drawn["roc_skipganomalypp_honest.png"] == ["ship", "bird"]
+
+
+def test_report_tables_keep_six_significant_digits() -> None:
+    """A near-perfect AUROC is not shown as a perfect 1, nor a threshold of 3.19958 as 3.2."""
+    from skipganomaly.evaluation.report import html_table
+
+    table = html_table(["metric", "value"], [["auroc", 0.99996], ["threshold", 3.1995812], ["n", 7]])
+    assert "<td>0.99996</td>" in table and "<td>3.19958</td>" in table and "<td>7</td>" in table

@@ -115,7 +115,7 @@ def histogram_figure(labels: np.ndarray, scores: np.ndarray, threshold: float | 
         if part.size:
             ax.hist(part, bins=edges, alpha=0.55, color=colour, label=f"{name} ({part.size})")
     if threshold is not None and np.isfinite(threshold):
-        ax.axvline(threshold, color="black", linestyle="--", label=f"threshold {threshold:.4g}")
+        ax.axvline(threshold, color="black", linestyle="--", label=f"threshold {threshold:.6g}")
     ax.set(xlabel="anomaly score (higher = more anomalous)", ylabel="images", title=title)
     ax.yaxis.get_major_locator().set_params(integer=True)  # counts of images: no 2.5 ticks
     ax.legend(fontsize="small")

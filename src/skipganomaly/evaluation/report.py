@@ -388,7 +388,7 @@ def build_report(directory: Path) -> Path:
 def html_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     def cell(v: object) -> str:
         if isinstance(v, float):
-            return "nan" if math.isnan(v) else f"{v:.4g}"
+            return "nan" if math.isnan(v) else f"{v:.6g}"  # 0.99996 is not shown as 1
         return html.escape(str(v))
 
     head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
