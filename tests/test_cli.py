@@ -135,6 +135,11 @@ def test_report_command_rebuilds_from_saved_scores(trained_run: tuple[Path, Path
 
 
 def test_test_command(trained_run: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    """A `test` report names the detector it scored (its file by full path and digest, what it was trained on and
+    by what) and every model option in effect, those at their defaults marked so; so does a training run's."""
+    import hashlib
+    import subprocess
+
     root, run = trained_run
     out = root / "test_metrics.json"
     report_dir = root / "test_report"
@@ -147,6 +152,14 @@ def test_test_command(trained_run: tuple[Path, Path], capsys: pytest.CaptureFixt
     assert evaluation["metrics"]["auroc"] == pytest.approx(metrics["auroc"])
     page = (report_dir / "report.html").read_text()
     assert page.count("data:image/png;base64,") == 7  # no training curves for a test run
+    digest = hashlib.sha256((run / "model.pt").read_bytes()).hexdigest()[:16]
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    assert f"<td>checkpoint</td><td>{run.resolve() / 'model.pt'}</td>" in page and digest in page
+    assert "<td>train_images</td><td>38</td>" in page and "<td>trained by: git_commit</td>" in page
+    assert commit in evaluation["model"]["trained by: git_commit"]
+    assert "<td>model option score (default)</td><td>paper</td>" in page
+    assert "<td>model option widths</td><td>[8, 8, 16, 16, 32]</td>" in page  # given (SMALL), not a default
+    assert "<td>model option score (default)</td><td>paper</td>" in (run / "report.html").read_text()
 
 
 def test_predict_command_writes_csv(trained_run: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) -> None:

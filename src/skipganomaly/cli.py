@@ -117,7 +117,7 @@ def _how_to_continue(args: argparse.Namespace) -> str | None:
     if args.command == "demo":
         return demo_kept(args.out)
     if args.command == "predict":
-        kept = None if args.save_maps is not None else kept_note(args.out)
+        kept = None if getattr(args, "save_maps", None) is not None else kept_note(args.out)
         if kept:
             return f"{kept}; the same command continues from there ({args.out} is written whole at the end)"
         return f"nothing was written ({args.out} and the maps are written whole at the end); run the same command again"

@@ -25,6 +25,7 @@ from .files import load_torch_checked, save_torch_atomic, writing
 from .models import create, get_model_class, list_models
 from .models.base import AnomalyModel, check_geometry, plain
 from .options import check_field_types, check_option_types
+from .provenance import environment
 from .run_directory import CHECKPOINT, state_path
 from .training import EpochRecord, TrainConfig, batched_apply, resolve_device, to_device, train
 from .training.config import field_default, setting
@@ -167,19 +168,25 @@ def _detector_fields() -> list[dataclasses.Field]:
 
 
 _FITTED = ("model_", "threshold_", "val_scores_", "history_", "n_train_images_", "n_val_images_", "bit_depth_",
-           "file_form_")  # what `fit` sets: kept as it was when a fit fails before its first epoch
+           "file_form_", "fit_environment_")  # what `fit` sets: kept as it was when a fit fails before its first epoch
 _MISSING = object()
+
+
+def model_options_in_effect(settings: DetectorSettings) -> dict[str, Any]:
+    """Every option of the settings' model as plain values: those given, the others at this version's defaults
+    (what a report shows, since a later version may change a default)."""
+    defaults = get_model_class(settings.model).param_defaults()
+    return {**{k: plain(v) for k, v in defaults.items() if k not in GEOMETRY},
+            **{k: plain(v) for k, v in settings.model_options.items()}}
 
 
 def _effective_settings(settings: DetectorSettings) -> dict[str, Any]:
     """The settings a fitted model's scores depend on, as values: the model's option defaults filled in, tuples
     as lists (a loaded detector's), and for a model fitted in closed form, no setting that acts on gradient
     training alone. Where these are equal, `set_params` keeps the fitted model."""
-    cls = get_model_class(settings.model)
-    options = {k: v for k, v in cls.param_defaults().items() if k not in GEOMETRY}
-    keep = set(settings.result_settings()) | {"model_options"}
+    keep = set(settings.result_settings()) - {"model_options"}
     flat = {k: v for k, v in settings.as_dict().items() if k in keep}
-    return {**{k: plain(v) for k, v in options.items()}, **flat.pop("model_options"), **flat}
+    return {**model_options_in_effect(settings), **flat}
 
 
 @contextlib.contextmanager
@@ -298,6 +305,9 @@ class Detector:
         self.bit_depth_: int | None = None
         # how most training files were stored (colour, width x height); files unlike it are warned about when scored
         self.file_form_: FileForm | None = None
+        # what trained it: command, commit, machine (`provenance.environment`), so a checkpoint scored elsewhere,
+        # in a `test` report, still says where it came from
+        self.fit_environment_: dict[str, Any] | None = None
         self.history_: list[dict[str, Any]] = []
 
     @classmethod
@@ -331,6 +341,13 @@ class Detector:
             if recalibrate and self.val_scores_ is not None:
                 self._set_threshold()
         return self
+
+    def options_in_effect(self) -> dict[str, Any]:
+        """Every option of the model as it scores: the fitted model's own (a loaded one's as it was trained, whatever
+        the defaults are now), else the settings' with this version's defaults."""
+        if self.model_ is not None:
+            return {k: v for k, v in self.model_.config().items() if k not in GEOMETRY}
+        return model_options_in_effect(self.settings)
 
     def _fitted_state(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in _FITTED}
@@ -447,6 +464,7 @@ class Detector:
             self.val_scores_ = None
             self.history_ = []
             self.n_train_images_, self.n_val_images_ = len(data) - n_val, n_val
+            self.fit_environment_ = environment()
 
             main = is_main_process()
             state = state_path(checkpoint_path) if checkpoint_path is not None else None
@@ -620,7 +638,8 @@ class Detector:
             "fit": {"n_train_images": self.n_train_images_, "n_val_images": self.n_val_images_,
                     "bit_depth": self.bit_depth_,
                     "file_form": None if self.file_form_ is None else self.file_form_.as_dict(),
-                    "val_scores": None if self.val_scores_ is None else [float(v) for v in self.val_scores_]},
+                    "val_scores": None if self.val_scores_ is None else [float(v) for v in self.val_scores_],
+                    "environment": self.fit_environment_},
             "history": self.history_,
         }
         with writing(Path(path)):
@@ -695,6 +714,8 @@ class Detector:
         det.file_form_ = FileForm.from_dict(fit.get("file_form"))  # None: arrays, or saved before it was recorded
         if fit.get("val_scores") is not None:
             det.val_scores_ = np.asarray(fit["val_scores"], dtype=np.float64)
+        environment_ = fit.get("environment")  # None: saved before it was recorded
+        det.fit_environment_ = dict(environment_) if isinstance(environment_, dict) else None
         return det
 
 

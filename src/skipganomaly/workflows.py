@@ -22,11 +22,11 @@ import torch
 from .data.digits import digits_leave_one_out
 from .data.folders import PixelTruth, label_folders, load_labelled_folder, load_masks, training_files
 from .data.images import list_image_files, pixel_digest, read_image_files, say_read_files
-from .detector import Detector, DetectorSettings, setting_fields
+from .detector import Detector, DetectorSettings, model_options_in_effect, setting_fields
 from .errors import PACKAGE_LOGGER, CheckpointError, ConfigError, DataError, warnings_said
 from .evaluation.metrics import evaluate_scores, metrics_per_folder, pixel_metrics, quantile_threshold
 from .evaluation.plots import save_overlays
-from .evaluation.report import build_run_report, read_scores, write_evaluation, write_scores
+from .evaluation.report import IN_EFFECT, build_run_report, read_scores, write_evaluation, write_scores
 from .evaluation.tables import per_class_table
 from .folder_lock import claim_folder
 from .files import few_names, file_digest, readable_name, write_text_atomic
@@ -86,9 +86,26 @@ def _evaluate_folder(checkpoint: Path, data: Path, out: Path | None, report_dir:
         report = write_evaluation(report_dir, f"{det.model_name} ({checkpoint}) on {data}", x, names, y.numpy(),
                                   scores, metrics, det.threshold_, det.reconstructions, det.anomaly_maps,
                                   per_folder=per_folder, calibration=calibration(det), warnings=said,
-                                  settings=det.settings.as_dict())
+                                  settings=_shown_settings(det), model=_model_card(det, checkpoint))
         print(f"report {report}")
     return metrics
+
+
+def _shown_settings(det: Detector) -> dict[str, Any]:
+    """A detector's settings for a report: as saved, with every model option in effect (defaults included)."""
+    return {**det.settings.as_dict(), IN_EFFECT: det.options_in_effect()}
+
+
+def _model_card(det: Detector, checkpoint: Path) -> dict[str, Any]:
+    """What a `test` report says of the detector it scored: which file (its full path and the start of its SHA-256),
+    what it was trained on and by what (command, commit, machine; not recorded before checkpoints kept it)."""
+    path = (checkpoint / CHECKPOINT if checkpoint.is_dir() else checkpoint).resolve()
+    trained_by = det.fit_environment_ or {}
+    return {"checkpoint": str(path), "sha256": file_digest(path, "sha256").hexdigest()[:16], "model": det.model_name,
+            "train_images": det.n_train_images_, "held_out_normals": det.n_val_images_,
+            "epochs_trained": len(det.history_),
+            **({f"trained by: {k}": v for k, v in trained_by.items()} if trained_by else
+               {"trained by": "not recorded (a checkpoint saved before this was kept)"})}
 
 
 def _pixel_evaluation(det: Detector, truth: PixelTruth | None, images: torch.Tensor) -> dict[str, float | int]:
@@ -410,6 +427,7 @@ def _train_run(settings: DetectorSettings, data: Path, test: Path | None, run: R
     run.root.mkdir(parents=True, exist_ok=True)
     env, earlier = environment(), _earlier_environments(run) if done else []
     run.write_config(settings.as_dict(), command="train", data=data.resolve(),
+                     **{IN_EFFECT: model_options_in_effect(settings)},
                      test=None if test is None else test.resolve(), tensorboard=tensorboard,
                      train_images=len(kept), processes=world()[1],
                      environment=env,  # of this call; a resumed run's earlier calls' are kept below
@@ -652,7 +670,7 @@ def _run_demo(settings: DetectorSettings, digits: Sequence[int], out: Path, base
         names = [f"test{i:04d}" for i in range(len(labels))]
         write_evaluation(run.root, f"{settings.model}, digit {digit} abnormal", split.test, names, labels, scores,
                          results[key], det.threshold_, det.reconstructions, det.anomaly_maps,
-                         calibration=calibration(det), warnings=said, settings=settings.as_dict())
+                         calibration=calibration(det), warnings=said, settings=_shown_settings(det))
         for name in baselines:  # seconds each
             base = Detector.from_settings(settings.replace(model=name, model_options={}, progress=False))
             base.fit(split.train)

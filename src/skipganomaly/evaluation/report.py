@@ -136,6 +136,7 @@ def write_evaluation(
     calibration: Mapping[str, Any] | None = None,
     warnings: Sequence[str] | None = None,
     settings: Mapping[str, Any] | None = None,
+    model: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write scores, evaluation.json, the example grids and the report; return the report's path.
 
@@ -143,7 +144,9 @@ def write_evaluation(
     detector's methods (called on the few selected images only); `per_folder`: `metrics_per_folder`'s;
     `calibration`: what the threshold rests on (`threshold_note`); `warnings`: what the command warned about
     (`errors.warnings_said`; None: not collected, so the report says nothing either way); `settings`: the
-    detector's (`DetectorSettings.as_dict()`), shown where no config.yaml of a training run lies beside.
+    detector's (`DetectorSettings.as_dict()`, with the options in effect under `IN_EFFECT`), shown where no
+    config.yaml of a training run lies beside; `model`: what a `test` of a checkpoint says of the detector it scored
+    (its file, training images, who trained it).
     """
     run = RunDirectory(Path(run_dir))
     figures = run.figures
@@ -153,6 +156,7 @@ def write_evaluation(
                   **({"calibration": dict(calibration)} if calibration else {}),
                   **({"warnings": list(warnings)} if warnings is not None else {}),
                   **({"settings": dict(settings)} if settings else {}),
+                  **({"model": dict(model)} if model else {}),
                   "environment": environment()}
     write_text_atomic(run.evaluation, json_text(evaluation, indent=2) + "\n")
     groups = {}
@@ -203,9 +207,11 @@ def build_run_report(run_dir: Path) -> Path:
     if run.config.exists():
         settings, fields_ = run.read_config()
         made_by = fields_.pop("environment", None) or {}
-        config = {**fields_, **_flat_settings(settings)}
+        in_effect = fields_.pop(IN_EFFECT, None)
+        config = {**fields_, **_flat_settings(settings, in_effect)}
     elif isinstance(evaluation, dict) and isinstance(evaluation.get("settings"), dict):  # a `test` of a checkpoint
-        config = _flat_settings(evaluation["settings"])
+        settings = dict(evaluation["settings"])
+        config = _flat_settings(settings, settings.pop(IN_EFFECT, None))
     if evaluation is None and not history:
         raise DataError(f"{run_dir} holds neither {EVALUATION} nor {METRICS_LOG}: nothing to report "
                         "(is it a run directory of `train` or `test`?)")
@@ -270,6 +276,9 @@ def build_run_report(run_dir: Path) -> Path:
                                      [[r["epoch"], r["val_loss"], r["images_per_second"],
                                        *([r["d_resets"]] if resets else []),
                                        *(r["losses"][k] for k in sorted(history[0]["losses"]))] for r in history]))
+    model = (evaluation or {}).get("model")
+    if isinstance(model, dict) and model:
+        sections.append("<h2>The detector evaluated</h2>" + html_table(["", "value"], [[k, v] for k, v in model.items()]))
     if config:
         sections.append("<h2>Settings</h2>" + html_table(["setting", "value"], [[k, v] for k, v in config.items()]))
     made_by = (evaluation or {}).get("environment") or made_by  # a test's own call, else the training's
@@ -293,10 +302,17 @@ def _interval_rows(labels: np.ndarray, scores: np.ndarray) -> list[list[str]]:
     return [["auroc, 95% bootstrap interval", value]]
 
 
-def _flat_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
-    """A detector's settings as one table: its own and its training's, then each model option by name."""
+IN_EFFECT = "model_options_in_effect"  # beside saved settings: every model option, defaults included
+
+
+def _flat_settings(settings: Mapping[str, Any], in_effect: Any = None) -> dict[str, Any]:
+    """A detector's settings as one table: its own and its training's, then each model option by name, those
+    left at their defaults marked so (where `in_effect`, every option's value, was saved)."""
+    given = settings.get("model_options") or {}
+    defaults = {k: v for k, v in in_effect.items() if k not in given} if isinstance(in_effect, dict) else {}
     return {**{k: v for k, v in settings.items() if k != "model_options"},
-            **{f"model option {k}": v for k, v in (settings.get("model_options") or {}).items()}}
+            **{f"model option {k}": v for k, v in given.items()},
+            **{f"model option {k} (default)": v for k, v in defaults.items()}}
 
 
 def build_benchmark_report(bench_dir: Path) -> Path:
