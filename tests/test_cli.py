@@ -1375,3 +1375,31 @@ def test_an_interrupted_predict_keeps_its_finished_parts_and_the_same_command_co
     stop_at = None
     assert main([*command, "--threshold", "0.5"]) == 0  # another call: its parts are not this one's
     assert parts_read == [3, 3, 3, 3, 1] and not partial_file(out).exists()
+
+
+def test_an_out_path_that_would_destroy_a_file_or_cannot_be_written_is_refused_before_any_work(
+        trained_run: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`--out` of predict, test and train: a run's checkpoint or config, a checkpoint under any name, an image, a
+    folder, or a path under a file are each one line, exit 2, with the file untouched."""
+    root, run = trained_run
+    model = (run / "model.pt").read_bytes()
+    image = root / "test" / "normal" / "img_000.png"
+    renamed = tmp_path / "detector.bin"
+    renamed.write_bytes(model)
+    (tmp_path / "afile").write_text("x")
+    predict = ["predict", "--checkpoint", str(run), str(root / "test"), "--no-progress", "--out"]
+    test = ["test", "--checkpoint", str(run), "--data", str(root / "test"), "--no-report", "--no-progress", "--out"]
+    for command, out, said in ((predict, run / "model.pt", "is the model.pt of the run in"),
+                               (predict, run / "config.yaml", "is the config.yaml of the run in"),
+                               (predict, renamed, "is a detector checkpoint (a zip file)"),
+                               (test, image, "has an image file extension"),
+                               (test, run / "model.pt", "is the model.pt of the run in"),
+                               (test, root, "is a folder"),
+                               (test, tmp_path / "afile" / "m.json", "afile is a file, not a folder"),
+                               (["train", "--data", str(root / "train"), "--no-progress", "--out"], tmp_path / "afile",
+                                "is a file, not a folder")):
+        capsys.readouterr()
+        assert main([*command, str(out)]) == 2, out
+        err = capsys.readouterr().err
+        assert said in err and err.count("\n") == 1, err
+    assert (run / "model.pt").read_bytes() == model == renamed.read_bytes() and image.stat().st_size > 100

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import shlex
 import sys
 import traceback
+import zipfile
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -25,7 +27,7 @@ from .evaluation.report import build_report
 from .evaluation.tables import HONEST, PAPER
 from .models import BASELINES, create, get_model_class, list_models
 from .options import FORM, parse_model_args
-from .run_directory import RunDirectory, SweepDirectory, next_free_run
+from .run_directory import CHECKPOINT, RUN_FILES, RunDirectory, SweepDirectory, next_free_run, state_path
 from .scored_parts import kept_note
 from . import __version__
 from .provenance import program
@@ -420,6 +422,8 @@ def _new_run_directory(out: Path | None, overwrite: bool) -> Path:
     default, so two runs never share (and mix) one folder's files."""
     if out is None:
         return next_free_run(DEFAULT_TRAIN_OUT)
+    _check_output_dir(out, "--out")
+    _check_writable(out, f"--out {out}")
     if RunDirectory(out).holds_run and not overwrite:
         raise ConfigError(f"{out} already holds a run; continue it with --resume {shlex.quote(str(out))}, choose "
                           "another --out, or add --overwrite to replace it")
@@ -446,6 +450,9 @@ def cmd_test(args: argparse.Namespace) -> int:
         raise ConfigError("give --report-dir or --no-report, not both")
     report_dir = None if args.no_report else args.report_dir or next_free_run(DEFAULT_TEST_OUT, evaluations=True)
     _check_output_dir(report_dir, "--report-dir")
+    _check_out_file(args.out, "JSON")
+    if report_dir is not None:
+        _check_writable(report_dir, f"--report-dir {report_dir}")
     if report_dir is not None and RunDirectory(report_dir).holds_run:
         raise ConfigError(f"--report-dir {report_dir} holds a training run, whose evaluation and report this "
                           "would replace; give another --report-dir")
@@ -457,11 +464,9 @@ def cmd_test(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     _check_output_dir(args.save_maps, "--save-maps")
-    _check_out_file(args.out, "CSV")
-    an_input = any(p.is_file() and p.resolve() == args.out.resolve() for p in args.inputs)
-    if an_input or is_image_name(args.out.name):  # a slip that would overwrite an image with the CSV
-        raise ConfigError(f"--out {args.out} {'is one of the inputs' if an_input else 'has an image file extension'}: "
-                          "give the CSV file to write (e.g. predictions.csv)")
+    _check_out_file(args.out, "CSV", args.inputs)
+    if args.save_maps is not None:
+        _check_writable(args.save_maps, f"--save-maps {args.save_maps}")
     unread = predict_files(args.checkpoint, args.inputs, args.out, args.save_maps, device=args.device,
                            progress=args.progress, threshold=args.threshold)
     if unread:  # a script sees that not every part was scored; the CSV holds every other score
@@ -578,11 +583,36 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     return DEADLINE_EXIT if outcome.unfinished else 0  # a script can tell "run again to continue" from "done"
 
 
-def _check_out_file(out: Path | None, kind: str) -> None:
-    """`--out` names a file to write: a folder there is a one-line error, before any work."""
-    if out is not None and out.is_dir():
-        example = out / f"out.{kind.lower()}"
-        raise ConfigError(f"--out {out} is a folder; give the {kind} file to write (e.g. {example})")
+def _check_out_file(out: Path | None, kind: str, inputs: Sequence[Path] = ()) -> None:
+    """`--out` names a file to write, checked before any work, each a one-line error: not a folder, not a file the
+    command would destroy (an image, one of `inputs`, a detector checkpoint, a run's own files), and in a folder
+    that can be written."""
+    if out is None:
+        return
+    example = f"e.g. {out / f'out.{kind.lower()}' if out.is_dir() else f'out.{kind.lower()}'}"
+    if out.is_dir():
+        raise ConfigError(f"--out {out} is a folder; give the {kind} file to write ({example})")
+    an_input = any(p.is_file() and out.is_file() and p.resolve() == out.resolve() for p in inputs)
+    run_file = out.name in (*RUN_FILES, state_path(Path(CHECKPOINT)).name) and RunDirectory(out.parent).holds_run
+    taken = ("is one of the inputs" if an_input else "has an image file extension" if is_image_name(out.name) else
+             f"is the {out.name} of the run in {out.parent}" if run_file else
+             "is a detector checkpoint (a zip file)" if out.is_file() and zipfile.is_zipfile(out) else None)
+    if taken:
+        raise ConfigError(f"--out {out} {taken}, which this would replace: give the {kind} file to write ({example})")
+    _check_writable(out.parent, f"--out {out}")
+
+
+def _check_writable(folder: Path, what: str) -> None:
+    """`folder` (created if missing) can take new files: the first of it and its parents that exists is a folder
+    this user may write to. Said before any work, with the user's own path (a failed write at the end names a
+    temporary file)."""
+    existing = folder.absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"{what}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"{what}: {existing} cannot be written (permission denied); give a path you can write to")
 
 
 def _fraction(value: float, flag: str) -> float:

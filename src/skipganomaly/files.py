@@ -38,8 +38,11 @@ def replacing(path: Path) -> Iterator[Path]:
     """A temporary file beside `path` to write (its own name, so two writers never share one), flushed to disk and
     renamed over `path` when the block ends, removed when it fails (a full disk, an interrupt): `path` is then the old
     file or the whole new one, never a part-written one, even after a crash of the machine."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    except OSError as err:  # said with the file the caller writes, not the temporary one
+        raise OSError(err.errno, err.strerror, str(path)) from None
     os.close(fd)
     tmp = Path(name)
     try:
@@ -48,7 +51,10 @@ def replacing(path: Path) -> Iterator[Path]:
             os.fsync(fh.fileno())
         with contextlib.suppress(OSError):  # some mounts (vfat, SMB) refuse chmod; the file is still good
             os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes it private (0600); results are shared like any file
-        os.replace(tmp, path)
+        try:
+            os.replace(tmp, path)
+        except OSError as err:  # a folder of that name, say
+            raise OSError(err.errno, err.strerror, str(path)) from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

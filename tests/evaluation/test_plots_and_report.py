@@ -345,6 +345,12 @@ def test_a_file_written_in_place_is_the_old_one_or_the_whole_new_one_never_a_par
     assert path.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["results.json"]
     write_text_atomic(path, "new")
     assert path.read_text() == "new" and sorted(p.name for p in tmp_path.iterdir()) == ["results.json"]
+    (tmp_path / "taken").mkdir()
+    for target in (tmp_path / "taken", path / "under_a_file.json"):  # the error names the file asked for
+        with pytest.raises(OSError) as raised:
+            write_text_atomic(target, "x")
+        assert raised.value.filename == str(target)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results.json", "taken"] and not any((tmp_path / "taken").iterdir())
 
 
 def test_a_validate_curve_is_named_by_the_class_it_scored(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
