@@ -203,7 +203,7 @@ def test_export_command_writes_a_file_that_predicts_alone(tmp_path: Path, capsys
         bare.predict(images)
     before = (run / "model.pt").read_bytes()
     assert main(["export", "--checkpoint", str(run), "--out", str(run / "model.pt")]) == 2  # the detector stays
-    assert "is a detector checkpoint (a zip file), which this would replace" in capsys.readouterr().err
+    assert "is the model.pt of the run in" in capsys.readouterr().err
     assert (run / "model.pt").read_bytes() == before
     with pytest.raises(CheckpointError, match="is a folder; give the ONNX file"):
         OnnxScorer(tmp_path)
