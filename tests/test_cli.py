@@ -1380,7 +1380,8 @@ def test_an_interrupted_predict_keeps_its_finished_parts_and_the_same_command_co
 def test_an_out_path_that_would_destroy_a_file_or_cannot_be_written_is_refused_before_any_work(
         trained_run: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """`--out` of predict, test and train: a run's checkpoint or config, a checkpoint under any name, an image, a
-    folder, or a path under a file are each one line, exit 2, with the file untouched."""
+    folder, or a path under a file are each one line, exit 2, with the file untouched; so are a run or report folder
+    inside the test folder (the next test would score its figures as a class)."""
     root, run = trained_run
     model = (run / "model.pt").read_bytes()
     image = root / "test" / "normal" / "img_000.png"
@@ -1397,7 +1398,11 @@ def test_an_out_path_that_would_destroy_a_file_or_cannot_be_written_is_refused_b
                                (test, root, "is a folder"),
                                (test, tmp_path / "afile" / "m.json", "afile is a file, not a folder"),
                                (["train", "--data", str(root / "train"), "--no-progress", "--out"], tmp_path / "afile",
-                                "is a file, not a folder")):
+                                "is a file, not a folder"),
+                               (["train", "--data", str(root / "train"), "--test", str(root / "test"), "--no-progress",
+                                 "--out"], root / "test" / "run", "is inside the test folder"),
+                               (test[:-3] + ["--no-progress", "--report-dir"], root / "test" / "report",
+                                "is inside the test folder")):
         capsys.readouterr()
         assert main([*command, str(out)]) == 2, out
         err = capsys.readouterr().err

@@ -411,7 +411,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         _check_model_builds(settings)
         args.out = _new_run_directory(args.out, args.overwrite)
     _check_reports_threshold(settings.val_fraction)
-    _check_training_folder(args.data, args.out)
+    _check_training_folder(args.data, args.out, args.test)
     train_run(settings, args.data, args.test, RunDirectory(args.out), resume=args.resume is not None,
               tensorboard=args.tensorboard, overwrite=args.overwrite and args.resume is None)
     return 0
@@ -430,13 +430,23 @@ def _new_run_directory(out: Path | None, overwrite: bool) -> Path:
     return out
 
 
-def _check_training_folder(data: Path, out: Path) -> None:
-    """Refuse a run directory inside the training folder (its figures would be trained on by the next run);
-    a training folder that holds labelled images is refused when its files are listed (`training_files`)."""
+def _check_training_folder(data: Path, out: Path, test: Path | None = None) -> None:
+    """Refuse a run directory inside the training folder (its figures would be trained on by the next run) or the
+    test folder (they would be scored as a class of their own); a training folder that holds labelled images is
+    refused when its files are listed (`training_files`)."""
     folder = train_folder(data)
     if folder.is_dir() and out.resolve().is_relative_to(folder.resolve()):
         raise ConfigError(f"--out {out} is inside --data {data}: the run's figures would be read as training images "
                           "by the next run; put the run directory elsewhere")
+    if test is not None:
+        _check_outside_test(out, "--out", test)
+
+
+def _check_outside_test(out: Path, flag: str, test: Path) -> None:
+    """A folder of figures inside a labelled test folder would be scored as a defect class by the next test."""
+    if test.is_dir() and out.resolve().is_relative_to(test.resolve()):
+        raise ConfigError(f"{flag} {out} is inside the test folder {test}: its figures would be scored as a class of "
+                          "test images by the next test; put it elsewhere")
 
 
 def _check_output_dir(path: Path | None, flag: str) -> None:
@@ -453,6 +463,7 @@ def cmd_test(args: argparse.Namespace) -> int:
     _check_out_file(args.out, "JSON")
     if report_dir is not None:
         _check_writable(report_dir, f"--report-dir {report_dir}")
+        _check_outside_test(report_dir, "--report-dir", args.data)
     if report_dir is not None and RunDirectory(report_dir).holds_run:
         raise ConfigError(f"--report-dir {report_dir} holds a training run, whose evaluation and report this "
                           "would replace; give another --report-dir")

@@ -270,3 +270,23 @@ def test_mask_images_of_every_kind_mark_their_defects(tmp_path: Path) -> None:
     (tmp_path / "data" / "test").rename(tmp_path / "elsewhere" / "bottle_test")
     (tmp_path / "data" / "test").symlink_to(tmp_path / "elsewhere" / "bottle_test")
     assert mask_folder(tmp_path / "data" / "test") == tmp_path / "data" / "ground_truth"
+
+
+def test_a_labelled_folder_skips_a_run_folder_and_refuses_names_that_differ_only_in_case(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A training run's folder inside a test folder is not a defect class (its figures would be scored); `abnormal/`
+    beside `Abnormal/` is an error, where one of them was dropped without a word."""
+    import logging
+
+    write_images(tmp_path / "good", blob_images(2))
+    write_images(tmp_path / "crack", noise_images(2))
+    write_images(tmp_path / "run" / "figures", noise_images(1))
+    (tmp_path / "run" / "config.yaml").write_text("format: skipganomaly-run\n")
+    (tmp_path / "run" / "model.pt").write_bytes(b"PK")
+    with caplog.at_level(logging.INFO, logger="skipganomaly"):
+        paths, labels = labelled_files(tmp_path)
+    assert labels == [0, 0, 1, 1] and all("run" not in p.parts for p in paths)
+    assert "not read, a training run's folder: run/" in caplog.text
+    write_images(tmp_path / "Crack", noise_images(2))
+    with pytest.raises(DataError, match="Crack/ and crack/, folders whose names differ only in letter case"):
+        labelled_files(tmp_path)

@@ -20,6 +20,7 @@ from PIL import Image, ImageOps
 
 from ..errors import PACKAGE_LOGGER, DataError
 from ..files import few_names
+from ..run_directory import CHECKPOINT, CONFIG
 from .images import (IMAGE_EXTENSIONS, FileForm, is_image_name, list_image_files, load_image_files, on_black,
                      upright_size)
 
@@ -92,7 +93,17 @@ def labelled_files(root: str | os.PathLike[str]) -> tuple[list[Path], list[int]]
     if not root.is_dir():
         raise DataError(f"folder not found: {root}")
     base = _child(root, "test") or root
-    folders = {p.name.lower(): p for p in sorted(base.iterdir()) if p.is_dir() and not p.name.startswith(".")}
+    subfolders = [p for p in sorted(base.iterdir()) if p.is_dir() and not p.name.startswith(".")]
+    runs = [p for p in subfolders if _holds_run(p)]  # a run directory put here: its figures are not a defect type
+    folders: dict[str, Path] = {}
+    for p in subfolders:
+        if p in runs:
+            continue
+        if p.name.lower() in folders:  # `abnormal/` and `Abnormal/` (two sources merged): one would be dropped
+            raise DataError(f"{base} has {folders[p.name.lower()].name}/ and {p.name}/, folders whose names differ "
+                            "only in letter case; a label is read from the name in any case, so merge them or "
+                            "rename one")
+        folders[p.name.lower()] = p
     normal = next((folders[n] for n in NORMAL_NAMES if n in folders), None)
     abnormal = [folders[n] for n in ABNORMAL_NAMES if n in folders]
     if normal is not None and not abnormal:
@@ -107,8 +118,9 @@ def labelled_files(root: str | os.PathLike[str]) -> tuple[list[Path], list[int]]
         raise DataError(f"{base} has {found}/ but no {'abnormal' if normal is not None else 'normal'} folder: "
                         f"a test needs both normal and abnormal images")
     left_out = [p.name for p in folders.values() if p != normal and p not in abnormal]
-    log.info("test labels: normal = %s/; abnormal = %s%s", normal.name, ", ".join(f"{p.name}/" for p in abnormal),
-             f"; not read: {', '.join(f'{name}/' for name in left_out)}" if left_out else "")
+    log.info("test labels: normal = %s/; abnormal = %s%s%s", normal.name, ", ".join(f"{p.name}/" for p in abnormal),
+             f"; not read: {', '.join(f'{name}/' for name in left_out)}" if left_out else "",
+             f"; not read, a training run's folder: {', '.join(f'{p.name}/' for p in runs)}" if runs else "")
     loose = [p.name for p in sorted(base.iterdir()) if p.is_file() and is_image_name(p.name)]
     if loose:  # a label comes from a folder: these have none
         log.warning("%d image files lie directly in %s, outside its labelled folders, and are not read: %s",
@@ -120,6 +132,11 @@ def labelled_files(root: str | os.PathLike[str]) -> tuple[list[Path], list[int]]
         paths += files
         labels += [1] * len(files)
     return paths, labels
+
+
+def _holds_run(folder: Path) -> bool:
+    """A training run's folder (its config and checkpoint), not a class of images."""
+    return (folder / CONFIG).is_file() and (folder / CHECKPOINT).is_file()
 
 
 def label_folders(root: str | os.PathLike[str], paths: Sequence[str | os.PathLike[str]]) -> list[str]:
