@@ -1408,3 +1408,18 @@ def test_an_out_path_that_would_destroy_a_file_or_cannot_be_written_is_refused_b
         err = capsys.readouterr().err
         assert said in err and err.count("\n") == 1, err
     assert (run / "model.pt").read_bytes() == model == renamed.read_bytes() and image.stat().st_size > 100
+
+
+def test_predict_gives_a_link_its_own_row(trained_run: tuple[Path, Path], tmp_path: Path) -> None:
+    """A folder with a file and a link to it: two rows, each scored alike (the file's row was dropped as 'given
+    more than once'); the same file given alone and in its folder is still one row."""
+    from tests.conftest import smooth_images, write_images
+
+    _, run = trained_run
+    [image] = write_images(tmp_path / "in", smooth_images(1, seed=4))
+    (tmp_path / "in" / "link.png").symlink_to(image)
+    out = tmp_path / "p.csv"
+    assert main(["predict", "--checkpoint", str(run), str(tmp_path / "in"), str(image), "--out", str(out),
+                 "--no-progress"]) == 0
+    rows = list(csv.DictReader(out.open()))
+    assert [Path(r["path"]).name for r in rows] == ["img_000.png", "link.png"] and rows[0]["score"] == rows[1]["score"]

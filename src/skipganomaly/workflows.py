@@ -310,9 +310,9 @@ def _input_files(inputs: Sequence[Path]) -> tuple[list[Path], list[Path]]:
                     "s do" if many else " does", "each" if many else "it is", few_names(missing, whole=True))
     seen: set[Path] = set()
     unique = []
-    for path in paths:  # each file once, where it was first given
-        if path.resolve() not in seen:
-            seen.add(path.resolve())
+    for path in paths:  # each path once, where it was first given (a link is a path of its own: it keeps its row)
+        if path.absolute() not in seen:
+            seen.add(path.absolute())
             unique.append(path)
     if len(unique) < len(paths):
         dropped = len(paths) - len(unique)

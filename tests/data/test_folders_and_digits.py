@@ -290,3 +290,12 @@ def test_a_labelled_folder_skips_a_run_folder_and_refuses_names_that_differ_only
     write_images(tmp_path / "Crack", noise_images(2))
     with pytest.raises(DataError, match="Crack/ and crack/, folders whose names differ only in letter case"):
         labelled_files(tmp_path)
+
+
+def test_training_reads_a_linked_file_once(tmp_path: Path) -> None:
+    """A link to a training file beside it is the same image: read once, so it cannot be trained on and held out."""
+    from skipganomaly.data import training_files
+
+    files = write_images(tmp_path / "train", blob_images(3))
+    (tmp_path / "train" / "link.png").symlink_to(files[0])
+    assert sorted(p.name for p in training_files(tmp_path / "train")[1]) == sorted(p.name for p in files)

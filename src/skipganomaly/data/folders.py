@@ -60,7 +60,7 @@ def training_files(root: str | os.PathLike[str]) -> tuple[Path, list[Path]]:
     (a data set's root one level too high, its `test/` or `ground_truth/` masks, a `defect/` class, or
     `good/` beside defect folders)."""
     folder = train_folder(root)
-    files = list_image_files(folder)
+    files = _each_file_once(list_image_files(folder))
     children: dict[tuple[str, ...], set[str]] = {}
     for path in files:
         parts = path.relative_to(folder).parts[:-1]
@@ -84,6 +84,21 @@ def training_files(root: str | os.PathLike[str]) -> tuple[Path, list[Path]]:
                             "would be learnt as normal; give a folder of normal training images only"
                             + (f" (e.g. {train})" if train is not None else ""))
     return folder, files
+
+
+def _each_file_once(files: list[Path]) -> list[Path]:
+    """Training files with links to files already listed left out: the same image twice could be trained on and
+    held out for the threshold at once."""
+    seen: set[str] = set()
+    once, again = [], []
+    for path in files:
+        real = os.path.realpath(path)
+        (again if real in seen else once).append(path)
+        seen.add(real)
+    if again:
+        log.info("%d training files are links to files already read, each read once: %s", len(again),
+                 few_names([str(p) for p in again], whole=True))
+    return once
 
 
 def labelled_files(root: str | os.PathLike[str]) -> tuple[list[Path], list[int]]:
