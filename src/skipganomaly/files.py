@@ -6,6 +6,7 @@ import contextlib
 import errno
 import hashlib
 import json
+import logging
 import math
 import os
 import pickle
@@ -16,7 +17,7 @@ from typing import Any, Iterator, Sequence
 
 import torch
 
-from .errors import CheckpointError
+from .errors import PACKAGE_LOGGER, CheckpointError
 
 
 TEXT_ENCODING = dict(encoding="utf-8", errors="surrogateescape")
@@ -76,6 +77,25 @@ def few_names(paths: Sequence[str | os.PathLike[str]], shown: int = 3, whole: bo
     whole paths (where the folder says which file it is)."""
     return (", ".join(readable_name(str(p) if whole else Path(p).name) for p in paths[:shown])
             + (" ..." if len(paths) > shown else ""))
+
+
+def say_if_not_utf8(names: Sequence[str], written: Path) -> None:
+    """Warn where file names that are not UTF-8 go into a text file: it keeps their bytes, so the path is exact, but
+    a reader that expects UTF-8 (Python's csv by default, pandas, a spreadsheet) refuses the whole file."""
+    odd = [name for name in names if not _utf8(name)]
+    if odd:
+        logging.getLogger(PACKAGE_LOGGER).warning(
+            "%d file names are not valid UTF-8; %s keeps their bytes as they are, so a reader that expects UTF-8 "
+            "refuses it (in Python: open(..., encoding='utf-8', errors='surrogateescape')): %s", len(odd), written,
+            few_names(odd, whole=True))
+
+
+def _utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
 
 
 def file_digest(path: str | os.PathLike[str], algorithm: str) -> Any:

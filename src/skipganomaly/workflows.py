@@ -29,7 +29,7 @@ from .evaluation.plots import save_overlays
 from .evaluation.report import IN_EFFECT, build_run_report, read_scores, write_evaluation, write_scores
 from .evaluation.tables import per_class_table
 from .folder_lock import claim_folder
-from .files import few_names, file_digest, readable_name, write_text_atomic
+from .files import few_names, file_digest, readable_name, say_if_not_utf8, write_text_atomic
 from .options import parse_model_args
 from .progress import progress_bar
 from .run_directory import CHECKPOINT, EpochLog, RunDirectory, SweepDirectory, read_history, write_json
@@ -235,6 +235,7 @@ def predict_files(checkpoint: Path, inputs: Sequence[Path], out: Path, save_maps
             else:
                 writer.writerow([path, f"{scores[i]:.8g}", int(labels[i]), cut_text] + ([maps[i]] if maps else []))
         write_text_atomic(csv_tmp, buffer.getvalue())
+        say_if_not_utf8([*map(str, paths), *map(str, unlisted)], out)
         if maps is not None and save_maps is not None and partial is not None:
             if save_maps.is_dir():
                 save_maps.rmdir()  # checked empty before the call

@@ -110,7 +110,9 @@ def test_select_examples_picks_the_right_images() -> None:
     assert "false_positives" not in select_examples(labels, scores, threshold=None)
 
 
-def test_scores_file_round_trip_with_awkward_names(tmp_path: Path) -> None:
+def test_scores_file_round_trip_with_awkward_names(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Commas, quotes and non-ASCII names round-trip; a name that is not UTF-8 keeps its bytes, with a warning that
+    UTF-8 readers refuse the file."""
     names = ["a,b.png", 'q"uote.png', "ünïcode.png"]
     write_scores(tmp_path / "s.csv", names, np.array([0, 1, 0]), np.array([0.5, 1e-9, 3.0]))
     got_names, labels, scores = read_scores(tmp_path / "s.csv")
@@ -119,6 +121,11 @@ def test_scores_file_round_trip_with_awkward_names(tmp_path: Path) -> None:
     write_scores(tmp_path / "t.csv", names, np.array([0, 1, 0]), np.array([0.5, 1e-9, 3.0]), threshold=0.5)
     assert [row.split(",")[-1] for row in (tmp_path / "t.csv").read_text().splitlines()[1:]] == ["0", "0", "1"]
     assert read_scores(tmp_path / "t.csv")[0] == names  # the flag column is extra to the reader
+    assert "not valid UTF-8" not in caplog.text
+    odd = [*names[:2], b"bad\xffname.png".decode("utf-8", "surrogateescape")]
+    write_scores(tmp_path / "u.csv", odd, np.array([0, 1, 0]), np.array([0.5, 1e-9, 3.0]))
+    assert read_scores(tmp_path / "u.csv")[0] == odd
+    assert f"1 file names are not valid UTF-8; {tmp_path / 'u.csv'} keeps their bytes" in caplog.text
 
 
 def test_history_ignores_a_half_written_last_line(tmp_path: Path) -> None:

@@ -24,7 +24,7 @@ import numpy as np
 
 from ..data.cifar10 import NAME as CIFAR10, TITLE as CIFAR10_TITLE
 from ..errors import DataError
-from ..files import TEXT_ENCODING, json_text, readable_name, write_text_atomic
+from ..files import TEXT_ENCODING, json_text, readable_name, say_if_not_utf8, write_text_atomic
 from ..provenance import environment
 from ..run_directory import EVALUATION, METRICS_LOG, RunDirectory, SweepDirectory, read_history
 from .metrics import auroc_interval, threshold_note
@@ -69,6 +69,7 @@ def write_scores(path: Path, names: Sequence[str], labels: np.ndarray, scores: n
     writer.writerows([n, int(y), f"{s:.9g}", *(flags[i + 1] if flags else [])]
                      for i, (n, y, s) in enumerate(zip(names, labels, scores, strict=True)))
     write_text_atomic(path, buffer.getvalue())
+    say_if_not_utf8(names, path)
 
 
 def read_scores(path: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
