@@ -975,7 +975,7 @@ def test_benchmark_on_a_folder_per_class(tmp_path: Path, caplog: pytest.LogCaptu
     cells = json.loads((out / "results.json").read_text())["cells"]
     assert [c["class"] for c in cells] == ["scratch", "scratch"] and all(c["auroc"] > 0.9 for c in cells)
     assert cells[0]["test_images"] == 4 + 10  # 20% of the normals, and every abnormal image
-    assert caplog.text.count("skipping cannot read image") == 1 and "broken.png" in caplog.text
+    assert caplog.text.count("; skipped") == 1 and "broken.png" in caplog.text
     assert not (out / "decoded-images.pt").exists()
 
 
@@ -1423,3 +1423,22 @@ def test_predict_gives_a_link_its_own_row(trained_run: tuple[Path, Path], tmp_pa
                  "--no-progress"]) == 0
     rows = list(csv.DictReader(out.open()))
     assert [Path(r["path"]).name for r in rows] == ["img_000.png", "link.png"] and rows[0]["score"] == rows[1]["score"]
+
+
+def test_small_slips_get_messages_that_say_what_to_do(trained_run: tuple[Path, Path], tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """--no-progress is accepted by every command (scripts pass it to all); the training state given as the
+    checkpoint names the detector beside it; a file given as a test folder is called a file."""
+    root, run = trained_run
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    assert main(["report", str(copy), "--no-progress"]) == 0
+    assert main(["export", "--checkpoint", str(copy), "--out", str(tmp_path / "m.onnx"), "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["predict", "--checkpoint", str(copy / "model.state.pt"), str(root / "test"), "--out",
+                 str(tmp_path / "p.csv"), "--no-progress"]) == 2
+    assert f"but a training state, read by --resume; give the detector beside it, {copy / 'model.pt'}" in \
+        capsys.readouterr().err
+    assert main(["test", "--checkpoint", str(copy), "--data", str(root / "test" / "normal" / "img_000.png"),
+                 "--no-report", "--no-progress"]) == 2
+    assert "img_000.png is a file, not a folder" in capsys.readouterr().err

@@ -207,7 +207,14 @@ def _add_report(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> N
                                    "evaluation.json and metrics.jsonl (or a benchmark's cells), and write "
                                    "report.html. No model is loaded; example grids drawn at test time are reused.")
     p.add_argument("run_dir", type=Path, help="a train/test run directory or a benchmark --out folder")
+    _add_quiet_flag(p)
     p.set_defaults(func=cmd_report)
+
+
+def _add_quiet_flag(p: argparse.ArgumentParser) -> None:
+    """--no-progress on a command that shows no progress bar: accepted, so a script may pass it to every command."""
+    p.add_argument("--no-progress", dest="progress", action="store_false",
+                   help="accepted for scripts that pass it to every command; this one shows no progress bar")
 
 
 def _add_export(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
@@ -217,6 +224,7 @@ def _add_export(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> N
                                    "skipganomaly.onnx_export.OnnxScorer scores and predicts with it alone.")
     _add_checkpoint_arg(p)
     p.add_argument("--out", required=True, type=Path, help="the ONNX file to write (e.g. model.onnx)")
+    _add_quiet_flag(p)
     p.set_defaults(func=cmd_export)
 
 

@@ -26,7 +26,7 @@ from .models import create, get_model_class, list_models
 from .models.base import AnomalyModel, check_geometry, plain
 from .options import check_field_types, check_option_types
 from .provenance import environment
-from .run_directory import CHECKPOINT, state_path
+from .run_directory import CHECKPOINT, STATE_SUFFIX, state_path
 from .training import EpochRecord, TrainConfig, batched_apply, resolve_device, to_device, train
 from .training.config import field_default, setting
 from .training.distributed import is_main_process
@@ -246,6 +246,10 @@ def check_threshold_split(val_fraction: float, why: str) -> None:
 def _held_out(n_images: int, val_fraction: float) -> int:
     """How many of `n_images` `fit` holds out for the threshold."""
     return int(round(n_images * val_fraction))
+
+
+def n_image_text(n: int) -> str:
+    return f"{n} image{'s are' if n != 1 else ' is'}"
 
 
 def _splits(n_images: int, val_fraction: float) -> bool:
@@ -501,11 +505,13 @@ class Detector:
         if not _splits(n_images, val_fraction):
             least = next(n for n in itertools.count(2) if _splits(n, val_fraction))
             if val_fraction == 0:
-                raise DataError(f"{n_images} image{'s are' if n_images != 1 else ' is'} too few to train on: that "
-                                f"needs at least {least}")
-            raise DataError(f"{n_images} images are too few to hold out {val_fraction:.0%} of them for the threshold "
-                            f"and train on the rest: that needs at least {least} images (at least 1 held out, 2 to "
-                            "train on)")
+                raise DataError(f"{n_image_text(n_images)} too few to train on: that needs at least {least}")
+            # the smallest fraction that holds one of these images out (a round to 1), where 2 stay to train on
+            fraction = math.ceil(51 / n_images) / 100 if n_images >= 3 else None
+            raise DataError(f"{n_image_text(n_images)} too few to hold out {val_fraction:.0%} of them for the "
+                            f"threshold and train on the rest: that needs at least {least} images (at least 1 held "
+                            "out, 2 to train on)" + (f"; or hold out more of these: val_fraction {fraction:g} "
+                                                     "(--val-fraction)" if fraction is not None else ""))
         order = torch.from_numpy(np.random.default_rng(self.train_config.seed).permutation(n_images))
         n_val = _held_out(n_images, val_fraction)
         return order[:n_val], order[n_val:]
@@ -524,9 +530,10 @@ class Detector:
                         "%.1f%% of new normal images exceed (1 in %d); no threshold learnt from normal images "
                         "flags none of them", n, 100 / (n + 1), n + 1)
         elif contamination > 0 and n < min_calibration_images(contamination):
-            log.warning("threshold_ rests on %d held-out normal images, too few for a %.0f%% quantile: it is their "
-                        "largest score, which about %.1f%% of normal images exceed (more than the %.0f%% asked); %d or "
-                        "more held-out images (more images or a larger val_fraction) make it the quantile", n,
+            log.warning("threshold_ rests on %s, too few for a %.0f%% quantile: it is their largest score, which "
+                        "about %.1f%% of normal images exceed (more than the %.0f%% asked); %d or more held-out images "
+                        "(more images or a larger val_fraction) make it the quantile",
+                        "1 held-out normal image" if n == 1 else f"{n} held-out normal images",
                         100 * (1 - contamination), 100 / (n + 1), 100 * contamination,
                         min_calibration_images(contamination))
 
@@ -737,8 +744,11 @@ def _calibrated_file(path: Path) -> bool:
 
 def _read_payload(path: Path) -> dict[str, Any]:
     """A checkpoint's contents, tensors and plain values only, of a format version this code reads."""
+    resume_state = path.name.endswith(STATE_SUFFIX)  # the training state beside model.pt: a slip worth naming
     return load_torch_checked(path, FORMAT, (1, FORMAT_VERSION), readable_as="skipganomaly checkpoint",
-                              kind="skipganomaly detector file")
+                              kind="skipganomaly detector file" + (
+                                  f" but a training state, read by --resume; give the detector beside it, "
+                                  f"{path.with_name(path.name[:-len(STATE_SUFFIX)] + '.pt')}" if resume_state else ""))
 
 
 def _settings_of_version_1(name: str, model_config: dict[str, Any], d: dict[str, Any]

@@ -106,7 +106,8 @@ def labelled_files(root: str | os.PathLike[str]) -> tuple[list[Path], list[int]]
     there (AUROC needs both), and the folders taken as abnormal are logged by name."""
     root = Path(root)
     if not root.is_dir():
-        raise DataError(f"folder not found: {root}")
+        raise DataError(f"{root} is a file, not a folder: give the labelled test folder (normal/ and abnormal/ "
+                        "inside)" if root.exists() else f"folder not found: {root}")
     base = _child(root, "test") or root
     subfolders = [p for p in sorted(base.iterdir()) if p.is_dir() and not p.name.startswith(".")]
     runs = [p for p in subfolders if _holds_run(p)]  # a run directory put here: its figures are not a defect type

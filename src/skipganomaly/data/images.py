@@ -324,7 +324,7 @@ def read_image_files(
                     several.append(str(paths[i]))
             except DataError as err:
                 ok[i] = False  # also a file that changed between the two passes
-                log.warning("skipping %s", err)
+                log.warning("%s; skipped", err)
         return len(chunk)
 
     def in_pool(indices: Sequence[int], depth: int | None, desc: str, first: bool = False) -> None:
@@ -368,8 +368,8 @@ def say_read_files(given: int, kept: Sequence[str], forms: Sequence[FileForm | N
     several frames, a mix of grey and colour (or sizes), files unlike the training files, and how many were
     skipped."""
     if several:
-        log.warning("%d files hold several frames (multi-page TIFF, animated GIF); only the first of each is read: %s",
-                    len(several), few_names(several, whole=True))
+        log.warning("%s several frames (multi-page TIFF, animated GIF); only the first of each is read: %s",
+                    f"{len(several)} files hold" if len(several) > 1 else "1 file holds", few_names(several, whole=True))
     if not kept:
         return
     _say_mixed_forms(kept, forms, image_size, in_channels)
