@@ -570,6 +570,12 @@ class Detector:
         """Per-pixel anomaly maps [N, H, W] at the model's image size."""
         return self._apply("anomaly_map", self._as_tensor(images), batch_size).numpy()
 
+    def example_names(self) -> tuple[str | None, str]:
+        """What `reconstructions` and `anomaly_maps` show, as the reports label them: the model's output (None where
+        it rebuilds nothing) and its map (a residual, or a saliency)."""
+        model = self._fitted()
+        return model.output_name(), model.map_name()
+
     def reconstructions(self, images: Any, batch_size: int | None = None) -> np.ndarray:
         """The model's reconstructions [N, H, W, C], float in [0, 1] (clipped), for looking at."""
         out = self._apply("reconstruct", self._as_tensor(images), batch_size)

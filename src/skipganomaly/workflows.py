@@ -85,6 +85,7 @@ def _evaluate_folder(checkpoint: Path, data: Path, out: Path | None, report_dir:
     if report_dir is not None:
         report = write_evaluation(report_dir, f"{det.model_name} ({checkpoint}) on {data}", x, names, y.numpy(),
                                   scores, metrics, det.threshold_, det.reconstructions, det.anomaly_maps,
+                                  det.example_names(),
                                   per_folder=per_folder, calibration=calibration(det), warnings=said,
                                   settings=_shown_settings(det), model=_model_card(det, checkpoint))
         print(f"report {report}")
@@ -455,7 +456,7 @@ def _train_run(settings: DetectorSettings, data: Path, test: Path | None, run: R
     if test_data is not None:
         report = write_evaluation(run.root, f"{settings.model} on {test}", x, names, y.numpy(), scores,
                                   metrics["test"], det.threshold_, det.reconstructions, det.anomaly_maps,
-                                  per_folder=per_folder, calibration=calibration(det), warnings=said)
+                                  det.example_names(), per_folder=per_folder, calibration=calibration(det), warnings=said)
     else:
         report = build_run_report(run.root)
     print(f"saved {run.checkpoint} (threshold {det.threshold_:.6g}); report {report}")
@@ -670,7 +671,7 @@ def _run_demo(settings: DetectorSettings, digits: Sequence[int], out: Path, base
         results[key] = evaluate_scores(scores, labels, det.threshold_)
         names = [f"test{i:04d}" for i in range(len(labels))]
         write_evaluation(run.root, f"{settings.model}, digit {digit} abnormal", split.test, names, labels, scores,
-                         results[key], det.threshold_, det.reconstructions, det.anomaly_maps,
+                         results[key], det.threshold_, det.reconstructions, det.anomaly_maps, det.example_names(),
                          calibration=calibration(det), warnings=said, settings=_shown_settings(det))
         for name in baselines:  # seconds each
             base = Detector.from_settings(settings.replace(model=name, model_options={}, progress=False))

@@ -99,6 +99,28 @@ def test_names_with_dollar_signs_are_drawn_as_they_are(tmp_path: Path) -> None:
     _is_picture(training_curves_figure(history, tmp_path / "t.png"))
 
 
+def test_a_model_that_rebuilds_nothing_gets_no_output_row_and_its_map_is_called_a_saliency(tmp_path: Path) -> None:
+    """The grids and the text say what they show: no 'reconstruction' row for a model whose output is its input,
+    and a saliency map is called one (it shows where the score looks, not a residual)."""
+    from skipganomaly.models.base import SALIENCY_NAME
+
+    calls = []
+    page = write_evaluation(tmp_path / "run", "toy", torch.zeros((50, 1, 32, 32), dtype=torch.uint8),
+                            [f"img{i}.png" for i in range(50)], LABELS, SCORES, METRICS, 0.7,
+                            reconstruct=lambda x: calls.append(len(x)) or x.permute(0, 2, 3, 1).numpy() / 255.0,
+                            anomaly_maps=lambda x: x.float().mean(1).numpy(),
+                            example_names=(None, SALIENCY_NAME)).read_text()
+    assert not calls and "Examples: input, anomaly map" in page and "where the score is sensitive" in page
+    assert json.loads((tmp_path / "run" / "evaluation.json").read_text())["examples"] == {"output": None,
+                                                                                        "map": SALIENCY_NAME}
+    with Image.open(tmp_path / "run" / "figures" / "examples_most_anomalous.png") as two_rows:
+        height = two_rows.height
+    page = _evaluation(tmp_path / "three").read_text()
+    with Image.open(tmp_path / "three" / "figures" / "examples_most_anomalous.png") as three_rows:
+        assert three_rows.height > 1.2 * height
+    assert "Examples: input, model output, anomaly map" in page
+
+
 def test_select_examples_picks_the_right_images() -> None:
     labels = np.array([0, 0, 0, 1, 1, 1])
     scores = np.array([0.1, 0.9, 0.5, 0.2, 0.8, 0.4])

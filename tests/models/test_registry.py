@@ -86,6 +86,22 @@ def _fitted(name: str) -> tuple[AnomalyModel, torch.Tensor]:
 
 
 @pytest.mark.parametrize("name", list_models())
+def test_the_grids_name_what_the_model_shows(name: str) -> None:
+    """A model that rebuilds nothing (its `reconstruct` is the input) says so (no output row in the reports), and a
+    map that is not a residual of its output is named a saliency: the example grids must not claim otherwise."""
+    from skipganomaly.models.base import RESIDUAL_NAME, SALIENCY_NAME
+
+    model, _ = _fitted(name)
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        rebuilt = model.reconstruct(x)
+    assert (model.output_name() is None) == torch.equal(rebuilt, x)
+    if model.map_name() != SALIENCY_NAME:  # a residual: the map is |x - output| averaged over channels
+        torch.testing.assert_close(model.anomaly_map(x), (x - rebuilt).abs().mean(1), rtol=1e-4, atol=1e-5)
+        assert model.map_name() == RESIDUAL_NAME or "|input - " in model.map_name()
+
+
+@pytest.mark.parametrize("name", list_models())
 def test_score_is_independent_of_batch_size_and_order(name: str) -> None:
     model, _ = _fitted(name)
     x = torch.rand(6, 3, 32, 32) * 2 - 1

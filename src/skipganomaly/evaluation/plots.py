@@ -6,6 +6,7 @@ Each function takes plain arrays and writes one PNG. Figures are built with matp
 
 from __future__ import annotations
 
+import textwrap
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
@@ -135,24 +136,27 @@ def overlay(image: np.ndarray, amap: np.ndarray, alpha: float = 0.5, vmax: float
     return np.clip((1.0 - alpha) * rgb + alpha * heat, 0.0, 1.0)
 
 
-def image_grid_figure(inputs: np.ndarray, reconstructions: np.ndarray, maps: np.ndarray,
-                      captions: Sequence[str], path: Path, title: str, vmax: float | None = None) -> Path:
-    """Columns = images; rows = input, reconstruction, anomaly-map overlay. Images [N, H, W, C] in [0, 1].
+def image_grid_figure(inputs: np.ndarray, reconstructions: np.ndarray | None, maps: np.ndarray,
+                      captions: Sequence[str], path: Path, title: str, vmax: float | None = None,
+                      output_name: str = "reconstruction", map_name: str = "anomaly map") -> Path:
+    """Columns = images; rows = input, the model's output (`output_name`; no row where `reconstructions` is None: a
+    model that rebuilds nothing), anomaly-map overlay (`map_name` on its colour bar). Images [N, H, W, C] in [0, 1].
 
     The overlays share one colour scale (`vmax`, default the largest of these maps; a report gives all its grids
-    one), drawn as a colour bar, so a brighter map is a larger residual.
+    one), drawn as a colour bar, so a brighter map is a larger value of the same quantity.
     """
     n = len(inputs)
-    fig = _figure((max(1.4 * n, 3.0), 4.6))
+    fig = _figure((max(1.4 * n, 3.0), 4.6 if reconstructions is not None else 3.3))
     if n == 0:
         fig.text(0.5, 0.5, f"{title}: no images", ha="center", va="center")
         return _save(fig, path)
     vmax = vmax if vmax is not None else float(maps.max()) or 1.0
-    rows = (("input", inputs), ("reconstruction", np.clip(reconstructions, 0, 1)),
+    rows = (("input", inputs),
+            *(((output_name, np.clip(reconstructions, 0, 1)),) if reconstructions is not None else ()),
             ("anomaly map", np.stack([overlay(i, m, vmax=vmax) for i, m in zip(inputs, maps, strict=True)])))
     height, width = inputs.shape[1:3]
     gap = max(2, width // 8)  # white between the images of a row
-    axes = fig.subplots(3, 1, squeeze=False)[:, 0]  # one picture per row: 3 axes draw in a tenth of 3 x n's time
+    axes = fig.subplots(len(rows), 1, squeeze=False)[:, 0]  # one picture per row: far faster than one per image
     for ax, (name, images) in zip(axes, rows):
         tiles = np.repeat(images, 3, axis=-1) if images.shape[-1] == 1 else images
         mosaic = np.ones((height, n * width + (n - 1) * gap, 3))
@@ -161,7 +165,7 @@ def image_grid_figure(inputs: np.ndarray, reconstructions: np.ndarray, maps: np.
         ax.imshow(mosaic, vmin=0, vmax=1)
         ax.set_xticks([])
         ax.set_yticks([])
-        ax.set_ylabel(name, fontsize="small")
+        ax.set_ylabel("\n".join(textwrap.wrap(name, 16)), fontsize="small")
         for spine in ax.spines.values():
             spine.set_visible(False)
     for c, caption in enumerate(captions):
@@ -171,9 +175,9 @@ def image_grid_figure(inputs: np.ndarray, reconstructions: np.ndarray, maps: np.
     from matplotlib.colors import Normalize
 
     fig.subplots_adjust(right=0.9, top=0.8)  # room for the captions (up to three lines) and the colour bar
-    row = axes[2].get_position()
+    row = axes[-1].get_position()
     fig.colorbar(ScalarMappable(Normalize(0.0, vmax), "inferno"), cax=fig.add_axes((0.915, row.y0, 0.012, row.height)),
-                 label="map")
+                 label=map_name.replace(", ", ",\n"))
     fig.suptitle(title)
     return _save(fig, path)
 

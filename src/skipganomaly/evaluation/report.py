@@ -27,6 +27,7 @@ from ..errors import DataError
 from ..files import TEXT_ENCODING, json_text, readable_name, say_if_not_utf8, write_text_atomic
 from ..provenance import environment
 from ..run_directory import EVALUATION, METRICS_LOG, RunDirectory, SweepDirectory, read_history
+from ..models.base import SALIENCY_NAME
 from .metrics import auroc_interval, threshold_note
 from .plots import histogram_figure, image_grid_figure, pr_figure, roc_figure, training_curves_figure
 from .tables import (FEW_TEST_IMAGES, PROTOCOL_NOTES, WARNINGS_NOTE, benchmark_rows, commit_text, commits_note,
@@ -132,6 +133,7 @@ def write_evaluation(
     threshold: float | None,
     reconstruct: Callable[[Any], np.ndarray],
     anomaly_maps: Callable[[Any], np.ndarray],
+    example_names: tuple[str | None, str] = ("reconstruction", "anomaly map"),
     k: int = 8,
     per_folder: Mapping[str, Mapping[str, float]] | None = None,
     calibration: Mapping[str, Any] | None = None,
@@ -142,7 +144,8 @@ def write_evaluation(
     """Write scores, evaluation.json, the example grids and the report; return the report's path.
 
     `images` are uint8 [N, C, H, W] at the model's size; `reconstruct` and `anomaly_maps` are the
-    detector's methods (called on the few selected images only); `per_folder`: `metrics_per_folder`'s;
+    detector's methods (called on the few selected images only), `example_names` what they show
+    (`Detector.example_names`: no output row where the first is None); `per_folder`: `metrics_per_folder`'s;
     `calibration`: what the threshold rests on (`threshold_note`); `warnings`: what the command warned about
     (`errors.warnings_said`; None: not collected, so the report says nothing either way); `settings`: the
     detector's (`DetectorSettings.as_dict()`, with the options in effect under `IN_EFFECT`), shown where no
@@ -158,13 +161,14 @@ def write_evaluation(
                   **({"warnings": list(warnings)} if warnings is not None else {}),
                   **({"settings": dict(settings)} if settings else {}),
                   **({"model": dict(model)} if model else {}),
+                  "examples": {"output": example_names[0], "map": example_names[1]},
                   "environment": environment()}
     write_text_atomic(run.evaluation, json_text(evaluation, indent=2) + "\n")
     groups = {}
     for group, index in select_examples(labels, scores, threshold, k).items():
         subset = images[index]
         shown = subset.permute(0, 2, 3, 1).numpy() / 255.0 if len(index) else np.zeros((0, 1, 1, 1))
-        recon = reconstruct(subset) if len(index) else shown
+        recon = None if example_names[0] is None else reconstruct(subset) if len(index) else shown
         maps = anomaly_maps(subset) if len(index) else shown[..., 0]
         groups[group] = (index, shown, recon, maps)
     # one colour scale for every grid, so the least anomalous images' maps look as calm as they are
@@ -173,7 +177,7 @@ def write_evaluation(
         captions = [f"{'abn' if labels[i] else 'norm'} {scores[i]:.3g}\n{_in_folder(names[i])}{_short(names[i])}"
                     for i in index]
         image_grid_figure(shown, recon, maps, captions, figures / f"examples_{group}.png", EXAMPLE_GROUPS[group],
-                          vmax=top)
+                          vmax=top, output_name=example_names[0] or "", map_name=example_names[1])
     return build_run_report(run_dir)
 
 
@@ -263,12 +267,7 @@ def build_run_report(run_dir: Path) -> Path:
         sections.append("<h2>Curves and score distributions</h2>" + "".join(_img(f) for f in figs))
         grids = [figures / f"examples_{g}.png" for g in EXAMPLE_GROUPS if (figures / f"examples_{g}.png").exists()]
         if grids:
-            sections.append("<h2>Examples: input, model output, anomaly map</h2>"
-                            "<p>Each column is one image: its label and score above; below, what the model rebuilt "
-                            "(a model that rebuilds nothing, such as <code>rotation</code>, shows the input again) and "
-                            "its anomaly map (the residual of a reconstruction, otherwise the score's smoothed "
-                            "gradient; one colour scale for every grid, shown beside each).</p>"
-                            + "".join(_img(g) for g in grids))
+            sections.append(_examples_text(evaluation.get("examples")) + "".join(_img(g) for g in grids))
     resets = any(r.get("d_resets") for r in history)  # a column only where a discriminator was re-initialised
     if history:
         sections.append("<h2>Training</h2>" + _img(training_curves_figure(history, figures / "training.png"))
@@ -286,6 +285,26 @@ def build_run_report(run_dir: Path) -> Path:
     if made_by:
         sections.append("<h2>Made by</h2>" + html_table(["", "value"], [[k, v] for k, v in made_by.items()]))
     return write_page(run.report, title, sections)
+
+
+def _examples_text(names: Any) -> str:
+    """The example grids' heading and what their rows show (`write_evaluation`'s `example_names`; an evaluation
+    saved before they were kept gets the general wording)."""
+    output, amap = (names.get("output"), names.get("map")) if isinstance(names, dict) else ("", "")
+    if amap == SALIENCY_NAME:
+        what = ("its anomaly map: where the score is sensitive (the absolute gradient of the score with respect to the "
+                "input, averaged over channels and smoothed by a Gaussian of 2 px), which shows what the score looks "
+                "at, not necessarily a defect, and is not on the score's scale")
+    elif amap:
+        what = f"its anomaly map, {html.escape(amap)} (a residual: where the model's output differs from the input)"
+    else:
+        what = ("its anomaly map (the residual of a reconstruction, otherwise the score's smoothed gradient; a model "
+                "that rebuilds nothing shows the input again as its output)")
+    shown = (f"what the model gives, <i>{html.escape(output)}</i>, and " if output else
+             "" if amap else "what the model rebuilt, and ")
+    return ("<h2>Examples: " + ("input, model output, anomaly map" if output or not amap else "input, anomaly map")
+            + f"</h2><p>Each column is one image: its label and score above; below, {shown}{what}. One colour scale "
+            "for every grid, shown beside each.</p>")
 
 
 def _interval_rows(labels: np.ndarray, scores: np.ndarray) -> list[list[str]]:

@@ -64,6 +64,8 @@ def real_fake_bce(logit_real: Tensor, logit_fake: Tensor) -> Tensor:
             + F.binary_cross_entropy_with_logits(logit_fake, torch.zeros_like(logit_fake)))
 
 
+SALIENCY_NAME = "saliency, |∂score/∂input| smoothed"  # what `saliency_map` shows, as the reports label it
+RESIDUAL_NAME = "|input - reconstruction|"  # what the default `anomaly_map` shows
 SALIENCY_SIGMA = 2.0  # px: wide enough to even out the 2- and 4-px grid that strided convolutions print on gradients
 
 
@@ -200,6 +202,15 @@ class AnomalyModel(nn.Module):
     def anomaly_map(self, x: Tensor) -> Tensor:
         """Per-pixel anomaly map, shape [B, H, W]: mean absolute residual over channels. Call in eval mode."""
         return (x - self.reconstruct(x)).abs().mean(1)
+
+    def output_name(self) -> str | None:
+        """What `reconstruct` gives, as the reports' example grids label its row; None where the model rebuilds
+        nothing (the grids then have no such row)."""
+        return "reconstruction"
+
+    def map_name(self) -> str:
+        """What `anomaly_map` shows, as the grids' colour bar says: a residual, or where the score is sensitive."""
+        return RESIDUAL_NAME
 
     def validation_loss(self, x: Tensor) -> Tensor:
         """Per-image loss on held-out normal images, shape [B], for early stopping."""

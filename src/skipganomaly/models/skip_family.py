@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import GanModel, LossStep, check_positive, frozen, init_weights, is_whole_number, real_fake_bce, saliency_map
+from .base import (SALIENCY_NAME, GanModel, LossStep, check_positive, frozen, init_weights, is_whole_number,
+                   real_fake_bce, saliency_map)
 from ..errors import ConfigError
 from .neighbours import SPREAD_FLOOR, FeatureBank, in_chunks, pooled_map
 from .transforms import N_ROTATIONS, transform_all, transformation_cross_entropy
@@ -290,6 +291,9 @@ class SkipFamilyModel(GanModel):
         if self.score_name != "paper":
             return saliency_map(self.score, x)
         return super().anomaly_map(x)
+
+    def map_name(self) -> str:
+        return super().map_name() if self.score_name == "paper" else SALIENCY_NAME
 
     def validation_loss(self, x: Tensor) -> Tensor:
         return (self.reconstruct(x) - x).abs().flatten(1).mean(1)

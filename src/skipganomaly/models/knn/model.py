@@ -72,3 +72,9 @@ class Knn(ClosedFormModel):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.reconstruct(x)
+
+    def output_name(self) -> str:
+        return f"mean of the {self.k} nearest normals"
+
+    def map_name(self) -> str:
+        return "|input - that mean|"

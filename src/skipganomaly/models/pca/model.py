@@ -61,3 +61,6 @@ class Pca(ClosedFormModel):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.reconstruct(x)
+
+    def output_name(self) -> str:
+        return "PCA reconstruction"

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ...errors import ConfigError
-from ..base import AnomalyModel, LossStep, Phase, is_whole_number, saliency_map
+from ..base import SALIENCY_NAME, AnomalyModel, LossStep, Phase, is_whole_number, saliency_map
 from ..layers import PointwiseConv
 from ..neighbours import SPREAD_FLOOR, FeatureBank, in_chunks, pooled_map
 from ..patch_dictionary import PatchDictionary
@@ -273,9 +273,15 @@ class RotationNet(AnomalyModel):
         return self._per_image_loss(x) / self.n_transforms
 
     def reconstruct(self, x: Tensor) -> Tensor:
-        """This model reconstructs nothing: the reports show the input itself in that column."""
+        """This model reconstructs nothing: the input itself (`output_name` says so, and the reports show no row)."""
         return x
 
     def anomaly_map(self, x: Tensor) -> Tensor:
         """Where the score is sensitive: |d score / d x|, averaged over channels (a saliency map)."""
         return saliency_map(self.score, x)
+
+    def output_name(self) -> None:
+        return None
+
+    def map_name(self) -> str:
+        return SALIENCY_NAME
