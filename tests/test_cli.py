@@ -570,6 +570,14 @@ def test_demo_minimal_gives_aucs_in_unit_interval(tmp_path: Path) -> None:
     assert 0.0 <= results["baselines"]["pca"]["digit 3"] <= 1.0
     assert results["environment"]["command"] and results["settings"]["epochs"] == 1 and results["max_train"] == 64
     assert (out / "digit3" / "report.html").read_text().count("data:image/png;base64,") == 8
+    for name in ("knn", "pca"):  # the baselines' columns can be checked from their saved scores
+        rows = list(csv.DictReader((out / "digit3" / f"{name}_scores.csv").open()))
+        assert results["baselines"][name]["digit 3"] == pytest.approx(
+            evaluate_scores([float(r["score"]) for r in rows], [int(r["label"]) for r in rows], 0.0)["auroc"])
+    # the table says what changes its numbers: the training images' cap, batch, lr; and the thresholds' warnings
+    assert "at most 64 training normals per digit (--max-train)" in table and ", batch 32, lr 0.001," in table
+    assert "Warnings while it ran" in table and "digit 3: threshold_ rests on 3 held-out normal images" in table
+    assert results["digit 3"]["warnings"]
 
 
 def test_a_second_demo_into_the_same_folder_replaces_the_first_with_a_word(tmp_path: Path,

@@ -96,11 +96,15 @@ class RunDirectory:
         its first epoch leaves only config.yaml and an empty metrics.jsonl, which the next run rewrites."""
         return self.checkpoint.exists() or self.state.exists()
 
+    def baseline_scores(self, model: str) -> Path:
+        """A baseline's scores on this run's test set (`demo`: raw-pixel PCA and kNN beside each digit's model)."""
+        return self.root / f"{model}_{SCORES}"
+
     def clear(self) -> None:
-        """Remove this run's files (the names above only; anything else in the folder stays)."""
+        """Remove this run's files (the names above and baselines' scores only; anything else in the folder stays)."""
         import shutil
 
-        for path in (*(self.root / name for name in RUN_FILES), self.state):
+        for path in (*(self.root / name for name in RUN_FILES), self.state, *self.root.glob(f"*_{SCORES}")):
             if path.is_dir() and not path.is_symlink():
                 shutil.rmtree(path)
             elif path.exists() or path.is_symlink():

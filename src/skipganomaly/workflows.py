@@ -621,6 +621,19 @@ def _fit_demo_digit(settings: DetectorSettings, images: torch.Tensor, run: RunDi
                                                 resume=bool(done))
 
 
+def _demo_warnings(results: dict[str, dict[str, Any]]) -> str:
+    """The warnings of the demo's digits, each once with the digits it was said for (the F1 column rests on the
+    thresholds they may be about)."""
+    digits_of: dict[str, list[str]] = {}
+    for key, result in results.items():
+        for warning in result.get("warnings") or []:
+            digits_of.setdefault(str(warning), []).append(key.removeprefix("digit "))
+    if not digits_of:
+        return ""
+    return ("\nWarnings while it ran (each can change what the numbers mean; every digit's report lists its own):\n"
+            + "".join(f"- digit{'s' if len(ds) > 1 else ''} {', '.join(ds)}: {w}\n" for w, ds in digits_of.items()))
+
+
 def run_demo(settings: DetectorSettings, digits: Sequence[int], out: Path, baselines: Sequence[str] = (),
              max_train: int | None = None) -> bool:
     """Leave-one-digit-out on scikit-learn's digits: for each digit, train on the other nine (a run
@@ -668,16 +681,17 @@ def _run_demo(settings: DetectorSettings, digits: Sequence[int], out: Path, base
         with warnings_said() as said:
             det = _fit_demo_digit(settings, split.train, run, may_continue=earlier is not None)
         scores, labels = det.decision_function(split.test), split.test_labels.numpy()
-        results[key] = evaluate_scores(scores, labels, det.threshold_)
+        results[key] = {**evaluate_scores(scores, labels, det.threshold_), "warnings": list(said)}
         names = [f"test{i:04d}" for i in range(len(labels))]
         write_evaluation(run.root, f"{settings.model}, digit {digit} abnormal", split.test, names, labels, scores,
                          results[key], det.threshold_, det.reconstructions, det.anomaly_maps, det.example_names(),
                          calibration=calibration(det), warnings=said, settings=_shown_settings(det))
-        for name in baselines:  # seconds each
+        for name in baselines:  # seconds each; their scores beside the model's, so their column can be checked
             base = Detector.from_settings(settings.replace(model=name, model_options={}, progress=False))
             base.fit(split.train)
-            baseline_auroc[name][key] = evaluate_scores(base.decision_function(split.test), labels,
-                                                        base.threshold_)["auroc"]
+            base_scores = base.decision_function(split.test)
+            write_scores(run.baseline_scores(name), names, labels, base_scores, base.threshold_)
+            baseline_auroc[name][key] = evaluate_scores(base_scores, labels, base.threshold_)["auroc"]
         save()
     results = {f"digit {d}": results[f"digit {d}"] for d in digits}  # the table in the order asked
     columns = [f"{settings.model} auroc", "auprc", "f1", *(f"{b} auroc" for b in baselines)]
@@ -685,11 +699,15 @@ def _run_demo(settings: DetectorSettings, digits: Sequence[int], out: Path, base
             for k, r in results.items()}
     table = per_class_table(rows, columns)
     seconds = seconds_before + time.perf_counter() - start
-    summary = (f"{settings.model}, leave-one-digit-out on scikit-learn digits, {settings.training.epochs} epochs, "
-               f"seed {seed}, {'bf16 autocast' if settings.training.amp else 'float32'}, {seconds:.0f} s"
+    training = settings.training
+    summary = (f"{settings.model}, leave-one-digit-out on scikit-learn digits at {settings.image_size} px, "
+               + ("every training normal of a digit's split" if max_train is None else
+                  f"at most {max_train} training normals per digit (--max-train)")
+               + f", {training.epochs} epochs, batch {training.batch_size}, lr {training.lr:g}, seed {seed}, "
+               f"{'bf16 autocast' if training.amp else 'float32'}, {seconds:.0f} s"
                + (f" over {len(calls) + 1} calls (continued after an interruption)" if calls else "")
                + (f"; beside it, raw-pixel baselines on the same splits: {', '.join(baselines)}" if baselines else "")
-               + f"\n\n{table}\n")
+               + f"\n\n{table}\n" + _demo_warnings(results))
     write_text_atomic(SweepDirectory(out).table, summary)
     print()
     print(summary)
