@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 import multiprocessing
@@ -345,7 +346,9 @@ def test_cli_benchmark_on_real_cifar(tmp_path: Path) -> None:
     assert [c["model"] for c in saved["cells"]] == ["ganomaly"] * 2 + ["pca"] * 2 + ["knn"] * 2  # the baselines too
     assert saved["environment"]["torch"] == torch.__version__
     assert "ganomaly" in (out / "table.md").read_text()
-    assert (out / "results.csv").read_text().startswith("model,class,seed,protocol,auroc")
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert list(rows[0])[:4] == ["model", "class", "seed", "protocol"] and "false_alarm_rate" in rows[0]
+    assert all(row["false_alarm_rate"] != "" for row in rows if row["protocol"] == "honest")
     page = (out / "report.html").read_text()
     assert "0.616)" in page  # GANomaly's ship AUROC in the paper's Table 1, beside ours
     assert page.count("data:image/png;base64,") == 6  # one ROC figure per model and protocol

@@ -578,7 +578,8 @@ def benchmark_warnings(data_warnings: Sequence[str], results: Sequence[dict[str,
 
 def cell_rows(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """Flat rows for results.csv."""
-    keys = ["model", "class", "seed", "protocol", "auroc", "auprc", "f1", "precision", "recall", "threshold",
+    keys = ["model", "class", "seed", "protocol", "auroc", "auprc", "f1", "precision", "recall", "false_alarm_rate",
+            "threshold",
             "selected_epoch", "epochs", "train_images", "val_images", "test_images", "test_abnormal",
             "train_seconds", "git_commit", "cpu", "pseudo_anomaly"]
     return [{k: r.get(k, "") for k in keys} for r in results]

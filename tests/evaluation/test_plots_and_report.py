@@ -196,7 +196,8 @@ def _benchmark_folder(root: Path) -> Path:
             scores = np.concatenate([RNG.normal(0, 1, 30), RNG.normal(shift, 1, 20)])
             np.savez_compressed(root / "cells" / name, labels=LABELS.astype(np.int8), scores=scores.astype(np.float32))
             cells.append({"model": "skipganomaly++", "class": cls, "seed": 0, "protocol": protocol,
-                          "auroc": 0.8 if cls == "ship" else 0.55, "scores_file": name})
+                          "auroc": 0.8 if cls == "ship" else 0.55, "scores_file": name, "test_images": 50,
+                          "test_abnormal": 20})
     config = {"models": ["skipganomaly++"], "classes": ["ship", "bird"], "seeds": [0], "protocols": ["honest", "paper"],
               "epochs": 1, "batch_size": 64, "train_fraction": 0.05, "test_fraction": 0.1}
     (root / "results.json").write_text(json.dumps({"config": config, "environment": {"command": "skipganomaly x"},
@@ -208,6 +209,7 @@ def test_benchmark_report_has_the_paper_table_and_roc_curves(tmp_path: Path) -> 
     report = build_report(_benchmark_folder(tmp_path / "bench"))
     page = report.read_text()
     assert "0.800 (0.998)" in page and "0.550 (0.819)" in page  # ours (paper's Table 1): ship, bird
+    assert page.count("Test images behind each column (normal/abnormal): ship 30/20; bird 30/20.") == 2
     assert page.count("data:image/png;base64,") == 2  # one ROC figure per protocol, a curve per class
     for protocol in ("honest", "paper"):
         _is_picture(tmp_path / "bench" / "figures" / f"roc_skipganomalypp_{protocol}.png")

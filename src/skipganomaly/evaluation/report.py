@@ -287,6 +287,20 @@ def build_run_report(run_dir: Path) -> Path:
     return write_page(run.report, title, sections)
 
 
+def _test_sizes(cells: Sequence[Mapping[str, Any]], protocol: str, classes: Sequence[str]) -> str:
+    """How many test images each column's AUROCs rest on (normal / abnormal, as the cells recorded them; a
+    column's cells share one split per seed), so a reader can judge how far a number could move."""
+    sizes: dict[str, set[tuple[int, int]]] = {}
+    for cell in cells:
+        if cell.get("protocol") == protocol and cell.get("test_images") is not None \
+                and cell.get("test_abnormal") is not None:
+            abnormal = int(cell["test_abnormal"])
+            sizes.setdefault(str(cell["class"]), set()).add((int(cell["test_images"]) - abnormal, abnormal))
+    shown = [f"{html.escape(c)} {' or '.join(f'{n}/{a}' for n, a in sorted(sizes[c]))}" for c in classes if c in sizes]
+    return (f"<p>Test images behind each column (normal/abnormal): {'; '.join(shown)}. Each cell's F1, precision, "
+            "recall and false-alarm rate at its threshold are in results.csv.</p>" if shown else "")
+
+
 def _examples_text(names: Any) -> str:
     """The example grids' heading and what their rows show (`write_evaluation`'s `example_names`; an evaluation
     saved before they were kept gets the general wording)."""
@@ -375,7 +389,7 @@ def build_benchmark_report(bench_dir: Path) -> Path:
         header, rows = benchmark_rows(summary, config["models"], config["classes"], protocol,
                                       shows_paper_numbers(dataset, protocol))
         sections.append(f"<h2>Protocol: {html.escape(protocol)}</h2><p>{html.escape(PROTOCOL_NOTES[protocol])}</p>"
-                        + html_table(header, rows))
+                        + html_table(header, rows) + _test_sizes(cells, protocol, config["classes"]))
         for model in config["models"]:
             curves, lacking = {}, []
             for cell in cells:

@@ -76,7 +76,8 @@ def shows_paper_numbers(dataset: str, protocol: str) -> bool:
     return dataset == CIFAR10 and protocol != VALIDATE
 
 
-STD_NOTE = ("Cells are AUROC (each cell's AUPRC, F1, precision, recall and threshold are in results.csv). Over "
+STD_NOTE = ("Cells are AUROC (each cell's AUPRC, F1, precision, recall, false-alarm rate, threshold and test-set "
+            "sizes are in results.csv). Over "
             "several seeds a cell is mean±std, std the sample standard deviation (ddof=1) over seeds; under "
             "validate each seed scores another pseudo-anomaly, so there it spreads over tasks, not only trainings. "
             "Elsewhere a seed retrains (weights, batch order, held-out normals) and scores the same test images (a "
