@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import logging
 import multiprocessing
@@ -860,14 +861,15 @@ def test_a_commit_made_during_a_sweep_is_named_beside_the_one_it_started_at(tmp_
     from skipganomaly import provenance
 
     data = _toy_cifar()
-    commits = iter(["abc1234", "def5678"])  # the call's start, its end (the cell reads its own below)
+    # the call's start, then its end (each fit records one too; the cell reads its own below)
+    commits = itertools.chain(["abc1234"], itertools.repeat("def5678"))
     monkeypatch.setattr(provenance, "git_commit", lambda: next(commits))
     monkeypatch.setattr(benchmark, "git_commit", lambda: "abc1234")
     benchmark.run_benchmark(lambda: data, _config(models=["knn"], protocols=["honest"]), tmp_path, "toy")
     table = (tmp_path / "table.md").read_text()
     assert "git abc1234 (at start; def5678 at the end)" in table and "Cells ran at" not in table
     assert "abc1234 (at start; def5678 at the end)" in (tmp_path / "report.html").read_text()
-    commits = iter(["abc1234", "def5678"])  # again, a cell of this call running at the end's commit
+    commits = itertools.chain(["abc1234"], itertools.repeat("def5678"))  # again, a cell running at the end's commit
     monkeypatch.setattr(benchmark, "git_commit", lambda: "def5678")
     benchmark.run_benchmark(lambda: data, _config(models=["knn", "pca"], protocols=["honest"]), tmp_path, "toy")
     table = (tmp_path / "table.md").read_text()
