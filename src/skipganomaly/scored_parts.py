@@ -36,22 +36,24 @@ def partial_file(out: Path) -> Path:
 @dataclass
 class ScoredPart:
     """One part's result: the files read (unreadable ones left out), how each is stored, the files of several
-    frames, and the scores of those read."""
+    frames, the scores of those read, and the files narrower than the training files (`LoadedFiles.narrow`)."""
     kept: list[str]
     forms: list[FileForm | None]
     several: list[str]
     scores: np.ndarray
+    narrow: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return {"kept": self.kept, "forms": [f.as_dict() if f is not None else None for f in self.forms],
-                "several": self.several, "scores": [float(s) for s in self.scores]}
+                "several": self.several, "scores": [float(s) for s in self.scores], "narrow": self.narrow}
 
     @classmethod
     def from_dict(cls, saved: dict[str, Any]) -> "ScoredPart":
         kept, scores = [str(p) for p in saved["kept"]], np.asarray(saved["scores"], dtype=np.float64)
         if len(kept) != len(scores) or len(saved["forms"]) != len(kept):
             raise ValueError("a part's lists differ in length")
-        return cls(kept, [FileForm.from_dict(f) for f in saved["forms"]], [str(p) for p in saved["several"]], scores)
+        return cls(kept, [FileForm.from_dict(f) for f in saved["forms"]], [str(p) for p in saved["several"]], scores,
+                   [str(p) for p in saved["narrow"]])
 
 
 def call_identity(checkpoint: Path, files: Sequence[Path], threshold: float, part: int) -> dict[str, Any]:

@@ -190,7 +190,7 @@ def predict_files(checkpoint: Path, inputs: Sequence[Path], out: Path, save_maps
                 loaded = read_image_files(files, det.image_size, det.in_channels, progress=progress and not in_parts,
                                           bit_depth=det.bit_depth_, trained_on=det.file_form_, say=False)
                 result = ScoredPart(loaded.kept, list(loaded.forms), list(loaded.several),
-                                    det.decision_function(loaded.images))
+                                    det.decision_function(loaded.images), list(loaded.narrow))
                 images = loaded.images if save_maps is not None else images
             except DataError:  # not one file of the part could be read: each still gets its row, unscored
                 result = ScoredPart([], [], [], np.zeros(0))
@@ -202,7 +202,8 @@ def predict_files(checkpoint: Path, inputs: Sequence[Path], out: Path, save_maps
     forms = [form for r in results for form in r.forms]
     several = [path for r in results for path in r.several]
     scored = [r.scores for r in results]
-    say_read_files(len(existing), kept, forms, several, det.image_size, det.in_channels, det.file_form_)
+    say_read_files(len(existing), kept, forms, several, det.image_size, det.in_channels, det.file_form_,
+                   [path for r in results for path in r.narrow], det.bit_depth_)
     scores = np.concatenate(scored) if scored else np.zeros(0)
     labels = scores > cut
     # The CSV and the maps are written whole or not at all: the maps go to a hidden folder and the CSV to a temporary

@@ -112,7 +112,8 @@ def _twelve_bit(path: Path, scale: float = 1.0, seed: int = 0) -> Path:
     return path
 
 
-def test_a_darker_wide_image_stays_darker_in_a_set_and_for_a_detector(tmp_path: Path) -> None:
+def test_a_darker_wide_image_stays_darker_in_a_set_and_for_a_detector(tmp_path: Path,
+                                                                      caplog: pytest.LogCaptureFixture) -> None:
     """A lamp failing (the same 12-bit scene 4x darker) must not be rescaled to look normal: a set of files is
     read at one bit depth, and a detector scores files at the depth of its training files, also one at a time."""
     from skipganomaly import Detector
@@ -133,6 +134,15 @@ def test_a_darker_wide_image_stays_darker_in_a_set_and_for_a_detector(tmp_path: 
     loaded_det = Detector.load(tmp_path / "m.pt")
     assert loaded_det.bit_depth_ == 12
     assert loaded_det.predict([dark])[0] == 1 and loaded_det.predict([bright])[0] == 0  # each file alone
+    # an 8-bit export of a 12-bit scene is on another scale: said, not silently flagged
+    eight = tmp_path / "eight.png"
+    Image.fromarray((np.asarray(Image.open(bright)) // 16).astype(np.uint8)).save(eight)
+    with caplog.at_level(logging.WARNING, logger="skipganomaly"):
+        loaded_det.decision_function([bright, dark])
+        assert "8-bit" not in caplog.text
+        loaded_det.decision_function([bright, eight])
+    assert "1 of 2 files are 8-bit (or floats) where the detector's training files were 12-bit" in caplog.text
+    assert str(eight) in caplog.text
     assert np.array_equal(loaded_det.decision_function([dark]), det.decision_function([dark]))
     # a camera's uint16 frames given as arrays are read as the same frames saved as files: a dark one stays dark
     # (all its values under 256 once were read as 8-bit data, 16x brighter, and scored normal)

@@ -272,6 +272,7 @@ class LoadedFiles(NamedTuple):
     form: FileForm | None = None  # how most of them are stored (`common_form`)
     forms: tuple[FileForm | None, ...] = ()  # how each kept file is stored
     several: tuple[str, ...] = ()  # the files of several frames, of which the first was read
+    narrow: tuple[str, ...] = ()  # files of 8 bits (or floats) read for a detector trained on wider integer files
 
 
 def load_image_files(
@@ -352,21 +353,30 @@ def read_image_files(
         raise DataError(f"none of the {len(paths)} image files could be read")
     kept_forms = [forms[i] for i in kept]
     kept_paths = [str(paths[i]) for i in kept]
+    narrow = [str(paths[i]) for i in kept if depths[i] == 0] if bit_depth is not None and bit_depth > BYTE_DEPTH else []
     if say:
-        say_read_files(len(paths), kept_paths, kept_forms, several, image_size, in_channels, trained_on)
+        say_read_files(len(paths), kept_paths, kept_forms, several, image_size, in_channels, trained_on, narrow,
+                       bit_depth)
     if len(kept) < len(paths):
         for dst, src in enumerate(kept):  # close the gaps in place, keeping the order
             out[dst] = out[src]
     return LoadedFiles(torch.from_numpy(out[:len(kept)]), kept_paths,
                        depth if depth is not None and depths[kept].any() else bit_depth or BYTE_DEPTH,
-                       common_form(kept_forms), tuple(kept_forms), tuple(several))
+                       common_form(kept_forms), tuple(kept_forms), tuple(several), tuple(narrow))
 
 
 def say_read_files(given: int, kept: Sequence[str], forms: Sequence[FileForm | None], several: Sequence[str],
-                   image_size: int, in_channels: int, trained_on: FileForm | None) -> None:
+                   image_size: int, in_channels: int, trained_on: FileForm | None, narrow: Sequence[str] = (),
+                   bit_depth: int | None = None) -> None:
     """The warnings about a set of `given` files as a whole, of which `kept` (stored as `forms`) were read: files of
-    several frames, a mix of grey and colour (or sizes), files unlike the training files, and how many were
+    several frames, a mix of grey and colour (or sizes), files unlike the training files (of another form, or, with
+    `narrow`, 8-bit or float files for a detector whose training files were `bit_depth` bits), and how many were
     skipped."""
+    if narrow:
+        log.warning("%d of %d files are 8-bit (or floats) where the detector's training files were %d-bit: each is "
+                    "read on its own scale, which is not the training images' brightness, so they may score as "
+                    "anomalous whatever they show; score files stored as the training files were: %s", len(narrow),
+                    len(kept), bit_depth, few_names(narrow, whole=True))
     if several:
         log.warning("%s several frames (multi-page TIFF, animated GIF); only the first of each is read: %s",
                     f"{len(several)} files hold" if len(several) > 1 else "1 file holds", few_names(several, whole=True))
