@@ -213,8 +213,8 @@ def test_predict_keeps_a_row_for_what_it_could_not_reach(trained_run: tuple[Path
                                                         monkeypatch: pytest.MonkeyPatch,
                                                         caplog: pytest.LogCaptureFixture) -> None:
     """A subfolder that cannot be opened (permissions) is named and gets a row, not skipped in silence; a path
-    that does not exist among others gets its row; an empty folder among others is a warning: the other scores
-    are written, and the exit code says that not everything was scored."""
+    that does not exist among others gets its row; so does an empty folder among others, with a warning: the other
+    scores are written, and the exit code says that not everything was scored."""
     import os
 
     root, run = trained_run
@@ -236,10 +236,11 @@ def test_predict_keeps_a_row_for_what_it_could_not_reach(trained_run: tuple[Path
                      "--out", str(out), "--no-progress"]) == 1
     assert f"could not open 1 folder in {line}, so its images are not read: {closed} (Permission denied)" in caplog.text
     assert f"1 input does not exist, it is kept as a row with no score: {tmp_path / 'gone.png'}" in caplog.text
-    assert f"folder is empty: {tmp_path / 'empty'}; the other inputs are scored" in caplog.text
+    assert f"folder is empty: {tmp_path / 'empty'}; the other inputs are scored (it gets a row" in caplog.text
     rows = list(csv.DictReader(out.open()))
-    assert [r["path"] for r in rows if not r["score"]] == [str(tmp_path / "gone.png"), str(closed)]
-    assert len(rows) == 10 and all(Path(r["path"]).parent == line / "normal" for r in rows[:8])
+    assert [r["path"] for r in rows if not r["score"]] == [str(tmp_path / "gone.png"), str(closed),
+                                                           str(tmp_path / "empty")]
+    assert len(rows) == 11 and all(Path(r["path"]).parent == line / "normal" for r in rows[:8])
     (tmp_path / "locked").mkdir()  # an input folder that cannot be opened: its row, and exit 1, as a subfolder's
     assert main(["predict", "--checkpoint", str(run), str(line / "normal"), str(tmp_path / "locked"), "--out", str(out),
                  "--no-progress"]) == 1
@@ -1409,6 +1410,8 @@ def test_an_out_path_that_would_destroy_a_file_or_cannot_be_written_is_refused_b
                                 "is a file, not a folder"),
                                (["train", "--data", str(root / "train"), "--test", str(root / "test"), "--no-progress",
                                  "--out"], root / "test" / "run", "is inside the test folder"),
+                               (["train", "--data", str(root / "train"), "--no-progress", "--out"], root / "test" / "normal",
+                                "holds image files (img_000.png, img_001.png, img_002.png ...), not a run"),
                                (test[:-3] + ["--no-progress", "--report-dir"], root / "test" / "report",
                                 "is inside the test folder")):
         capsys.readouterr()
@@ -1450,3 +1453,11 @@ def test_small_slips_get_messages_that_say_what_to_do(trained_run: tuple[Path, P
     assert main(["test", "--checkpoint", str(copy), "--data", str(root / "test" / "normal" / "img_000.png"),
                  "--no-report", "--no-progress"]) == 2
     assert "img_000.png is a file, not a folder" in capsys.readouterr().err
+    from skipganomaly import Detector
+
+    unfinished = Detector.load(copy)
+    unfinished.threshold_ = None  # as a run stopped before its last epoch leaves it
+    unfinished.save(copy / "model.pt")
+    assert main(["test", "--checkpoint", str(copy / "model.pt"), "--data", str(root / "test"), "--no-report",
+                 "--no-progress"]) == 2
+    assert f"train --resume {copy}` finishes it" in capsys.readouterr().err

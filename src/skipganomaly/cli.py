@@ -21,6 +21,7 @@ from .data.images import is_image_name
 from .detector import (DEFAULT_MODEL, Detector, DetectorSettings, check_threshold_split, setting_defaults,
                        setting_fields)
 from .errors import BUG_EXIT, PACKAGE_LOGGER, PARTLY_FAILED_EXIT, ConfigError, SkipGanomalyError, warnings_said
+from .files import few_names
 from .folder_lock import claim_folder
 from .interrupts import INTERRUPTED_EXIT, Terminated, sigterm_as_interrupt
 from .evaluation.report import build_report
@@ -432,6 +433,10 @@ def _new_run_directory(out: Path | None, overwrite: bool) -> Path:
         return next_free_run(DEFAULT_TRAIN_OUT)
     _check_output_dir(out, "--out")
     _check_writable(out, f"--out {out}")
+    images = sorted(p.name for p in out.iterdir() if p.is_file() and is_image_name(p.name)) if out.is_dir() else []
+    if images:  # a folder of the user's images: the run's files and figures would be mixed in (and read next time)
+        raise ConfigError(f"--out {out} holds image files ({few_names(images)}), not a run: the run's files and "
+                          "figures would be mixed in with them; give a new or empty folder")
     if RunDirectory(out).holds_run and not overwrite:
         raise ConfigError(f"{out} already holds a run; continue it with --resume {shlex.quote(str(out))}, choose "
                           "another --out, or add --overwrite to replace it")
@@ -490,7 +495,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
                            progress=args.progress, threshold=args.threshold)
     if unread:  # a script sees that not every part was scored; the CSV holds every other score
         print(f"error: {len(unread)} of the inputs could not be scored (named above: unreadable, missing, or a folder "
-              f"that could not be opened); their rows in {args.out} have no score", file=sys.stderr)
+              f"that could not be opened or held no image); their rows in {args.out} have no score", file=sys.stderr)
         return PARTLY_FAILED_EXIT
     return 0
 

@@ -11,6 +11,7 @@ import json
 import logging
 import math
 import os
+import shlex
 import shutil
 import time
 from pathlib import Path
@@ -34,7 +35,7 @@ from .options import parse_model_args
 from .progress import progress_bar
 from .run_directory import CHECKPOINT, EpochLog, RunDirectory, SweepDirectory, read_history, write_json
 from .scored_parts import PartLog, ScoredPart, call_identity, partial_file
-from .provenance import environment
+from .provenance import environment, program
 from .training.distributed import init_from_environment, is_main_process, rank_zeros, world
 from .training import TrainConfig
 from .training.loop import check_resume_length, data_fingerprint, load_train_state
@@ -55,8 +56,10 @@ def load_calibrated(checkpoint: Path, device: str = "auto", progress: bool = Tru
     """A saved detector that has its threshold (a finished training run)."""
     det = Detector.load(checkpoint, device=device, progress=progress)
     if det.threshold_ is None:
-        raise CheckpointError(f"{checkpoint} comes from an unfinished training run and has no threshold (`skipganomaly "
-                              "train --resume` on its run finishes it; predict also takes a --threshold of your own)")
+        run = checkpoint if Path(checkpoint).is_dir() else Path(checkpoint).parent
+        raise CheckpointError(f"{checkpoint} comes from an unfinished training run and has no threshold (`{program()} "
+                              f"train --resume {shlex.quote(str(run))}` finishes it; predict also takes a --threshold "
+                              "of your own)")
     return det
 
 
@@ -229,7 +232,7 @@ def predict_files(checkpoint: Path, inputs: Sequence[Path], out: Path, save_maps
         writer.writerow(["path", "score", "label", "threshold"] + (["map"] if with_maps else []))
         cut_text = f"{cut:.8g}"
         row_of = {path: i for i, path in enumerate(kept)}
-        # in the order given, unreadable files in their place; folders that could not be opened last
+        # in the order given, unreadable files in their place; folders that could not be opened or held no image last
         for path in [*map(str, paths), *map(str, unlisted)]:
             i = row_of.get(path)
             if i is None:
@@ -260,7 +263,7 @@ def predict_files(checkpoint: Path, inputs: Sequence[Path], out: Path, save_maps
           + (f"; anomaly-map overlays in {save_maps}{colours}" if maps else
              "; no maps: no file could be read" if save_maps else "")
           + (f"; {len(unread)} row{'s' if len(unread) > 1 else ''} with no score (unreadable, missing, or a folder "
-             "that could not be opened)" if unread else ""))
+             "that could not be opened or held no image)" if unread else ""))
     return unread
 
 
@@ -286,18 +289,21 @@ def held_out_map_scale(det: Detector, checkpoint: Path) -> float | None:
 
 def _input_files(inputs: Sequence[Path]) -> tuple[list[Path], list[Path]]:
     """The files to score, each once, in the order given (a folder's files sorted; a path that does not exist in its
-    place, to get its row), and the subfolders that could not be opened. One missing path or empty folder among
-    several is a warning, so the others' scores are not lost; when nothing is left to score, it is the error."""
+    place, to get its row), and the folders that could not be opened or held no image (each a row too). One missing
+    path or empty folder among several is a warning, so the others' scores are not lost; when nothing is left to
+    score, it is the error."""
     paths: list[Path] = []
     unlisted: list[Path] = []
     missing: list[Path] = []
     empty: list[str] = []
+    empty_folders: list[Path] = []
     for item in inputs:
         if item.is_dir():
             try:
                 paths += list_image_files(item, unlisted)
             except DataError as err:  # empty, or no image in it
                 empty.append(str(err))
+                empty_folders.append(item)
         elif item.is_file():
             paths.append(item)
         else:
@@ -306,7 +312,8 @@ def _input_files(inputs: Sequence[Path]) -> tuple[list[Path], list[Path]]:
     if len(missing) == len(paths) and not unlisted:  # nothing to score: a mistyped name, say
         raise DataError(empty[0] if empty else f"no such file or folder: {missing[0]}")
     for why in empty:
-        log.warning("%s; the other inputs are scored", why)
+        log.warning("%s; the other inputs are scored (it gets a row with no score)", why)
+    unlisted += empty_folders  # an input that gave nothing keeps a row, as a missing one does
     if missing:
         many = len(missing) > 1
         log.warning("%d input%s not exist, %s kept as a row with no score: %s", len(missing),
@@ -438,8 +445,11 @@ def _train_run(settings: DetectorSettings, data: Path, test: Path | None, run: R
     if earlier:
         _say_if_resumed_otherwise(earlier[-1], env)
     log_epoch = EpochLog(run, tensorboard=tensorboard, done=done)
+    finished = bool(done) and len(done) >= settings.training.epochs and run.metrics.exists()
     print(f"training {settings.model} on {len(kept)} images from {folder}; run directory {run.root}"
-          + (f"; resuming after epoch {len(done)}" if done else ""))
+          + (f"; it had finished ({len(done)} of {settings.training.epochs} epochs), so nothing is trained: its threshold"
+             + (", test" if test_data is not None else "") + " and report are made again (--epochs N trains on)"
+             if finished else f"; resuming after epoch {len(done)}" if done else ""))
     try:
         det.fit(images, checkpoint_path=run.checkpoint, on_epoch_end=log_epoch, resume=resume, bit_depth=bit_depth,
                 file_form=form)

@@ -299,3 +299,24 @@ def test_training_reads_a_linked_file_once(tmp_path: Path) -> None:
     files = write_images(tmp_path / "train", blob_images(3))
     (tmp_path / "train" / "link.png").symlink_to(files[0])
     assert sorted(p.name for p in training_files(tmp_path / "train")[1]) == sorted(p.name for p in files)
+
+
+def test_copies_inside_a_test_set_are_named(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The same image twice in a test set counts twice; under both labels it contradicts itself: both are said."""
+    import logging
+    import shutil
+
+    normal = write_images(tmp_path / "normal", blob_images(3))
+    abnormal = write_images(tmp_path / "abnormal", noise_images(3))
+    shutil.copy(normal[0], tmp_path / "normal" / "again.png")
+    with caplog.at_level(logging.WARNING, logger="skipganomaly"):
+        load_labelled_folder(tmp_path, 32, 3)
+    assert "1 test image is a copy of another in the test set" in caplog.text
+    assert f"{normal[0]} = {tmp_path / 'normal' / 'again.png'}" in caplog.text
+    assert "other label" not in caplog.text
+    caplog.clear()
+    shutil.copy(abnormal[1], tmp_path / "normal" / "mislabelled.png")
+    with caplog.at_level(logging.WARNING, logger="skipganomaly"):
+        load_labelled_folder(tmp_path, 32, 3)
+    assert "2 test images are copies of another" in caplog.text and "1 of them under the other label" in caplog.text
+    assert f"{abnormal[1]} = {tmp_path / 'normal' / 'mislabelled.png'}" in caplog.text

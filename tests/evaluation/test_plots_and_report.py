@@ -121,6 +121,18 @@ def test_a_model_that_rebuilds_nothing_gets_no_output_row_and_its_map_is_called_
     assert "Examples: input, model output, anomaly map" in page
 
 
+def test_a_character_the_font_lacks_is_said_once(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A CJK class name is drawn as boxes by the default font: one warning for the report, not one per glyph and
+    figure, nor none at all."""
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="skipganomaly"):
+        roc_figure({"龘 class": (LABELS, SCORES)}, tmp_path / "a.png")
+        roc_figure({"龘 class": (LABELS, SCORES)}, tmp_path / "b.png")
+    assert caplog.text.count("the figures' font has no 龘, drawn as boxes in a.png") == 1
+    assert "b.png" not in caplog.text
+
+
 def test_select_examples_picks_the_right_images() -> None:
     labels = np.array([0, 0, 0, 1, 1, 1])
     scores = np.array([0.1, 0.9, 0.5, 0.2, 0.8, 0.4])

@@ -370,7 +370,8 @@ def test_gradients_averaged_over_processes_equal_the_full_batch_gradient(tmp_pat
         torch.testing.assert_close(sharded[key], value, rtol=1e-6, atol=1e-6, msg=key)
 
 
-def test_resume_with_more_epochs_trains_on(data: Path, tmp_path: Path) -> None:
+def test_resume_with_more_epochs_trains_on(data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--epochs above those trained trains on; a finished run resumed as it is says that nothing is trained."""
     from skipganomaly.cli import main
 
     run = tmp_path / "run"
@@ -379,6 +380,11 @@ def test_resume_with_more_epochs_trains_on(data: Path, tmp_path: Path) -> None:
     assert main(["train", "--resume", str(run), "--epochs", "2", "--no-progress"]) == 0
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records] == [1, 2]
+    assert len(Detector.load(run / "model.pt").history_) == 2
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run), "--no-progress"]) == 0
+    assert "it had finished (2 of 2 epochs), so nothing is trained: its threshold and report are made again" in \
+        capsys.readouterr().out
     assert len(Detector.load(run / "model.pt").history_) == 2
 
 

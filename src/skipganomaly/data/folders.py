@@ -22,7 +22,7 @@ from ..errors import PACKAGE_LOGGER, DataError
 from ..files import few_names
 from ..run_directory import CHECKPOINT, CONFIG
 from .images import (IMAGE_EXTENSIONS, FileForm, is_image_name, list_image_files, load_image_files, on_black,
-                     upright_size)
+                     pixel_digest, upright_size)
 
 NORMAL_NAMES = ("normal", "0.normal", "good")
 ABNORMAL_NAMES = ("abnormal", "1.abnormal", "anomaly", "defect")
@@ -300,6 +300,27 @@ def _read_defects(path: Path) -> np.ndarray | None:
         return None
 
 
+def _say_copies(images: torch.Tensor, names: Sequence[str], labels: Sequence[int]) -> None:
+    """Warn about test images that are copies of others in the same test set (the same pixels at the model's size):
+    each counts again in the metrics, and a copy under the other label contradicts itself."""
+    first: dict[bytes, int] = {}
+    copies: list[tuple[int, int]] = []
+    for i, image in enumerate(images):
+        key = pixel_digest(image)
+        if key in first:
+            copies.append((first[key], i))
+        else:
+            first[key] = i
+    if not copies:
+        return
+    both = [(a, b) for a, b in copies if labels[a] != labels[b]]
+    log.warning("%s of another in the test set (the same pixels at the model's size), counted again in the "
+                "metrics%s: %s", f"{len(copies)} test images are copies" if len(copies) > 1 else "1 test image is a copy",
+                f"; {len(both)} of them under the other label (normal and abnormal at once)" if both else "",
+                ", ".join(f"{names[b]} = {names[a]}" for a, b in (both or copies)[:3])
+                + (" ..." if len(both or copies) > 3 else ""))
+
+
 def defect_pixels(mask: Image.Image) -> np.ndarray:
     """Where a mask image marks a defect: any non-zero value in any channel (255 or 1, white or a colour; a
     palette's colours, not its indices), turned upright by its EXIF tag as images are, and laid on black where it
@@ -321,6 +342,7 @@ def load_labelled_folder(
     images, kept = load_image_files(paths, image_size, in_channels, progress=progress, bit_depth=bit_depth,
                                     trained_on=trained_on)
     labels_kept = [label_of[p] for p in kept]
+    _say_copies(images, kept, labels_kept)
     for label, kind in ((0, "normal"), (1, "abnormal")):
         if label not in labels_kept:  # every file of one kind unreadable: the metrics would be undefined or one-sided
             raise DataError(f"none of the {labels.count(label)} {kind} images in {root} could be read (the warnings "

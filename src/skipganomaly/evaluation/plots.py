@@ -6,6 +6,8 @@ Each function takes plain arrays and writes one PNG. Figures are built with matp
 
 from __future__ import annotations
 
+import logging
+import re
 import textwrap
 import warnings
 from pathlib import Path
@@ -13,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
+from ..errors import PACKAGE_LOGGER
 from ..files import readable_name
 from .metrics import evaluate_scores
 
@@ -43,10 +46,30 @@ def _save(fig: Figure, path: Path) -> Path:
             text.set_text(readable_name(text.get_text()))
             text.set_parse_math(False)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with warnings.catch_warnings():  # a character the font lacks (CJK file names) is drawn as a box: said in no log
-        warnings.filterwarnings("ignore", message="Glyph .* missing from")
+    with warnings.catch_warnings(record=True) as caught:  # matplotlib says each missing glyph of each text
+        warnings.simplefilter("always")
         fig.savefig(path, dpi=100, bbox_inches="tight")
+    _say_missing_glyphs(caught, path)
     return path
+
+
+_MISSING_SAID: set[str] = set()  # characters already said to be drawn as boxes, so a report says each once
+
+
+def _say_missing_glyphs(caught: Sequence[warnings.WarningMessage], path: Path) -> None:
+    """A character the figure font lacks (CJK in a file or class name) is drawn as a box: said once, with what keeps
+    the names exact, instead of matplotlib's warning per glyph."""
+    missing = {chr(int(m.group(1))) for w in caught if (m := re.match(r"Glyph (\d+) .*missing from", str(w.message)))}
+    for w in caught:
+        if not re.match(r"Glyph \d+ .*missing from", str(w.message)):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)  # anything else, as it was
+    new = sorted(missing - _MISSING_SAID)
+    if new:
+        _MISSING_SAID.update(new)
+        logging.getLogger(PACKAGE_LOGGER).warning(
+            "the figures' font has no %s, drawn as boxes in %s (and any figure like it); the names stay exact in the "
+            "report's text and the CSV files (a font with these characters, made matplotlib's default, draws them)",
+            "".join(new), path.name)
 
 
 def _two_classes(labels: np.ndarray) -> bool:
