@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from skipganomaly.cli import main
-from skipganomaly.errors import ConfigError
+from skipganomaly.errors import CheckpointError, ConfigError
 from skipganomaly.models import create, list_models
 from skipganomaly.onnx_export import SCORE_RTOL, SCORE_SPREAD_TOL, OnnxScorer, export_onnx
 from skipganomaly.throughput import (_median_seconds, bench_model, count_flops, reference_optimizers,
@@ -313,3 +313,25 @@ def test_onnx_scorer_warns_of_files_unlike_the_training_files_as_the_detector_do
         with caplog.at_level(logging.WARNING, logger="skipganomaly"):
             score([str(strip)])
         assert "shaped unlike the training images (32x32)" in caplog.text
+
+
+def test_an_onnx_scorer_pickles_with_its_export_and_refuses_a_changed_file(tmp_path: Path) -> None:
+    """A scorer sent to a worker process (pickled) carries the export's bytes and scores as the original does; a
+    file changed since it was opened is refused rather than sent."""
+    import pickle
+
+    from skipganomaly import Detector
+
+    pytest.importorskip("onnxruntime")
+    images = blob_images(30)
+    det = Detector("pca", progress=False).fit(images)
+    path = det.export_onnx(tmp_path / "m.onnx")
+    scorer = OnnxScorer(path, threads=1)
+    copy = pickle.loads(pickle.dumps(scorer))
+    np.testing.assert_array_equal(copy.score(images[:5]), scorer.score(images[:5]))
+    assert copy.threshold_ == scorer.threshold_ and copy.predict(images[:5]).tolist() == scorer.predict(images[:5]).tolist()
+    again = pickle.loads(pickle.dumps(copy))  # a copy of a copy: from the bytes it holds
+    np.testing.assert_array_equal(again.score(images[:5]), scorer.score(images[:5]))
+    Detector("pca", progress=False).fit(images[::-1]).export_onnx(path)  # replaced under the open scorer
+    with pytest.raises(CheckpointError, match="changed since this scorer opened it"):
+        pickle.dumps(scorer)

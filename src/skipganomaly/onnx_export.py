@@ -11,6 +11,7 @@ the score means, also as the file's doc string.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -145,21 +146,18 @@ class OnnxScorer:
     (uint8 or [0, 1] float arrays and tensors, lists of paths or PIL images), converted to the graph's
     channels and size (read from its input). Its scores match the detector's to `SCORE_AGREEMENT`. Scores only:
     anomaly maps need the detector (`Detector.load(...).anomaly_maps`). One scorer may serve several threads at
-    once; it cannot be pickled (onnxruntime's session): give each process its own, from the file.
-    `threads`: onnxruntime's threads per call (default: every core; give 1 or 2 where several scorers share a
-    machine)."""
+    once; pickled (to worker processes or machines), it carries the export's bytes, checked unchanged since it was
+    opened, and the copy opens its own session. `threads`: onnxruntime's threads per call (default: every core;
+    give 1 or 2 where several scorers share a machine)."""
 
     def __init__(self, path: str | os.PathLike[str], threads: int | None = None) -> None:
         try:
-            import onnxruntime as ort
+            import onnxruntime  # noqa: F401  (said here, before any file is read)
         except ImportError:
             raise ConfigError("onnxruntime is not installed: pip install 'skipganomaly[onnx]'") from None
         if threads is not None and (isinstance(threads, bool) or not isinstance(threads, (int, np.integer))
                                     or not 1 <= threads <= 4096):
             raise ConfigError(f"threads must be a whole number from 1 (or None: every core), got {threads!r}")
-        options = ort.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = int(threads)
         if Path(path).is_dir():
             raise CheckpointError(f"{path} is a folder; give the ONNX file (e.g. {Path(path) / 'model.onnx'})")
         if not Path(path).is_file():
@@ -167,8 +165,21 @@ class OnnxScorer:
         if zipfile.is_zipfile(path):
             raise CheckpointError(f"{path} is a zip file (a detector checkpoint, model.pt?), not an ONNX export: load a "
                                   "checkpoint with skipganomaly.Detector.load, or export it with `skipganomaly export`")
+        data = Path(path).read_bytes()
+        self._path, self._digest, self._bytes = Path(path).absolute(), hashlib.sha256(data).hexdigest(), None
+        self._open(data, threads, path)
+
+    def _open(self, data: bytes, threads: int | None, path: str | os.PathLike[str]) -> None:
+        """The session of an export's bytes and what its metadata says (`path`: where they came from, for
+        messages)."""
+        import onnxruntime as ort
+
+        self._threads = threads
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = int(threads)
         try:
-            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            self.session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
         except Exception as err:  # onnxruntime's own types (InvalidProtobuf, Fail, ...): one project error
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise CheckpointError(f"{path} is not a readable ONNX file ({first})") from None
@@ -189,6 +200,19 @@ class OnnxScorer:
             self.file_form_ = None
         if (self.threshold_ is not None and not math.isfinite(self.threshold_)) or self.bit_depth_ not in BIT_DEPTHS:
             raise CheckpointError(f"{path}: damaged metadata (threshold {threshold!r}, bit depth {bit_depth!r})")
+
+    def __getstate__(self) -> dict[str, Any]:
+        """What pickling sends: the export's bytes (read again from its file, and refused if it changed since this
+        scorer opened it, so a copy scores as this one does) and the threads."""
+        data = self._bytes if self._bytes is not None else self._path.read_bytes()
+        if hashlib.sha256(data).hexdigest() != self._digest:
+            raise CheckpointError(f"{self._path} changed since this scorer opened it; open it again to pickle it")
+        return {"model": data, "threads": self._threads, "path": str(self._path)}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        data = state["model"]
+        self._path, self._digest, self._bytes = Path(state["path"]), hashlib.sha256(data).hexdigest(), data
+        self._open(data, state["threads"], state["path"])
 
     def score(self, images: Any, batch_size: int | None = None) -> np.ndarray:
         """Anomaly scores, higher = more anomalous (files wider than 8 bits read at the detector's bit depth).
