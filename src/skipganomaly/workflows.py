@@ -192,11 +192,12 @@ def predict_files(checkpoint: Path, inputs: Sequence[Path], out: Path, save_maps
             try:
                 loaded = read_image_files(files, det.image_size, det.in_channels, progress=progress and not in_parts,
                                           bit_depth=det.bit_depth_, trained_on=det.file_form_, say=False)
+            except DataError:  # not one file of the part could be read: each still gets its row, unscored
+                result = ScoredPart([], [], [], np.zeros(0))
+            else:
                 result = ScoredPart(loaded.kept, list(loaded.forms), list(loaded.several),
                                     det.decision_function(loaded.images), list(loaded.narrow))
                 images = loaded.images if save_maps is not None else images
-            except DataError:  # not one file of the part could be read: each still gets its row, unscored
-                result = ScoredPart([], [], [], np.zeros(0))
             if part_log is not None:
                 part_log.add(result)
             results.append(result)
