@@ -579,6 +579,7 @@ def test_demo_minimal_gives_aucs_in_unit_interval(tmp_path: Path) -> None:
     assert "at most 64 training normals per digit (--max-train)" in table and ", batch 32, lr 0.001," in table
     assert "Warnings while it ran" in table and "digit 3: threshold_ rests on 3 held-out normal images" in table
     assert results["digit 3"]["warnings"]
+    assert "warnings" not in json.loads((out / "digit3" / "evaluation.json").read_text())["metrics"]  # not a metric
 
 
 def test_a_second_demo_into_the_same_folder_replaces_the_first_with_a_word(tmp_path: Path,
@@ -1346,8 +1347,8 @@ def test_an_interrupted_predict_keeps_its_finished_parts_and_the_same_command_co
         trained_run: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:
     """Ctrl-C during predict keeps the parts scored so far (and says so); the same command reads only the rest and
-    writes the CSV an uninterrupted call writes, then removes what it kept; another threshold (or other files, or
-    another checkpoint) scores everything again."""
+    writes the CSV an uninterrupted call writes, then removes what it kept; another threshold keeps the scores, a
+    file replaced in between (or another checkpoint) scores everything again."""
     import skipganomaly.workflows as workflows
     from skipganomaly.interrupts import INTERRUPTED_EXIT
     from skipganomaly.scored_parts import partial_file
@@ -1382,7 +1383,13 @@ def test_an_interrupted_predict_keeps_its_finished_parts_and_the_same_command_co
     stop_at, parts_read[:] = 1, []
     assert main(command) == INTERRUPTED_EXIT
     stop_at = None
-    assert main([*command, "--threshold", "0.5"]) == 0  # another call: its parts are not this one's
+    assert main([*command, "--threshold", "0.5"]) == 0  # another cut labels the same scores: they are kept
+    assert parts_read == [3, 3, 3, 1] and not partial_file(out).exists()
+    stop_at, parts_read[:] = 1, []
+    assert main(command) == INTERRUPTED_EXIT
+    stop_at = None
+    shutil.copy2(folder / "img_009.png", folder / "img_000.png")  # replaced, its old times kept (cp -p): scored again
+    assert main(command) == 0
     assert parts_read == [3, 3, 3, 3, 1] and not partial_file(out).exists()
 
 
@@ -1401,7 +1408,7 @@ def test_an_out_path_that_would_destroy_a_file_or_cannot_be_written_is_refused_b
     test = ["test", "--checkpoint", str(run), "--data", str(root / "test"), "--no-report", "--no-progress", "--out"]
     for command, out, said in ((predict, run / "model.pt", "is the model.pt of the run in"),
                                (predict, run / "config.yaml", "is the config.yaml of the run in"),
-                               (predict, renamed, "is a detector checkpoint (a zip file)"),
+                               (predict, renamed, "is a detector checkpoint (a PyTorch file)"),
                                (test, image, "has an image file extension"),
                                (test, run / "model.pt", "is the model.pt of the run in"),
                                (test, root, "is a folder"),
@@ -1411,7 +1418,9 @@ def test_an_out_path_that_would_destroy_a_file_or_cannot_be_written_is_refused_b
                                (["train", "--data", str(root / "train"), "--test", str(root / "test"), "--no-progress",
                                  "--out"], root / "test" / "run", "is inside the test folder"),
                                (["train", "--data", str(root / "train"), "--no-progress", "--out"], root / "test" / "normal",
-                                "holds image files (img_000.png, img_001.png, img_002.png ...), not a run"),
+                                "holds image files (img_000.png, img_001.png, img_002.png ...), not results"),
+                               (["demo", "--no-progress", "--out"], root / "test" / "normal", "holds image files"),
+                               (["demo", "--no-progress", "--out"], run / "model.pt", "is a file, not a folder"),
                                (test[:-3] + ["--no-progress", "--report-dir"], root / "test" / "report",
                                 "is inside the test folder")):
         capsys.readouterr()

@@ -612,7 +612,8 @@ def test_fit_says_what_its_arguments_cannot_mean(caplog: pytest.LogCaptureFixtur
     with pytest.raises(DataError, match="^1 image is too few to train on: that needs at least 2$"):
         Detector("pca", progress=False, val_fraction=0.0).fit(images[:1])
     with pytest.raises(DataError, match=r"^4 images are too few to hold out 5% .* needs at least 11 images \(at least 1 "
-                                        r"held out, 2 to train on\); or hold out more of these: val_fraction 0.13"):
+                                        r"held out, 2 to train on\); or set val_fraction \(--val-fraction\) to 0.13, "
+                                        r"which holds out 1 of these"):
         Detector("pca", progress=False).fit(images[:4])
     Detector("pca", progress=False, val_fraction=0.13).fit(images[:4])  # the advice works
     with caplog.at_level("WARNING", logger="skipganomaly"):

@@ -16,7 +16,7 @@ from typing import Any, Sequence
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from .data.cifar10 import DEFAULT_ROOT as CIFAR10_DIR, NAME as CIFAR10_NAME, TITLE as CIFAR10_TITLE, Cifar10
-from .data.folders import train_folder
+from .data.folders import labelled_base, train_folder
 from .data.images import is_image_name
 from .detector import (DEFAULT_MODEL, Detector, DetectorSettings, check_threshold_split, setting_defaults,
                        setting_fields)
@@ -420,7 +420,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         _check_model_builds(settings)
         args.out = _new_run_directory(args.out, args.overwrite)
     _check_reports_threshold(settings.val_fraction)
-    _check_training_folder(args.data, args.out, args.test)
+    _check_training_folder(args.data, args.out, args.test, resume=args.resume is not None)
     train_run(settings, args.data, args.test, RunDirectory(args.out), resume=args.resume is not None,
               tensorboard=args.tensorboard, overwrite=args.overwrite and args.resume is None)
     return 0
@@ -431,19 +431,25 @@ def _new_run_directory(out: Path | None, overwrite: bool) -> Path:
     default, so two runs never share (and mix) one folder's files."""
     if out is None:
         return next_free_run(DEFAULT_TRAIN_OUT)
-    _check_output_dir(out, "--out")
-    _check_writable(out, f"--out {out}")
-    images = sorted(p.name for p in out.iterdir() if p.is_file() and is_image_name(p.name)) if out.is_dir() else []
-    if images:  # a folder of the user's images: the run's files and figures would be mixed in (and read next time)
-        raise ConfigError(f"--out {out} holds image files ({few_names(images)}), not a run: the run's files and "
-                          "figures would be mixed in with them; give a new or empty folder")
+    _check_results_folder(out)
     if RunDirectory(out).holds_run and not overwrite:
         raise ConfigError(f"{out} already holds a run; continue it with --resume {shlex.quote(str(out))}, choose "
                           "another --out, or add --overwrite to replace it")
     return out
 
 
-def _check_training_folder(data: Path, out: Path, test: Path | None = None) -> None:
+def _check_results_folder(out: Path) -> None:
+    """`--out` of a command that writes a folder of results (train, demo): not a file, writable, and not a folder of
+    the user's images, with which the results and figures would be mixed (and read as images next time)."""
+    _check_output_dir(out, "--out")
+    _check_writable(out, f"--out {out}")
+    images = sorted(p.name for p in out.iterdir() if p.is_file() and is_image_name(p.name)) if out.is_dir() else []
+    if images:
+        raise ConfigError(f"--out {out} holds image files ({few_names(images)}), not results: the results and their "
+                          "figures would be mixed in with them; give a new or empty folder")
+
+
+def _check_training_folder(data: Path, out: Path, test: Path | None = None, resume: bool = False) -> None:
     """Refuse a run directory inside the training folder (its figures would be trained on by the next run) or the
     test folder (they would be scored as a class of their own); a training folder that holds labelled images is
     refused when its files are listed (`training_files`)."""
@@ -451,14 +457,16 @@ def _check_training_folder(data: Path, out: Path, test: Path | None = None) -> N
     if folder.is_dir() and out.resolve().is_relative_to(folder.resolve()):
         raise ConfigError(f"--out {out} is inside --data {data}: the run's figures would be read as training images "
                           "by the next run; put the run directory elsewhere")
-    if test is not None:
+    if test is not None and not resume:  # a run already there is not read as a class (`labelled_files`)
         _check_outside_test(out, "--out", test)
 
 
 def _check_outside_test(out: Path, flag: str, test: Path) -> None:
-    """A folder of figures inside a labelled test folder would be scored as a defect class by the next test."""
-    if test.is_dir() and out.resolve().is_relative_to(test.resolve()):
-        raise ConfigError(f"{flag} {out} is inside the test folder {test}: its figures would be scored as a class of "
+    """A folder of figures inside the folder a test reads its labels from (a labelled folder, or its `test/`) would
+    be scored as a class of images by the next test."""
+    base = labelled_base(test)
+    if base.is_dir() and out.resolve().is_relative_to(base.resolve()):
+        raise ConfigError(f"{flag} {out} is inside the test folder {base}: its figures would be scored as a class of "
                           "test images by the next test; put it elsewhere")
 
 
@@ -475,8 +483,9 @@ def cmd_test(args: argparse.Namespace) -> int:
     _check_output_dir(report_dir, "--report-dir")
     _check_out_file(args.out, "JSON")
     if report_dir is not None:
-        _check_writable(report_dir, f"--report-dir {report_dir}")
-        _check_outside_test(report_dir, "--report-dir", args.data)
+        flag = "--report-dir" if args.report_dir is not None else "the default --report-dir"
+        _check_writable(report_dir, f"{flag} {report_dir}")
+        _check_outside_test(report_dir, flag, args.data)
     if report_dir is not None and RunDirectory(report_dir).holds_run:
         raise ConfigError(f"--report-dir {report_dir} holds a training run, whose evaluation and report this "
                           "would replace; give another --report-dir")
@@ -532,6 +541,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"bf16 autocast {'on' if args.amp else 'off'} ({why})")
     settings = _settings(args)
     _check_reports_threshold(settings.val_fraction)
+    _check_results_folder(args.out)
     ok = run_demo(settings, digits, args.out, _model_names(args.baselines), max_train=args.max_train)
     return 0 if ok else 1
 
@@ -620,10 +630,19 @@ def _check_out_file(out: Path | None, kind: str, inputs: Sequence[Path] = ()) ->
     run_file = out.name in (*RUN_FILES, state_path(Path(CHECKPOINT)).name) and RunDirectory(out.parent).holds_run
     taken = ("is one of the inputs" if an_input else "has an image file extension" if is_image_name(out.name) else
              f"is the {out.name} of the run in {out.parent}" if run_file else
-             "is a detector checkpoint (a zip file)" if out.is_file() and zipfile.is_zipfile(out) else None)
+             "is a detector checkpoint (a PyTorch file)" if out.is_file() and _torch_file(out) else None)
     if taken:
         raise ConfigError(f"--out {out} {taken}, which this would replace: give the {kind} file to write ({example})")
     _check_writable(out.parent, f"--out {out}")
+
+
+def _torch_file(path: Path) -> bool:
+    """A file `torch.save` wrote (a zip archive holding a `data.pkl`), under any name; not any zip (a spreadsheet)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any(name.endswith("data.pkl") for name in archive.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False
 
 
 def _check_writable(folder: Path, what: str) -> None:

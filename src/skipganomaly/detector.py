@@ -510,8 +510,8 @@ class Detector:
             fraction = math.ceil(51 / n_images) / 100 if n_images >= 3 else None
             raise DataError(f"{n_image_text(n_images)} too few to hold out {val_fraction:.0%} of them for the "
                             f"threshold and train on the rest: that needs at least {least} images (at least 1 held "
-                            "out, 2 to train on)" + (f"; or hold out more of these: val_fraction {fraction:g} "
-                                                     "(--val-fraction)" if fraction is not None else ""))
+                            "out, 2 to train on)" + (f"; or set val_fraction (--val-fraction) to {fraction:g}, which "
+                                                     "holds out 1 of these" if fraction is not None else ""))
         order = torch.from_numpy(np.random.default_rng(self.train_config.seed).permutation(n_images))
         n_val = _held_out(n_images, val_fraction)
         return order[:n_val], order[n_val:]

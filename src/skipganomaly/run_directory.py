@@ -101,10 +101,12 @@ class RunDirectory:
         return self.root / f"{model}_{SCORES}"
 
     def clear(self) -> None:
-        """Remove this run's files (the names above and baselines' scores only; anything else in the folder stays)."""
+        """Remove this run's files (the names above and the baselines' scores only; anything else stays)."""
         import shutil
 
-        for path in (*(self.root / name for name in RUN_FILES), self.state, *self.root.glob(f"*_{SCORES}")):
+        from .models import BASELINES
+
+        for path in (*(self.root / name for name in RUN_FILES), self.state, *map(self.baseline_scores, BASELINES)):
             if path.is_dir() and not path.is_symlink():
                 shutil.rmtree(path)
             elif path.exists() or path.is_symlink():

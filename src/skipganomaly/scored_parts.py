@@ -1,8 +1,8 @@
 """What an interrupted `predict` keeps: the parts of its images it had scored, in a hidden file beside its CSV, so
 the same command continues where it stopped instead of scoring a large folder again.
 
-The file (`.NAME.csv.partial`) is JSON lines: first the call's identity (the checkpoint's bytes, the threshold, the
-files with their sizes and modification times, the part size, the code), then one line per finished part (its
+The file (`.NAME.csv.partial`) is JSON lines: first the call's identity (the checkpoint's bytes, the files with their
+sizes, modification and status-change times and inodes, the part size, the code), then one line per finished part (its
 paths read, how each is stored, its scores). A call continues only from a file of the same identity; a torn last
 line (a kill in mid-write) is dropped; the file is removed once the CSV is written.
 """
@@ -56,10 +56,11 @@ class ScoredPart:
                    [str(p) for p in saved["narrow"]])
 
 
-def call_identity(checkpoint: Path, files: Sequence[Path], threshold: float, part: int) -> dict[str, Any]:
-    """What must be equal for an earlier call's scores to be this call's: the checkpoint's bytes, the threshold, the
-    files in order with their sizes and modification times (a file rewritten in between is scored again), the part
-    size, and the code."""
+def call_identity(checkpoint: Path, files: Sequence[Path], part: int) -> dict[str, Any]:
+    """What must be equal for an earlier call's scores to be this call's: the checkpoint's bytes, the files in order
+    with their sizes, modification and status-change times and inodes (a file rewritten in between, even with its
+    old time kept by `cp -p`, or made readable by a `chmod`, is scored again), the part size, and the code. Not the
+    threshold: the labels are made from the scores at the end."""
     from . import __version__
     from .provenance import git_commit
 
@@ -67,11 +68,11 @@ def call_identity(checkpoint: Path, files: Sequence[Path], threshold: float, par
     for path in files:
         try:
             stat = path.stat()
-            listing.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode("utf-8", "surrogateescape"))
+            listing.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\0{stat.st_ctime_ns}\0{stat.st_ino}\n"
+                           .encode("utf-8", "surrogateescape"))
         except OSError:
             listing.update(f"{path}\0gone\n".encode("utf-8", "surrogateescape"))
-    return {"checkpoint": file_digest(checkpoint, "sha256").hexdigest(), "threshold": threshold,
-            "files": listing.hexdigest(), "n_files": len(files), "part": part, "skipganomaly": __version__,
+    return {"checkpoint": file_digest(checkpoint, "sha256").hexdigest(), "files": listing.hexdigest(), "n_files": len(files), "part": part, "skipganomaly": __version__,
             "git_commit": git_commit()}
 
 
@@ -101,8 +102,8 @@ class PartLog:
             log_._rewrite()  # without a torn or unreadable tail
         else:
             if earlier:
-                log.info("%s holds an interrupted call's scores of other files, another checkpoint, threshold or "
-                         "code; they are scored again", log_.path)
+                log.info("%s holds an interrupted call's scores of other files, another checkpoint or code; they are "
+                         "scored again", log_.path)
             log_._rewrite()
         return log_
 

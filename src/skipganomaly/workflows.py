@@ -24,6 +24,7 @@ from .data.digits import digits_leave_one_out
 from .data.folders import PixelTruth, label_folders, load_labelled_folder, load_masks, training_files
 from .data.images import list_image_files, pixel_digest, read_image_files, say_read_files
 from .detector import Detector, DetectorSettings, model_options_in_effect, setting_fields
+from .models import get_model_class
 from .errors import PACKAGE_LOGGER, CheckpointError, ConfigError, DataError, warnings_said
 from .evaluation.metrics import evaluate_scores, metrics_per_folder, pixel_metrics, quantile_threshold
 from .evaluation.plots import save_overlays
@@ -178,7 +179,7 @@ def predict_files(checkpoint: Path, inputs: Sequence[Path], out: Path, save_maps
     else:
         part = max(1, min(PREDICT_PART_IMAGES, PREDICT_PART_BYTES // per_image))
         source = checkpoint / CHECKPOINT if checkpoint.is_dir() else checkpoint
-        part_log = PartLog.open(out, call_identity(source, existing, cut, part))
+        part_log = PartLog.open(out, call_identity(source, existing, part))
     results: list[ScoredPart] = list(part_log.done) if part_log is not None else []
     starts = range(0, len(existing), part)
     in_parts = len(starts) > 1  # one bar for the call, not one per part
@@ -322,8 +323,9 @@ def _input_files(inputs: Sequence[Path]) -> tuple[list[Path], list[Path]]:
     seen: set[Path] = set()
     unique = []
     for path in paths:  # each path once, where it was first given (a link is a path of its own: it keeps its row)
-        if path.absolute() not in seen:
-            seen.add(path.absolute())
+        spelled = Path(os.path.normpath(path.absolute()))  # `a/../b.png` is `b.png`
+        if spelled not in seen:
+            seen.add(spelled)
             unique.append(path)
     if len(unique) < len(paths):
         dropped = len(paths) - len(unique)
@@ -424,8 +426,11 @@ def _train_run(settings: DetectorSettings, data: Path, test: Path | None, run: R
         truth = load_masks(test, test_data[2], test_data[1].tolist(), settings.image_size)
         _warn_shared_images(images, *test_data)
     # checked before anything in the run directory is rewritten: the same settings and the same images
-    done = (load_train_state(run.state, settings.training, data_fingerprint(images))["history"]
-            if resume and run.state.exists() else [])
+    state = (load_train_state(run.state, settings.training, data_fingerprint(images))
+             if resume and run.state.exists() else None)
+    done = state["history"] if state is not None else []
+    stopped_early = bool(state is not None and state.get("stopped"))
+    del state  # weights and optimiser moments: the loop reads them again
     if resume and not run.state.exists() and (run.checkpoint.exists() or read_history(run.metrics_log)):
         raise ConfigError(f"cannot resume {run.root}: its training state {run.state.name} is missing (deleted?), "
                           "so it would train again from epoch 1; start a new run (or --overwrite this one)")
@@ -446,7 +451,11 @@ def _train_run(settings: DetectorSettings, data: Path, test: Path | None, run: R
     if earlier:
         _say_if_resumed_otherwise(earlier[-1], env)
     log_epoch = EpochLog(run, tensorboard=tensorboard, done=done)
-    finished = bool(done) and len(done) >= settings.training.epochs and run.metrics.exists()
+    # a finished run (its metrics.json written) that this call trains no further: its epochs all done, fitted in one
+    # pass, or stopped early (the loop says so)
+    finished = bool(done) and run.metrics.exists() and (
+        len(done) >= settings.training.epochs or not get_model_class(settings.model).trained_by_gradient
+        or stopped_early)
     print(f"training {settings.model} on {len(kept)} images from {folder}; run directory {run.root}"
           + (f"; it had finished ({len(done)} of {settings.training.epochs} epochs), so nothing is trained: its threshold"
              + (", test" if test_data is not None else "") + " and report are made again (--epochs N trains on)"
@@ -693,10 +702,11 @@ def _run_demo(settings: DetectorSettings, digits: Sequence[int], out: Path, base
         with warnings_said() as said:
             det = _fit_demo_digit(settings, split.train, run, may_continue=earlier is not None)
         scores, labels = det.decision_function(split.test), split.test_labels.numpy()
-        results[key] = {**evaluate_scores(scores, labels, det.threshold_), "warnings": list(said)}
+        metrics = evaluate_scores(scores, labels, det.threshold_)
+        results[key] = {**metrics, "warnings": list(said)}  # results.json keeps them; the report lists them apart
         names = [f"test{i:04d}" for i in range(len(labels))]
         write_evaluation(run.root, f"{settings.model}, digit {digit} abnormal", split.test, names, labels, scores,
-                         results[key], det.threshold_, det.reconstructions, det.anomaly_maps, det.example_names(),
+                         metrics, det.threshold_, det.reconstructions, det.anomaly_maps, det.example_names(),
                          calibration=calibration(det), warnings=said, settings=_shown_settings(det))
         for name in baselines:  # seconds each; their scores beside the model's, so their column can be checked
             base = Detector.from_settings(settings.replace(model=name, model_options={}, progress=False))

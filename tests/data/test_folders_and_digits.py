@@ -227,7 +227,7 @@ def test_masks_that_contradict_their_images_or_match_none_are_named(tmp_path: Pa
     assert truth is not None and truth.index == [0, 1, 2, 3, 7] and truth.n_masks == 3
     assert not truth.masks[:2].any() and truth.masks[2].sum() == 16 and not truth.masks[3].any()
     assert truth.masks[4].sum() == 16  # a mask at twice the size, the same shape: used
-    assert f"1 masks are not the shape of their image (turned, cropped or of another image?), so their defects would " \
+    assert f"1 mask is not the shape of their image (turned, cropped or of another image?), so their defects would " \
            f"land elsewhere; the pixel metrics leave those images out: {defects[4]} (32x32, its mask 64x32)" in caplog.text
     assert f"1 abnormal test images have a mask that marks no defect pixel (a broken mask?); the pixel metrics count " \
            f"all their pixels as normal: {defects[1]}" in caplog.text

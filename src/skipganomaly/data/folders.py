@@ -20,9 +20,9 @@ from PIL import Image, ImageOps
 
 from ..errors import PACKAGE_LOGGER, DataError
 from ..files import few_names
-from ..run_directory import CHECKPOINT, CONFIG
+from ..run_directory import CHECKPOINT, CONFIG, state_path
 from .images import (IMAGE_EXTENSIONS, FileForm, is_image_name, list_image_files, load_image_files, on_black,
-                     pixel_digest, upright_size)
+                     find_copies, upright_size)
 
 NORMAL_NAMES = ("normal", "0.normal", "good")
 ABNORMAL_NAMES = ("abnormal", "1.abnormal", "anomaly", "defect")
@@ -96,9 +96,15 @@ def _each_file_once(files: list[Path]) -> list[Path]:
         (again if real in seen else once).append(path)
         seen.add(real)
     if again:
-        log.info("%d training files are links to files already read, each read once: %s", len(again),
-                 few_names([str(p) for p in again], whole=True))
+        log.warning("%s to files already read, each read once (so that one image is not both trained on and held "
+                    "out): %s", f"{len(again)} training files are links" if len(again) > 1 else "1 training file is a "
+                    "link", few_names([str(p) for p in again], whole=True))
     return once
+
+
+def labelled_base(root: str | os.PathLike[str]) -> Path:
+    """The folder whose subfolders a labelled test folder's labels are read from: its `test/` (any case), or itself."""
+    return _child(Path(root), "test") or Path(root)
 
 
 def labelled_files(root: str | os.PathLike[str]) -> tuple[list[Path], list[int]]:
@@ -108,7 +114,7 @@ def labelled_files(root: str | os.PathLike[str]) -> tuple[list[Path], list[int]]
     if not root.is_dir():
         raise DataError(f"{root} is a file, not a folder: give the labelled test folder (normal/ and abnormal/ "
                         "inside)" if root.exists() else f"folder not found: {root}")
-    base = _child(root, "test") or root
+    base = labelled_base(root)
     subfolders = [p for p in sorted(base.iterdir()) if p.is_dir() and not p.name.startswith(".")]
     runs = [p for p in subfolders if _holds_run(p)]  # a run directory put here: its figures are not a defect type
     folders: dict[str, Path] = {}
@@ -151,8 +157,8 @@ def labelled_files(root: str | os.PathLike[str]) -> tuple[list[Path], list[int]]
 
 
 def _holds_run(folder: Path) -> bool:
-    """A training run's folder (its config and checkpoint), not a class of images."""
-    return (folder / CONFIG).is_file() and (folder / CHECKPOINT).is_file()
+    """A training run's folder (its config, and its checkpoint or, unfinished, its training state), not a class."""
+    return (folder / CONFIG).is_file() and ((folder / CHECKPOINT).is_file() or state_path(folder / CHECKPOINT).is_file())
 
 
 def label_folders(root: str | os.PathLike[str], paths: Sequence[str | os.PathLike[str]]) -> list[str]:
@@ -259,8 +265,9 @@ def load_masks(root: str | os.PathLike[str], paths: Sequence[str | os.PathLike[s
         log.warning("%d masks cannot be read; the pixel metrics leave their images out: %s", len(unreadable),
                     few_names(unreadable, whole=True))
     if misshapen:
-        log.warning("%d masks are not the shape of their image (turned, cropped or of another image?), so their defects "
-                    "would land elsewhere; the pixel metrics leave those images out: %s", len(misshapen),
+        log.warning("%s not the shape of their image (turned, cropped or of another image?), so their defects "
+                    "would land elsewhere; the pixel metrics leave those images out: %s",
+                    f"{len(misshapen)} masks are" if len(misshapen) > 1 else "1 mask is",
                     few_names(misshapen, whole=True))
     unused = len(unreadable) + len(misshapen)
     if blank and len(blank) < sum(1 for p, label in zip(files, labels) if label and p is not None) - unused:
@@ -303,14 +310,7 @@ def _read_defects(path: Path) -> np.ndarray | None:
 def _say_copies(images: torch.Tensor, names: Sequence[str], labels: Sequence[int]) -> None:
     """Warn about test images that are copies of others in the same test set (the same pixels at the model's size):
     each counts again in the metrics, and a copy under the other label contradicts itself."""
-    first: dict[bytes, int] = {}
-    copies: list[tuple[int, int]] = []
-    for i, image in enumerate(images):
-        key = pixel_digest(image)
-        if key in first:
-            copies.append((first[key], i))
-        else:
-            first[key] = i
+    copies = find_copies(images)
     if not copies:
         return
     both = [(a, b) for a, b in copies if labels[a] != labels[b]]

@@ -233,6 +233,19 @@ def pixel_digest(image: torch.Tensor | np.ndarray) -> bytes:
     return hashlib.blake2b(np.ascontiguousarray(data).tobytes(), digest_size=16).digest()
 
 
+def find_copies(images: Sequence[torch.Tensor | np.ndarray]) -> list[tuple[int, int]]:
+    """(first, copy) index pairs of images with the same pixels as an earlier one (`pixel_digest`)."""
+    first: dict[bytes, int] = {}
+    copies: list[tuple[int, int]] = []
+    for i, image in enumerate(images):
+        key = pixel_digest(image)
+        if key in first:
+            copies.append((first[key], i))
+        else:
+            first[key] = i
+    return copies
+
+
 def wide_to_bytes(values: np.ndarray, depth: int) -> np.ndarray:
     """Integers of a `depth`-bit image as uint8: divided by the depth's top value, scaled to 0..255 (values above the
     top clip). One rule for 16-bit files and wide integer arrays, so a frame scores the same either way."""

@@ -26,7 +26,7 @@ import torch
 
 from ..errors import PACKAGE_LOGGER, DataError
 from ..files import few_names, file_digest, load_torch_checked, save_torch_atomic
-from .images import (check_unit_floats, is_image_name, list_image_files, narrowest_bit_depth, pixel_digest,
+from .images import (check_unit_floats, is_image_name, list_image_files, find_copies, narrowest_bit_depth,
                      read_image_files, resize_uint8)
 
 log = logging.getLogger(PACKAGE_LOGGER)
@@ -178,14 +178,9 @@ def warn_copies(images: torch.Tensor, names: Sequence[str], what: str) -> int:
     A benchmark splits each class at random, so one copy can train and another be tested, where a detector finds it
     by memory (a nearest-neighbour distance of 0), not by detection: the number is inflated. Copies under two labels
     are label noise. Hashing costs under a second for 60,000 small images."""
-    first: dict[bytes, str] = {}
-    copies: list[str] = []
-    for image, name in zip(images, names, strict=True):
-        key = pixel_digest(image)
-        if key in first:
-            copies.append(f"{name} = {first[key]}")
-        else:
-            first[key] = name
+    if len(images) != len(names):
+        raise ValueError(f"{len(images)} images but {len(names)} names")
+    copies = [f"{names[b]} = {names[a]}" for a, b in find_copies(images)]
     if copies:
         many = len(copies) > 1
         log.warning("%s: %d image%s %s exact cop%s of another (the same pixels as read; e.g. %s): a split can train on "

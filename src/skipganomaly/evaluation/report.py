@@ -27,7 +27,7 @@ from ..errors import DataError
 from ..files import TEXT_ENCODING, json_text, readable_name, say_if_not_utf8, write_text_atomic
 from ..provenance import environment
 from ..run_directory import EVALUATION, METRICS_LOG, RunDirectory, SweepDirectory, read_history
-from ..models.base import SALIENCY_NAME
+from ..models.base import RESIDUAL_NAME, SALIENCY_NAME, SALIENCY_SIGMA
 from .metrics import auroc_interval, threshold_note
 from .plots import histogram_figure, image_grid_figure, pr_figure, roc_figure, training_curves_figure
 from .tables import (FEW_TEST_IMAGES, PROTOCOL_NOTES, WARNINGS_NOTE, benchmark_rows, commit_text, commits_note,
@@ -133,7 +133,7 @@ def write_evaluation(
     threshold: float | None,
     reconstruct: Callable[[Any], np.ndarray],
     anomaly_maps: Callable[[Any], np.ndarray],
-    example_names: tuple[str | None, str] = ("reconstruction", "anomaly map"),
+    example_names: tuple[str | None, str] = ("reconstruction", RESIDUAL_NAME),
     k: int = 8,
     per_folder: Mapping[str, Mapping[str, float]] | None = None,
     calibration: Mapping[str, Any] | None = None,
@@ -307,8 +307,8 @@ def _examples_text(names: Any) -> str:
     output, amap = (names.get("output"), names.get("map")) if isinstance(names, dict) else ("", "")
     if amap == SALIENCY_NAME:
         what = ("its anomaly map: where the score is sensitive (the absolute gradient of the score with respect to the "
-                "input, averaged over channels and smoothed by a Gaussian of 2 px), which shows what the score looks "
-                "at, not necessarily a defect, and is not on the score's scale")
+                f"input, averaged over channels and smoothed by a Gaussian of {SALIENCY_SIGMA:g} px), which shows what "
+                "the score looks at, not necessarily a defect, and is not on the score's scale")
     elif amap:
         what = f"its anomaly map, {html.escape(amap)} (a residual: where the model's output differs from the input)"
     else:
