@@ -91,7 +91,8 @@ def _export_to(model: AnomalyModel, path: Path, threshold: float | None, bit_dep
                               opset_version=17, do_constant_folding=False)
     except Exception as err:
         if "onnx" in str(err).lower() and "not installed" in str(err).lower():
-            raise ConfigError("ONNX export needs the onnx package: pip install 'skipganomaly[onnx]'") from None
+            raise ConfigError("ONNX export needs the onnx package: pip install onnx onnxruntime onnxscript (the "
+                              "package's [onnx] extra)") from None
         if type(err).__name__ != "EncodeError":  # protobuf's, past its 2 GiB limit
             raise
         too_large = True
@@ -154,7 +155,8 @@ class OnnxScorer:
         try:
             import onnxruntime  # noqa: F401  (said here, before any file is read)
         except ImportError:
-            raise ConfigError("onnxruntime is not installed: pip install 'skipganomaly[onnx]'") from None
+            raise ConfigError("onnxruntime is not installed: pip install onnxruntime (or the package's [onnx] extra)"
+                              ) from None
         if threads is not None and (isinstance(threads, bool) or not isinstance(threads, (int, np.integer))
                                     or not 1 <= threads <= 4096):
             raise ConfigError(f"threads must be a whole number from 1 (or None: every core), got {threads!r}")
