@@ -749,6 +749,14 @@ def test_an_interrupt_says_what_is_kept_and_how_to_continue(tmp_path: Path) -> N
     assert f"--resume '{run}'" in _how_to_continue(resumed)
     assert "no cell had finished" in _how_to_continue(argparse.Namespace(command="benchmark", out=tmp_path))
     assert "run the same command again" in _how_to_continue(argparse.Namespace(command="predict", out=tmp_path))
+    from skipganomaly.scored_parts import partial_file
+
+    csv_out = tmp_path / "p.csv"  # an earlier call's kept parts: not this call's, which stopped before scoring
+    partial_file(csv_out).write_text('{"identity": {}}\n{"kept": ["a.png"]}\n')
+    later = argparse.Namespace(command="predict", out=csv_out, started=partial_file(csv_out).stat().st_mtime + 1)
+    assert "run the same command again" in _how_to_continue(later)
+    later.started -= 2
+    assert "1 finished part (1 image read) kept in" in _how_to_continue(later)
     assert _how_to_continue(argparse.Namespace(command="report")) is None
 
 

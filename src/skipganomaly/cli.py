@@ -8,6 +8,7 @@ import logging
 import os
 import shlex
 import sys
+import time
 import traceback
 import zipfile
 from pathlib import Path
@@ -60,6 +61,7 @@ def run() -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.started = time.time()  # what an interrupted command kept is what it wrote since
     if args.low_memory:
         reduce_heap_fragmentation()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s", stream=sys.stderr)
@@ -120,7 +122,8 @@ def _how_to_continue(args: argparse.Namespace) -> str | None:
     if args.command == "demo":
         return demo_kept(args.out)
     if args.command == "predict":
-        kept = None if getattr(args, "save_maps", None) is not None else kept_note(args.out)
+        kept = None if getattr(args, "save_maps", None) is not None else kept_note(args.out, getattr(args, "started",
+                                                                                                     None))
         if kept:
             return f"{kept}; the same command continues from there ({args.out} is written whole at the end)"
         return f"nothing was written ({args.out} and the maps are written whole at the end); run the same command again"

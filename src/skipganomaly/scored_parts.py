@@ -138,11 +138,18 @@ def _read_lines(path: Path) -> list[Any]:
     return lines
 
 
-def kept_note(out: Path) -> str | None:
-    """What an interrupted call kept for `out`, for the line printed at Ctrl-C; None where it kept nothing."""
+def kept_note(out: Path, since: float | None = None) -> str | None:
+    """What an interrupted call kept for `out`, for the line printed at Ctrl-C; None where it kept nothing (with
+    `since`, the call's start: a file last written before it is an earlier call's, not this one's)."""
+    try:
+        if since is not None and partial_file(out).stat().st_mtime < since:
+            return None
+    except OSError:
+        return None
     lines = _read_lines(partial_file(out))
     n = sum(len(line.get("kept", ())) for line in lines[1:] if isinstance(line, dict))
     parts = len(lines) - 1
     if parts < 1:
         return None
-    return f"{parts} finished part{'s' if parts > 1 else ''} ({n} images read) kept in {partial_file(out)}"
+    return (f"{parts} finished part{'s' if parts > 1 else ''} ({n} image{'s' if n != 1 else ''} read) kept in "
+            f"{partial_file(out)}")
