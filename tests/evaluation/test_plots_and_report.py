@@ -348,7 +348,8 @@ def test_report_on_a_demo_folder_or_a_benchmark_without_scores_says_what_it_is(t
 
 def test_the_roc_figure_marks_the_operating_point_at_the_threshold(tmp_path: Path,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    """The reader sees where the detector works on its curve: the false-alarm rate and recall at the threshold."""
+    """The reader sees where the detector works on its curves: the false-alarm rate, precision and recall at the
+    threshold."""
     from skipganomaly.evaluation import plots
 
     drawn = []
@@ -358,6 +359,10 @@ def test_the_roc_figure_marks_the_operating_point_at_the_threshold(tmp_path: Pat
     points = [line for line in drawn[0].axes[0].get_lines() if line.get_marker() == "o"]
     assert len(points) == 1 and (points[0].get_xdata()[0], points[0].get_ydata()[0]) == (0.25, 1.0)
     assert "25.0% false alarms, 100.0% recall" in points[0].get_label()
+    plots.pr_figure({"test": (labels, scores)}, tmp_path / "pr.png", threshold=0.4)  # and on the PR curve
+    points = [line for line in drawn[1].axes[0].get_lines() if line.get_marker() == "o"]
+    assert len(points) == 1 and (points[0].get_xdata()[0], points[0].get_ydata()[0]) == (1.0, 2 / 3)
+    assert "66.7% precision, 100.0% recall" in points[0].get_label()
 
 
 def test_every_example_grid_of_a_report_shares_one_colour_scale(tmp_path: Path,

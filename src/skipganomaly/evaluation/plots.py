@@ -106,10 +106,11 @@ def roc_figure(curves: Curves, path: Path, title: str = "ROC", threshold: float 
     return _save(fig, path)
 
 
-def pr_figure(curves: Curves, path: Path, title: str = "Precision-recall") -> Path:
+def pr_figure(curves: Curves, path: Path, title: str = "Precision-recall", threshold: float | None = None) -> Path:
     """One precision-recall curve per entry, drawn as the step function whose area is its AUPRC: the
     average precision, as `evaluate_scores` reports it (trapezoids over the curve would give another
-    value for the same scores). The dotted line is the abnormal share."""
+    value for the same scores). The dotted line is the abnormal share. With `threshold`, each curve's operating
+    point there is marked, as on the ROC (none where nothing is flagged: precision is undefined)."""
     from sklearn.metrics import average_precision_score, precision_recall_curve
 
     fig = _figure((5, 5))
@@ -119,7 +120,12 @@ def pr_figure(curves: Curves, path: Path, title: str = "Precision-recall") -> Pa
             continue
         precision, recall, _ = precision_recall_curve(labels, scores)
         ap = average_precision_score(labels, scores)
-        ax.plot(recall, precision, drawstyle="steps-post", label=f"{name} (AUPRC {ap:.3f})")
+        line, = ax.plot(recall, precision, drawstyle="steps-post", label=f"{name} (AUPRC {ap:.3f})")
+        if threshold is not None and np.isfinite(threshold):
+            metrics = evaluate_scores(scores, labels, threshold)
+            if np.isfinite(metrics["precision"]):
+                ax.plot(metrics["recall"], metrics["precision"], "o", color=line.get_color(),
+                        label=f"at the threshold: {metrics['precision']:.1%} precision, {metrics['recall']:.1%} recall")
         ax.axhline(float(np.mean(labels)), color="grey", linestyle=":", linewidth=1,
                    label=f"chance: the abnormal share, {float(np.mean(labels)):.3f}")
     ax.set(xlabel="recall", ylabel="precision", title=title, xlim=(0, 1), ylim=(0, 1.01))

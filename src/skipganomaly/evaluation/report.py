@@ -262,7 +262,7 @@ def build_run_report(run_dir: Path) -> Path:
                                            row["n"], row["flagged"], row.get("auroc", "")]
                                           for name, row in per_folder.items()]))
         curves = {"test": (labels, scores)}
-        figs = [roc_figure(curves, figures / "roc.png", threshold=threshold), pr_figure(curves, figures / "pr.png"),
+        figs = [roc_figure(curves, figures / "roc.png", threshold=threshold), pr_figure(curves, figures / "pr.png", threshold=threshold),
                 histogram_figure(labels, scores, threshold, figures / "histogram.png")]
         sections.append("<h2>Curves and score distributions</h2>" + "".join(_img(f) for f in figs))
         grids = [figures / f"examples_{g}.png" for g in EXAMPLE_GROUPS if (figures / f"examples_{g}.png").exists()]
