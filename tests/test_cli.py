@@ -1478,3 +1478,28 @@ def test_small_slips_get_messages_that_say_what_to_do(trained_run: tuple[Path, P
     assert main(["test", "--checkpoint", str(copy / "model.pt"), "--data", str(root / "test"), "--no-report",
                  "--no-progress"]) == 2
     assert f"train --resume {copy}` finishes it" in capsys.readouterr().err
+
+
+def test_the_small_rules_of_outputs_and_inputs(tmp_path: Path) -> None:
+    """A run's clear() removes the baselines' score files only (a user's *_scores.csv stays); `a/../b.png` is one
+    input; any zip that torch did not write (a spreadsheet) is not taken for a checkpoint."""
+    import zipfile
+
+    from skipganomaly.cli import _torch_file
+    from skipganomaly.run_directory import RunDirectory
+    from skipganomaly.workflows import _input_files
+
+    run = RunDirectory(tmp_path / "run")
+    run.root.mkdir()
+    for name in ("pca_scores.csv", "knn_scores.csv", "customer_scores.csv", "config.yaml"):
+        (run.root / name).write_text("x")
+    run.clear()
+    assert sorted(p.name for p in run.root.iterdir()) == ["customer_scores.csv"]
+    (tmp_path / "a").mkdir()
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "b.png")
+    paths, _ = _input_files([tmp_path / "b.png", tmp_path / "a" / ".." / "b.png"])
+    assert paths == [tmp_path / "b.png"]
+    with zipfile.ZipFile(tmp_path / "sheet.xlsx", "w") as sheet:
+        sheet.writestr("xl/workbook.xml", "<workbook/>")
+    torch.save({"w": torch.zeros(1)}, tmp_path / "m.bin")
+    assert not _torch_file(tmp_path / "sheet.xlsx") and _torch_file(tmp_path / "m.bin")

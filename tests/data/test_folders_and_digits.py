@@ -283,10 +283,13 @@ def test_a_labelled_folder_skips_a_run_folder_and_refuses_names_that_differ_only
     write_images(tmp_path / "run" / "figures", noise_images(1))
     (tmp_path / "run" / "config.yaml").write_text("format: skipganomaly-run\n")
     (tmp_path / "run" / "model.pt").write_bytes(b"PK")
+    write_images(tmp_path / "unfinished" / "figures", noise_images(1))  # stopped before its first checkpoint
+    (tmp_path / "unfinished" / "config.yaml").write_text("format: skipganomaly-run\n")
+    (tmp_path / "unfinished" / "model.state.pt").write_bytes(b"PK")
     with caplog.at_level(logging.INFO, logger="skipganomaly"):
         paths, labels = labelled_files(tmp_path)
-    assert labels == [0, 0, 1, 1] and all("run" not in p.parts for p in paths)
-    assert "not read, a training run's folder: run/" in caplog.text
+    assert labels == [0, 0, 1, 1] and all("run" not in p.parts and "unfinished" not in p.parts for p in paths)
+    assert "not read, a training run's folder: run/, unfinished/" in caplog.text
     write_images(tmp_path / "Crack", noise_images(2))
     with pytest.raises(DataError, match="Crack/ and crack/, folders whose names differ only in letter case"):
         labelled_files(tmp_path)
