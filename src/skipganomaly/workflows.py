@@ -101,10 +101,15 @@ def _shown_settings(det: Detector) -> dict[str, Any]:
     return {**det.settings.as_dict(), IN_EFFECT: det.options_in_effect()}
 
 
+def _checkpoint_file(checkpoint: Path) -> Path:
+    """The file a `--checkpoint` names: itself, or a run directory's model.pt (as `Detector.load` reads it)."""
+    return checkpoint / CHECKPOINT if checkpoint.is_dir() else checkpoint
+
+
 def _model_card(det: Detector, checkpoint: Path) -> dict[str, Any]:
     """What a `test` report says of the detector it scored: which file (its full path and the start of its SHA-256),
     what it was trained on and by what (command, commit, machine; not recorded before checkpoints kept it)."""
-    path = (checkpoint / CHECKPOINT if checkpoint.is_dir() else checkpoint).resolve()
+    path = _checkpoint_file(checkpoint).resolve()
     trained_by = det.fit_environment_ or {}
     return {"checkpoint": str(path), "sha256": file_digest(path, "sha256").hexdigest()[:16], "model": det.model_name,
             "train_images": det.n_train_images_, "held_out_normals": det.n_val_images_,
@@ -178,8 +183,7 @@ def predict_files(checkpoint: Path, inputs: Sequence[Path], out: Path, save_maps
         part = max(1, len(existing))
     else:
         part = max(1, min(PREDICT_PART_IMAGES, PREDICT_PART_BYTES // per_image))
-        source = checkpoint / CHECKPOINT if checkpoint.is_dir() else checkpoint
-        part_log = PartLog.open(out, call_identity(source, existing, part))
+        part_log = PartLog.open(out, call_identity(_checkpoint_file(checkpoint), existing, part))
     results: list[ScoredPart] = list(part_log.done) if part_log is not None else []
     starts = range(0, len(existing), part)
     in_parts = len(starts) > 1  # one bar for the call, not one per part

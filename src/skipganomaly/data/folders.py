@@ -20,7 +20,7 @@ from PIL import Image, ImageOps
 
 from ..errors import PACKAGE_LOGGER, DataError
 from ..files import few_names
-from ..run_directory import CHECKPOINT, CONFIG, state_path
+from ..run_directory import RunDirectory
 from .images import (IMAGE_EXTENSIONS, FileForm, is_image_name, list_image_files, load_image_files, on_black,
                      find_copies, upright_size)
 
@@ -158,7 +158,8 @@ def labelled_files(root: str | os.PathLike[str]) -> tuple[list[Path], list[int]]
 
 def _holds_run(folder: Path) -> bool:
     """A training run's folder (its config, and its checkpoint or, unfinished, its training state), not a class."""
-    return (folder / CONFIG).is_file() and ((folder / CHECKPOINT).is_file() or state_path(folder / CHECKPOINT).is_file())
+    run = RunDirectory(folder)
+    return run.config.is_file() and run.holds_run
 
 
 def label_folders(root: str | os.PathLike[str], paths: Sequence[str | os.PathLike[str]]) -> list[str]:
@@ -269,8 +270,8 @@ def load_masks(root: str | os.PathLike[str], paths: Sequence[str | os.PathLike[s
                     "would land elsewhere; the pixel metrics leave those images out: %s",
                     f"{len(misshapen)} masks are" if len(misshapen) > 1 else "1 mask is",
                     few_names(misshapen, whole=True))
-    unused = len(unreadable) + len(misshapen)
-    if blank and len(blank) < sum(1 for p, label in zip(files, labels) if label and p is not None) - unused:
+    used = sum(path is not None for path, label in zip(files, labels) if label) - len(unreadable) - len(misshapen)
+    if blank and len(blank) < used:
         log.warning("%d abnormal test images have a mask that marks no defect pixel (a broken mask?); the pixel "
                     "metrics count all their pixels as normal: %s", len(blank), few_names(blank, whole=True))
     if contradicting:
@@ -278,7 +279,7 @@ def load_masks(root: str | os.PathLike[str], paths: Sequence[str | os.PathLike[s
                     "every pixel normal (is the image in the wrong folder?): %s", len(contradicting), folder,
                     few_names(contradicting, whole=True))
     return PixelTruth(index, np.stack(masks) if masks else np.zeros((0, image_size, image_size), bool), folder,
-                      sum(path is not None for path, label in zip(files, labels) if label) - unused)
+                      used)
 
 
 ASPECT_TOLERANCE = 0.02  # masks saved at another resolution round their sides: a relative difference of the

@@ -119,12 +119,17 @@ def _grey_palette(img: Image.Image) -> bool:
     return all(palette[i] == palette[i + 1] == palette[i + 2] for i in range(0, len(palette) - 2, 3))
 
 
+def _upright(img: Image.Image) -> tuple[int, int]:
+    """An open image's (width, height) as shown: turned by its EXIF orientation (values 5 to 8 turn a quarter)."""
+    return img.size[::-1] if _orientation(img) in (5, 6, 7, 8) else img.size
+
+
 def upright_size(path: str | os.PathLike[str]) -> tuple[int, int] | None:
     """A file's (width, height) as shown, turned by its EXIF orientation, from its header alone; None where it cannot
     be read."""
     try:
         with Image.open(path) as img:
-            return img.size[::-1] if _orientation(img) in (5, 6, 7, 8) else img.size
+            return _upright(img)
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError):
         return None
 
@@ -142,7 +147,7 @@ def _read_image(path: str | os.PathLike[str], image_size: int, in_channels: int,
             # a multi-page TIFF or an animated GIF: one image per file (a camera's MPO JPEG holds a preview
             # as its second picture: the first is the photo)
             several = getattr(img, "n_frames", 1) > 1 and img.format != "MPO"
-            upright = img.size[::-1] if _orientation(img) in (5, 6, 7, 8) else img.size
+            upright = _upright(img)
             form = FileForm(img.mode not in GREY_MODES and not _grey_palette(img), upright)  # before draft shrinks it
             # in the file's own colours (converted below, as any file), at no less than DRAFT_MARGIN times the model's
             # size: the resize then gives what a full decode would, up to rounding
